@@ -1,0 +1,38 @@
+# Two commands matter: `make demo` and `make test`. Both create .venv if missing
+# and install everything they need from the project's own files.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip --disable-pip-version-check -q
+# constraints.txt pins torch to the CPU wheel available on the build machines.
+INSTALL := $(PIP) install -c constraints.txt
+RESULTS ?= results
+
+.PHONY: demo test bench clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --upgrade pip setuptools wheel
+
+$(VENV)/.stamp-base: $(PY) pyproject.toml constraints.txt
+	$(INSTALL) -e .
+	touch $@
+
+$(VENV)/.stamp-dev: $(VENV)/.stamp-base
+	$(INSTALL) -e ".[dev]"
+	touch $@
+
+demo: $(VENV)/.stamp-base
+	$(VENV)/bin/secagg demo
+
+test: $(VENV)/.stamp-dev
+	$(PY) -m pytest -q -p no:cacheprovider tests
+
+bench: $(VENV)/.stamp-dev
+	mkdir -p $(RESULTS)
+	$(PY) -m pytest -q -p no:cacheprovider benchmarks --benchmark-only \
+		--benchmark-json=$(RESULTS)/benchmarks.json
+	@echo "results written to $(RESULTS)/benchmarks.json"
+
+clean:
+	rm -rf $(VENV) $(RESULTS) .pytest_cache .hypothesis .benchmarks

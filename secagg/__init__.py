@@ -1,0 +1,68 @@
+"""Secure aggregation for federated learning (Bonawitz et al. 2017; SecAgg+, Bell et al. 2020).
+
+The coordinator learns only the sum of the inputs of the clients that
+survived the round, even when clients drop out at any stage and, in active
+mode, even when the coordinator itself misbehaves. The protocol is a pair of
+sans-IO state machines (:class:`ClientSession`, :class:`ServerSession`) that
+consume and produce typed messages with a canonical wire encoding; transports
+only move bytes. :func:`run_local` runs every party in-process.
+
+This package depends only on numpy, PyNaCl and cryptography, and does no I/O.
+"""
+
+from .client import ClientSession, ClientState
+from .config import SessionConfig, new_session_id
+from .encoding import EncodedVector, FixedPointEncoder, weighted_mean, weighted_vector
+from .errors import (
+    InfeasibleParametersError,
+    InvalidInputError,
+    LocalProtocolError,
+    MalformedMessageError,
+    ProtocolError,
+    ReconstructionError,
+    RemoteProtocolError,
+    SessionMismatchError,
+    ThresholdNotMetError,
+    UnexpectedMessageError,
+    UnsafeRequestError,
+    VerificationError,
+)
+from .graph import complete_graph, harary_graph
+from .local import STAGES, LocalResult, run_local
+from .messages import (
+    AdvertisedKeys,
+    AdvertiseKeys,
+    ConsistencyRequest,
+    ConsistencySignature,
+    FrozenMap,
+    KeyDirectory,
+    MaskedInput,
+    MaskedInputRequest,
+    ShareKeys,
+    UnmaskRequest,
+    UnmaskResponse,
+)
+from .params import Parameters, failure_bounds, find_parameters
+from .server import AggregateResult, ServerSession, ServerStage
+from .wire import decode, encode
+
+__all__ = [
+    # sessions
+    "ClientSession", "ClientState", "ServerSession", "ServerStage", "AggregateResult",
+    "SessionConfig", "new_session_id",
+    # in-process runner
+    "run_local", "LocalResult", "STAGES",
+    # parameters and graphs
+    "find_parameters", "failure_bounds", "Parameters", "complete_graph", "harary_graph",
+    # encoding
+    "FixedPointEncoder", "EncodedVector", "weighted_vector", "weighted_mean",
+    # messages and wire
+    "AdvertiseKeys", "AdvertisedKeys", "KeyDirectory", "ShareKeys", "MaskedInputRequest",
+    "MaskedInput", "ConsistencyRequest", "ConsistencySignature", "UnmaskRequest",
+    "UnmaskResponse", "FrozenMap", "encode", "decode",
+    # errors
+    "ProtocolError", "LocalProtocolError", "InvalidInputError", "InfeasibleParametersError",
+    "RemoteProtocolError", "MalformedMessageError", "SessionMismatchError",
+    "UnexpectedMessageError", "VerificationError", "UnsafeRequestError",
+    "ThresholdNotMetError", "ReconstructionError",
+]

@@ -1,0 +1,382 @@
+"""The client side of the protocol as a sans-IO state machine.
+
+A :class:`ClientSession` consumes server messages (objects or wire bytes)
+and returns the client's answer; it never does I/O. Every incoming message is
+validated completely before any state changes, so a refused message leaves
+the session exactly as it was (and the client sends nothing).
+
+Threat model. The client trusts nobody: the server may be actively malicious
+and may collude with other clients. An honest client therefore refuses
+(raising a :class:`~secagg.errors.RemoteProtocolError` subclass) when
+
+* a message belongs to another session, is addressed to another client, or
+  arrives in the wrong round (replay, reordering, duplication);
+* a signature (active mode) or a share ciphertext does not verify;
+* the key directory replaces its own keys, repeats a key, or names clients
+  outside its neighbourhood;
+* fewer than t members of its closed neighbourhood remain at any round
+  (:class:`~secagg.errors.ThresholdNotMetError`);
+* the unmasking request lists a peer as both surviving and dropped, lists
+  itself as dropped, names unknown ids, or disagrees with what the client saw
+  (which peers shared keys with it) - revealing both the self-mask share and
+  the key share of one peer would unmask that peer's individual input;
+* in active mode, the unmasking request's survivor set differs from the one
+  the client signed, or fewer than t neighbours signed it.
+
+The client answers at most one unmasking request per session.
+"""
+
+from __future__ import annotations
+
+import enum
+
+import numpy as np
+
+from . import shamir, wire
+from .config import SessionConfig
+from .crypto import (
+    X25519KeyPair,
+    aead_decrypt,
+    aead_encrypt,
+    constant_time_equal,
+    random_bytes,
+    sign,
+    verify_signature,
+)
+from .encoding import ring_dtype
+from .errors import (
+    InvalidInputError,
+    LocalProtocolError,
+    SessionMismatchError,
+    ThresholdNotMetError,
+    UnexpectedMessageError,
+    UnsafeRequestError,
+    VerificationError,
+)
+from .keyschedule import (
+    SHARE_BUNDLE,
+    advertise_payload,
+    consistency_payload,
+    pairwise_mask_key,
+    self_mask_key,
+    share_associated_data,
+    share_encryption_key,
+)
+from .messages import (
+    AdvertiseKeys,
+    ConsistencyRequest,
+    ConsistencySignature,
+    KeyDirectory,
+    MaskedInput,
+    MaskedInputRequest,
+    ServerMessage,
+    ShareKeys,
+    UnmaskRequest,
+    UnmaskResponse,
+)
+from .prg import add_keystream
+
+__all__ = ["ClientSession", "ClientState"]
+
+
+
+class ClientState(enum.Enum):
+    INIT = "init"
+    ADVERTISED = "advertised"  # waiting for KeyDirectory
+    SHARED = "shared"  # waiting for MaskedInputRequest
+    MASKED = "masked"  # waiting for ConsistencyRequest (active) or UnmaskRequest
+    SIGNED = "signed"  # active: waiting for UnmaskRequest
+    DONE = "done"
+    ABORTED = "aborted"
+
+
+_EXPECTED = {
+    ClientState.ADVERTISED: KeyDirectory,
+    ClientState.SHARED: MaskedInputRequest,
+    ClientState.SIGNED: UnmaskRequest,
+}
+
+
+class ClientSession:
+    """One client's run of one aggregation session.
+
+    Args:
+        config: the agreed :class:`SessionConfig`.
+        client_id: this client's id (one of ``config.participants``).
+        signing_key: 32-byte Ed25519 seed of the client's long-term identity
+            (required in active mode; its verify key must be in ``config.verify_keys``).
+        masked_input: optionally, the encoded input (see :meth:`provide_input`).
+    """
+
+    def __init__(
+        self,
+        config: SessionConfig,
+        client_id: int,
+        *,
+        signing_key: bytes | None = None,
+        masked_input: np.ndarray | None = None,
+    ) -> None:
+        if client_id not in config.neighbors:
+            raise InvalidInputError(f"client id {client_id} is not a participant of this session")
+        if config.active and signing_key is None:
+            raise InvalidInputError("active mode needs the client's Ed25519 signing key")
+        self.config = config
+        self.client_id = client_id
+        self._signing_key = signing_key
+        self._fp = config.fingerprint
+        self._neighbors = config.neighbors[client_id]
+        self._closed = self._neighbors | {client_id}
+        self._x = shamir.x_coordinate(client_id)
+        self._encryption = X25519KeyPair.generate()
+        self._masking = X25519KeyPair.generate()
+        self._self_mask_seed = random_bytes(32)
+        self._input: np.ndarray | None = None
+        self._directory = None
+        self._shares: dict[int, tuple[int, int]] = {}  # peer -> (b share, sk share) held by this client
+        self._own_shares: tuple[int, int] | None = None
+        self._signed_survivors: frozenset | None = None
+        self.state = ClientState.INIT
+        if masked_input is not None:
+            self.provide_input(masked_input)
+
+    # -- local API -------------------------------------------------------------
+
+    def provide_input(self, encoded: np.ndarray) -> None:
+        """Set the client's encoded input (a vector in Z_{2^b}); any time before round 2."""
+        array = np.asarray(encoded)
+        dtype = ring_dtype(self.config.bit_width)
+        if array.dtype != dtype or array.shape != (self.config.vector_length,):
+            raise InvalidInputError(
+                f"encoded input must be {dtype} of shape ({self.config.vector_length},); "
+                f"got {array.dtype}{array.shape}"
+            )
+        if self.state not in (ClientState.INIT, ClientState.ADVERTISED, ClientState.SHARED):
+            raise LocalProtocolError(f"input can no longer change in state {self.state.value}")
+        self._input = array.copy()
+
+    def advertise(self) -> AdvertiseKeys:
+        """Round 0: the client's public keys (signed in active mode)."""
+        if self.state is not ClientState.INIT:
+            raise LocalProtocolError(f"advertise() called twice (state {self.state.value})")
+        signature = b""
+        if self.config.active:
+            payload = advertise_payload(self._fp, self.client_id, self._encryption.public_key, self._masking.public_key)
+            signature = sign(self._signing_key, payload)
+        self.state = ClientState.ADVERTISED
+        return AdvertiseKeys(self._fp, self.client_id, self._encryption.public_key, self._masking.public_key, signature)
+
+    def abort(self) -> None:
+        """Forget every secret and refuse further messages (e.g. after a transport timeout)."""
+        self._shares.clear()
+        self._input = None
+        self.state = ClientState.ABORTED
+
+    # -- message handling ------------------------------------------------------
+
+    def handle(self, message: ServerMessage | bytes):
+        """Process one server message; return the client's reply message."""
+        if isinstance(message, (bytes, bytearray, memoryview)):
+            message = wire.decode(message)
+        self._check_envelope(message)
+        if isinstance(message, KeyDirectory):
+            return self._on_key_directory(message)
+        if isinstance(message, MaskedInputRequest):
+            return self._on_masked_input_request(message)
+        if isinstance(message, ConsistencyRequest):
+            return self._on_consistency_request(message)
+        return self._on_unmask_request(message)
+
+    def _check_envelope(self, message) -> None:
+        if self.state in (ClientState.DONE, ClientState.ABORTED, ClientState.INIT):
+            raise UnexpectedMessageError(
+                f"client {self.client_id} accepts no {type(message).__name__} in state {self.state.value}"
+            )
+        expected = _EXPECTED.get(self.state)
+        if self.state is ClientState.MASKED:
+            expected = ConsistencyRequest if self.config.active else UnmaskRequest
+        if not isinstance(message, expected):
+            raise UnexpectedMessageError(
+                f"client {self.client_id} expected {expected.__name__} in state {self.state.value}; "
+                f"got {type(message).__name__} (replayed, reordered or stale)"
+            )
+        if not constant_time_equal(message.session, self._fp):
+            raise SessionMismatchError(
+                f"message belongs to session {bytes(message.session).hex()[:16]}..., "
+                f"expected {self._fp.hex()[:16]}..."
+            )
+        if message.recipient != self.client_id:
+            raise SessionMismatchError(
+                f"message addressed to client {message.recipient} delivered to client {self.client_id}"
+            )
+
+    def _require_threshold(self, count: int, what: str) -> None:
+        if count < self.config.threshold:
+            raise ThresholdNotMetError(
+                f"client {self.client_id}: only {count} of its closed neighbourhood {what}; "
+                f"threshold is {self.config.threshold}"
+            )
+
+    def _on_key_directory(self, message: KeyDirectory) -> ShareKeys:
+        keys = message.keys
+        ids = set(keys)
+        unknown = ids - self._closed
+        if unknown:
+            raise UnsafeRequestError(f"key directory names clients outside the neighbourhood: {sorted(unknown)[:10]}")
+        mine = keys.get(self.client_id)
+        if (
+            mine is None
+            or not constant_time_equal(mine.encryption_key, self._encryption.public_key)
+            or not constant_time_equal(mine.masking_key, self._masking.public_key)
+        ):
+            raise VerificationError("key directory does not carry this client's own keys unchanged")
+        self._require_threshold(len(ids), "advertised keys")
+        all_keys = [k.encryption_key for k in keys.values()] + [k.masking_key for k in keys.values()]
+        if len(set(all_keys)) != len(all_keys):
+            raise VerificationError("key directory repeats a public key (Bonawitz et al. require distinct keys)")
+        if self.config.active:
+            for peer, entry in keys.items():
+                payload = advertise_payload(self._fp, peer, entry.encryption_key, entry.masking_key)
+                try:
+                    verify_signature(self.config.verify_keys[peer], payload, entry.signature)
+                except VerificationError:
+                    raise VerificationError(f"round-0 keys of client {peer} carry an invalid signature") from None
+        # Compute everything first, then commit state (validate before mutate).
+        holders = sorted(ids)
+        t = self.config.threshold
+        xs = [shamir.x_coordinate(v) for v in holders]
+        b_shares = shamir.split(self._self_mask_seed, t, xs)
+        sk_shares = shamir.split(self._masking.secret_key, t, xs)
+        ciphertexts = {}
+        for v in holders:
+            x = shamir.x_coordinate(v)
+            if v == self.client_id:
+                continue
+            plaintext = SHARE_BUNDLE.pack(
+                self.client_id, v,
+                b_shares[x].to_bytes(shamir.SHARE_BYTES, "big"),
+                sk_shares[x].to_bytes(shamir.SHARE_BYTES, "big"),
+            )
+            key = share_encryption_key(self._fp, self._encryption.secret_key, keys[v].encryption_key, self.client_id, v)
+            ciphertexts[v] = aead_encrypt(key, plaintext, share_associated_data(self._fp, self.client_id, v))
+        self._directory = keys
+        self._own_shares = (b_shares[self._x], sk_shares[self._x])
+        self.state = ClientState.SHARED
+        return ShareKeys(self._fp, self.client_id, ciphertexts)
+
+    def _on_masked_input_request(self, message: MaskedInputRequest) -> MaskedInput:
+        if self._input is None:
+            raise LocalProtocolError("provide_input() must be called before the masked-input round")
+        senders = set(message.ciphertexts)
+        unknown = senders - (set(self._directory) - {self.client_id})
+        if unknown:
+            raise UnsafeRequestError(f"shares routed from clients not in the key directory: {sorted(unknown)[:10]}")
+        self._require_threshold(len(senders) + 1, "shared keys")
+        received: dict[int, tuple[int, int]] = {}
+        for v, ciphertext in message.ciphertexts.items():
+            key = share_encryption_key(
+                self._fp, self._encryption.secret_key, self._directory[v].encryption_key, self.client_id, v
+            )
+            plaintext = aead_decrypt(key, ciphertext, share_associated_data(self._fp, v, self.client_id))
+            if len(plaintext) != SHARE_BUNDLE.size:
+                raise VerificationError(f"share bundle from client {v} has the wrong length")
+            sender, recipient, b_share, sk_share = SHARE_BUNDLE.unpack(plaintext)
+            if sender != v or recipient != self.client_id:
+                raise VerificationError(f"share bundle from client {v} names sender {sender} / recipient {recipient}")
+            b_value, sk_value = int.from_bytes(b_share, "big"), int.from_bytes(sk_share, "big")
+            if b_value >= shamir.PRIME or sk_value >= shamir.PRIME:
+                raise VerificationError(f"share bundle from client {v} holds values outside GF(p)")
+            received[v] = (b_value, sk_value)
+        masked = self._mask(sorted(received))
+        self._shares = received
+        self.state = ClientState.MASKED
+        little_endian = "<u4" if self.config.bit_width == 32 else "<u8"
+        return MaskedInput(self._fp, self.client_id, self.config.bit_width, masked.astype(little_endian, copy=False).tobytes())
+
+    def _mask(self, peers: list[int]) -> np.ndarray:
+        """y = x + PRG(b_u) + sum_{v in peers} sign(u, v) PRG(s_uv) (mod 2^b), sign = + if u < v."""
+        y = self._input.copy()
+        scratch = np.empty_like(y)
+        add_keystream(y, self_mask_key(self._fp, self._self_mask_seed, self.client_id), scratch)
+        for v in peers:
+            key = pairwise_mask_key(self._fp, self._masking.secret_key, self._directory[v].masking_key, self.client_id, v)
+            add_keystream(y, key, scratch, subtract=self.client_id > v)
+        return y
+
+    def _check_survivor_view(self, survivors: frozenset) -> None:
+        unknown = survivors - set(self.config.participants)
+        if unknown:
+            raise UnsafeRequestError(f"survivor list names unknown client ids: {sorted(unknown)[:10]}")
+        if self.client_id not in survivors:
+            raise UnsafeRequestError(
+                f"client {self.client_id} sent its masked input but is not listed among the survivors"
+            )
+        neighbour_survivors = survivors & self._neighbors
+        not_shared = neighbour_survivors - set(self._shares)
+        if not_shared:
+            raise UnsafeRequestError(
+                f"survivor list names neighbours that never shared keys with this client: {sorted(not_shared)[:10]}"
+            )
+        self._require_threshold(len(neighbour_survivors) + 1, "survived to the unmasking round")
+
+    def _on_consistency_request(self, message: ConsistencyRequest) -> ConsistencySignature:
+        self._check_survivor_view(message.survivors)
+        signature = sign(self._signing_key, consistency_payload(self._fp, message.survivors))
+        self._signed_survivors = message.survivors
+        self.state = ClientState.SIGNED
+        return ConsistencySignature(self._fp, self.client_id, signature)
+
+    def _on_unmask_request(self, message: UnmaskRequest) -> UnmaskResponse:
+        survivors, dropped = message.survivors, message.dropped
+        overlap = survivors & dropped
+        if overlap:
+            raise UnsafeRequestError(
+                f"unmasking request lists {sorted(overlap)[:10]} as both surviving and dropped; revealing both "
+                "shares would unmask their individual inputs"
+            )
+        unknown = dropped - set(self.config.participants)
+        if unknown:
+            raise UnsafeRequestError(f"dropped list names unknown client ids: {sorted(unknown)[:10]}")
+        if self.client_id in dropped:
+            raise UnsafeRequestError(f"client {self.client_id} is alive but listed as dropped")
+        self._check_survivor_view(survivors)
+        classified = (survivors | dropped) & self._neighbors
+        shared = set(self._shares)
+        if classified != shared:
+            raise UnsafeRequestError(
+                "unmasking request disagrees with the key exchange: neighbours that shared keys "
+                f"{sorted(shared - classified)[:10]} are unlisted, and listed neighbours "
+                f"{sorted(classified - shared)[:10]} never shared keys"
+            )
+        if self.config.active:
+            self._verify_consistency(message)
+        self_mask_shares = {v: self._shares[v][0] for v in survivors & shared}
+        self_mask_shares[self.client_id] = self._own_shares[0]
+        key_shares = {v: self._shares[v][1] for v in dropped & shared}
+        # Forget the shares: this client answers one unmasking request, ever.
+        self._shares = {}
+        self._input = None
+        self.state = ClientState.DONE
+        return UnmaskResponse(self._fp, self.client_id, self_mask_shares, key_shares)
+
+    def _verify_consistency(self, message: UnmaskRequest) -> None:
+        if message.survivors != self._signed_survivors:
+            raise UnsafeRequestError(
+                "unmasking request's survivor set differs from the set this client signed in the consistency check"
+            )
+        payload = consistency_payload(self._fp, message.survivors)
+        valid = 0
+        for signer, signature in message.signatures.items():
+            if signer not in message.survivors:
+                raise UnsafeRequestError(f"consistency signature from client {signer}, who is not a survivor")
+            if signer not in self._closed:
+                continue  # SecAgg+: only the neighbourhood's signatures are checked and counted
+            try:
+                verify_signature(self.config.verify_keys[signer], payload, signature)
+            except VerificationError:
+                raise VerificationError(f"consistency signature of client {signer} does not verify") from None
+            valid += 1
+        if valid < self.config.threshold:
+            raise ThresholdNotMetError(
+                f"only {valid} neighbours signed the survivor set; threshold is {self.config.threshold}"
+            )
+

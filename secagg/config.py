@@ -1,0 +1,148 @@
+"""Public parameters of one aggregation session, shared by every party.
+
+A :class:`SessionConfig` is agreed before round 0 (the coordinator publishes
+it; every client checks it before taking part). Its ``fingerprint`` -
+SHA-256 over a canonical encoding of all fields - is carried by every message
+and mixed into every key derivation, so messages and masks of one session can
+never be confused with or reused in another. ``session_id`` is a fresh random
+nonce per session (per federated round): it makes the fingerprint unique even
+when every other parameter repeats, and it seeds the SecAgg+ graph.
+
+Threshold rule. Each client secret-shares its secrets t-out-of-(k+1) over its
+closed neighbourhood N[u] (its k neighbours and itself). We require
+(k+1)/2 < t <= k+1: then no server, however it lies about who dropped, can
+collect t self-mask shares *and* t key shares of the same client from honest
+neighbours, because the two groups of answering neighbours would need more
+than k+1 members (Bonawitz et al. 2017, Sec. 4; Bell et al. 2020).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+from dataclasses import dataclass, field
+from functools import cached_property
+
+from .crypto import random_bytes
+from .encoding import SUPPORTED_BIT_WIDTHS
+from .errors import InvalidInputError
+from .graph import complete_graph, harary_graph
+from .messages import FrozenMap
+
+__all__ = ["SessionConfig", "new_session_id"]
+
+_MAX_ID = 2**32 - 1
+_MAX_VECTOR = 2**31  # words per masked vector (a u32 on the wire, with headroom)
+
+
+def new_session_id() -> bytes:
+    """A fresh, unpredictable 32-byte session nonce."""
+    return random_bytes(32)
+
+
+@dataclass(frozen=True)
+class SessionConfig:
+    """Everything the parties of one session must agree on.
+
+    Attributes:
+        session_id: 32-byte fresh random nonce (public).
+        participants: the client ids invited to the session (sorted, distinct).
+        threshold: t, the Shamir threshold and the minimum number of parties
+            each round needs; see the module docstring for its allowed range.
+        vector_length: m, the number of ring elements each client uploads.
+        bit_width: b in {32, 64}: the ring is Z_{2^b}.
+        degree: k for a SecAgg+ Harary graph (even); ``None`` for the complete graph.
+        active: run the ConsistencyCheck round and sign round-0 keys
+            (defends against an actively malicious server); needs ``verify_keys``.
+        verify_keys: long-term Ed25519 verify keys of every participant (active mode).
+    """
+
+    session_id: bytes
+    participants: tuple
+    threshold: int
+    vector_length: int
+    bit_width: int = 32
+    degree: int | None = None
+    active: bool = False
+    verify_keys: FrozenMap = field(default_factory=FrozenMap)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.session_id, bytes) or len(self.session_id) != 32:
+            raise InvalidInputError(f"session_id must be 32 bytes; got {self.session_id!r:.40}")
+        ids = list(self.participants)
+        if any(not isinstance(i, int) or isinstance(i, bool) for i in ids):
+            raise InvalidInputError(f"client ids must be ints; got {ids[:10]}")
+        if len(set(ids)) != len(ids):
+            dupes = sorted({i for i in ids if ids.count(i) > 1})
+            raise InvalidInputError(f"duplicate client ids: {dupes}")
+        if any(not 0 <= i <= _MAX_ID - 1 for i in ids):
+            raise InvalidInputError(f"client ids must be in [0, 2^32 - 1); got {sorted(ids)[:3]}...{sorted(ids)[-3:]}")
+        if len(ids) < 2:
+            raise InvalidInputError(f"secure aggregation needs at least 2 clients; got {len(ids)}")
+        object.__setattr__(self, "participants", tuple(sorted(ids)))
+        if self.bit_width not in SUPPORTED_BIT_WIDTHS:
+            raise InvalidInputError(f"bit_width must be one of {SUPPORTED_BIT_WIDTHS}; got {self.bit_width}")
+        if not isinstance(self.vector_length, int) or not 1 <= self.vector_length <= _MAX_VECTOR:
+            raise InvalidInputError(f"vector_length must be an int in [1, 2^31]; got {self.vector_length!r}")
+        n = len(ids)
+        if self.degree is not None:
+            if not isinstance(self.degree, int) or self.degree < 2 or self.degree % 2:
+                raise InvalidInputError(f"SecAgg+ degree must be an even int >= 2; got {self.degree!r}")
+            if self.degree >= n - 1:
+                object.__setattr__(self, "degree", None)  # that is the complete graph
+        k = self.effective_degree
+        if not isinstance(self.threshold, int) or not (k + 1) / 2 < self.threshold <= k + 1:
+            raise InvalidInputError(
+                f"threshold must satisfy (k+1)/2 < t <= k+1 = {k + 1} (k = {k} neighbours per client), "
+                f"i.e. t in [{(k + 1) // 2 + 1}, {k + 1}]; got {self.threshold!r}. A smaller t would let a "
+                "malicious server collect both kinds of shares of one client from different neighbours."
+            )
+        keys = FrozenMap(self.verify_keys)
+        object.__setattr__(self, "verify_keys", keys)
+        if self.active:
+            missing = [i for i in ids if i not in keys]
+            if missing:
+                raise InvalidInputError(
+                    f"active mode needs an Ed25519 verify key for every participant; missing for {missing[:10]}"
+                )
+        if any(len(v) != 32 for v in keys.values()):
+            raise InvalidInputError("verify keys must be 32-byte Ed25519 public keys")
+
+    @property
+    def n(self) -> int:
+        return len(self.participants)
+
+    @property
+    def effective_degree(self) -> int:
+        """k: neighbours per client (n - 1 for the complete graph)."""
+        return self.n - 1 if self.degree is None else self.degree
+
+    @cached_property
+    def canonical_bytes(self) -> bytes:
+        """Canonical encoding of the configuration (input to the fingerprint)."""
+        parts = [
+            b"secagg/v1/config",
+            self.session_id,
+            struct.pack(">IIQBIB", self.n, self.threshold, self.vector_length, self.bit_width,
+                        self.degree or 0, int(self.active)),
+            b"".join(struct.pack(">I", i) for i in self.participants),
+            b"".join(struct.pack(">I", i) + self.verify_keys[i] for i in self.verify_keys),
+        ]
+        return b"".join(parts)
+
+    @cached_property
+    def fingerprint(self) -> bytes:
+        """SHA-256 of :attr:`canonical_bytes`: the ``session`` field of every message."""
+        return hashlib.sha256(self.canonical_bytes).digest()
+
+    @cached_property
+    def neighbors(self) -> dict:
+        """Open neighbourhoods N(u): the complete graph or a SecAgg+ Harary graph."""
+        if self.degree is None:
+            return complete_graph(self.participants)
+        seed = hashlib.sha256(b"secagg/v1/graph-seed" + self.fingerprint).digest()
+        return harary_graph(self.participants, self.degree, seed)
+
+    def closed_neighborhood(self, client_id: int) -> frozenset:
+        """N[u] = N(u) ∪ {u}: the holders of u's shares."""
+        return self.neighbors[client_id] | {client_id}

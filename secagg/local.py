@@ -1,0 +1,232 @@
+"""Run every party of one session in-process, through the real sessions and wire bytes.
+
+:func:`run_local` is the reference transport: it encodes each client's float
+vector, creates a :class:`~secagg.client.ClientSession` per client and one
+:class:`~secagg.server.ServerSession`, and moves *wire bytes* between them
+round by round, with dropouts at chosen stages and an optional ``tamper``
+hook that plays a malicious server. Simulations, tests and benchmarks use it;
+real deployments replace it with a network transport (e.g. Flower) and keep
+the same sessions.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Mapping
+
+import numpy as np
+
+from . import wire
+from .config import SessionConfig, new_session_id
+from .crypto import SigningKeyPair
+from .encoding import FixedPointEncoder, check_finite_vector
+from .errors import InvalidInputError, RemoteProtocolError, ThresholdNotMetError
+from .messages import ConsistencyRequest, KeyDirectory, MaskedInputRequest, UnmaskRequest
+from .client import ClientSession
+from .server import ServerSession
+
+__all__ = ["STAGES", "LocalResult", "run_local"]
+
+#: Protocol stages, in order; a client listed under a stage sends nothing from that stage on.
+STAGES = ("advertise", "share", "mask", "consistency", "unmask")
+
+# The stage in which a client answers each server message.
+_ANSWER_STAGE = {
+    KeyDirectory: "share",
+    MaskedInputRequest: "mask",
+    ConsistencyRequest: "consistency",
+    UnmaskRequest: "unmask",
+}
+
+
+@dataclass(frozen=True)
+class LocalResult:
+    """Outcome of :func:`run_local`.
+
+    Attributes:
+        aggregate: float64 decoded sum of the included clients' clipped inputs.
+        survivors: ids whose inputs are in the sum (U3).
+        resolution: quantisation step; ``|aggregate - exact| <= len(survivors) * resolution``.
+        server_view: every message the server received, in wire form, in arrival order.
+        bit_width: ring width b used on the wire.
+        clipped: per client, how many coordinates were clipped.
+        refusals: per client, the error with which it refused a server message (if any).
+        bytes_up / bytes_down: wire bytes per stage, clients -> server and server -> clients.
+        seconds: wall time per stage (client and server work together).
+        config: the session's public configuration.
+    """
+
+    aggregate: np.ndarray
+    survivors: frozenset
+    resolution: float
+    server_view: list
+    bit_width: int
+    clipped: Mapping[int, int]
+    refusals: Mapping[int, Exception]
+    bytes_up: Mapping[str, int]
+    bytes_down: Mapping[str, int]
+    seconds: Mapping[str, float]
+    config: SessionConfig = field(repr=False)
+
+
+def _validate_updates(updates: Mapping) -> tuple[list[int], int]:
+    if not isinstance(updates, Mapping) or len(updates) < 2:
+        raise InvalidInputError("updates must map at least 2 client ids to 1-D float arrays")
+    ids = list(updates)
+    if any(not isinstance(i, int) or isinstance(i, bool) for i in ids):
+        raise InvalidInputError(f"client ids must be ints; got {[i for i in ids if not isinstance(i, int)][:5]}")
+    lengths = {i: np.shape(updates[i]) for i in ids}
+    first = lengths[ids[0]]
+    if len(first) != 1 or first[0] < 1:
+        raise InvalidInputError(f"updates must be non-empty 1-D arrays; client {ids[0]} has shape {first}")
+    wrong = {i: s for i, s in lengths.items() if s != first}
+    if wrong:
+        raise InvalidInputError(f"all updates must have shape {first}; got {dict(list(wrong.items())[:5])}")
+    return sorted(ids), first[0]
+
+
+def _validate_dropouts(dropouts, ids: list[int]) -> dict[int, int]:
+    """Map client id -> index of the first stage in which it is silent."""
+    silent_from: dict[int, int] = {}
+    for stage, clients in (dropouts or {}).items():
+        if stage not in STAGES:
+            raise InvalidInputError(f"unknown dropout stage {stage!r}; stages are {STAGES}")
+        unknown = set(clients) - set(ids)
+        if unknown:
+            raise InvalidInputError(f"dropouts at stage {stage!r} name unknown client ids {sorted(unknown)[:10]}")
+        for c in clients:
+            silent_from[c] = min(silent_from.get(c, len(STAGES)), STAGES.index(stage))
+    return silent_from
+
+
+def run_local(
+    updates: Mapping[int, np.ndarray],
+    *,
+    threshold: int,
+    neighbors: int | None = None,
+    dropouts: Mapping[str, object] | None = None,
+    active: bool = False,
+    clip: float = 1.0,
+    tamper: Callable | None = None,
+    resolution: float | None = None,
+    bit_width: int | None = None,
+    session_id: bytes | None = None,
+    refusals: str = "raise",
+) -> LocalResult:
+    """Securely aggregate ``updates`` with every party simulated in this process.
+
+    Args:
+        updates: client id -> 1-D float array (all the same length).
+        threshold: t; see :class:`~secagg.config.SessionConfig` for its range.
+        neighbors: SecAgg+ graph degree k (even), or ``None`` for the complete graph.
+        dropouts: stage name -> client ids silent from that stage on
+            (stages: ``"advertise", "share", "mask", "consistency", "unmask"``).
+        active: run the consistency check and signatures (malicious-server defence).
+        clip: each coordinate is clipped to ``[-clip, clip]`` before encoding.
+        tamper: ``(recipient_id, message) -> message | None`` applied to every
+            server -> client message (``None`` withholds it): a malicious server.
+        resolution / bit_width: encoding precision and ring width (chosen automatically).
+        session_id: the 32-byte session nonce (fresh random by default).
+        refusals: ``"raise"`` (default) re-raises the first refusal of an honest
+            client (a :class:`~secagg.errors.RemoteProtocolError`); ``"drop"``
+            records it in ``LocalResult.refusals`` and treats the client as dropped.
+
+    Raises:
+        ProtocolError subclasses: invalid input, refusals (see above), or
+        :class:`~secagg.errors.ThresholdNotMetError` when fewer than t remain.
+    """
+    if refusals not in ("raise", "drop"):
+        raise InvalidInputError(f"refusals must be 'raise' or 'drop'; got {refusals!r}")
+    ids, length = _validate_updates(updates)
+    silent_from = _validate_dropouts(dropouts, ids)
+    vectors = {i: check_finite_vector(updates[i], length=length, name=f"update of client {i}") for i in ids}
+    encoder = FixedPointEncoder.create(
+        clip=clip, max_summands=len(ids), resolution=resolution, bit_width=bit_width
+    )
+    identities = {i: SigningKeyPair.generate() for i in ids} if active else {}
+    config = SessionConfig(
+        session_id=session_id or new_session_id(),
+        participants=tuple(ids),
+        threshold=threshold,
+        vector_length=length,
+        bit_width=encoder.bit_width,
+        degree=neighbors,
+        active=active,
+        verify_keys={i: k.verify_key for i, k in identities.items()},
+    )
+    clipped: dict[int, int] = {}
+    clients: dict[int, ClientSession] = {}
+    for i in ids:
+        encoded = encoder.encode(vectors[i])
+        clipped[i] = encoded.clipped
+        clients[i] = ClientSession(
+            config, i, signing_key=identities[i].seed if active else None, masked_input=encoded.ring
+        )
+    del vectors
+
+    server = ServerSession(config)
+    server_view: list[bytes] = []
+    refused: dict[int, Exception] = {}
+    bytes_up = dict.fromkeys(STAGES, 0)
+    bytes_down = dict.fromkeys(STAGES, 0)
+    seconds = dict.fromkeys(STAGES, 0.0)
+
+    def alive(client_id: int, stage: str) -> bool:
+        return silent_from.get(client_id, len(STAGES)) > STAGES.index(stage) and client_id not in refused
+
+    def upload(stage: str, message) -> None:
+        data = wire.encode(message)
+        bytes_up[stage] += len(data)
+        server_view.append(data)
+        server.receive(data)
+
+    start = time.perf_counter()
+    for i in ids:
+        if alive(i, "advertise"):
+            upload("advertise", clients[i].advertise())
+    seconds["advertise"] += time.perf_counter() - start
+
+    while True:
+        start = time.perf_counter()
+        outgoing = server.advance()
+        if not outgoing:
+            break
+        stage = _ANSWER_STAGE[type(next(iter(outgoing.values())))]
+        for recipient in sorted(outgoing):
+            message = outgoing[recipient]
+            if tamper is not None:
+                message = tamper(recipient, message)
+                if message is None:
+                    continue
+            data = wire.encode(message)
+            bytes_down[stage] += len(data)
+            if not alive(recipient, stage):
+                continue
+            try:
+                reply = clients[recipient].handle(data)
+            except RemoteProtocolError as exc:
+                if refusals == "raise":
+                    raise
+                refused[recipient] = exc
+                continue
+            except ThresholdNotMetError as exc:  # the client aborts itself: too few peers left
+                refused[recipient] = exc
+                continue
+            upload(stage, reply)
+        seconds[stage] += time.perf_counter() - start
+
+    result = server.result
+    return LocalResult(
+        aggregate=encoder.decode(result.ring_sum),
+        survivors=result.survivors,
+        resolution=encoder.resolution,
+        server_view=server_view,
+        bit_width=config.bit_width,
+        clipped=clipped,
+        refusals=refused,
+        bytes_up=bytes_up,
+        bytes_down=bytes_down,
+        seconds=seconds,
+        config=config,
+    )
