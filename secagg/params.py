@@ -137,9 +137,9 @@ __all__ = [
 DEFAULT_SECURITY_BITS = 40
 DEFAULT_CORRECTNESS_BITS = 20
 
-# Relative slack of the floating-point screen. Its own error is ~1e-10 relative
-# for n up to 1e5 (log-gamma values rounded to one ulp), so nothing the exact
-# test would accept is screened out.
+# Relative slack of the floating-point screen. Its own relative error is a few
+# ulps of log(n!) (about 1e-10 at n = 1e4, 1e-7 at n = 1e7), far below the slack,
+# so the screen never rejects a (k, t) that the exact test would accept.
 _SCREEN_SLACK = 1.0 + 1e-3
 
 
@@ -669,10 +669,13 @@ def _infeasible_message(setting: str, n: int, corrupt: int, dropped: int, malici
             complete_rule = f"t >= {(n + corrupt) // 2 + 1}"
         else:
             complete_rule = f"t >= {max(corrupt, n // 2) + 1}"
+        if bound >= 1:
+            best = "is >= 1 (no guarantee) for every degree"
+        else:
+            best = f"is ~{_format_probability(bound)}, at {where(degree, threshold)}"
         body = (
-            f"Security is reachable, but then the correctness bound fails: best correctness "
-            f"bound at the smallest secure threshold is ~{_format_probability(bound)} at "
-            f"{where(degree, threshold)} (the complete graph needs {complete_rule} and "
+            f"Security is reachable, but then the correctness bound fails: the best correctness "
+            f"bound at the smallest secure threshold {best} (the complete graph needs {complete_rule} and "
             f"t <= n - D = {n - dropped}). Lower dropout_fraction or correctness_bits"
             + (" (or corrupt_fraction, which lowers the secure threshold)" if corrupt else "")
             + "."
