@@ -1,7 +1,56 @@
-"""Privacy: DP-SGD local training, accounting, the privacy ledger, distributed DP, audit, DPIA.
+"""Privacy: local DP-SGD, epsilon accounting, calibration and the privacy ledger.
 
-Not built yet (issues 3, 7 and 8). The package exists so the layout and the
-import direction (``dp -> secagg`` for encoding only) are fixed from the start.
+* :mod:`dp.events` - :class:`PrivacyEvent`, one private release (site, round, sigma, q, steps, delta).
+* :mod:`dp.accounting` - epsilon from events with Opacus RDP, Opacus PRV and dp-accounting
+  PLD side by side; the reported bound is the tightest valid upper bound.
+* :mod:`dp.calibration` - the noise multiplier for a target epsilon over the whole run.
+* :mod:`dp.ledger` - the append-only, hash-chained SQLite ledger and its verification.
+* :mod:`dp.training` - local DP-SGD with Opacus (CSPRNG sampling and noise by default).
+
+Imports flow one way: ``dp`` uses ``secagg`` for its CSPRNG only. torch and
+Opacus are imported lazily by the functions that need them.
 """
 
-__all__: list[str] = []
+from .accounting import (
+    ACCOUNTANTS,
+    APPROXIMATIONS,
+    DEFAULT_ACCOUNTANTS,
+    AccountantResult,
+    EpsilonReport,
+    accountant_version,
+    compute_epsilon,
+    epsilon_for,
+)
+from .calibration import Calibration, calibrate_noise
+from .errors import (
+    BudgetExceededError,
+    CalibrationError,
+    InvalidPrivacyParameterError,
+    LedgerError,
+    LedgerIntegrityError,
+    ModelNotPrivateError,
+    PrivacyError,
+)
+from .events import NEIGHBOURING_RELATIONS, PrivacyEvent
+from .ledger import BudgetDecision, LedgerEntry, PrivacyLedger, VerificationReport, verify_ledger
+from .training import (
+    DpSgdConfig,
+    LocalTrainingResult,
+    csprng_gaussian,
+    csprng_poisson_mask,
+    make_private_compatible,
+    train_dp_sgd,
+    train_non_private,
+)
+
+__all__ = [
+    "PrivacyEvent", "NEIGHBOURING_RELATIONS",
+    "ACCOUNTANTS", "APPROXIMATIONS", "DEFAULT_ACCOUNTANTS", "AccountantResult", "EpsilonReport",
+    "compute_epsilon", "epsilon_for", "accountant_version",
+    "Calibration", "calibrate_noise",
+    "PrivacyLedger", "LedgerEntry", "BudgetDecision", "VerificationReport", "verify_ledger",
+    "DpSgdConfig", "LocalTrainingResult", "train_dp_sgd", "train_non_private", "make_private_compatible",
+    "csprng_gaussian", "csprng_poisson_mask",
+    "PrivacyError", "InvalidPrivacyParameterError", "CalibrationError", "BudgetExceededError",
+    "LedgerError", "LedgerIntegrityError", "ModelNotPrivateError",
+]

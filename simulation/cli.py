@@ -1,9 +1,11 @@
 """The ``secagg`` command line.
 
-Subcommands today: ``demo`` (a protocol demonstration with dropouts and a
-malicious-coordinator attack) and ``params`` (the SecAgg+ parameter finder).
-Training, accounting and reporting commands arrive with their issues.
-Exit codes: 0 success, 2 bad input (a one-line error), 1 anything else.
+Subcommands: ``demo`` (a protocol demonstration with dropouts and a
+malicious-coordinator attack), ``params`` (the SecAgg+ parameter finder),
+``epsilon`` and ``noise`` (privacy accounting and calibration), ``ledger show``
+and ``ledger verify`` (the run's privacy ledger).
+Exit codes: 0 success, 2 bad input (a one-line error on stderr), 1 a failed
+check (e.g. a ledger that does not verify).
 """
 
 from __future__ import annotations
@@ -19,6 +21,160 @@ __all__ = ["main", "build_parser"]
 
 class _Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
     pass
+
+
+class UsageError(Exception):
+    """Bad command-line input: reported in one line with exit code 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (exit code 2), as the project promises."""
+
+    def error(self, message: str):  # noqa: D401 - argparse API
+        raise UsageError(f"{self.prog}: error: {message}")
+
+
+def _probability(name: str, *, low_open: bool = True, high_closed: bool = False):
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name} must be a number; got {text!r}") from None
+        ok = (0 < value if low_open else 0 <= value) and (value <= 1 if high_closed else value < 1)
+        if not ok:
+            interval = ("(" if low_open else "[") + "0, 1" + ("]" if high_closed else ")")
+            raise argparse.ArgumentTypeError(f"{name} must be in {interval}; got {value}")
+        return value
+
+    return parse
+
+
+def _positive(kind, name: str):
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name} must be a positive {'integer' if kind is int else 'number'}; got {text!r}") from None
+        if not value > 0 or value != value or value in (float("inf"),):
+            raise argparse.ArgumentTypeError(f"{name} must be positive and finite; got {text}")
+        return value
+
+    return parse
+
+
+_ACCOUNTANT_CHOICES = ("rdp", "prv", "pld", "rdp-dpa", "all")
+
+
+def _accountants(choice: str) -> tuple:
+    from dp.accounting import DEFAULT_ACCOUNTANTS
+
+    return DEFAULT_ACCOUNTANTS if choice == "all" else (choice,)
+
+
+def _fmt(value) -> str:
+    return "failed" if value is None else f"{value:.4f}"
+
+
+def _cmd_epsilon(args: argparse.Namespace) -> int:
+    from dp.accounting import epsilon_for
+
+    report = epsilon_for(
+        noise_multiplier=args.noise_multiplier, sample_rate=args.sample_rate, steps=args.steps,
+        delta=args.delta, accountants=_accountants(args.accountant),
+        approximations=("gdp",) if args.show_gdp else (),
+        neighbouring=args.neighbouring,
+    )
+    data = report.to_dict()
+    data.update(noise_multiplier=args.noise_multiplier, sample_rate=args.sample_rate, steps=args.steps,
+                neighbouring=args.neighbouring)
+    if args.json:
+        print(json.dumps(data, indent=2))
+        return 0
+    print(f"DP-SGD: noise multiplier {args.noise_multiplier}, sample rate {args.sample_rate}, {args.steps} steps, "
+          f"delta {args.delta}, {'add/remove-one' if args.neighbouring == 'add_remove_one' else 'replace-one'} adjacency")
+    for result in report.results:
+        suffix = f"  ({result.error})" if not result.ok else ""
+        print(f"  {result.accountant:<8} epsilon = {_fmt(result.epsilon)}   [{result.library}]{suffix}")
+    for result in report.approximations:
+        print(f"  {result.accountant:<8} epsilon = {_fmt(result.epsilon)}   [{result.library}] "
+              "APPROXIMATION, not an upper bound; never used as the bound")
+    if report.bound is None:
+        print("  no accountant produced a valid bound")
+        return 1
+    print(f"bound: epsilon <= {report.bound:.4f} at delta = {args.delta} (tightest valid upper bound: "
+          f"{report.bound_accountant})")
+    return 0
+
+
+def _cmd_noise(args: argparse.Namespace) -> int:
+    from dp.calibration import calibrate_noise
+
+    calibration = calibrate_noise(
+        target_epsilon=args.target_epsilon, delta=args.delta, sample_rate=args.sample_rate,
+        steps=args.steps, accountant=args.accountant,
+    )
+    if args.json:
+        print(json.dumps(calibration.to_dict(), indent=2))
+        return 0
+    used = "the tightest of rdp, prv, pld" if args.accountant == "all" else args.accountant
+    print(f"noise multiplier {calibration.noise_multiplier:.4f} gives epsilon {calibration.epsilon:.4f} "
+          f"<= {args.target_epsilon} at delta {args.delta} over {args.steps} steps with sample rate "
+          f"{args.sample_rate} (accountant: {used})")
+    return 0
+
+
+def _cmd_ledger_show(args: argparse.Namespace) -> int:
+    from dp.ledger import PrivacyLedger
+
+    with PrivacyLedger.open(args.run_dir) as ledger:
+        entries = ledger.entries()
+        accountants = ledger.accountants
+        delta = ledger.delta
+        budgets = ledger.budgets
+    rows = []
+    for entry in entries:
+        if entry.kind != "spend":
+            continue
+        event, cumulative = entry.body["event"], entry.body["cumulative"]
+        rows.append({
+            "seq": entry.seq, "site": event["site"], "round": event["round"],
+            "noise_multiplier": event["noise_multiplier"], "sample_rate": event["sample_rate"],
+            "steps": event["steps"], "epsilon": cumulative["epsilon"], "bound": cumulative["bound"],
+            "bound_accountant": cumulative["bound_accountant"],
+        })
+    if args.json:
+        print(json.dumps({"delta": delta, "budgets": budgets, "accountants": list(accountants),
+                          "entries": len(entries), "spends": rows}, indent=2))
+        return 0
+    print(f"privacy ledger of {args.run_dir}: {len(entries)} entries, delta = {delta}, "
+          f"budgets {budgets}; cumulative epsilon per site after each round")
+    header = f"{'seq':>4} {'site':<12} {'round':>5} {'sigma':>7} {'q':>8} {'steps':>6} " + " ".join(
+        f"{a:>9}" for a in accountants) + f" {'bound':>9}"
+    print(header)
+    for r in rows:
+        print(f"{r['seq']:>4} {r['site']:<12} {r['round']:>5} {r['noise_multiplier']:>7.3f} {r['sample_rate']:>8.4f} "
+              f"{r['steps']:>6} " + " ".join(f"{_fmt(r['epsilon'].get(a)):>9}" for a in accountants)
+              + f" {_fmt(r['bound']):>9}")
+    return 0
+
+
+def _cmd_ledger_verify(args: argparse.Namespace) -> int:
+    from dp.ledger import verify_ledger
+
+    report = verify_ledger(args.run_dir)
+    if args.json:
+        print(json.dumps({"ok": report.ok, "entries": report.entries, "first_broken": report.first_broken,
+                          "reason": report.reason, "notes": report.notes, "epsilon": report.epsilon}, indent=2))
+    elif report.ok:
+        print(f"ledger OK: {report.entries} entries, hash chain intact, head record matches, epsilons re-derived")
+        for note in report.notes:
+            print(f"  note: {note}")
+        for site, eps in sorted(report.epsilon.items()):
+            print(f"  {site}: epsilon <= {eps['bound']:.4f} ({eps['bound_accountant']}) at delta {eps['delta']}")
+    else:
+        where = f"entry {report.first_broken}" if report.first_broken else "the head record"
+        print(f"ledger BROKEN at {where}: {report.reason}", file=sys.stderr)
+    return 0 if report.ok else 1
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -54,13 +210,18 @@ def _cmd_params(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="secagg",
         description="Privacy-hardened secure aggregation for federated learning of brain-MRI autoencoders.",
         formatter_class=_Formatter,
-        epilog="Examples:\n  secagg demo\n  secagg demo --json\n  secagg params --n 1000 --corrupt 0.05 --dropout 0.05",
+        epilog=(
+            "Examples:\n  secagg demo\n  secagg params --n 1000 --corrupt 0.05 --dropout 0.05\n"
+            "  secagg epsilon --noise-multiplier 1.1 --sample-rate 0.01 --steps 1000 --delta 1e-5\n"
+            "  secagg noise --target-epsilon 3 --delta 1e-5 --sample-rate 0.01 --steps 1000\n"
+            "  secagg ledger verify runs/demo"
+        ),
     )
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     demo = sub.add_parser(
         "demo",
@@ -101,16 +262,99 @@ def build_parser() -> argparse.ArgumentParser:
     params.add_argument("--malicious", action="store_true", help="account for a malicious coordinator")
     params.add_argument("--json", action="store_true", help="print one JSON object")
     params.set_defaults(func=_cmd_params)
+
+    epsilon = sub.add_parser(
+        "epsilon",
+        help="epsilon of DP-SGD (Poisson-subsampled Gaussian) under several accountants",
+        formatter_class=_Formatter,
+        description=(
+            "Epsilon at the given delta for STEPS steps of DP-SGD with Poisson sampling, from Opacus RDP,\n"
+            "Opacus PRV and dp-accounting PLD side by side. The bound is the tightest of the valid upper\n"
+            "bounds; an accountant that fails is reported with its reason. GDP (--show-gdp) is an\n"
+            "approximation that can under-estimate epsilon and is never used as the bound."
+        ),
+        epilog=(
+            "Examples:\n  secagg epsilon --noise-multiplier 1.1 --sample-rate 0.01 --steps 1000 --delta 1e-5\n"
+            "  secagg epsilon --noise-multiplier 1.0 --sample-rate 0.004 --steps 14000 --delta 1e-5 --json\n"
+            "  secagg epsilon --noise-multiplier 0.8 --sample-rate 1 --steps 10 --delta 1e-6 --accountant pld"
+        ),
+    )
+    epsilon.add_argument("--noise-multiplier", required=True, type=_positive(float, "noise multiplier"),
+                         help="sigma: noise std divided by the clipping norm")
+    epsilon.add_argument("--sample-rate", required=True, type=_probability("sample rate", high_closed=True),
+                         help="q: Poisson sampling probability per step, in (0, 1]")
+    epsilon.add_argument("--steps", required=True, type=_positive(int, "steps"), help="number of DP-SGD steps")
+    epsilon.add_argument("--delta", required=True, type=_probability("delta"), help="target delta, in (0, 1)")
+    epsilon.add_argument("--accountant", choices=_ACCOUNTANT_CHOICES, default="all",
+                         help="one accountant, or all of rdp, prv, pld")
+    epsilon.add_argument("--neighbouring", choices=("add_remove_one", "replace_one"), default="add_remove_one",
+                         help="adjacency relation (Opacus accountants support add/remove only)")
+    epsilon.add_argument("--show-gdp", action="store_true", help="also show the GDP approximation (labelled)")
+    epsilon.add_argument("--json", action="store_true",
+                         help='one JSON object with keys "epsilon" (accountant -> value or null) and "bound"')
+    epsilon.set_defaults(func=_cmd_epsilon)
+
+    noise = sub.add_parser(
+        "noise",
+        help="calibrate the noise multiplier for a target epsilon over the whole run",
+        formatter_class=_Formatter,
+        description=(
+            "Smallest noise multiplier whose epsilon after STEPS steps (rounds x local steps: the whole\n"
+            "run, not one epoch) is at most the target, under the chosen accountant."
+        ),
+        epilog=(
+            "Examples:\n  secagg noise --target-epsilon 3 --delta 1e-5 --sample-rate 0.01 --steps 1000\n"
+            "  secagg noise --target-epsilon 1 --delta 1e-6 --sample-rate 0.05 --steps 200 --accountant rdp --json"
+        ),
+    )
+    noise.add_argument("--target-epsilon", required=True, type=_positive(float, "target epsilon"))
+    noise.add_argument("--delta", required=True, type=_probability("delta"), help="target delta, in (0, 1)")
+    noise.add_argument("--sample-rate", required=True, type=_probability("sample rate", high_closed=True),
+                       help="q, in (0, 1]")
+    noise.add_argument("--steps", required=True, type=_positive(int, "steps"), help="total steps of the run")
+    noise.add_argument("--accountant", choices=_ACCOUNTANT_CHOICES, default="all",
+                       help="calibrate against one accountant, or the tightest valid bound of all")
+    noise.add_argument("--json", action="store_true", help='one JSON object with key "noise_multiplier"')
+    noise.set_defaults(func=_cmd_noise)
+
+    ledger = sub.add_parser(
+        "ledger", help="show or verify a run's privacy ledger", formatter_class=_Formatter,
+        description="The append-only, hash-chained privacy ledger of a run directory.",
+        epilog="Examples:\n  secagg ledger show runs/demo\n  secagg ledger verify runs/demo --json",
+    )
+    ledger_sub = ledger.add_subparsers(dest="ledger_command", required=True, parser_class=_Parser)
+    show = ledger_sub.add_parser(
+        "show", help="per site and round: events and cumulative epsilon per accountant", formatter_class=_Formatter,
+        epilog="Example:\n  secagg ledger show runs/demo",
+    )
+    show.add_argument("run_dir", help="a run directory (holds ledger.sqlite)")
+    show.add_argument("--json", action="store_true", help="print one JSON object")
+    show.set_defaults(func=_cmd_ledger_show)
+    verify = ledger_sub.add_parser(
+        "verify", formatter_class=_Formatter,
+        help="recompute the hash chain and every epsilon; exit 0 when intact, 1 naming the first broken entry",
+        epilog="Example:\n  secagg ledger verify runs/demo",
+    )
+    verify.add_argument("run_dir", help="a run directory (holds ledger.sqlite)")
+    verify.add_argument("--json", action="store_true", help="print one JSON object")
+    verify.set_defaults(func=_cmd_ledger_verify)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    from dp.errors import CalibrationError, InvalidPrivacyParameterError, LedgerError
+
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except UsageError as exc:
+        print(str(exc).replace("\n", " "), file=sys.stderr)
+        return 2
     try:
         return args.func(args)
-    except (secagg.InvalidInputError, secagg.InfeasibleParametersError) as exc:
-        print(f"secagg {args.command}: error: {exc}", file=sys.stderr)
+    except (secagg.InvalidInputError, secagg.InfeasibleParametersError, InvalidPrivacyParameterError,
+            CalibrationError, LedgerError) as exc:
+        print(f"secagg {args.command}: error: {str(exc).splitlines()[0]}", file=sys.stderr)
         return 2
 
 

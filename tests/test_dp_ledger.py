@@ -1,0 +1,196 @@
+"""The privacy ledger: budgets, the hash chain, tamper detection, crash safety."""
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from dp import BudgetExceededError, LedgerError, PrivacyEvent, PrivacyLedger, verify_ledger
+from dp.ledger import HEAD_FILE, LEDGER_FILE
+
+DELTA = 1e-5
+
+
+def _event(site, round_index, sigma=1.0, q=0.02, steps=50):
+    return PrivacyEvent(site, round_index, sigma, q, steps, DELTA)
+
+
+@pytest.fixture
+def run_dir(tmp_path):
+    ledger = PrivacyLedger.create(tmp_path, run_id="r1", delta=DELTA, budgets={"a": 5.0, "b": 5.0},
+                                  accountants=("rdp",))
+    for r in range(3):
+        ledger.commit_round(r, [_event("a", r), _event("b", r)])
+    ledger.close()
+    return tmp_path
+
+
+def _raw(run_dir):
+    """A connection that bypasses the append-only triggers, as an attacker with sqlite3 would."""
+    conn = sqlite3.connect(Path(run_dir) / LEDGER_FILE, isolation_level=None)
+    conn.execute("DROP TRIGGER entries_no_update")
+    conn.execute("DROP TRIGGER entries_no_delete")
+    return conn
+
+
+def test_ledger_with_every_accountant(tmp_path):
+    ledger = PrivacyLedger.create(tmp_path, run_id="all", delta=DELTA, budgets={"a": 5.0})
+    ledger.commit_round(0, [_event("a", 0)])
+    ledger.commit_round(1, [_event("a", 1)])
+    spent = ledger.spent("a")
+    assert {r.accountant for r in spent.results} == {"rdp", "prv", "pld"}
+    assert spent.bound_accountant in ("prv", "pld")
+    ledger.close()
+    report = verify_ledger(tmp_path)
+    assert report.ok and report.epsilon["a"]["bound"] == pytest.approx(spent.bound)
+
+
+def test_intact_ledger_verifies_and_reports_epsilon(run_dir):
+    report = verify_ledger(run_dir)
+    assert report.ok, report.reason
+    assert report.entries == 1 + 3 * 3  # genesis, then 2 spends + 1 round entry per round
+    assert set(report.epsilon) == {"a", "b"}
+    assert report.epsilon["a"]["bound"] > 0
+
+
+def test_spent_epsilon_composes_rounds(run_dir):
+    with PrivacyLedger.open(run_dir) as ledger:
+        assert ledger.spent("a").bound == pytest.approx(verify_ledger(run_dir).epsilon["a"]["bound"])
+        assert ledger.committed_rounds() == {0, 1, 2}
+        assert len(ledger.events("a")) == 3
+
+
+def test_budget_is_enforced_before_training(tmp_path):
+    ledger = PrivacyLedger.create(tmp_path, run_id="r", delta=DELTA, budgets={"a": 1.0}, accountants=("rdp",))
+    big = _event("a", 0, sigma=0.7, q=0.1, steps=500)
+    decision = ledger.check_budget("a", [big])
+    assert not decision.allowed and decision.projected.bound > 1.0
+    with pytest.raises(BudgetExceededError, match="sit out"):
+        ledger.require_budget("a", [big])
+    with pytest.raises(BudgetExceededError):
+        ledger.commit_round(0, [big])  # never silently exceeded, even if the check was skipped
+    assert ledger.committed_rounds() == set()
+    small = _event("a", 0, sigma=5.0, q=0.01, steps=10)
+    assert ledger.check_budget("a", [small]).allowed
+    ledger.commit_round(0, [small], skipped={})
+    assert verify_ledger(tmp_path).ok
+
+
+def test_round_cannot_be_committed_twice(run_dir):
+    with PrivacyLedger.open(run_dir) as ledger:
+        with pytest.raises(LedgerError, match="already committed"):
+            ledger.commit_round(1, [_event("a", 1)])
+
+
+def test_append_only_triggers(run_dir):
+    conn = sqlite3.connect(Path(run_dir) / LEDGER_FILE)
+    with pytest.raises(sqlite3.DatabaseError, match="append-only"):
+        conn.execute("UPDATE entries SET body = '{}' WHERE seq = 2")
+    with pytest.raises(sqlite3.DatabaseError, match="append-only"):
+        conn.execute("DELETE FROM entries WHERE seq = 2")
+
+
+def test_edit_detected(run_dir):
+    conn = _raw(run_dir)
+    body = json.loads(conn.execute("SELECT body FROM entries WHERE seq = 3").fetchone()[0])
+    body["event"]["noise_multiplier"] = 10.0
+    conn.execute("UPDATE entries SET body = ? WHERE seq = 3",
+                 (json.dumps(body, sort_keys=True, separators=(",", ":")),))
+    report = verify_ledger(run_dir)
+    assert not report.ok and report.first_broken == 3 and "altered" in report.reason
+
+
+def test_edit_with_rehashed_chain_detected_by_epsilon_recomputation(run_dir):
+    """An attacker who edits an event AND recomputes every hash (and the head record) is still
+    caught: the stored cumulative epsilons no longer match the events."""
+    from dp.ledger import _chain_hash, _genesis_hash, canonical_json
+
+    conn = _raw(run_dir)
+    rows = conn.execute("SELECT seq, kind, body FROM entries ORDER BY seq").fetchall()
+    prev = _genesis_hash("r1")
+    for seq, kind, body in rows:
+        parsed = json.loads(body)
+        if seq == 2:
+            parsed["event"]["steps"] = 5  # claim less spend
+        text = canonical_json(parsed)
+        digest = _chain_hash(prev, text)
+        conn.execute("UPDATE entries SET body = ?, prev_hash = ?, hash = ? WHERE seq = ?", (text, prev, digest, seq))
+        prev = digest
+    (Path(run_dir) / HEAD_FILE).write_text(json.dumps({"run_id": "r1", "entries": len(rows), "head": prev}))
+    report = verify_ledger(run_dir)
+    assert not report.ok and report.first_broken == 2 and "recomputed" in report.reason
+
+
+def test_deletion_detected(run_dir):
+    _raw(run_dir).execute("DELETE FROM entries WHERE seq = 4")
+    report = verify_ledger(run_dir)
+    assert not report.ok and report.first_broken == 4
+
+
+def test_reordering_detected(run_dir):
+    conn = _raw(run_dir)
+    a = conn.execute("SELECT kind, body, prev_hash, hash FROM entries WHERE seq = 2").fetchone()
+    b = conn.execute("SELECT kind, body, prev_hash, hash FROM entries WHERE seq = 3").fetchone()
+    conn.execute("UPDATE entries SET kind=?, body=?, prev_hash=?, hash=? WHERE seq = 2", b)
+    conn.execute("UPDATE entries SET kind=?, body=?, prev_hash=?, hash=? WHERE seq = 3", a)
+    report = verify_ledger(run_dir)
+    assert not report.ok and report.first_broken == 2
+
+
+def test_truncation_detected_by_head_record(run_dir):
+    _raw(run_dir).execute("DELETE FROM entries WHERE seq >= 8")
+    report = verify_ledger(run_dir)
+    assert not report.ok and "truncated" in report.reason
+
+
+def test_missing_head_record_is_reported(run_dir):
+    (Path(run_dir) / HEAD_FILE).unlink()
+    assert not verify_ledger(run_dir).ok
+
+
+def test_missing_and_foreign_ledgers(tmp_path):
+    with pytest.raises(LedgerError, match="no privacy ledger"):
+        verify_ledger(tmp_path)
+    (tmp_path / LEDGER_FILE).write_bytes(b"this is not sqlite at all" * 100)
+    with pytest.raises(LedgerError, match="not a secagg privacy ledger"):
+        PrivacyLedger.open(tmp_path)
+    other = tmp_path / "other"
+    other.mkdir()
+    conn = sqlite3.connect(other / LEDGER_FILE)
+    conn.execute("CREATE TABLE meta (key TEXT, value TEXT)")
+    conn.commit()
+    with pytest.raises(LedgerError):
+        PrivacyLedger.open(other)
+    with pytest.raises(LedgerError, match="already exists"):
+        PrivacyLedger.create(other, run_id="x", delta=DELTA, budgets={"a": 1.0})
+
+
+def test_sigkill_during_writes_loses_no_committed_round(tmp_path):
+    writer = Path(__file__).with_name("ledger_writer.py")
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    for attempt, wait in enumerate((1.0, 2.5)):
+        run_dir = tmp_path / f"run{attempt}"
+        proc = subprocess.Popen([sys.executable, str(writer), str(run_dir)], stdout=subprocess.PIPE, text=True,
+                                env=env)
+        acknowledged = []
+        deadline = time.monotonic() + wait + 30
+        while time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            if not line:
+                break
+            acknowledged.append(int(line))
+            if len(acknowledged) >= 3 and time.monotonic() > deadline - 30:
+                break
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        assert acknowledged, "the writer committed nothing"
+        report = verify_ledger(run_dir)
+        assert report.ok, report.reason
+        with PrivacyLedger.open(run_dir) as ledger:
+            assert set(acknowledged) <= ledger.committed_rounds()
