@@ -20,6 +20,10 @@ RATIOS = [
     ("server unmask n=50, m=1e6, 10% dropped / 27 s peer", "server_unmask_n50_1m", 27.0, "target <= 1/20"),
     ("server unmask n=50, m=1e6 / plain numpy sum of 45 vectors", "server_unmask_n50_1m", ("floor_numpy_sum_45x1m", 1),
      "mask removal on top of the unavoidable sum"),
+    ("DP-SGD step (CSPRNG noise) / non-private step", "step_dp_sgd_csprng_b16_64px",
+     ("step_non_private_b16_64px", 1), "target <= 2.5x"),
+    ("DP-SGD step (torch RNG) / non-private step", "step_dp_sgd_torch_rng_b16_64px",
+     ("step_non_private_b16_64px", 1), "Opacus as shipped"),
 ]
 
 

@@ -51,6 +51,7 @@ __all__ = [
     "compute_epsilon",
     "epsilon_for",
     "accountant_version",
+    "merge_events",
 ]
 
 
@@ -253,6 +254,31 @@ def _run(entry: _Accountant, events: Sequence[PrivacyEvent], delta: float, *, up
     return AccountantResult(entry.name, value, None, library, upper)
 
 
+def merge_events(events: Sequence[PrivacyEvent]) -> tuple[PrivacyEvent, ...]:
+    """Group events with the same mechanism parameters, summing their steps.
+
+    Exact, not an approximation: composition is commutative, and T1 steps of a
+    mechanism followed by T2 steps of the same mechanism are T1 + T2 steps of
+    it. Accountants then compose a few long runs (PLD/PRV by repeated
+    squaring/FFT) instead of one short run per round, which is both faster and
+    numerically tighter.
+    """
+    groups: dict[tuple, int] = {}
+    template: dict[tuple, PrivacyEvent] = {}
+    for event in events:
+        key = (event.noise_multiplier, event.sample_rate, event.neighbouring, event.mechanism)
+        groups[key] = groups.get(key, 0) + event.steps
+        template.setdefault(key, event)
+    return tuple(
+        PrivacyEvent(
+            site=template[key].site, round=template[key].round, noise_multiplier=key[0], sample_rate=key[1],
+            steps=steps, delta=template[key].delta, clipping_norm=template[key].clipping_norm,
+            neighbouring=key[2], mechanism=key[3],
+        )
+        for key, steps in sorted(groups.items(), key=lambda item: item[0][:2])
+    )
+
+
 @lru_cache(maxsize=1024)
 def _cached_run(name: str, events: tuple, delta: float, upper: bool) -> AccountantResult:
     """Accountants are deterministic functions of (events, delta): budget checks, commits and
@@ -285,8 +311,9 @@ def compute_epsilon(
         )
     if not accountants:
         raise InvalidPrivacyParameterError("at least one accountant is needed")
-    results = tuple(_cached_run(a, tuple(events), delta, True) for a in accountants)
-    approx = tuple(_cached_run(a, tuple(events), delta, False) for a in approximations)
+    merged = merge_events(events)
+    results = tuple(_cached_run(a, merged, delta, True) for a in accountants)
+    approx = tuple(_cached_run(a, merged, delta, False) for a in approximations)
     valid = [r for r in results if r.ok]
     best = min(valid, key=lambda r: r.epsilon) if valid else None
     return EpsilonReport(

@@ -15,12 +15,13 @@ resolution), then a 1 x 1 convolution to ``latent_channels``: the bottleneck
 that keeps the network from learning the identity (an autoencoder that can
 copy its input also copies lesions, and the residual vanishes).
 
-**Decoder**: a 1 x 1 convolution from the latent code back to the deepest
-width, then per stage ``Upsample(x2, nearest) -> Conv2d(k x k) -> GroupNorm ->
-LeakyReLU`` (nearest upsampling + convolution instead of transposed
-convolution: no checkerboard artefacts in the residual maps, and Opacus
-supports it), and a final ``Conv2d(k x k)`` to one channel with no activation
-(intensities are normalised to brain median 1, not to [0, 1]).
+**Decoder**: the encoder's mirror. A 1 x 1 convolution from the latent code
+back to the deepest width, then per inner stage ``Upsample(x2, nearest) ->
+Conv2d(k x k) -> GroupNorm -> LeakyReLU`` (nearest upsampling + convolution
+instead of transposed convolution: no checkerboard artefacts in the residual
+maps, and Opacus supports it), and a last ``Upsample -> Conv2d(k x k)`` to one
+channel with no activation (intensities are normalised to brain median 1, not
+to [0, 1]).
 
 **FedDis** (:class:`DisentangledAutoencoder`, after Bercea et al., Nature
 Machine Intelligence 2022): a *shape* encoder (wide: 64-128-128) and an
@@ -96,16 +97,22 @@ class Encoder(nn.Sequential):
 
 
 class Decoder(nn.Sequential):
-    """1 x 1 expansion, then (upsample x2 -> conv -> norm -> act) per stage, then a k x k output conv."""
+    """The encoder's mirror: 1 x 1 expansion, (upsample x2 -> conv -> norm -> act) per
+    inner stage, and a last upsample x2 -> k x k convolution to the output channel."""
 
     def __init__(self, channels: Sequence[int], kernel_size: int, latent_channels: int, out_channels: int = 1):
         widths = tuple(reversed(tuple(channels)))  # deepest first
-        layers: list[nn.Module] = [nn.Conv2d(latent_channels, widths[0], 1), nn.GroupNorm(_groups(widths[0]), widths[0]), nn.LeakyReLU(0.2)]
+        layers: list[nn.Module] = [
+            nn.Conv2d(latent_channels, widths[0], 1),
+            nn.GroupNorm(_groups(widths[0]), widths[0]),
+            nn.LeakyReLU(0.2),
+        ]
         c = widths[0]
-        for width in widths[1:] + (widths[-1],):
+        for width in widths[1:]:
             layers.append(nn.Upsample(scale_factor=2, mode="nearest"))
             layers += _stage(c, width, kernel_size)
             c = width
+        layers.append(nn.Upsample(scale_factor=2, mode="nearest"))
         layers.append(nn.Conv2d(c, out_channels, kernel_size, padding=kernel_size // 2))
         super().__init__(*layers)
 

