@@ -106,6 +106,7 @@ class ServerSession:
         self._survivors: frozenset = frozenset()  # U3
         self._signatures: dict[int, bytes] = {}  # U4
         self._unmask_recipients: frozenset = frozenset()
+        self._released_on_abort: frozenset = frozenset()
         self._result: AggregateResult | None = None
 
     # -- inspection --------------------------------------------------------------
@@ -126,6 +127,17 @@ class ServerSession:
         else:
             return frozenset()
         return eligible - set(self._received)
+
+    @property
+    def released(self) -> frozenset:
+        """Clients whose masked input has reached the server (U3, or its part so far).
+
+        This is the set whose privacy was spent in this session, whether or
+        not the session later completes: record it even when it aborts.
+        """
+        if self.stage is ServerStage.MASK:
+            return frozenset(self._received)
+        return self._survivors if self._survivors else self._released_on_abort
 
     @property
     def result(self) -> AggregateResult:
@@ -238,6 +250,8 @@ class ServerSession:
         answered = dict(self._received)
         if len(answered) < self._t:
             stage = self.stage
+            if stage is ServerStage.MASK:
+                self._released_on_abort = frozenset(answered)
             self._abort()
             raise ThresholdNotMetError(
                 f"only {len(answered)} clients answered in stage {stage.value}; threshold is {self._t}. "

@@ -209,6 +209,65 @@ def _cmd_params(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_simulate(args: argparse.Namespace) -> int:
+    from .config import load_config
+    from .runstore import RunDirectoryError
+    from .simulate import SimulationError, format_summary, resume_config, run_simulation
+
+    if args.resume:
+        if args.out and args.out != args.resume:
+            raise UsageError("secagg simulate: error: --resume RUN_DIR continues RUN_DIR; do not also give --out")
+        config = resume_config(args.resume)
+        out = args.resume
+    else:
+        baselines = None
+        if args.baselines is not None:
+            baselines = tuple(b for b in args.baselines.split(",") if b and b != "none")
+        config = load_config(
+            preset="tiny" if args.tiny else args.preset,
+            toml_path=args.config,
+            data=args.data, sites=args.sites, rounds=args.rounds, mode=args.mode, dropout=args.dropout,
+            dropout_schedule=args.dropout_schedule, epsilon=args.epsilon, delta=args.delta, model=args.model,
+            seed=args.seed, threshold=args.threshold, baselines=baselines, local_steps=args.local_steps,
+            image_size=args.image_size, active=True if args.active else None, cache_dir=args.cache_dir,
+        )
+        out = args.out or f"runs/{config.preset}-{config.mode}-{config.fingerprint()[:8]}"
+    result = run_simulation(config, out, resume=bool(args.resume), quiet=args.json)
+    if args.json:
+        print(json.dumps(result.summary | {"run_dir": str(result.run_dir)}, indent=2, default=str))
+    else:
+        print(format_summary(result.summary))
+        print(f"   run directory: {result.run_dir}  (secagg ledger verify {result.run_dir})")
+    return 0
+
+
+def _cmd_data_synth(args: argparse.Namespace) -> int:
+    import time
+
+    import models
+
+    start = time.perf_counter()
+    manifest = models.generate_cohort(args.out, sites=args.sites, scale=args.scale, seed=args.seed,
+                                      workers=args.workers, overwrite=args.overwrite)
+    data = manifest.to_dict() if hasattr(manifest, "to_dict") else {}
+    counts = {}
+    for subject in getattr(manifest, "subjects", ()):
+        key = (subject.site, "pathology" if getattr(subject, "lesion_type", None) else "healthy")
+        counts[key] = counts.get(key, 0) + 1
+    if args.json:
+        print(json.dumps({"out": str(args.out), "reused": getattr(manifest, "reused", False),
+                          "seconds": round(time.perf_counter() - start, 2), "manifest": data}, indent=2, default=str))
+        return 0
+    verb = "reused" if getattr(manifest, "reused", False) else "wrote"
+    print(f"{verb} a synthetic {args.scale} cohort of {args.sites} sites (seed {args.seed}) in {args.out} "
+          f"({time.perf_counter() - start:.1f} s)")
+    for site in sorted({k[0] for k in counts}):
+        print(f"  {site}: {counts.get((site, 'healthy'), 0)} healthy, {counts.get((site, 'pathology'), 0)} "
+              "pathological volumes")
+    print(f"  layout: SITE/healthy/*.nii.gz, SITE/pathology/*.nii.gz with *_mask.nii.gz; manifest {args.out}/cohort.json")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="secagg",
@@ -317,6 +376,87 @@ def build_parser() -> argparse.ArgumentParser:
     noise.add_argument("--json", action="store_true", help='one JSON object with key "noise_multiplier"')
     noise.set_defaults(func=_cmd_noise)
 
+    from .config import MODES, PRESETS, SimulationConfig
+
+    defaults = SimulationConfig()
+    simulate = sub.add_parser(
+        "simulate",
+        help="federated DP training of a brain-MRI autoencoder with secure aggregation (the main job)",
+        formatter_class=_Formatter,
+        description=(
+            "Several hospitals train an anomaly-detection autoencoder together: local DP-SGD (Opacus),\n"
+            "then secure aggregation of the updates (the coordinator sees only the sum), with sites\n"
+            "dropping out mid-protocol. Writes one run directory (config, metrics.jsonl, privacy ledger,\n"
+            "checkpoints, plots, summary.json) and prints a summary: detection metrics of the\n"
+            "federated model vs local-only models, epsilon per site, dropouts survived.\n\n"
+            "Without --data it generates the synthetic four-site cohort (cached). Defaults are the\n"
+            "'demo' preset (compact model, 64x64 slices, tiny cohort: minutes on 2 CPU cores);\n"
+            "--tiny finishes in well under a minute. Modes: secagg (complete graph), secagg+ (sparse\n"
+            "graph from the parameter finder), plain (NO protection: a labelled baseline).\n"
+            "Every default below is the demo preset's."
+        ),
+        epilog=(
+            "Examples:\n  secagg simulate\n  secagg simulate --tiny --out runs/smoke\n"
+            "  secagg simulate --mode secagg+ --dropout 0.1 --rounds 10\n"
+            "  secagg simulate --data /data/cohort --model feddis --epsilon 4 --baselines local,central\n"
+            "  secagg simulate --config study.toml --out runs/study\n"
+            "  secagg simulate --resume runs/demo-secagg-1a2b3c4d"
+        ),
+    )
+    simulate.add_argument("--data", help="cohort directory in the site layout (default: synthetic, generated and cached)")
+    simulate.add_argument("--sites", type=_positive(int, "sites"), help=f"synthetic sites (default {defaults.sites})")
+    simulate.add_argument("--rounds", type=_positive(int, "rounds"), help=f"federated rounds (default {defaults.rounds})")
+    simulate.add_argument("--local-steps", type=_positive(int, "local steps"),
+                          help=f"DP-SGD steps per site per round (default {defaults.local_steps})")
+    simulate.add_argument("--mode", choices=MODES, help=f"aggregation protocol (default {defaults.mode})")
+    simulate.add_argument("--active", action="store_true",
+                          help="defend against an actively malicious coordinator (signatures + consistency check)")
+    simulate.add_argument("--threshold", type=_positive(int, "threshold"),
+                          help="t: minimum sites per protocol round (default: smallest safe value)")
+    simulate.add_argument("--dropout", type=_probability("dropout", low_open=False),
+                          help="per-stage drop probability of each site (default: the demo preset scripts one dropout at "
+                               "each stage and one aborted round; with --data or --sites, 0.02)")
+    simulate.add_argument("--dropout-schedule", help="JSON/TOML file: round -> stage -> [sites]")
+    simulate.add_argument("--epsilon", type=_positive(float, "epsilon"),
+                          help=f"each site's privacy budget for the whole run (default {defaults.epsilon})")
+    simulate.add_argument("--delta", type=_probability("delta"), help=f"delta (default {defaults.delta})")
+    simulate.add_argument("--model", help=f"model name (default {defaults.model}; see models.available_models())")
+    simulate.add_argument("--image-size", type=_positive(int, "image size"),
+                          help=f"slice size in pixels (default {defaults.image_size})")
+    simulate.add_argument("--baselines", help="comma list of local,central (default local; 'none' for none)")
+    simulate.add_argument("--seed", type=int, help=f"seed of splits, initialisation and dropouts (default {defaults.seed})")
+    simulate.add_argument("--out", help="run directory (default runs/PRESET-MODE-FINGERPRINT)")
+    simulate.add_argument("--config", help="TOML file with any configuration keys (flags override it)")
+    simulate.add_argument("--preset", choices=sorted(PRESETS), default="demo", help="starting configuration")
+    simulate.add_argument("--tiny", action="store_true", help="the smoke-test preset (well under a minute)")
+    simulate.add_argument("--cache-dir", help=f"cache of synthetic data and preprocessing (default {defaults.cache_dir})")
+    simulate.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last complete round")
+    simulate.add_argument("--json", action="store_true", help="print summary.json instead of the text summary")
+    simulate.set_defaults(func=_cmd_simulate)
+
+    data = sub.add_parser("data", help="data utilities", formatter_class=_Formatter,
+                          epilog="Example:\n  secagg data synth --out data/tiny --scale tiny")
+    data_sub = data.add_subparsers(dest="data_command", required=True, parser_class=_Parser)
+    synth = data_sub.add_parser(
+        "synth", formatter_class=_Formatter,
+        help="write a synthetic multi-site FLAIR cohort (NIfTI, offline, deterministic for a seed)",
+        description=(
+            "Subjects from the MNI152 2009 template shipped with nilearn (no download): smooth random\n"
+            "deformations, FLAIR-like rendering, per-site scanner effects, MS-like lesions and tumours\n"
+            "with voxel masks, written in the site layout that real data uses. Scales: tiny (CI and the\n"
+            "CPU demo), small, paper (the FedDis study's size: 1,532 healthy, ~538 pathological)."
+        ),
+        epilog="Examples:\n  secagg data synth --out data/tiny\n  secagg data synth --out data/paper --scale paper --seed 1",
+    )
+    synth.add_argument("--out", required=True, help="output directory")
+    synth.add_argument("--sites", type=_positive(int, "sites"), default=4, help="number of sites")
+    synth.add_argument("--scale", choices=("tiny", "small", "paper"), default="tiny", help="cohort size")
+    synth.add_argument("--seed", type=int, default=0, help="random seed (same seed, same bytes)")
+    synth.add_argument("--workers", type=_positive(int, "workers"), help="rendering processes")
+    synth.add_argument("--overwrite", action="store_true", help="replace a different cohort already in --out")
+    synth.add_argument("--json", action="store_true", help="print one JSON object")
+    synth.set_defaults(func=_cmd_data_synth)
+
     ledger = sub.add_parser(
         "ledger", help="show or verify a run's privacy ledger", formatter_class=_Formatter,
         description="The append-only, hash-chained privacy ledger of a run directory.",
@@ -344,17 +484,32 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     from dp.errors import CalibrationError, InvalidPrivacyParameterError, LedgerError
 
+    from .config import ConfigError
+    from .runstore import RunDirectoryError
+
+    bad_input: tuple = (secagg.InvalidInputError, secagg.InfeasibleParametersError, InvalidPrivacyParameterError,
+                        CalibrationError, LedgerError, ConfigError, RunDirectoryError)
+    try:
+        from models.errors import ModelsError
+
+        bad_input += (ModelsError,)
+    except ImportError:
+        pass
+    try:
+        from .simulate import SimulationError
+
+        bad_input += (SimulationError,)
+    except ImportError:
+        pass
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
+        return args.func(args)
     except UsageError as exc:
         print(str(exc).replace("\n", " "), file=sys.stderr)
         return 2
-    try:
-        return args.func(args)
-    except (secagg.InvalidInputError, secagg.InfeasibleParametersError, InvalidPrivacyParameterError,
-            CalibrationError, LedgerError) as exc:
-        print(f"secagg {args.command}: error: {str(exc).splitlines()[0]}", file=sys.stderr)
+    except bad_input as exc:
+        print(f"secagg {args.command}: error: {' '.join(str(exc).split())}", file=sys.stderr)
         return 2
 
 

@@ -1,0 +1,236 @@
+"""The resolved configuration of a federated simulation run.
+
+A :class:`SimulationConfig` is built from defaults, an optional TOML file
+(``--config``) and command-line flags, validated as a whole (impossible
+settings are refused before anything is written), stored as ``config.json``
+in the run directory, and fingerprinted: ``--resume`` refuses a run directory
+whose configuration differs.
+
+Presets: ``demo`` (the default; what ``make demo`` runs: compact model,
+64 x 64 slices, synthetic four-site cohort at the ``tiny`` scale, finishes in
+a few minutes on two CPU cores) and ``tiny`` (a smoke-test preset that
+finishes well under a minute). ``study`` documents the study-sized
+configuration (FedDis-sized model, 128 x 128, ``paper`` scale); it needs a
+GPU-class budget and is never run by the test suite.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import tomllib
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
+
+__all__ = ["SimulationConfig", "ConfigError", "MODES", "PRESETS", "load_config"]
+
+MODES = ("secagg", "secagg+", "plain")
+_SCALES = ("tiny", "small", "paper")
+_BASELINES = ("local", "central")
+_BUDGET_POLICIES = ("sit-out", "stop")
+_ABORT_POLICIES = ("continue", "stop")
+
+
+class ConfigError(ValueError):
+    """An invalid simulation configuration (reported in one line, exit code 2)."""
+
+
+@dataclass(frozen=True)
+class SimulationConfig:
+    """Every knob of a run. Defaults are the ``demo`` preset.
+
+    Data: ``data`` (a cohort directory in the site layout; ``None`` generates
+    the synthetic cohort into ``cache_dir``), ``sites`` (how many synthetic
+    sites), ``scale`` and ``data_seed`` of the synthetic cohort,
+    ``image_size`` (slices are image_size^2), ``val_fraction`` (healthy
+    subjects per site held out to fix the detection threshold).
+
+    Training: ``model`` (a name from :func:`models.available_models`),
+    ``rounds``, ``local_steps`` per round, ``sample_rate`` (Poisson rate q of
+    DP-SGD, the same at every site), ``max_grad_norm`` (C), ``learning_rate``.
+
+    Privacy: ``epsilon`` (each site's budget for the whole run) and ``delta``;
+    the noise multiplier is calibrated so that rounds x local_steps steps meet
+    it (tightest valid bound of RDP, PRV and PLD). ``secure_rng``: CSPRNG
+    sampling and noise (off only for reproducible experiments).
+    ``budget_policy``: a site that would pass its budget sits out
+    (``sit-out``) or the run stops (``stop``).
+
+    Protocol: ``mode`` (``secagg`` complete graph, ``secagg+`` sparse graph
+    from the parameter finder, ``plain`` unprotected baseline), ``threshold``
+    (``None``: the smallest safe t), ``active`` (malicious-server defence),
+    ``update_clip`` (per-coordinate clip of the weighted update before
+    encoding), ``corrupt_fraction`` (SecAgg+ parameter finder input).
+
+    Dropouts: ``dropout`` (per-stage drop probability of each site),
+    ``dropout_schedule`` (a JSON/TOML file, or an inline mapping: round ->
+    stage -> site names; used instead of ``dropout`` when set),
+    ``dropout_seed``; ``on_abort``: after a round aborts for lack of
+    survivors, ``continue`` with the next round or ``stop``. The demo preset
+    schedules one dropout at each interesting stage and one aborted round.
+
+    ``baselines``: also train ``local`` (each site alone) and/or ``central``
+    (pooled data) models with the same privacy budget, for comparison.
+    """
+
+    preset: str = "demo"
+    data: str | None = None
+    cache_dir: str = ".cache/secagg"
+    sites: int = 4
+    scale: str = "tiny"
+    data_seed: int = 0
+    image_size: int = 64
+    val_fraction: float = 0.25
+    model: str = "compact-ae"
+    rounds: int = 8
+    local_steps: int = 10
+    sample_rate: float = 0.1
+    max_grad_norm: float = 1.0
+    learning_rate: float = 2e-3
+    epsilon: float = 8.0
+    delta: float = 1e-5
+    secure_rng: bool = True
+    budget_policy: str = "sit-out"
+    mode: str = "secagg"
+    threshold: int | None = None
+    active: bool = False
+    update_clip: float = 1.0
+    corrupt_fraction: float = 0.0
+    dropout: float = 0.0
+    dropout_schedule: str | dict | None = None
+    dropout_seed: int = 0
+    on_abort: str = "continue"
+    baselines: tuple = ("local",)
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "baselines", tuple(self.baselines))
+        self.validate()
+
+    # -- validation ----------------------------------------------------------------
+
+    def validate(self) -> None:
+        def positive_int(name, minimum=1):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+                raise ConfigError(f"{name} must be an integer >= {minimum}; got {value!r}")
+
+        def number(name, low, high, *, low_open=True, high_open=True):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise ConfigError(f"{name} must be a number; got {value!r}")
+            if (value <= low if low_open else value < low) or (value >= high if high_open else value > high):
+                lo, hi = "(" if low_open else "[", ")" if high_open else "]"
+                raise ConfigError(f"{name} must be in {lo}{low}, {high}{hi}; got {value}")
+
+        for name in ("sites", "rounds", "local_steps"):
+            positive_int(name)
+        positive_int("image_size", 16)
+        if self.image_size % 8:
+            raise ConfigError(f"image_size must be a multiple of 8 (the models downsample 3 times); got {self.image_size}")
+        for name in ("data_seed", "dropout_seed", "seed"):
+            positive_int(name, 0)
+        number("val_fraction", 0, 1)
+        number("sample_rate", 0, 1, high_open=False)
+        number("max_grad_norm", 0, math.inf)
+        number("learning_rate", 0, math.inf)
+        number("epsilon", 0, math.inf)
+        number("delta", 0, 1)
+        number("update_clip", 0, math.inf)
+        number("corrupt_fraction", 0, 1, low_open=False)
+        number("dropout", 0, 1, low_open=False)
+        if self.mode not in MODES:
+            raise ConfigError(f"unknown mode {self.mode!r}; choose one of {', '.join(MODES)} (he: not built yet)")
+        if self.scale not in _SCALES:
+            raise ConfigError(f"unknown scale {self.scale!r}; choose one of {', '.join(_SCALES)}")
+        if self.budget_policy not in _BUDGET_POLICIES:
+            raise ConfigError(f"budget_policy must be one of {_BUDGET_POLICIES}; got {self.budget_policy!r}")
+        if self.on_abort not in _ABORT_POLICIES:
+            raise ConfigError(f"on_abort must be one of {_ABORT_POLICIES}; got {self.on_abort!r}")
+        unknown = [b for b in self.baselines if b not in _BASELINES]
+        if unknown:
+            raise ConfigError(f"unknown baselines {unknown}; choose from {', '.join(_BASELINES)}")
+        if self.threshold is not None:
+            positive_int("threshold", 1)
+        if self.dropout_schedule is not None and not isinstance(self.dropout_schedule, (str, dict)):
+            raise ConfigError("dropout_schedule must be a file path or a mapping round -> stage -> [sites]")
+        if self.active and self.mode == "plain":
+            raise ConfigError("active mode needs a masking protocol; it is meaningless with --mode plain")
+        try:
+            from models import available_models
+        except ImportError:  # the mri extra is missing: reported when the run starts
+            return
+        if self.model not in available_models():
+            raise ConfigError(f"unknown model {self.model!r}; choose one of {', '.join(available_models())}")
+
+    # -- serialisation -------------------------------------------------------------
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data["baselines"] = list(self.baselines)
+        return data
+
+    def fingerprint(self) -> str:
+        """SHA-256 of the configuration (what ``--resume`` compares)."""
+        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()
+
+    def with_overrides(self, **overrides) -> "SimulationConfig":
+        known = {f.name for f in fields(self)}
+        unknown = set(overrides) - known
+        if unknown:
+            raise ConfigError(f"unknown configuration keys {sorted(unknown)}; known: {sorted(known)}")
+        return replace(self, **overrides)
+
+
+#: Named starting points; flags and the TOML file override them.
+#: The demo's dropouts: every path of the protocol once (sites are named site-1..site-4).
+DEMO_DROPOUTS = {
+    "1": {"unmask": ["site-3"]},  # uploaded, then vanished: still in the sum (peers reveal its self-mask shares)
+    "3": {"share": ["site-2"]},  # advertised keys, then vanished: excluded, spent nothing
+    "5": {"mask": ["site-4"]},  # shared keys, never uploaded: peers reveal its key shares to remove its masks
+    "6": {"advertise": ["site-1", "site-2"]},  # two of four gone: fewer than t = 3, the round aborts cleanly
+}
+
+PRESETS: dict[str, dict] = {
+    "demo": {"dropout_schedule": DEMO_DROPOUTS},
+    "tiny": {
+        "preset": "tiny", "rounds": 2, "local_steps": 3, "image_size": 32, "sites": 3, "baselines": (),
+        "epsilon": 10.0,
+    },
+    "study": {
+        "preset": "study", "model": "feddis", "image_size": 128, "scale": "paper", "rounds": 50,
+        "local_steps": 100, "sample_rate": 0.01, "epsilon": 8.0, "baselines": ("local", "central"),
+    },
+}
+
+
+def load_config(*, preset: str = "demo", toml_path: str | None = None, **overrides) -> SimulationConfig:
+    """Defaults < preset < TOML file < command-line overrides (``None`` values are ignored)."""
+    if preset not in PRESETS:
+        raise ConfigError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+    values: dict = {"preset": preset, **PRESETS[preset]}
+    if toml_path is not None:
+        path = Path(toml_path)
+        try:
+            values.update(tomllib.loads(path.read_text()))
+        except FileNotFoundError:
+            raise ConfigError(f"configuration file {path} does not exist") from None
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"configuration file {path} is not valid TOML: {exc}") from None
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    if "dropout" in overrides and "dropout_schedule" not in overrides:
+        values["dropout_schedule"] = None  # an explicit --dropout replaces the preset's schedule
+    elif values.get("dropout_schedule") is DEMO_DROPOUTS and ({"data", "sites"} & set(overrides)):
+        # The scripted demo names site-1..site-4; other cohorts get random dropouts instead.
+        values["dropout_schedule"] = None
+        values.setdefault("dropout", 0.02)
+    values.update(overrides)
+    known = {f.name for f in fields(SimulationConfig)}
+    unknown = set(values) - known
+    if unknown:
+        raise ConfigError(f"unknown configuration keys {sorted(unknown)}; known: {sorted(known)}")
+    try:
+        return SimulationConfig(**values)
+    except TypeError as exc:
+        raise ConfigError(f"invalid configuration: {exc}") from None

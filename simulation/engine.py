@@ -1,0 +1,145 @@
+"""The in-process engine: moves wire bytes between site sessions and the coordinator.
+
+It plays the network and the clock for one round: it delivers every server
+message to its site (as bytes), feeds every reply to the coordinator (as
+bytes), silences sites from the stage at which the dropout model removes
+them, and tells the coordinator a round is over once every live site has
+answered (what a real transport decides with a timeout). A real deployment
+replaces this module with a network engine (Flower) and keeps the sessions.
+
+``on_release`` is called once the masked inputs are in (or the round aborted
+at that stage) with the set of sites whose update reached the coordinator:
+that is when their privacy is spent, and the caller commits it to the ledger
+before anything else happens.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Mapping
+
+import secagg
+from secagg import STAGES, ThresholdNotMetError, wire
+from secagg.messages import ConsistencyRequest, KeyDirectory, MaskedInputRequest, UnmaskRequest
+
+from .coordinator import Coordinator, PlainAggregator
+
+__all__ = ["ProtocolOutcome", "run_masked_round", "run_plain_round"]
+
+_ANSWER_STAGE = {
+    KeyDirectory: "share",
+    MaskedInputRequest: "mask",
+    ConsistencyRequest: "consistency",
+    UnmaskRequest: "unmask",
+}
+
+
+@dataclass
+class ProtocolOutcome:
+    """How one round's protocol went."""
+
+    completed: bool
+    released: frozenset = frozenset()
+    alive: dict = field(default_factory=dict)  # stage -> sorted client ids that sent a message
+    bytes_up: dict = field(default_factory=dict)
+    bytes_down: dict = field(default_factory=dict)
+    seconds: float = 0.0
+    abort_reason: str | None = None
+    refusals: dict = field(default_factory=dict)
+
+
+def run_masked_round(
+    coordinator: Coordinator,
+    config: secagg.SessionConfig,
+    clients: Mapping[int, secagg.ClientSession],
+    silent_from: Mapping[int, str],
+    on_release: Callable[[frozenset], None],
+) -> ProtocolOutcome:
+    """One secure-aggregation session (all rounds of Bonawitz et al.) among ``clients``."""
+    start = time.perf_counter()
+    outcome = ProtocolOutcome(completed=False, bytes_up=dict.fromkeys(STAGES, 0), bytes_down=dict.fromkeys(STAGES, 0),
+                              alive={s: [] for s in STAGES})
+    coordinator.open_masked_round(config)
+    released_reported = False
+
+    def alive(client_id: int, stage: str) -> bool:
+        silent = silent_from.get(client_id)
+        return (silent is None or STAGES.index(silent) > STAGES.index(stage)) and client_id not in outcome.refusals
+
+    def upload(stage: str, client_id: int, message) -> None:
+        data = wire.encode(message)
+        outcome.bytes_up[stage] += len(data)
+        outcome.alive[stage].append(client_id)
+        coordinator.receive(data)
+
+    def report_release() -> None:
+        nonlocal released_reported
+        if not released_reported:
+            released_reported = True
+            outcome.released = coordinator.released
+            on_release(outcome.released)
+
+    try:
+        for client_id in sorted(clients):
+            if alive(client_id, "advertise"):
+                upload("advertise", client_id, clients[client_id].advertise())
+        while True:
+            closing = coordinator.server.stage
+            try:
+                outgoing = coordinator.advance()
+            finally:
+                if closing is secagg.ServerStage.MASK:
+                    report_release()  # the masked inputs are in (or the round aborted right there)
+            if not outgoing:
+                break
+            stage = _ANSWER_STAGE[type(next(iter(outgoing.values())))]
+            for recipient in sorted(outgoing):
+                data = wire.encode(outgoing[recipient])
+                outcome.bytes_down[stage] += len(data)
+                if not alive(recipient, stage):
+                    continue
+                try:
+                    reply = clients[recipient].handle(data)
+                except (secagg.RemoteProtocolError, ThresholdNotMetError) as exc:
+                    outcome.refusals[recipient] = f"{type(exc).__name__}: {exc}"
+                    continue
+                upload(stage, recipient, reply)
+        outcome.completed = True
+    except ThresholdNotMetError as exc:
+        outcome.abort_reason = str(exc)
+        report_release()  # aborted before the mask stage: nothing was released
+    finally:
+        outcome.seconds = time.perf_counter() - start
+        outcome.alive = {s: sorted(v) for s, v in outcome.alive.items()}
+    return outcome
+
+
+def run_plain_round(
+    coordinator: Coordinator,
+    vectors: Mapping[int, object],
+    silent_from: Mapping[int, str],
+    bit_width: int,
+    vector_length: int,
+    on_release: Callable[[frozenset], None],
+) -> ProtocolOutcome:
+    """The unprotected baseline: every live site uploads its encoded update in clear."""
+    start = time.perf_counter()
+    outcome = ProtocolOutcome(completed=False, bytes_up=dict.fromkeys(STAGES, 0), bytes_down=dict.fromkeys(STAGES, 0),
+                              alive={s: [] for s in STAGES})
+    coordinator.open_plain_round(vectors.keys(), vector_length, bit_width)
+    for client_id in sorted(vectors):
+        silent = silent_from.get(client_id)
+        if silent is not None and STAGES.index(silent) <= STAGES.index("mask"):
+            continue
+        data = PlainAggregator.pack(client_id, bit_width, vectors[client_id])
+        outcome.bytes_up["mask"] += len(data)
+        outcome.alive["mask"].append(client_id)
+        coordinator.receive(data)
+    outcome.released = coordinator.released
+    on_release(outcome.released)
+    outcome.completed = bool(outcome.released)
+    if not outcome.completed:
+        outcome.abort_reason = "no site uploaded an update"
+    outcome.seconds = time.perf_counter() - start
+    return outcome

@@ -1,0 +1,641 @@
+"""``secagg simulate``: federated DP training of a brain-MRI autoencoder with secure aggregation.
+
+One round (Bonawitz et al. 2017 for the protocol, FedAvg for the model):
+
+1. **Budget**: each site's planned spend (sigma, q, local steps) is checked
+   against its epsilon budget in the ledger; a site that would pass it sits
+   out (or the run stops, per ``budget_policy``). Sites that the dropout model
+   removes before the round starts do not train.
+2. **Local DP-SGD** (:mod:`dp.training`) from the global weights; the update
+   (only the shared parameters, e.g. FedDis' shape encoder) stays at the site.
+3. **Encode**: clip, weight by the site's record count (the weight rides
+   inside the vector), stochastic rounding into Z_2^b.
+4. **Protocol** (:mod:`simulation.engine`): AdvertiseKeys, ShareKeys,
+   MaskedInputCollection, [ConsistencyCheck], Unmasking, with dropouts.
+5. **Spend**: the moment the masked inputs are in - whether or not the round
+   then completes - the sites whose update reached the coordinator have
+   *released* it; their privacy events are committed to the ledger (one
+   transaction) *before* unmasking, so before the aggregate can be used.
+   Sites that dropped before uploading spent nothing.
+6. **Aggregate**: the coordinator decodes the *sum*, divides by the summed
+   weights (FedAvg) and updates the global model.
+7. **Checkpoint**: global weights and each site's local weights, then
+   ``state.json``, then one line of ``metrics.jsonl`` - each written
+   atomically.
+
+``--resume RUN_DIR`` continues after the last completed round. A round whose
+spend is in the ledger but whose checkpoint is not (a crash during the
+round) keeps its spend - it was released - and its aggregate is lost: the
+run continues with the next round index, so nothing is counted twice.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+import secagg
+from secagg import STAGES
+
+from .config import ConfigError, SimulationConfig
+from .coordinator import Coordinator
+from .dropout import NoDropout, ProbabilisticDropout, load_schedule
+from .engine import run_masked_round, run_plain_round
+from .progress import Progress
+from .runstore import RunDirectory, RunDirectoryError
+from .site import Site
+
+__all__ = ["run_simulation", "SimulationResult", "SimulationError", "resume_config"]
+
+WEIGHT_BOUND_FLOOR = 1
+
+
+class SimulationError(ValueError):
+    """Bad input for a simulation (data, parameters, run directory): exit code 2."""
+
+
+@dataclass
+class CohortSplit:
+    """The pooled evaluation sets and each site's training data."""
+
+    site_names: list
+    train: dict  # site -> (N, 1, H, W) float32
+    val: list  # healthy validation volumes (pooled over sites)
+    pathology: list  # pathological test volumes (pooled over sites)
+    data_root: str
+    examples: dict = field(default_factory=dict)  # site -> SiteData (for figures)
+
+
+@dataclass
+class SimulationResult:
+    run_dir: Path
+    summary: dict
+
+
+# -- data -----------------------------------------------------------------------
+
+
+def _prepare_data(config: SimulationConfig, log) -> CohortSplit:
+    import models
+    from models.errors import ModelsError
+
+    cache = Path(config.cache_dir)
+    try:
+        if config.data is None:
+            root = cache / f"cohort-{config.scale}-{config.sites}sites-seed{config.data_seed}"
+            log(f"synthetic cohort: {config.sites} sites, scale '{config.scale}', seed {config.data_seed} -> {root}")
+            manifest = models.generate_cohort(root, sites=config.sites, scale=config.scale, seed=config.data_seed)
+            log("  (reused from the cache)" if getattr(manifest, "reused", False) else "  generated")
+        else:
+            root = Path(config.data)
+            if not root.is_dir():
+                raise SimulationError(f"data directory {root} does not exist")
+        sites = models.load_cohort(root, image_size=config.image_size, cache_dir=cache / "preprocessed")
+    except ModelsError as exc:
+        raise SimulationError(f"cannot load the cohort: {exc}") from None
+    train, val, pathology = {}, [], []
+    for name, site in sites.items():
+        if len(site.healthy) < 2:
+            raise SimulationError(f"site {name} has {len(site.healthy)} healthy volume(s); at least 2 are needed "
+                                  "(training and threshold validation)")
+        split = models.split_healthy(site, val_fraction=config.val_fraction, seed=config.seed)
+        train[name] = models.training_array(split.train)
+        val.extend(split.val)
+        pathology.extend(site.pathology)
+    if not pathology:
+        raise SimulationError(f"the cohort in {root} has no pathological volumes to evaluate detection on")
+    return CohortSplit(sorted(sites), train, val, pathology, str(root), examples=dict(sites))
+
+
+# -- models ---------------------------------------------------------------------
+
+
+def _new_model(config: SimulationConfig):
+    import torch
+
+    import models
+
+    torch.manual_seed(config.seed)  # the same initial weights for every site and baseline
+    return models.create_model(config.model, image_size=config.image_size)
+
+
+def _shared_names(model) -> list[str]:
+    import models
+
+    return models.shared_parameter_names(model)
+
+
+# -- protocol parameters ------------------------------------------------------------
+
+
+def _protocol_parameters(config: SimulationConfig, n: int) -> dict:
+    """Threshold and graph degree for n sites, validated up front."""
+    overall_drop = 1 - (1 - config.dropout) ** len(STAGES)
+    if config.mode == "plain":
+        return {"threshold": 1, "degree": None, "finder": None}
+    if config.mode == "secagg+":
+        try:
+            params = secagg.find_parameters(
+                n, corrupt_fraction=config.corrupt_fraction, dropout_fraction=min(overall_drop, 0.99),
+                malicious=config.active,
+            )
+        except secagg.InfeasibleParametersError as exc:
+            raise SimulationError(f"SecAgg+ parameters: {exc}") from None
+        degree = None if params.complete else params.degree
+        threshold = config.threshold or params.threshold
+        finder = {"degree": params.degree, "threshold": params.threshold, "complete": params.complete,
+                  "security_failure": params.security_failure, "correctness_failure": params.correctness_failure}
+    else:
+        degree, finder = None, None
+        threshold = config.threshold or n // 2 + 1
+    k = n - 1 if degree is None else degree
+    if threshold > n:
+        raise SimulationError(f"threshold {threshold} is above the number of sites ({n})")
+    if not (k + 1) / 2 < threshold <= k + 1:
+        raise SimulationError(
+            f"threshold {threshold} is unsafe for {n} sites: it must exceed half of each client's "
+            f"neighbourhood ({k + 1}), i.e. be in [{(k + 1) // 2 + 1}, {k + 1}]"
+        )
+    return {"threshold": threshold, "degree": degree, "finder": finder}
+
+
+# -- the run ----------------------------------------------------------------------
+
+
+def resume_config(run_dir) -> SimulationConfig:
+    stored, fingerprint = RunDirectory(run_dir).load_config()
+    try:
+        config = SimulationConfig(**stored)
+    except (TypeError, ConfigError) as exc:
+        raise RunDirectoryError(f"{run_dir}/config.json is not a valid configuration: {exc}") from None
+    if config.fingerprint() != fingerprint:
+        raise RunDirectoryError(f"{run_dir}/config.json does not match its fingerprint (edited?)")
+    return config
+
+
+def run_simulation(
+    config: SimulationConfig,
+    out_dir,
+    *,
+    resume: bool = False,
+    quiet: bool = False,
+    stop_after_round: int | None = None,
+) -> SimulationResult:
+    """Run (or resume) a simulation into ``out_dir``; returns the summary."""
+    import torch
+
+    from dp import DpSgdConfig, PrivacyLedger, calibrate_noise
+    from dp.errors import PrivacyError
+
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    store = RunDirectory(out_dir)
+    progress = Progress(enabled=not quiet)
+    log = progress.log
+    started = time.perf_counter()
+
+    # Validate everything that can be validated before touching the run directory.
+    if resume:
+        stored = resume_config(out_dir)
+        if stored.fingerprint() != config.fingerprint():
+            raise RunDirectoryError(f"{out_dir} belongs to another configuration; resume it with its own settings")
+    cohort = _prepare_data(config, log)
+    names = cohort.site_names
+    ids = {name: i + 1 for i, name in enumerate(names)}
+    protocol = _protocol_parameters(config, len(names))
+    try:
+        dropout_model = (
+            load_schedule(config.dropout_schedule, names) if config.dropout_schedule is not None
+            else ProbabilisticDropout(config.dropout, config.dropout_seed) if config.dropout > 0 else NoDropout()
+        )
+    except ConfigError as exc:
+        raise SimulationError(str(exc)) from None
+    total_steps = config.rounds * config.local_steps
+    try:
+        calibration = calibrate_noise(target_epsilon=config.epsilon, delta=config.delta,
+                                      sample_rate=config.sample_rate, steps=total_steps)
+    except PrivacyError as exc:
+        raise SimulationError(f"noise calibration: {exc}") from None
+    sigma = calibration.noise_multiplier
+    log(f"noise multiplier {sigma:.4f}: epsilon {calibration.epsilon:.3f} <= {config.epsilon} at delta "
+        f"{config.delta} after {config.rounds} rounds x {config.local_steps} steps, q = {config.sample_rate} "
+        f"({calibration.report.bound_accountant})")
+    dp_config = DpSgdConfig(noise_multiplier=sigma, max_grad_norm=config.max_grad_norm,
+                            sample_rate=config.sample_rate, steps=config.local_steps,
+                            learning_rate=config.learning_rate, delta=config.delta, secure_mode=config.secure_rng)
+
+    # Models: one local copy per site (FedDis keeps appearance parameters local), one global state.
+    reference = _new_model(config)
+    shared_names = _shared_names(reference)
+    shared_init = {n: p.detach().clone() for n, p in reference.named_parameters()}
+    sites = {}
+    for name in names:
+        model = _new_model(config)
+        sites[name] = Site(name, ids[name], torch.from_numpy(cohort.train[name]), model, shared_names)
+    coordinator = Coordinator(shared_init, shared_names)
+    vector_length = sum(shared_init[n].numel() for n in shared_names) + 1  # + the FedAvg weight
+    # A public bound on any site's record count (sizes are agreed when the consortium forms).
+    weight_bound = float(2 ** math.ceil(math.log2(max(s.num_records for s in sites.values()))))
+    encoder = secagg.FixedPointEncoder.create(clip=config.update_clip, max_summands=len(names))
+
+    # Run directory and ledger.
+    if resume:
+        ledger = PrivacyLedger.open(out_dir)
+        state = store.read_state()
+        start_round = state["last_round"] + 1
+        if start_round > 0:
+            coordinator.load_state_dict(store.load_torch("global.pt"))
+            for name, site in sites.items():
+                site.model.load_state_dict(store.load_torch(f"site-{name}.pt"))
+        committed = ledger.committed_rounds()
+        lost = sorted(r for r in committed if r >= start_round)
+        if lost:
+            log(f"rounds {lost} were interrupted after their spend was committed: the spend stands, "
+                "their aggregates are lost; continuing after them")
+            for r in lost:
+                state.setdefault("rounds", {})[str(r)] = "interrupted (spend committed, aggregate lost)"
+            start_round = max(lost) + 1
+            state["last_round"] = max(lost)
+            store.write_state(state)
+        store.rewrite_metrics([m for m in store.read_metrics() if m["round"] < start_round])
+        log(f"resuming {out_dir} at round {start_round}")
+    else:
+        store.create(config.to_dict(), config.fingerprint())
+        ledger = PrivacyLedger.create(out_dir, run_id=config.fingerprint()[:16] + "-" + secagg.new_session_id().hex()[:8],
+                                      delta=config.delta, budgets={n: config.epsilon for n in names})
+        state = {"last_round": -1, "rounds": {}}
+        start_round = 0
+        store.write_state(state)
+    label = "PLAIN (no protection: the coordinator sees every update)" if config.mode == "plain" else config.mode
+    log(f"{len(names)} sites, mode {label}, threshold t = {protocol['threshold']}, "
+        f"{vector_length:,} values per update, {config.rounds} rounds; dropouts: {dropout_model.describe()}")
+
+    identities = {name: secagg.crypto.SigningKeyPair.generate() for name in names} if config.active else {}
+    stopped = None
+    try:
+        for round_index in range(start_round, config.rounds):
+            record = _run_round(
+                round_index, config, sites, coordinator, ledger, dropout_model, dp_config, encoder, weight_bound,
+                protocol, identities, vector_length, progress,
+            )
+            store.save_torch("global.pt", coordinator.state_dict())
+            for name, site in sites.items():
+                store.save_torch(f"site-{name}.pt", site.model.state_dict())
+            state["last_round"] = round_index
+            state.setdefault("rounds", {})[str(round_index)] = record["status"]
+            store.write_state(state)
+            store.append_metrics(record)
+            log(_round_line(record))
+            if record["status"] == "stopped":
+                stopped = record["stop_reason"]
+                break
+            if record["status"] == "aborted" and config.on_abort == "stop":
+                stopped = f"round {round_index} aborted: {record['abort_reason']}"
+                break
+            if stop_after_round is not None and round_index >= stop_after_round:
+                return SimulationResult(Path(out_dir), {"stopped_after_round": round_index})
+    finally:
+        ledger.close()
+
+    summary = _finish(config, cohort, sites, coordinator, store, protocol, calibration, shared_names, reference,
+                      started, stopped, progress)
+    return SimulationResult(Path(out_dir), summary)
+
+
+def _planned_event(site: str, round_index: int, dp_config):
+    from dp.events import PrivacyEvent
+
+    return PrivacyEvent(site=site, round=round_index, noise_multiplier=dp_config.noise_multiplier,
+                        sample_rate=dp_config.sample_rate, steps=dp_config.steps, delta=dp_config.delta,
+                        clipping_norm=dp_config.max_grad_norm, secure_rng=dp_config.secure_mode)
+
+
+def _run_round(round_index, config, sites, coordinator, ledger, dropout_model, dp_config, encoder, weight_bound,
+               protocol, identities, vector_length, progress) -> dict:
+    from dp.errors import BudgetExceededError
+
+    timings = {"train": 0.0, "encode": 0.0, "protocol": 0.0, "ledger": 0.0, "decode_apply": 0.0}
+    names = sorted(sites)
+    plan = dropout_model.plan(round_index, names)
+    skipped, stop_reason = {}, None
+    participants = []
+    for name in names:
+        if plan.get(name) == "advertise":
+            continue  # vanished before the round started: no training, no spend
+        decision = ledger.check_budget(name, [_planned_event(name, round_index, dp_config)])
+        if not decision.allowed:
+            skipped[name] = (f"budget: this round would reach epsilon {decision.projected.bound:.3f} "
+                             f"> {decision.budget}")
+            if config.budget_policy == "stop":
+                stop_reason = f"site {name} would exceed its budget"
+            continue
+        participants.append(name)
+    record = {"round": round_index, "mode": config.mode, "planned_dropouts": plan, "skipped": skipped}
+    if stop_reason:
+        t0 = time.perf_counter()
+        ledger.commit_round(round_index, [], skipped=skipped, extra={"status": "stopped"})
+        timings["ledger"] = time.perf_counter() - t0
+        return record | {"status": "stopped", "stop_reason": stop_reason, "seconds": timings}
+
+    # Local training and encoding (at the sites).
+    updates, rings, clipped, losses = {}, {}, {}, {}
+    for name in participants:
+        t0 = time.perf_counter()
+        with progress.task(f"round {round_index} - {name} local DP-SGD", total=dp_config.steps) as advance:
+            updates[name] = sites[name].train(coordinator.global_shared, dp_config, round_index,
+                                              progress=lambda step, loss: advance())
+        timings["train"] += time.perf_counter() - t0
+        t0 = time.perf_counter()
+        rings[name], clipped[name] = sites[name].encode(updates[name], encoder, weight_bound)
+        timings["encode"] += time.perf_counter() - t0
+        losses[name] = float(np.mean(updates[name].losses)) if updates[name].losses else None
+
+    by_id = {sites[n].client_id: n for n in participants}
+    silent = {sites[n].client_id: stage for n, stage in plan.items() if n in participants}
+    released_sites: list[str] = []
+
+    def on_release(released_ids) -> None:
+        t0 = time.perf_counter()
+        released_sites.extend(sorted(by_id[i] for i in released_ids))
+        events = [updates[n].event for n in released_sites]
+        ledger.commit_round(round_index, events, skipped=skipped,
+                            extra={"released": released_sites, "mode": config.mode})
+        timings["ledger"] += time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    if len(participants) < protocol["threshold"] or not participants:
+        outcome = None
+        on_release(frozenset())
+        abort_reason = (f"only {len(participants)} sites could take part; threshold is {protocol['threshold']}")
+    elif config.mode == "plain":
+        outcome = run_plain_round(coordinator, {sites[n].client_id: rings[n] for n in participants}, silent,
+                                  encoder.bit_width, vector_length, on_release)
+        abort_reason = outcome.abort_reason
+    else:
+        session = secagg.SessionConfig(
+            session_id=secagg.new_session_id(),
+            participants=tuple(sorted(by_id)),
+            threshold=protocol["threshold"],
+            vector_length=vector_length,
+            bit_width=encoder.bit_width,
+            degree=protocol["degree"],
+            active=config.active,
+            verify_keys={sites[n].client_id: identities[n].verify_key for n in participants} if config.active else {},
+        )
+        clients = {
+            cid: secagg.ClientSession(session, cid, masked_input=rings[name],
+                                      signing_key=identities[name].seed if config.active else None)
+            for cid, name in by_id.items()
+        }
+        outcome = run_masked_round(coordinator, session, clients, silent, on_release)
+        abort_reason = outcome.abort_reason
+    timings["protocol"] = time.perf_counter() - t0 - timings["ledger"]
+
+    status = "aborted"
+    included: list[str] = []
+    if outcome is not None and outcome.completed:
+        t0 = time.perf_counter()
+        aggregate = coordinator.finish_round(encoder)
+        coordinator.apply(aggregate)
+        timings["decode_apply"] = time.perf_counter() - t0
+        included = sorted(by_id[i] for i in aggregate.included)
+        status = "completed"
+    else:
+        coordinator.server = None
+
+    epsilon = {}
+    for name in sites:
+        spent = ledger.spent(name)
+        epsilon[name] = None if spent is None else spent.bound
+    return record | {
+        "status": status,
+        "abort_reason": None if status == "completed" else abort_reason,
+        "participants": participants,
+        "released": released_sites,
+        "included": included,
+        "survivors_per_stage": {} if outcome is None else {
+            s: [by_id[i] for i in v] for s, v in outcome.alive.items()},
+        "refusals": {} if outcome is None else {by_id[i]: r for i, r in outcome.refusals.items()},
+        "loss": {n: losses.get(n) for n in participants},
+        "mean_loss": float(np.mean([v for v in losses.values() if v is not None])) if any(
+            v is not None for v in losses.values()) else None,
+        "clipped_coordinates": clipped,
+        "epsilon": epsilon,
+        "bytes_up": {} if outcome is None else outcome.bytes_up,
+        "bytes_down": {} if outcome is None else outcome.bytes_down,
+        "seconds": timings,
+    }
+
+
+def _round_line(record: dict) -> str:
+    eps = ", ".join(f"{n} {v:.2f}" for n, v in record["epsilon"].items() if v is not None) or "none"
+    loss = f"{record['mean_loss']:.4f}" if record.get("mean_loss") is not None else "n/a"
+    if record["status"] == "completed":
+        what = f"aggregated {len(record['included'])} sites {record['included']}"
+    elif record["status"] == "stopped":
+        what = f"STOPPED: {record['stop_reason']}"
+    else:
+        what = f"ABORTED ({record['abort_reason']})"
+    dropped = {n: s for n, s in record["planned_dropouts"].items()}
+    return (f"round {record['round']}: {what}; dropouts {dropped or 'none'}; loss {loss}; "
+            f"epsilon spent: {eps}")
+
+
+# -- evaluation, baselines, summary ------------------------------------------------
+
+
+def _global_model(config, coordinator, reference_site_model=None):
+    import torch
+
+    model = _new_model(config)
+    if reference_site_model is not None:
+        model.load_state_dict(reference_site_model.state_dict())
+    with torch.no_grad():
+        params = dict(model.named_parameters())
+        for name, value in coordinator.global_shared.items():
+            params[name].copy_(value)
+    return model
+
+
+def _evaluate(model, cohort, config):
+    import models
+
+    median = 3 if config.image_size <= 64 else 5
+    report = models.evaluate(model, cohort.val, cohort.pathology, fpr=0.01, median_size=median)
+    return report
+
+
+def _metrics(report, which: str) -> dict:
+    method = report.model if which == "model" else report.baseline
+    overall = method.overall
+    return {"dice": overall.dice_mean, "auprc": overall.auprc, "auroc": overall.auroc,
+            "best_dice_upper_bound": overall.best_dice}
+
+
+def _train_baseline(config, data, steps, sigma, site_name, progress):
+    """A model trained alone on ``data`` with the same budget: same sigma, q and total steps."""
+    import torch
+
+    from dp import DpSgdConfig, train_dp_sgd
+
+    model = _new_model(config)
+    cfg = DpSgdConfig(noise_multiplier=sigma, max_grad_norm=config.max_grad_norm, sample_rate=config.sample_rate,
+                      steps=steps, learning_rate=config.learning_rate, delta=config.delta,
+                      secure_mode=config.secure_rng)
+    with progress.task(f"baseline {site_name}", total=steps) as advance:
+        train_dp_sgd(model, torch.from_numpy(data), cfg, site=site_name, round_index=0,
+                     progress=lambda step, loss: advance())
+    return model
+
+
+def _finish(config, cohort, sites, coordinator, store, protocol, calibration, shared_names, reference, started,
+            stopped, progress) -> dict:
+    log = progress.log
+    metrics = store.read_metrics()
+    sigma = calibration.noise_multiplier
+    total_steps = config.rounds * config.local_steps
+    log("evaluating on the pooled pathological test set "
+        f"({len(cohort.pathology)} volumes; threshold fixed on {len(cohort.val)} healthy validation volumes)")
+    federated_shared_only = set(shared_names) != {n for n, _ in reference.named_parameters()}
+    results = {}
+    if federated_shared_only:
+        # FedDis: each site's personalised model (global shape + its own appearance and decoder).
+        per_site = {name: _evaluate(_global_model(config, coordinator, site.model), cohort, config)
+                    for name, site in sites.items()}
+        results["federated"] = {k: float(np.mean([_metrics(r, "model")[k] for r in per_site.values()]))
+                                for k in ("dice", "auprc", "auroc", "best_dice_upper_bound")}
+        results["federated_per_site"] = {n: _metrics(r, "model") for n, r in per_site.items()}
+        first_site = next(iter(sites))
+        federated_model = _global_model(config, coordinator, sites[first_site].model)
+        federated_report = per_site[first_site]
+    else:
+        federated_model = _global_model(config, coordinator)
+        federated_report = _evaluate(federated_model, cohort, config)
+        results["federated"] = _metrics(federated_report, "model")
+    results["intensity_baseline"] = _metrics(federated_report, "baseline")
+    if "local" in config.baselines:
+        results["local"] = {}
+        for name in cohort.site_names:
+            model = _train_baseline(config, cohort.train[name], total_steps, sigma, f"local-{name}", progress)
+            results["local"][name] = _metrics(_evaluate(model, cohort, config), "model")
+    if "central" in config.baselines:
+        pooled = np.concatenate([cohort.train[n] for n in cohort.site_names])
+        model = _train_baseline(config, pooled, total_steps, sigma, "central", progress)
+        results["central"] = _metrics(_evaluate(model, cohort, config), "model")
+
+    figures = _figures(config, cohort, federated_model, federated_report, metrics, store, log)
+    from dp import verify_ledger
+
+    verification = verify_ledger(store.root)
+    completed = [m for m in metrics if m["status"] == "completed"]
+    last_eps = metrics[-1]["epsilon"] if metrics else {}
+    summary = {
+        "mode": config.mode,
+        "protection": ("none: PLAIN baseline, the coordinator saw every site's update" if config.mode == "plain"
+                       else "secure aggregation: the coordinator saw only sums of masked updates"),
+        "preset": config.preset,
+        "scale": config.scale if config.data is None else "user data",
+        "data": cohort.data_root,
+        "model": config.model,
+        "image_size": config.image_size,
+        "sites": {n: {"training_slices": int(cohort.train[n].shape[0])} for n in cohort.site_names},
+        "rounds_planned": config.rounds,
+        "rounds_completed": len(completed),
+        "rounds_aborted": [m["round"] for m in metrics if m["status"] == "aborted"],
+        "stopped": stopped,
+        "dropouts_survived": sum(len(m["planned_dropouts"]) for m in completed),
+        "threshold": protocol["threshold"],
+        "graph": "complete" if protocol["degree"] is None else f"Harary degree {protocol['degree']}",
+        "secagg_plus_parameters": protocol["finder"],
+        "privacy": {
+            "guarantee": "record-level (one training slice) DP of each site's released updates, "
+                         "add/remove-one adjacency",
+            "delta": config.delta,
+            "budget_per_site": config.epsilon,
+            "noise_multiplier": sigma,
+            "sample_rate": config.sample_rate,
+            "clipping_norm": config.max_grad_norm,
+            "local_steps_per_round": config.local_steps,
+            "calibration_accountant": "tightest of rdp, prv, pld",
+            "epsilon_spent": last_eps,
+            "ledger_verified": verification.ok,
+            "secure_rng": config.secure_rng,
+        },
+        "detection": results,
+        "figures": figures,
+        "baselines_note": "local/central baselines are counterfactual comparisons trained with the same "
+                          "noise multiplier and steps; they are not released and not in the ledger",
+        "seconds": round(time.perf_counter() - started, 1),
+    }
+    from .runstore import atomic_write_json
+
+    atomic_write_json(store.summary_path, summary)
+    return summary
+
+
+def _figures(config, cohort, model, report, metrics, store, log) -> list[str]:
+    """Run plots and anomaly-map examples; a failing figure is reported, never fatal."""
+    written = []
+    try:
+        from .plots import plot_run
+
+        written += plot_run(metrics, store.plots)
+    except Exception as exc:
+        log(f"warning: run plots failed: {type(exc).__name__}: {exc}")
+    try:
+        import models
+
+        median = 3 if config.image_size <= 64 else 5
+        path = models.plot_detection_examples(
+            model, cohort.pathology, report.model.threshold, store.plots / "anomaly_maps.png",
+            per_type=2, median_size=median, baseline_threshold=report.baseline.threshold,
+            title=f"federated {config.model} ({config.mode})",
+        )
+        written.append(str(path))
+        written.append(str(models.plot_site_examples(cohort.examples, store.plots / "sites.png")))
+    except Exception as exc:
+        log(f"warning: anomaly-map figure failed: {type(exc).__name__}: {exc}")
+    return written
+
+
+def format_summary(summary: dict) -> str:
+    """The short human summary printed at the end of a run."""
+    lines = [
+        "",
+        f"== secagg simulate: {summary['protection']}",
+        f"   {len(summary['sites'])} sites, {summary['rounds_completed']}/{summary['rounds_planned']} rounds "
+        f"completed, {summary['dropouts_survived']} dropouts survived, threshold t = {summary['threshold']}, "
+        f"{summary['graph']} graph",
+    ]
+    if summary["rounds_aborted"]:
+        lines.append(f"   aborted rounds (too few survivors, no output): {summary['rounds_aborted']}")
+    if summary["stopped"]:
+        lines.append(f"   run stopped early: {summary['stopped']}")
+    p = summary["privacy"]
+    lines.append(f"   privacy: budget epsilon {p['budget_per_site']} per site at delta {p['delta']} "
+                 f"({p['guarantee']}); sigma {p['noise_multiplier']:.3f}, q {p['sample_rate']}, C {p['clipping_norm']}")
+    for site, eps in p["epsilon_spent"].items():
+        lines.append(f"     {site}: epsilon spent <= {eps:.3f}" if eps is not None else f"     {site}: nothing spent")
+    lines.append(f"   ledger verified: {'yes' if p['ledger_verified'] else 'NO'}")
+    d = summary["detection"]
+    lines.append("   detection on the pooled pathological test set (Dice at 1% healthy FPR / AUPRC / AUROC):")
+
+    def row(label, m):
+        return f"     {label:<28} {m['dice']:.3f} / {m['auprc']:.3f} / {m['auroc']:.3f}"
+
+    lines.append(row("federated" + (" (PLAIN)" if summary["mode"] == "plain" else ""), d["federated"]))
+    for site, m in d.get("local", {}).items():
+        lines.append(row(f"local only: {site}", m))
+    if "central" in d:
+        lines.append(row("central (pooled data)", d["central"]))
+    lines.append(row("intensity-threshold baseline", d["intensity_baseline"]))
+    lines.append(f"   scale: {summary['scale']} cohort, {summary['model']} at {summary['image_size']}x"
+                 f"{summary['image_size']}; the study-sized run is `secagg simulate --config study.toml` "
+                 "(see README; GPU-class budget)")
+    lines.append(f"   finished in {summary['seconds']} s")
+    return "\n".join(lines)
