@@ -18,21 +18,27 @@ $(VENV)/.stamp-base: $(PY) pyproject.toml constraints.txt
 	$(INSTALL) -e .
 	touch $@
 
-$(VENV)/.stamp-dev: $(VENV)/.stamp-base
-	$(INSTALL) -e ".[dev]"
+$(VENV)/.stamp-sim: $(VENV)/.stamp-base
+	$(INSTALL) -e ".[sim]"
 	touch $@
 
-demo: $(VENV)/.stamp-base
-	$(VENV)/bin/secagg demo
+$(VENV)/.stamp-dev: $(VENV)/.stamp-sim
+	$(INSTALL) -e ".[sim,dev]"
+	touch $@
+
+# The main job: four synthetic hospitals, DP-SGD + secure aggregation with dropouts.
+# Each run gets its own directory under runs/ (nothing is overwritten).
+demo: $(VENV)/.stamp-sim
+	$(VENV)/bin/secagg simulate --out runs/demo-$$(date +%Y%m%d-%H%M%S)
 
 test: $(VENV)/.stamp-dev
 	$(PY) -m pytest -q -p no:cacheprovider tests
 
 bench: $(VENV)/.stamp-dev
 	mkdir -p $(RESULTS)
-	$(PY) -m pytest -q -p no:cacheprovider benchmarks --benchmark-only \
+	RESULTS=$(RESULTS) $(PY) -m pytest -q -p no:cacheprovider benchmarks --benchmark-only \
 		--benchmark-json=$(RESULTS)/benchmarks.json
-	@echo "results written to $(RESULTS)/benchmarks.json"
+	$(PY) -m benchmarks.report $(RESULTS)/benchmarks.json $(RESULTS)
 
 clean:
 	rm -rf $(VENV) $(RESULTS) .pytest_cache .hypothesis .benchmarks

@@ -19,8 +19,14 @@ import secagg
 __all__ = ["main", "build_parser"]
 
 
-class _Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
-    pass
+class _Formatter(argparse.RawDescriptionHelpFormatter):
+    """Keeps description layout; appends a default only where the help does not state one."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if "default" in text or action.default in (None, False, argparse.SUPPRESS) or not action.option_strings:
+            return text
+        return f"{text} (default: %(default)s)"
 
 
 class UsageError(Exception):
@@ -399,7 +405,7 @@ def build_parser() -> argparse.ArgumentParser:
             "Examples:\n  secagg simulate\n  secagg simulate --tiny --out runs/smoke\n"
             "  secagg simulate --mode secagg+ --dropout 0.1 --rounds 10\n"
             "  secagg simulate --data /data/cohort --model feddis --epsilon 4 --baselines local,central\n"
-            "  secagg simulate --config study.toml --out runs/study\n"
+            "  secagg simulate --preset study --out runs/study\n"
             "  secagg simulate --resume runs/demo-secagg-1a2b3c4d"
         ),
     )

@@ -635,7 +635,7 @@ def format_summary(summary: dict) -> str:
         lines.append(row("central (pooled data)", d["central"]))
     lines.append(row("intensity-threshold baseline", d["intensity_baseline"]))
     lines.append(f"   scale: {summary['scale']} cohort, {summary['model']} at {summary['image_size']}x"
-                 f"{summary['image_size']}; the study-sized run is `secagg simulate --config study.toml` "
+                 f"{summary['image_size']}; the study-sized run is `secagg simulate --preset study` "
                  "(see README; GPU-class budget)")
     lines.append(f"   finished in {summary['seconds']} s")
     return "\n".join(lines)
