@@ -23,7 +23,7 @@ $(VENV)/.stamp-sim: $(VENV)/.stamp-base
 	touch $@
 
 $(VENV)/.stamp-dev: $(VENV)/.stamp-sim
-	$(INSTALL) -e ".[sim,dev]"
+	$(INSTALL) -e ".[sim,he,dev]"
 	touch $@
 
 # The main job: four synthetic hospitals, DP-SGD + secure aggregation with dropouts.

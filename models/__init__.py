@@ -1,6 +1,183 @@
-"""Brain-MRI side: NIfTI I/O and preprocessing, autoencoders, anomaly scoring.
+"""Brain-MRI side: NIfTI I/O and preprocessing, synthetic cohorts, autoencoders, anomaly scoring.
 
-Not built yet (issue 4). ``models`` imports nothing from the project's other packages.
+A tour (the CPU demo's sizes)::
+
+    import models
+
+    manifest = models.generate_cohort("data/tiny", scale="tiny", seed=0)      # 4 sites, NIfTI + cohort.json
+    sites = models.load_cohort("data/tiny", image_size=64, cache_dir="data/cache")
+    split = models.split_healthy(sites["site-1"], val_fraction=0.2, seed=0)   # by subject
+    x = models.training_array(split.train)                                   # (N, 1, 64, 64) float32
+
+    model = models.create_model("compact-feddis", image_size=64)             # Opacus-compatible
+    models.shared_parameter_names(model)                                     # shape encoder only
+    ...                                                                      # train (dp/, simulation/)
+    report = models.evaluate(model, split.val, sites["site-1"].pathology, fpr=0.01, median_size=3)
+    print(report.summary())                                                  # model beside intensity baseline
+
+Modules, one job each: :mod:`~models.nifti` (read/write, canonical RAS),
+:mod:`~models.preprocess` (mask, normalisation, resampling, slices),
+:mod:`~models.cache`, :mod:`~models.dataset` (site layout, splits),
+:mod:`~models.atlas` / :mod:`~models.lesions` / :mod:`~models.synth` /
+:mod:`~models.manifest` (synthetic cohorts), :mod:`~models.autoencoders` /
+:mod:`~models.registry` (models), :mod:`~models.scoring` /
+:mod:`~models.metrics` / :mod:`~models.evaluation` (detection),
+:mod:`~models.figures` (PNGs), :mod:`~models.errors`.
+
+``models`` imports nothing from the project's other packages. Names are
+loaded lazily on first use, so ``import models`` is cheap and the pure-numpy
+parts (metrics) work without torch; the heavy dependencies come with
+``pip install secagg[mri]``.
 """
 
-__all__: list[str] = []
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from .errors import (
+    ConfigError,
+    DatasetError,
+    MissingDependencyError,
+    ModelsError,
+    ModelsWarning,
+    NiftiError,
+    PreprocessWarning,
+    ScoringError,
+    SkippedFilesWarning,
+    UnknownModelError,
+)
+
+_LAZY: dict[str, str] = {
+    # NIfTI I/O and preprocessing
+    "NiftiVolume": "nifti",
+    "load_nifti": "nifti",
+    "load_mask": "nifti",
+    "save_nifti": "nifti",
+    "PreprocessConfig": "preprocess",
+    "SliceVolume": "preprocess",
+    "preprocess_volume": "preprocess",
+    "derive_brain_mask": "preprocess",
+    "PreprocessCache": "cache",
+    # site layout
+    "SiteData": "dataset",
+    "HealthySplit": "dataset",
+    "SkippedFile": "dataset",
+    "discover_site": "dataset",
+    "load_site": "dataset",
+    "load_cohort": "dataset",
+    "split_healthy": "dataset",
+    "training_array": "dataset",
+    # synthetic cohorts
+    "generate_cohort": "synth",
+    "site_profiles": "synth",
+    "SCALES": "synth",
+    "LESION_TYPES": "synth",
+    "CohortManifest": "manifest",
+    "SiteProfile": "manifest",
+    "SubjectRecord": "manifest",
+    # models
+    "ConvAutoencoder": "autoencoders",
+    "DisentangledAutoencoder": "autoencoders",
+    "shared_parameter_names": "autoencoders",
+    "count_parameters": "autoencoders",
+    "ModelSpec": "registry",
+    "CostMeasurement": "registry",
+    "available_models": "registry",
+    "model_spec": "registry",
+    "create_model": "registry",
+    "measure_cost": "registry",
+    # scoring and metrics
+    "RankingCurve": "metrics",
+    "ranking_curve": "metrics",
+    "auroc": "metrics",
+    "auprc": "metrics",
+    "dice": "metrics",
+    "best_dice": "metrics",
+    "threshold_at_fpr": "metrics",
+    "Threshold": "scoring",
+    "VolumeScores": "scoring",
+    "as_reconstruct_fn": "scoring",
+    "positive_residual": "scoring",
+    "median_filter_scores": "scoring",
+    "score_volume": "scoring",
+    "intensity_scores": "scoring",
+    "calibrate_threshold": "scoring",
+    "DetectionMetrics": "evaluation",
+    "MethodReport": "evaluation",
+    "DetectionReport": "evaluation",
+    "evaluate": "evaluation",
+    "score_examples": "evaluation",
+    # figures
+    "plot_site_examples": "figures",
+    "plot_detection": "figures",
+    "plot_detection_examples": "figures",
+}
+
+__all__ = [
+    "ModelsError",
+    "NiftiError",
+    "DatasetError",
+    "ConfigError",
+    "UnknownModelError",
+    "ScoringError",
+    "MissingDependencyError",
+    "ModelsWarning",
+    "SkippedFilesWarning",
+    "PreprocessWarning",
+    *_LAZY,
+]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'models' has no attribute {name!r}")
+    try:
+        value = getattr(importlib.import_module(f".{module}", __name__), name)
+    except ImportError as exc:
+        if isinstance(exc, MissingDependencyError):
+            raise
+        raise MissingDependencyError(
+            f"models.{name} needs {exc.name or 'an optional dependency'}; "
+            f"install it with `pip install secagg[mri]` ({exc})"
+        ) from exc
+    globals()[name] = value  # cache: later lookups skip __getattr__
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
+
+if TYPE_CHECKING:  # static analysers see the real names
+    from .autoencoders import ConvAutoencoder, DisentangledAutoencoder, count_parameters, shared_parameter_names
+    from .cache import PreprocessCache
+    from .dataset import (
+        HealthySplit,
+        SiteData,
+        SkippedFile,
+        discover_site,
+        load_cohort,
+        load_site,
+        split_healthy,
+        training_array,
+    )
+    from .evaluation import DetectionMetrics, DetectionReport, MethodReport, evaluate, score_examples
+    from .figures import plot_detection, plot_detection_examples, plot_site_examples
+    from .manifest import CohortManifest, SiteProfile, SubjectRecord
+    from .metrics import RankingCurve, auprc, auroc, best_dice, dice, ranking_curve, threshold_at_fpr
+    from .nifti import NiftiVolume, load_mask, load_nifti, save_nifti
+    from .preprocess import PreprocessConfig, SliceVolume, derive_brain_mask, preprocess_volume
+    from .registry import CostMeasurement, ModelSpec, available_models, create_model, measure_cost, model_spec
+    from .scoring import (
+        Threshold,
+        VolumeScores,
+        as_reconstruct_fn,
+        calibrate_threshold,
+        intensity_scores,
+        median_filter_scores,
+        positive_residual,
+        score_volume,
+    )
+    from .synth import LESION_TYPES, SCALES, generate_cohort, site_profiles

@@ -53,6 +53,7 @@ __all__ = [
     "DisentangledAutoencoder",
     "shared_parameter_names",
     "count_parameters",
+    "count_macs",
 ]
 
 
@@ -242,3 +243,30 @@ def count_parameters(model: nn.Module, names: Sequence[str] | None = None) -> in
     """Number of scalar parameters (of the named ones, if ``names`` is given)."""
     selected = None if names is None else set(names)
     return sum(p.numel() for n, p in model.named_parameters() if selected is None or n in selected)
+
+
+def count_macs(model: nn.Module, image_size: int) -> int:
+    """Multiply-accumulates of one forward pass on one ``image_size`` x ``image_size`` slice.
+
+    Counts convolutions only (``H_out W_out C_out C_in k_h k_w / groups`` each);
+    normalisation, activations and upsampling add well under 1 %. A training
+    step costs about three forward passes (forward, and backward for inputs and
+    weights); DP-SGD adds the per-sample weight gradients on top.
+    """
+    total = 0
+
+    def hook(module: nn.Module, inputs, output) -> None:
+        nonlocal total
+        if isinstance(module, nn.Conv2d):
+            kh, kw = module.kernel_size
+            per_output = (module.in_channels // module.groups) * kh * kw
+            total += output.shape[2] * output.shape[3] * module.out_channels * per_output
+
+    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, nn.Conv2d)]
+    try:
+        with torch.no_grad():
+            model(torch.zeros(1, 1, image_size, image_size))
+    finally:
+        for handle in handles:
+            handle.remove()
+    return int(total)

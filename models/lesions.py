@@ -95,10 +95,18 @@ class Tumour:
         }
 
 
+def _axis_mm(atlas: TissueAtlas, axis: int) -> np.ndarray:
+    """MNI coordinate (mm) along world axis ``axis`` of each atlas index along that axis
+    (the atlas grid is axis-aligned, RAS)."""
+    index = np.zeros((atlas.shape[axis], 3))
+    index[:, axis] = np.arange(atlas.shape[axis])
+    return atlas.world(index)[:, axis]
+
+
 @lru_cache(maxsize=4)
 def _ms_candidates(atlas: TissueAtlas) -> tuple[np.ndarray, np.ndarray]:
     """Atlas voxel indices for periventricular and for deep white-matter MS centres."""
-    z = atlas.world(np.stack([np.zeros(atlas.shape[2]), np.zeros(atlas.shape[2]), np.arange(atlas.shape[2])], 1))[:, 2]
+    z = _axis_mm(atlas, 2)
     band = (z >= _Z_BAND_MS[0]) & (z <= _Z_BAND_MS[1])
     d = atlas.ventricle_distance_mm
     in_band = np.zeros(atlas.shape, dtype=bool)
@@ -187,8 +195,7 @@ def sample_tumour(
     rim ``U(1.9, 2.3)`` (bright), oedema ``oedema_contrast * U(0.95, 1.1)``.
     """
     radius = float(rng.uniform(*radius_mm))
-    z_axis = atlas.world(np.stack([np.zeros(atlas.shape[2]), np.zeros(atlas.shape[2]), np.arange(atlas.shape[2])], 1))[:, 2]
-    x_axis = atlas.world(np.stack([np.arange(atlas.shape[0]), np.zeros(atlas.shape[0]), np.zeros(atlas.shape[0])], 1))[:, 0]
+    z_axis, x_axis = _axis_mm(atlas, 2), _axis_mm(atlas, 0)
     ok_z = (z_axis >= _Z_BAND_TUMOUR[0]) & (z_axis <= _Z_BAND_TUMOUR[1])
     ok_x = np.abs(x_axis) >= 12.0  # one hemisphere, off the midline
     base = (atlas.wm > 0.5) & ok_x[:, None, None] & ok_z[None, None, :] & ~atlas.ventricles

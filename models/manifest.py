@@ -102,8 +102,31 @@ class CohortManifest:
             and (lesion_type is None or s.lesion_type == lesion_type)
         )
 
-    def to_json(self) -> str:
-        payload = {
+    def summary(self) -> str:
+        """A human-readable table of the cohort (what a CLI prints after generating it)."""
+        verb = "found (reused)" if self.reused else f"written in {self.seconds:.1f} s"
+        lines = [
+            f"synthetic cohort '{self.scale}', seed {self.seed}, {len(self.sites)} sites, "
+            f"{self.count(kind='healthy')} healthy + {self.count(kind='pathology')} pathological volumes "
+            f"({self.count(lesion_type='ms')} MS, {self.count(lesion_type='tumour')} tumour), {verb}",
+            f"root: {self.root}",
+            f"{'site':<9} {'orient':<6} {'voxel mm':<16} {'healthy':>7} {'MS':>4} {'tumour':>6} "
+            f"{'gamma':>6} {'noise':>6} {'bias':>5} {'GM/WM':>6} {'brain masks':>11}",
+        ]
+        for site in self.sites:
+            voxel = "x".join(f"{v:g}" for v in site.voxel_size_mm)
+            n_ms = self.count(site=site.name, lesion_type="ms")
+            n_tumour = self.count(site=site.name, lesion_type="tumour")
+            lines.append(
+                f"{site.name:<9} {site.orientation:<6} {voxel:<16} {site.n_healthy:>7} {n_ms:>4} {n_tumour:>6} "
+                f"{site.gamma:>6.2f} {site.noise:>6.3f} {site.bias_amplitude:>5.2f} {site.gm_ratio:>6.2f} "
+                f"{'shipped' if site.ships_brain_masks else 'derived':>11}"
+            )
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict:
+        """The ``cohort.json`` payload (JSON-ready; paths relative to ``root``)."""
+        return {
             "generator_version": self.generator_version,
             "seed": self.seed,
             "scale": self.scale,
@@ -111,7 +134,9 @@ class CohortManifest:
             "sites": [asdict(site) for site in self.sites],
             "subjects": [asdict(subject) for subject in self.subjects],
         }
-        return json.dumps(payload, indent=1)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=1)
 
     def save(self) -> Path:
         path = self.root / MANIFEST_NAME

@@ -110,7 +110,9 @@ class RankingCurve:
         return float(dice_values[k]), threshold
 
     @classmethod
-    def from_histograms(cls, edges: np.ndarray, positive_counts: np.ndarray, negative_counts: np.ndarray) -> "RankingCurve":
+    def from_histograms(
+        cls, edges: np.ndarray, positive_counts: np.ndarray, negative_counts: np.ndarray
+    ) -> "RankingCurve":
         """A curve from per-class histograms over ``edges`` (scores binned to their bin's lower edge)."""
         edges = np.asarray(edges, dtype=np.float64)
         pos = np.asarray(positive_counts, dtype=np.int64)

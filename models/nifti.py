@@ -22,6 +22,7 @@ preprocessing works on copies.
 
 from __future__ import annotations
 
+import warnings
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -88,6 +89,7 @@ def _read_image(path: Path):
     """Open ``path`` with nibabel, mapping every failure to :class:`NiftiError`."""
     import nibabel as nib
     from nibabel.filebasedimages import ImageFileError
+    from nibabel.spatialimages import HeaderDataError
 
     if not path.exists():
         raise NiftiError(path, "file does not exist")
@@ -96,10 +98,13 @@ def _read_image(path: Path):
     if not is_nifti_path(path):
         raise NiftiError(path, "file name must end in .nii or .nii.gz")
     try:
-        image = nib.load(str(path))
+        with warnings.catch_warnings():
+            # nibabel warns about odd headers (e.g. degenerate affines); they are checked below.
+            warnings.simplefilter("ignore", RuntimeWarning)
+            image = nib.load(str(path))
     except ImageFileError as exc:
         raise NiftiError(path, f"not a readable NIfTI file ({exc})") from exc
-    except (OSError, EOFError, ValueError, zlib.error, MemoryError) as exc:
+    except (OSError, EOFError, ValueError, zlib.error, MemoryError, HeaderDataError) as exc:
         raise NiftiError(path, f"unreadable header ({type(exc).__name__}: {exc})") from exc
     if not isinstance(image, (nib.Nifti1Image, nib.Nifti2Image)):
         raise NiftiError(path, f"not a NIfTI image (nibabel read it as {type(image).__name__})")
@@ -114,6 +119,7 @@ def load_nifti(path: str | Path, *, min_extent: int = MIN_EXTENT) -> NiftiVolume
     along an axis, holds non-finite or non-real values, or has a singular affine.
     """
     import nibabel as nib
+    from nibabel.spatialimages import HeaderDataError
 
     path = Path(path)
     image = _read_image(path)
@@ -137,9 +143,11 @@ def load_nifti(path: str | Path, *, min_extent: int = MIN_EXTENT) -> NiftiVolume
     if len(image.shape) > 3:
         image = image.slicer[(...,) + (0,) * (len(image.shape) - 3)]
     try:
-        canonical = nib.as_closest_canonical(image)
-        data = np.asarray(canonical.get_fdata(dtype=np.float32))
-    except (OSError, EOFError, ValueError, zlib.error, MemoryError) as exc:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            canonical = nib.as_closest_canonical(image)
+            data = np.asarray(canonical.get_fdata(dtype=np.float32))
+    except (OSError, EOFError, ValueError, zlib.error, MemoryError, HeaderDataError) as exc:
         raise NiftiError(path, f"truncated or corrupt data ({type(exc).__name__}: {exc})") from exc
     if data.ndim != 3:
         raise NiftiError(path, f"voxel array has shape {data.shape}; expected 3-D")

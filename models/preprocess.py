@@ -30,8 +30,8 @@ The pipeline (:func:`preprocess_volume`), in order:
    instead of aliasing it. Masks go through the same resampling as fractions
    and are thresholded at 0.5 (area-preserving).
 4. **Slice selection** - among the output planes that contain brain, numbered
-   from the most inferior, keep the central fraction ``slice_range = (lo, hi)``
-   of the brain's axial extent (default 0.30-0.70: from the temporal lobes to the
+   from the most inferior, keep those whose centre lies in the fraction
+   ``slice_range = (lo, hi)`` of the brain's axial extent (default 0.30-0.70: from the temporal lobes to the
    top of the lateral ventricles, where most MS lesions and gliomas appear and
    where cerebellum and skull base, which autoencoders reconstruct poorly, are
    excluded).
@@ -53,7 +53,7 @@ from typing import Literal
 import numpy as np
 
 from .errors import ConfigError, NiftiError, PreprocessWarning
-from .nifti import NiftiVolume
+from .nifti import NiftiVolume, nifti_stem
 
 __all__ = [
     "PreprocessConfig",
@@ -132,7 +132,8 @@ class SliceVolume:
     """One preprocessed volume: aligned stacks of axial slices, all ``(S, H, W)``.
 
     ``image`` float32 normalised intensities (0 outside the brain); ``brain``
-    bool brain mask; ``lesion`` bool ground truth (``None`` for healthy volumes);
+    bool brain mask; ``lesion`` bool ground truth restricted to the brain mask
+    (``None`` for healthy volumes);
     ``grid_affine`` maps ``(slice, row, col, 1)`` to RAS+ mm; ``slice_fraction``
     the position of each slice within the brain's axial extent (0 = most
     inferior brain plane, 1 = top); ``intensity_scale`` the brain statistic the
@@ -341,10 +342,12 @@ def preprocess_volume(
     first, last = int(planes[0]), int(planes[-1])
     span = last - first + 1
     lo_frac, hi_frac = config.slice_range
-    start = first + int(math.floor(lo_frac * span))
-    stop = first + max(int(math.ceil(hi_frac * span)), int(math.floor(lo_frac * span)) + 1)
-    stop = min(stop, last + 1)
-    keep = np.arange(start, stop)
+    centres = (np.arange(span) + 0.5) / span  # position of each plane's centre in the brain's height
+    chosen = np.flatnonzero((centres >= lo_frac) & (centres <= hi_frac))
+    if chosen.size == 0:  # a range narrower than one plane: take the plane nearest its middle
+        chosen = np.array([int(np.argmin(np.abs(centres - 0.5 * (lo_frac + hi_frac))))])
+    keep = first + np.arange(chosen[0], chosen[-1] + 1)
+    start = int(keep[0])
     grid = _output_grid(centre[:2], z0 + start * dz, config)
     shape = (keep.size, size, size)
 
@@ -354,13 +357,13 @@ def preprocess_volume(
     lesion_out = None
     if lesion_mask is not None:
         lesion_out = (_resample(np.asarray(lesion_mask, bool), volume.affine, grid, shape, sigma) >= 0.5) & brain_out
-    fraction = ((keep - first) + 0.5) / span
+    fraction = centres[keep - first]
 
     arrays = [image, brain_out, fraction, grid] + ([lesion_out] if lesion_out is not None else [])
     for array in arrays:
         array.flags.writeable = False
     return SliceVolume(
-        name=name if name is not None else _stem(path),
+        name=name if name is not None else nifti_stem(path),
         source=path,
         image=image,
         brain=brain_out,
@@ -369,9 +372,3 @@ def preprocess_volume(
         slice_fraction=fraction,
         intensity_scale=scale,
     )
-
-
-def _stem(path: Path) -> str:
-    from .nifti import nifti_stem
-
-    return nifti_stem(path)

@@ -1,33 +1,37 @@
 """Models by name: ``create_model("compact-feddis", image_size=64)``.
 
-Every entry states its architecture, exact parameter count (total and
-shared in federation) and its cost measured on the project's reference CPU
-machine (2 cores of an AMD EPYC, torch 2.13 CPU, 2 threads, batch of 16,
-best of 5 after warm-up; re-measure with :func:`measure_cost`):
+Every entry states its architecture, exact parameter count (total and shared
+in federation), and its cost measured on the project's reference CPU machine
+(2 cores of an AMD EPYC, torch 2.13 CPU, 2 intra-op threads, quiet machine,
+best of 3-8 steps after a warm-up; re-measure with :func:`measure_cost`):
 
-===============  ============================  =========  =========  ==================  ==================  ====================
-name             architecture                  params     shared     fwd+bwd / sample    fwd+bwd / sample    one Opacus DP step
-                                                                      at 64 x 64          at 128 x 128        (batch 16, 64 x 64)
-===============  ============================  =========  =========  ==================  ==================  ====================
-conv-ae          5x5, 64-128-128, latent 16    1,238,033  all        see ``COSTS``       see ``COSTS``       see ``COSTS``
-feddis           shape 5x5 64-128-128 (16),    1,277,717  619,024    see ``COSTS``       see ``COSTS``       see ``COSTS``
-                 appearance 16-32-32 (4)
-compact-ae       3x3, 16-32-32, latent 8       28,937     all        see ``COSTS``       see ``COSTS``       see ``COSTS``
-compact-feddis   shape 3x3 16-32-32 (8),       32,683     14,472     see ``COSTS``       see ``COSTS``       see ``COSTS``
-                 appearance 8-16-16 (2)
-===============  ============================  =========  =========  ==================  ==================  ====================
+==============  ==============================  =========  =======  =========  =======  ==========  =========
+name            architecture                    params     shared   MMAC fwd   ms/sample fwd+bwd    DP step
+                                                                    (64 x 64)  64 x 64  128 x 128   16 @ 64
+==============  ==============================  =========  =======  =========  =======  ==========  =========
+conv-ae         5x5, 64-128-128, latent 16      1,238,033  all      402        15.2     68          600 ms
+feddis          shape 5x5 64-128-128 (16) +     1,277,717  619,024  407        15.4     76          598 ms
+                appearance 16-32-32 (4)
+compact-ae      3x3, 16-32-32, latent 8         28,937     all      9.6        1.15     5.6         43 ms
+compact-feddis  shape 3x3 16-32-32 (8) +        32,683     14,472   10.1       1.3      4.4         39 ms
+                appearance 8-16-16 (2)
+==============  ==============================  =========  =======  =========  =======  ==========  =========
 
-The FedDis-sized models are what the paper trains on a GPU; on two CPU cores
-they cost tens to hundreds of milliseconds per slice. The compact variants are
-sized so that one DP-SGD step with Opacus on 16 slices of 64 x 64 stays well
-under 100 ms, which is what the CPU demo needs.
+"ms/sample": one non-private forward + backward + SGD step on a batch of 16,
+divided by 16. "DP step": one Opacus DP-SGD step (per-sample gradients,
+clipping, noise, optimiser) on 16 slices of 64 x 64. MMAC: convolution
+multiply-accumulates of one forward pass (:func:`models.autoencoders.count_macs`;
+x4 at 128 x 128). The FedDis-sized models are what the paper trains on a GPU;
+on two CPU cores a DP step costs over half a second. The compact variants keep
+a DP step well under 100 ms, which the CPU demo needs. On a loaded machine two
+OpenMP threads wait on each other: there one thread can be 3x faster.
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Mapping
+from typing import Mapping
 
 from .errors import ConfigError, UnknownModelError
 
@@ -91,10 +95,10 @@ class ModelSpec:
 #: Measured on the reference machine (see the module docstring):
 #: name -> ({image size: ms per sample, fwd+bwd}, ms per Opacus DP step at batch 16, 64 x 64).
 COSTS: dict[str, tuple[dict[int, float], float]] = {
-    "conv-ae": ({64: 0.0, 128: 0.0}, 0.0),
-    "feddis": ({64: 0.0, 128: 0.0}, 0.0),
-    "compact-ae": ({64: 0.0, 128: 0.0}, 0.0),
-    "compact-feddis": ({64: 0.0, 128: 0.0}, 0.0),
+    "conv-ae": ({64: 15.2, 128: 68.2}, 600.0),
+    "feddis": ({64: 15.4, 128: 75.7}, 598.0),
+    "compact-ae": ({64: 1.15, 128: 5.6}, 43.1),
+    "compact-feddis": ({64: 1.3, 128: 4.4}, 39.3),
 }
 
 
@@ -184,8 +188,11 @@ def measure_cost(
     same through Opacus (``PrivacyEngine.make_private``, noise multiplier 1,
     clipping norm 1, no Poisson sampling so the batch size is fixed), i.e.
     per-sample gradients, clipping and noise included. Best-of rather than mean:
-    on a shared machine the minimum is the least disturbed estimate.
+    on a shared machine the minimum is the least disturbed estimate. ``threads``
+    sets torch's intra-op threads for the measurement (restored afterwards).
     """
+    import warnings
+
     import torch
 
     if repeats < 1 or batch_size < 1:
@@ -194,39 +201,44 @@ def measure_cost(
     if threads is not None:
         torch.set_num_threads(threads)
     try:
-        torch.manual_seed(0)
-        model = create_model(name, image_size=image_size)
-        x = torch.randn(batch_size, 1, image_size, image_size)
-        optimizer = torch.optim.SGD(model.parameters(), lr=1e-3)
-        step: Callable[[], None]
-        if private:
-            import warnings
-
-            from opacus import PrivacyEngine
-
-            loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x), batch_size=batch_size)
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # Opacus warns about secure_mode etc.
-                model, optimizer, loader = PrivacyEngine().make_private(
-                    module=model, optimizer=optimizer, data_loader=loader,
-                    noise_multiplier=1.0, max_grad_norm=1.0, poisson_sampling=False,
-                )
-        def step() -> None:
-            optimizer.zero_grad(set_to_none=True)
-            loss = torch.nn.functional.mse_loss(model(x), x)
-            loss.backward()
-            optimizer.step()
-
-        step()
-        times = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            step()
-            times.append(time.perf_counter() - start)
-        best = min(times) * 1e3
+        with warnings.catch_warnings():
+            # Opacus warns that the input needs no gradient and about secure_mode: noise here.
+            warnings.simplefilter("ignore", UserWarning)
+            best = _best_step_ms(name, image_size, batch_size, repeats, private)
         return CostMeasurement(
             name=name, image_size=image_size, batch_size=batch_size, private=private,
             step_ms=best, per_sample_ms=best / batch_size, threads=torch.get_num_threads(),
         )
     finally:
         torch.set_num_threads(previous)
+
+
+def _best_step_ms(name: str, image_size: int, batch_size: int, repeats: int, private: bool) -> float:
+    """Best-of-``repeats`` milliseconds of one training step, after one warm-up step."""
+    import torch
+
+    torch.manual_seed(0)
+    model = create_model(name, image_size=image_size)
+    x = torch.randn(batch_size, 1, image_size, image_size)
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-3)
+    if private:
+        from opacus import PrivacyEngine
+
+        loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x), batch_size=batch_size)
+        model, optimizer, loader = PrivacyEngine().make_private(
+            module=model, optimizer=optimizer, data_loader=loader,
+            noise_multiplier=1.0, max_grad_norm=1.0, poisson_sampling=False,
+        )
+
+    def step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        torch.nn.functional.mse_loss(model(x), x).backward()
+        optimizer.step()
+
+    step()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - start)
+    return min(times) * 1e3

@@ -27,7 +27,7 @@ reported beside.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Iterable
 
 import numpy as np
 
@@ -77,7 +77,9 @@ def as_reconstruct_fn(model_or_fn, *, batch_size: int = 64, device: str | None =
             outputs = []
             with torch.no_grad():
                 for start in range(0, len(batch), batch_size):
-                    chunk = torch.from_numpy(np.ascontiguousarray(batch[start : start + batch_size])).to(device)
+                    # A writable copy: inputs may be read-only views of a SliceVolume.
+                    chunk = torch.from_numpy(np.array(batch[start : start + batch_size], dtype=np.float32))
+                    chunk = chunk.to(device)
                     outputs.append(model(chunk).float().cpu().numpy())
             return np.concatenate(outputs, axis=0) if outputs else np.zeros_like(batch)
         finally:

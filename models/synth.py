@@ -43,16 +43,17 @@ their mix of MS and tumour cases.
 
 **Scales** (healthy / pathological volumes per site for ``sites=4``):
 
-========  =========  ==================================  =====================  ==========================
-scale     voxel      healthy per site                    pathological per site  generation (2 cores)
-========  =========  ==================================  =====================  ==========================
-tiny      3 mm       10, 8, 7, 6  (31)                   4 (2 MS + 2 tumour)    ~4 s total
-small     2 mm       40, 30, 24, 18 (112)                12, 10, 8, 10 (40)     ~1 min
-paper     1.5 mm     612, 367, 262, 291 -> 1532          135, 135, 134, 134     ~1 h with 2 workers
-========  =========  ==================================  =====================  ==========================
+========  =========  =========================  =====================  ===============================
+scale     voxel      healthy per site           pathological per site  measured (2-core EPYC, 1 worker)
+========  =========  =========================  =====================  ===============================
+tiny      3 mm       10, 8, 7, 6 (31)           4 (2 MS + 2 tumour)    5.5 s, 6 MB (2 s of it: atlas)
+small     2 mm       40, 30, 24, 18 (112)       12, 10, 8, 10 (40)     36 s, 56 MB
+paper     1.5 mm     649, 389, 278, 216 (1532)  135, 135, 134, 134     ~0.9 s/volume: ~30 min, ~2 GB
+========  =========  =========================  =====================  ===============================
 
 ``paper`` matches the FedDis study's size (1,532 healthy volumes over four
-unequal sites, 538 pathological); the site sizes follow weights ``1/(i + 1.5)``.
+unequal sites, 538 pathological); the site sizes follow weights ``1/(i + 1.5)``
+(``workers=2`` roughly halves its time; it defaults to one worker per CPU).
 The atlas used is 2 mm for tiny/small and 1 mm for paper; MS plaques are drawn
 larger at coarse voxels (semi-axis scale 3-6 mm at 3 mm, 2-5 mm at 2 mm, 1.5-5
 mm at 1.5 mm) so that they survive partial-volume sampling.
@@ -78,7 +79,6 @@ import numpy as np
 from .atlas import TissueAtlas, load_atlas
 from .errors import ConfigError, DatasetError
 from .lesions import (
-    Ellipsoid,
     Tumour,
     ellipsoid_occupancy,
     mass_effect,
@@ -173,8 +173,8 @@ def site_profiles(seed: int, scale: str, sites: int) -> tuple[SiteProfile, ...]:
         "noise": _stratified(rng, sites, 0.01, 0.05),
         "blur_fwhm_mm": _stratified(rng, sites, 0.0, 1.2 * spec.voxel_mm),
         "intensity_scale": _stratified(rng, sites, 300.0, 3000.0, log=True),
-        "ms_contrast": _stratified(rng, sites, 1.45, 1.85),
-        "oedema_contrast": _stratified(rng, sites, 1.45, 1.75),
+        "ms_contrast": _stratified(rng, sites, 1.5, 1.9),
+        "oedema_contrast": _stratified(rng, sites, 1.55, 1.9),
     }
     width = len(str(sites))
     profiles = []
@@ -358,7 +358,11 @@ def render_subject(
     ramps = [np.arange(n, dtype=np.float32) for n in shape]
     for row in range(3):
         a = affine[row].astype(np.float32)
-        w[row] = (a[0] * ramps[0])[:, None, None] + (a[1] * ramps[1])[None, :, None] + (a[2] * ramps[2] + a[3])[None, None, :]
+        w[row] = (
+            (a[0] * ramps[0])[:, None, None]
+            + (a[1] * ramps[1])[None, :, None]
+            + (a[2] * ramps[2] + a[3])[None, None, :]
+        )
 
     # Subject anatomy: affine part plus a smooth displacement field.
     angles = np.deg2rad(rng.normal(0.0, [3.0, 3.0, 4.0]))
@@ -400,7 +404,7 @@ def render_subject(
     # FLAIR-like tissue contrast with per-subject jitter and texture.
     jitter = 1.0 + 0.03 * rng.standard_normal(3)
     tissue = f_gm * (site.gm_ratio * jitter[0]) + f_wm * jitter[1] + f_csf * (site.csf_ratio * jitter[2])
-    voxel = np.asarray(site.voxel_size_mm)
+    voxel = np.diag(affine)[:3]  # spacing along the RAS grid's axes (the site's, permuted)
     texture = ndimage.gaussian_filter(rng.standard_normal(shape).astype(np.float32), sigma=np.maximum(2.0 / voxel, 0.5))
     texture *= np.float32(0.025 / max(float(texture.std()), 1e-6))
     intensity = tissue * (1.0 + texture)
@@ -413,7 +417,7 @@ def render_subject(
             occ = ellipsoid_occupancy(q, plaque)
             union = 1.0 - (1.0 - union) * (1.0 - occ)
             weighted += occ * np.float32(plaque.intensity)
-            # Plaques are white-matter lesions: they do not fill the ventricles.
+        # Plaques are parenchymal lesions: where an ovoid reaches into a ventricle, CSF stays CSF.
         union *= f_gm + f_wm
         level = weighted / np.maximum(union, 1e-6)
         level = np.where(union > 1e-6, np.minimum(level, max(p.intensity for p in lesions)), 1.0)
@@ -464,8 +468,8 @@ class _Task:
     lesion_type: str | None
 
 
-def _subject_paths(task: _Task) -> tuple[str, str | None, str | None, str | None]:
-    """Relative paths (image, brain mask, lesion mask, sidecar) of one subject."""
+def _subject_paths(task: _Task) -> tuple[str, str, str | None, str | None, str | None]:
+    """Subject id and relative paths (image, brain mask, lesion mask, sidecar) of one subject."""
     subject = f"sub-{task.number:04d}"
     if task.lesion_type is None:
         stem = f"{task.site.name}/healthy/{subject}"
@@ -474,7 +478,7 @@ def _subject_paths(task: _Task) -> tuple[str, str | None, str | None, str | None
         stem = f"{task.site.name}/pathology/{subject}_lesion-{task.lesion_type}"
         lesion, sidecar = f"{stem}_mask.nii.gz", f"{stem}.json"
     brain = f"{stem}_brainmask.nii.gz" if task.site.ships_brain_masks else None
-    return f"{stem}.nii.gz", brain, lesion, sidecar
+    return subject, f"{stem}.nii.gz", brain, lesion, sidecar
 
 
 def _generate_one(task: _Task) -> SubjectRecord:
@@ -490,7 +494,7 @@ def _generate_one(task: _Task) -> SubjectRecord:
     rendered = render_subject(atlas, task.site, spec, rng, task.lesion_type)
     affine, shape = site_grid(task.site)
     root = Path(task.root)
-    image_path, brain_path, lesion_path, sidecar_path = _subject_paths(task)
+    subject, image_path, brain_path, lesion_path, sidecar_path = _subject_paths(task)
     save_nifti(root / image_path, rendered.image, affine)
     if brain_path:
         save_nifti(root / brain_path, rendered.brain, affine)
@@ -507,7 +511,7 @@ def _generate_one(task: _Task) -> SubjectRecord:
         }
         (root / sidecar_path).write_text(json.dumps(sidecar, indent=1))  # type: ignore[operator]
     return SubjectRecord(
-        subject=Path(image_path).name.split("_")[0].removesuffix(".nii.gz"),
+        subject=subject,
         site=task.site.name,
         kind="healthy" if task.lesion_type is None else "pathology",
         lesion_type=task.lesion_type,

@@ -398,7 +398,10 @@ def build_parser() -> argparse.ArgumentParser:
             "Without --data it generates the synthetic four-site cohort (cached). Defaults are the\n"
             "'demo' preset (compact model, 64x64 slices, tiny cohort: minutes on 2 CPU cores);\n"
             "--tiny finishes in well under a minute. Modes: secagg (complete graph), secagg+ (sparse\n"
-            "graph from the parameter finder), plain (NO protection: a labelled baseline).\n"
+            "graph from the parameter finder), he (CKKS homomorphic encryption, TenSEAL extra: WEAKER\n"
+            "trust model - one shared secret key, so any one site colluding with the coordinator can\n"
+            "decrypt every update, and the key holder is a single point of trust), plain (NO\n"
+            "protection: a labelled baseline).\n"
             "Every default below is the demo preset's."
         ),
         epilog=(

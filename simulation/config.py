@@ -25,7 +25,7 @@ from pathlib import Path
 
 __all__ = ["SimulationConfig", "ConfigError", "MODES", "PRESETS", "load_config"]
 
-MODES = ("secagg", "secagg+", "plain")
+MODES = ("secagg", "secagg+", "he", "plain")
 _SCALES = ("tiny", "small", "paper")
 _BASELINES = ("local", "central")
 _BUDGET_POLICIES = ("sit-out", "stop")
@@ -58,7 +58,9 @@ class SimulationConfig:
     (``sit-out``) or the run stops (``stop``).
 
     Protocol: ``mode`` (``secagg`` complete graph, ``secagg+`` sparse graph
-    from the parameter finder, ``plain`` unprotected baseline), ``threshold``
+    from the parameter finder, ``he`` CKKS homomorphic encryption with a
+    weaker trust model - see :data:`secagg.he.THREAT_MODEL` - and ``plain``
+    the unprotected baseline), ``threshold``
     (``None``: the smallest safe t), ``active`` (malicious-server defence),
     ``update_clip`` (per-coordinate clip of the weighted update before
     encoding), ``corrupt_fraction`` (SecAgg+ parameter finder input).
@@ -141,7 +143,7 @@ class SimulationConfig:
         number("corrupt_fraction", 0, 1, low_open=False)
         number("dropout", 0, 1, low_open=False)
         if self.mode not in MODES:
-            raise ConfigError(f"unknown mode {self.mode!r}; choose one of {', '.join(MODES)} (he: not built yet)")
+            raise ConfigError(f"unknown mode {self.mode!r}; choose one of {', '.join(MODES)}")
         if self.scale not in _SCALES:
             raise ConfigError(f"unknown scale {self.scale!r}; choose one of {', '.join(_SCALES)}")
         if self.budget_policy not in _BUDGET_POLICIES:

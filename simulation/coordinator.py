@@ -82,6 +82,13 @@ class Coordinator:
         self.server = secagg.ServerSession(config)
         return self.server
 
+    def open_he_round(self, config):
+        """A CKKS session (:mod:`secagg.he`): the coordinator holds only the public parameters."""
+        from secagg.he import HEServerSession
+
+        self.server = HEServerSession(config)
+        return self.server
+
     def open_plain_round(self, participants, vector_length: int, bit_width: int) -> PlainAggregator:
         self.server = PlainAggregator(participants, vector_length, bit_width)
         return self.server

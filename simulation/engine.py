@@ -25,7 +25,7 @@ from secagg.messages import ConsistencyRequest, KeyDirectory, MaskedInputRequest
 
 from .coordinator import Coordinator, PlainAggregator
 
-__all__ = ["ProtocolOutcome", "run_masked_round", "run_plain_round"]
+__all__ = ["ProtocolOutcome", "run_masked_round", "run_he_round", "run_plain_round", "HE_STAGE_OF"]
 
 _ANSWER_STAGE = {
     KeyDirectory: "share",
@@ -49,6 +49,31 @@ class ProtocolOutcome:
     refusals: dict = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class _Protocol:
+    """What differs between the masking and the HE sessions, for the one transport loop."""
+
+    stages: tuple
+    answer_stage: Mapping
+    encode: Callable
+    release_stage: object  # the server stage whose closing means "updates are in"
+
+
+def _masking_protocol() -> _Protocol:
+    return _Protocol(STAGES, _ANSWER_STAGE, wire.encode, secagg.ServerStage.MASK)
+
+
+def _he_protocol() -> _Protocol:
+    from secagg import he
+
+    return _Protocol(he.HE_STAGES, he.HE_ANSWER_STAGE, he.encode, he.HEServerStage.UPLOAD)
+
+
+#: How a site that vanishes at a masking stage vanishes in the HE protocol.
+HE_STAGE_OF = {"advertise": "advertise", "share": "context", "mask": "upload", "consistency": "decrypt",
+               "unmask": "decrypt"}
+
+
 def run_masked_round(
     coordinator: Coordinator,
     config: secagg.SessionConfig,
@@ -57,18 +82,36 @@ def run_masked_round(
     on_release: Callable[[frozenset], None],
 ) -> ProtocolOutcome:
     """One secure-aggregation session (all rounds of Bonawitz et al.) among ``clients``."""
-    start = time.perf_counter()
-    outcome = ProtocolOutcome(completed=False, bytes_up=dict.fromkeys(STAGES, 0), bytes_down=dict.fromkeys(STAGES, 0),
-                              alive={s: [] for s in STAGES})
     coordinator.open_masked_round(config)
+    return _run_session(coordinator, clients, silent_from, on_release, _masking_protocol())
+
+
+def run_he_round(
+    coordinator: Coordinator,
+    config,
+    clients: Mapping[int, object],
+    silent_from: Mapping[int, str],
+    on_release: Callable[[frozenset], None],
+) -> ProtocolOutcome:
+    """One CKKS aggregation session (:mod:`secagg.he`); ``silent_from`` uses the masking stage names."""
+    coordinator.open_he_round(config)
+    he_silent = {cid: HE_STAGE_OF[stage] for cid, stage in silent_from.items()}
+    return _run_session(coordinator, clients, he_silent, on_release, _he_protocol())
+
+
+def _run_session(coordinator, clients, silent_from, on_release, protocol: _Protocol) -> ProtocolOutcome:
+    stages = protocol.stages
+    start = time.perf_counter()
+    outcome = ProtocolOutcome(completed=False, bytes_up=dict.fromkeys(stages, 0), bytes_down=dict.fromkeys(stages, 0),
+                              alive={s: [] for s in stages})
     released_reported = False
 
     def alive(client_id: int, stage: str) -> bool:
         silent = silent_from.get(client_id)
-        return (silent is None or STAGES.index(silent) > STAGES.index(stage)) and client_id not in outcome.refusals
+        return (silent is None or stages.index(silent) > stages.index(stage)) and client_id not in outcome.refusals
 
     def upload(stage: str, client_id: int, message) -> None:
-        data = wire.encode(message)
+        data = protocol.encode(message)
         outcome.bytes_up[stage] += len(data)
         outcome.alive[stage].append(client_id)
         coordinator.receive(data)
@@ -82,20 +125,20 @@ def run_masked_round(
 
     try:
         for client_id in sorted(clients):
-            if alive(client_id, "advertise"):
-                upload("advertise", client_id, clients[client_id].advertise())
+            if alive(client_id, stages[0]):
+                upload(stages[0], client_id, clients[client_id].advertise())
         while True:
             closing = coordinator.server.stage
             try:
                 outgoing = coordinator.advance()
             finally:
-                if closing is secagg.ServerStage.MASK:
-                    report_release()  # the masked inputs are in (or the round aborted right there)
+                if closing is protocol.release_stage:
+                    report_release()  # the updates are in (or the round aborted right there)
             if not outgoing:
                 break
-            stage = _ANSWER_STAGE[type(next(iter(outgoing.values())))]
+            stage = protocol.answer_stage[type(next(iter(outgoing.values())))]
             for recipient in sorted(outgoing):
-                data = wire.encode(outgoing[recipient])
+                data = protocol.encode(outgoing[recipient])
                 outcome.bytes_down[stage] += len(data)
                 if not alive(recipient, stage):
                     continue
@@ -104,11 +147,12 @@ def run_masked_round(
                 except (secagg.RemoteProtocolError, ThresholdNotMetError) as exc:
                     outcome.refusals[recipient] = f"{type(exc).__name__}: {exc}"
                     continue
-                upload(stage, recipient, reply)
+                if reply is not None:
+                    upload(stage, recipient, reply)
         outcome.completed = True
     except ThresholdNotMetError as exc:
         outcome.abort_reason = str(exc)
-        report_release()  # aborted before the mask stage: nothing was released
+        report_release()  # aborted before the updates were in: nothing was released
     finally:
         outcome.seconds = time.perf_counter() - start
         outcome.alive = {s: sorted(v) for s, v in outcome.alive.items()}

@@ -42,7 +42,8 @@ def plot_run(metrics: list[dict], out_dir) -> list[str]:
     ax.legend(fontsize=8)
 
     ax = axes[2]
-    for stage in STAGES:
+    stages = metrics[-1].get("protocol_stages") or list(STAGES) if metrics else list(STAGES)
+    for stage in stages:
         counts = [len(m.get("survivors_per_stage", {}).get(stage, [])) for m in metrics]
         if any(counts):
             ax.plot(rounds, counts, marker="o", label=stage)

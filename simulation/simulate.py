@@ -46,7 +46,7 @@ from secagg import STAGES
 from .config import ConfigError, SimulationConfig
 from .coordinator import Coordinator
 from .dropout import NoDropout, ProbabilisticDropout, load_schedule
-from .engine import run_masked_round, run_plain_round
+from .engine import HE_STAGE_OF, run_he_round, run_masked_round, run_plain_round
 from .progress import Progress
 from .runstore import RunDirectory, RunDirectoryError
 from .site import Site
@@ -157,6 +157,10 @@ def _protocol_parameters(config: SimulationConfig, n: int) -> dict:
     k = n - 1 if degree is None else degree
     if threshold > n:
         raise SimulationError(f"threshold {threshold} is above the number of sites ({n})")
+    if config.mode == "he":
+        if threshold < 2:
+            raise SimulationError("the HE path needs a threshold of at least 2 contributions per sum")
+        return {"threshold": threshold, "degree": None, "finder": None}
     if not (k + 1) / 2 < threshold <= k + 1:
         raise SimulationError(
             f"threshold {threshold} is unsafe for {n} sites: it must exceed half of each client's "
@@ -241,7 +245,21 @@ def run_simulation(
     vector_length = sum(shared_init[n].numel() for n in shared_names) + 1  # + the FedAvg weight
     # A public bound on any site's record count (sizes are agreed when the consortium forms).
     weight_bound = float(2 ** math.ceil(math.log2(max(s.num_records for s in sites.values()))))
-    encoder = secagg.FixedPointEncoder.create(clip=config.update_clip, max_summands=len(names))
+    he_params = None
+    if config.mode == "he":
+        from secagg import he
+
+        try:
+            he.require_tenseal()
+        except he.HEUnavailableError as exc:
+            raise SimulationError(str(exc)) from None
+        he_params = he.find_he_parameters(vector_length=vector_length, max_summands=len(names),
+                                          clip=config.update_clip)
+        encoder = he_params.encoder
+        log(he.THREAT_MODEL)
+        log(he_params.describe())
+    else:
+        encoder = secagg.FixedPointEncoder.create(clip=config.update_clip, max_summands=len(names))
 
     # Run directory and ledger.
     if resume:
@@ -281,7 +299,7 @@ def run_simulation(
         for round_index in range(start_round, config.rounds):
             record = _run_round(
                 round_index, config, sites, coordinator, ledger, dropout_model, dp_config, encoder, weight_bound,
-                protocol, identities, vector_length, progress,
+                protocol, identities, vector_length, progress, he_params,
             )
             store.save_torch("global.pt", coordinator.state_dict())
             for name, site in sites.items():
@@ -316,7 +334,7 @@ def _planned_event(site: str, round_index: int, dp_config):
 
 
 def _run_round(round_index, config, sites, coordinator, ledger, dropout_model, dp_config, encoder, weight_bound,
-               protocol, identities, vector_length, progress) -> dict:
+               protocol, identities, vector_length, progress, he_params=None) -> dict:
     from dp.errors import BudgetExceededError
 
     timings = {"train": 0.0, "encode": 0.0, "protocol": 0.0, "ledger": 0.0, "decode_apply": 0.0}
@@ -376,6 +394,22 @@ def _run_round(round_index, config, sites, coordinator, ledger, dropout_model, d
         outcome = run_plain_round(coordinator, {sites[n].client_id: rings[n] for n in participants}, silent,
                                   encoder.bit_width, vector_length, on_release)
         abort_reason = outcome.abort_reason
+    elif config.mode == "he":
+        from secagg import he
+
+        verify_keys = {sites[n].client_id: identities[n].verify_key for n in participants} if config.active else {}
+        session = he.HESessionConfig(
+            session_id=secagg.new_session_id(), participants=tuple(sorted(by_id)), threshold=protocol["threshold"],
+            vector_length=vector_length, key_holder=min(by_id), params=he_params, active=config.active,
+            verify_keys=verify_keys,
+        )
+        clients = {
+            cid: he.HEClientSession(session, cid, masked_input=rings[name],
+                                    signing_key=identities[name].seed if config.active else None)
+            for cid, name in by_id.items()
+        }
+        outcome = run_he_round(coordinator, session, clients, silent, on_release)
+        abort_reason = outcome.abort_reason
     else:
         session = secagg.SessionConfig(
             session_id=secagg.new_session_id(),
@@ -420,6 +454,7 @@ def _run_round(round_index, config, sites, coordinator, ledger, dropout_model, d
         "included": included,
         "survivors_per_stage": {} if outcome is None else {
             s: [by_id[i] for i in v] for s, v in outcome.alive.items()},
+        "protocol_stages": list(outcome.alive) if outcome is not None else [],
         "refusals": {} if outcome is None else {by_id[i]: r for i, r in outcome.refusals.items()},
         "loss": {n: losses.get(n) for n in participants},
         "mean_loss": float(np.mean([v for v in losses.values() if v is not None])) if any(
@@ -536,8 +571,11 @@ def _finish(config, cohort, sites, coordinator, store, protocol, calibration, sh
     last_eps = metrics[-1]["epsilon"] if metrics else {}
     summary = {
         "mode": config.mode,
-        "protection": ("none: PLAIN baseline, the coordinator saw every site's update" if config.mode == "plain"
-                       else "secure aggregation: the coordinator saw only sums of masked updates"),
+        "protection": (
+            "none: PLAIN baseline, the coordinator saw every site's update" if config.mode == "plain"
+            else "homomorphic encryption (CKKS): the coordinator saw only ciphertexts and the sum; WEAKER trust "
+                 "model - any one site colluding with the coordinator can decrypt every update" if config.mode == "he"
+            else "secure aggregation: the coordinator saw only sums of masked updates"),
         "preset": config.preset,
         "scale": config.scale if config.data is None else "user data",
         "data": cohort.data_root,

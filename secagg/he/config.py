@@ -1,0 +1,126 @@
+"""Public parameters of one HE aggregation session, shared by every party.
+
+Like :class:`secagg.config.SessionConfig`, an :class:`HESessionConfig` is agreed
+before round 0; its ``fingerprint`` (SHA-256 over a canonical encoding of every
+field, CKKS parameters included, with a fresh 32-byte ``session_id``) is the
+``session`` field of every HE message and enters every key derivation and
+signature, so nothing of one session can be replayed into another. A fresh
+session (and therefore a fresh CKKS key) is used for every federated round.
+
+Threshold. The coordinator needs at least ``t`` uploads, and the key holder
+decrypts only sums of at least ``t`` distinct contributions (in active mode:
+``t`` distinct valid signatures). ``t >= 2``; choose it larger than the
+number of sites that might collude with the coordinator plus one, since a
+sum over ``t`` sites of which ``t - 1`` collude reveals the last one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+from dataclasses import dataclass, field
+from functools import cached_property
+
+from ..errors import InvalidInputError
+from ..messages import FrozenMap
+from .params import HEParameters
+
+__all__ = ["HESessionConfig"]
+
+_MAX_ID = 2**32 - 1
+_MAX_VECTOR = 2**31
+
+
+@dataclass(frozen=True)
+class HESessionConfig:
+    """Everything the parties of one HE session must agree on.
+
+    Attributes:
+        session_id: 32-byte fresh random nonce (public); see :func:`secagg.new_session_id`.
+        participants: the site ids invited to the session (sorted, distinct).
+        threshold: t, the minimum number of contributions in the decrypted sum (2 <= t <= n).
+        vector_length: m, values per (encoded, pre-weighted) update.
+        key_holder: the site that creates the CKKS key, seals it to the others and decrypts
+            the sum (a single point of trust and of failure).
+        params: the CKKS and encoding parameters (:func:`secagg.he.find_he_parameters`).
+        active: sign round-0 keys, contexts, ciphertexts and the sum with Ed25519 (defends
+            against an actively malicious coordinator); needs ``verify_keys``.
+        verify_keys: long-term Ed25519 verify keys of every participant (active mode).
+    """
+
+    session_id: bytes
+    participants: tuple
+    threshold: int
+    vector_length: int
+    key_holder: int
+    params: HEParameters
+    active: bool = False
+    verify_keys: FrozenMap = field(default_factory=FrozenMap)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.session_id, bytes) or len(self.session_id) != 32:
+            raise InvalidInputError(f"session_id must be 32 bytes; got {self.session_id!r:.40}")
+        ids = list(self.participants)
+        if any(not isinstance(i, int) or isinstance(i, bool) for i in ids):
+            raise InvalidInputError(f"site ids must be ints; got {ids[:10]}")
+        if len(set(ids)) != len(ids):
+            raise InvalidInputError(f"duplicate site ids: {sorted({i for i in ids if ids.count(i) > 1})}")
+        if any(not 0 <= i < _MAX_ID for i in ids):
+            raise InvalidInputError("site ids must be in [0, 2^32 - 1)")
+        if len(ids) < 2:
+            raise InvalidInputError(f"aggregation needs at least 2 sites; got {len(ids)}")
+        object.__setattr__(self, "participants", tuple(sorted(ids)))
+        n = len(ids)
+        if not isinstance(self.threshold, int) or isinstance(self.threshold, bool) or not 2 <= self.threshold <= n:
+            raise InvalidInputError(
+                f"threshold must be an int in [2, {n}]; got {self.threshold!r} (t = 1 would let the key "
+                "holder decrypt a single site's update)"
+            )
+        if not isinstance(self.vector_length, int) or not 1 <= self.vector_length <= _MAX_VECTOR:
+            raise InvalidInputError(f"vector_length must be an int in [1, 2^31]; got {self.vector_length!r}")
+        if self.key_holder not in self.participants:
+            raise InvalidInputError(f"key holder {self.key_holder!r} is not a participant")
+        if not isinstance(self.params, HEParameters):
+            raise InvalidInputError(f"params must be HEParameters; got {type(self.params).__name__}")
+        if self.params.max_summands < n:
+            raise InvalidInputError(
+                f"params allow sums of {self.params.max_summands} encodings; the session has {n} sites"
+            )
+        if not isinstance(self.active, bool):
+            raise InvalidInputError(f"active must be a bool; got {self.active!r}")
+        keys = FrozenMap(self.verify_keys)
+        object.__setattr__(self, "verify_keys", keys)
+        if any(not isinstance(v, bytes) or len(v) != 32 for v in keys.values()):
+            raise InvalidInputError("verify keys must be 32-byte Ed25519 public keys")
+        if self.active:
+            missing = [i for i in ids if i not in keys]
+            if missing:
+                raise InvalidInputError(
+                    f"active mode needs an Ed25519 verify key for every participant; missing for {missing[:10]}"
+                )
+
+    @property
+    def n(self) -> int:
+        return len(self.participants)
+
+    @cached_property
+    def canonical_bytes(self) -> bytes:
+        parts = [
+            b"secagg/v1/he-config",
+            self.session_id,
+            struct.pack(">IIQIB", self.n, self.threshold, self.vector_length, self.key_holder, int(self.active)),
+            b"".join(struct.pack(">I", i) for i in self.participants),
+            b"".join(struct.pack(">I", i) + self.verify_keys[i] for i in self.verify_keys),
+            self.params.canonical_bytes,
+        ]
+        return b"".join(parts)
+
+    @cached_property
+    def fingerprint(self) -> bytes:
+        """SHA-256 of :attr:`canonical_bytes`: the ``session`` field of every HE message."""
+        return hashlib.sha256(self.canonical_bytes).digest()
+
+    @property
+    def chunk_count(self) -> int:
+        """Ciphertexts per contribution."""
+        return len(self.params.chunk_lengths(self.vector_length))

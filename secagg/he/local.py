@@ -1,0 +1,264 @@
+"""Run every party of one HE session in-process, through the real sessions and wire bytes.
+
+:func:`run_local_he` mirrors :func:`secagg.run_local`: it encodes each site's
+float vector (optionally pre-weighted for FedAvg, the weight riding in one
+extra slot as in :func:`secagg.weighted_vector`), creates an
+:class:`~secagg.he.client.HEClientSession` per site and one
+:class:`~secagg.he.server.HEServerSession`, and moves *wire bytes* between
+them round by round, with dropouts at chosen stages and an optional
+``tamper`` hook that plays a malicious coordinator.
+
+Stages (:data:`HE_STAGES`): ``advertise`` (round-0 keys), ``context`` (the key
+holder's context bundle), ``upload`` (encrypted updates), ``decrypt`` (the key
+holder's answer). A site listed under a stage sends nothing from that stage
+on; the key holder dropping at any stage aborts the round (single point of
+failure).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Mapping
+
+import numpy as np
+
+from ..config import new_session_id
+from ..crypto import SigningKeyPair
+from ..encoding import check_finite_vector, weighted_mean, weighted_vector
+from ..errors import InvalidInputError, RemoteProtocolError, ThresholdNotMetError
+from . import wire
+from .ckks import CKKSContext
+from .client import HEClientSession
+from .config import HESessionConfig
+from .messages import HEContextDelivery, HEDecryptRequest, HEKeyDirectory
+from .params import HEParameters, find_he_parameters
+from .server import HEServerSession
+
+__all__ = ["HE_STAGES", "HE_ANSWER_STAGE", "HELocalResult", "run_local_he"]
+
+#: HE protocol stages, in order; a site listed under a stage sends nothing from that stage on.
+HE_STAGES = ("advertise", "context", "upload", "decrypt")
+
+#: The stage in which a site answers each coordinator message (for transports and dropout models).
+HE_ANSWER_STAGE = {
+    HEKeyDirectory: "context",
+    HEContextDelivery: "upload",
+    HEDecryptRequest: "decrypt",
+}
+
+
+@dataclass(frozen=True)
+class HELocalResult:
+    """Outcome of :func:`run_local_he`.
+
+    Attributes:
+        aggregate: float64 decoded sum of the included sites' clipped (and, with
+            ``weights``, pre-weighted, weight slot appended) inputs.
+        survivors: ids whose inputs are in the sum (U2).
+        resolution: quantisation step; ``|aggregate - exact| < len(survivors) * resolution``.
+        server_view: every message the coordinator received, in wire form, in arrival order.
+        coordinator_context: the CKKS context the coordinator held (public: no secret key).
+        mean / weight_sum: with ``weights``, the FedAvg mean and the summed normalised weight.
+        clipped: per site, how many coordinates were clipped.
+        refusals: per site, the error with which it refused a coordinator message (if any).
+        bytes_up / bytes_down: wire bytes per stage, sites -> coordinator and back.
+        seconds: wall time per stage (site and coordinator work together).
+        config / params: the session's public configuration and CKKS parameters.
+    """
+
+    aggregate: np.ndarray
+    survivors: frozenset
+    resolution: float
+    server_view: list
+    coordinator_context: CKKSContext | None
+    mean: np.ndarray | None
+    weight_sum: float | None
+    clipped: Mapping[int, int]
+    refusals: Mapping[int, Exception]
+    bytes_up: Mapping[str, int]
+    bytes_down: Mapping[str, int]
+    seconds: Mapping[str, float]
+    config: HESessionConfig = field(repr=False)
+    params: HEParameters = field(repr=False)
+
+
+def _validate_updates(updates: Mapping) -> tuple[list[int], int]:
+    if not isinstance(updates, Mapping) or len(updates) < 2:
+        raise InvalidInputError("updates must map at least 2 site ids to 1-D float arrays")
+    ids = list(updates)
+    if any(not isinstance(i, int) or isinstance(i, bool) for i in ids):
+        raise InvalidInputError(f"site ids must be ints; got {[i for i in ids if not isinstance(i, int)][:5]}")
+    shapes = {i: np.shape(updates[i]) for i in ids}
+    first = shapes[ids[0]]
+    if len(first) != 1 or first[0] < 1:
+        raise InvalidInputError(f"updates must be non-empty 1-D arrays; site {ids[0]} has shape {first}")
+    wrong = {i: s for i, s in shapes.items() if s != first}
+    if wrong:
+        raise InvalidInputError(f"all updates must have shape {first}; got {dict(list(wrong.items())[:5])}")
+    return sorted(ids), first[0]
+
+
+def _silent_from(dropouts, ids) -> dict[int, int]:
+    silent: dict[int, int] = {}
+    for stage, sites in (dropouts or {}).items():
+        if stage not in HE_STAGES:
+            raise InvalidInputError(f"unknown dropout stage {stage!r}; HE stages are {HE_STAGES}")
+        unknown = set(sites) - set(ids)
+        if unknown:
+            raise InvalidInputError(f"dropouts at stage {stage!r} name unknown site ids {sorted(unknown)[:10]}")
+        for s in sites:
+            silent[s] = min(silent.get(s, len(HE_STAGES)), HE_STAGES.index(stage))
+    return silent
+
+
+def run_local_he(
+    updates: Mapping[int, np.ndarray],
+    *,
+    threshold: int,
+    dropouts: Mapping[str, object] | None = None,
+    clip: float = 1.0,
+    weights: Mapping[int, float] | None = None,
+    max_weight: float | None = None,
+    active: bool = False,
+    key_holder: int | None = None,
+    resolution: float | None = None,
+    params: HEParameters | None = None,
+    session_id: bytes | None = None,
+    tamper: Callable | None = None,
+    refusals: str = "raise",
+) -> HELocalResult:
+    """Aggregate ``updates`` under CKKS with every party simulated in this process.
+
+    Args:
+        updates: site id -> 1-D float array (all the same length).
+        threshold: t (2 <= t <= n): minimum number of contributions in the sum.
+        dropouts: stage name -> site ids silent from that stage on (see :data:`HE_STAGES`).
+        clip: each coordinate is clipped to ``[-clip, clip]`` before encoding.
+        weights: optional site id -> positive FedAvg weight (e.g. number of records); each
+            update is pre-weighted with :func:`secagg.weighted_vector` (the weight rides in one
+            extra slot, so the coordinator learns only the sum of the weights).
+        max_weight: public bound on the weights (default: their maximum).
+        active: Ed25519 signatures on keys, context, uploads and sum; the key holder
+            decrypts only sums of >= t signed contributions it re-sums itself.
+        key_holder: the site that creates the key and decrypts (default: the smallest id).
+        resolution / params: encoding precision, or a full parameter set
+            (default: :func:`secagg.he.find_he_parameters`).
+        session_id: the 32-byte session nonce (fresh random by default).
+        tamper: ``(recipient_id, message) -> message | None`` applied to every coordinator ->
+            site message (``None`` withholds it): a malicious coordinator.
+        refusals: ``"raise"`` re-raises the first refusal of an honest site; ``"drop"``
+            records it and treats the site as dropped.
+
+    Raises:
+        ProtocolError subclasses: invalid input, refusals, missing TenSEAL
+        (:class:`~secagg.he.errors.HEUnavailableError`), or
+        :class:`~secagg.errors.ThresholdNotMetError` when fewer than t remain or the key
+        holder is gone.
+    """
+    if refusals not in ("raise", "drop"):
+        raise InvalidInputError(f"refusals must be 'raise' or 'drop'; got {refusals!r}")
+    ids, length = _validate_updates(updates)
+    silent = _silent_from(dropouts, ids)
+    vectors = {i: check_finite_vector(updates[i], length=length, name=f"update of site {i}") for i in ids}
+    clipped = {i: int(np.count_nonzero(np.abs(vectors[i]) > clip)) for i in ids}
+    if weights is not None:
+        if set(weights) != set(ids):
+            raise InvalidInputError("weights must give one positive weight per site")
+        bound = max(weights.values()) if max_weight is None else max_weight
+        vectors = {i: weighted_vector(vectors[i], weights[i], max_weight=bound, clip=clip) for i in ids}
+        length += 1
+    if params is None:
+        params = find_he_parameters(vector_length=length, max_summands=len(ids), clip=clip, resolution=resolution)
+    encoder = params.encoder
+    holder = ids[0] if key_holder is None else key_holder
+    identities = {i: SigningKeyPair.generate() for i in ids} if active else {}
+    config = HESessionConfig(
+        session_id=session_id or new_session_id(),
+        participants=tuple(ids),
+        threshold=threshold,
+        vector_length=length,
+        key_holder=holder,
+        params=params,
+        active=active,
+        verify_keys={i: k.verify_key for i, k in identities.items()},
+    )
+    sites = {
+        i: HEClientSession(config, i, signing_key=identities[i].seed if active else None,
+                           masked_input=encoder.encode(vectors[i]).ring)
+        for i in ids
+    }
+    del vectors
+
+    server = HEServerSession(config)
+    server_view: list[bytes] = []
+    refused: dict[int, Exception] = {}
+    bytes_up = dict.fromkeys(HE_STAGES, 0)
+    bytes_down = dict.fromkeys(HE_STAGES, 0)
+    seconds = dict.fromkeys(HE_STAGES, 0.0)
+
+    def alive(site: int, stage: str) -> bool:
+        return silent.get(site, len(HE_STAGES)) > HE_STAGES.index(stage) and site not in refused
+
+    def upload(stage: str, message) -> None:
+        data = wire.encode(message)
+        bytes_up[stage] += len(data)
+        server_view.append(data)
+        server.receive(data)
+
+    start = time.perf_counter()
+    for i in ids:
+        if alive(i, "advertise"):
+            upload("advertise", sites[i].advertise())
+    seconds["advertise"] += time.perf_counter() - start
+
+    while True:
+        start = time.perf_counter()
+        outgoing = server.advance()
+        if not outgoing:
+            break
+        stage = HE_ANSWER_STAGE[type(next(iter(outgoing.values())))]
+        for recipient in sorted(outgoing):
+            message = outgoing[recipient]
+            if tamper is not None:
+                message = tamper(recipient, message)
+                if message is None:
+                    continue
+            data = wire.encode(message)
+            bytes_down[stage] += len(data)
+            if not alive(recipient, stage):
+                continue
+            try:
+                reply = sites[recipient].handle(data)
+            except RemoteProtocolError as exc:
+                if refusals == "raise":
+                    raise
+                refused[recipient] = exc
+                continue
+            except ThresholdNotMetError as exc:
+                refused[recipient] = exc
+                continue
+            upload(stage, reply)
+        seconds[stage] += time.perf_counter() - start
+
+    result = server.result
+    aggregate = encoder.decode(result.ring_sum)
+    mean = weight_sum = None
+    if weights is not None:
+        mean, weight_sum = weighted_mean(aggregate, clip=clip)
+    return HELocalResult(
+        aggregate=aggregate,
+        survivors=result.survivors,
+        resolution=params.resolution,
+        server_view=server_view,
+        coordinator_context=server.context,
+        mean=mean,
+        weight_sum=weight_sum,
+        clipped=clipped,
+        refusals=refused,
+        bytes_up=bytes_up,
+        bytes_down=bytes_down,
+        seconds=seconds,
+        config=config,
+        params=params,
+    )
