@@ -35,7 +35,7 @@ def secagg_cli(*args, timeout=600):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("mode", ["secagg", "secagg+", "plain"])
+@pytest.mark.parametrize("mode", ["secagg", "secagg+", "he", "plain"])
 def test_tiny_run_each_mode(mode, tmp_path, cache_dir):
     out = tmp_path / "run"
     code, stdout, stderr = secagg_cli("simulate", "--tiny", "--mode", mode, "--out", str(out),
@@ -46,6 +46,8 @@ def test_tiny_run_each_mode(mode, tmp_path, cache_dir):
     assert summary["privacy"]["ledger_verified"]
     if mode == "plain":
         assert "PLAIN" in summary["protection"]
+    if mode == "he":
+        assert "WEAKER trust model" in summary["protection"]
     for name in ("config.json", "state.json", "metrics.jsonl", "ledger.sqlite", "ledger.head.json", "summary.json"):
         assert (out / name).exists(), name
     assert (out / "checkpoints" / "global.pt").exists()
@@ -144,6 +146,15 @@ def test_coordinator_never_holds_an_individual_update(tmp_path, cache_dir, monke
         raw = update.tobytes()
         nonzero_chunks = [raw[i:i + 16] for i in range(0, len(raw) - 16, 16) if raw[i:i + 16].count(0) < 8]
         assert nonzero_chunks and not any(chunk in blob for chunk in nonzero_chunks[:200])
+
+    pytest.importorskip("tenseal")
+    got, updates = run("he")  # ciphertexts only: no chunk of any encoded update appears
+    blob = b"".join(got)
+    assert updates
+    for update in updates:
+        raw = update.tobytes()
+        chunks = [raw[i:i + 16] for i in range(0, len(raw) - 16, 16) if raw[i:i + 16].count(0) < 8]
+        assert chunks and not any(chunk in blob for chunk in chunks[:200])
 
     got, updates = run("plain")
     blob = b"".join(got)
