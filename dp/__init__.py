@@ -6,6 +6,9 @@
 * :mod:`dp.calibration` - the noise multiplier for a target epsilon over the whole run.
 * :mod:`dp.ledger` - the append-only, hash-chained SQLite ledger and its verification.
 * :mod:`dp.training` - local DP-SGD with Opacus (CSPRNG sampling and noise by default).
+* :mod:`dp.discrete`, :mod:`dp.rotation`, :mod:`dp.distributed` - distributed DP: exact
+  CSPRNG discrete Gaussian / Skellam noise added by each site in the integer domain before
+  masking, with the site-level guarantee of the released sum.
 
 Imports flow one way: ``dp`` uses ``secagg`` for its CSPRNG only. torch and
 Opacus are imported lazily by the functions that need them.
@@ -31,6 +34,20 @@ from .errors import (
     ModelNotPrivateError,
     PrivacyError,
 )
+from .discrete import discrete_gaussian_variance, sample_discrete_gaussian, sample_poisson, sample_skellam
+from .distributed import (
+    CalibratedDistributedDp,
+    DistributedDpConfig,
+    DistributedDpEvent,
+    PrivatizedUpdate,
+    compute_distributed_epsilon,
+    decode_sum,
+    distributed_rdp,
+    privatize,
+    privatize_detailed,
+    wrap_probability_bound,
+)
+from .distributed import calibrate as calibrate_distributed
 from .events import NEIGHBOURING_RELATIONS, PrivacyEvent
 from .ledger import BudgetDecision, LedgerEntry, PrivacyLedger, VerificationReport, verify_ledger
 from .training import (
@@ -51,6 +68,10 @@ __all__ = [
     "PrivacyLedger", "LedgerEntry", "BudgetDecision", "VerificationReport", "verify_ledger",
     "DpSgdConfig", "LocalTrainingResult", "train_dp_sgd", "train_non_private", "make_private_compatible",
     "csprng_gaussian", "csprng_poisson_mask",
+    "DistributedDpConfig", "CalibratedDistributedDp", "DistributedDpEvent", "PrivatizedUpdate",
+    "calibrate_distributed", "privatize", "privatize_detailed", "decode_sum", "compute_distributed_epsilon",
+    "distributed_rdp", "wrap_probability_bound",
+    "sample_discrete_gaussian", "sample_poisson", "sample_skellam", "discrete_gaussian_variance",
     "PrivacyError", "InvalidPrivacyParameterError", "CalibrationError", "BudgetExceededError",
     "LedgerError", "LedgerIntegrityError", "ModelNotPrivateError",
 ]

@@ -129,6 +129,7 @@ class VerificationReport:
     run_id: str | None = None
     notes: list = field(default_factory=list)
     epsilon: dict = field(default_factory=dict)  # site -> report dict of its final spend
+    site_level_epsilon: dict = field(default_factory=dict)  # site -> site-level epsilon (distributed DP)
 
 
 def _connect(path: Path) -> sqlite3.Connection:
@@ -148,11 +149,16 @@ class PrivacyLedger:
         self.delta: float = meta["delta"]
         self.budgets: dict[str, float] = dict(meta["budgets"])
         self.accountants: tuple[str, ...] = tuple(meta["accountants"])
+        self.site_level: dict | None = meta.get("site_level")
         self._events: dict[str, list[PrivacyEvent]] = {}
+        self._site_level_events: dict[str, list] = {}
         for entry in self.entries():
             if entry.kind == "spend":
                 event = PrivacyEvent.from_dict(entry.body["event"])
                 self._events.setdefault(event.site, []).append(event)
+            elif entry.kind == "site_level_spend":
+                self._site_level_events.setdefault(entry.body["site"], []).append(
+                    _site_level_event(entry.body["event"]))
 
     # -- lifecycle ---------------------------------------------------------------
 
@@ -165,8 +171,15 @@ class PrivacyLedger:
         delta: float,
         budgets: Mapping[str, float],
         accountants: Sequence[str] = DEFAULT_ACCOUNTANTS,
+        site_level_budget: float | None = None,
+        site_level_delta: float | None = None,
     ) -> "PrivacyLedger":
-        """Create the ledger of a new run; refuses to overwrite an existing one."""
+        """Create the ledger of a new run; refuses to overwrite an existing one.
+
+        ``site_level_budget``/``site_level_delta``: the budget of the *site-level* guarantee of
+        the released aggregates when distributed DP is on (:mod:`dp.distributed`); recorded and
+        enforced separately from the record-level DP-SGD budgets - the two are never added.
+        """
         run_dir = Path(run_dir)
         delta = validate_delta(delta)
         for site, budget in budgets.items():
@@ -184,6 +197,10 @@ class PrivacyLedger:
             "accountants": list(accountants),
             "libraries": {a: accountant_version(a) for a in accountants},
         }
+        if site_level_budget is not None:
+            meta["site_level"] = {"budget": float(site_level_budget),
+                                  "delta": validate_delta(site_level_delta if site_level_delta is not None else delta),
+                                  "accountant": "distributed RDP (dp.distributed)"}
         conn = _connect(path)
         try:
             conn.executescript(_SCHEMA)
@@ -242,6 +259,25 @@ class PrivacyLedger:
     def events(self, site: str) -> list[PrivacyEvent]:
         return list(self._events.get(site, []))
 
+    def site_level_spent(self, site: str) -> float | None:
+        """Site-level epsilon of the aggregates ``site`` contributed to (distributed DP), or None."""
+        events = self._site_level_events.get(site)
+        if not events or self.site_level is None:
+            return None
+        from .distributed import compute_distributed_epsilon
+
+        return compute_distributed_epsilon(events, self.site_level["delta"])
+
+    def check_site_level_budget(self, site: str, planned) -> tuple[bool, float]:
+        """Would one more site-level event keep ``site`` within the site-level budget?"""
+        from .distributed import compute_distributed_epsilon
+
+        if self.site_level is None:
+            raise LedgerError("this run's ledger has no site-level budget (distributed DP is off)")
+        epsilon = compute_distributed_epsilon(self._site_level_events.get(site, []) + [planned],
+                                              self.site_level["delta"])
+        return epsilon <= self.site_level["budget"] * (1 + _RELATIVE_TOLERANCE), epsilon
+
     def committed_rounds(self) -> set[int]:
         rows = self._conn.execute("SELECT body FROM entries WHERE kind='round'").fetchall()
         return {json.loads(b)["round"] for (b,) in rows}
@@ -282,6 +318,7 @@ class PrivacyLedger:
         *,
         skipped: Mapping[str, str] | None = None,
         extra: Mapping | None = None,
+        site_level: Mapping[str, object] | None = None,
     ) -> None:
         """Record one round's spend (one transaction), then rewrite the head record.
 
@@ -309,6 +346,21 @@ class PrivacyLedger:
                     f"{self.budgets[event.site]}; check_budget must run before training"
                 )
             rows.append(("spend", {"event": event.to_dict(), "cumulative": report.to_dict()}))
+        pending_site_level = {s: list(v) for s, v in self._site_level_events.items()}
+        for site, event in sorted((site_level or {}).items()):
+            if self.site_level is None:
+                raise LedgerError("site-level events given but the ledger has no site-level budget")
+            if event.round != round_index:
+                raise LedgerError(f"site-level event of round {event.round} committed with round {round_index}")
+            from .distributed import compute_distributed_epsilon
+
+            pending_site_level.setdefault(site, []).append(event)
+            epsilon = compute_distributed_epsilon(pending_site_level[site], self.site_level["delta"])
+            if epsilon > self.site_level["budget"] * (1 + _RELATIVE_TOLERANCE):
+                raise BudgetExceededError(f"site {site!r} would reach site-level epsilon {epsilon:.4f} past "
+                                          f"its budget {self.site_level['budget']}")
+            rows.append(("site_level_spend", {"site": site, "event": event.to_dict(), "cumulative_epsilon": epsilon,
+                                              "delta": self.site_level["delta"]}))
         rows.append(("round", {
             "round": round_index,
             "sites": sorted({e.site for e in events}),
@@ -317,6 +369,7 @@ class PrivacyLedger:
         }))
         self._append(rows)
         self._events = pending
+        self._site_level_events = pending_site_level
 
     def _append(self, rows: list[tuple[str, dict]]) -> None:
         count, prev = self.head()
@@ -334,6 +387,12 @@ class PrivacyLedger:
                 self._conn.execute("ROLLBACK")
             raise LedgerError(f"could not write the privacy ledger: {exc}") from None
         _atomic_write_json(self.run_dir / HEAD_FILE, {"run_id": self.run_id, "entries": count, "head": prev})
+
+
+def _site_level_event(data: dict):
+    from .distributed import DistributedDpEvent
+
+    return DistributedDpEvent.from_dict(data)
 
 
 def _fail(report: VerificationReport, seq: int | None, reason: str) -> VerificationReport:
@@ -354,6 +413,7 @@ def verify_ledger(run_dir, *, recompute_epsilon: bool = True) -> VerificationRep
     report = VerificationReport(ok=True, entries=len(rows), run_id=ledger.run_id)
     prev = _genesis_hash(ledger.run_id)
     events: dict[str, list[PrivacyEvent]] = {}
+    site_events: dict[str, list] = {}
     for expected_seq, (seq, kind, body, prev_hash, digest) in enumerate(rows, start=1):
         if seq != expected_seq:
             return _fail(report, expected_seq, f"entry {expected_seq} is missing (found {seq} next)")
@@ -387,6 +447,20 @@ def verify_ledger(run_dir, *, recompute_epsilon: bool = True) -> VerificationRep
             if recomputed.bound is None or budget is None or recomputed.bound > budget * (1 + _RELATIVE_TOLERANCE):
                 return _fail(report, seq, f"entry {seq}: site {event.site!r} is past its budget {budget}")
             report.epsilon[event.site] = recomputed.to_dict()
+        if kind == "site_level_spend" and recompute_epsilon:
+            from .distributed import compute_distributed_epsilon
+
+            site = parsed["site"]
+            site_events.setdefault(site, []).append(_site_level_event(parsed["event"]))
+            if ledger.site_level is None:
+                return _fail(report, seq, f"entry {seq}: a site-level spend in a ledger without a site-level budget")
+            value = compute_distributed_epsilon(site_events[site], ledger.site_level["delta"])
+            if not math.isclose(value, parsed["cumulative_epsilon"], rel_tol=_RELATIVE_TOLERANCE):
+                return _fail(report, seq, f"entry {seq}: stored site-level epsilon {parsed['cumulative_epsilon']} "
+                             f"differs from the recomputed {value}")
+            if value > ledger.site_level["budget"] * (1 + _RELATIVE_TOLERANCE):
+                return _fail(report, seq, f"entry {seq}: site {site!r} is past its site-level budget")
+            report.site_level_epsilon[site] = value
         prev = digest
     head_path = run_dir / HEAD_FILE
     if not head_path.is_file():

@@ -236,6 +236,8 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
             dropout_schedule=args.dropout_schedule, epsilon=args.epsilon, delta=args.delta, model=args.model,
             seed=args.seed, threshold=args.threshold, baselines=baselines, local_steps=args.local_steps,
             image_size=args.image_size, active=True if args.active else None, cache_dir=args.cache_dir,
+            distributed_dp=args.distributed_dp, ddp_epsilon=args.ddp_epsilon, ddp_clip=args.ddp_clip,
+            ddp_colluding=args.ddp_colluding,
         )
         out = args.out or f"runs/{config.preset}-{config.mode}-{config.fingerprint()[:8]}"
     result = run_simulation(config, out, resume=bool(args.resume), quiet=args.json)
@@ -432,6 +434,15 @@ def build_parser() -> argparse.ArgumentParser:
     simulate.add_argument("--model", help=f"model name (default {defaults.model}; see models.available_models())")
     simulate.add_argument("--image-size", type=_positive(int, "image size"),
                           help=f"slice size in pixels (default {defaults.image_size})")
+    simulate.add_argument("--distributed-dp", choices=("skellam", "ddg"),
+                          help="sites add discrete noise before masking: site-level DP of every released sum "
+                               "(default: off)")
+    simulate.add_argument("--ddp-epsilon", type=_positive(float, "ddp epsilon"),
+                          help=f"site-level budget over the run (default {defaults.ddp_epsilon})")
+    simulate.add_argument("--ddp-clip", type=_positive(float, "ddp clip"),
+                          help=f"L2 clip of each site's update (default {defaults.ddp_clip})")
+    simulate.add_argument("--ddp-colluding", type=int,
+                          help=f"sites whose noise may be known to the coordinator (default {defaults.ddp_colluding})")
     simulate.add_argument("--baselines", help="comma list of local,central (default local; 'none' for none)")
     simulate.add_argument("--seed", type=int, help=f"seed of splits, initialisation and dropouts (default {defaults.seed})")
     simulate.add_argument("--out", help="run directory (default runs/PRESET-MODE-FINGERPRINT)")

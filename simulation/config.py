@@ -74,6 +74,13 @@ class SimulationConfig:
 
     ``baselines``: also train ``local`` (each site alone) and/or ``central``
     (pooled data) models with the same privacy budget, for comparison.
+
+    Distributed DP (:mod:`dp.distributed`): ``distributed_dp`` (``"skellam"``
+    or ``"ddg"``; ``None`` off) makes every site clip its update to L2 norm
+    ``ddp_clip`` and add discrete noise in the integer domain before masking,
+    calibrated so that the *site-level* guarantee of the released sums over
+    all rounds is ``ddp_epsilon`` at ``delta`` as long as at least t -
+    ``ddp_colluding`` sites add honest noise. ``ddp_bits`` forces the ring width.
     """
 
     preset: str = "demo"
@@ -105,6 +112,11 @@ class SimulationConfig:
     on_abort: str = "continue"
     baselines: tuple = ("local",)
     seed: int = 0
+    distributed_dp: str | None = None
+    ddp_epsilon: float = 10.0
+    ddp_clip: float = 1.0
+    ddp_colluding: int = 0
+    ddp_bits: int | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "baselines", tuple(self.baselines))
@@ -157,6 +169,16 @@ class SimulationConfig:
             positive_int("threshold", 1)
         if self.dropout_schedule is not None and not isinstance(self.dropout_schedule, (str, dict)):
             raise ConfigError("dropout_schedule must be a file path or a mapping round -> stage -> [sites]")
+        if self.distributed_dp is not None:
+            if self.distributed_dp not in ("skellam", "ddg"):
+                raise ConfigError(f"distributed_dp must be 'skellam' or 'ddg'; got {self.distributed_dp!r}")
+            if self.mode == "he":
+                raise ConfigError("distributed DP adds integer noise before masking; it does not apply to --mode he")
+            number("ddp_epsilon", 0, math.inf)
+            number("ddp_clip", 0, math.inf)
+            positive_int("ddp_colluding", 0)
+            if self.ddp_bits not in (None, 32, 64):
+                raise ConfigError(f"ddp_bits must be 32 or 64; got {self.ddp_bits!r}")
         if self.active and self.mode == "plain":
             raise ConfigError("active mode needs a masking protocol; it is meaningless with --mode plain")
         try:

@@ -117,6 +117,23 @@ class Coordinator:
         self.server = None
         return RoundAggregate(mean_update=mean, weight_sum=weight_sum, included=included)
 
+    def finish_round_distributed(self, calibrated, public_seed: bytes) -> RoundAggregate:
+        """Distributed DP: decode the noisy sum (inverse rotation, unscaling) into an unweighted mean.
+
+        The FedAvg weight does not ride inside the vector here: it would be noised and count
+        against the L2 clip, so every included site gets the same weight.
+        """
+        from dp.distributed import decode_sum
+
+        if isinstance(self.server, PlainAggregator):
+            ring_sum, included = self.server.ring_sum, frozenset(self.server.released)
+        else:
+            result = self.server.result
+            ring_sum, included = result.ring_sum, result.survivors
+        total = decode_sum(ring_sum, calibrated, public_seed, len(included))
+        self.server = None
+        return RoundAggregate(mean_update=total / len(included), weight_sum=float(len(included)), included=included)
+
     def apply(self, aggregate: RoundAggregate, server_learning_rate: float = 1.0) -> None:
         """global <- global + lr * mean update (FedAvg)."""
         delta = unflatten(aggregate.mean_update, self.global_shared, self.shared_names)

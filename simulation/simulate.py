@@ -260,6 +260,24 @@ def run_simulation(
         log(he_params.describe())
     else:
         encoder = secagg.FixedPointEncoder.create(clip=config.update_clip, max_summands=len(names))
+    ddp = None
+    if config.distributed_dp:
+        from dp import DistributedDpConfig, calibrate_distributed
+
+        try:
+            ddp = calibrate_distributed(DistributedDpConfig(
+                config.distributed_dp, l2_clip=config.ddp_clip, target_epsilon=config.ddp_epsilon,
+                delta=config.delta, rounds=config.rounds,
+                min_contributors=1 if config.mode == "plain" else protocol["threshold"],
+                max_contributors=len(names), colluding_sites=config.ddp_colluding, bits=config.ddp_bits,
+            ), vector_length - 1)
+        except PrivacyError as exc:
+            raise SimulationError(f"distributed DP: {exc}") from None
+        vector_length = ddp.vector_length
+        log(f"distributed DP ({config.distributed_dp}): site-level epsilon {ddp.epsilon:.3f} <= {config.ddp_epsilon} "
+            f"at delta {config.delta} over {config.rounds} rounds with >= {ddp.config.noise_contributors} honest "
+            f"noise shares; L2 clip {config.ddp_clip}; noise std of the sum {ddp.noise_std(len(names)):.4g} per "
+            f"coordinate; {ddp.bits}-bit ring, wrap-around probability <= {ddp.wrap_probability:.2g}")
 
     # Run directory and ledger.
     if resume:
@@ -285,7 +303,8 @@ def run_simulation(
     else:
         store.create(config.to_dict(), config.fingerprint())
         ledger = PrivacyLedger.create(out_dir, run_id=config.fingerprint()[:16] + "-" + secagg.new_session_id().hex()[:8],
-                                      delta=config.delta, budgets={n: config.epsilon for n in names})
+                                      delta=config.delta, budgets={n: config.epsilon for n in names},
+                                      site_level_budget=config.ddp_epsilon if ddp is not None else None)
         state = {"last_round": -1, "rounds": {}}
         start_round = 0
         store.write_state(state)
@@ -299,7 +318,7 @@ def run_simulation(
         for round_index in range(start_round, config.rounds):
             record = _run_round(
                 round_index, config, sites, coordinator, ledger, dropout_model, dp_config, encoder, weight_bound,
-                protocol, identities, vector_length, progress, he_params,
+                protocol, identities, vector_length, progress, he_params, ddp,
             )
             store.save_torch("global.pt", coordinator.state_dict())
             for name, site in sites.items():
@@ -334,7 +353,7 @@ def _planned_event(site: str, round_index: int, dp_config):
 
 
 def _run_round(round_index, config, sites, coordinator, ledger, dropout_model, dp_config, encoder, weight_bound,
-               protocol, identities, vector_length, progress, he_params=None) -> dict:
+               protocol, identities, vector_length, progress, he_params=None, ddp=None) -> dict:
     from dp.errors import BudgetExceededError
 
     timings = {"train": 0.0, "encode": 0.0, "protocol": 0.0, "ledger": 0.0, "decode_apply": 0.0}
@@ -352,6 +371,13 @@ def _run_round(round_index, config, sites, coordinator, ledger, dropout_model, d
             if config.budget_policy == "stop":
                 stop_reason = f"site {name} would exceed its budget"
             continue
+        if ddp is not None:
+            allowed, projected = ledger.check_site_level_budget(name, ddp.event(round_index))
+            if not allowed:
+                skipped[name] = f"site-level budget: this round would reach epsilon {projected:.3f}"
+                if config.budget_policy == "stop":
+                    stop_reason = f"site {name} would exceed its site-level budget"
+                continue
         participants.append(name)
     record = {"round": round_index, "mode": config.mode, "planned_dropouts": plan, "skipped": skipped}
     if stop_reason:
@@ -360,7 +386,9 @@ def _run_round(round_index, config, sites, coordinator, ledger, dropout_model, d
         timings["ledger"] = time.perf_counter() - t0
         return record | {"status": "stopped", "stop_reason": stop_reason, "seconds": timings}
 
-    # Local training and encoding (at the sites).
+    # Local training and encoding (at the sites). The session nonce is drawn first: with
+    # distributed DP it also seeds the public rotation the coordinator must invert.
+    session_id = secagg.new_session_id()
     updates, rings, clipped, losses = {}, {}, {}, {}
     for name in participants:
         t0 = time.perf_counter()
@@ -369,7 +397,13 @@ def _run_round(round_index, config, sites, coordinator, ledger, dropout_model, d
                                               progress=lambda step, loss: advance())
         timings["train"] += time.perf_counter() - t0
         t0 = time.perf_counter()
-        rings[name], clipped[name] = sites[name].encode(updates[name], encoder, weight_bound)
+        if ddp is not None:
+            from dp.distributed import privatize_detailed
+
+            private = privatize_detailed(updates[name].vector, ddp, session_id)
+            rings[name], clipped[name] = private.ring, int(bool(getattr(private, "clipped", False)))
+        else:
+            rings[name], clipped[name] = sites[name].encode(updates[name], encoder, weight_bound)
         timings["encode"] += time.perf_counter() - t0
         losses[name] = float(np.mean(updates[name].losses)) if updates[name].losses else None
 
@@ -381,7 +415,8 @@ def _run_round(round_index, config, sites, coordinator, ledger, dropout_model, d
         t0 = time.perf_counter()
         released_sites.extend(sorted(by_id[i] for i in released_ids))
         events = [updates[n].event for n in released_sites]
-        ledger.commit_round(round_index, events, skipped=skipped,
+        site_level = {n: ddp.event(round_index) for n in released_sites} if ddp is not None else None
+        ledger.commit_round(round_index, events, skipped=skipped, site_level=site_level,
                             extra={"released": released_sites, "mode": config.mode})
         timings["ledger"] += time.perf_counter() - t0
 
@@ -392,14 +427,14 @@ def _run_round(round_index, config, sites, coordinator, ledger, dropout_model, d
         abort_reason = (f"only {len(participants)} sites could take part; threshold is {protocol['threshold']}")
     elif config.mode == "plain":
         outcome = run_plain_round(coordinator, {sites[n].client_id: rings[n] for n in participants}, silent,
-                                  encoder.bit_width, vector_length, on_release)
+                                  ddp.bits if ddp is not None else encoder.bit_width, vector_length, on_release)
         abort_reason = outcome.abort_reason
     elif config.mode == "he":
         from secagg import he
 
         verify_keys = {sites[n].client_id: identities[n].verify_key for n in participants} if config.active else {}
         session = he.HESessionConfig(
-            session_id=secagg.new_session_id(), participants=tuple(sorted(by_id)), threshold=protocol["threshold"],
+            session_id=session_id, participants=tuple(sorted(by_id)), threshold=protocol["threshold"],
             vector_length=vector_length, key_holder=min(by_id), params=he_params, active=config.active,
             verify_keys=verify_keys,
         )
@@ -412,11 +447,11 @@ def _run_round(round_index, config, sites, coordinator, ledger, dropout_model, d
         abort_reason = outcome.abort_reason
     else:
         session = secagg.SessionConfig(
-            session_id=secagg.new_session_id(),
+            session_id=session_id,
             participants=tuple(sorted(by_id)),
             threshold=protocol["threshold"],
             vector_length=vector_length,
-            bit_width=encoder.bit_width,
+            bit_width=ddp.bits if ddp is not None else encoder.bit_width,
             degree=protocol["degree"],
             active=config.active,
             verify_keys={sites[n].client_id: identities[n].verify_key for n in participants} if config.active else {},
@@ -434,7 +469,10 @@ def _run_round(round_index, config, sites, coordinator, ledger, dropout_model, d
     included: list[str] = []
     if outcome is not None and outcome.completed:
         t0 = time.perf_counter()
-        aggregate = coordinator.finish_round(encoder)
+        if ddp is not None:
+            aggregate = coordinator.finish_round_distributed(ddp, session_id)
+        else:
+            aggregate = coordinator.finish_round(encoder)
         coordinator.apply(aggregate)
         timings["decode_apply"] = time.perf_counter() - t0
         included = sorted(by_id[i] for i in aggregate.included)
@@ -446,7 +484,9 @@ def _run_round(round_index, config, sites, coordinator, ledger, dropout_model, d
     for name in sites:
         spent = ledger.spent(name)
         epsilon[name] = None if spent is None else spent.bound
+    site_level_epsilon = {name: ledger.site_level_spent(name) for name in sites} if ddp is not None else None
     return record | {
+        "site_level_epsilon": site_level_epsilon,
         "status": status,
         "abort_reason": None if status == "completed" else abort_reason,
         "participants": participants,
@@ -603,6 +643,16 @@ def _finish(config, cohort, sites, coordinator, store, protocol, calibration, sh
             "epsilon_spent": last_eps,
             "ledger_verified": verification.ok,
             "secure_rng": config.secure_rng,
+            "site_level": None if not config.distributed_dp else {
+                "guarantee": "site-level DP of each released sum (zero-out adjacency: one site's whole clipped "
+                             "update), if at least t minus the tolerated colluding sites add honest noise",
+                "mechanism": config.distributed_dp,
+                "budget": config.ddp_epsilon,
+                "delta": config.delta,
+                "l2_clip": config.ddp_clip,
+                "epsilon_spent": metrics[-1].get("site_level_epsilon") if metrics else {},
+                "accountant": "RDP of the distributed discrete mechanism (dp.distributed)",
+            },
         },
         "detection": results,
         "figures": figures,
@@ -659,6 +709,13 @@ def format_summary(summary: dict) -> str:
                  f"({p['guarantee']}); sigma {p['noise_multiplier']:.3f}, q {p['sample_rate']}, C {p['clipping_norm']}")
     for site, eps in p["epsilon_spent"].items():
         lines.append(f"     {site}: epsilon spent <= {eps:.3f}" if eps is not None else f"     {site}: nothing spent")
+    if p.get("site_level"):
+        sl = p["site_level"]
+        lines.append(f"   site-level ({sl['mechanism']} distributed DP, reported separately, never added to the above): "
+                     f"budget {sl['budget']} at delta {sl['delta']}, L2 clip {sl['l2_clip']}")
+        for site, eps in (sl["epsilon_spent"] or {}).items():
+            lines.append(f"     {site}: site-level epsilon <= {eps:.3f}" if eps is not None
+                         else f"     {site}: no aggregate released")
     lines.append(f"   ledger verified: {'yes' if p['ledger_verified'] else 'NO'}")
     d = summary["detection"]
     lines.append("   detection on the pooled pathological test set (Dice at 1% healthy FPR / AUPRC / AUROC):")

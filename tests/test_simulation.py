@@ -220,3 +220,40 @@ def test_probabilistic_dropouts_are_reproducible():
     assert model.plan(2, sites) == ProbabilisticDropout(0.3, seed=4).plan(2, sites)
     assert model.plan(2, sites) != model.plan(3, sites)
     assert set(model.plan(2, sites).values()) <= set(secagg.STAGES)
+
+
+@pytest.mark.slow
+def test_tiny_run_with_distributed_dp(tmp_path, cache_dir):
+    out = tmp_path / "run"
+    code, stdout, stderr = secagg_cli("simulate", "--tiny", "--distributed-dp", "skellam", "--ddp-epsilon", "20",
+                                      "--out", str(out), "--cache-dir", cache_dir, "--json")
+    assert code == 0, stderr[-2000:]
+    summary = json.loads(stdout)
+    site_level = summary["privacy"]["site_level"]
+    assert site_level["mechanism"] == "skellam"
+    assert all(0 < eps <= 20 * (1 + 1e-6) for eps in site_level["epsilon_spent"].values())
+    from dp import verify_ledger
+
+    report = verify_ledger(out)
+    assert report.ok and set(report.site_level_epsilon) == set(summary["sites"])
+    # Editing a stored site-level epsilon is detected.
+    import sqlite3
+
+    conn = sqlite3.connect(out / "ledger.sqlite", isolation_level=None)
+    conn.execute("DROP TRIGGER entries_no_update")
+    seq, body = conn.execute("SELECT seq, body FROM entries WHERE kind = 'site_level_spend' LIMIT 1").fetchone()
+    data = json.loads(body)
+    data["cumulative_epsilon"] = data["cumulative_epsilon"] / 2
+    from dp.ledger import _chain_hash, canonical_json
+
+    prev = conn.execute("SELECT prev_hash FROM entries WHERE seq = ?", (seq,)).fetchone()[0]
+    text = canonical_json(data)
+    conn.execute("UPDATE entries SET body = ?, hash = ? WHERE seq = ?", (text, _chain_hash(prev, text), seq))
+    broken = verify_ledger(out)
+    assert not broken.ok and broken.first_broken is not None
+
+
+def test_distributed_dp_refused_with_he(tmp_path, cache_dir):
+    code, _, stderr = secagg_cli("simulate", "--tiny", "--mode", "he", "--distributed-dp", "ddg",
+                                 "--out", str(tmp_path / "x"), "--cache-dir", cache_dir)
+    assert code == 2 and "does not apply to --mode he" in stderr
