@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
 from .accounting import DEFAULT_ACCOUNTANTS, EpsilonReport, accountant_version, compute_epsilon
-from .errors import BudgetExceededError, InvalidPrivacyParameterError, LedgerError, LedgerIntegrityError
+from .errors import BudgetExceededError, InvalidPrivacyParameterError, LedgerError
 from .events import PrivacyEvent, validate_delta
 
 __all__ = [

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import struct
 
+from .codec import Reader, Writer
 from .errors import MalformedMessageError
 from .messages import (
     AdvertisedKeys,
@@ -44,7 +45,6 @@ from .messages import (
     UnmaskRequest,
     UnmaskResponse,
 )
-from .shamir import PRIME, SHARE_BYTES
 
 __all__ = ["WIRE_VERSION", "MAX_BLOB_BYTES", "encode", "decode", "header_bytes"]
 
@@ -55,7 +55,6 @@ KEY_BYTES = 32
 SIGNATURE_BYTES = 64
 MAX_BLOB_BYTES = 4096  # ciphertexts of share bundles are ~114 bytes
 _HEADER = struct.Struct(">2sBB32sI")
-_U32 = struct.Struct(">I")
 _MAX_U32 = 2**32 - 1
 
 _TYPES: dict[type, int] = {
@@ -90,65 +89,12 @@ def header_bytes() -> int:
 # --- writing ------------------------------------------------------------------
 
 
-class _Writer:
-    def __init__(self) -> None:
-        self.parts: list[bytes] = []
-
-    def u8(self, value: int) -> None:
-        self.parts.append(bytes((value,)))
-
-    def u32(self, value: int) -> None:
-        if not 0 <= value <= _MAX_U32:
-            raise MalformedMessageError(f"value {value} does not fit in u32")
-        self.parts.append(_U32.pack(value))
-
-    def fixed(self, value: bytes, size: int, name: str) -> None:
-        if len(value) != size:
-            raise MalformedMessageError(f"{name} must be {size} bytes; got {len(value)}")
-        self.parts.append(bytes(value))
-
-    def signature(self, value: bytes) -> None:
-        if value:
-            self.u8(1)
-            self.fixed(value, SIGNATURE_BYTES, "signature")
-        else:
-            self.u8(0)
-
-    def ids(self, values) -> None:
-        ordered = sorted(values)
-        self.u32(len(ordered))
-        for value in ordered:
-            self.u32(value)
-
-    def blob_map(self, mapping) -> None:
-        self.u32(len(mapping))
-        for key in sorted(mapping):
-            blob = bytes(mapping[key])
-            if len(blob) > MAX_BLOB_BYTES:
-                raise MalformedMessageError(f"blob for id {key} exceeds {MAX_BLOB_BYTES} bytes")
-            self.u32(key)
-            self.u32(len(blob))
-            self.parts.append(blob)
-
-    def share_map(self, mapping) -> None:
-        self.u32(len(mapping))
-        for key in sorted(mapping):
-            value = mapping[key]
-            if not 0 <= value < PRIME:
-                raise MalformedMessageError(f"share for id {key} is not a field element")
-            self.u32(key)
-            self.parts.append(value.to_bytes(SHARE_BYTES, "big"))
-
-    def getvalue(self) -> bytes:
-        return b"".join(self.parts)
-
-
 def encode(message: Message) -> bytes:
     """Canonical wire bytes of ``message``."""
     kind = _TYPES.get(type(message))
     if kind is None:
         raise MalformedMessageError(f"cannot encode {type(message).__name__}: not a protocol message")
-    w = _Writer()
+    w = Writer()
     party = getattr(message, _PARTY_FIELD[type(message)])
     if len(message.session) != SESSION_BYTES:
         raise MalformedMessageError(f"session must be {SESSION_BYTES} bytes; got {len(message.session)}")
@@ -163,12 +109,12 @@ def encode(message: Message) -> bytes:
         w.u32(len(message.keys))
         for key in sorted(message.keys):
             entry = message.keys[key]
-            w.u32(key)
+            w.u32(key, "id")
             w.fixed(entry.encryption_key, KEY_BYTES, "encryption_key")
             w.fixed(entry.masking_key, KEY_BYTES, "masking_key")
             w.signature(entry.signature)
     elif isinstance(message, (ShareKeys, MaskedInputRequest)):
-        w.blob_map(message.ciphertexts)
+        w.blob_map(message.ciphertexts, MAX_BLOB_BYTES, "ciphertexts")
     elif isinstance(message, MaskedInput):
         if message.bit_width not in (32, 64):
             raise MalformedMessageError(f"bit width must be 32 or 64; got {message.bit_width}")
@@ -185,7 +131,7 @@ def encode(message: Message) -> bytes:
     elif isinstance(message, UnmaskRequest):
         w.ids(message.survivors)
         w.ids(message.dropped)
-        w.blob_map(message.signatures)
+        w.blob_map(message.signatures, MAX_BLOB_BYTES, "signatures")
     elif isinstance(message, UnmaskResponse):
         w.share_map(message.self_mask_shares)
         w.share_map(message.key_shares)
@@ -195,88 +141,11 @@ def encode(message: Message) -> bytes:
 # --- reading ------------------------------------------------------------------
 
 
-class _Reader:
-    def __init__(self, data: bytes) -> None:
-        self.data = memoryview(data)
-        self.pos = 0
-
-    def remaining(self) -> int:
-        return len(self.data) - self.pos
-
-    def take(self, size: int, what: str) -> bytes:
-        if size < 0 or self.remaining() < size:
-            raise MalformedMessageError(
-                f"truncated message: expected {size} bytes of {what} at offset {self.pos}, "
-                f"{self.remaining()} remain"
-            )
-        chunk = bytes(self.data[self.pos : self.pos + size])
-        self.pos += size
-        return chunk
-
-    def u8(self, what: str) -> int:
-        return self.take(1, what)[0]
-
-    def u32(self, what: str) -> int:
-        return _U32.unpack(self.take(4, what))[0]
-
-    def count(self, min_entry_bytes: int, what: str) -> int:
-        n = self.u32(f"{what} count")
-        if n * min_entry_bytes > self.remaining():
-            raise MalformedMessageError(
-                f"{what} count {n} needs at least {n * min_entry_bytes} bytes; {self.remaining()} remain"
-            )
-        return n
-
-    def signature(self, what: str) -> bytes:
-        flag = self.u8(f"{what} flag")
-        if flag == 0:
-            return b""
-        if flag != 1:
-            raise MalformedMessageError(f"{what} flag must be 0 or 1; got {flag}")
-        return self.take(SIGNATURE_BYTES, what)
-
-    def increasing_key(self, previous: int | None, what: str) -> int:
-        key = self.u32(f"{what} id")
-        if previous is not None and key <= previous:
-            raise MalformedMessageError(f"{what} ids must be strictly increasing; {key} follows {previous}")
-        return key
-
-    def ids(self, what: str) -> frozenset:
-        n = self.count(4, what)
-        out, previous = [], None
-        for _ in range(n):
-            previous = self.increasing_key(previous, what)
-            out.append(previous)
-        return frozenset(out)
-
-    def blob_map(self, what: str) -> FrozenMap:
-        n = self.count(8, what)
-        out, previous = {}, None
-        for _ in range(n):
-            previous = self.increasing_key(previous, what)
-            size = self.u32(f"{what} length")
-            if size > MAX_BLOB_BYTES:
-                raise MalformedMessageError(f"{what} entry of {size} bytes exceeds {MAX_BLOB_BYTES}")
-            out[previous] = self.take(size, what)
-        return FrozenMap(out)
-
-    def share_map(self, what: str) -> FrozenMap:
-        n = self.count(4 + SHARE_BYTES, what)
-        out, previous = {}, None
-        for _ in range(n):
-            previous = self.increasing_key(previous, what)
-            value = int.from_bytes(self.take(SHARE_BYTES, what), "big")
-            if value >= PRIME:
-                raise MalformedMessageError(f"{what} value for id {previous} is not a field element")
-            out[previous] = value
-        return FrozenMap(out)
-
-
 def decode(data: bytes) -> Message:
     """Parse wire bytes into a message, or raise :class:`MalformedMessageError`."""
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise MalformedMessageError(f"expected bytes; got {type(data).__name__}")
-    r = _Reader(bytes(data))
+    r = Reader(bytes(data))
     magic, version, kind, session, party = _HEADER.unpack(r.take(_HEADER.size, "header"))
     if magic != MAGIC:
         raise MalformedMessageError(f"not a secagg message: magic {magic!r}, expected {MAGIC!r}")
@@ -291,15 +160,15 @@ def decode(data: bytes) -> Message:
         n = r.count(4 + 2 * KEY_BYTES + 1, "key directory")
         keys, previous = {}, None
         for _ in range(n):
-            previous = r.increasing_key(previous, "key directory")
+            previous = r.key(previous, "key directory")
             keys[previous] = AdvertisedKeys(
                 r.take(KEY_BYTES, "encryption_key"), r.take(KEY_BYTES, "masking_key"), r.signature("signature")
             )
         message = KeyDirectory(session, party, FrozenMap(keys))
     elif kind == 3:
-        message = ShareKeys(session, party, r.blob_map("ciphertexts"))
+        message = ShareKeys(session, party, r.blob_map(MAX_BLOB_BYTES, "ciphertexts"))
     elif kind == 4:
-        message = MaskedInputRequest(session, party, r.blob_map("ciphertexts"))
+        message = MaskedInputRequest(session, party, r.blob_map(MAX_BLOB_BYTES, "ciphertexts"))
     elif kind == 5:
         bit_width = r.u8("bit width")
         if bit_width not in (32, 64):
@@ -313,7 +182,7 @@ def decode(data: bytes) -> Message:
     elif kind == 8:
         survivors = r.ids("survivors")
         dropped = r.ids("dropped")
-        message = UnmaskRequest(session, party, survivors, dropped, r.blob_map("signatures"))
+        message = UnmaskRequest(session, party, survivors, dropped, r.blob_map(MAX_BLOB_BYTES, "signatures"))
     elif kind == 9:
         message = UnmaskResponse(session, party, r.share_map("self_mask_shares"), r.share_map("key_shares"))
     else:

@@ -217,8 +217,7 @@ def _cmd_params(args: argparse.Namespace) -> int:
 
 def _cmd_simulate(args: argparse.Namespace) -> int:
     from .config import load_config
-    from .runstore import RunDirectoryError
-    from .simulate import SimulationError, format_summary, resume_config, run_simulation
+    from .simulate import format_summary, resume_config, run_simulation
 
     if args.resume:
         if args.out and args.out != args.resume:

@@ -31,9 +31,7 @@ run continues with the next round index, so nothing is counted twice.
 
 from __future__ import annotations
 
-import json
 import math
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,7 +44,7 @@ from secagg import STAGES
 from .config import ConfigError, SimulationConfig
 from .coordinator import Coordinator
 from .dropout import NoDropout, ProbabilisticDropout, load_schedule
-from .engine import HE_STAGE_OF, run_he_round, run_masked_round, run_plain_round
+from .engine import run_he_round, run_masked_round, run_plain_round
 from .progress import Progress
 from .runstore import RunDirectory, RunDirectoryError
 from .site import Site
@@ -354,8 +352,6 @@ def _planned_event(site: str, round_index: int, dp_config):
 
 def _run_round(round_index, config, sites, coordinator, ledger, dropout_model, dp_config, encoder, weight_bound,
                protocol, identities, vector_length, progress, he_params=None, ddp=None) -> dict:
-    from dp.errors import BudgetExceededError
-
     timings = {"train": 0.0, "encode": 0.0, "protocol": 0.0, "ledger": 0.0, "decode_apply": 0.0}
     names = sorted(sites)
     plan = dropout_model.plan(round_index, names)

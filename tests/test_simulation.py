@@ -56,7 +56,7 @@ def test_tiny_run_each_mode(mode, tmp_path, cache_dir):
     assert [m["round"] for m in metrics] == [0, 1]
     for m in metrics:
         assert set(m["seconds"]) >= {"train", "encode", "protocol", "ledger", "decode_apply"}
-        assert m["bytes_up"]["mask"] > 0
+        assert m["bytes_up"]["upload" if mode == "he" else "mask"] > 0
         assert all(eps <= 10.0 for eps in m["epsilon"].values() if eps is not None)
     det = summary["detection"]
     for key in ("federated", "intensity_baseline"):

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import struct
 
+from ..codec import Reader, Writer
 from ..errors import MalformedMessageError
 from ..messages import FrozenMap
 from .messages import (
@@ -62,8 +63,6 @@ MAX_CIPHERTEXT_BYTES = 1 << 20
 #: Largest public or sealed context on the wire.
 MAX_CONTEXT_BYTES = 8 << 20
 _HEADER = struct.Struct(">2sBB32sI")
-_U32 = struct.Struct(">I")
-_MAX_U32 = 2**32 - 1
 
 _TYPES: dict[type, int] = {
     HEAdvertise: 1,
@@ -89,53 +88,6 @@ def header_bytes() -> int:
     return _HEADER.size
 
 
-class _Writer:
-    def __init__(self) -> None:
-        self.parts: list[bytes] = []
-
-    def u8(self, value: int) -> None:
-        self.parts.append(bytes((value,)))
-
-    def u32(self, value: int, what: str = "value") -> None:
-        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= _MAX_U32:
-            raise MalformedMessageError(f"{what} {value!r} does not fit in u32")
-        self.parts.append(_U32.pack(value))
-
-    def fixed(self, value: bytes, size: int, what: str) -> None:
-        if not isinstance(value, (bytes, bytearray)) or len(value) != size:
-            raise MalformedMessageError(f"{what} must be {size} bytes")
-        self.parts.append(bytes(value))
-
-    def signature(self, value: bytes) -> None:
-        if value:
-            self.u8(1)
-            self.fixed(value, SIGNATURE_BYTES, "signature")
-        else:
-            self.u8(0)
-
-    def blob(self, value: bytes, limit: int, what: str) -> None:
-        if not isinstance(value, (bytes, bytearray)):
-            raise MalformedMessageError(f"{what} must be bytes; got {type(value).__name__}")
-        if len(value) > limit:
-            raise MalformedMessageError(f"{what} of {len(value)} bytes exceeds {limit}")
-        self.u32(len(value))
-        self.parts.append(bytes(value))
-
-    def blobs(self, values, limit: int, what: str) -> None:
-        self.u32(len(values))
-        for value in values:
-            self.blob(value, limit, what)
-
-    def ids(self, values) -> None:
-        ordered = sorted(values)
-        self.u32(len(ordered))
-        for value in ordered:
-            self.u32(value, "id")
-
-    def getvalue(self) -> bytes:
-        return b"".join(self.parts)
-
-
 def encode(message: HEMessage) -> bytes:
     """Canonical wire bytes of an HE message."""
     kind = _TYPES.get(type(message))
@@ -145,7 +97,7 @@ def encode(message: HEMessage) -> bytes:
     if not isinstance(session, (bytes, bytearray)) or len(session) != SESSION_BYTES:
         raise MalformedMessageError(f"session must be {SESSION_BYTES} bytes")
     party = getattr(message, _PARTY_FIELD[type(message)])
-    w = _Writer()
+    w = Writer()
     w.parts.append(MAGIC + bytes((HE_WIRE_VERSION, kind)) + bytes(session))
     w.u32(party, "party id")
     if isinstance(message, HEAdvertise):
@@ -195,73 +147,11 @@ def encode(message: HEMessage) -> bytes:
     return w.getvalue()
 
 
-class _Reader:
-    def __init__(self, data: bytes) -> None:
-        self.data = memoryview(data)
-        self.pos = 0
-
-    def remaining(self) -> int:
-        return len(self.data) - self.pos
-
-    def take(self, size: int, what: str) -> bytes:
-        if size < 0 or self.remaining() < size:
-            raise MalformedMessageError(
-                f"truncated message: expected {size} bytes of {what} at offset {self.pos}, {self.remaining()} remain"
-            )
-        chunk = bytes(self.data[self.pos : self.pos + size])
-        self.pos += size
-        return chunk
-
-    def u8(self, what: str) -> int:
-        return self.take(1, what)[0]
-
-    def u32(self, what: str) -> int:
-        return _U32.unpack(self.take(4, what))[0]
-
-    def count(self, min_entry_bytes: int, what: str) -> int:
-        n = self.u32(f"{what} count")
-        if n * min_entry_bytes > self.remaining():
-            raise MalformedMessageError(
-                f"{what} count {n} needs at least {n * min_entry_bytes} bytes; {self.remaining()} remain"
-            )
-        return n
-
-    def signature(self, what: str = "signature") -> bytes:
-        flag = self.u8(f"{what} flag")
-        if flag == 0:
-            return b""
-        if flag != 1:
-            raise MalformedMessageError(f"{what} flag must be 0 or 1; got {flag}")
-        return self.take(SIGNATURE_BYTES, what)
-
-    def blob(self, limit: int, what: str) -> bytes:
-        size = self.u32(f"{what} length")
-        if size > limit:
-            raise MalformedMessageError(f"{what} of {size} bytes exceeds {limit}")
-        return self.take(size, what)
-
-    def blobs(self, limit: int, what: str) -> tuple:
-        return tuple(self.blob(limit, what) for _ in range(self.count(4, what)))
-
-    def key(self, previous: int | None, what: str) -> int:
-        key = self.u32(f"{what} id")
-        if previous is not None and key <= previous:
-            raise MalformedMessageError(f"{what} ids must be strictly increasing; {key} follows {previous}")
-        return key
-
-    def ids(self, what: str) -> frozenset:
-        out, previous = [], None
-        for _ in range(self.count(4, what)):
-            previous = self.key(previous, what)
-            out.append(previous)
-        return frozenset(out)
-
-
 def decode(data: bytes) -> HEMessage:
     """Parse wire bytes into an HE message, or raise :class:`MalformedMessageError`."""
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise MalformedMessageError(f"expected bytes; got {type(data).__name__}")
-    r = _Reader(bytes(data))
+    r = Reader(bytes(data))
     magic, version, kind, session, party = _HEADER.unpack(r.take(_HEADER.size, "header"))
     if magic != MAGIC:
         raise MalformedMessageError(f"not an HE message: magic {magic!r}, expected {MAGIC!r}")
