@@ -162,7 +162,7 @@ def test_coordinator_never_holds_an_individual_update(tmp_path, cache_dir, monke
 
 
 @pytest.mark.parametrize("args,match", [
-    (["--mode", "he"], "invalid choice"),
+    (["--mode", "quantum"], "invalid choice"),
     (["--model", "resnet"], "unknown model"),
     (["--threshold", "9"], "threshold 9 is above the number of sites"),
     (["--epsilon", "1e-6"], "calibration"),
