@@ -3,7 +3,8 @@
 Subcommands: ``demo`` (a protocol demonstration with dropouts and a
 malicious-coordinator attack), ``params`` (the SecAgg+ parameter finder),
 ``epsilon`` and ``noise`` (privacy accounting and calibration), ``ledger show``
-and ``ledger verify`` (the run's privacy ledger).
+and ``ledger verify`` (the run's privacy ledger), ``dpia`` (a Data Protection Impact Assessment
+drawn from a run directory), ``audit`` (an empirical lower bound on epsilon).
 Exit codes: 0 success, 2 bad input (a one-line error on stderr), 1 a failed
 check (e.g. a ledger that does not verify).
 """
@@ -275,6 +276,78 @@ def _cmd_data_synth(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_dpia(args: argparse.Namespace) -> int:
+    from .dpia import write_dpia
+
+    path, doc = write_dpia(args.run_dir, fmt=args.format, out=args.output, org_path=args.org)
+    if args.json:
+        print(json.dumps({"output": str(path), "format": args.format, "placeholders": doc["placeholders"],
+                          "sections": [s["title"] for s in doc["sections"]], "facts": doc["facts"]}, indent=2))
+        return 0
+    print(f"wrote the DPIA ({args.format}) of {args.run_dir} to {path}")
+    if doc["placeholders"]:
+        print(f"  {len(doc['placeholders'])} organisational fact(s) left as [TO BE COMPLETED: ...]: "
+              f"{', '.join(doc['placeholders'])}")
+    return 0
+
+
+def _cmd_audit(args: argparse.Namespace) -> int:
+    from dp.audit import audit_dp_sgd, write_audit
+
+    params = {"noise_multiplier": args.noise_multiplier, "sample_rate": args.sample_rate, "steps": args.steps,
+              "delta": args.delta, "clipping_norm": args.clipping_norm}
+    if args.run_dir:
+        privacy = _run_privacy(args.run_dir)
+        for key, value in privacy.items():
+            if params.get(key) is None:
+                params[key] = value
+    missing = [k.replace("_", "-") for k in ("noise_multiplier", "sample_rate", "steps") if params[k] is None]
+    if missing:
+        raise UsageError(f"secagg audit: error: give --{', --'.join(missing)} or a RUN_DIR to take them from")
+    params["delta"] = params["delta"] if params["delta"] is not None else 1e-5
+    params["clipping_norm"] = params["clipping_norm"] if params["clipping_norm"] is not None else 1.0
+    if args.guesses is not None and not 1 <= args.guesses <= args.canaries // 2:
+        raise UsageError(f"secagg audit: error: --guesses must be in [1, {args.canaries // 2}]; got {args.guesses}")
+    result = audit_dp_sgd(**params, canaries=args.canaries, guesses_per_side=args.guesses,
+                          confidence=args.confidence)
+    written = str(write_audit(args.run_dir, result)) if args.run_dir else None
+    if args.json:
+        print(json.dumps(result.to_dict() | {"written": written}, indent=2))
+    else:
+        print(f"one-run audit (Steinke, Nasr, Jagielski 2023): {result.canaries} canaries "
+              f"({result.included} included), {result.guesses} guesses, {result.correct} correct")
+        print(f"  empirical lower bound: epsilon >= {result.epsilon_lower_bound:.4f} at {result.confidence:.0%} "
+              f"confidence (delta {result.delta})")
+        print(f"  accounted upper bound: epsilon <= {_fmt(result.epsilon_accounted)} ({result.accountant}) for "
+              f"sigma {result.noise_multiplier}, q {result.sample_rate}, {result.steps} steps, C {result.clipping_norm}")
+        if written:
+            print(f"  wrote {written} (secagg dpia {args.run_dir} shows it)")
+        if not result.consistent:
+            print("  INCONSISTENT: the lower bound exceeds the accounted epsilon - the implementation or the "
+                  "accounting is wrong", file=sys.stderr)
+    return 0 if result.consistent else 1
+
+
+def _run_privacy(run_dir: str) -> dict:
+    """sigma, q, steps per site, delta and clipping norm of a run directory (from its ledger)."""
+    from dp.ledger import PrivacyLedger
+
+    with PrivacyLedger.open(run_dir) as ledger:
+        events = [e for s in sorted(ledger.budgets) for e in ledger.events(s)]
+        delta = ledger.delta
+    if not events:
+        raise UsageError(f"secagg audit: error: the ledger of {run_dir} records no release to audit")
+    sigmas = {e.noise_multiplier for e in events}
+    rates = {e.sample_rate for e in events}
+    if len(sigmas) > 1 or len(rates) > 1:
+        raise UsageError(f"secagg audit: error: {run_dir} used several (sigma, q); pass them explicitly")
+    per_site: dict = {}
+    for e in events:
+        per_site[e.site] = per_site.get(e.site, 0) + e.steps
+    return {"noise_multiplier": sigmas.pop(), "sample_rate": rates.pop(), "steps": max(per_site.values()),
+            "delta": delta, "clipping_norm": events[0].clipping_norm}
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="secagg",
@@ -476,6 +549,58 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--json", action="store_true", help="print one JSON object")
     synth.set_defaults(func=_cmd_data_synth)
 
+    dpia = sub.add_parser(
+        "dpia", help="a Data Protection Impact Assessment (GDPR Art. 35) drawn from a run directory",
+        formatter_class=_Formatter,
+        description=(
+            "Writes a DPIA from what the run recorded (configuration, summary, metrics, the privacy ledger,\n"
+            "plots, an empirical audit if present) and the organisational facts of a TOML file (controller,\n"
+            "DPO, purposes, lawful basis and Art. 9 condition, retention, ...; a documented example is\n"
+            "simulation/templates/org.example.toml). Facts left out stay visibly '[TO BE COMPLETED: key]'.\n"
+            "Sections: Art. 35(7)(a)-(d), WP248 screening, roles, data-flow diagram, CNIL risks, measures\n"
+            "with the run's exact parameters, residual risk, DPO advice, sign-off. HTML is self-contained;\n"
+            "PDF needs headless Chromium (apt-get install chromium)."
+        ),
+        epilog=("Examples:\n  secagg dpia runs/demo\n  secagg dpia runs/demo --org org.toml -o dpia.html\n"
+                "  secagg dpia runs/demo --format md -o DPIA.md\n  secagg dpia runs/demo --format pdf --json"),
+    )
+    dpia.add_argument("run_dir", help="a run directory (holds ledger.sqlite)")
+    dpia.add_argument("--format", choices=("html", "md", "pdf"), default="html", help="output format")
+    dpia.add_argument("-o", "--output", help="output file (default: RUN_DIR/dpia.FORMAT)")
+    dpia.add_argument("--org", metavar="FILE.toml", help="organisational facts (default: none, all placeholders)")
+    dpia.add_argument("--json", action="store_true", help="print one JSON object (output path, placeholders)")
+    dpia.set_defaults(func=_cmd_dpia)
+
+    audit = sub.add_parser(
+        "audit", help="empirical lower bound on epsilon of DP-SGD with one training run (Steinke et al. 2023)",
+        formatter_class=_Formatter,
+        description=(
+            "Inserts m canaries, each included with probability 1/2, trains once with the project's DP-SGD,\n"
+            "guesses membership from the trained weights and turns the number of correct guesses into a\n"
+            "LOWER bound on epsilon at the given confidence, printed beside the accounted UPPER bound.\n"
+            "With RUN_DIR, sigma, q, steps, delta and C default to the run's ledger and the result is written\n"
+            "to RUN_DIR/audit.json (shown by `secagg dpia`). Exit code 1 when the lower bound exceeds the\n"
+            "accounted epsilon (a privacy bug)."
+        ),
+        epilog=("Examples:\n  secagg audit --noise-multiplier 1.0 --sample-rate 0.5 --steps 10\n"
+                "  secagg audit runs/demo --canaries 400 --confidence 0.99\n"
+                "  secagg audit runs/demo --json"),
+    )
+    audit.add_argument("run_dir", nargs="?", help="a run directory: parameters from its ledger; writes audit.json")
+    audit.add_argument("--noise-multiplier", type=_positive(float, "noise multiplier"), help="sigma")
+    audit.add_argument("--sample-rate", type=_probability("sample rate", high_closed=True), help="q, in (0, 1]")
+    audit.add_argument("--steps", type=_positive(int, "steps"), help="DP-SGD steps")
+    audit.add_argument("--delta", type=_probability("delta"), help="delta, in (0, 1) (default: the run's, else 1e-5)")
+    audit.add_argument("--clipping-norm", type=_positive(float, "clipping norm"),
+                       help="per-example L2 clip C (default: the run's, else 1.0)")
+    audit.add_argument("--canaries", type=_positive(int, "canaries"), default=200, help="m, number of canaries")
+    audit.add_argument("--guesses", type=_positive(int, "guesses"),
+                       help="k guesses on each side (k in, k out; default: canaries // 4)")
+    audit.add_argument("--confidence", type=_probability("confidence"), default=0.95,
+                       help="confidence of the lower bound, in (0, 1)")
+    audit.add_argument("--json", action="store_true", help="print one JSON object")
+    audit.set_defaults(func=_cmd_audit)
+
     ledger = sub.add_parser(
         "ledger", help="show or verify a run's privacy ledger", formatter_class=_Formatter,
         description="The append-only, hash-chained privacy ledger of a run directory.",
@@ -504,10 +629,11 @@ def main(argv: list[str] | None = None) -> int:
     from dp.errors import CalibrationError, InvalidPrivacyParameterError, LedgerError
 
     from .config import ConfigError
+    from .dpia import DPIAError
     from .runstore import RunDirectoryError
 
     bad_input: tuple = (secagg.InvalidInputError, secagg.InfeasibleParametersError, InvalidPrivacyParameterError,
-                        CalibrationError, LedgerError, ConfigError, RunDirectoryError)
+                        CalibrationError, LedgerError, ConfigError, RunDirectoryError, DPIAError)
     try:
         from models.errors import ModelsError
 
