@@ -8,7 +8,7 @@ PIP    := $(PY) -m pip --disable-pip-version-check -q
 INSTALL := $(PIP) install -c constraints.txt
 RESULTS ?= results
 
-.PHONY: demo test bench clean
+.PHONY: demo test bench clean chromium
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -23,7 +23,7 @@ $(VENV)/.stamp-sim: $(VENV)/.stamp-base
 	touch $@
 
 $(VENV)/.stamp-dev: $(VENV)/.stamp-sim
-	$(INSTALL) -e ".[sim,he,dev]"
+	$(INSTALL) -e ".[sim,he,report,dev]"
 	touch $@
 
 # The main job: four synthetic hospitals, DP-SGD + secure aggregation with dropouts.
@@ -31,7 +31,15 @@ $(VENV)/.stamp-dev: $(VENV)/.stamp-sim
 demo: $(VENV)/.stamp-sim
 	$(VENV)/bin/secagg simulate --out runs/demo-$$(date +%Y%m%d-%H%M%S)
 
-test: $(VENV)/.stamp-dev
+# Headless Chromium renders the DPIA to PDF and screenshots it in the tests. Installed
+# from Debian's packages when missing and we are root; otherwise those tests skip.
+chromium:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	  else echo "note: chromium missing and not root: DPIA PDF and browser tests will be skipped"; fi; }
+
+test: $(VENV)/.stamp-dev chromium
 	$(PY) -m pytest -q -p no:cacheprovider tests
 
 bench: $(VENV)/.stamp-dev
