@@ -1,9 +1,19 @@
 """Composition root: sites, coordinator, rounds, dropouts, engines and the ``secagg`` CLI.
 
-Today it holds the command-line interface and the protocol demonstration
-(:mod:`simulation.demo`); the federated training loop arrives with issue 5.
+* :func:`run_simulation` / :class:`SimulationConfig` / :func:`load_config` - ``secagg simulate``
+  (:mod:`simulation.simulate`): federated DP-SGD with secure aggregation, dropouts, ledger,
+  checkpoints, resume, plots and summary.
+* :mod:`simulation.engine` - the in-process transport for the masking, HE and plain paths.
+* :mod:`simulation.dpia` - ``secagg dpia``; :mod:`simulation.demo` - ``secagg demo``.
+* :mod:`simulation.flower` - the Flower engine (prototype, optional ``flower`` extra).
 """
 
+from .config import ConfigError, SimulationConfig, load_config
 from .demo import DemoReport, run_demo
+from .simulate import SimulationError, SimulationResult, format_summary, run_simulation
 
-__all__ = ["DemoReport", "run_demo"]
+__all__ = [
+    "SimulationConfig", "load_config", "ConfigError",
+    "run_simulation", "SimulationResult", "SimulationError", "format_summary",
+    "DemoReport", "run_demo",
+]
