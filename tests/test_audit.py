@@ -63,7 +63,9 @@ def test_noise_switched_off_is_caught():
                           effective_noise_multiplier=1e-9)
     assert result.epsilon_accounted < 2
     assert result.epsilon_lower_bound > result.epsilon_accounted
-    assert not result.consistent and result.correct == result.guesses
+    # Nearly every guess is right; a canary that Poisson sampling never picked (probability
+    # 0.5^10 each) can still be missed, so exact equality would be a flaky assertion.
+    assert not result.consistent and result.correct >= 0.9 * result.guesses
 
 
 def test_cli_audit_writes_audit_json_for_the_dpia(tmp_path):
