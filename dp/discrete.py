@@ -61,6 +61,7 @@ parameter (pure Python, ~1-2 microseconds per entry) and cached.
 
 from __future__ import annotations
 
+import abc
 import math
 from decimal import ROUND_CEILING, ROUND_FLOOR, Context, Decimal
 from fractions import Fraction
@@ -145,7 +146,7 @@ def _ceil_div(a: int, b: int) -> int:
     return -((-a) // b)
 
 
-class _Family:
+class _Family(abc.ABC):
     """A log-concave pmf on the integers given by its mode and the ratios of consecutive weights.
 
     ``up_ratios(bits)`` yields integer intervals ``(lo, hi)`` (fixed point, ``bits`` fractional
@@ -157,15 +158,17 @@ class _Family:
     name: str
     mode: int
 
+    @abc.abstractmethod
     def up_ratios(self, bits: int) -> Iterator[tuple[int, int]]:
-        raise NotImplementedError
+        """Intervals containing w(k+1)/w(k) for k = mode, mode+1, ..."""
 
+    @abc.abstractmethod
     def down_ratios(self, bits: int) -> Iterator[tuple[int, int]]:
-        raise NotImplementedError
+        """Intervals containing w(k-1)/w(k) for k = mode, mode-1, ... down to the support's end."""
 
+    @abc.abstractmethod
     def extent_estimate(self) -> int:
         """Roughly how many entries the table will have (for the size guard)."""
-        raise NotImplementedError
 
 
 class _DiscreteGaussian(_Family):

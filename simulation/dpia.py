@@ -704,6 +704,10 @@ def render_dpia(doc: dict, fmt: str = "html", *, out_path: Path | None = None) -
 
 
 def find_chromium() -> str | None:
+    """The headless browser to use: ``$SECAGG_CHROMIUM`` if set (empty means none), else the first on PATH."""
+    override = os.environ.get("SECAGG_CHROMIUM")
+    if override is not None:
+        return override or None
     for name in ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable"):
         path = shutil.which(name)
         if path:

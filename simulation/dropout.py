@@ -15,6 +15,7 @@ no entry: the site stays). Stages are :data:`secagg.STAGES`
 
 from __future__ import annotations
 
+import abc
 import json
 import tomllib
 from dataclasses import dataclass
@@ -30,14 +31,16 @@ from .config import ConfigError
 __all__ = ["DropoutModel", "ProbabilisticDropout", "ScheduledDropout", "NoDropout", "load_schedule", "parse_schedule"]
 
 
-class DropoutModel:
+class DropoutModel(abc.ABC):
     """Interface: ``plan(round_index, sites) -> {site: stage}``."""
 
+    @abc.abstractmethod
     def plan(self, round_index: int, sites: Sequence[str]) -> dict[str, str]:
-        raise NotImplementedError
+        """Site -> first silent stage, for the sites that drop in this round."""
 
+    @abc.abstractmethod
     def describe(self) -> str:
-        raise NotImplementedError
+        """One line for logs and the summary."""
 
 
 class NoDropout(DropoutModel):
