@@ -1,28 +1,17 @@
 """``secagg simulate``: federated DP training of a brain-MRI autoencoder with secure aggregation.
 
-One round (Bonawitz et al. 2017 for the protocol, FedAvg for the model):
+The round itself - budget check, local DP-SGD, encoding, the protocol with
+dropouts, the spend committed when the updates are in, FedAvg of the
+decoded sum, checkpoints - is :mod:`simulation.rounds`, shared with the
+Flower engine. This module adds what only a one-machine simulation has: the
+cohort (synthetic or a directory of NIfTI files, split into sites), the
+in-process fleet of sites (:mod:`simulation.inprocess`), simulated dropouts
+(:mod:`simulation.dropout`), and the evaluation at the end (the federated
+model against local-only, central and intensity baselines on the pooled
+pathological test set).
 
-1. **Budget**: each site's planned spend (sigma, q, local steps) is checked
-   against its epsilon budget in the ledger; a site that would pass it sits
-   out (or the run stops, per ``budget_policy``). Sites that the dropout model
-   removes before the round starts do not train.
-2. **Local DP-SGD** (:mod:`dp.training`) from the global weights; the update
-   (only the shared parameters, e.g. FedDis' shape encoder) stays at the site.
-3. **Encode**: clip, weight by the site's record count (the weight rides
-   inside the vector), stochastic rounding into Z_2^b.
-4. **Protocol** (:mod:`simulation.engine`): AdvertiseKeys, ShareKeys,
-   MaskedInputCollection, [ConsistencyCheck], Unmasking, with dropouts.
-5. **Spend**: the moment the masked inputs are in - whether or not the round
-   then completes - the sites whose update reached the coordinator have
-   *released* it; their privacy events are committed to the ledger (one
-   transaction) *before* unmasking, so before the aggregate can be used.
-   Sites that dropped before uploading spent nothing.
-6. **Aggregate**: the coordinator decodes the *sum*, divides by the summed
-   weights (FedAvg) and updates the global model.
-7. **Checkpoint**: global weights and each site's local weights, then
-   ``state.json``, then one line of ``metrics.jsonl`` - each written
-   atomically.
-
+:func:`open_run` (also used by the Flower ServerApp) validates the settings,
+calibrates the noise, and creates or reopens the run directory and ledger.
 ``--resume RUN_DIR`` continues after the last completed round. A round whose
 spend is in the ledger but whose checkpoint is not (a crash during the
 round) keeps its spend - it was released - and its aggregate is lost: the
@@ -44,14 +33,13 @@ from secagg import STAGES
 from .config import ConfigError, SimulationConfig
 from .coordinator import Coordinator
 from .dropout import NoDropout, ProbabilisticDropout, load_schedule
-from .engine import run_he_round, run_masked_round, run_plain_round
+from .inprocess import InProcessFleet
 from .progress import Progress
+from .rounds import RunContext, run_rounds
 from .runstore import RunDirectory, RunDirectoryError
 from .site import Site
 
-__all__ = ["run_simulation", "SimulationResult", "SimulationError", "resume_config"]
-
-WEIGHT_BOUND_FLOOR = 1
+__all__ = ["run_simulation", "open_run", "OpenRun", "SimulationResult", "SimulationError", "resume_config"]
 
 
 class SimulationError(ValueError):
@@ -181,42 +169,33 @@ def resume_config(run_dir) -> SimulationConfig:
     return config
 
 
-def run_simulation(
-    config: SimulationConfig,
-    out_dir,
-    *,
-    resume: bool = False,
-    quiet: bool = False,
-    stop_after_round: int | None = None,
-) -> SimulationResult:
-    """Run (or resume) a simulation into ``out_dir``; returns the summary."""
-    import torch
+@dataclass
+class OpenRun:
+    """A run directory opened for rounds: the shared round context and where to start."""
 
+    ctx: RunContext
+    store: RunDirectory
+    state: dict
+    start_round: int
+    calibration: object  # dp.CalibrationResult of the record-level noise
+    restored: bool  # checkpoints of an earlier round were loaded (resume)
+
+
+def open_run(config: SimulationConfig, site_names, coordinator: Coordinator, weight_bound: float, out_dir, *,
+             resume: bool, log, verify_keys: dict | None = None) -> OpenRun:
+    """Everything before the first round, for every engine: protocol parameters, noise calibration,
+    encoding, distributed DP, the run directory and the ledger (created, or reopened on resume).
+
+    Raises :class:`SimulationError` for impossible settings before anything is written.
+    """
     from dp import DpSgdConfig, PrivacyLedger, calibrate_noise
     from dp.errors import PrivacyError
 
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     store = RunDirectory(out_dir)
-    progress = Progress(enabled=not quiet)
-    log = progress.log
-    started = time.perf_counter()
-
-    # Validate everything that can be validated before touching the run directory.
+    names = sorted(site_names)
     if resume:
-        stored = resume_config(out_dir)
-        if stored.fingerprint() != config.fingerprint():
-            raise RunDirectoryError(f"{out_dir} belongs to another configuration; resume it with its own settings")
-    cohort = _prepare_data(config, log)
-    names = cohort.site_names
-    ids = {name: i + 1 for i, name in enumerate(names)}
+        _check_resume(config, out_dir)
     protocol = _protocol_parameters(config, len(names))
-    try:
-        dropout_model = (
-            load_schedule(config.dropout_schedule, names) if config.dropout_schedule is not None
-            else ProbabilisticDropout(config.dropout, config.dropout_seed) if config.dropout > 0 else NoDropout()
-        )
-    except ConfigError as exc:
-        raise SimulationError(str(exc)) from None
     total_steps = config.rounds * config.local_steps
     try:
         calibration = calibrate_noise(target_epsilon=config.epsilon, delta=config.delta,
@@ -230,19 +209,8 @@ def run_simulation(
     dp_config = DpSgdConfig(noise_multiplier=sigma, max_grad_norm=config.max_grad_norm,
                             sample_rate=config.sample_rate, steps=config.local_steps,
                             learning_rate=config.learning_rate, delta=config.delta, secure_mode=config.secure_rng)
-
-    # Models: one local copy per site (FedDis keeps appearance parameters local), one global state.
-    reference = _new_model(config)
-    shared_names = _shared_names(reference)
-    shared_init = {n: p.detach().clone() for n, p in reference.named_parameters()}
-    sites = {}
-    for name in names:
-        model = _new_model(config)
-        sites[name] = Site(name, ids[name], torch.from_numpy(cohort.train[name]), model, shared_names)
-    coordinator = Coordinator(shared_init, shared_names)
-    vector_length = sum(shared_init[n].numel() for n in shared_names) + 1  # + the FedAvg weight
-    # A public bound on any site's record count (sizes are agreed when the consortium forms).
-    weight_bound = float(2 ** math.ceil(math.log2(max(s.num_records for s in sites.values()))))
+    shared = coordinator.global_shared
+    vector_length = sum(shared[n].numel() for n in coordinator.shared_names) + 1  # + the FedAvg weight
     he_params = None
     if config.mode == "he":
         from secagg import he
@@ -276,18 +244,19 @@ def run_simulation(
             f"at delta {config.delta} over {config.rounds} rounds with >= {ddp.config.noise_contributors} honest "
             f"noise shares; L2 clip {config.ddp_clip}; noise std of the sum {ddp.noise_std(len(names)):.4g} per "
             f"coordinate; {ddp.bits}-bit ring, wrap-around probability <= {ddp.wrap_probability:.2g}")
+    if config.active and set(verify_keys or {}) != set(names):
+        raise SimulationError(f"active mode needs every site's verify key; missing for "
+                              f"{sorted(set(names) - set(verify_keys or {}))}")
 
-    # Run directory and ledger.
+    restored = False
     if resume:
         ledger = PrivacyLedger.open(out_dir)
         state = store.read_state()
         start_round = state["last_round"] + 1
         if start_round > 0:
             coordinator.load_state_dict(store.load_torch("global.pt"))
-            for name, site in sites.items():
-                site.model.load_state_dict(store.load_torch(f"site-{name}.pt"))
-        committed = ledger.committed_rounds()
-        lost = sorted(r for r in committed if r >= start_round)
+            restored = True
+        lost = sorted(r for r in ledger.committed_rounds() if r >= start_round)
         if lost:
             log(f"rounds {lost} were interrupted after their spend was committed: the spend stands, "
                 "their aggregates are lost; continuing after them")
@@ -306,215 +275,77 @@ def run_simulation(
         state = {"last_round": -1, "rounds": {}}
         start_round = 0
         store.write_state(state)
+    ctx = RunContext(config=config, site_ids={name: i + 1 for i, name in enumerate(names)}, coordinator=coordinator,
+                     ledger=ledger, dp_config=dp_config, encoder=encoder, weight_bound=weight_bound,
+                     protocol=protocol, vector_length=vector_length, he_params=he_params, ddp=ddp,
+                     verify_keys=dict(verify_keys or {}), log=log)
     label = "PLAIN (no protection: the coordinator sees every update)" if config.mode == "plain" else config.mode
     log(f"{len(names)} sites, mode {label}, threshold t = {protocol['threshold']}, "
-        f"{vector_length:,} values per update, {config.rounds} rounds; dropouts: {dropout_model.describe()}")
+        f"{vector_length:,} values per update, {config.rounds} rounds")
+    return OpenRun(ctx, store, state, start_round, calibration, restored)
 
-    identities = {name: secagg.crypto.SigningKeyPair.generate() for name in names} if config.active else {}
-    stopped = None
+
+def _check_resume(config: SimulationConfig, out_dir) -> None:
+    if resume_config(out_dir).fingerprint() != config.fingerprint():
+        raise RunDirectoryError(f"{out_dir} belongs to another configuration; resume it with its own settings")
+
+
+def run_simulation(
+    config: SimulationConfig,
+    out_dir,
+    *,
+    resume: bool = False,
+    quiet: bool = False,
+    stop_after_round: int | None = None,
+) -> SimulationResult:
+    """Run (or resume) a simulation into ``out_dir``; returns the summary."""
+    import torch
+
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    progress = Progress(enabled=not quiet)
+    log = progress.log
+    started = time.perf_counter()
+
+    # Validate everything that can be validated before touching the run directory.
+    if resume:
+        _check_resume(config, out_dir)
+    cohort = _prepare_data(config, log)
+    names = cohort.site_names
     try:
-        for round_index in range(start_round, config.rounds):
-            record = _run_round(
-                round_index, config, sites, coordinator, ledger, dropout_model, dp_config, encoder, weight_bound,
-                protocol, identities, vector_length, progress, he_params, ddp,
-            )
-            store.save_torch("global.pt", coordinator.state_dict())
-            for name, site in sites.items():
-                store.save_torch(f"site-{name}.pt", site.model.state_dict())
-            state["last_round"] = round_index
-            state.setdefault("rounds", {})[str(round_index)] = record["status"]
-            store.write_state(state)
-            store.append_metrics(record)
-            log(_round_line(record))
-            if record["status"] == "stopped":
-                stopped = record["stop_reason"]
-                break
-            if record["status"] == "aborted" and config.on_abort == "stop":
-                stopped = f"round {round_index} aborted: {record['abort_reason']}"
-                break
-            if stop_after_round is not None and round_index >= stop_after_round:
-                return SimulationResult(Path(out_dir), {"stopped_after_round": round_index})
-    finally:
-        ledger.close()
+        dropout_model = (
+            load_schedule(config.dropout_schedule, names) if config.dropout_schedule is not None
+            else ProbabilisticDropout(config.dropout, config.dropout_seed) if config.dropout > 0 else NoDropout()
+        )
+    except ConfigError as exc:
+        raise SimulationError(str(exc)) from None
 
-    summary = _finish(config, cohort, sites, coordinator, store, protocol, calibration, shared_names, reference,
-                      started, stopped, progress)
+    # Models: one local copy per site (FedDis keeps appearance parameters local), one global state.
+    reference = _new_model(config)
+    shared_names = _shared_names(reference)
+    shared_init = {n: p.detach().clone() for n, p in reference.named_parameters()}
+    sites = {name: Site(name, i + 1, torch.from_numpy(cohort.train[name]), _new_model(config), shared_names)
+             for i, name in enumerate(names)}
+    coordinator = Coordinator(shared_init, shared_names)
+    # A public bound on any site's record count (sizes are agreed when the consortium forms).
+    weight_bound = float(2 ** math.ceil(math.log2(max(s.num_records for s in sites.values()))))
+    identities = {name: secagg.crypto.SigningKeyPair.generate() for name in names} if config.active else {}
+    run = open_run(config, names, coordinator, weight_bound, out_dir, resume=resume, log=log,
+                   verify_keys={n: k.verify_key for n, k in identities.items()})
+    fleet = InProcessFleet(sites, identities, progress)
+    if run.restored:
+        fleet.load_checkpoints(run.store)
+    log(f"dropouts: {dropout_model.describe()}")
+    try:
+        stopped, interrupted = run_rounds(run.ctx, fleet, run.store, run.state, run.start_round, dropout_model,
+                                          stop_after_round)
+    finally:
+        run.ctx.ledger.close()
+    if interrupted:
+        return SimulationResult(Path(out_dir), {"stopped_after_round": stop_after_round})
+    summary = _finish(config, cohort, sites, coordinator, run.store, run.ctx.protocol, run.calibration, shared_names,
+                      reference, started, stopped, progress)
     return SimulationResult(Path(out_dir), summary)
 
-
-def _planned_event(site: str, round_index: int, dp_config):
-    from dp.events import PrivacyEvent
-
-    return PrivacyEvent(site=site, round=round_index, noise_multiplier=dp_config.noise_multiplier,
-                        sample_rate=dp_config.sample_rate, steps=dp_config.steps, delta=dp_config.delta,
-                        clipping_norm=dp_config.max_grad_norm, secure_rng=dp_config.secure_mode)
-
-
-def _run_round(round_index, config, sites, coordinator, ledger, dropout_model, dp_config, encoder, weight_bound,
-               protocol, identities, vector_length, progress, he_params=None, ddp=None) -> dict:
-    timings = {"train": 0.0, "encode": 0.0, "protocol": 0.0, "ledger": 0.0, "decode_apply": 0.0}
-    names = sorted(sites)
-    plan = dropout_model.plan(round_index, names)
-    skipped, stop_reason = {}, None
-    participants = []
-    for name in names:
-        if plan.get(name) == "advertise":
-            continue  # vanished before the round started: no training, no spend
-        decision = ledger.check_budget(name, [_planned_event(name, round_index, dp_config)])
-        if not decision.allowed:
-            skipped[name] = (f"budget: this round would reach epsilon {decision.projected.bound:.3f} "
-                             f"> {decision.budget}")
-            if config.budget_policy == "stop":
-                stop_reason = f"site {name} would exceed its budget"
-            continue
-        if ddp is not None:
-            allowed, projected = ledger.check_site_level_budget(name, ddp.event(round_index))
-            if not allowed:
-                skipped[name] = f"site-level budget: this round would reach epsilon {projected:.3f}"
-                if config.budget_policy == "stop":
-                    stop_reason = f"site {name} would exceed its site-level budget"
-                continue
-        participants.append(name)
-    record = {"round": round_index, "mode": config.mode, "planned_dropouts": plan, "skipped": skipped}
-    if stop_reason:
-        t0 = time.perf_counter()
-        ledger.commit_round(round_index, [], skipped=skipped, extra={"status": "stopped"})
-        timings["ledger"] = time.perf_counter() - t0
-        return record | {"status": "stopped", "stop_reason": stop_reason, "seconds": timings}
-
-    # Local training and encoding (at the sites). The session nonce is drawn first: with
-    # distributed DP it also seeds the public rotation the coordinator must invert.
-    session_id = secagg.new_session_id()
-    updates, rings, clipped, losses = {}, {}, {}, {}
-    for name in participants:
-        t0 = time.perf_counter()
-        with progress.task(f"round {round_index} - {name} local DP-SGD", total=dp_config.steps) as advance:
-            updates[name] = sites[name].train(coordinator.global_shared, dp_config, round_index,
-                                              progress=lambda step, loss: advance())
-        timings["train"] += time.perf_counter() - t0
-        t0 = time.perf_counter()
-        if ddp is not None:
-            from dp.distributed import privatize_detailed
-
-            private = privatize_detailed(updates[name].vector, ddp, session_id)
-            rings[name], clipped[name] = private.ring, int(bool(getattr(private, "clipped", False)))
-        else:
-            rings[name], clipped[name] = sites[name].encode(updates[name], encoder, weight_bound)
-        timings["encode"] += time.perf_counter() - t0
-        losses[name] = float(np.mean(updates[name].losses)) if updates[name].losses else None
-
-    by_id = {sites[n].client_id: n for n in participants}
-    silent = {sites[n].client_id: stage for n, stage in plan.items() if n in participants}
-    released_sites: list[str] = []
-
-    def on_release(released_ids) -> None:
-        t0 = time.perf_counter()
-        released_sites.extend(sorted(by_id[i] for i in released_ids))
-        events = [updates[n].event for n in released_sites]
-        site_level = {n: ddp.event(round_index) for n in released_sites} if ddp is not None else None
-        ledger.commit_round(round_index, events, skipped=skipped, site_level=site_level,
-                            extra={"released": released_sites, "mode": config.mode})
-        timings["ledger"] += time.perf_counter() - t0
-
-    t0 = time.perf_counter()
-    if len(participants) < protocol["threshold"] or not participants:
-        outcome = None
-        on_release(frozenset())
-        abort_reason = (f"only {len(participants)} sites could take part; threshold is {protocol['threshold']}")
-    elif config.mode == "plain":
-        outcome = run_plain_round(coordinator, {sites[n].client_id: rings[n] for n in participants}, silent,
-                                  ddp.bits if ddp is not None else encoder.bit_width, vector_length, on_release)
-        abort_reason = outcome.abort_reason
-    elif config.mode == "he":
-        from secagg import he
-
-        verify_keys = {sites[n].client_id: identities[n].verify_key for n in participants} if config.active else {}
-        session = he.HESessionConfig(
-            session_id=session_id, participants=tuple(sorted(by_id)), threshold=protocol["threshold"],
-            vector_length=vector_length, key_holder=min(by_id), params=he_params, active=config.active,
-            verify_keys=verify_keys,
-        )
-        clients = {
-            cid: he.HEClientSession(session, cid, masked_input=rings[name],
-                                    signing_key=identities[name].seed if config.active else None)
-            for cid, name in by_id.items()
-        }
-        outcome = run_he_round(coordinator, session, clients, silent, on_release)
-        abort_reason = outcome.abort_reason
-    else:
-        session = secagg.SessionConfig(
-            session_id=session_id,
-            participants=tuple(sorted(by_id)),
-            threshold=protocol["threshold"],
-            vector_length=vector_length,
-            bit_width=ddp.bits if ddp is not None else encoder.bit_width,
-            degree=protocol["degree"],
-            active=config.active,
-            verify_keys={sites[n].client_id: identities[n].verify_key for n in participants} if config.active else {},
-        )
-        clients = {
-            cid: secagg.ClientSession(session, cid, masked_input=rings[name],
-                                      signing_key=identities[name].seed if config.active else None)
-            for cid, name in by_id.items()
-        }
-        outcome = run_masked_round(coordinator, session, clients, silent, on_release)
-        abort_reason = outcome.abort_reason
-    timings["protocol"] = time.perf_counter() - t0 - timings["ledger"]
-
-    status = "aborted"
-    included: list[str] = []
-    if outcome is not None and outcome.completed:
-        t0 = time.perf_counter()
-        if ddp is not None:
-            aggregate = coordinator.finish_round_distributed(ddp, session_id)
-        else:
-            aggregate = coordinator.finish_round(encoder)
-        coordinator.apply(aggregate)
-        timings["decode_apply"] = time.perf_counter() - t0
-        included = sorted(by_id[i] for i in aggregate.included)
-        status = "completed"
-    else:
-        coordinator.server = None
-
-    epsilon = {}
-    for name in sites:
-        spent = ledger.spent(name)
-        epsilon[name] = None if spent is None else spent.bound
-    site_level_epsilon = {name: ledger.site_level_spent(name) for name in sites} if ddp is not None else None
-    return record | {
-        "site_level_epsilon": site_level_epsilon,
-        "status": status,
-        "abort_reason": None if status == "completed" else abort_reason,
-        "participants": participants,
-        "released": released_sites,
-        "included": included,
-        "survivors_per_stage": {} if outcome is None else {
-            s: [by_id[i] for i in v] for s, v in outcome.alive.items()},
-        "protocol_stages": list(outcome.alive) if outcome is not None else [],
-        "refusals": {} if outcome is None else {by_id[i]: r for i, r in outcome.refusals.items()},
-        "loss": {n: losses.get(n) for n in participants},
-        "mean_loss": float(np.mean([v for v in losses.values() if v is not None])) if any(
-            v is not None for v in losses.values()) else None,
-        "clipped_coordinates": clipped,
-        "epsilon": epsilon,
-        "bytes_up": {} if outcome is None else outcome.bytes_up,
-        "bytes_down": {} if outcome is None else outcome.bytes_down,
-        "seconds": timings,
-    }
-
-
-def _round_line(record: dict) -> str:
-    eps = ", ".join(f"{n} {v:.2f}" for n, v in record["epsilon"].items() if v is not None) or "none"
-    loss = f"{record['mean_loss']:.4f}" if record.get("mean_loss") is not None else "n/a"
-    if record["status"] == "completed":
-        what = f"aggregated {len(record['included'])} sites {record['included']}"
-    elif record["status"] == "stopped":
-        what = f"STOPPED: {record['stop_reason']}"
-    else:
-        what = f"ABORTED ({record['abort_reason']})"
-    dropped = {n: s for n, s in record["planned_dropouts"].items()}
-    return (f"round {record['round']}: {what}; dropouts {dropped or 'none'}; loss {loss}; "
-            f"epsilon spent: {eps}")
 
 
 # -- evaluation, baselines, summary ------------------------------------------------

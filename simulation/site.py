@@ -22,7 +22,7 @@ import secagg
 from dp import DpSgdConfig, train_dp_sgd
 from dp.events import PrivacyEvent
 
-__all__ = ["Site", "LocalUpdate", "flatten", "unflatten"]
+__all__ = ["Site", "LocalUpdate", "flatten", "unflatten", "encode_update"]
 
 
 def flatten(tensors: dict, names: list[str]) -> np.ndarray:
@@ -43,6 +43,14 @@ def unflatten(vector: np.ndarray, like: dict, names: list[str]) -> dict:
     if start != vector.size:
         raise ValueError(f"vector has {vector.size} values; the shared parameters need {start}")
     return out
+
+
+def encode_update(vector: np.ndarray, num_records: int, encoder: secagg.FixedPointEncoder, weight_bound: float):
+    """A site's update as its ring vector (clipped, FedAvg-weighted, stochastically rounded), and how
+    many coordinates the clip changed (a count, not a statistic of the values)."""
+    weighted = secagg.weighted_vector(vector, float(num_records), max_weight=weight_bound, clip=encoder.clip)
+    clipped = int(np.count_nonzero(np.abs(vector) > encoder.clip))
+    return encoder.encode(weighted).ring, clipped
 
 
 @dataclass(frozen=True)
@@ -93,7 +101,4 @@ class Site:
 
     def encode(self, update: LocalUpdate, encoder: secagg.FixedPointEncoder, weight_bound: float):
         """Weighted, clipped, encoded ring vector, and how many coordinates were clipped."""
-        weighted = secagg.weighted_vector(update.vector, float(update.num_records), max_weight=weight_bound,
-                                          clip=encoder.clip)
-        clipped = int(np.count_nonzero(np.abs(update.vector) > encoder.clip))
-        return encoder.encode(weighted).ring, clipped
+        return encode_update(update.vector, update.num_records, encoder, weight_bound)

@@ -1,0 +1,85 @@
+"""The in-process fleet: every site is an object in this process (one machine, simulated dropouts).
+
+It is the :class:`~simulation.rounds.Fleet` of ``secagg simulate``. Each
+site trains with DP-SGD and encodes its update itself (:class:`Site`); its
+ring vector goes only into its own protocol session (masking, HE or, in the
+unprotected ``plain`` baseline, straight to the coordinator). The engine
+(:mod:`simulation.engine`) moves the wire bytes and silences sites at the
+stages the dropout model chose.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Callable, Mapping
+
+import numpy as np
+
+import secagg
+
+from .engine import run_he_round, run_masked_round, run_plain_round
+from .rounds import Fleet, FleetRound, PlainSession, RoundPlan, RunContext, planned_event
+
+__all__ = ["InProcessFleet"]
+
+
+class InProcessFleet(Fleet):
+    """Sites as local objects; ``identities`` (active mode) are their long-term signing keys."""
+
+    def __init__(self, sites: Mapping, identities: Mapping | None = None, progress=None) -> None:
+        self.sites = dict(sites)  # name -> simulation.site.Site
+        self.identities = dict(identities or {})
+        self.progress = progress
+
+    def _signing_key(self, ctx: RunContext, name: str):
+        return self.identities[name].seed if ctx.config.active else None
+
+    def run_round(self, ctx: RunContext, plan: RoundPlan, session, silent: Mapping[int, str],
+                  on_release: Callable[[frozenset], None]) -> FleetRound:
+        timings = {"train": 0.0, "encode": 0.0}
+        rings, clipped, losses = {}, {}, {}
+        for name in plan.participants:
+            site = self.sites[name]
+            start = time.perf_counter()
+            with self.progress.task(f"round {plan.round_index} - {name} local DP-SGD",
+                                    total=ctx.dp_config.steps) as advance:
+                update = site.train(ctx.coordinator.global_shared, ctx.dp_config, plan.round_index,
+                                    progress=lambda step, loss: advance())
+            timings["train"] += time.perf_counter() - start
+            if update.event != planned_event(name, plan.round_index, ctx.dp_config):
+                # The ledger commits the planned events; training must have spent exactly those.
+                raise RuntimeError(f"site {name} spent {update.event}, not the planned event")
+            start = time.perf_counter()
+            if ctx.ddp is not None:
+                from dp.distributed import privatize_detailed
+
+                private = privatize_detailed(update.vector, ctx.ddp, session.session_id)
+                rings[name], clipped[name] = private.ring, int(bool(getattr(private, "clipped", False)))
+            else:
+                rings[name], clipped[name] = site.encode(update, ctx.encoder, ctx.weight_bound)
+            timings["encode"] += time.perf_counter() - start
+            losses[name] = float(np.mean(update.losses)) if update.losses else None
+
+        by_id = {ctx.site_ids[n]: n for n in plan.participants}
+        if isinstance(session, PlainSession):
+            outcome = run_plain_round(ctx.coordinator, {cid: rings[n] for cid, n in by_id.items()}, silent,
+                                      session.bit_width, session.vector_length, on_release)
+        elif ctx.config.mode == "he":
+            from secagg import he
+
+            clients = {cid: he.HEClientSession(session, cid, masked_input=rings[n],
+                                               signing_key=self._signing_key(ctx, n)) for cid, n in by_id.items()}
+            outcome = run_he_round(ctx.coordinator, session, clients, silent, on_release)
+        else:
+            clients = {cid: secagg.ClientSession(session, cid, masked_input=rings[n],
+                                                 signing_key=self._signing_key(ctx, n)) for cid, n in by_id.items()}
+            outcome = run_masked_round(ctx.coordinator, session, clients, silent, on_release)
+        return FleetRound(outcome=outcome, losses=losses, clipped=clipped, timings=timings)
+
+    def save_checkpoints(self, store) -> None:
+        for name, site in self.sites.items():
+            store.save_torch(f"site-{name}.pt", site.model.state_dict())
+
+    def load_checkpoints(self, store) -> None:
+        for name, site in self.sites.items():
+            site.model.load_state_dict(store.load_torch(f"site-{name}.pt"))
