@@ -22,8 +22,10 @@ $(VENV)/.stamp-sim: $(VENV)/.stamp-base
 	$(INSTALL) -e ".[sim]"
 	touch $@
 
+# The tests also run the Flower engine (SuperLink + SuperNodes on loopback) and the
+# benchmarks compare with Flower's own SecAgg+: the dev environment has the flower extra.
 $(VENV)/.stamp-dev: $(VENV)/.stamp-sim
-	$(INSTALL) -e ".[sim,he,report,dev]"
+	$(INSTALL) -e ".[sim,he,report,dev,flower,bench]"
 	touch $@
 
 # The main job: four synthetic hospitals, DP-SGD + secure aggregation with dropouts.

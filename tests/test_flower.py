@@ -1,13 +1,16 @@
-"""Issue 9: the protocol over Flower, through Flower's own tooling (``flwr run``).
+"""Issue 9: the federated round over Flower, through Flower's own tooling (``flwr run``).
 
-* deployment engine: a SuperLink and 3 SuperNodes on loopback (``--insecure``);
-* simulation engine: a SuperLink in ``--simulation`` mode with 3 simulated SuperNodes
-  (needs Ray: ``pip install 'flwr[simulation]'``; skipped without it).
+* deployment engine over **TLS**: a SuperLink and 3 SuperNodes on loopback, with
+  certificates made at run time (:mod:`simulation.flower.tls`);
+* simulation engine: a SuperLink in ``--simulation`` mode with 3 simulated nodes (Ray).
 
-Three sites, two rounds; in round 1 site 3 stops answering at MaskedInputCollection and
-Flower's timeout (``send_and_receive(timeout=...)``) decides it dropped. The aggregates the
-ServerApp computed must equal what the in-process engine computes from the same inputs and
-the same dropout - bit for bit - and the plain sum of the survivors' inputs.
+Each run: three sites, two rounds; in round 1 site-3 stops answering at
+MaskedInputCollection and Flower's timeout (``send_and_receive(timeout=...)``) decides it
+dropped. Checked: the coordinator's run directory (metrics, ledger, checkpoint, summary),
+each node's own ledger, and the global model against the in-process engine run on the
+same inputs with the same dropout (and against the FedAvg computed in numpy), up to the
+fixed-point rounding. A third run trains with DP-SGD on real NIfTI data at the nodes,
+with one node whose own budget is too small: it refuses the round and spends nothing.
 
 Skipped when flwr (``pip install 'secagg[flower]'``) or its command-line tools are absent.
 Every wait is bounded; ports are picked free at run time; every process started here is
@@ -31,15 +34,20 @@ import pytest
 pytest.importorskip("flwr")
 
 import secagg  # noqa: E402
+from dp import PrivacyLedger  # noqa: E402
 from simulation.coordinator import Coordinator  # noqa: E402
 from simulation.engine import run_masked_round  # noqa: E402
-from simulation.flower.client_app import synthetic_ring  # noqa: E402
+from simulation.flower.client_app import synthetic_update  # noqa: E402
+from simulation.flower.tls import write_loopback_certificates  # noqa: E402
+from simulation.site import encode_update, flatten  # noqa: E402
 
 APP = Path(__file__).resolve().parents[1] / "simulation" / "flower" / "app"
 BIN = Path(sys.executable).parent
-STAGE_TIMEOUT = 30.0
-VECTOR_LENGTH = 64
-SEED = 7
+STAGE_TIMEOUT = 25.0
+SITES = ("site-1", "site-2", "site-3")
+# Small and quick: compact-ae on 16 x 16 slices, two rounds.
+RUN = {"rounds": 2, "num-sites": 3, "image-size": 16, "epsilon": 8.0, "local-steps": 2, "sample-rate": 0.25,
+       "stage-timeout": STAGE_TIMEOUT, "node-wait": 90.0, "synthetic-seed": 11, "max-records": 64}
 
 pytestmark = pytest.mark.slow
 
@@ -68,43 +76,65 @@ def _tool(name: str) -> str:
     return str(path)
 
 
-class _Processes:
-    """Processes started by a test (each in its own session, so its children stop with it)."""
+def _config_value(value) -> str:
+    if isinstance(value, str):
+        return json.dumps(value)
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return repr(value)
+
+
+class _Federation:
+    """A SuperLink, SuperNodes and ``flwr run``, each process in its own session."""
 
     def __init__(self, tmp_path: Path) -> None:
         self.tmp_path = tmp_path
         self.home = tmp_path / "flwr-home"
         self.home.mkdir()
+        self.certs = write_loopback_certificates(tmp_path / "tls")
         # SuperLink and SuperNode start flower-superexec / flwr-clientapp / flwr-serverapp from PATH.
         self.env = os.environ | {"FLWR_HOME": str(self.home),
                                  "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
         self.procs: list[subprocess.Popen] = []
+        self.port = None
 
-    def superlink(self, *extra: str) -> int:
-        port = _free_port()
+    def superlink(self, *extra: str) -> None:
+        """A SuperLink serving its Fleet, Control and runtime APIs over TLS on one loopback port."""
+        self.port = _free_port()
         (self.home / "config.toml").write_text(
-            f'[superlink]\ndefault = "loop"\n\n[superlink.loop]\naddress = "127.0.0.1:{port}"\ninsecure = true\n')
-        self.start([_tool("flower-superlink"), "--insecure", "--disable-runtime-dependency-installation",
-                    "--port", str(port), *extra], "superlink.log")
-        _wait_port(port, 60)
-        return port
+            f'[superlink]\ndefault = "loop"\n\n[superlink.loop]\naddress = "127.0.0.1:{self.port}"\n'
+            f'root-certificates = "{self.certs.ca_cert.resolve()}"\n')
+        self.start([_tool("flower-superlink"), "--ssl-ca-certfile", str(self.certs.ca_cert),
+                    "--ssl-certfile", str(self.certs.server_cert), "--ssl-keyfile", str(self.certs.server_key),
+                    "--disable-runtime-dependency-installation", "--port", str(self.port), *extra], "superlink.log")
+        _wait_port(self.port, 60)
+
+    def supernode(self, index: int, node_config: str) -> None:
+        self.start([_tool("flower-supernode"), "--root-certificates", str(self.certs.ca_cert),
+                    "--superlink", f"127.0.0.1:{self.port}", "--port", str(_free_port()),
+                    "--node-config", f"partition-id={index} {node_config}"], f"supernode-{index}.log")
 
     def start(self, args, log: str) -> None:
         self.procs.append(subprocess.Popen(args, stdout=open(self.tmp_path / log, "w"), stderr=subprocess.STDOUT,
                                            env=self.env, cwd=self.tmp_path, start_new_session=True))
 
-    def flwr_run(self, *options: str) -> list[dict]:
-        out = self.tmp_path / "rounds.json"
-        overrides = (f'update="synthetic" vector-length={VECTOR_LENGTH} seed={SEED} rounds=2 num-sites=3 '
-                     f'stage-timeout={STAGE_TIMEOUT} node-wait=90.0 out="{out}"')
+    def run(self, run_dir: Path, *options: str, **config) -> dict:
+        """``flwr run`` the app; returns the coordinator's summary.json."""
+        values = RUN | config | {"out": str(run_dir)}
+        overrides = " ".join(f"{k}={_config_value(v)}" for k, v in values.items())
         try:
             run = subprocess.run([_tool("flwr"), "run", str(APP), "loop", "--stream", "--run-config", overrides,
                                   *options], capture_output=True, text=True, env=self.env, cwd=self.tmp_path,
-                                 timeout=420)
+                                 timeout=480)
         except subprocess.TimeoutExpired as exc:
-            pytest.fail(f"flwr run did not finish in 420 s:\n{exc.stdout}")
-        assert out.exists(), f"the ServerApp wrote no results (rc {run.returncode}):\n{run.stdout}\n{run.stderr}"
-        return json.loads(out.read_text())
+            pytest.fail(f"flwr run did not finish in 480 s:\n{exc.stdout}\n{self.logs()}")
+        summary = run_dir / "summary.json"
+        assert summary.exists(), (f"the ServerApp wrote no summary (rc {run.returncode}):\n{run.stdout}\n"
+                                  f"{run.stderr}\n{self.logs()}")
+        return json.loads(summary.read_text())
+
+    def logs(self) -> str:
+        return "\n".join(f"--- {p.name}\n{p.read_text()[-3000:]}" for p in sorted(self.tmp_path.glob("*.log")))
 
     def stop(self) -> None:
         for proc in self.procs:
@@ -121,59 +151,140 @@ class _Processes:
 
 
 @pytest.fixture
-def processes(tmp_path):
-    procs = _Processes(tmp_path)
+def federation(tmp_path):
+    fed = _Federation(tmp_path)
     try:
-        yield procs
+        yield fed
     finally:
-        procs.stop()
+        fed.stop()
 
 
-def _in_process(record: dict, dropped: dict) -> np.ndarray:
-    """The same session (same nonce, inputs and dropouts) through the in-process engine."""
-    participants = (1, 2, 3)
-    config = secagg.SessionConfig(session_id=bytes.fromhex(record["session_id"]), participants=participants,
-                                  threshold=2, vector_length=VECTOR_LENGTH, bit_width=32)
-    clients = {cid: secagg.ClientSession(config, cid, masked_input=synthetic_ring(SEED, cid, record["round"],
-                                                                                   VECTOR_LENGTH, 32))
-               for cid in participants}
-    coordinator = Coordinator({}, [])
-    outcome = run_masked_round(coordinator, config, clients, dropped, lambda released: None)
-    assert outcome.completed
-    assert outcome.alive == record["alive"]
-    return coordinator.server.result.ring_sum
+# -- what the runs must show -------------------------------------------------------------
 
 
-def _check(rounds: list[dict]) -> None:
-    assert [r["completed"] for r in rounds] == [True, True]
-    assert rounds[0]["survivors"] == [1, 2, 3]
-    assert rounds[0]["released"] == [1, 2, 3]
-    # Round 1: site 3 advertised and shared keys, then never uploaded: Flower's timeout dropped it,
-    # its masks were removed with its reconstructed key, and it released nothing.
-    assert rounds[1]["alive"]["share"] == [1, 2, 3]
-    assert rounds[1]["alive"]["mask"] == [1, 2]
-    assert rounds[1]["survivors"] == [1, 2]
-    assert rounds[1]["released"] == [1, 2]
-    for record, dropped in zip(rounds, ({}, {3: "mask"})):
-        flower_sum = np.array(record["ring_sum"], dtype=np.uint32)
-        np.testing.assert_array_equal(flower_sum, _in_process(record, dropped))
-        plain = sum(synthetic_ring(SEED, cid, record["round"], VECTOR_LENGTH, 32).astype(np.uint64)
-                    for cid in record["survivors"]) % 2**32
-        np.testing.assert_array_equal(flower_sum, plain.astype(np.uint32))
+def _initial_model():
+    import torch
+
+    import models
+
+    torch.manual_seed(0)
+    return models.create_model("compact-ae", image_size=RUN["image-size"])
 
 
-def test_deployment_engine_two_rounds_with_a_dropout(processes):
-    link = processes.superlink()
-    for i in range(3):
-        node_config = f"partition-id={i}" + (' drop="1:mask"' if i == 2 else "")
-        processes.start([_tool("flower-supernode"), "--insecure", "--superlink", f"127.0.0.1:{link}",
-                         "--port", str(_free_port()), "--node-config", node_config], f"supernode-{i}.log")
-    _check(processes.flwr_run())
+def _expected_globals(survivors_per_round):
+    """The global model after the rounds through the in-process engine, by numpy FedAvg, and the
+    tolerance between them (fixed-point rounding)."""
+    import models
+
+    model = _initial_model()
+    names = models.shared_parameter_names(model)
+    shared = {n: p.detach().clone() for n, p in model.named_parameters()}
+    length = sum(shared[n].numel() for n in names)
+    coordinator = Coordinator(shared, names)
+    encoder = secagg.FixedPointEncoder.create(clip=1.0, max_summands=len(SITES))
+    weight_bound = float(RUN["max-records"])
+    reference = flatten(shared, names)
+    ids = {site: i + 1 for i, site in enumerate(SITES)}
+    tolerance = 0.0
+    for round_index, survivors in enumerate(survivors_per_round):
+        updates = {s: synthetic_update(RUN["synthetic-seed"], s, round_index, length, 1.0) for s in SITES}
+        session = secagg.SessionConfig(session_id=secagg.new_session_id(), participants=(1, 2, 3), threshold=2,
+                                       vector_length=length + 1, bit_width=encoder.bit_width)
+        clients = {ids[s]: secagg.ClientSession(session, ids[s],
+                                                masked_input=encode_update(*updates[s], encoder, weight_bound)[0])
+                   for s in SITES}
+        dropped = {ids[s]: "mask" for s in SITES if s not in survivors}
+        outcome = run_masked_round(coordinator, session, clients, dropped, lambda released: None)
+        assert outcome.completed
+        coordinator.apply(coordinator.finish_round(encoder))
+        weights = np.array([updates[s][1] for s in survivors], dtype=float)
+        reference = reference + np.sum([w * updates[s][0] for w, s in zip(weights, survivors)], axis=0) / weights.sum()
+        # Each summand is off by < 1/scale per coordinate (weight included); |mean| <= clip = 1.
+        tolerance += 2 * len(survivors) / encoder.scale / (weights.sum() / weight_bound)
+    # float32 model weights: a few ulps per round on top.
+    return flatten(coordinator.global_shared, names), reference, 2 * tolerance + 1e-6, names
 
 
-def test_simulation_engine_two_rounds_with_a_dropout(processes):
+def _check_run(run_dir: Path, summary: dict, node_state: dict[str, Path]) -> None:
+    import torch
+
+    assert summary["rounds_completed"] == 2 and summary["privacy"]["ledger_verified"], summary
+    metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [m["status"] for m in metrics] == ["completed", "completed"]
+    assert metrics[0]["included"] == list(SITES) and metrics[0]["released"] == list(SITES)
+    # Round 1: site-3 advertised and shared keys, then never uploaded: Flower's timeout dropped it,
+    # its masks were removed with its reconstructed key, and it released (and spent) nothing.
+    assert metrics[1]["survivors_per_stage"]["share"] == list(SITES)
+    assert metrics[1]["survivors_per_stage"]["mask"] == ["site-1", "site-2"]
+    assert metrics[1]["released"] == metrics[1]["included"] == ["site-1", "site-2"]
+    assert all(m["loss"] == {s: None for s in m["participants"]} for m in metrics)  # nodes keep their losses
+
+    ledger = PrivacyLedger.open(run_dir)
+    try:
+        assert [e.round for e in ledger.events("site-1")] == [0, 1]
+        assert [e.round for e in ledger.events("site-3")] == [0]
+        run_id = ledger.run_id
+    finally:
+        ledger.close()
+    for site, state in node_state.items():
+        own = PrivacyLedger.open(state / "ledgers" / run_id)  # the node's own ledger agrees
+        try:
+            assert [e.round for e in own.events(site)] == ([0] if site == "site-3" else [0, 1])
+        finally:
+            own.close()
+
+    flower_global = torch.load(run_dir / "checkpoints" / "global.pt", weights_only=True)
+    in_process, numpy_fedavg, tolerance, names = _expected_globals([SITES, ("site-1", "site-2")])
+    flower_vector = flatten(flower_global, names)
+    assert np.max(np.abs(flower_vector - in_process)) <= tolerance
+    assert np.max(np.abs(flower_vector - numpy_fedavg)) <= tolerance
+    assert np.max(np.abs(flower_vector - flatten(dict(_initial_model().named_parameters()), names))) > 10 * tolerance
+
+
+def test_deployment_engine_over_tls_two_rounds_with_a_dropout(federation, tmp_path):
+    federation.superlink()
+    states = {site: tmp_path / f"node-{site}" for site in SITES}
+    for i, site in enumerate(SITES):
+        drop = ' drop="1:mask"' if site == "site-3" else ""
+        federation.supernode(i, f'site="{site}" state-dir="{states[site]}" epsilon-budget=8.0{drop}')
+    run_dir = tmp_path / "run"
+    summary = federation.run(run_dir, update="synthetic")
+    _check_run(run_dir, summary, states)
+    assert "Uvicorn running on https://" in (tmp_path / "superlink.log").read_text()
+
+
+def test_simulation_engine_two_rounds_with_a_dropout(federation, tmp_path):
     pytest.importorskip("ray")
-    processes.superlink("--simulation")
-    # Simulated nodes have no config of their own: the run's simulate-drop makes site 3 vanish.
-    _check(processes.flwr_run("--federation-config", "num-supernodes=3 client-resources-num-cpus=1",
-                              "--run-config", 'simulate-drop="3:1:mask"'))
+    federation.superlink("--simulation")
+    run_dir = tmp_path / "run"
+    # Simulated nodes have no config of their own: the run config names their drop and state.
+    summary = federation.run(run_dir, "--federation-config", "num-supernodes=3 client-resources-num-cpus=1",
+                             update="synthetic", **{"simulate-drop": "site-3:1:mask",
+                                                    "node-state-root": str(tmp_path / "nodes"),
+                                                    "node-epsilon-budget": 8.0})
+    _check_run(run_dir, summary, {site: tmp_path / "nodes" / site for site in SITES})
+
+
+def test_dp_sgd_on_nifti_data_at_the_nodes_and_a_node_enforces_its_own_budget(federation, tmp_path):
+    import models
+
+    cohort = tmp_path / "cohort"
+    models.generate_cohort(cohort, sites=3, scale="tiny", seed=0)
+    federation.superlink()
+    states = {site: tmp_path / f"node-{site}" for site in SITES}
+    site_dirs = sorted(p for p in cohort.iterdir() if p.is_dir())
+    for i, site in enumerate(SITES):
+        budget = 0.5 if site == "site-3" else 8.0  # site-3 allows far less than the run's 8.0
+        federation.supernode(i, f'site="{site}" data="{site_dirs[i]}" state-dir="{states[site]}" '
+                                f'epsilon-budget={budget}')
+    run_dir = tmp_path / "run"
+    summary = federation.run(run_dir, rounds=1, **{"image-size": 32, "max-records": 256})
+    assert summary["rounds_completed"] == 1 and summary["privacy"]["ledger_verified"], summary
+    record = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[0])
+    assert record["survivors_per_stage"]["advertise"] == ["site-1", "site-2"]  # site-3 refused the setup
+    assert record["included"] == record["released"] == ["site-1", "site-2"]
+    assert summary["privacy"]["epsilon_spent"]["site-3"] is None
+    assert 0 < summary["privacy"]["epsilon_spent"]["site-1"] <= 8.0
+    assert not (states["site-3"] / "ledgers").exists() or not any(
+        e for e in PrivacyLedger.open(next((states["site-3"] / "ledgers").iterdir())).events("site-3"))
+    assert (run_dir / "checkpoints" / "global.pt").exists()

@@ -1,26 +1,30 @@
-"""The Flower engine (issue 9): the same sans-IO protocol, carried in Flower messages.
+"""The Flower engine (issue 9): the same round, with the sites on Flower nodes.
 
 ``simulation.flower.server_app:app`` is a Flower ``ServerApp`` and
 ``simulation.flower.client_app:app`` a Flower ``ClientApp`` (Message API,
-flwr >= 1.10; built and checked against flwr 1.42). Each protocol message
-travels as its wire bytes (:func:`secagg.wire.encode`) in a ``ConfigRecord``;
-the round itself is the in-process engine's loop
-(:func:`simulation.engine.run_masked_round`), driven through
-:class:`~simulation.flower.transport.FlowerTransport`, which sends one
-stage's messages to all recipients at once and lets Flower's
-``send_and_receive`` timeout decide who dropped.
+built and tested against flwr 1.42). The coordinator runs the *same* round as
+``secagg simulate`` (:mod:`simulation.rounds`: budget check, spend committed
+to the ledger when the masked updates are in, FedAvg of the decoded sum,
+atomic checkpoints, resume), with a :class:`~simulation.flower.fleet.FlowerFleet`
+in place of the in-process sites. Each protocol message travels as its wire
+bytes (:func:`secagg.wire.encode`) in a ``ConfigRecord``; one stage's messages
+go out together through ``Grid.send_and_receive``, and Flower's timeout
+decides who dropped.
 
-**Status: prototype (issue 9 is open).** It carries the masking protocol over
-Flower's simulation and deployment engines (checked against flwr 1.42 in a
-separate venv: SuperLink + 3 SuperNodes on loopback, one client dropping at the
-mask stage, sums equal to the in-process engine's). Not yet: the privacy
-ledger, budgets and checkpoints on the ServerApp side, active mode, HE and
-distributed DP over Flower, real data on the nodes (they train on random
-slices), TLS. Each node keeps its ``ClientSession`` - private keys included -
-pickled in Flower's ``context.state`` between messages (on the hospital's own
-machine; a DPIA must say so). ``tests/test_flower.py`` runs only where flwr is
-installed; ``make test`` does not install it (flwr 1.42 pins packaging<26 and
-rich<15, which downgrades nilearn).
+Each node trains with DP-SGD on its own NIfTI data, encodes, masks, and keeps
+its own privacy ledger and budget (it refuses a round that would pass it, and
+commits its spend before its masked update leaves). Tested
+(``tests/test_flower.py``) on Flower's deployment engine - a SuperLink and three
+SuperNodes on loopback over TLS, with certificates from :mod:`.tls` - and on
+its simulation engine (Ray).
+
+Not carried over Flower yet: active mode (it needs a registry of the sites'
+verify keys that does not trust the coordinator), the HE path, distributed DP
+and the plain baseline (all four run in ``secagg simulate``), models that keep
+parameters at the sites between rounds (FedDis), and evaluation at the nodes.
+Each node keeps its ``ClientSession`` - private keys included - pickled in
+Flower's ``context.state`` between the messages of a round (on the hospital's
+own machine, not encrypted at rest).
 
 Nothing outside this package imports ``flwr``; install it with
 ``pip install 'secagg[flower]'``. The Flower app directory (``app/``) holds
@@ -29,7 +33,7 @@ the ``pyproject.toml`` that ``flwr run`` needs and documents the commands.
 
 from __future__ import annotations
 
-__all__ = ["require_flwr"]
+__all__ = ["require_flwr"]  # the apps are imported by Flower by name; see the docstring
 
 
 def require_flwr():

@@ -1,68 +1,94 @@
-"""The Flower ``ClientApp``: one hospital's side (local DP-SGD, encoding, its ClientSession).
+"""The Flower ``ClientApp``: one hospital's side (its data, local DP-SGD, its own ledger, its ClientSession).
 
-The node's protocol state (its :class:`secagg.ClientSession`, with its
-private keys and masked input) lives in ``context.state``, which the
-SuperNode keeps on the node between the messages of a run; it never leaves
-the node. Only the session's answers (wire bytes) are sent back.
+Everything private stays on the node. The node's protocol state (its
+:class:`secagg.ClientSession`, with its private keys and masked input) lives
+in ``context.state``, which the SuperNode keeps on the node between the
+messages of a run (a DPIA must say so: it is on the hospital's machine, not
+encrypted at rest). Only the session's answers (wire bytes) are sent back;
+training losses are not (they are not covered by the DP guarantee).
 
-Node configuration (``flower-supernode --node-config`` or the simulation's
-per-node config):
+**The node does not trust the coordinator's privacy accounting.** With a
+``state-dir`` it keeps its own :class:`dp.PrivacyLedger` for the run and its
+own ``epsilon-budget``: before training it checks that the round's DP-SGD
+parameters (sent in the setup) keep it within budget, and it commits the
+spend *before* its masked update leaves (on answering MaskedInputCollection);
+a round that would pass its budget is refused. It also rebuilds the encoder
+from the setup and refuses one whose bound differs from the coordinator's.
 
-* ``partition-id`` (int): the site index; its protocol client id is ``partition-id + 1``.
-* ``data-seed`` (int, optional): seed of the node's synthetic training slices
-  (``update = "dp-sgd"``); real data loading is not wired yet.
-* ``drop`` (str, optional, tests and demos): ``"ROUND:STAGE"`` (stage one of
-  ``advertise share mask consistency unmask``): at that point the node stops
-  answering - it sleeps ``drop-sleep`` seconds and replies with nothing - so the
-  server's Flower timeout decides it dropped (default: the run's stage timeout + 5 s).
-  The run config's ``simulate-drop`` (``"CID:ROUND:STAGE,..."``) does the same where
-  nodes have no individual config (Flower's simulation engine); demos and tests only.
+Node configuration (``flower-supernode --node-config``):
+
+* ``partition-id`` (int): the node's index; ``site`` (str): the site's name
+  (default ``site-<partition-id + 1>``), which the coordinator's ledger uses.
+* ``data`` (str): the site's directory of NIfTI volumes (``healthy/`` and
+  optionally ``pathology/``, :func:`models.load_site`); needed for ``dp-sgd``.
+* ``state-dir`` (str) and ``epsilon-budget`` (float): the node's own ledger
+  (``STATE_DIR/ledgers/<run id>/``) and budget, and the preprocessing cache.
+* ``drop`` (str, tests and demos): ``"ROUND:STAGE"`` (stages ``advertise share
+  mask consistency unmask``): there the node stops answering - it sleeps past
+  the stage timeout and replies with nothing - so Flower's timeout decides it
+  dropped. On Flower's simulation engine (no node config) the run config's
+  ``simulate-drop = "SITE:ROUND:STAGE,..."`` does the same, and
+  ``node-data-root``/``node-state-root`` give each simulated node
+  ``ROOT/<site>``.
 """
 
 from __future__ import annotations
 
 import pickle
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 
 import secagg
 from secagg import wire
+from secagg.messages import MaskedInputRequest
 
 from . import require_flwr
-from .transport import _STAGE_OF, session_from_record
+from .transport import STAGE_OF, RoundSetup
 
 require_flwr()
 
 from flwr.app import ConfigRecord, Context, Message, RecordDict  # noqa: E402
 from flwr.clientapp import ClientApp  # noqa: E402
 
-__all__ = ["app", "synthetic_ring"]
+__all__ = ["app", "synthetic_update", "site_name"]
 
 app = ClientApp()
 
 _STATE = "secagg-client"
 
 
-def synthetic_ring(seed: int, client_id: int, round_index: int, length: int, bit_width: int) -> np.ndarray:
-    """A deterministic ring vector (tests: the exact aggregate is then known in advance)."""
-    rng = np.random.default_rng([seed, client_id, round_index])  # test inputs only: never keys or masks
-    return rng.integers(0, 2**20, size=length, dtype=np.uint64).astype(secagg.encoding.ring_dtype(bit_width))
+def synthetic_update(seed: int, site: str, round_index: int, length: int, clip: float) -> tuple[np.ndarray, int]:
+    """A fixed float update in [-clip, clip] and a record count (tests: the FedAvg is known in advance).
+
+    Public test inputs only; ``numpy.random`` never makes keys, masks or noise here.
+    """
+    rng = np.random.default_rng([seed, round_index, *site.encode()])
+    return rng.uniform(-clip, clip, size=length), int(rng.integers(8, 64))
 
 
-def _client_id(context: Context) -> int:
-    return int(context.node_config["partition-id"]) + 1
+def site_name(context: Context) -> str:
+    return str(context.node_config.get("site") or f"site-{int(context.node_config['partition-id']) + 1}")
 
 
-def _drop_point(context: Context, run_spec: str = ""):
+def _node_path(context: Context, key: str, run_key: str) -> Path | None:
+    if context.node_config.get(key):
+        return Path(str(context.node_config[key]))
+    root = context.run_config.get(run_key)
+    return Path(str(root)) / site_name(context) if root else None
+
+
+def _drop_point(context: Context):
     """(round, stage) at which this node vanishes: its ``drop`` node config, or the run's ``simulate-drop``."""
     spec = str(context.node_config.get("drop", "") or "")
     if spec:
         round_text, stage = spec.split(":")
         return int(round_text), stage
-    for item in filter(None, str(run_spec or "").split(",")):
-        cid_text, round_text, stage = item.strip().split(":")
-        if int(cid_text) == _client_id(context):
+    for item in filter(None, str(context.run_config.get("simulate-drop", "") or "").split(",")):
+        site, round_text, stage = item.strip().rsplit(":", 2)
+        if site == site_name(context):
             return int(round_text), stage
     return None
 
@@ -76,77 +102,178 @@ def _reply(message: Message, **fields) -> Message:
     return Message(RecordDict({"secagg": ConfigRecord(fields)}), reply_to=message)
 
 
+def _refuse(message: Message, reason: str) -> Message:
+    print(f"[secagg-node] refused: {reason}", file=sys.stderr, flush=True)
+    return _reply(message, refusal=reason)
+
+
 @app.query("hello")
 def hello(message: Message, context: Context) -> Message:
-    return Message(RecordDict({"site": ConfigRecord({"client-id": _client_id(context)})}), reply_to=message)
+    return Message(RecordDict({"site": ConfigRecord({"site": site_name(context)})}), reply_to=message)
 
 
-def _local_update(record, context: Context, global_arrays, client_id: int) -> np.ndarray:
-    """Local DP-SGD from the global weights, then weight + clip + encode (at the site)."""
+# -- the node's own privacy ledger ------------------------------------------------------
+
+
+def _event(setup: RoundSetup):
+    from dp.events import PrivacyEvent
+
+    return PrivacyEvent(site=setup.site, round=setup.round_index, noise_multiplier=setup.noise_multiplier,
+                        sample_rate=setup.sample_rate, steps=setup.local_steps, delta=setup.delta,
+                        clipping_norm=setup.max_grad_norm, secure_rng=setup.secure_rng)
+
+
+def _ledger(context: Context, setup: RoundSetup):
+    """The node's ledger for this run (created on first use), or None without a ``state-dir``."""
+    from dp import PrivacyLedger
+
+    state_dir = _node_path(context, "state-dir", "node-state-root")
+    if state_dir is None:
+        return None
+    budget = context.node_config.get("epsilon-budget") or context.run_config.get("node-epsilon-budget")
+    if not budget:
+        raise secagg.InvalidInputError("the node has a state-dir but no epsilon-budget: set the budget this "
+                                       "hospital allows for the run (--node-config 'epsilon-budget=8.0')")
+    directory = state_dir / "ledgers" / setup.run_id
+    if (directory / "ledger.sqlite").exists():
+        ledger = PrivacyLedger.open(directory)
+    else:
+        directory.mkdir(parents=True, exist_ok=True)
+        ledger = PrivacyLedger.create(directory, run_id=setup.run_id, delta=setup.delta,
+                                      budgets={setup.site: float(budget)})
+    if ledger.delta != setup.delta:
+        ledger.close()
+        raise secagg.InvalidInputError(f"the run's delta changed from {ledger.delta} to {setup.delta}")
+    return ledger
+
+
+# -- local work ----------------------------------------------------------------------
+
+
+def _local_update(setup: RoundSetup, context: Context, global_arrays) -> tuple[np.ndarray, int]:
+    """Local DP-SGD on the node's own data from the global weights: (flattened delta, record count)."""
     import torch
 
     import models
     from dp import DpSgdConfig
+    from models.errors import ModelsError
 
     from ..site import Site
 
-    image_size = int(record["image-size"])
-    torch.manual_seed(int(record["model-seed"]))
-    model = models.create_model(str(record["model"]), image_size=image_size)
+    data_dir = _node_path(context, "data", "node-data-root")
+    if data_dir is None:
+        raise secagg.InvalidInputError("this node has no data: start it with --node-config 'data=/path/to/site'")
+    state_dir = _node_path(context, "state-dir", "node-state-root")
+    try:
+        site_data = models.load_site(data_dir, image_size=setup.image_size,
+                                     cache_dir=None if state_dir is None else state_dir / "preprocessed")
+        split = models.split_healthy(site_data, val_fraction=setup.val_fraction, seed=setup.split_seed)
+        train = torch.from_numpy(models.training_array(split.train))
+    except ModelsError as exc:
+        raise secagg.InvalidInputError(f"cannot load the site's data from {data_dir}: {exc}") from None
+    torch.manual_seed(setup.model_seed)
+    model = models.create_model(setup.model, image_size=setup.image_size)
     names = models.shared_parameter_names(model)
+    if len(global_arrays) != len(names):
+        raise secagg.MalformedMessageError(f"{len(global_arrays)} global arrays; the model shares {len(names)}")
     shared = {name: torch.from_numpy(np.array(array)) for name, array in zip(names, global_arrays)}
-    generator = torch.Generator().manual_seed(int(context.node_config.get("data-seed", client_id)))
-    data = torch.rand((int(record["records"]), 1, image_size, image_size), generator=generator)
-    site = Site(f"site-{client_id}", client_id, data, model, names)
-    dp_config = DpSgdConfig(noise_multiplier=float(record["noise-multiplier"]),
-                            max_grad_norm=float(record["max-grad-norm"]), sample_rate=float(record["sample-rate"]),
-                            steps=int(record["local-steps"]), learning_rate=float(record["learning-rate"]),
-                            delta=float(record["delta"]))
-    update = site.train(shared, dp_config, int(record["round"]))
-    encoder = secagg.FixedPointEncoder.create(clip=float(record["clip"]), max_summands=int(record["max-summands"]),
-                                              bit_width=int(record["bit-width"]))
-    ring, _ = site.encode(update, encoder, float(record["weight-bound"]))
-    return ring
+    site = Site(setup.site, setup.client_id, train, model, names)
+    dp_config = DpSgdConfig(noise_multiplier=setup.noise_multiplier, max_grad_norm=setup.max_grad_norm,
+                            sample_rate=setup.sample_rate, steps=setup.local_steps,
+                            learning_rate=setup.learning_rate, delta=setup.delta, secure_mode=setup.secure_rng)
+    update = site.train(shared, dp_config, setup.round_index)
+    if update.event != _event(setup):
+        raise RuntimeError(f"training spent {update.event}, not the round's planned event")
+    return update.vector, update.num_records
+
+
+def _encoder(setup: RoundSetup) -> secagg.FixedPointEncoder:
+    encoder = secagg.FixedPointEncoder.create(clip=setup.clip, max_summands=setup.max_summands,
+                                              bit_width=setup.session.bit_width)
+    if encoder.bound != setup.encoder_bound:
+        raise secagg.InvalidInputError(f"encoder bound {encoder.bound} differs from the coordinator's "
+                                       f"{setup.encoder_bound}: different secagg versions?")
+    return encoder
 
 
 @app.train()
-def setup(message: Message, context: Context) -> Message:
-    """Round setup: train locally, encode, open the ClientSession, answer with AdvertiseKeys."""
-    record = message.content.config_records["session"]
-    config = session_from_record(record)
-    client_id = _client_id(context)
-    round_index = int(record["round"])
-    if _drop_point(context, record["simulate-drop"]) == (round_index, "advertise"):
-        return _vanish(context, message, float(record["stage-timeout"]))
-    if str(record["update"]) == "synthetic":
-        ring = synthetic_ring(int(record["seed"]), client_id, round_index, config.vector_length, config.bit_width)
-    else:
-        ring = _local_update(record, context, message.content.array_records["global"].to_numpy_ndarrays(), client_id)
-    session = secagg.ClientSession(config, client_id, masked_input=ring)
+def setup_round(message: Message, context: Context) -> Message:
+    """Round setup: check the budget, train locally, encode, open the ClientSession, answer AdvertiseKeys."""
+    from dp.errors import PrivacyError
+
+    from ..site import encode_update
+
+    try:
+        setup = RoundSetup.from_record(message.content.config_records["session"])
+    except (KeyError, secagg.MalformedMessageError) as exc:
+        return _refuse(message, f"malformed setup: {exc}")
+    if setup.site != site_name(context):
+        return _refuse(message, f"setup addressed to site {setup.site!r}; this node is {site_name(context)!r}")
+    if _drop_point(context) == (setup.round_index, "advertise"):
+        return _vanish(context, message, setup.stage_timeout)
+    try:
+        ledger = _ledger(context, setup)
+        if ledger is not None:
+            try:
+                decision = ledger.check_budget(setup.site, [_event(setup)])
+            finally:
+                ledger.close()
+            if not decision.allowed:
+                return _refuse(message, f"budget: this round would reach epsilon {decision.projected.bound:.3f} > "
+                                        f"this node's budget {decision.budget}")
+        else:
+            print("[secagg-node] warning: no state-dir: this node keeps no ledger of its own", file=sys.stderr)
+        encoder = _encoder(setup)
+        if setup.update == "synthetic":
+            vector, records = synthetic_update(setup.synthetic_seed, setup.site, setup.round_index,
+                                               setup.session.vector_length - 1, setup.clip)
+        else:
+            vector, records = _local_update(setup, context, message.content.array_records["global"].to_numpy_ndarrays())
+        if vector.size != setup.session.vector_length - 1:
+            return _refuse(message, f"update of {vector.size} values; the session expects "
+                                    f"{setup.session.vector_length - 1} (+ the FedAvg weight)")
+        ring, _ = encode_update(vector, records, encoder, setup.weight_bound)
+    except (secagg.ProtocolError, PrivacyError, ValueError) as exc:
+        return _refuse(message, f"{type(exc).__name__}: {exc}")
+    session = secagg.ClientSession(setup.session, setup.client_id, masked_input=ring)
     advertise = session.advertise()
-    context.state[_STATE] = ConfigRecord({"session": pickle.dumps(session), "round": round_index, "dropped": False,
-                                          "stage-timeout": float(record["stage-timeout"]),
-                                          "simulate-drop": str(record["simulate-drop"])})
+    context.state[_STATE] = ConfigRecord({"session": pickle.dumps(session), "setup": pickle.dumps(setup),
+                                          "dropped": False})
     return _reply(message, wire=wire.encode(advertise))
 
 
 @app.query("secagg")
 def step(message: Message, context: Context) -> Message:
     """One protocol message in, the session's answer (or a refusal) out."""
+    from dp.errors import PrivacyError
+
     state = context.state.config_records.get(_STATE)
     if state is None or state["dropped"]:
         return Message(RecordDict(), reply_to=message)
+    # Both were written by this node itself into its own state, never received from the network.
+    session = pickle.loads(bytes(state["session"]))
+    setup: RoundSetup = pickle.loads(bytes(state["setup"]))
     data = bytes(message.content.config_records["secagg"]["wire"])
-    stage = _STAGE_OF.get(type(wire.decode(data)))
-    if _drop_point(context, state["simulate-drop"]) == (int(state["round"]), stage):
+    try:
+        incoming = wire.decode(data)
+    except secagg.ProtocolError as exc:
+        return _refuse(message, f"{type(exc).__name__}: {exc}")
+    if _drop_point(context) == (setup.round_index, STAGE_OF.get(type(incoming))):
         state["dropped"] = True
         context.state[_STATE] = state
-        return _vanish(context, message, float(state["stage-timeout"]))
-    session = pickle.loads(bytes(state["session"]))  # written by this node itself, never received
+        return _vanish(context, message, setup.stage_timeout)
     try:
         reply = session.handle(data)
-    except (secagg.RemoteProtocolError, secagg.ThresholdNotMetError) as exc:
-        return _reply(message, refusal=f"{type(exc).__name__}: {exc}")
+        if isinstance(incoming, MaskedInputRequest) and reply is not None:
+            # The masked update is about to leave this node: its spend is committed first.
+            ledger = _ledger(context, setup)
+            if ledger is not None:
+                try:
+                    ledger.commit_round(setup.round_index, [_event(setup)], extra={"released": [setup.site]})
+                finally:
+                    ledger.close()
+    except (secagg.ProtocolError, PrivacyError, ValueError) as exc:
+        return _refuse(message, f"{type(exc).__name__}: {exc}")
     state["session"] = pickle.dumps(session)
     context.state[_STATE] = state
     if reply is None:

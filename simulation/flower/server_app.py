@@ -1,40 +1,104 @@
-"""The Flower ``ServerApp``: the coordinator, running the engine's round over Flower messages.
+"""The Flower ``ServerApp``: the coordinator of a real federation, running :mod:`simulation.rounds`.
+
+It is ``secagg simulate`` with the sites replaced by Flower nodes: the same
+:func:`~simulation.simulate.open_run` (noise calibration, protocol parameters,
+run directory, privacy ledger, resume), the same round
+(:func:`~simulation.rounds.run_rounds`: budget check, spend committed when the
+masked updates are in, FedAvg of the decoded sum, atomic checkpoints), with a
+:class:`~simulation.flower.fleet.FlowerFleet`. The coordinator has no data, so
+there is no evaluation at the end; ``summary.json`` holds the privacy and
+protocol record of the run.
 
 Run configuration (``[tool.flwr.app.config]`` of ``app/pyproject.toml``, or
-``flwr run --run-config``): ``num-sites``, ``rounds``, ``threshold`` (0: n//2+1),
-``stage-timeout`` (seconds a stage waits for answers; who has not answered
-dropped), ``node-wait`` (seconds to wait for the nodes to connect),
-``update`` (``dp-sgd``: local DP-SGD at each node; ``synthetic``: fixed integer
-inputs, for tests), ``vector-length`` (synthetic only), the DP-SGD and model
-parameters, ``out`` (a JSON file for the per-round results; "" for none) and
-``simulate-drop`` (``"CID:ROUND:STAGE,..."``: those clients stop answering there;
-demos and tests on the simulation engine, where nodes have no config of their own).
+``flwr run --run-config``), with the names of ``secagg simulate``'s settings:
+
+* federation: ``num-sites``, ``node-wait`` (seconds to wait for the nodes),
+  ``stage-timeout`` (seconds a stage waits for answers; who has not answered
+  dropped), ``out`` (the run directory on the coordinator's machine; required),
+  ``resume`` (continue the run in ``out``);
+* protocol: ``mode`` (``secagg`` or ``secagg+``), ``threshold`` (0: the smallest
+  safe t), ``update-clip``, ``dropout`` (expected per-stage dropout rate: the
+  SecAgg+ parameter finder's input), ``corrupt-fraction``;
+* privacy: ``epsilon``, ``delta``, ``secure-rng``, ``budget-policy``, ``on-abort``;
+* training: ``model``, ``image-size``, ``rounds``, ``local-steps``,
+  ``sample-rate``, ``max-grad-norm``, ``learning-rate``, ``seed`` (initial weights
+  and the nodes' train/validation split), ``val-fraction``, ``max-records`` (the
+  consortium's public bound on a site's training slices: the FedAvg weight scale);
+* tests and demos: ``update`` (``dp-sgd``, or ``synthetic``: fixed float updates
+  whose FedAvg is known in advance), ``synthetic-seed``, ``simulate-drop``
+  (``"SITE:ROUND:STAGE,..."``: those nodes stop answering there), and
+  ``node-data-root``, ``node-state-root``, ``node-epsilon-budget``: what
+  simulated nodes, which have no config of their own, use as their ``data``
+  (``ROOT/<site>``), ``state-dir`` and ``epsilon-budget``.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import time
-from pathlib import Path
-
-import secagg
 
 from . import require_flwr
-from .transport import HELLO, FlowerTransport, ring_digest, run_flower_round, session_record
 
 require_flwr()
 
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict  # noqa: E402
+from flwr.app import Context, Message, RecordDict  # noqa: E402
 from flwr.serverapp import Grid, ServerApp  # noqa: E402
 
-__all__ = ["app", "run_rounds"]
+from ..config import ConfigError, SimulationConfig  # noqa: E402
+from ..coordinator import Coordinator  # noqa: E402
+from ..dropout import NoDropout  # noqa: E402
+from ..rounds import run_rounds  # noqa: E402
+from ..runstore import atomic_write_json  # noqa: E402
+from .fleet import FlowerFleet  # noqa: E402
+from .transport import HELLO  # noqa: E402
+
+__all__ = ["app", "run_federation", "flower_config", "DEFAULTS"]
 
 app = ServerApp()
+
+DEFAULTS = {
+    "num-sites": 3, "node-wait": 120.0, "stage-timeout": 60.0, "out": "", "resume": False,
+    "mode": "secagg", "threshold": 0, "update-clip": 1.0, "dropout": 0.0, "corrupt-fraction": 0.0,
+    "epsilon": 8.0, "delta": 1e-5, "secure-rng": True, "budget-policy": "sit-out", "on-abort": "continue",
+    "model": "compact-ae", "image-size": 32, "rounds": 2, "local-steps": 3, "sample-rate": 0.1,
+    "max-grad-norm": 1.0, "learning-rate": 2e-3, "seed": 0, "val-fraction": 0.25, "max-records": 4096,
+    "update": "dp-sgd", "synthetic-seed": 0, "simulate-drop": "",
+    # Flower's simulation engine only (its nodes have no config of their own): ROOT/<site>.
+    "node-data-root": "", "node-state-root": "", "node-epsilon-budget": 0.0,
+}
+
+#: run-config key -> SimulationConfig field
+_CONFIG_KEYS = {
+    "mode": "mode", "update-clip": "update_clip", "dropout": "dropout", "corrupt-fraction": "corrupt_fraction",
+    "epsilon": "epsilon", "delta": "delta", "secure-rng": "secure_rng", "budget-policy": "budget_policy",
+    "on-abort": "on_abort", "model": "model", "image-size": "image_size", "rounds": "rounds",
+    "local-steps": "local_steps", "sample-rate": "sample_rate", "max-grad-norm": "max_grad_norm",
+    "learning-rate": "learning_rate", "seed": "seed", "val-fraction": "val_fraction",
+}
 
 
 def _log(line: str) -> None:
     print(f"[secagg-flower] {line}", flush=True)
+
+
+def flower_config(cfg: dict) -> SimulationConfig:
+    """The run configuration as a validated :class:`SimulationConfig` (Flower supports a subset of modes)."""
+    unknown = sorted(set(cfg) - set(DEFAULTS))
+    if unknown:
+        raise ConfigError(f"unknown run-config keys {unknown}; known: {sorted(DEFAULTS)}")
+    values = {field: cfg[key] for key, field in _CONFIG_KEYS.items()}
+    values["threshold"] = int(cfg["threshold"]) or None
+    config = SimulationConfig(preset="flower", sites=int(cfg["num-sites"]), baselines=(), **values)
+    if config.mode not in ("secagg", "secagg+"):
+        raise ConfigError(f"mode {config.mode!r} is not carried over Flower; use secagg or secagg+ "
+                          "(he and plain run in `secagg simulate`)")
+    if str(cfg["update"]) not in ("dp-sgd", "synthetic"):
+        raise ConfigError(f"update must be 'dp-sgd' or 'synthetic'; got {cfg['update']!r}")
+    if not str(cfg["out"]):
+        raise ConfigError("set out=\"/path/to/run-dir\": the coordinator's run directory (ledger, checkpoints)")
+    if int(cfg["max-records"]) < 1:
+        raise ConfigError(f"max-records must be >= 1; got {cfg['max-records']}")
+    return config
 
 
 def _wait_for_nodes(grid: Grid, count: int, timeout: float) -> list[int]:
@@ -48,99 +112,92 @@ def _wait_for_nodes(grid: Grid, count: int, timeout: float) -> list[int]:
         time.sleep(0.5)
 
 
-def _register(grid: Grid, nodes: list[int], timeout: float) -> dict[int, int]:
-    """Ask each node for its site's client id: client id -> node id."""
+def _register(grid: Grid, nodes: list[int], timeout: float) -> dict[str, int]:
+    """Ask each node for its site's name: site -> Flower node id."""
     messages = [Message(RecordDict(), dst_node_id=node, message_type=HELLO, group_id="hello", ttl=timeout + 60)
                 for node in nodes]
-    node_of = {}
+    node_of: dict[str, int] = {}
     for reply in grid.send_and_receive(messages, timeout=timeout):
-        if not reply.has_error():
-            cid = int(reply.content.config_records["site"]["client-id"])
-            if cid in node_of:
-                raise ValueError(f"two nodes claim client id {cid}")
-            node_of[cid] = reply.metadata.src_node_id
+        if reply.has_error():
+            _log(f"node {reply.metadata.src_node_id} did not register: {reply.error.reason}")
+            continue
+        site = str(reply.content.config_records["site"]["site"])
+        if site in node_of:
+            raise ValueError(f"two nodes claim site {site!r}; give each node its own site name")
+        node_of[site] = reply.metadata.src_node_id
     return node_of
 
 
-def run_rounds(grid: Grid, cfg: dict) -> list[dict]:
-    """All rounds of a run; returns one record per round (also written to ``cfg['out']``)."""
-    import numpy as np
+def run_federation(grid: Grid, cfg: dict) -> dict:
+    """All rounds of a federated run over ``grid``; returns (and writes) the run's summary."""
+    import torch
 
-    from ..coordinator import Coordinator
+    import models
+    from dp import verify_ledger
 
-    n = int(cfg["num-sites"])
-    nodes = _wait_for_nodes(grid, n, float(cfg["node-wait"]))
+    from ..simulate import open_run
+
+    started = time.perf_counter()
+    config = flower_config(cfg)
+    nodes = _wait_for_nodes(grid, config.sites, float(cfg["node-wait"]))
     node_of = _register(grid, nodes, float(cfg["node-wait"]))
-    _log(f"{len(node_of)} sites registered: client id -> node id {node_of}")
-    ids = sorted(node_of)
-    threshold = int(cfg["threshold"]) or len(ids) // 2 + 1
-    synthetic = str(cfg["update"]) == "synthetic"
-    extra = {k: cfg[k] for k in ("update", "seed", "model", "image-size", "model-seed", "records", "noise-multiplier",
-                                 "max-grad-norm", "sample-rate", "local-steps", "learning-rate", "delta", "clip",
-                                 "stage-timeout", "simulate-drop")}
-    if synthetic:
-        coordinator, encoder = Coordinator({}, []), None
-        vector_length, bit_width = int(cfg["vector-length"]), 32
-    else:
-        import torch
+    if len(node_of) != config.sites:
+        raise RuntimeError(f"{len(node_of)} of {config.sites} sites registered: {sorted(node_of)}")
+    names = sorted(node_of)
+    _log(f"{len(names)} sites registered: {names}")
 
-        import models
-
-        torch.manual_seed(int(cfg["model-seed"]))
-        reference = models.create_model(str(cfg["model"]), image_size=int(cfg["image-size"]))
-        names = models.shared_parameter_names(reference)
-        params = dict(reference.named_parameters())
-        coordinator = Coordinator({k: params[k] for k in names}, names)
-        encoder = secagg.FixedPointEncoder.create(clip=float(cfg["clip"]), max_summands=len(ids))
-        vector_length = sum(params[k].numel() for k in names) + 1  # + the FedAvg weight
-        bit_width = encoder.bit_width
-        extra |= {"max-summands": len(ids),
-                  "weight-bound": float(2 ** math.ceil(math.log2(max(1, int(cfg["records"])))))}
-    records = []
-    for round_index in range(int(cfg["rounds"])):
-        session = secagg.SessionConfig(session_id=secagg.new_session_id(), participants=tuple(ids),
-                                       threshold=threshold, vector_length=vector_length, bit_width=bit_width)
-        content = {"session": session_record(session, extra | {"round": round_index})}
-        if not synthetic:
-            content["global"] = ArrayRecord(numpy_ndarrays=[coordinator.global_shared[k].detach().numpy()
-                                                            for k in coordinator.shared_names])
-        setup = {cid: RecordDict(dict(content)) for cid in ids}
-        transport = FlowerTransport(grid, node_of, float(cfg["stage-timeout"]), group_id=str(round_index), log=_log)
-        released = []
-        outcome = run_flower_round(coordinator, session, transport, setup, lambda r: released.extend(sorted(r)))
-        record = {"round": round_index, "completed": outcome.completed, "abort_reason": outcome.abort_reason,
-                  "alive": outcome.alive, "released": released, "refusals": outcome.refusals,
-                  "bytes_up": outcome.bytes_up, "bytes_down": outcome.bytes_down,
-                  "seconds": round(outcome.seconds, 3), "session_id": session.session_id.hex()}
-        if outcome.completed:
-            result = coordinator.server.result
-            record |= {"survivors": sorted(result.survivors), "ring_sum_sha256": ring_digest(result.ring_sum)}
-            if synthetic:
-                record["ring_sum"] = [int(v) for v in np.asarray(result.ring_sum)]
-                coordinator.server = None
-            else:
-                aggregate = coordinator.finish_round(encoder)
-                coordinator.apply(aggregate)
-                record["weight_sum"] = aggregate.weight_sum
-        else:
-            coordinator.server = None
-        _log(f"round {round_index}: {'completed' if outcome.completed else 'ABORTED'}; alive per stage "
-             f"{outcome.alive}; survivors {record.get('survivors')}")
-        records.append(record)
-    if cfg.get("out"):
-        Path(str(cfg["out"])).write_text(json.dumps(records, indent=1))
-    return records
-
-
-DEFAULTS = {
-    "num-sites": 3, "rounds": 2, "threshold": 0, "stage-timeout": 30.0, "node-wait": 120.0, "update": "dp-sgd",
-    "vector-length": 64, "seed": 0, "model": "compact-ae", "image-size": 16, "model-seed": 0, "records": 16,
-    "noise-multiplier": 1.0, "max-grad-norm": 1.0, "sample-rate": 0.25, "local-steps": 2, "learning-rate": 1e-3,
-    "delta": 1e-5, "clip": 0.5, "out": "", "simulate-drop": "",
-}
+    torch.manual_seed(config.seed)  # the same initial weights as every site's model
+    reference = models.create_model(config.model, image_size=config.image_size)
+    shared_names = models.shared_parameter_names(reference)
+    if set(shared_names) != {n for n, _ in reference.named_parameters()}:
+        raise ConfigError(f"model {config.model!r} keeps parameters at the sites between rounds; over Flower "
+                          "the nodes hold no state between rounds yet: use a fully shared model (compact-ae, conv-ae)")
+    coordinator = Coordinator({n: p.detach().clone() for n, p in reference.named_parameters()}, shared_names)
+    weight_bound = float(2 ** math.ceil(math.log2(int(cfg["max-records"]))))
+    run = open_run(config, names, coordinator, weight_bound, str(cfg["out"]), resume=bool(cfg["resume"]), log=_log)
+    fleet = FlowerFleet(grid, node_of, float(cfg["stage-timeout"]), {
+        "update": str(cfg["update"]), "synthetic_seed": int(cfg["synthetic-seed"]),
+        "simulate_drop": str(cfg["simulate-drop"]),
+    }, log=_log)
+    try:
+        stopped, _ = run_rounds(run.ctx, fleet, run.store, run.state, run.start_round, NoDropout())
+    finally:
+        run.ctx.ledger.close()
+    metrics = run.store.read_metrics()
+    verification = verify_ledger(run.store.root)
+    summary = {
+        "engine": "flower",
+        "mode": config.mode,
+        "protection": "secure aggregation over Flower: the coordinator saw only sums of masked updates",
+        "sites": names,
+        "rounds_planned": config.rounds,
+        "rounds_completed": sum(m["status"] == "completed" for m in metrics),
+        "rounds_aborted": [m["round"] for m in metrics if m["status"] == "aborted"],
+        "stopped": stopped,
+        "threshold": run.ctx.protocol["threshold"],
+        "graph": "complete" if run.ctx.protocol["degree"] is None else f"Harary degree {run.ctx.protocol['degree']}",
+        "privacy": {
+            "guarantee": "record-level (one training slice) DP of each site's released updates, "
+                         "add/remove-one adjacency",
+            "delta": config.delta,
+            "budget_per_site": config.epsilon,
+            "noise_multiplier": run.ctx.dp_config.noise_multiplier,
+            "sample_rate": config.sample_rate,
+            "clipping_norm": config.max_grad_norm,
+            "local_steps_per_round": config.local_steps,
+            "calibration_accountant": "tightest of rdp, prv, pld",
+            "epsilon_spent": metrics[-1]["epsilon"] if metrics else {},
+            "ledger_verified": verification.ok,
+        },
+        "update": str(cfg["update"]),
+        "seconds": round(time.perf_counter() - started, 1),
+    }
+    atomic_write_json(run.store.summary_path, summary)
+    _log(f"done: {summary['rounds_completed']}/{config.rounds} rounds completed; ledger verified: "
+         f"{verification.ok}; run directory {run.store.root}")
+    return summary
 
 
 @app.main()
 def main(grid: Grid, context: Context) -> None:
-    cfg = DEFAULTS | dict(context.run_config)
-    run_rounds(grid, cfg)
+    run_federation(grid, DEFAULTS | dict(context.run_config))

@@ -1,21 +1,22 @@
 """Carry the protocol's wire bytes in Flower messages; let Flower's timeouts decide who dropped.
 
-The round is *not* reimplemented here: :func:`run_flower_round` hands the
-in-process engine's loop (:func:`simulation.engine.run_masked_round`) a
-coordinator whose :meth:`~_BatchingCoordinator.advance` sends every message of
-a stage to its Flower node at once (``Grid.send_and_receive`` with a
+The round is *not* reimplemented here: :class:`~simulation.flower.fleet.FlowerFleet`
+hands the in-process engine's loop (:func:`simulation.engine.run_masked_round`)
+a coordinator whose :meth:`~BatchingCoordinator.advance` sends every message
+of a stage to its Flower node at once (``Grid.send_and_receive`` with a
 timeout), and client proxies whose ``advertise``/``handle`` return what the
 node answered - or ``None`` when it did not answer in time (it dropped), or
-raise when it refused. With no dropout model (``silent_from`` empty) the
-engine's loop then does exactly what it does in-process: feed replies to the
-coordinator, close stages, report the release, abort below threshold.
+raise when it refused. The engine's loop then does exactly what it does
+in-process: feed replies to the coordinator, close stages, report the
+release, abort below threshold.
 
 Message types (Flower requires ``train``/``evaluate``/``query`` categories):
 
-* ``query.hello``  -> reply ``{"site": {"client-id": int}}``
+* ``query.hello``  -> reply ``{"site": {"site": str}}`` (the node's site name)
 * ``train``        round setup: global weights (``ArrayRecord`` "global") and
-  the session parameters (``ConfigRecord`` "session"); the node trains, encodes,
-  opens its :class:`secagg.ClientSession` and replies with its AdvertiseKeys.
+  the round's public parameters (``ConfigRecord`` "session", :class:`RoundSetup`);
+  the node checks them, trains, encodes, opens its :class:`secagg.ClientSession`
+  and replies with its AdvertiseKeys.
 * ``query.secagg`` one server message (``ConfigRecord`` "secagg", key "wire");
   reply: the client's message under the same key, or ``"refusal"`` (str).
 """
@@ -23,53 +24,105 @@ Message types (Flower requires ``train``/``evaluate``/``query`` categories):
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from typing import Callable, Mapping
-
-import numpy as np
 
 import secagg
 from secagg import wire
 from secagg.messages import ConsistencyRequest, KeyDirectory, MaskedInputRequest, UnmaskRequest
 
-from ..engine import ProtocolOutcome, run_masked_round
-
-__all__ = ["FlowerTransport", "run_flower_round", "session_record", "session_from_record", "HELLO", "SETUP", "STEP"]
+__all__ = ["FlowerTransport", "BatchingCoordinator", "ClientProxy", "RoundSetup", "STAGE_OF", "HELLO", "SETUP",
+           "STEP"]
 
 HELLO = "query.hello"
 SETUP = "train"
 STEP = "query.secagg"
 
-_STAGE_OF = {KeyDirectory: "share", MaskedInputRequest: "mask", ConsistencyRequest: "consistency",
+STAGE_OF = {KeyDirectory: "share", MaskedInputRequest: "mask", ConsistencyRequest: "consistency",
              UnmaskRequest: "unmask"}
 
 
-def session_record(config: secagg.SessionConfig, extra: Mapping | None = None):
-    """A ``ConfigRecord`` holding a (complete-graph or Harary) passive-mode session's parameters."""
-    from flwr.app import ConfigRecord
+@dataclass(frozen=True)
+class RoundSetup:
+    """The public parameters of one round, as a node receives them (ConfigRecord "session").
 
-    if config.active:
-        raise NotImplementedError("active mode over Flower needs the site registry of verify keys; not built yet")
-    return ConfigRecord({
-        "session-id": bytes(config.session_id),
-        "participants": [int(p) for p in config.participants],
-        "threshold": int(config.threshold),
-        "vector-length": int(config.vector_length),
-        "bit-width": int(config.bit_width),
-        "degree": -1 if config.degree is None else int(config.degree),
-        **dict(extra or {}),
-    })
+    Everything here is public: the session (nonce, participants, threshold, sizes,
+    graph degree), the DP-SGD parameters every site uses (a node checks their spend
+    against its own ledger before training), the encoding (a node rebuilds the encoder
+    and refuses one whose bound differs), the model and the node's own client id.
+    """
 
+    session: secagg.SessionConfig
+    round_index: int
+    client_id: int
+    site: str
+    run_id: str  # the coordinator ledger's run id: the node keeps its own ledger per run
+    noise_multiplier: float
+    max_grad_norm: float
+    sample_rate: float
+    local_steps: int
+    learning_rate: float
+    delta: float
+    secure_rng: bool
+    clip: float
+    max_summands: int
+    encoder_bound: int
+    weight_bound: float
+    model: str
+    image_size: int
+    model_seed: int
+    val_fraction: float
+    split_seed: int
+    update: str  # "dp-sgd", or "synthetic" (fixed float updates: tests)
+    synthetic_seed: int
+    stage_timeout: float
+    simulate_drop: str
 
-def session_from_record(record) -> secagg.SessionConfig:
-    degree = int(record["degree"])
-    return secagg.SessionConfig(
-        session_id=bytes(record["session-id"]),
-        participants=tuple(int(p) for p in record["participants"]),
-        threshold=int(record["threshold"]),
-        vector_length=int(record["vector-length"]),
-        bit_width=int(record["bit-width"]),
-        degree=None if degree < 0 else degree,
-    )
+    _SCALARS = ("round_index", "client_id", "site", "run_id", "noise_multiplier", "max_grad_norm",
+                "sample_rate", "local_steps", "learning_rate", "delta", "secure_rng", "clip", "max_summands",
+                "encoder_bound", "weight_bound", "model", "image_size", "model_seed", "val_fraction", "split_seed",
+                "update", "synthetic_seed", "stage_timeout", "simulate_drop")
+
+    def to_record(self):
+        from flwr.app import ConfigRecord
+
+        config = self.session
+        if config.active:
+            raise secagg.InvalidInputError("active mode is not carried over Flower (no verify-key registry)")
+        values = {
+            "session-id": bytes(config.session_id),
+            "participants": [int(p) for p in config.participants],
+            "threshold": int(config.threshold),
+            "vector-length": int(config.vector_length),
+            "bit-width": int(config.bit_width),
+            "degree": -1 if config.degree is None else int(config.degree),
+        }
+        for name in self._SCALARS:
+            value = getattr(self, name)
+            values[name.replace("_", "-")] = value
+        return ConfigRecord(values)
+
+    @classmethod
+    def from_record(cls, record) -> "RoundSetup":
+        """Parse and type-check a received setup (a malformed one raises :class:`secagg.MalformedMessageError`)."""
+        import dataclasses
+
+        try:
+            degree = int(record["degree"])
+            session = secagg.SessionConfig(
+                session_id=bytes(record["session-id"]),
+                participants=tuple(int(p) for p in record["participants"]),
+                threshold=int(record["threshold"]),
+                vector_length=int(record["vector-length"]),
+                bit_width=int(record["bit-width"]),
+                degree=None if degree < 0 else degree,
+            )
+            types = {f.name: f.type for f in dataclasses.fields(cls)}
+            cast = {"int": int, "float": float, "str": str, "bool": bool}
+            values = {name: cast[types[name]](record[name.replace("_", "-")]) for name in cls._SCALARS}
+        except (KeyError, TypeError, ValueError, secagg.ProtocolError) as exc:
+            raise secagg.MalformedMessageError(f"malformed round setup: {type(exc).__name__}: {exc}") from None
+        return cls(session=session, **values)
 
 
 class FlowerTransport:
@@ -122,7 +175,7 @@ class FlowerTransport:
         return None if got is None else wire.decode(got)
 
 
-class _BatchingCoordinator:
+class BatchingCoordinator:
     """The project's Coordinator, with ``advance`` also sending the stage's messages over Flower."""
 
     def __init__(self, coordinator, transport: FlowerTransport) -> None:
@@ -137,7 +190,7 @@ class _BatchingCoordinator:
 
         outgoing = self._coordinator.advance()
         if outgoing:
-            stage = _STAGE_OF[type(next(iter(outgoing.values())))]
+            stage = STAGE_OF[type(next(iter(outgoing.values())))]
             self._transport.exchange(stage, STEP, {
                 cid: RecordDict({"secagg": ConfigRecord({"wire": wire.encode(message)})})
                 for cid, message in outgoing.items()
@@ -145,7 +198,7 @@ class _BatchingCoordinator:
         return outgoing
 
 
-class _ClientProxy:
+class ClientProxy:
     """Stands for a remote ClientSession inside the engine's loop: answers come from the transport."""
 
     def __init__(self, client_id: int, transport: FlowerTransport) -> None:
@@ -157,25 +210,3 @@ class _ClientProxy:
 
     def handle(self, data: bytes):
         return self.transport.answer(self.client_id)
-
-
-def run_flower_round(coordinator, config: secagg.SessionConfig, transport: FlowerTransport,
-                     setup: Mapping[int, object], on_release: Callable[[frozenset], None]) -> ProtocolOutcome:
-    """One secure-aggregation session over Flower, through the in-process engine's loop.
-
-    ``setup[cid]`` is the RecordDict of the round's ``train`` message for that client (global
-    weights + session parameters); its answer is the client's AdvertiseKeys.
-    """
-    transport.exchange("advertise", SETUP, setup)
-    # The engine's loop asks every client it is given for its AdvertiseKeys: give it those that
-    # answered the setup in time (the others dropped before the protocol started).
-    answered = sorted(cid for cid, got in transport.answers.items() if isinstance(got, bytes))
-    proxies = {cid: _ClientProxy(cid, transport) for cid in answered}
-    outcome = run_masked_round(_BatchingCoordinator(coordinator, transport), config, proxies, {}, on_release)
-    return outcome
-
-
-def ring_digest(ring: np.ndarray) -> str:
-    import hashlib
-
-    return hashlib.sha256(np.ascontiguousarray(ring).astype(ring.dtype.newbyteorder("<")).tobytes()).hexdigest()

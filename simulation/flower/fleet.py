@@ -1,0 +1,83 @@
+"""The Flower fleet: the sites are Flower nodes; the round is :mod:`simulation.rounds`' round.
+
+:class:`FlowerFleet` is the :class:`~simulation.rounds.Fleet` of the Flower
+ServerApp. For one round it sends every participant its setup (global
+weights + :class:`~simulation.flower.transport.RoundSetup`) as a Flower
+``train`` message; each node trains with DP-SGD, encodes and opens its
+:class:`secagg.ClientSession` on its own machine and answers with its
+AdvertiseKeys. Then the in-process engine's loop
+(:func:`simulation.engine.run_masked_round`) runs the protocol, with each
+stage's messages carried by :class:`~simulation.flower.transport.FlowerTransport`.
+Who dropped is what Flower's ``send_and_receive`` timeout says: there are
+no simulated dropouts on this side (``silent`` must be empty).
+
+Nodes do not send their training losses: they are not covered by the DP
+guarantee, so the round's record has none.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Callable, Mapping
+
+from ..engine import run_masked_round
+from ..rounds import Fleet, FleetRound, RoundPlan, RunContext
+from .transport import SETUP, BatchingCoordinator, ClientProxy, FlowerTransport, RoundSetup
+
+__all__ = ["FlowerFleet"]
+
+
+class FlowerFleet(Fleet):
+    """Sites reached through a Flower ``Grid``; ``node_of`` maps site names to Flower node ids."""
+
+    def __init__(self, grid, node_of: Mapping[str, int], stage_timeout: float, settings: Mapping,
+                 log: Callable[[str], None] = print) -> None:
+        self.grid = grid
+        self.node_of = dict(node_of)
+        self.stage_timeout = float(stage_timeout)
+        self.settings = dict(settings)  # model, image_size, model_seed, val_fraction, split_seed, update, ...
+        self.log = log
+
+    def _setup(self, ctx: RunContext, plan: RoundPlan, session, site: str) -> RoundSetup:
+        dp, encoder, s = ctx.dp_config, ctx.encoder, self.settings
+        return RoundSetup(
+            session=session, round_index=plan.round_index, client_id=ctx.site_ids[site], site=site,
+            run_id=ctx.ledger.run_id, noise_multiplier=dp.noise_multiplier,
+            max_grad_norm=dp.max_grad_norm, sample_rate=dp.sample_rate, local_steps=dp.steps,
+            learning_rate=dp.learning_rate, delta=dp.delta, secure_rng=dp.secure_mode, clip=encoder.clip,
+            max_summands=encoder.max_summands, encoder_bound=encoder.bound, weight_bound=ctx.weight_bound,
+            model=ctx.config.model, image_size=ctx.config.image_size, model_seed=ctx.config.seed,
+            val_fraction=ctx.config.val_fraction, split_seed=ctx.config.seed, update=s["update"],
+            synthetic_seed=s["synthetic_seed"], stage_timeout=self.stage_timeout, simulate_drop=s["simulate_drop"],
+        )
+
+    def run_round(self, ctx: RunContext, plan: RoundPlan, session, silent: Mapping[int, str],
+                  on_release: Callable[[frozenset], None]) -> FleetRound:
+        from flwr.app import ArrayRecord, RecordDict
+
+        if ctx.config.mode not in ("secagg", "secagg+") or ctx.ddp is not None or ctx.config.active:
+            raise NotImplementedError("over Flower: modes secagg and secagg+, passive, without distributed DP")
+        if silent:
+            raise ValueError("simulated dropouts do not apply over Flower: nodes drop by not answering in time")
+        coordinator = ctx.coordinator
+        global_arrays = ArrayRecord(numpy_ndarrays=[coordinator.global_shared[n].detach().cpu().numpy()
+                                                    for n in coordinator.shared_names])
+        node_of = {ctx.site_ids[n]: self.node_of[n] for n in plan.participants}
+        transport = FlowerTransport(self.grid, node_of, self.stage_timeout, group_id=str(plan.round_index),
+                                    log=self.log)
+        setup = {ctx.site_ids[n]: RecordDict({"session": self._setup(ctx, plan, session, n).to_record(),
+                                              "global": global_arrays})
+                 for n in plan.participants}
+        start = time.perf_counter()
+        transport.exchange("advertise", SETUP, setup)
+        setup_seconds = time.perf_counter() - start
+        # The engine asks every client it is given for its AdvertiseKeys: give it those that answered
+        # the setup in time (the others dropped before the protocol started, or refused the setup).
+        for cid, got in sorted(transport.answers.items()):
+            if isinstance(got, Exception):
+                self.log(f"round {plan.round_index}: {ctx.site_of(cid)} refused the round: {got}")
+        answered = sorted(cid for cid, got in transport.answers.items() if isinstance(got, bytes))
+        proxies = {cid: ClientProxy(cid, transport) for cid in answered}
+        outcome = run_masked_round(BatchingCoordinator(coordinator, transport), session, proxies, {}, on_release)
+        # Training happens inside the setup exchange, at the nodes: its wall time is "train".
+        return FleetRound(outcome=outcome, timings={"train": setup_seconds})

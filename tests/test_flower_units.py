@@ -1,0 +1,103 @@
+"""Issue 9, without processes: the round setup a node receives, and the ServerApp's run configuration.
+
+A node must refuse a malformed setup with a typed error, and the coordinator must refuse a run
+configuration it cannot honour (an unknown key, a mode not carried over Flower, no run directory)
+before anything starts.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+pytest.importorskip("flwr")
+
+import secagg  # noqa: E402
+from simulation.config import ConfigError  # noqa: E402
+from simulation.flower.server_app import DEFAULTS, flower_config  # noqa: E402
+from simulation.flower.transport import RoundSetup  # noqa: E402
+
+
+def _setup(**overrides) -> RoundSetup:
+    session = secagg.SessionConfig(session_id=secagg.new_session_id(), participants=(1, 2, 3, 4), threshold=3,
+                                   vector_length=101, bit_width=32, degree=None)
+    values = dict(session=session, round_index=2, client_id=3, site="site-3", run_id="abc-123",
+                  noise_multiplier=1.1, max_grad_norm=1.0, sample_rate=0.1, local_steps=3, learning_rate=2e-3,
+                  delta=1e-5, secure_rng=True, clip=1.0, max_summands=4, encoder_bound=12345, weight_bound=64.0,
+                  model="compact-ae", image_size=32, model_seed=0, val_fraction=0.25, split_seed=0,
+                  update="dp-sgd", synthetic_seed=0, stage_timeout=30.0, simulate_drop="")
+    return RoundSetup(**(values | overrides))
+
+
+def test_round_setup_survives_the_config_record():
+    setup = _setup()
+    assert RoundSetup.from_record(setup.to_record()) == setup
+    sparse = _setup(session=secagg.SessionConfig(session_id=secagg.new_session_id(), participants=tuple(range(1, 8)),
+                                                 threshold=3, vector_length=11, bit_width=64, degree=4))
+    assert RoundSetup.from_record(sparse.to_record()).session.degree == 4
+
+
+@pytest.mark.parametrize("key", ["session-id", "noise-multiplier", "client-id", "degree"])
+def test_a_setup_missing_a_field_is_refused_with_a_typed_error(key):
+    record = _setup().to_record()
+    del record[key]
+    with pytest.raises(secagg.MalformedMessageError, match="malformed round setup"):
+        RoundSetup.from_record(record)
+
+
+def test_a_setup_with_an_impossible_session_is_refused():
+    record = _setup().to_record()
+    record["threshold"] = 9  # more than the 4 participants
+    with pytest.raises(secagg.MalformedMessageError):
+        RoundSetup.from_record(record)
+
+
+def test_active_mode_is_not_sent_over_flower():
+    keys = {i: secagg.crypto.SigningKeyPair.generate().verify_key for i in (1, 2, 3)}
+    active = secagg.SessionConfig(session_id=secagg.new_session_id(), participants=(1, 2, 3), threshold=2,
+                                  vector_length=5, bit_width=32, active=True, verify_keys=keys)
+    with pytest.raises(secagg.InvalidInputError, match="active mode"):
+        _setup(session=active).to_record()
+
+
+def _cfg(**overrides):
+    return DEFAULTS | {"out": "/tmp/run"} | overrides
+
+
+def test_flower_config_maps_onto_the_simulation_config():
+    config = flower_config(_cfg(**{"mode": "secagg+", "num-sites": 5, "epsilon": 3.0, "local-steps": 4}))
+    assert (config.mode, config.sites, config.epsilon, config.local_steps) == ("secagg+", 5, 3.0, 4)
+    assert config.threshold is None and config.baselines == ()
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"mode": "he"}, "not carried over Flower"),
+    ({"mode": "plain"}, "not carried over Flower"),
+    ({"out": ""}, "run directory"),
+    ({"update": "random"}, "dp-sgd"),
+    ({"epsilon": -1.0}, "epsilon"),
+    ({"max-records": 0}, "max-records"),
+    ({"num-site": 3}, "unknown run-config keys"),
+])
+def test_flower_config_refuses_what_it_cannot_honour(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        flower_config(_cfg(**overrides))
+
+
+def test_loopback_certificates_chain_to_their_ca_and_keep_the_key_private(tmp_path):
+    import ipaddress
+    import stat
+
+    from cryptography import x509
+
+    from simulation.flower.tls import write_loopback_certificates
+
+    certs = write_loopback_certificates(tmp_path / "tls")
+    ca = x509.load_pem_x509_certificate(certs.ca_cert.read_bytes())
+    server = x509.load_pem_x509_certificate(certs.server_cert.read_bytes())
+    server.verify_directly_issued_by(ca)
+    names = server.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert ipaddress.ip_address("127.0.0.1") in names.get_values_for_type(x509.IPAddress)
+    assert "localhost" in names.get_values_for_type(x509.DNSName)
+    assert stat.S_IMODE(certs.server_key.stat().st_mode) == 0o600
+    again = write_loopback_certificates(tmp_path / "other")  # fresh keys every time
+    assert again.server_key.read_bytes() != certs.server_key.read_bytes()
