@@ -20,10 +20,26 @@ RATIOS = [
     ("server unmask n=50, m=1e6, 10% dropped / 27 s peer", "server_unmask_n50_1m", 27.0, "target <= 1/20"),
     ("server unmask n=50, m=1e6 / plain numpy sum of 45 vectors", "server_unmask_n50_1m", ("floor_numpy_sum_45x1m", 1),
      "mask removal on top of the unavoidable sum"),
+    ("client masking m=1e6, k=10 / Flower SecAgg+ client (same run)", "client_mask_1m_k10",
+     ("peer_flower_client_mask_1m_k10", 1), "ours/peer; Flower's figure includes its quantization of the update"),
+    ("server unmask n=50, m=1e6, 10% dropped / Flower SecAgg+ server (same run)", "server_unmask_n50_1m",
+     ("peer_flower_server_unmask_n50_1m", 1), "ours/peer, target <= 1/20"),
     ("DP-SGD step (CSPRNG noise) / non-private step", "step_dp_sgd_csprng_b16_64px",
      ("step_non_private_b16_64px", 1), "target <= 2.5x"),
     ("DP-SGD step (torch RNG) / non-private step", "step_dp_sgd_torch_rng_b16_64px",
      ("step_non_private_b16_64px", 1), "Opacus as shipped"),
+]
+
+# Whole rounds of the scaling grid against Flower's SecAgg+ at the same n, m, dropouts, k and t
+# (benchmarks/test_bench_scaling.py and test_bench_peer.py; both slow, both in `make bench`).
+RATIOS += [
+    (f"scaling {graph} n={n} m={m:.0e} drop={drop}% / Flower SecAgg+ (same run)",
+     f"scaling_{graph}_n{n}_m{m}_drop{drop}", (f"peer_flower_scaling_{graph}_n{n}_m{m}_drop{drop}", 1),
+     "ours/peer, whole round")
+    for graph, sizes in (("complete", (10, 50, 100)), ("secagg+", (50, 100)))
+    for n in sizes
+    for m in (100_000, 1_000_000)
+    for drop in (0, 10)
 ]
 
 

@@ -19,6 +19,8 @@ import pytest
 import secagg
 from secagg import ClientSession, FixedPointEncoder, ServerSession, SessionConfig, new_session_id, wire
 
+from .conftest import record
+
 CASES = [
     (graph, n, m, drop)
     for graph, sizes in (("complete", (10, 50, 100)), ("secagg+", (50, 100, 1000)))
@@ -86,3 +88,4 @@ def _run(graph, n, m, drop):
 def test_scaling(benchmark, graph, n, m, drop):
     result = benchmark.pedantic(_run, args=(graph, n, m, drop), rounds=1, iterations=1)
     benchmark.extra_info.update(result, graph=graph, n=n, m=m, dropout=drop)
+    record(benchmark, f"scaling_{graph}_n{n}_m{m}_drop{int(drop * 100)}")
