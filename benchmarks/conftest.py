@@ -42,6 +42,14 @@ RATIOS += [
     for drop in (0, 10)
 ]
 
+# The HE path against the CKKS setting other FL platforms ship (TenSEAL, N = 8192, [60, 40, 40]).
+RATIOS += [
+    (f"HE {what} {size} / peer-style CKKS [60,40,40] (same run)", f"he_ours_{what}_{size}",
+     (f"he_peer_60_40_40_{what}_{size}", 1), "ours/peer")
+    for what in ("encrypt_one_site", "coordinator_sum_10_sites", "decrypt_sum")
+    for size in ("100k", "1m")
+]
+
 
 def record(benchmark, name: str) -> None:
     MEDIANS[name] = benchmark.stats.stats.median
