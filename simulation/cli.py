@@ -4,7 +4,8 @@ Subcommands: ``demo`` (a protocol demonstration with dropouts and a
 malicious-coordinator attack), ``params`` (the SecAgg+ parameter finder),
 ``epsilon`` and ``noise`` (privacy accounting and calibration), ``ledger show``
 and ``ledger verify`` (the run's privacy ledger), ``dpia`` (a Data Protection Impact Assessment
-drawn from a run directory), ``audit`` (an empirical lower bound on epsilon).
+drawn from a run directory), ``audit`` (an empirical lower bound on epsilon),
+``keys new`` (a site's Ed25519 identity for active mode across machines).
 Exit codes: 0 success, 2 bad input (a one-line error on stderr), 1 a failed
 check (e.g. a ledger that does not verify).
 """
@@ -273,6 +274,23 @@ def _cmd_data_synth(args: argparse.Namespace) -> int:
         print(f"  {site}: {counts.get((site, 'healthy'), 0)} healthy, {counts.get((site, 'pathology'), 0)} "
               "pathological volumes")
     print(f"  layout: SITE/healthy/*.nii.gz, SITE/pathology/*.nii.gz with *_mask.nii.gz; manifest {args.out}/cohort.json")
+    return 0
+
+
+def _cmd_keys_new(args: argparse.Namespace) -> int:
+    from .identity import add_to_registry, write_identity
+
+    identity = write_identity(args.out, args.site)
+    registry = add_to_registry(args.registry, identity) if args.registry else None
+    if args.json:
+        print(json.dumps(identity.to_dict() | {"registry": args.registry,
+                                               "registered_sites": sorted(registry) if registry else None}, indent=2))
+        return 0
+    print(f"wrote {identity.signing_key_path} (mode 0600: this site's signing key; it never leaves this machine)")
+    print(f"verify key of {identity.site}: {identity.verify_key.hex()}")
+    if args.registry:
+        print(f"added to {args.registry} ({len(registry)} sites); every site needs an identical copy, "
+              "delivered out of band - never from the coordinator alone")
     return 0
 
 
@@ -548,6 +566,28 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--overwrite", action="store_true", help="replace a different cohort already in --out")
     synth.add_argument("--json", action="store_true", help="print one JSON object")
     synth.set_defaults(func=_cmd_data_synth)
+
+    keys = sub.add_parser("keys", help="site identities for active mode across machines", formatter_class=_Formatter,
+                          epilog="Example:\n  secagg keys new --site site-1 --out /var/secagg/keys --registry registry.json")
+    keys_sub = keys.add_subparsers(dest="keys_command", required=True, parser_class=_Parser)
+    new_key = keys_sub.add_parser(
+        "new", formatter_class=_Formatter,
+        help="generate a site's Ed25519 identity (and register its verify key)",
+        description=(
+            "Writes OUT/SITE.ed25519 (the signing key, mode 0600; never overwritten) and prints the verify key.\n"
+            "Active mode checks every signature against a registry of the sites' verify keys that each site\n"
+            "holds itself (JSON: site -> hex key); --registry adds this site's key to such a file. Deliver the\n"
+            "finished registry to every site out of band: a key list that only the coordinator hands out\n"
+            "would let it substitute identities."
+        ),
+        epilog=("Examples:\n  secagg keys new --site site-1 --out keys/ --registry registry.json\n"
+                "  secagg keys new --site site-2 --out keys/ --registry registry.json --json"),
+    )
+    new_key.add_argument("--site", required=True, help="the site's name (as its node reports it)")
+    new_key.add_argument("--out", required=True, help="directory for the signing key")
+    new_key.add_argument("--registry", help="a registry JSON file to add the verify key to (created if missing)")
+    new_key.add_argument("--json", action="store_true", help="print one JSON object")
+    new_key.set_defaults(func=_cmd_keys_new)
 
     dpia = sub.add_parser(
         "dpia", help="a Data Protection Impact Assessment (GDPR Art. 35) drawn from a run directory",

@@ -1,7 +1,8 @@
 """Issue 9: the federated round over Flower, through Flower's own tooling (``flwr run``).
 
-* deployment engine over **TLS**: a SuperLink and 3 SuperNodes on loopback, with
-  certificates made at run time (:mod:`simulation.flower.tls`);
+* deployment engine over **TLS**, in **active mode**: a SuperLink and 3 SuperNodes on
+  loopback, with certificates made at run time (:mod:`simulation.flower.tls`) and each
+  site's Ed25519 identity checked against the nodes' own registry (:mod:`simulation.identity`);
 * simulation engine: a SuperLink in ``--simulation`` mode with 3 simulated nodes (Ray).
 
 Each run: three sites, two rounds; in round 1 site-3 stops answering at
@@ -241,15 +242,27 @@ def _check_run(run_dir: Path, summary: dict, node_state: dict[str, Path]) -> Non
     assert np.max(np.abs(flower_vector - flatten(dict(_initial_model().named_parameters()), names))) > 10 * tolerance
 
 
-def test_deployment_engine_over_tls_two_rounds_with_a_dropout(federation, tmp_path):
+def test_deployment_engine_over_tls_active_mode_two_rounds_with_a_dropout(federation, tmp_path):
+    from simulation.identity import add_to_registry, write_identity
+
+    # Each hospital's own identity; the registry reaches every node (and the coordinator) out of band.
+    registry = tmp_path / "registry.json"
+    keys = {site: write_identity(tmp_path / f"keys-{site}", site) for site in SITES}
+    for identity in keys.values():
+        add_to_registry(registry, identity)
     federation.superlink()
     states = {site: tmp_path / f"node-{site}" for site in SITES}
     for i, site in enumerate(SITES):
         drop = ' drop="1:mask"' if site == "site-3" else ""
-        federation.supernode(i, f'site="{site}" state-dir="{states[site]}" epsilon-budget=8.0{drop}')
+        federation.supernode(i, f'site="{site}" state-dir="{states[site]}" epsilon-budget=8.0 '
+                                f'signing-key="{keys[site].signing_key_path}" registry="{registry}"{drop}')
     run_dir = tmp_path / "run"
-    summary = federation.run(run_dir, update="synthetic")
+    summary = federation.run(run_dir, update="synthetic", active=True, registry=str(registry))
     _check_run(run_dir, summary, states)
+    assert summary["active"] is True
+    metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    # The ConsistencyCheck round ran: the survivors signed the list of who uploaded.
+    assert metrics[1]["survivors_per_stage"]["consistency"] == ["site-1", "site-2"]
     assert "Uvicorn running on https://" in (tmp_path / "superlink.log").read_text()
 
 

@@ -7,6 +7,8 @@ before anything starts.
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 
 pytest.importorskip("flwr")
@@ -20,7 +22,8 @@ from simulation.flower.transport import RoundSetup  # noqa: E402
 def _setup(**overrides) -> RoundSetup:
     session = secagg.SessionConfig(session_id=secagg.new_session_id(), participants=(1, 2, 3, 4), threshold=3,
                                    vector_length=101, bit_width=32, degree=None)
-    values = dict(session=session, round_index=2, client_id=3, site="site-3", run_id="abc-123",
+    session = overrides.pop("session", session)
+    values = dict(session=session, site_names=tuple(f"site-{p}" for p in session.participants), round_index=2, client_id=3, site="site-3", run_id="abc-123",
                   noise_multiplier=1.1, max_grad_norm=1.0, sample_rate=0.1, local_steps=3, learning_rate=2e-3,
                   delta=1e-5, secure_rng=True, clip=1.0, max_summands=4, encoder_bound=12345, weight_bound=64.0,
                   model="compact-ae", image_size=32, model_seed=0, val_fraction=0.25, split_seed=0,
@@ -51,12 +54,41 @@ def test_a_setup_with_an_impossible_session_is_refused():
         RoundSetup.from_record(record)
 
 
-def test_active_mode_is_not_sent_over_flower():
-    keys = {i: secagg.crypto.SigningKeyPair.generate().verify_key for i in (1, 2, 3)}
+def _active_setup(tmp_path, forge: bool = False):
+    from simulation.identity import add_to_registry, write_identity
+
+    registry = tmp_path / "registry.json"
+    identities = {cid: write_identity(tmp_path / "keys", f"site-{cid}") for cid in (1, 2, 3)}
+    for identity in identities.values():
+        add_to_registry(registry, identity)
+    keys = {cid: identity.verify_key for cid, identity in identities.items()}
+    if forge:  # the coordinator puts its own key in place of site-2's
+        keys[2] = secagg.crypto.SigningKeyPair.generate().verify_key
     active = secagg.SessionConfig(session_id=secagg.new_session_id(), participants=(1, 2, 3), threshold=2,
                                   vector_length=5, bit_width=32, active=True, verify_keys=keys)
-    with pytest.raises(secagg.InvalidInputError, match="active mode"):
-        _setup(session=active).to_record()
+    setup = _setup(session=active, client_id=3, site="site-3", max_summands=3)
+    context = SimpleNamespace(node_config={"signing-key": str(identities[3].signing_key_path),
+                                           "registry": str(registry)}, run_config={})
+    return setup, context, identities
+
+
+def test_an_active_setup_carries_the_verify_keys(tmp_path):
+    setup, _, identities = _active_setup(tmp_path)
+    parsed = RoundSetup.from_record(setup.to_record())
+    assert parsed == setup and parsed.session.verify_keys[2] == identities[2].verify_key
+
+
+def test_a_node_signs_only_for_sessions_whose_keys_match_its_own_registry(tmp_path):
+    from simulation.flower.client_app import _signing_key
+
+    setup, context, identities = _active_setup(tmp_path)
+    seed = _signing_key(context, setup)
+    secagg.crypto.verify_signature(identities[3].verify_key, b"m", secagg.crypto.sign(seed, b"m"))
+    forged, context, _ = _active_setup(tmp_path / "forged", forge=True)
+    with pytest.raises(secagg.VerificationError, match="site-2"):
+        _signing_key(context, forged)
+    with pytest.raises(secagg.InvalidInputError, match="signing-key"):
+        _signing_key(SimpleNamespace(node_config={}, run_config={}), setup)
 
 
 def _cfg(**overrides):
@@ -72,6 +104,7 @@ def test_flower_config_maps_onto_the_simulation_config():
 @pytest.mark.parametrize("overrides, message", [
     ({"mode": "he"}, "not carried over Flower"),
     ({"mode": "plain"}, "not carried over Flower"),
+    ({"active": True}, "registry"),
     ({"out": ""}, "run directory"),
     ({"update": "random"}, "dp-sgd"),
     ({"epsilon": -1.0}, "epsilon"),

@@ -13,14 +13,16 @@ decides who dropped.
 
 Each node trains with DP-SGD on its own NIfTI data, encodes, masks, and keeps
 its own privacy ledger and budget (it refuses a round that would pass it, and
-commits its spend before its masked update leaves). Tested
-(``tests/test_flower.py``) on Flower's deployment engine - a SuperLink and three
-SuperNodes on loopback over TLS, with certificates from :mod:`.tls` - and on
-its simulation engine (Ray).
+commits its spend before its masked update leaves). In active mode each node
+signs with its own Ed25519 key and accepts a session only if every verify key
+in it matches its own copy of the consortium's registry
+(:mod:`simulation.identity`), so the coordinator cannot substitute identities.
+Tested (``tests/test_flower.py``) on Flower's deployment engine - a SuperLink
+and three SuperNodes on loopback over TLS, with certificates from :mod:`.tls`,
+in active mode - and on its simulation engine (Ray).
 
-Not carried over Flower yet: active mode (it needs a registry of the sites'
-verify keys that does not trust the coordinator), the HE path, distributed DP
-and the plain baseline (all four run in ``secagg simulate``), models that keep
+Not carried over Flower yet: the HE path, distributed DP and the plain
+baseline (all three run in ``secagg simulate``), models that keep
 parameters at the sites between rounds (FedDis), and evaluation at the nodes.
 Each node keeps its ``ClientSession`` - private keys included - pickled in
 Flower's ``context.state`` between the messages of a round (on the hospital's

@@ -23,6 +23,10 @@ Node configuration (``flower-supernode --node-config``):
   optionally ``pathology/``, :func:`models.load_site`); needed for ``dp-sgd``.
 * ``state-dir`` (str) and ``epsilon-budget`` (float): the node's own ledger
   (``STATE_DIR/ledgers/<run id>/``) and budget, and the preprocessing cache.
+* ``signing-key`` and ``registry`` (str, active mode): the site's Ed25519 key
+  file and its own copy of the consortium's registry of verify keys
+  (:mod:`simulation.identity`); a session whose verify keys differ from the
+  registry is refused.
 * ``drop`` (str, tests and demos): ``"ROUND:STAGE"`` (stages ``advertise share
   mask consistency unmask``): there the node stops answering - it sleeps past
   the stage timeout and replies with nothing - so Flower's timeout decides it
@@ -187,6 +191,24 @@ def _local_update(setup: RoundSetup, context: Context, global_arrays) -> tuple[n
     return update.vector, update.num_records
 
 
+def _signing_key(context: Context, setup: RoundSetup) -> bytes | None:
+    """Active mode: this site's signing key, once the session's verify keys match our own registry."""
+    from ..identity import check_session_keys, load_registry, load_signing_key
+
+    if not setup.session.active:
+        return None
+    key_path, registry_path = context.node_config.get("signing-key"), context.node_config.get("registry")
+    if not key_path or not registry_path:
+        raise secagg.InvalidInputError("active mode: start this node with --node-config "
+                                       "'signing-key=\"FILE\" registry=\"FILE\"' (see `secagg keys new`)")
+    identity = load_signing_key(str(key_path))
+    registry = load_registry(str(registry_path))
+    if registry.get(setup.site) != identity.verify_key:
+        raise secagg.InvalidInputError(f"this node's signing key is not site {setup.site!r}'s key in its registry")
+    check_session_keys(setup.session.verify_keys, setup.sites_by_client, registry)
+    return identity.seed
+
+
 def _encoder(setup: RoundSetup) -> secagg.FixedPointEncoder:
     encoder = secagg.FixedPointEncoder.create(clip=setup.clip, max_summands=setup.max_summands,
                                               bit_width=setup.session.bit_width)
@@ -207,11 +229,13 @@ def setup_round(message: Message, context: Context) -> Message:
         setup = RoundSetup.from_record(message.content.config_records["session"])
     except (KeyError, secagg.MalformedMessageError) as exc:
         return _refuse(message, f"malformed setup: {exc}")
-    if setup.site != site_name(context):
-        return _refuse(message, f"setup addressed to site {setup.site!r}; this node is {site_name(context)!r}")
+    if setup.site != site_name(context) or setup.sites_by_client.get(setup.client_id) != setup.site:
+        return _refuse(message, f"setup addressed to site {setup.site!r} as client {setup.client_id}; this node "
+                                f"is {site_name(context)!r}")
     if _drop_point(context) == (setup.round_index, "advertise"):
         return _vanish(context, message, setup.stage_timeout)
     try:
+        signing_key = _signing_key(context, setup)
         ledger = _ledger(context, setup)
         if ledger is not None:
             try:
@@ -235,7 +259,7 @@ def setup_round(message: Message, context: Context) -> Message:
         ring, _ = encode_update(vector, records, encoder, setup.weight_bound)
     except (secagg.ProtocolError, PrivacyError, ValueError) as exc:
         return _refuse(message, f"{type(exc).__name__}: {exc}")
-    session = secagg.ClientSession(setup.session, setup.client_id, masked_input=ring)
+    session = secagg.ClientSession(setup.session, setup.client_id, masked_input=ring, signing_key=signing_key)
     advertise = session.advertise()
     context.state[_STATE] = ConfigRecord({"session": pickle.dumps(session), "setup": pickle.dumps(setup),
                                           "dropped": False})

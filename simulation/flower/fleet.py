@@ -41,7 +41,8 @@ class FlowerFleet(Fleet):
     def _setup(self, ctx: RunContext, plan: RoundPlan, session, site: str) -> RoundSetup:
         dp, encoder, s = ctx.dp_config, ctx.encoder, self.settings
         return RoundSetup(
-            session=session, round_index=plan.round_index, client_id=ctx.site_ids[site], site=site,
+            session=session, site_names=tuple(ctx.site_of(cid) for cid in session.participants),
+            round_index=plan.round_index, client_id=ctx.site_ids[site], site=site,
             run_id=ctx.ledger.run_id, noise_multiplier=dp.noise_multiplier,
             max_grad_norm=dp.max_grad_norm, sample_rate=dp.sample_rate, local_steps=dp.steps,
             learning_rate=dp.learning_rate, delta=dp.delta, secure_rng=dp.secure_mode, clip=encoder.clip,
@@ -55,8 +56,8 @@ class FlowerFleet(Fleet):
                   on_release: Callable[[frozenset], None]) -> FleetRound:
         from flwr.app import ArrayRecord, RecordDict
 
-        if ctx.config.mode not in ("secagg", "secagg+") or ctx.ddp is not None or ctx.config.active:
-            raise NotImplementedError("over Flower: modes secagg and secagg+, passive, without distributed DP")
+        if ctx.config.mode not in ("secagg", "secagg+") or ctx.ddp is not None:
+            raise NotImplementedError("over Flower: modes secagg and secagg+, without distributed DP")
         if silent:
             raise ValueError("simulated dropouts do not apply over Flower: nodes drop by not answering in time")
         coordinator = ctx.coordinator

@@ -16,7 +16,9 @@ Run configuration (``[tool.flwr.app.config]`` of ``app/pyproject.toml``, or
   ``stage-timeout`` (seconds a stage waits for answers; who has not answered
   dropped), ``out`` (the run directory on the coordinator's machine; required),
   ``resume`` (continue the run in ``out``);
-* protocol: ``mode`` (``secagg`` or ``secagg+``), ``threshold`` (0: the smallest
+* protocol: ``mode`` (``secagg`` or ``secagg+``), ``active`` (signed keys and the
+  ConsistencyCheck round) with ``registry`` (the consortium's verify keys,
+  :mod:`simulation.identity`; every node checks the session against its own copy), ``threshold`` (0: the smallest
   safe t), ``update-clip``, ``dropout`` (expected per-stage dropout rate: the
   SecAgg+ parameter finder's input), ``corrupt-fraction``;
 * privacy: ``epsilon``, ``delta``, ``secure-rng``, ``budget-policy``, ``on-abort``;
@@ -58,7 +60,7 @@ app = ServerApp()
 
 DEFAULTS = {
     "num-sites": 3, "node-wait": 120.0, "stage-timeout": 60.0, "out": "", "resume": False,
-    "mode": "secagg", "threshold": 0, "update-clip": 1.0, "dropout": 0.0, "corrupt-fraction": 0.0,
+    "mode": "secagg", "active": False, "registry": "", "threshold": 0, "update-clip": 1.0, "dropout": 0.0, "corrupt-fraction": 0.0,
     "epsilon": 8.0, "delta": 1e-5, "secure-rng": True, "budget-policy": "sit-out", "on-abort": "continue",
     "model": "compact-ae", "image-size": 32, "rounds": 2, "local-steps": 3, "sample-rate": 0.1,
     "max-grad-norm": 1.0, "learning-rate": 2e-3, "seed": 0, "val-fraction": 0.25, "max-records": 4096,
@@ -69,7 +71,7 @@ DEFAULTS = {
 
 #: run-config key -> SimulationConfig field
 _CONFIG_KEYS = {
-    "mode": "mode", "update-clip": "update_clip", "dropout": "dropout", "corrupt-fraction": "corrupt_fraction",
+    "mode": "mode", "active": "active", "update-clip": "update_clip", "dropout": "dropout", "corrupt-fraction": "corrupt_fraction",
     "epsilon": "epsilon", "delta": "delta", "secure-rng": "secure_rng", "budget-policy": "budget_policy",
     "on-abort": "on_abort", "model": "model", "image-size": "image_size", "rounds": "rounds",
     "local-steps": "local_steps", "sample-rate": "sample_rate", "max-grad-norm": "max_grad_norm",
@@ -96,6 +98,8 @@ def flower_config(cfg: dict) -> SimulationConfig:
         raise ConfigError(f"update must be 'dp-sgd' or 'synthetic'; got {cfg['update']!r}")
     if not str(cfg["out"]):
         raise ConfigError("set out=\"/path/to/run-dir\": the coordinator's run directory (ledger, checkpoints)")
+    if config.active and not str(cfg["registry"]):
+        raise ConfigError("active mode needs registry=\"FILE\": the consortium's verify keys (secagg keys new)")
     if int(cfg["max-records"]) < 1:
         raise ConfigError(f"max-records must be >= 1; got {cfg['max-records']}")
     return config
@@ -154,7 +158,17 @@ def run_federation(grid: Grid, cfg: dict) -> dict:
                           "the nodes hold no state between rounds yet: use a fully shared model (compact-ae, conv-ae)")
     coordinator = Coordinator({n: p.detach().clone() for n, p in reference.named_parameters()}, shared_names)
     weight_bound = float(2 ** math.ceil(math.log2(int(cfg["max-records"]))))
-    run = open_run(config, names, coordinator, weight_bound, str(cfg["out"]), resume=bool(cfg["resume"]), log=_log)
+    verify_keys = {}
+    if config.active:
+        from ..identity import load_registry
+
+        registry = load_registry(str(cfg["registry"]))
+        missing = sorted(set(names) - set(registry))
+        if missing:
+            raise ConfigError(f"sites {missing} are not in the registry {cfg['registry']}")
+        verify_keys = {name: registry[name] for name in names}
+    run = open_run(config, names, coordinator, weight_bound, str(cfg["out"]), resume=bool(cfg["resume"]), log=_log,
+                   verify_keys=verify_keys)
     fleet = FlowerFleet(grid, node_of, float(cfg["stage-timeout"]), {
         "update": str(cfg["update"]), "synthetic_seed": int(cfg["synthetic-seed"]),
         "simulate_drop": str(cfg["simulate-drop"]),
@@ -169,6 +183,7 @@ def run_federation(grid: Grid, cfg: dict) -> dict:
         "engine": "flower",
         "mode": config.mode,
         "protection": "secure aggregation over Flower: the coordinator saw only sums of masked updates",
+        "active": config.active,
         "sites": names,
         "rounds_planned": config.rounds,
         "rounds_completed": sum(m["status"] == "completed" for m in metrics),

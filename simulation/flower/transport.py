@@ -46,13 +46,15 @@ STAGE_OF = {KeyDirectory: "share", MaskedInputRequest: "mask", ConsistencyReques
 class RoundSetup:
     """The public parameters of one round, as a node receives them (ConfigRecord "session").
 
-    Everything here is public: the session (nonce, participants, threshold, sizes,
-    graph degree), the DP-SGD parameters every site uses (a node checks their spend
+    Everything here is public: the session (nonce, participants and their sites,
+    threshold, sizes, graph degree; in active mode the verify keys, which a node checks
+    against its own copy of the consortium's registry), the DP-SGD parameters every site uses (a node checks their spend
     against its own ledger before training), the encoding (a node rebuilds the encoder
     and refuses one whose bound differs), the model and the node's own client id.
     """
 
     session: secagg.SessionConfig
+    site_names: tuple  # the site of each participant, in the order of session.participants
     round_index: int
     client_id: int
     site: str
@@ -87,8 +89,8 @@ class RoundSetup:
         from flwr.app import ConfigRecord
 
         config = self.session
-        if config.active:
-            raise secagg.InvalidInputError("active mode is not carried over Flower (no verify-key registry)")
+        if len(self.site_names) != len(config.participants):
+            raise secagg.InvalidInputError("one site name per participant is needed")
         values = {
             "session-id": bytes(config.session_id),
             "participants": [int(p) for p in config.participants],
@@ -96,6 +98,9 @@ class RoundSetup:
             "vector-length": int(config.vector_length),
             "bit-width": int(config.bit_width),
             "degree": -1 if config.degree is None else int(config.degree),
+            "site-names": [str(n) for n in self.site_names],
+            "active": bool(config.active),
+            "verify-keys": [bytes(config.verify_keys[p]) for p in config.participants] if config.active else [],
         }
         for name in self._SCALARS:
             value = getattr(self, name)
@@ -109,20 +114,34 @@ class RoundSetup:
 
         try:
             degree = int(record["degree"])
+            participants = tuple(int(p) for p in record["participants"])
+            active = bool(record["active"])
+            keys = [bytes(k) for k in record["verify-keys"]]
+            if active and len(keys) != len(participants):
+                raise ValueError(f"{len(keys)} verify keys for {len(participants)} participants")
+            site_names = tuple(str(n) for n in record["site-names"])
+            if len(site_names) != len(participants):
+                raise ValueError(f"{len(site_names)} site names for {len(participants)} participants")
             session = secagg.SessionConfig(
                 session_id=bytes(record["session-id"]),
-                participants=tuple(int(p) for p in record["participants"]),
+                participants=participants,
                 threshold=int(record["threshold"]),
                 vector_length=int(record["vector-length"]),
                 bit_width=int(record["bit-width"]),
                 degree=None if degree < 0 else degree,
+                active=active,
+                verify_keys=dict(zip(participants, keys)) if active else {},
             )
             types = {f.name: f.type for f in dataclasses.fields(cls)}
             cast = {"int": int, "float": float, "str": str, "bool": bool}
             values = {name: cast[types[name]](record[name.replace("_", "-")]) for name in cls._SCALARS}
         except (KeyError, TypeError, ValueError, secagg.ProtocolError) as exc:
             raise secagg.MalformedMessageError(f"malformed round setup: {type(exc).__name__}: {exc}") from None
-        return cls(session=session, **values)
+        return cls(session=session, site_names=site_names, **values)
+
+    @property
+    def sites_by_client(self) -> dict:
+        return dict(zip(self.session.participants, self.site_names))
 
 
 class FlowerTransport:
