@@ -328,9 +328,11 @@ def _dataflow_svg(mode: str) -> str:
 def _wp248(run: dict) -> list[tuple[str, str, str]]:
     summary = run["summary"] or {}
     sites = summary.get("sites") or {s: {} for s in run["ledger"]["budgets"]}
-    slices = sum(int(v.get("training_slices", 0)) for v in sites.values())
+    counts = [v.get("training_slices") for v in sites.values()]
+    slices = (f"{sum(int(c) for c in counts)} training slices" if all(c is not None for c in counts)
+              else "training sets whose sizes stay at the sites")
     n_sites = len(sites)
-    large = ("possibly - controller to confirm", f"{n_sites} sites (hospitals) and {slices} training slices in this "
+    large = ("possibly - controller to confirm", f"{n_sites} sites (hospitals) and {slices} in this "
              "run; WP248 factors are the number of data subjects, volume, duration and geographic extent. A "
              "multi-hospital deployment over real patient cohorts is likely large scale.")
     return [
@@ -471,8 +473,13 @@ def build_dpia(run_dir, org: dict | None = None, *, today: str | None = None) ->
     ))
 
     # 35(7)(a)
-    site_rows = [(s, (summary.get("sites") or {}).get(s, {}).get("training_slices", "n/a"), _num(led["budgets"][s]))
-                 for s in sites]
+    flower = summary.get("engine") == "flower"
+
+    def _slices(site: str) -> str:
+        count = (summary.get("sites") or {}).get(site, {}).get("training_slices", "n/a")
+        return "held at the site (not reported to the coordinator)" if count is None else str(count)
+
+    site_rows = [(s, _slices(s), _num(led["budgets"][s])) for s in sites]
     sections.append(_section(
         "description", "3. Systematic description of the processing and its purposes (Art. 35(7)(a))",
         _table(("Item", "Value"), [
@@ -488,8 +495,10 @@ def build_dpia(run_dir, org: dict | None = None, *, today: str | None = None) ->
             ("International transfers", _org(org, "international_transfers")),
             ("Model trained", f"{cfg.get('model')} autoencoder on {cfg.get('image_size')}x{cfg.get('image_size')} "
                               f"brain-MRI slices (anomaly detection)"),
-            ("Data used in this run", summary.get("scale", "n/a") + (" (synthetic cohort)" if cfg.get("data") is None
-                                                                     else "")),
+            ("Data used in this run", summary.get("data") if flower else
+             summary.get("scale", "n/a") + (" (synthetic cohort)" if cfg.get("data") is None else "")),
+            ("Engine", "Flower deployment: a coordinator ServerApp and one SuperNode per site, each on its "
+                       "own machine" if flower else "one-machine simulation of all sites (research)"),
             ("Rounds", f"{summary.get('rounds_completed', 'n/a')} completed of {cfg.get('rounds')} planned"),
             ("Aggregation protocol", _mode_text(mode, proto["active"])),
         ]),
@@ -606,6 +615,17 @@ def build_dpia(run_dir, org: dict | None = None, *, today: str | None = None) ->
 
         blocks.append(_warn("HE mode has a WEAKER trust model than masking. The library's threat model:"))
         blocks.append(_pre(THREAT_MODEL))
+    if flower:
+        deployment = summary.get("deployment") or {}
+        blocks.append(_p("Deployment (Flower):"))
+        blocks.append(_list([
+            "Transport: Flower's SuperLink serves the sites over TLS where the consortium configures it "
+            "(certificates from its PKI); only protocol messages (wire bytes) travel.",
+            f"Each site's own privacy accounting: {deployment.get('node_ledgers', 'n/a')}.",
+            f"Site identities: {deployment.get('identities', 'n/a')}.",
+            "Residual risk: during a round each node keeps its protocol session (private keys and its masked "
+            "update) in Flower's node state on its own machine, not encrypted at rest; protect the node host.",
+        ]))
     blocks.append(_p("Organisational and site security measures:"))
     blocks.append(_list(_org_list(org, "security_measures")))
     measures = _section("measures", "6. Measures envisaged (Art. 35(7)(d))", *blocks)

@@ -264,6 +264,13 @@ def test_deployment_engine_over_tls_active_mode_two_rounds_with_a_dropout(federa
     # The ConsistencyCheck round ran: the survivors signed the list of who uploaded.
     assert metrics[1]["survivors_per_stage"]["consistency"] == ["site-1", "site-2"]
     assert "Uvicorn running on https://" in (tmp_path / "superlink.log").read_text()
+    # The compliance journey works on a deployment's run directory too.
+    from simulation.dpia import write_dpia
+
+    path, _ = write_dpia(run_dir, fmt="md", out=tmp_path / "dpia.md")
+    text = path.read_text()
+    assert "Flower deployment" in text and "held at the site (not reported to the coordinator)" in text
+    assert "checked against every node's own registry" in text
 
 
 def test_simulation_engine_two_rounds_with_a_dropout(federation, tmp_path):

@@ -184,7 +184,16 @@ def run_federation(grid: Grid, cfg: dict) -> dict:
         "mode": config.mode,
         "protection": "secure aggregation over Flower: the coordinator saw only sums of masked updates",
         "active": config.active,
-        "sites": names,
+        # The coordinator never learns a site's data or its size (the FedAvg weight rides masked).
+        "sites": {name: {"training_slices": None} for name in names},
+        "preset": config.preset,
+        "scale": "user data",
+        "data": "each site's own data, on its own node; never on the coordinator",
+        "model": config.model,
+        "image_size": config.image_size,
+        "secagg_plus_parameters": run.ctx.protocol["finder"],
+        "dropouts_survived": sum(len(m["participants"]) - len(m["included"]) for m in metrics
+                                 if m["status"] == "completed"),
         "rounds_planned": config.rounds,
         "rounds_completed": sum(m["status"] == "completed" for m in metrics),
         "rounds_aborted": [m["round"] for m in metrics if m["status"] == "aborted"],
@@ -203,6 +212,14 @@ def run_federation(grid: Grid, cfg: dict) -> dict:
             "calibration_accountant": "tightest of rdp, prv, pld",
             "epsilon_spent": metrics[-1]["epsilon"] if metrics else {},
             "ledger_verified": verification.ok,
+            "secure_rng": config.secure_rng,
+            "site_level": None,
+        },
+        "deployment": {
+            "engine": "Flower (ServerApp + one SuperNode per site)",
+            "node_ledgers": "each node keeps its own ledger and budget and refuses rounds past it",
+            "identities": "each site's Ed25519 key, checked against every node's own registry" if config.active
+            else "none (passive mode)",
         },
         "update": str(cfg["update"]),
         "seconds": round(time.perf_counter() - started, 1),

@@ -1,0 +1,122 @@
+"""The Flower ServerApp and ClientApp code in one process (tests/flower_harness.py): fast checks
+of the paths the process-level tests (tests/test_flower.py) do not repeat - a coordinator crash
+and resume, a node's own budget, and a coordinator that forges an identity in active mode.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+pytest.importorskip("flwr")
+
+from flwr.common.constant import SUPERLINK_NODE_ID  # noqa: E402
+
+from dp import PrivacyLedger  # noqa: E402
+from simulation.flower import client_app  # noqa: E402
+from simulation.flower.server_app import DEFAULTS, run_federation  # noqa: E402
+
+from .flower_harness import InMemoryGrid, as_node  # noqa: E402
+
+SITES = ("site-1", "site-2", "site-3")
+RUN = {"num-sites": 3, "rounds": 3, "image-size": 16, "epsilon": 8.0, "local-steps": 2, "sample-rate": 0.25,
+       "update": "synthetic", "synthetic-seed": 5, "max-records": 64, "node-wait": 5.0}
+
+
+def _nodes(tmp_path, **per_site) -> dict[int, dict]:
+    return {100 + i: {"partition-id": i, "site": site, "state-dir": str(tmp_path / f"node-{site}"),
+                      "epsilon-budget": 8.0, "drop-sleep": 0.0} | per_site.get(site, {})
+            for i, site in enumerate(SITES)}
+
+
+def _federate(grid, run_dir, **config) -> dict:
+    with as_node(SUPERLINK_NODE_ID):
+        return run_federation(grid, DEFAULTS | RUN | {"out": str(run_dir)} | config)
+
+
+def _metrics(run_dir) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def _rounds_spent(directory, site) -> list[int]:
+    ledger = PrivacyLedger.open(directory)
+    try:
+        return [e.round for e in ledger.events(site)]
+    finally:
+        ledger.close()
+
+
+class _CrashingGrid(InMemoryGrid):
+    """The coordinator's machine dies instead of sending the ``nth`` protocol exchange of a round."""
+
+    def __init__(self, *args, round_index: int, nth: int, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.group, self.nth, self.seen = str(round_index), nth, 0
+
+    def send_and_receive(self, messages, *, timeout=None):
+        messages = list(messages)
+        first = messages[0].metadata
+        if (first.group_id, first.message_type) == (self.group, "query.secagg"):
+            self.seen += 1
+            if self.seen == self.nth:
+                raise SystemExit("the coordinator's machine died")
+        return super().send_and_receive(messages, timeout=timeout)
+
+
+def test_a_coordinator_crash_after_the_spend_resumes_without_counting_anything_twice(tmp_path):
+    nodes = _nodes(tmp_path)
+    run_dir = tmp_path / "run"
+    # Round 1 dies at Unmasking: its masked updates were in, so its spend was committed by the
+    # coordinator and by every node, and its aggregate is lost.
+    # The exchanges of a passive round: ShareKeys, MaskedInputCollection, Unmasking.
+    crashing = _CrashingGrid(client_app.app, nodes, DEFAULTS | RUN, round_index=1, nth=3)
+    with pytest.raises(SystemExit):
+        _federate(crashing, run_dir)
+    assert [m["round"] for m in _metrics(run_dir)] == [0]
+    grid = InMemoryGrid(client_app.app, nodes, DEFAULTS | RUN)
+    grid.contexts = crashing.contexts  # the same SuperNodes (their state survives the coordinator)
+    summary = _federate(grid, run_dir, resume=True)
+    metrics = _metrics(run_dir)
+    assert [(m["round"], m["status"]) for m in metrics] == [(0, "completed"), (2, "completed")]
+    state = json.loads((run_dir / "state.json").read_text())
+    assert state["rounds"]["1"].startswith("interrupted")
+    assert summary["rounds_completed"] == 2 and summary["privacy"]["ledger_verified"]
+    for site in SITES:
+        assert _rounds_spent(run_dir, site) == [0, 1, 2]  # round 1's release counted once
+        own = tmp_path / f"node-{site}" / "ledgers"
+        assert _rounds_spent(next(own.iterdir()), site) == [0, 1, 2]
+
+
+def test_a_node_over_its_own_budget_refuses_and_spends_nothing(tmp_path):
+    nodes = _nodes(tmp_path, **{"site-3": {"epsilon-budget": 0.5}})
+    run_dir = tmp_path / "run"
+    summary = _federate(InMemoryGrid(client_app.app, nodes, DEFAULTS | RUN), run_dir, rounds=1)
+    record = _metrics(run_dir)[0]
+    assert record["survivors_per_stage"]["advertise"] == ["site-1", "site-2"]
+    assert record["included"] == ["site-1", "site-2"]
+    assert summary["privacy"]["epsilon_spent"]["site-3"] is None
+    assert _rounds_spent(run_dir, "site-3") == []
+
+
+def test_honest_nodes_refuse_a_coordinator_that_forges_an_identity(tmp_path):
+    from simulation.identity import add_to_registry, write_identity
+
+    registry, forged = tmp_path / "registry.json", tmp_path / "forged.json"
+    keys = {site: write_identity(tmp_path / "keys", site) for site in SITES}
+    for site, identity in keys.items():
+        add_to_registry(registry, identity)
+        # The coordinator's copy has its own key in place of site-2's.
+        add_to_registry(forged, identity if site != "site-2" else write_identity(tmp_path / "evil", site))
+    nodes = _nodes(tmp_path, **{site: {"signing-key": str(keys[site].signing_key_path), "registry": str(registry)}
+                                for site in SITES})
+    run_dir = tmp_path / "run"
+    summary = _federate(InMemoryGrid(client_app.app, nodes, DEFAULTS | RUN), run_dir, rounds=1, active=True,
+                        registry=str(forged))
+    record = _metrics(run_dir)[0]
+    assert record["status"] == "aborted" and record["survivors_per_stage"]["advertise"] == []
+    assert summary["privacy"]["epsilon_spent"] == {site: None for site in SITES}
+    # With the true registry, the same nodes take part.
+    summary = _federate(InMemoryGrid(client_app.app, nodes, DEFAULTS | RUN), tmp_path / "run2", rounds=1,
+                        active=True, registry=str(registry))
+    assert summary["rounds_completed"] == 1
