@@ -39,7 +39,7 @@ from .rounds import RunContext, run_rounds
 from .runstore import RunDirectory, RunDirectoryError
 from .site import Site
 
-__all__ = ["run_simulation", "open_run", "OpenRun", "SimulationResult", "SimulationError", "resume_config"]
+__all__ = ["run_simulation", "open_run", "OpenRun", "privacy_summary", "SimulationResult", "SimulationError", "resume_config"]
 
 
 class SimulationError(ValueError):
@@ -435,7 +435,6 @@ def _finish(config, cohort, sites, coordinator, store, protocol, calibration, sh
 
     verification = verify_ledger(store.root)
     completed = [m for m in metrics if m["status"] == "completed"]
-    last_eps = metrics[-1]["epsilon"] if metrics else {}
     summary = {
         "mode": config.mode,
         "protection": (
@@ -457,30 +456,7 @@ def _finish(config, cohort, sites, coordinator, store, protocol, calibration, sh
         "threshold": protocol["threshold"],
         "graph": "complete" if protocol["degree"] is None else f"Harary degree {protocol['degree']}",
         "secagg_plus_parameters": protocol["finder"],
-        "privacy": {
-            "guarantee": "record-level (one training slice) DP of each site's released updates, "
-                         "add/remove-one adjacency",
-            "delta": config.delta,
-            "budget_per_site": config.epsilon,
-            "noise_multiplier": sigma,
-            "sample_rate": config.sample_rate,
-            "clipping_norm": config.max_grad_norm,
-            "local_steps_per_round": config.local_steps,
-            "calibration_accountant": "tightest of rdp, prv, pld",
-            "epsilon_spent": last_eps,
-            "ledger_verified": verification.ok,
-            "secure_rng": config.secure_rng,
-            "site_level": None if not config.distributed_dp else {
-                "guarantee": "site-level DP of each released sum (zero-out adjacency: one site's whole clipped "
-                             "update), if at least t minus the tolerated colluding sites add honest noise",
-                "mechanism": config.distributed_dp,
-                "budget": config.ddp_epsilon,
-                "delta": config.delta,
-                "l2_clip": config.ddp_clip,
-                "epsilon_spent": metrics[-1].get("site_level_epsilon") if metrics else {},
-                "accountant": "RDP of the distributed discrete mechanism (dp.distributed)",
-            },
-        },
+        "privacy": privacy_summary(config, sigma, metrics, verification.ok),
         "detection": results,
         "figures": figures,
         "baselines_note": "local/central baselines are counterfactual comparisons trained with the same "
@@ -491,6 +467,34 @@ def _finish(config, cohort, sites, coordinator, store, protocol, calibration, sh
 
     atomic_write_json(store.summary_path, summary)
     return summary
+
+
+def privacy_summary(config: SimulationConfig, noise_multiplier: float, metrics: list, ledger_verified: bool) -> dict:
+    """The privacy part of ``summary.json`` (every engine): guarantee, parameters, spend, ledger check."""
+    return {
+        "guarantee": "record-level (one training slice) DP of each site's released updates, "
+                     "add/remove-one adjacency",
+        "delta": config.delta,
+        "budget_per_site": config.epsilon,
+        "noise_multiplier": noise_multiplier,
+        "sample_rate": config.sample_rate,
+        "clipping_norm": config.max_grad_norm,
+        "local_steps_per_round": config.local_steps,
+        "calibration_accountant": "tightest of rdp, prv, pld",
+        "epsilon_spent": metrics[-1]["epsilon"] if metrics else {},
+        "ledger_verified": ledger_verified,
+        "secure_rng": config.secure_rng,
+        "site_level": None if not config.distributed_dp else {
+            "guarantee": "site-level DP of each released sum (zero-out adjacency: one site's whole clipped "
+                         "update), if at least t minus the tolerated colluding sites add honest noise",
+            "mechanism": config.distributed_dp,
+            "budget": config.ddp_epsilon,
+            "delta": config.delta,
+            "l2_clip": config.ddp_clip,
+            "epsilon_spent": metrics[-1].get("site_level_epsilon") if metrics else {},
+            "accountant": "RDP of the distributed discrete mechanism (dp.distributed)",
+        },
+    }
 
 
 def _figures(config, cohort, model, report, metrics, store, log) -> list[str]:

@@ -120,3 +120,54 @@ def test_honest_nodes_refuse_a_coordinator_that_forges_an_identity(tmp_path):
     summary = _federate(InMemoryGrid(client_app.app, nodes, DEFAULTS | RUN), tmp_path / "run2", rounds=1,
                         active=True, registry=str(registry))
     assert summary["rounds_completed"] == 1
+
+
+def test_distributed_dp_over_flower_noises_at_the_nodes_and_both_sides_account_for_it(tmp_path):
+    import numpy as np
+    import torch
+
+    import models
+    from simulation.flower.client_app import synthetic_update
+    from simulation.site import flatten
+
+    nodes = _nodes(tmp_path, **{site: {"site-level-budget": 1000.0} for site in SITES})
+    run_dir = tmp_path / "run"
+    summary = _federate(InMemoryGrid(client_app.app, nodes, DEFAULTS | RUN), run_dir, rounds=1,
+                        **{"distributed-dp": "skellam", "ddp-epsilon": 1000.0, "ddp-clip": 1.0})
+    assert summary["rounds_completed"] == 1 and summary["privacy"]["ledger_verified"]
+    site_level = summary["privacy"]["site_level"]
+    assert site_level["mechanism"] == "skellam" and all(0 < e <= 1000.0 for e in site_level["epsilon_spent"].values())
+    for site in SITES:  # each node committed its own site-level spend before its noisy update left
+        own = PrivacyLedger.open(next((tmp_path / f"node-{site}" / "ledgers").iterdir()))
+        try:
+            assert own.site_level_spent(site) == pytest.approx(site_level["epsilon_spent"][site])
+        finally:
+            own.close()
+    # The global model moved by the unweighted mean of the L2-clipped updates, plus noise.
+    torch.manual_seed(0)
+    model = models.create_model("compact-ae", image_size=16)
+    names = models.shared_parameter_names(model)
+    before = flatten(dict(model.named_parameters()), names)
+    after = flatten(torch.load(run_dir / "checkpoints" / "global.pt", weights_only=True), names)
+    updates = [synthetic_update(RUN["synthetic-seed"], s, 0, before.size, 1.0)[0] for s in SITES]
+    clipped = [u * min(1.0, 1.0 / np.linalg.norm(u)) for u in updates]
+    signal = np.mean(clipped, axis=0)
+    error = (after - before) - signal
+    from dp import DistributedDpConfig, calibrate_distributed
+
+    ddp = calibrate_distributed(DistributedDpConfig("skellam", l2_clip=1.0, target_epsilon=1000.0, delta=1e-5,
+                                                    rounds=1, min_contributors=2, max_contributors=3), before.size)
+    expected = ddp.noise_std(3) / 3  # the noise of the sum, divided by the three contributors
+    assert np.std(error) == pytest.approx(expected, rel=0.1)
+    assert abs(np.mean(error)) < 5 * expected / np.sqrt(error.size)
+    # Even at site level with three sites the noise is large; the signal is still clearly there.
+    assert np.corrcoef(after - before, signal)[0, 1] > 0.15
+
+
+def test_a_node_refuses_distributed_dp_without_a_site_level_budget_of_its_own(tmp_path):
+    run_dir = tmp_path / "run"
+    summary = _federate(InMemoryGrid(client_app.app, _nodes(tmp_path), DEFAULTS | RUN), run_dir, rounds=1,
+                        **{"distributed-dp": "skellam", "ddp-epsilon": 100.0})
+    record = _metrics(run_dir)[0]
+    assert record["status"] == "aborted" and record["survivors_per_stage"]["advertise"] == []
+    assert summary["privacy"]["site_level"]["epsilon_spent"] == {site: None for site in SITES}

@@ -21,8 +21,12 @@ Tested (``tests/test_flower.py``) on Flower's deployment engine - a SuperLink
 and three SuperNodes on loopback over TLS, with certificates from :mod:`.tls`,
 in active mode - and on its simulation engine (Ray).
 
-Not carried over Flower yet: the HE path, distributed DP and the plain
-baseline (all three run in ``secagg simulate``), models that keep
+With distributed DP each node recalibrates the mechanism from the public
+parameters (refusing a session that differs), adds its share of the discrete
+noise before masking, and keeps its own site-level budget.
+
+Not carried over Flower yet: the HE path and the plain baseline (both run in
+``secagg simulate``), models that keep
 parameters at the sites between rounds (FedDis), and evaluation at the nodes.
 Each node keeps its ``ClientSession`` - private keys included - pickled in
 Flower's ``context.state`` between the messages of a round (on the hospital's

@@ -22,7 +22,10 @@ Node configuration (``flower-supernode --node-config``):
 * ``data`` (str): the site's directory of NIfTI volumes (``healthy/`` and
   optionally ``pathology/``, :func:`models.load_site`); needed for ``dp-sgd``.
 * ``state-dir`` (str) and ``epsilon-budget`` (float): the node's own ledger
-  (``STATE_DIR/ledgers/<run id>/``) and budget, and the preprocessing cache.
+  (``STATE_DIR/ledgers/<run id>/``) and budget, and the preprocessing cache;
+  ``site-level-budget`` (float): its site-level budget when the run uses
+  distributed DP (the node recalibrates the mechanism itself and adds its
+  share of the noise before masking).
 * ``signing-key`` and ``registry`` (str, active mode): the site's Ed25519 key
   file and its own copy of the consortium's registry of verify keys
   (:mod:`simulation.identity`); a session whose verify keys differ from the
@@ -128,7 +131,10 @@ def _event(setup: RoundSetup):
 
 
 def _ledger(context: Context, setup: RoundSetup):
-    """The node's ledger for this run (created on first use), or None without a ``state-dir``."""
+    """The node's ledger for this run (created on first use), or None without a ``state-dir``.
+
+    With distributed DP the node also needs its own ``site-level-budget``.
+    """
     from dp import PrivacyLedger
 
     state_dir = _node_path(context, "state-dir", "node-state-root")
@@ -138,17 +144,37 @@ def _ledger(context: Context, setup: RoundSetup):
     if not budget:
         raise secagg.InvalidInputError("the node has a state-dir but no epsilon-budget: set the budget this "
                                        "hospital allows for the run (--node-config 'epsilon-budget=8.0')")
+    site_level = context.node_config.get("site-level-budget") or context.run_config.get("node-site-level-budget")
     directory = state_dir / "ledgers" / setup.run_id
     if (directory / "ledger.sqlite").exists():
         ledger = PrivacyLedger.open(directory)
     else:
         directory.mkdir(parents=True, exist_ok=True)
         ledger = PrivacyLedger.create(directory, run_id=setup.run_id, delta=setup.delta,
-                                      budgets={setup.site: float(budget)})
+                                      budgets={setup.site: float(budget)},
+                                      site_level_budget=float(site_level) if setup.ddp_mechanism and site_level
+                                      else None)
     if ledger.delta != setup.delta:
         ledger.close()
         raise secagg.InvalidInputError(f"the run's delta changed from {ledger.delta} to {setup.delta}")
+    if setup.ddp_mechanism and ledger.site_level is None:
+        ledger.close()
+        raise secagg.InvalidInputError("distributed DP: this node keeps no site-level budget: start it with "
+                                       "--node-config 'site-level-budget=10.0'")
     return ledger
+
+
+def _check_budget(ledger, setup: RoundSetup, ddp) -> str | None:
+    """Why this node must sit the round out (None: it may take part)."""
+    decision = ledger.check_budget(setup.site, [_event(setup)])
+    if not decision.allowed:
+        return (f"budget: this round would reach epsilon {decision.projected.bound:.3f} > this node's budget "
+                f"{decision.budget}")
+    if ddp is not None:
+        allowed, projected = ledger.check_site_level_budget(setup.site, ddp.event(setup.round_index))
+        if not allowed:
+            return f"site-level budget: this round would reach epsilon {projected:.3f}"
+    return None
 
 
 # -- local work ----------------------------------------------------------------------
@@ -236,33 +262,36 @@ def setup_round(message: Message, context: Context) -> Message:
         return _vanish(context, message, setup.stage_timeout)
     try:
         signing_key = _signing_key(context, setup)
+        ddp = setup.distributed_dp(setup.update_length)
         ledger = _ledger(context, setup)
         if ledger is not None:
             try:
-                decision = ledger.check_budget(setup.site, [_event(setup)])
+                refusal = _check_budget(ledger, setup, ddp)
             finally:
                 ledger.close()
-            if not decision.allowed:
-                return _refuse(message, f"budget: this round would reach epsilon {decision.projected.bound:.3f} > "
-                                        f"this node's budget {decision.budget}")
+            if refusal:
+                return _refuse(message, refusal)
         else:
             print("[secagg-node] warning: no state-dir: this node keeps no ledger of its own", file=sys.stderr)
-        encoder = _encoder(setup)
         if setup.update == "synthetic":
             vector, records = synthetic_update(setup.synthetic_seed, setup.site, setup.round_index,
-                                               setup.session.vector_length - 1, setup.clip)
+                                               setup.update_length, setup.clip)
         else:
             vector, records = _local_update(setup, context, message.content.array_records["global"].to_numpy_ndarrays())
-        if vector.size != setup.session.vector_length - 1:
-            return _refuse(message, f"update of {vector.size} values; the session expects "
-                                    f"{setup.session.vector_length - 1} (+ the FedAvg weight)")
-        ring, _ = encode_update(vector, records, encoder, setup.weight_bound)
+        if vector.size != setup.update_length:
+            return _refuse(message, f"update of {vector.size} values; the session expects {setup.update_length}")
+        if ddp is not None:
+            from dp.distributed import privatize_detailed
+
+            ring = privatize_detailed(vector, ddp, setup.session.session_id).ring
+        else:
+            ring, _ = encode_update(vector, records, _encoder(setup), setup.weight_bound)
     except (secagg.ProtocolError, PrivacyError, ValueError) as exc:
         return _refuse(message, f"{type(exc).__name__}: {exc}")
     session = secagg.ClientSession(setup.session, setup.client_id, masked_input=ring, signing_key=signing_key)
     advertise = session.advertise()
     context.state[_STATE] = ConfigRecord({"session": pickle.dumps(session), "setup": pickle.dumps(setup),
-                                          "dropped": False})
+                                          "ddp": pickle.dumps(ddp), "dropped": False})
     return _reply(message, wire=wire.encode(advertise))
 
 
@@ -292,8 +321,11 @@ def step(message: Message, context: Context) -> Message:
             # The masked update is about to leave this node: its spend is committed first.
             ledger = _ledger(context, setup)
             if ledger is not None:
+                ddp = pickle.loads(bytes(state["ddp"]))
+                site_level = {setup.site: ddp.event(setup.round_index)} if ddp is not None else None
                 try:
-                    ledger.commit_round(setup.round_index, [_event(setup)], extra={"released": [setup.site]})
+                    ledger.commit_round(setup.round_index, [_event(setup)], site_level=site_level,
+                                        extra={"released": [setup.site]})
                 finally:
                     ledger.close()
     except (secagg.ProtocolError, PrivacyError, ValueError) as exc:

@@ -49,15 +49,27 @@ class FlowerFleet(Fleet):
             max_summands=encoder.max_summands, encoder_bound=encoder.bound, weight_bound=ctx.weight_bound,
             model=ctx.config.model, image_size=ctx.config.image_size, model_seed=ctx.config.seed,
             val_fraction=ctx.config.val_fraction, split_seed=ctx.config.seed, update=s["update"],
+            update_length=sum(int(ctx.coordinator.global_shared[n].numel()) for n in ctx.coordinator.shared_names),
             synthetic_seed=s["synthetic_seed"], stage_timeout=self.stage_timeout, simulate_drop=s["simulate_drop"],
+            **self._ddp_fields(ctx),
         )
+
+    @staticmethod
+    def _ddp_fields(ctx: RunContext) -> dict:
+        if ctx.ddp is None:
+            return {}
+        c = ctx.ddp.config
+        return {"ddp_mechanism": c.mechanism, "ddp_l2_clip": c.l2_clip, "ddp_epsilon": c.target_epsilon,
+                "ddp_rounds": c.rounds, "ddp_min_contributors": c.min_contributors,
+                "ddp_max_contributors": c.max_contributors or 0, "ddp_colluding": c.colluding_sites,
+                "ddp_bits": ctx.ddp.bits, "ddp_scale": ctx.ddp.scale}
 
     def run_round(self, ctx: RunContext, plan: RoundPlan, session, silent: Mapping[int, str],
                   on_release: Callable[[frozenset], None]) -> FleetRound:
         from flwr.app import ArrayRecord, RecordDict
 
-        if ctx.config.mode not in ("secagg", "secagg+") or ctx.ddp is not None:
-            raise NotImplementedError("over Flower: modes secagg and secagg+, without distributed DP")
+        if ctx.config.mode not in ("secagg", "secagg+"):
+            raise NotImplementedError("over Flower: modes secagg and secagg+")
         if silent:
             raise ValueError("simulated dropouts do not apply over Flower: nodes drop by not answering in time")
         coordinator = ctx.coordinator

@@ -22,6 +22,8 @@ Run configuration (``[tool.flwr.app.config]`` of ``app/pyproject.toml``, or
   safe t), ``update-clip``, ``dropout`` (expected per-stage dropout rate: the
   SecAgg+ parameter finder's input), ``corrupt-fraction``;
 * privacy: ``epsilon``, ``delta``, ``secure-rng``, ``budget-policy``, ``on-abort``;
+  distributed DP: ``distributed-dp`` (``skellam``, ``ddg`` or "" for off), ``ddp-epsilon``,
+  ``ddp-clip``, ``ddp-colluding``, ``ddp-bits`` (0: automatic);
 * training: ``model``, ``image-size``, ``rounds``, ``local-steps``,
   ``sample-rate``, ``max-grad-norm``, ``learning-rate``, ``seed`` (initial weights
   and the nodes' train/validation split), ``val-fraction``, ``max-records`` (the
@@ -61,7 +63,8 @@ app = ServerApp()
 DEFAULTS = {
     "num-sites": 3, "node-wait": 120.0, "stage-timeout": 60.0, "out": "", "resume": False,
     "mode": "secagg", "active": False, "registry": "", "threshold": 0, "update-clip": 1.0, "dropout": 0.0, "corrupt-fraction": 0.0,
-    "epsilon": 8.0, "delta": 1e-5, "secure-rng": True, "budget-policy": "sit-out", "on-abort": "continue",
+    "epsilon": 8.0, "delta": 1e-5, "secure-rng": True, "distributed-dp": "", "ddp-epsilon": 10.0,
+    "ddp-clip": 1.0, "ddp-colluding": 0, "ddp-bits": 0, "budget-policy": "sit-out", "on-abort": "continue",
     "model": "compact-ae", "image-size": 32, "rounds": 2, "local-steps": 3, "sample-rate": 0.1,
     "max-grad-norm": 1.0, "learning-rate": 2e-3, "seed": 0, "val-fraction": 0.25, "max-records": 4096,
     "update": "dp-sgd", "synthetic-seed": 0, "simulate-drop": "",
@@ -76,6 +79,7 @@ _CONFIG_KEYS = {
     "on-abort": "on_abort", "model": "model", "image-size": "image_size", "rounds": "rounds",
     "local-steps": "local_steps", "sample-rate": "sample_rate", "max-grad-norm": "max_grad_norm",
     "learning-rate": "learning_rate", "seed": "seed", "val-fraction": "val_fraction",
+    "ddp-epsilon": "ddp_epsilon", "ddp-clip": "ddp_clip", "ddp-colluding": "ddp_colluding",
 }
 
 
@@ -90,6 +94,8 @@ def flower_config(cfg: dict) -> SimulationConfig:
         raise ConfigError(f"unknown run-config keys {unknown}; known: {sorted(DEFAULTS)}")
     values = {field: cfg[key] for key, field in _CONFIG_KEYS.items()}
     values["threshold"] = int(cfg["threshold"]) or None
+    values["distributed_dp"] = str(cfg["distributed-dp"]) or None
+    values["ddp_bits"] = int(cfg["ddp-bits"]) or None
     config = SimulationConfig(preset="flower", sites=int(cfg["num-sites"]), baselines=(), **values)
     if config.mode not in ("secagg", "secagg+"):
         raise ConfigError(f"mode {config.mode!r} is not carried over Flower; use secagg or secagg+ "
@@ -139,7 +145,7 @@ def run_federation(grid: Grid, cfg: dict) -> dict:
     import models
     from dp import verify_ledger
 
-    from ..simulate import open_run
+    from ..simulate import open_run, privacy_summary
 
     started = time.perf_counter()
     config = flower_config(cfg)
@@ -200,21 +206,7 @@ def run_federation(grid: Grid, cfg: dict) -> dict:
         "stopped": stopped,
         "threshold": run.ctx.protocol["threshold"],
         "graph": "complete" if run.ctx.protocol["degree"] is None else f"Harary degree {run.ctx.protocol['degree']}",
-        "privacy": {
-            "guarantee": "record-level (one training slice) DP of each site's released updates, "
-                         "add/remove-one adjacency",
-            "delta": config.delta,
-            "budget_per_site": config.epsilon,
-            "noise_multiplier": run.ctx.dp_config.noise_multiplier,
-            "sample_rate": config.sample_rate,
-            "clipping_norm": config.max_grad_norm,
-            "local_steps_per_round": config.local_steps,
-            "calibration_accountant": "tightest of rdp, prv, pld",
-            "epsilon_spent": metrics[-1]["epsilon"] if metrics else {},
-            "ledger_verified": verification.ok,
-            "secure_rng": config.secure_rng,
-            "site_level": None,
-        },
+        "privacy": privacy_summary(config, run.ctx.dp_config.noise_multiplier, metrics, verification.ok),
         "deployment": {
             "engine": "Flower (ServerApp + one SuperNode per site)",
             "node_ledgers": "each node keeps its own ledger and budget and refuses rounds past it",

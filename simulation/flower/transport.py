@@ -23,6 +23,7 @@ Message types (Flower requires ``train``/``evaluate``/``query`` categories):
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 from typing import Callable, Mapping
@@ -76,14 +77,28 @@ class RoundSetup:
     val_fraction: float
     split_seed: int
     update: str  # "dp-sgd", or "synthetic" (fixed float updates: tests)
+    update_length: int  # the number of shared model parameters (the update before encoding)
     synthetic_seed: int
     stage_timeout: float
     simulate_drop: str
+    # Distributed DP (dp.distributed); ddp_mechanism "" is off. The node recalibrates from these
+    # and refuses a session whose ring, length or scale differ from its own calibration.
+    ddp_mechanism: str = ""
+    ddp_l2_clip: float = 0.0
+    ddp_epsilon: float = 0.0
+    ddp_rounds: int = 0
+    ddp_min_contributors: int = 0
+    ddp_max_contributors: int = 0
+    ddp_colluding: int = 0
+    ddp_bits: int = 0
+    ddp_scale: float = 0.0
 
     _SCALARS = ("round_index", "client_id", "site", "run_id", "noise_multiplier", "max_grad_norm",
                 "sample_rate", "local_steps", "learning_rate", "delta", "secure_rng", "clip", "max_summands",
                 "encoder_bound", "weight_bound", "model", "image_size", "model_seed", "val_fraction", "split_seed",
-                "update", "synthetic_seed", "stage_timeout", "simulate_drop")
+                "update", "update_length", "synthetic_seed", "stage_timeout", "simulate_drop", "ddp_mechanism", "ddp_l2_clip",
+                "ddp_epsilon", "ddp_rounds", "ddp_min_contributors", "ddp_max_contributors", "ddp_colluding",
+                "ddp_bits", "ddp_scale")
 
     def to_record(self):
         from flwr.app import ConfigRecord
@@ -138,6 +153,25 @@ class RoundSetup:
         except (KeyError, TypeError, ValueError, secagg.ProtocolError) as exc:
             raise secagg.MalformedMessageError(f"malformed round setup: {type(exc).__name__}: {exc}") from None
         return cls(session=session, site_names=site_names, **values)
+
+    def distributed_dp(self, dimension: int):
+        """The node's own calibration of the round's distributed DP (None when off)."""
+        if not self.ddp_mechanism:
+            return None
+        from dp import DistributedDpConfig, calibrate_distributed
+
+        calibrated = calibrate_distributed(DistributedDpConfig(
+            self.ddp_mechanism, l2_clip=self.ddp_l2_clip, target_epsilon=self.ddp_epsilon, delta=self.delta,
+            rounds=self.ddp_rounds, min_contributors=self.ddp_min_contributors,
+            max_contributors=self.ddp_max_contributors, colluding_sites=self.ddp_colluding, bits=self.ddp_bits,
+        ), dimension)
+        if (calibrated.vector_length, calibrated.bits) != (self.session.vector_length, self.session.bit_width) or \
+                not math.isclose(calibrated.scale, self.ddp_scale, rel_tol=1e-12):
+            raise secagg.InvalidInputError(
+                f"distributed DP: this node calibrates length {calibrated.vector_length}, {calibrated.bits}-bit ring, "
+                f"scale {calibrated.scale:.6g}; the coordinator sent {self.session.vector_length}, "
+                f"{self.session.bit_width}-bit, {self.ddp_scale:.6g}")
+        return calibrated
 
     @property
     def sites_by_client(self) -> dict:
