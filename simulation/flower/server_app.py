@@ -31,7 +31,7 @@ Run configuration (``[tool.flwr.app.config]`` of ``app/pyproject.toml``, or
 * tests and demos: ``update`` (``dp-sgd``, or ``synthetic``: fixed float updates
   whose FedAvg is known in advance), ``synthetic-seed``, ``simulate-drop``
   (``"SITE:ROUND:STAGE,..."``: those nodes stop answering there), and
-  ``node-data-root``, ``node-state-root``, ``node-epsilon-budget``: what
+  ``node-data-root``, ``node-state-root``, ``node-epsilon-budget``, ``node-site-level-budget``: what
   simulated nodes, which have no config of their own, use as their ``data``
   (``ROOT/<site>``), ``state-dir`` and ``epsilon-budget``.
 """
@@ -69,7 +69,7 @@ DEFAULTS = {
     "max-grad-norm": 1.0, "learning-rate": 2e-3, "seed": 0, "val-fraction": 0.25, "max-records": 4096,
     "update": "dp-sgd", "synthetic-seed": 0, "simulate-drop": "",
     # Flower's simulation engine only (its nodes have no config of their own): ROOT/<site>.
-    "node-data-root": "", "node-state-root": "", "node-epsilon-budget": 0.0,
+    "node-data-root": "", "node-state-root": "", "node-epsilon-budget": 0.0, "node-site-level-budget": 0.0,
 }
 
 #: run-config key -> SimulationConfig field
