@@ -27,7 +27,7 @@ def _setup(**overrides) -> RoundSetup:
                   noise_multiplier=1.1, max_grad_norm=1.0, sample_rate=0.1, local_steps=3, learning_rate=2e-3,
                   delta=1e-5, secure_rng=True, clip=1.0, max_summands=4, encoder_bound=12345, weight_bound=64.0,
                   model="compact-ae", image_size=32, model_seed=0, val_fraction=0.25, split_seed=0,
-                  update="dp-sgd", synthetic_seed=0, stage_timeout=30.0, simulate_drop="")
+                  update="dp-sgd", update_length=100, synthetic_seed=0, stage_timeout=30.0, simulate_drop="")
     return RoundSetup(**(values | overrides))
 
 
@@ -134,3 +134,34 @@ def test_loopback_certificates_chain_to_their_ca_and_keep_the_key_private(tmp_pa
     assert stat.S_IMODE(certs.server_key.stat().st_mode) == 0o600
     again = write_loopback_certificates(tmp_path / "other")  # fresh keys every time
     assert again.server_key.read_bytes() != certs.server_key.read_bytes()
+
+
+def test_a_node_recalibrates_distributed_dp_and_refuses_a_different_mechanism(tmp_path):
+    from dp import DistributedDpConfig, calibrate_distributed
+
+    ddp = calibrate_distributed(DistributedDpConfig("skellam", l2_clip=1.0, target_epsilon=10.0, delta=1e-5,
+                                                    rounds=4, min_contributors=3, max_contributors=4), 100)
+    session = secagg.SessionConfig(session_id=secagg.new_session_id(), participants=(1, 2, 3, 4), threshold=3,
+                                   vector_length=ddp.vector_length, bit_width=ddp.bits)
+    fields = dict(ddp_mechanism="skellam", ddp_l2_clip=1.0, ddp_epsilon=10.0, ddp_rounds=4, ddp_min_contributors=3,
+                  ddp_max_contributors=4, ddp_colluding=0, ddp_bits=ddp.bits, ddp_scale=ddp.scale)
+    honest = RoundSetup.from_record(_setup(session=session, **fields).to_record())
+    assert honest.distributed_dp(100).scale == ddp.scale
+    # A coordinator that sends a foreign ring, length or scale is refused ...
+    with pytest.raises(secagg.InvalidInputError, match="distributed DP"):
+        _setup(session=session, **(fields | {"ddp_scale": ddp.scale * 2})).distributed_dp(100)
+    assert _setup().distributed_dp(100) is None
+    # ... and one that shrinks the noise by claiming a larger epsilon meets the node's own budget.
+    from dp import PrivacyLedger
+
+    from simulation.flower.client_app import _check_budget
+
+    greedy = _setup(session=session, **(fields | {"ddp_epsilon": 1000.0}))
+    ledger = PrivacyLedger.create(tmp_path, run_id="abc-123", delta=1e-5, budgets={"site-3": 8.0},
+                                  site_level_budget=10.0)
+    try:
+        assert _check_budget(ledger, honest, honest.distributed_dp(100)) is None
+        refusal = _check_budget(ledger, greedy, greedy.distributed_dp(100))
+        assert refusal is not None and refusal.startswith("site-level budget")
+    finally:
+        ledger.close()
