@@ -28,6 +28,7 @@ from .errors import (
     VerificationError,
 )
 from .graph import complete_graph, harary_graph
+from .exchange import ExchangeRecord, run_exchange
 from .local import STAGES, LocalResult, run_local
 from .messages import (
     AdvertisedKeys,
@@ -51,7 +52,7 @@ __all__ = [
     "ClientSession", "ClientState", "ServerSession", "ServerStage", "AggregateResult",
     "SessionConfig", "new_session_id",
     # in-process runner
-    "run_local", "LocalResult", "STAGES",
+    "run_local", "LocalResult", "STAGES", "run_exchange", "ExchangeRecord",
     # parameters and graphs
     "find_parameters", "failure_bounds", "Parameters", "complete_graph", "harary_graph",
     # encoding

@@ -11,7 +11,6 @@ the same sessions.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 from typing import Callable, Mapping
 
@@ -21,7 +20,8 @@ from . import wire
 from .config import SessionConfig, new_session_id
 from .crypto import SigningKeyPair
 from .encoding import FixedPointEncoder, check_finite_vector
-from .errors import InvalidInputError, RemoteProtocolError, ThresholdNotMetError
+from .errors import InvalidInputError
+from .exchange import run_exchange
 from .messages import ConsistencyRequest, KeyDirectory, MaskedInputRequest, UnmaskRequest
 from .client import ClientSession
 from .server import ServerSession
@@ -166,67 +166,21 @@ def run_local(
     del vectors
 
     server = ServerSession(config)
-    server_view: list[bytes] = []
-    refused: dict[int, Exception] = {}
-    bytes_up = dict.fromkeys(STAGES, 0)
-    bytes_down = dict.fromkeys(STAGES, 0)
-    seconds = dict.fromkeys(STAGES, 0.0)
-
-    def alive(client_id: int, stage: str) -> bool:
-        return silent_from.get(client_id, len(STAGES)) > STAGES.index(stage) and client_id not in refused
-
-    def upload(stage: str, message) -> None:
-        data = wire.encode(message)
-        bytes_up[stage] += len(data)
-        server_view.append(data)
-        server.receive(data)
-
-    start = time.perf_counter()
-    for i in ids:
-        if alive(i, "advertise"):
-            upload("advertise", clients[i].advertise())
-    seconds["advertise"] += time.perf_counter() - start
-
-    while True:
-        start = time.perf_counter()
-        outgoing = server.advance()
-        if not outgoing:
-            break
-        stage = _ANSWER_STAGE[type(next(iter(outgoing.values())))]
-        for recipient in sorted(outgoing):
-            message = outgoing[recipient]
-            if tamper is not None:
-                message = tamper(recipient, message)
-                if message is None:
-                    continue
-            data = wire.encode(message)
-            bytes_down[stage] += len(data)
-            if not alive(recipient, stage):
-                continue
-            try:
-                reply = clients[recipient].handle(data)
-            except RemoteProtocolError as exc:
-                if refusals == "raise":
-                    raise
-                refused[recipient] = exc
-                continue
-            except ThresholdNotMetError as exc:  # the client aborts itself: too few peers left
-                refused[recipient] = exc
-                continue
-            upload(stage, reply)
-        seconds[stage] += time.perf_counter() - start
+    record = run_exchange(server.receive, server.advance, clients, stages=STAGES, answer_stage=_ANSWER_STAGE,
+                      encode=wire.encode, silent_from={i: STAGES[k] for i, k in silent_from.items()},
+                      tamper=tamper, refusals="raise" if refusals == "raise" else "record")
 
     result = server.result
     return LocalResult(
         aggregate=encoder.decode(result.ring_sum),
         survivors=result.survivors,
         resolution=encoder.resolution,
-        server_view=server_view,
+        server_view=record.server_view,
         bit_width=config.bit_width,
         clipped=clipped,
-        refusals=refused,
-        bytes_up=bytes_up,
-        bytes_down=bytes_down,
-        seconds=seconds,
+        refusals=record.refused,
+        bytes_up=record.bytes_up,
+        bytes_down=record.bytes_down,
+        seconds=record.seconds,
         config=config,
     )

@@ -1,8 +1,9 @@
 """The in-process engine: moves wire bytes between site sessions and the coordinator.
 
-It plays the network and the clock for one round: it delivers every server
-message to its site (as bytes), feeds every reply to the coordinator (as
-bytes), silences sites from the stage at which the dropout model removes
+It plays the network and the clock for one round with the loop every
+in-process runner shares (:func:`secagg.exchange.run_exchange`): it delivers every
+server message to its site (as bytes), feeds every reply to the coordinator
+(as bytes), silences sites from the stage at which the dropout model removes
 them, and tells the coordinator a round is over once every live site has
 answered (what a real transport decides with a timeout). A real deployment
 replaces this module with a network engine (Flower) and keeps the sessions.
@@ -21,6 +22,7 @@ from typing import Callable, Mapping
 
 import secagg
 from secagg import STAGES, ThresholdNotMetError, wire
+from secagg.exchange import ExchangeRecord, run_exchange
 from secagg.messages import ConsistencyRequest, KeyDirectory, MaskedInputRequest, UnmaskRequest
 
 from .coordinator import Coordinator, PlainAggregator
@@ -100,21 +102,11 @@ def run_he_round(
 
 
 def _run_session(coordinator, clients, silent_from, on_release, protocol: _Protocol) -> ProtocolOutcome:
-    stages = protocol.stages
+    """The shared in-process loop (:func:`secagg.exchange.run_exchange`), plus the release report and the abort."""
     start = time.perf_counter()
-    outcome = ProtocolOutcome(completed=False, bytes_up=dict.fromkeys(stages, 0), bytes_down=dict.fromkeys(stages, 0),
-                              alive={s: [] for s in stages})
+    record = ExchangeRecord.empty(protocol.stages)
+    outcome = ProtocolOutcome(completed=False)
     released_reported = False
-
-    def alive(client_id: int, stage: str) -> bool:
-        silent = silent_from.get(client_id)
-        return (silent is None or stages.index(silent) > stages.index(stage)) and client_id not in outcome.refusals
-
-    def upload(stage: str, client_id: int, message) -> None:
-        data = protocol.encode(message)
-        outcome.bytes_up[stage] += len(data)
-        outcome.alive[stage].append(client_id)
-        coordinator.receive(data)
 
     def report_release() -> None:
         nonlocal released_reported
@@ -123,39 +115,26 @@ def _run_session(coordinator, clients, silent_from, on_release, protocol: _Proto
             outcome.released = coordinator.released
             on_release(outcome.released)
 
+    def advance():
+        closing = coordinator.server.stage
+        try:
+            return coordinator.advance()
+        finally:
+            if closing is protocol.release_stage:
+                report_release()  # the updates are in (or the round aborted right there)
+
     try:
-        for client_id in sorted(clients):
-            if alive(client_id, stages[0]):
-                upload(stages[0], client_id, clients[client_id].advertise())
-        while True:
-            closing = coordinator.server.stage
-            try:
-                outgoing = coordinator.advance()
-            finally:
-                if closing is protocol.release_stage:
-                    report_release()  # the updates are in (or the round aborted right there)
-            if not outgoing:
-                break
-            stage = protocol.answer_stage[type(next(iter(outgoing.values())))]
-            for recipient in sorted(outgoing):
-                data = protocol.encode(outgoing[recipient])
-                outcome.bytes_down[stage] += len(data)
-                if not alive(recipient, stage):
-                    continue
-                try:
-                    reply = clients[recipient].handle(data)
-                except (secagg.RemoteProtocolError, ThresholdNotMetError) as exc:
-                    outcome.refusals[recipient] = f"{type(exc).__name__}: {exc}"
-                    continue
-                if reply is not None:
-                    upload(stage, recipient, reply)
+        run_exchange(coordinator.receive, advance, clients, stages=protocol.stages, answer_stage=protocol.answer_stage,
+                 encode=protocol.encode, silent_from=silent_from, record=record)
         outcome.completed = True
     except ThresholdNotMetError as exc:
         outcome.abort_reason = str(exc)
         report_release()  # aborted before the updates were in: nothing was released
     finally:
         outcome.seconds = time.perf_counter() - start
-        outcome.alive = {s: sorted(v) for s, v in outcome.alive.items()}
+        outcome.alive = {s: sorted(v) for s, v in record.uploaded.items()}
+        outcome.bytes_up, outcome.bytes_down = record.bytes_up, record.bytes_down
+        outcome.refusals = {cid: f"{type(exc).__name__}: {exc}" for cid, exc in record.refused.items()}
     return outcome
 
 

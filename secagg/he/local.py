@@ -17,7 +17,6 @@ failure).
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 from typing import Callable, Mapping
 
@@ -26,7 +25,8 @@ import numpy as np
 from ..config import new_session_id
 from ..crypto import SigningKeyPair
 from ..encoding import check_finite_vector, weighted_mean, weighted_vector
-from ..errors import InvalidInputError, RemoteProtocolError, ThresholdNotMetError
+from ..errors import InvalidInputError
+from ..exchange import run_exchange
 from . import wire
 from .ckks import CKKSContext
 from .client import HEClientSession
@@ -191,55 +191,9 @@ def run_local_he(
     del vectors
 
     server = HEServerSession(config)
-    server_view: list[bytes] = []
-    refused: dict[int, Exception] = {}
-    bytes_up = dict.fromkeys(HE_STAGES, 0)
-    bytes_down = dict.fromkeys(HE_STAGES, 0)
-    seconds = dict.fromkeys(HE_STAGES, 0.0)
-
-    def alive(site: int, stage: str) -> bool:
-        return silent.get(site, len(HE_STAGES)) > HE_STAGES.index(stage) and site not in refused
-
-    def upload(stage: str, message) -> None:
-        data = wire.encode(message)
-        bytes_up[stage] += len(data)
-        server_view.append(data)
-        server.receive(data)
-
-    start = time.perf_counter()
-    for i in ids:
-        if alive(i, "advertise"):
-            upload("advertise", sites[i].advertise())
-    seconds["advertise"] += time.perf_counter() - start
-
-    while True:
-        start = time.perf_counter()
-        outgoing = server.advance()
-        if not outgoing:
-            break
-        stage = HE_ANSWER_STAGE[type(next(iter(outgoing.values())))]
-        for recipient in sorted(outgoing):
-            message = outgoing[recipient]
-            if tamper is not None:
-                message = tamper(recipient, message)
-                if message is None:
-                    continue
-            data = wire.encode(message)
-            bytes_down[stage] += len(data)
-            if not alive(recipient, stage):
-                continue
-            try:
-                reply = sites[recipient].handle(data)
-            except RemoteProtocolError as exc:
-                if refusals == "raise":
-                    raise
-                refused[recipient] = exc
-                continue
-            except ThresholdNotMetError as exc:
-                refused[recipient] = exc
-                continue
-            upload(stage, reply)
-        seconds[stage] += time.perf_counter() - start
+    record = run_exchange(server.receive, server.advance, sites, stages=HE_STAGES, answer_stage=HE_ANSWER_STAGE,
+                      encode=wire.encode, silent_from={i: HE_STAGES[k] for i, k in silent.items()},
+                      tamper=tamper, refusals="raise" if refusals == "raise" else "record")
 
     result = server.result
     aggregate = encoder.decode(result.ring_sum)
@@ -250,15 +204,15 @@ def run_local_he(
         aggregate=aggregate,
         survivors=result.survivors,
         resolution=params.resolution,
-        server_view=server_view,
+        server_view=record.server_view,
         coordinator_context=server.context,
         mean=mean,
         weight_sum=weight_sum,
         clipped=clipped,
-        refusals=refused,
-        bytes_up=bytes_up,
-        bytes_down=bytes_down,
-        seconds=seconds,
+        refusals=record.refused,
+        bytes_up=record.bytes_up,
+        bytes_down=record.bytes_down,
+        seconds=record.seconds,
         config=config,
         params=params,
     )

@@ -1,0 +1,122 @@
+"""The in-process message loop: one session's wire bytes moved between a server and its clients.
+
+Every in-process runner shares this loop - :func:`secagg.run_local` (masking),
+:func:`secagg.he.run_local_he` (CKKS) and the simulation engine
+(:mod:`simulation.engine`, also behind the Flower transport) - so the rules of
+delivery exist once:
+
+* every client not silenced at the first stage uploads its first message;
+* then, until the server has nothing more to send, each message the server
+  produces is encoded to wire bytes, counted, optionally rewritten by
+  ``tamper`` (a malicious server in tests), and delivered to its recipient if
+  that client is still alive at the answering stage;
+* a client that refuses (:class:`RemoteProtocolError`, or
+  :class:`ThresholdNotMetError` when it aborts itself) is recorded and silent
+  from then on; with ``refusals="raise"`` a remote-protocol refusal propagates;
+* a client silenced "from" a stage (a dropout) sends nothing from that stage on.
+
+The server's own :class:`ThresholdNotMetError` (too few survivors) propagates
+to the caller, who still holds the :class:`ExchangeRecord` filled so far.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Callable, Mapping, Sequence
+
+from .errors import RemoteProtocolError, ThresholdNotMetError
+
+__all__ = ["ExchangeRecord", "run_exchange"]
+
+
+@dataclass
+class ExchangeRecord:
+    """What moved, per stage: who uploaded, bytes each way, wall time; and who refused."""
+
+    stages: tuple
+    server_view: list  # every message the server received, in wire form, in arrival order
+    refused: dict  # client id -> the exception it refused with
+    uploaded: dict  # stage -> client ids whose message reached the server, in order
+    bytes_up: dict
+    bytes_down: dict
+    seconds: dict
+
+    @classmethod
+    def empty(cls, stages: Sequence[str]) -> "ExchangeRecord":
+        stages = tuple(stages)
+        return cls(stages, [], {}, {s: [] for s in stages}, dict.fromkeys(stages, 0), dict.fromkeys(stages, 0),
+                   dict.fromkeys(stages, 0.0))
+
+
+def run_exchange(
+    receive: Callable[[bytes], None],
+    advance: Callable[[], Mapping[int, object]],
+    clients: Mapping[int, object],
+    *,
+    stages: Sequence[str],
+    answer_stage: Mapping[type, str],
+    encode: Callable[[object], bytes],
+    silent_from: Mapping[int, str] | None = None,
+    tamper: Callable[[int, object], object | None] | None = None,
+    refusals: str = "record",
+    record: ExchangeRecord | None = None,
+) -> ExchangeRecord:
+    """Run the session to its end; ``clients[i]`` has ``advertise()`` and ``handle(bytes)``.
+
+    ``receive``/``advance`` are the server's (or a wrapper that logs or reports). ``silent_from``
+    maps a client to the first stage at which it sends nothing.
+    """
+    if refusals not in ("record", "raise"):
+        raise ValueError(f"refusals must be 'record' or 'raise'; got {refusals!r}")
+    stages = tuple(stages)
+    record = record if record is not None else ExchangeRecord.empty(stages)
+    silent = {cid: stages.index(stage) for cid, stage in (silent_from or {}).items()}
+
+    def alive(client_id: int, stage: str) -> bool:
+        return silent.get(client_id, len(stages)) > stages.index(stage) and client_id not in record.refused
+
+    def upload(stage: str, client_id: int, message) -> None:
+        data = encode(message)
+        record.bytes_up[stage] += len(data)
+        record.uploaded[stage].append(client_id)
+        record.server_view.append(data)
+        receive(data)
+
+    first = stages[0]
+    start = time.perf_counter()
+    for client_id in sorted(clients):
+        if alive(client_id, first):
+            upload(first, client_id, clients[client_id].advertise())
+    record.seconds[first] += time.perf_counter() - start
+
+    while True:
+        start = time.perf_counter()
+        outgoing = advance()
+        if not outgoing:
+            break
+        stage = answer_stage[type(next(iter(outgoing.values())))]
+        for recipient in sorted(outgoing):
+            message = outgoing[recipient]
+            if tamper is not None:
+                message = tamper(recipient, message)
+                if message is None:
+                    continue
+            data = encode(message)
+            record.bytes_down[stage] += len(data)
+            if not alive(recipient, stage):
+                continue
+            try:
+                reply = clients[recipient].handle(data)
+            except RemoteProtocolError as exc:
+                if refusals == "raise":
+                    raise
+                record.refused[recipient] = exc
+                continue
+            except ThresholdNotMetError as exc:  # the client aborts itself: too few peers left
+                record.refused[recipient] = exc
+                continue
+            if reply is not None:
+                upload(stage, recipient, reply)
+        record.seconds[stage] += time.perf_counter() - start
+    return record
