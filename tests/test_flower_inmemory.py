@@ -171,3 +171,14 @@ def test_a_node_refuses_distributed_dp_without_a_site_level_budget_of_its_own(tm
     record = _metrics(run_dir)[0]
     assert record["status"] == "aborted" and record["survivors_per_stage"]["advertise"] == []
     assert summary["privacy"]["site_level"]["epsilon_spent"] == {site: None for site in SITES}
+
+
+def test_nodes_refuse_noise_from_a_non_cryptographic_generator_unless_their_operator_allows_it(tmp_path):
+    run_dir = tmp_path / "run"
+    summary = _federate(InMemoryGrid(client_app.app, _nodes(tmp_path), DEFAULTS | RUN), run_dir, rounds=1,
+                        **{"secure-rng": False})
+    assert _metrics(run_dir)[0]["status"] == "aborted" and summary["privacy"]["epsilon_spent"]["site-1"] is None
+    allowed = _nodes(tmp_path / "allowed", **{site: {"allow-insecure-rng": True} for site in SITES})
+    summary = _federate(InMemoryGrid(client_app.app, allowed, DEFAULTS | RUN), tmp_path / "run2", rounds=1,
+                        **{"secure-rng": False})
+    assert summary["rounds_completed"] == 1

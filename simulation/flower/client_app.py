@@ -30,6 +30,8 @@ Node configuration (``flower-supernode --node-config``):
   file and its own copy of the consortium's registry of verify keys
   (:mod:`simulation.identity`); a session whose verify keys differ from the
   registry is refused.
+* ``allow-insecure-rng`` (bool, default false): accept a run whose DP noise
+  comes from a non-cryptographic generator (reproducible experiments only).
 * ``drop`` (str, tests and demos): ``"ROUND:STAGE"`` (stages ``advertise share
   mask consistency unmask``): there the node stops answering - it sleeps past
   the stage timeout and replies with nothing - so Flower's timeout decides it
@@ -258,6 +260,9 @@ def setup_round(message: Message, context: Context) -> Message:
     if setup.site != site_name(context) or setup.sites_by_client.get(setup.client_id) != setup.site:
         return _refuse(message, f"setup addressed to site {setup.site!r} as client {setup.client_id}; this node "
                                 f"is {site_name(context)!r}")
+    if not setup.secure_rng and not context.node_config.get("allow-insecure-rng"):
+        return _refuse(message, "the coordinator asks for DP noise from a non-cryptographic generator; this node "
+                                "refuses (set allow-insecure-rng=true on the node for reproducible experiments only)")
     if _drop_point(context) == (setup.round_index, "advertise"):
         return _vanish(context, message, setup.stage_timeout)
     try:
@@ -306,9 +311,11 @@ def step(message: Message, context: Context) -> Message:
     # Both were written by this node itself into its own state, never received from the network.
     session = pickle.loads(bytes(state["session"]))
     setup: RoundSetup = pickle.loads(bytes(state["setup"]))
-    data = bytes(message.content.config_records["secagg"]["wire"])
     try:
+        data = bytes(message.content.config_records["secagg"]["wire"])
         incoming = wire.decode(data)
+    except (KeyError, TypeError) as exc:
+        return _refuse(message, f"malformed protocol message: {type(exc).__name__}: {exc}")
     except secagg.ProtocolError as exc:
         return _refuse(message, f"{type(exc).__name__}: {exc}")
     if _drop_point(context) == (setup.round_index, STAGE_OF.get(type(incoming))):
