@@ -11,8 +11,9 @@ delivery exist once:
   ``tamper`` (a malicious server in tests), and delivered to its recipient if
   that client is still alive at the answering stage;
 * a client that refuses (:class:`RemoteProtocolError`, or
-  :class:`ThresholdNotMetError` when it aborts itself) is recorded and silent
-  from then on; with ``refusals="raise"`` a remote-protocol refusal propagates;
+  :class:`ThresholdNotMetError` when it aborts itself), or whose message the
+  server rejects, is recorded and silent from then on; with ``refusals="raise"``
+  a remote-protocol error propagates;
 * a client silenced "from" a stage (a dropout) sends nothing from that stage on.
 
 The server's own :class:`ThresholdNotMetError` (too few survivors) propagates
@@ -79,9 +80,15 @@ def run_exchange(
     def upload(stage: str, client_id: int, message) -> None:
         data = encode(message)
         record.bytes_up[stage] += len(data)
-        record.uploaded[stage].append(client_id)
         record.server_view.append(data)
-        receive(data)
+        try:
+            receive(data)
+        except RemoteProtocolError as exc:  # the server rejects what this client sent: it is out
+            if refusals == "raise":
+                raise
+            record.refused[client_id] = exc
+            return
+        record.uploaded[stage].append(client_id)
 
     first = stages[0]
     start = time.perf_counter()

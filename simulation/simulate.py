@@ -251,6 +251,10 @@ def open_run(config: SimulationConfig, site_names, coordinator: Coordinator, wei
     restored = False
     if resume:
         ledger = PrivacyLedger.open(out_dir)
+        if set(ledger.budgets) != set(names):
+            ledger.close()
+            raise SimulationError(f"{out_dir} is a run of sites {sorted(ledger.budgets)}; these sites are "
+                                  f"{sorted(names)}: resume it with the same sites")
         state = store.read_state()
         start_round = state["last_round"] + 1
         if start_round > 0:

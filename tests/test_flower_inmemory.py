@@ -39,6 +39,14 @@ def _metrics(run_dir) -> list[dict]:
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
+def _committed(directory) -> set[int]:
+    ledger = PrivacyLedger.open(directory)
+    try:
+        return ledger.committed_rounds()
+    finally:
+        ledger.close()
+
+
 def _rounds_spent(directory, site) -> list[int]:
     ledger = PrivacyLedger.open(directory)
     try:
@@ -50,9 +58,10 @@ def _rounds_spent(directory, site) -> list[int]:
 class _CrashingGrid(InMemoryGrid):
     """The coordinator's machine dies instead of sending the ``nth`` protocol exchange of a round."""
 
-    def __init__(self, *args, round_index: int, nth: int, **kwargs) -> None:
+    def __init__(self, *args, round_index: int, nth: int, run_dir, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        self.group, self.nth, self.seen = str(round_index), nth, 0
+        self.group, self.nth, self.seen, self.run_dir = str(round_index), nth, 0, run_dir
+        self.committed_at_crash = None
 
     def send_and_receive(self, messages, *, timeout=None):
         messages = list(messages)
@@ -60,6 +69,7 @@ class _CrashingGrid(InMemoryGrid):
         if (first.group_id, first.message_type) == (self.group, "query.secagg"):
             self.seen += 1
             if self.seen == self.nth:
+                self.committed_at_crash = _committed(self.run_dir)
                 raise SystemExit("the coordinator's machine died")
         return super().send_and_receive(messages, timeout=timeout)
 
@@ -70,9 +80,11 @@ def test_a_coordinator_crash_after_the_spend_resumes_without_counting_anything_t
     # Round 1 dies at Unmasking: its masked updates were in, so its spend was committed by the
     # coordinator and by every node, and its aggregate is lost.
     # The exchanges of a passive round: ShareKeys, MaskedInputCollection, Unmasking.
-    crashing = _CrashingGrid(client_app.app, nodes, DEFAULTS | RUN, round_index=1, nth=3)
+    crashing = _CrashingGrid(client_app.app, nodes, DEFAULTS | RUN, round_index=1, nth=3, run_dir=run_dir)
     with pytest.raises(SystemExit):
         _federate(crashing, run_dir)
+    # The coordinator had committed round 1's spend before any unmasking request could leave.
+    assert crashing.committed_at_crash == {0, 1}
     assert [m["round"] for m in _metrics(run_dir)] == [0]
     grid = InMemoryGrid(client_app.app, nodes, DEFAULTS | RUN)
     grid.contexts = crashing.contexts  # the same SuperNodes (their state survives the coordinator)
@@ -84,8 +96,7 @@ def test_a_coordinator_crash_after_the_spend_resumes_without_counting_anything_t
     assert summary["rounds_completed"] == 2 and summary["privacy"]["ledger_verified"]
     for site in SITES:
         assert _rounds_spent(run_dir, site) == [0, 1, 2]  # round 1's release counted once
-        own = tmp_path / f"node-{site}" / "ledgers"
-        assert _rounds_spent(next(own.iterdir()), site) == [0, 1, 2]
+        assert _rounds_spent(tmp_path / f"node-{site}" / "ledger", site) == [0, 1, 2]
 
 
 def test_a_node_over_its_own_budget_refuses_and_spends_nothing(tmp_path):
@@ -138,7 +149,7 @@ def test_distributed_dp_over_flower_noises_at_the_nodes_and_both_sides_account_f
     site_level = summary["privacy"]["site_level"]
     assert site_level["mechanism"] == "skellam" and all(0 < e <= 1000.0 for e in site_level["epsilon_spent"].values())
     for site in SITES:  # each node committed its own site-level spend before its noisy update left
-        own = PrivacyLedger.open(next((tmp_path / f"node-{site}" / "ledgers").iterdir()))
+        own = PrivacyLedger.open(tmp_path / f"node-{site}" / "ledger")
         try:
             assert own.site_level_spent(site) == pytest.approx(site_level["epsilon_spent"][site])
         finally:

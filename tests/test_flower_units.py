@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
+import numpy as np
+
 import pytest
 
 pytest.importorskip("flwr")
@@ -165,3 +167,74 @@ def test_a_node_recalibrates_distributed_dp_and_refuses_a_different_mechanism(tm
         assert refusal is not None and refusal.startswith("site-level budget")
     finally:
         ledger.close()
+
+
+def test_a_node_with_a_registry_refuses_a_passive_session(tmp_path):
+    from simulation.flower.client_app import _signing_key
+
+    _, context, _ = _active_setup(tmp_path)
+    passive = _setup(client_id=3, site="site-3")  # a coordinator downgrading to unauthenticated keys
+    with pytest.raises(secagg.VerificationError, match="active-mode sessions only"):
+        _signing_key(context, passive)
+
+
+def test_a_deployed_node_never_takes_its_budget_or_paths_from_the_run_config():
+    from simulation.flower.client_app import _node_path, _node_setting
+
+    run_config = {"node-epsilon-budget": 1e9, "node-state-root": "/tmp/fresh", "node-data-root": "/"}
+    deployed = SimpleNamespace(node_config={"partition-id": 0, "site": "site-1"}, run_config=run_config)
+    assert _node_setting(deployed, "epsilon-budget", "node-epsilon-budget") is None
+    assert _node_path(deployed, "state-dir", "node-state-root") is None
+    assert _node_path(deployed, "data", "node-data-root") is None
+    # Flower's simulation engine (one machine, the researcher is every party) sets exactly these two keys.
+    simulated = SimpleNamespace(node_config={"partition-id": 0, "num-partitions": 3}, run_config=run_config)
+    assert _node_setting(simulated, "epsilon-budget", "node-epsilon-budget") == 1e9
+    assert str(_node_path(simulated, "state-dir", "node-state-root")) == "/tmp/fresh/site-1"
+
+
+def test_a_node_releases_a_round_of_a_run_once_and_composes_its_runs(tmp_path):
+    from dp import PrivacyLedger
+
+    from simulation.flower.client_app import _check_budget, _commit_release
+
+    ledger = PrivacyLedger.create(tmp_path, run_id="node-site-3", delta=1e-5, budgets={"site-3": 8.0})
+    try:
+        first = _setup(client_id=3, site="site-3", run_id="run-a", round_index=0)
+        _commit_release(ledger, first, None)
+        assert _check_budget(ledger, first, None).startswith("round 0 of run run-a was already released")
+        with pytest.raises(secagg.InvalidInputError, match="already released"):
+            _commit_release(ledger, first, None)
+        # Another run's round 0 is a new release, composed with the first in the same ledger.
+        _commit_release(ledger, _setup(client_id=3, site="site-3", run_id="run-b", round_index=0), None)
+        assert [e.round for e in ledger.events("site-3")] == [0, 1]
+        assert ledger.spent("site-3").bound > 0
+    finally:
+        ledger.close()
+
+
+def test_distributed_dp_noise_must_be_shared_among_no_more_sites_than_a_sum_holds():
+    from dp import DistributedDpConfig, calibrate_distributed
+
+    # The coordinator claims every one of 4 sites adds 1/4 of the noise, but outputs sums of 2.
+    ddp = calibrate_distributed(DistributedDpConfig("skellam", l2_clip=1.0, target_epsilon=10.0, delta=1e-5,
+                                                    rounds=4, min_contributors=4, max_contributors=4), 100)
+    session = secagg.SessionConfig(session_id=secagg.new_session_id(), participants=(1, 2, 3, 4), threshold=3,
+                                   vector_length=ddp.vector_length, bit_width=ddp.bits)
+    setup = _setup(session=session, ddp_mechanism="skellam", ddp_l2_clip=1.0, ddp_epsilon=10.0, ddp_rounds=4,
+                   ddp_min_contributors=4, ddp_max_contributors=4, ddp_colluding=0, ddp_bits=ddp.bits,
+                   ddp_scale=ddp.scale)
+    with pytest.raises(secagg.InvalidInputError, match="noise shared among 4 contributors"):
+        setup.distributed_dp(100)
+
+
+def test_the_transport_refuses_a_node_that_speaks_for_another_client():
+    from simulation.flower.transport import FlowerTransport
+
+    session = secagg.SessionConfig(session_id=secagg.new_session_id(), participants=(1, 2, 3), threshold=2,
+                                   vector_length=4, bit_width=32)
+    advertise = secagg.ClientSession(session, 2, masked_input=np.zeros(4, dtype=np.uint32)).advertise()
+    transport = FlowerTransport(grid=None, node_of={1: 11, 2: 12, 3: 13}, stage_timeout=1.0, group_id="0")
+    transport.answers = {1: secagg.wire.encode(advertise), 2: secagg.wire.encode(advertise)}
+    assert transport.answer(2).sender == 2
+    with pytest.raises(secagg.RemoteProtocolError, match="as client 2"):
+        transport.answer(1)

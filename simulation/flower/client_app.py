@@ -8,8 +8,9 @@ encrypted at rest). Only the session's answers (wire bytes) are sent back;
 training losses are not (they are not covered by the DP guarantee).
 
 **The node does not trust the coordinator's privacy accounting.** With a
-``state-dir`` it keeps its own :class:`dp.PrivacyLedger` for the run and its
-own ``epsilon-budget``: before training it checks that the round's DP-SGD
+``state-dir`` it keeps its own :class:`dp.PrivacyLedger` - one for all the runs
+it takes part in, with its own ``epsilon-budget`` and ``delta`` - so its budget
+composes across runs: before training it checks that the round's DP-SGD
 parameters (sent in the setup) keep it within budget, and it commits the
 spend *before* its masked update leaves (on answering MaskedInputCollection);
 a round that would pass its budget is refused. It also rebuilds the encoder
@@ -21,8 +22,9 @@ Node configuration (``flower-supernode --node-config``):
   (default ``site-<partition-id + 1>``), which the coordinator's ledger uses.
 * ``data`` (str): the site's directory of NIfTI volumes (``healthy/`` and
   optionally ``pathology/``, :func:`models.load_site`); needed for ``dp-sgd``.
-* ``state-dir`` (str) and ``epsilon-budget`` (float): the node's own ledger
-  (``STATE_DIR/ledgers/<run id>/``) and budget, and the preprocessing cache;
+* ``state-dir`` (str), ``epsilon-budget`` (float) and ``delta`` (float, default
+  1e-5): the node's own ledger (``STATE_DIR/ledger/``, every run composed; a
+  round is never released twice) and budget, and the preprocessing cache;
   ``site-level-budget`` (float): its site-level budget when the run uses
   distributed DP (the node recalibrates the mechanism itself and adds its
   share of the noise before masking).
@@ -38,7 +40,9 @@ Node configuration (``flower-supernode --node-config``):
   dropped. On Flower's simulation engine (no node config) the run config's
   ``simulate-drop = "SITE:ROUND:STAGE,..."`` does the same, and
   ``node-data-root``/``node-state-root`` give each simulated node
-  ``ROOT/<site>``.
+  ``ROOT/<site>`` and ``node-epsilon-budget``/``node-site-level-budget`` its
+  budgets. A deployed SuperNode never reads these from the run config (which
+  comes from the coordinator's side): only its operator's ``--node-config``.
 """
 
 from __future__ import annotations
@@ -82,10 +86,28 @@ def site_name(context: Context) -> str:
     return str(context.node_config.get("site") or f"site-{int(context.node_config['partition-id']) + 1}")
 
 
+def _simulated(context: Context) -> bool:
+    """A node of Flower's simulation engine: its node config is exactly what that engine sets.
+
+    Only simulated nodes (one machine, the researcher is every party) read their data, state and
+    budgets from the run config, which the coordinator's side supplies. A SuperNode whose operator
+    set anything of ours (``site``, ``state-dir``, ...) never does.
+    """
+    return "num-partitions" in context.node_config and set(context.node_config) <= {"partition-id",
+                                                                                      "num-partitions"}
+
+
+def _node_setting(context: Context, key: str, run_key: str):
+    value = context.node_config.get(key)
+    if value not in (None, ""):
+        return value
+    return (context.run_config.get(run_key) or None) if _simulated(context) else None
+
+
 def _node_path(context: Context, key: str, run_key: str) -> Path | None:
     if context.node_config.get(key):
         return Path(str(context.node_config[key]))
-    root = context.run_config.get(run_key)
+    root = context.run_config.get(run_key) if _simulated(context) else None
     return Path(str(root)) / site_name(context) if root else None
 
 
@@ -95,7 +117,8 @@ def _drop_point(context: Context):
     if spec:
         round_text, stage = spec.split(":")
         return int(round_text), stage
-    for item in filter(None, str(context.run_config.get("simulate-drop", "") or "").split(",")):
+    spec = str(context.run_config.get("simulate-drop", "") or "") if _simulated(context) else ""
+    for item in filter(None, spec.split(",")):
         site, round_text, stage = item.strip().rsplit(":", 2)
         if site == site_name(context):
             return int(round_text), stage
@@ -124,56 +147,82 @@ def hello(message: Message, context: Context) -> Message:
 # -- the node's own privacy ledger ------------------------------------------------------
 
 
-def _event(setup: RoundSetup):
+def _event(setup: RoundSetup, round_index: int | None = None):
+    """The spend of one round; in the node's own ledger ``round_index`` is its own sequence number."""
     from dp.events import PrivacyEvent
 
-    return PrivacyEvent(site=setup.site, round=setup.round_index, noise_multiplier=setup.noise_multiplier,
+    return PrivacyEvent(site=setup.site, round=setup.round_index if round_index is None else round_index, noise_multiplier=setup.noise_multiplier,
                         sample_rate=setup.sample_rate, steps=setup.local_steps, delta=setup.delta,
                         clipping_norm=setup.max_grad_norm, secure_rng=setup.secure_rng)
 
 
 def _ledger(context: Context, setup: RoundSetup):
-    """The node's ledger for this run (created on first use), or None without a ``state-dir``.
+    """The node's own ledger (``STATE_DIR/ledger``), or None without a ``state-dir``.
 
-    With distributed DP the node also needs its own ``site-level-budget``.
+    One ledger per node for every run it takes part in, so its budget composes across runs and
+    a coordinator cannot hand it a fresh one. Its delta is the node's (``delta``, default 1e-5);
+    with distributed DP the node also needs its own ``site-level-budget``.
     """
     from dp import PrivacyLedger
 
     state_dir = _node_path(context, "state-dir", "node-state-root")
     if state_dir is None:
         return None
-    budget = context.node_config.get("epsilon-budget") or context.run_config.get("node-epsilon-budget")
+    budget = _node_setting(context, "epsilon-budget", "node-epsilon-budget")
     if not budget:
         raise secagg.InvalidInputError("the node has a state-dir but no epsilon-budget: set the budget this "
-                                       "hospital allows for the run (--node-config 'epsilon-budget=8.0')")
-    site_level = context.node_config.get("site-level-budget") or context.run_config.get("node-site-level-budget")
-    directory = state_dir / "ledgers" / setup.run_id
+                                       "hospital allows for its data (--node-config 'epsilon-budget=8.0')")
+    delta = float(context.node_config.get("delta", 1e-5))
+    if setup.delta != delta:
+        raise secagg.InvalidInputError(f"the run's delta {setup.delta} is not this node's delta {delta}")
+    site_level = _node_setting(context, "site-level-budget", "node-site-level-budget")
+    directory = state_dir / "ledger"
     if (directory / "ledger.sqlite").exists():
         ledger = PrivacyLedger.open(directory)
     else:
         directory.mkdir(parents=True, exist_ok=True)
-        ledger = PrivacyLedger.create(directory, run_id=setup.run_id, delta=setup.delta,
+        ledger = PrivacyLedger.create(directory, run_id=f"node-{setup.site}", delta=delta,
                                       budgets={setup.site: float(budget)},
-                                      site_level_budget=float(site_level) if setup.ddp_mechanism and site_level
-                                      else None)
-    if ledger.delta != setup.delta:
+                                      site_level_budget=float(site_level) if site_level else None)
+    if setup.site not in ledger.budgets or ledger.delta != delta:
         ledger.close()
-        raise secagg.InvalidInputError(f"the run's delta changed from {ledger.delta} to {setup.delta}")
+        raise secagg.InvalidInputError(f"{directory} is another site's ledger or has another delta")
     if setup.ddp_mechanism and ledger.site_level is None:
         ledger.close()
         raise secagg.InvalidInputError("distributed DP: this node keeps no site-level budget: start it with "
-                                       "--node-config 'site-level-budget=10.0'")
+                                       "--node-config 'site-level-budget=10.0' (on a new state-dir)")
     return ledger
+
+
+def _released(ledger, setup: RoundSetup) -> bool:
+    """Has this node already released an update for this (run, round)?"""
+    return any(e.kind == "round" and (e.body.get("extra") or {}).get("run") == setup.run_id
+               and (e.body.get("extra") or {}).get("round") == setup.round_index for e in ledger.entries())
+
+
+def _commit_release(ledger, setup: RoundSetup, ddp) -> None:
+    """Commit this node's spend for the round (under its own sequence number), before the update leaves."""
+    if _released(ledger, setup):
+        raise secagg.InvalidInputError(f"round {setup.round_index} of run {setup.run_id} was already released by "
+                                       "this node; it is not released twice")
+    local = max(ledger.committed_rounds(), default=-1) + 1
+    event = _event(setup, local)
+    site_level = {setup.site: ddp.event(local)} if ddp is not None else None
+    ledger.commit_round(local, [event], site_level=site_level,
+                        extra={"run": setup.run_id, "round": setup.round_index, "released": [setup.site]})
 
 
 def _check_budget(ledger, setup: RoundSetup, ddp) -> str | None:
     """Why this node must sit the round out (None: it may take part)."""
-    decision = ledger.check_budget(setup.site, [_event(setup)])
+    if _released(ledger, setup):
+        return f"round {setup.round_index} of run {setup.run_id} was already released by this node"
+    local = max(ledger.committed_rounds(), default=-1) + 1
+    decision = ledger.check_budget(setup.site, [_event(setup, local)])
     if not decision.allowed:
         return (f"budget: this round would reach epsilon {decision.projected.bound:.3f} > this node's budget "
                 f"{decision.budget}")
     if ddp is not None:
-        allowed, projected = ledger.check_site_level_budget(setup.site, ddp.event(setup.round_index))
+        allowed, projected = ledger.check_site_level_budget(setup.site, ddp.event(local))
         if not allowed:
             return f"site-level budget: this round would reach epsilon {projected:.3f}"
     return None
@@ -223,9 +272,13 @@ def _signing_key(context: Context, setup: RoundSetup) -> bytes | None:
     """Active mode: this site's signing key, once the session's verify keys match our own registry."""
     from ..identity import check_session_keys, load_registry, load_signing_key
 
-    if not setup.session.active:
-        return None
     key_path, registry_path = context.node_config.get("signing-key"), context.node_config.get("registry")
+    if not setup.session.active:
+        if registry_path:
+            # A passive session cannot prove who the other participants are: a coordinator could fill
+            # it with clients it controls and unmask this node's update. A node with a registry refuses.
+            raise secagg.VerificationError("this node takes part in active-mode sessions only (it has a registry)")
+        return None
     if not key_path or not registry_path:
         raise secagg.InvalidInputError("active mode: start this node with --node-config "
                                        "'signing-key=\"FILE\" registry=\"FILE\"' (see `secagg keys new`)")
@@ -328,11 +381,8 @@ def step(message: Message, context: Context) -> Message:
             # The masked update is about to leave this node: its spend is committed first.
             ledger = _ledger(context, setup)
             if ledger is not None:
-                ddp = pickle.loads(bytes(state["ddp"]))
-                site_level = {setup.site: ddp.event(setup.round_index)} if ddp is not None else None
                 try:
-                    ledger.commit_round(setup.round_index, [_event(setup)], site_level=site_level,
-                                        extra={"released": [setup.site]})
+                    _commit_release(ledger, setup, pickle.loads(bytes(state["ddp"])))
                 finally:
                     ledger.close()
     except (secagg.ProtocolError, PrivacyError, ValueError) as exc:

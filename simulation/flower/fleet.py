@@ -61,7 +61,7 @@ class FlowerFleet(Fleet):
         c = ctx.ddp.config
         return {"ddp_mechanism": c.mechanism, "ddp_l2_clip": c.l2_clip, "ddp_epsilon": c.target_epsilon,
                 "ddp_rounds": c.rounds, "ddp_min_contributors": c.min_contributors,
-                "ddp_max_contributors": c.max_contributors or 0, "ddp_colluding": c.colluding_sites,
+                "ddp_max_contributors": c.max_contributors or c.min_contributors, "ddp_colluding": c.colluding_sites,
                 "ddp_bits": ctx.ddp.bits, "ddp_scale": ctx.ddp.scale}
 
     def run_round(self, ctx: RunContext, plan: RoundPlan, session, silent: Mapping[int, str],
@@ -86,11 +86,13 @@ class FlowerFleet(Fleet):
         setup_seconds = time.perf_counter() - start
         # The engine asks every client it is given for its AdvertiseKeys: give it those that answered
         # the setup in time (the others dropped before the protocol started, or refused the setup).
-        for cid, got in sorted(transport.answers.items()):
-            if isinstance(got, Exception):
-                self.log(f"round {plan.round_index}: {ctx.site_of(cid)} refused the round: {got}")
+        setup_refusals = {cid: f"{type(got).__name__}: {got}" for cid, got in transport.answers.items()
+                          if isinstance(got, Exception)}
+        for cid, reason in sorted(setup_refusals.items()):
+            self.log(f"round {plan.round_index}: {ctx.site_of(cid)} refused the round: {reason}")
         answered = sorted(cid for cid, got in transport.answers.items() if isinstance(got, bytes))
         proxies = {cid: ClientProxy(cid, transport) for cid in answered}
         outcome = run_masked_round(BatchingCoordinator(coordinator, transport), session, proxies, {}, on_release)
+        outcome.refusals = setup_refusals | outcome.refusals  # a refusal is not a silent dropout
         # Training happens inside the setup exchange, at the nodes: its wall time is "train".
         return FleetRound(outcome=outcome, timings={"train": setup_seconds})

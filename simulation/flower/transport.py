@@ -165,6 +165,13 @@ class RoundSetup:
             rounds=self.ddp_rounds, min_contributors=self.ddp_min_contributors,
             max_contributors=self.ddp_max_contributors, colluding_sites=self.ddp_colluding, bits=self.ddp_bits,
         ), dimension)
+        if self.ddp_min_contributors > self.session.threshold or \
+                len(self.session.participants) > self.ddp_max_contributors:
+            # Each site adds 1/min_contributors of the noise: a sum of fewer sites would carry less.
+            raise secagg.InvalidInputError(
+                f"distributed DP: noise shared among {self.ddp_min_contributors} contributors, but the session "
+                f"outputs sums of {self.session.threshold} or more of {len(self.session.participants)} sites "
+                f"(at most {self.ddp_max_contributors} allowed)")
         if (calibrated.vector_length, calibrated.bits) != (self.session.vector_length, self.session.bit_width) or \
                 not math.isclose(calibrated.scale, self.ddp_scale, rel_tol=1e-12):
             raise secagg.InvalidInputError(
@@ -189,6 +196,7 @@ class FlowerTransport:
         self.group_id = group_id
         self.log = log
         self.answers: dict[int, object] = {}  # client id -> wire bytes | Exception (refusal)
+        self.pending: tuple | None = None  # (stage, contents) held by stage() until flush()
         self.timings: dict[str, float] = {}
 
     def exchange(self, stage: str, message_type: str, contents: Mapping[int, object]) -> None:
@@ -225,11 +233,32 @@ class FlowerTransport:
         got = self.answers.pop(client_id, None)
         if isinstance(got, Exception):
             raise got
-        return None if got is None else wire.decode(got)
+        if got is None:
+            return None
+        message = wire.decode(got)
+        if getattr(message, "sender", client_id) != client_id:
+            raise secagg.RemoteProtocolError(f"the node of client {client_id} sent a message as client "
+                                             f"{message.sender}")
+        return message
+
+    def stage(self, stage: str, contents: Mapping[int, object]) -> None:
+        """Hold one stage's messages; :meth:`flush` sends them (after the coordinator's own bookkeeping)."""
+        self.pending = (stage, dict(contents))
+
+    def flush(self) -> None:
+        if self.pending is not None:
+            stage, contents = self.pending
+            self.pending = None
+            self.exchange(stage, STEP, contents)
 
 
 class BatchingCoordinator:
-    """The project's Coordinator, with ``advance`` also sending the stage's messages over Flower."""
+    """The project's Coordinator, with ``advance`` also preparing the stage's messages for Flower.
+
+    They leave on the first delivery (:meth:`ClientProxy.handle`), i.e. after the engine has done
+    what must precede them - committing the spend when the masked updates are in, before any
+    unmasking request goes out.
+    """
 
     def __init__(self, coordinator, transport: FlowerTransport) -> None:
         self._coordinator = coordinator
@@ -244,7 +273,7 @@ class BatchingCoordinator:
         outgoing = self._coordinator.advance()
         if outgoing:
             stage = STAGE_OF[type(next(iter(outgoing.values())))]
-            self._transport.exchange(stage, STEP, {
+            self._transport.stage(stage, {
                 cid: RecordDict({"secagg": ConfigRecord({"wire": wire.encode(message)})})
                 for cid, message in outgoing.items()
             })
@@ -262,4 +291,5 @@ class ClientProxy:
         return self.transport.answer(self.client_id)
 
     def handle(self, data: bytes):
+        self.transport.flush()  # the whole stage goes out at once, on its first delivery
         return self.transport.answer(self.client_id)
