@@ -59,7 +59,7 @@ class RoundSetup:
     round_index: int
     client_id: int
     site: str
-    run_id: str  # the coordinator ledger's run id: the node keeps its own ledger per run
+    run_id: str  # the coordinator ledger's run id: with round_index, what a node never releases twice
     noise_multiplier: float
     max_grad_norm: float
     sample_rate: float
