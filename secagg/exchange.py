@@ -26,9 +26,44 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Mapping, Sequence
 
-from .errors import RemoteProtocolError, ThresholdNotMetError
+import numpy as np
 
-__all__ = ["ExchangeRecord", "run_exchange"]
+from .errors import InvalidInputError, RemoteProtocolError, ThresholdNotMetError
+
+__all__ = ["ExchangeRecord", "run_exchange", "validate_updates", "validate_dropouts"]
+
+
+def validate_updates(updates: Mapping, party: str = "client") -> tuple[list[int], int]:
+    """Sorted ids and the common length of ``updates`` (id -> 1-D array), or :class:`InvalidInputError`."""
+    if not isinstance(updates, Mapping) or len(updates) < 2:
+        raise InvalidInputError(f"updates must map at least 2 {party} ids to 1-D float arrays")
+    ids = list(updates)
+    if any(not isinstance(i, int) or isinstance(i, bool) for i in ids):
+        raise InvalidInputError(f"{party} ids must be ints; got {[i for i in ids if not isinstance(i, int)][:5]}")
+    shapes = {i: np.shape(updates[i]) for i in ids}
+    first = shapes[ids[0]]
+    if len(first) != 1 or first[0] < 1:
+        raise InvalidInputError(f"updates must be non-empty 1-D arrays; {party} {ids[0]} has shape {first}")
+    wrong = {i: s for i, s in shapes.items() if s != first}
+    if wrong:
+        raise InvalidInputError(f"all updates must have shape {first}; got {dict(list(wrong.items())[:5])}")
+    return sorted(ids), first[0]
+
+
+def validate_dropouts(dropouts, ids: Sequence[int], stages: Sequence[str], party: str = "client") -> dict[int, str]:
+    """``{stage: [ids]}`` -> ``{id: first stage at which it is silent}`` (the earliest stage wins)."""
+    stages = tuple(stages)
+    silent: dict[int, str] = {}
+    for stage, members in (dropouts or {}).items():
+        if stage not in stages:
+            raise InvalidInputError(f"unknown dropout stage {stage!r}; stages are {stages}")
+        unknown = set(members) - set(ids)
+        if unknown:
+            raise InvalidInputError(f"dropouts at stage {stage!r} name unknown {party} ids {sorted(unknown)[:10]}")
+        for member in members:
+            if member not in silent or stages.index(stage) < stages.index(silent[member]):
+                silent[member] = stage
+    return silent
 
 
 @dataclass

@@ -21,7 +21,7 @@ from .config import SessionConfig, new_session_id
 from .crypto import SigningKeyPair
 from .encoding import FixedPointEncoder, check_finite_vector
 from .errors import InvalidInputError
-from .exchange import run_exchange
+from .exchange import run_exchange, validate_dropouts, validate_updates
 from .messages import ConsistencyRequest, KeyDirectory, MaskedInputRequest, UnmaskRequest
 from .client import ClientSession
 from .server import ServerSession
@@ -70,36 +70,6 @@ class LocalResult:
     config: SessionConfig = field(repr=False)
 
 
-def _validate_updates(updates: Mapping) -> tuple[list[int], int]:
-    if not isinstance(updates, Mapping) or len(updates) < 2:
-        raise InvalidInputError("updates must map at least 2 client ids to 1-D float arrays")
-    ids = list(updates)
-    if any(not isinstance(i, int) or isinstance(i, bool) for i in ids):
-        raise InvalidInputError(f"client ids must be ints; got {[i for i in ids if not isinstance(i, int)][:5]}")
-    lengths = {i: np.shape(updates[i]) for i in ids}
-    first = lengths[ids[0]]
-    if len(first) != 1 or first[0] < 1:
-        raise InvalidInputError(f"updates must be non-empty 1-D arrays; client {ids[0]} has shape {first}")
-    wrong = {i: s for i, s in lengths.items() if s != first}
-    if wrong:
-        raise InvalidInputError(f"all updates must have shape {first}; got {dict(list(wrong.items())[:5])}")
-    return sorted(ids), first[0]
-
-
-def _validate_dropouts(dropouts, ids: list[int]) -> dict[int, int]:
-    """Map client id -> index of the first stage in which it is silent."""
-    silent_from: dict[int, int] = {}
-    for stage, clients in (dropouts or {}).items():
-        if stage not in STAGES:
-            raise InvalidInputError(f"unknown dropout stage {stage!r}; stages are {STAGES}")
-        unknown = set(clients) - set(ids)
-        if unknown:
-            raise InvalidInputError(f"dropouts at stage {stage!r} name unknown client ids {sorted(unknown)[:10]}")
-        for c in clients:
-            silent_from[c] = min(silent_from.get(c, len(STAGES)), STAGES.index(stage))
-    return silent_from
-
-
 def run_local(
     updates: Mapping[int, np.ndarray],
     *,
@@ -138,8 +108,8 @@ def run_local(
     """
     if refusals not in ("raise", "drop"):
         raise InvalidInputError(f"refusals must be 'raise' or 'drop'; got {refusals!r}")
-    ids, length = _validate_updates(updates)
-    silent_from = _validate_dropouts(dropouts, ids)
+    ids, length = validate_updates(updates)
+    silent_from = validate_dropouts(dropouts, ids, STAGES)
     vectors = {i: check_finite_vector(updates[i], length=length, name=f"update of client {i}") for i in ids}
     encoder = FixedPointEncoder.create(
         clip=clip, max_summands=len(ids), resolution=resolution, bit_width=bit_width
@@ -167,7 +137,7 @@ def run_local(
 
     server = ServerSession(config)
     record = run_exchange(server.receive, server.advance, clients, stages=STAGES, answer_stage=_ANSWER_STAGE,
-                      encode=wire.encode, silent_from={i: STAGES[k] for i, k in silent_from.items()},
+                      encode=wire.encode, silent_from=silent_from,
                       tamper=tamper, refusals="raise" if refusals == "raise" else "record")
 
     result = server.result

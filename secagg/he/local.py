@@ -26,7 +26,7 @@ from ..config import new_session_id
 from ..crypto import SigningKeyPair
 from ..encoding import check_finite_vector, weighted_mean, weighted_vector
 from ..errors import InvalidInputError
-from ..exchange import run_exchange
+from ..exchange import run_exchange, validate_dropouts, validate_updates
 from . import wire
 from .ckks import CKKSContext
 from .client import HEClientSession
@@ -83,35 +83,6 @@ class HELocalResult:
     params: HEParameters = field(repr=False)
 
 
-def _validate_updates(updates: Mapping) -> tuple[list[int], int]:
-    if not isinstance(updates, Mapping) or len(updates) < 2:
-        raise InvalidInputError("updates must map at least 2 site ids to 1-D float arrays")
-    ids = list(updates)
-    if any(not isinstance(i, int) or isinstance(i, bool) for i in ids):
-        raise InvalidInputError(f"site ids must be ints; got {[i for i in ids if not isinstance(i, int)][:5]}")
-    shapes = {i: np.shape(updates[i]) for i in ids}
-    first = shapes[ids[0]]
-    if len(first) != 1 or first[0] < 1:
-        raise InvalidInputError(f"updates must be non-empty 1-D arrays; site {ids[0]} has shape {first}")
-    wrong = {i: s for i, s in shapes.items() if s != first}
-    if wrong:
-        raise InvalidInputError(f"all updates must have shape {first}; got {dict(list(wrong.items())[:5])}")
-    return sorted(ids), first[0]
-
-
-def _silent_from(dropouts, ids) -> dict[int, int]:
-    silent: dict[int, int] = {}
-    for stage, sites in (dropouts or {}).items():
-        if stage not in HE_STAGES:
-            raise InvalidInputError(f"unknown dropout stage {stage!r}; HE stages are {HE_STAGES}")
-        unknown = set(sites) - set(ids)
-        if unknown:
-            raise InvalidInputError(f"dropouts at stage {stage!r} name unknown site ids {sorted(unknown)[:10]}")
-        for s in sites:
-            silent[s] = min(silent.get(s, len(HE_STAGES)), HE_STAGES.index(stage))
-    return silent
-
-
 def run_local_he(
     updates: Mapping[int, np.ndarray],
     *,
@@ -158,8 +129,8 @@ def run_local_he(
     """
     if refusals not in ("raise", "drop"):
         raise InvalidInputError(f"refusals must be 'raise' or 'drop'; got {refusals!r}")
-    ids, length = _validate_updates(updates)
-    silent = _silent_from(dropouts, ids)
+    ids, length = validate_updates(updates, party="site")
+    silent = validate_dropouts(dropouts, ids, HE_STAGES, party="site")
     vectors = {i: check_finite_vector(updates[i], length=length, name=f"update of site {i}") for i in ids}
     clipped = {i: int(np.count_nonzero(np.abs(vectors[i]) > clip)) for i in ids}
     if weights is not None:
@@ -192,7 +163,7 @@ def run_local_he(
 
     server = HEServerSession(config)
     record = run_exchange(server.receive, server.advance, sites, stages=HE_STAGES, answer_stage=HE_ANSWER_STAGE,
-                      encode=wire.encode, silent_from={i: HE_STAGES[k] for i, k in silent.items()},
+                      encode=wire.encode, silent_from=silent,
                       tamper=tamper, refusals="raise" if refusals == "raise" else "record")
 
     result = server.result
