@@ -20,6 +20,8 @@ from __future__ import annotations
 import time
 from typing import Callable, Mapping
 
+import secagg
+
 from ..engine import run_masked_round
 from ..rounds import Fleet, FleetRound, RoundPlan, RunContext
 from .transport import SETUP, BatchingCoordinator, ClientProxy, FlowerTransport, RoundSetup
@@ -68,8 +70,9 @@ class FlowerFleet(Fleet):
                   on_release: Callable[[frozenset], None]) -> FleetRound:
         from flwr.app import ArrayRecord, RecordDict
 
-        if ctx.config.mode not in ("secagg", "secagg+"):
-            raise NotImplementedError("over Flower: modes secagg and secagg+")
+        if ctx.config.mode not in ("secagg", "secagg+"):  # flower_config refuses these before the run starts
+            raise secagg.InvalidInputError(f"mode {ctx.config.mode!r} is not carried over Flower; use secagg or "
+                                           "secagg+ (he and plain run in `secagg simulate`)")
         if silent:
             raise ValueError("simulated dropouts do not apply over Flower: nodes drop by not answering in time")
         coordinator = ctx.coordinator
