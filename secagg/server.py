@@ -29,11 +29,11 @@ from . import shamir, wire
 from .config import SessionConfig
 from .crypto import AEAD_OVERHEAD, constant_time_equal, verify_signature, x25519_public_key
 from .encoding import ring_dtype
+from .envelope import check_envelope
 from .errors import (
     InvalidInputError,
     LocalProtocolError,
     ReconstructionError,
-    SessionMismatchError,
     ThresholdNotMetError,
     UnexpectedMessageError,
     VerificationError,
@@ -151,19 +151,7 @@ class ServerSession:
         """Validate and record one client message of the current stage."""
         if isinstance(message, (bytes, bytearray, memoryview)):
             message = wire.decode(message)
-        expected = _EXPECTED.get(self.stage)
-        if expected is None:
-            raise UnexpectedMessageError(f"session is {self.stage.value}; no more messages are accepted")
-        if not isinstance(message, expected):
-            raise UnexpectedMessageError(
-                f"stage {self.stage.value} expects {expected.__name__}; got {type(message).__name__} "
-                "(replayed, reordered or stale)"
-            )
-        if not constant_time_equal(message.session, self._fp):
-            raise SessionMismatchError(f"message from client {message.sender} belongs to another session")
-        sender = message.sender
-        if sender in self._received:
-            raise UnexpectedMessageError(f"duplicate {type(message).__name__} from client {sender}")
+        sender = check_envelope(message, self.stage, _EXPECTED.get(self.stage), self._fp, self._received)
         eligible = self.expected_senders | set(self._received)
         if sender not in eligible:
             raise UnexpectedMessageError(

@@ -32,6 +32,7 @@ import enum
 import numpy as np
 
 from ..crypto import AEAD_OVERHEAD, constant_time_equal, verify_signature
+from ..envelope import check_envelope
 from ..errors import (
     LocalProtocolError,
     MalformedMessageError,
@@ -144,19 +145,8 @@ class HEServerSession:
         """Validate and record one site message of the current stage."""
         if isinstance(message, (bytes, bytearray, memoryview)):
             message = wire.decode(message)
-        expected = _EXPECTED.get(self.stage)
-        if expected is None:
-            raise UnexpectedMessageError(f"session is {self.stage.value}; no more messages are accepted")
-        if not isinstance(message, expected):
-            raise UnexpectedMessageError(
-                f"stage {self.stage.value} expects {expected.__name__}; got {type(message).__name__} "
-                "(replayed, reordered or stale)"
-            )
-        if not constant_time_equal(message.session, self._fp):
-            raise SessionMismatchError(f"message from site {message.sender} belongs to another session")
-        sender = message.sender
-        if sender in self._received:
-            raise UnexpectedMessageError(f"duplicate {type(message).__name__} from site {sender}")
+        sender = check_envelope(message, self.stage, _EXPECTED.get(self.stage), self._fp, self._received,
+                                party="site")
         if sender not in self.expected_senders:
             raise UnexpectedMessageError(
                 f"site {sender} may not send {type(message).__name__} in stage {self.stage.value} "
