@@ -17,6 +17,8 @@ MEDIANS: dict[str, float] = {}
 RATIOS = [
     ("client masking m=1e6, k=10 / (k+1) AES-CTR floor masks", "client_mask_1m_k10", ("floor_keystream_1m", 11),
      "target <= 3x"),
+    ("client masking m=1e6, k=10, active mode / (k+1) AES-CTR floor masks", "client_mask_1m_k10_active",
+     ("floor_keystream_1m", 11), "signed masked input (SHA-256 + Ed25519), issue 14"),
     ("server unmask n=50, m=1e6, 10% dropped / 27 s peer", "server_unmask_n50_1m", 27.0, "target <= 1/20"),
     ("server unmask n=50, m=1e6 / plain numpy sum of 45 vectors", "server_unmask_n50_1m", ("floor_numpy_sum_45x1m", 1),
      "mask removal on top of the unavoidable sum"),

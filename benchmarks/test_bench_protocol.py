@@ -15,6 +15,7 @@ import pytest
 
 import secagg
 from secagg import ClientSession, FixedPointEncoder, ServerSession, SessionConfig, new_session_id, wire
+from secagg.crypto import SigningKeyPair
 from secagg.prg import keystream_into
 
 from .conftest import record
@@ -22,16 +23,18 @@ from .conftest import record
 M = 1_000_000
 
 
-def _deployment(n, length, *, degree=None, threshold=None):
+def _deployment(n, length, *, degree=None, threshold=None, active=False):
     encoder = FixedPointEncoder.create(clip=1.0, max_summands=n)
     k = n - 1 if degree is None else degree
+    identities = {i: SigningKeyPair.generate() for i in range(n)} if active else {}
     config = SessionConfig(
         session_id=new_session_id(), participants=tuple(range(n)),
         threshold=threshold or (k + 1) // 2 + 1, vector_length=length, bit_width=encoder.bit_width,
-        degree=degree,
+        degree=degree, active=active, verify_keys={i: key.verify_key for i, key in identities.items()},
     )
     zero = encoder.encode(np.zeros(length)).ring
-    clients = {i: ClientSession(config, i, masked_input=zero) for i in range(n)}
+    clients = {i: ClientSession(config, i, masked_input=zero, signing_key=identities[i].seed if active else None)
+               for i in range(n)}
     return config, clients, ServerSession(config)
 
 
@@ -80,6 +83,25 @@ def test_client_mask_1m_k10(benchmark):
     record(benchmark, "client_mask_1m_k10")
 
 
+def test_client_mask_1m_k10_active(benchmark):
+    """The same round in active mode: + SHA-256 of the masked vector and one Ed25519 signature (issue 14)."""
+    state = {}
+
+    def setup():
+        config, clients, server = _deployment(11, M, active=True)
+        for i, c in clients.items():
+            server.receive(wire.encode(c.advertise()))
+        requests = _exchange(server, clients, server.advance())
+        state["args"] = (clients[0], wire.encode(requests[0]))
+        return state["args"], {}
+
+    def masked_input_round(client, request):
+        return wire.encode(client.handle(request))
+
+    benchmark.pedantic(masked_input_round, setup=setup, rounds=15, warmup_rounds=1)
+    record(benchmark, "client_mask_1m_k10_active")
+
+
 def test_server_unmask_n50_1m(benchmark):
     """Server's unmasking round: 45 self masks and 5 x 45 pairwise masks removed from 1M values."""
 
@@ -114,3 +136,22 @@ def test_run_local_1000_clients_secagg_plus(benchmark):
     benchmark.extra_info.update(degree=params.degree, threshold=params.threshold,
                                 seconds_per_stage=dict(result.seconds))
     record(benchmark, "run_local_1000_secagg_plus_100k")
+
+
+@pytest.mark.slow
+def test_run_local_1000_clients_secagg_plus_active(benchmark):
+    """Active mode at n = 1,000: every survivor checks every consistency signature (the global quorum)."""
+    params = secagg.find_parameters(1000, corrupt_fraction=0.05, dropout_fraction=0.05, malicious=True)
+    rng = np.random.default_rng(0)
+    updates = {i: rng.uniform(-0.1, 0.1, 100_000).astype(np.float32) for i in range(1000)}
+    dropouts = {"share": list(range(20)), "mask": list(range(20, 40))}
+    result = benchmark.pedantic(
+        secagg.run_local, args=(updates,),
+        kwargs={"threshold": params.threshold, "neighbors": params.degree, "dropouts": dropouts, "active": True,
+                "max_corrupt": params.corrupt_count},
+        rounds=1, iterations=1,
+    )
+    assert len(result.survivors) == 960
+    benchmark.extra_info.update(degree=params.degree, threshold=params.threshold,
+                                quorum=params.consistency_quorum, seconds_per_stage=dict(result.seconds))
+    record(benchmark, "run_local_1000_secagg_plus_100k_active")

@@ -21,7 +21,16 @@ and may collude with other clients. An honest client therefore refuses
   (which peers shared keys with it) - revealing both the self-mask share and
   the key share of one peer would unmask that peer's individual input;
 * in active mode, the unmasking request's survivor set differs from the one
-  the client signed, or fewer than t neighbours signed it.
+  the client signed, or fewer than Q = ``config.consistency_quorum`` distinct
+  participants of the whole session signed it. Counting only the
+  neighbourhood's signatures (as this code did before) let a coordinator show
+  different survivor sets to different neighbourhoods on a SecAgg+ graph and
+  unmask one client; the global quorum makes every answering honest client
+  see the same set (``docs/security.md`` has the argument).
+
+In active mode the client also signs its masked input and its unmasking
+response (session, round, sender), so neither can be replayed from another
+session or attributed to another client.
 
 The client answers at most one unmasking request per session.
 """
@@ -57,10 +66,12 @@ from .keyschedule import (
     SHARE_BUNDLE,
     advertise_payload,
     consistency_payload,
+    masked_input_payload,
     pairwise_mask_key,
     self_mask_key,
     share_associated_data,
     share_encryption_key,
+    unmask_response_payload,
 )
 from .messages import (
     AdvertiseKeys,
@@ -290,7 +301,11 @@ class ClientSession:
         self._shares = received
         self.state = ClientState.MASKED
         little_endian = "<u4" if self.config.bit_width == 32 else "<u8"
-        return MaskedInput(self._fp, self.client_id, self.config.bit_width, masked.astype(little_endian, copy=False).tobytes())
+        data = masked.astype(little_endian, copy=False).tobytes()
+        signature = b""
+        if self.config.active:
+            signature = sign(self._signing_key, masked_input_payload(self._fp, self.client_id, self.config.bit_width, data))
+        return MaskedInput(self._fp, self.client_id, self.config.bit_width, data, signature)
 
     def _mask(self, peers: list[int]) -> np.ndarray:
         """y = x + PRG(b_u) + sum_{v in peers} sign(u, v) PRG(s_uv) (mod 2^b), sign = + if u < v."""
@@ -320,6 +335,11 @@ class ClientSession:
 
     def _on_consistency_request(self, message: ConsistencyRequest) -> ConsistencySignature:
         self._check_survivor_view(message.survivors)
+        if len(message.survivors) < self.config.consistency_quorum:
+            raise ThresholdNotMetError(
+                f"survivor set of {len(message.survivors)} clients can never reach the consistency quorum "
+                f"{self.config.consistency_quorum}"
+            )
         signature = sign(self._signing_key, consistency_payload(self._fp, message.survivors))
         self._signed_survivors = message.survivors
         self.state = ClientState.SIGNED
@@ -352,31 +372,38 @@ class ClientSession:
         self_mask_shares = {v: self._shares[v][0] for v in survivors & shared}
         self_mask_shares[self.client_id] = self._own_shares[0]
         key_shares = {v: self._shares[v][1] for v in dropped & shared}
+        signature = b""
+        if self.config.active:
+            signature = sign(self._signing_key,
+                             unmask_response_payload(self._fp, self.client_id, self_mask_shares, key_shares))
         # Forget the shares: this client answers one unmasking request, ever.
         self._shares = {}
         self._input = None
         self.state = ClientState.DONE
-        return UnmaskResponse(self._fp, self.client_id, self_mask_shares, key_shares)
+        return UnmaskResponse(self._fp, self.client_id, self_mask_shares, key_shares, signature)
 
     def _verify_consistency(self, message: UnmaskRequest) -> None:
+        """Active mode: U3 is the set this client signed, and Q participants signed it.
+
+        Every signature is checked, whoever signed it: a quorum counted inside
+        one neighbourhood cannot stop a coordinator from showing another
+        neighbourhood another set (issue 14's split-view attack).
+        """
         if message.survivors != self._signed_survivors:
             raise UnsafeRequestError(
                 "unmasking request's survivor set differs from the set this client signed in the consistency check"
             )
         payload = consistency_payload(self._fp, message.survivors)
-        valid = 0
         for signer, signature in message.signatures.items():
             if signer not in message.survivors:
                 raise UnsafeRequestError(f"consistency signature from client {signer}, who is not a survivor")
-            if signer not in self._closed:
-                continue  # SecAgg+: only the neighbourhood's signatures are checked and counted
             try:
                 verify_signature(self.config.verify_keys[signer], payload, signature)
             except VerificationError:
                 raise VerificationError(f"consistency signature of client {signer} does not verify") from None
-            valid += 1
-        if valid < self.config.threshold:
+        quorum = self.config.consistency_quorum
+        if len(message.signatures) < quorum:
             raise ThresholdNotMetError(
-                f"only {valid} neighbours signed the survivor set; threshold is {self.config.threshold}"
+                f"only {len(message.signatures)} participants signed the survivor set; the consistency quorum is "
+                f"{quorum} of n = {self.config.n} (max(t, floor((n + c)/2) + 1), c = {self.config.max_corrupt})"
             )
-

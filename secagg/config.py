@@ -14,6 +14,16 @@ closed neighbourhood N[u] (its k neighbours and itself). We require
 collect t self-mask shares *and* t key shares of the same client from honest
 neighbours, because the two groups of answering neighbours would need more
 than k+1 members (Bonawitz et al. 2017, Sec. 4; Bell et al. 2020).
+
+Consistency quorum (active mode). ``max_corrupt`` = c is the number of
+clients that may collude with the coordinator. An honest client releases its
+unmasking shares only for a survivor set U3 signed by at least
+Q = max(t, floor((n + c) / 2) + 1) distinct participants, counted over the
+whole session (not only the client's neighbourhood). Two different sets each
+signed by Q participants share at least 2Q - n > c signers, so one of them is
+honest and signed twice, which an honest client never does: every honest
+client that answers sees the same U3. The full argument, and why that single
+U3 stops uneven share forwarding, is in ``docs/security.md``.
 """
 
 from __future__ import annotations
@@ -55,6 +65,9 @@ class SessionConfig:
         active: run the ConsistencyCheck round and sign round-0 keys
             (defends against an actively malicious server); needs ``verify_keys``.
         verify_keys: long-term Ed25519 verify keys of every participant (active mode).
+        max_corrupt: c, how many clients may collude with the server; sets the
+            consistency quorum (see :attr:`consistency_quorum`). On the complete
+            graph active mode also needs 2t - n > c.
     """
 
     session_id: bytes
@@ -65,6 +78,7 @@ class SessionConfig:
     degree: int | None = None
     active: bool = False
     verify_keys: FrozenMap = field(default_factory=FrozenMap)
+    max_corrupt: int = 0
 
     def __post_init__(self) -> None:
         if not isinstance(self.session_id, bytes) or len(self.session_id) != 32:
@@ -97,6 +111,19 @@ class SessionConfig:
                 f"i.e. t in [{(k + 1) // 2 + 1}, {k + 1}]; got {self.threshold!r}. A smaller t would let a "
                 "malicious server collect both kinds of shares of one client from different neighbours."
             )
+        c = self.max_corrupt
+        if not isinstance(c, int) or isinstance(c, bool) or not 0 <= c < n:
+            raise InvalidInputError(f"max_corrupt must be an int in [0, n) = [0, {n}); got {c!r}")
+        if self.active and self.consistency_quorum > n:
+            raise InvalidInputError(
+                f"active mode with n = {n} and max_corrupt = {c} needs a consistency quorum of "
+                f"{self.consistency_quorum} > n signers; lower max_corrupt or add clients"
+            )
+        if self.active and self.degree is None and 2 * self.threshold - n <= c:
+            raise InvalidInputError(
+                f"active mode on the complete graph needs 2t - n > max_corrupt: t = {self.threshold}, n = {n}, "
+                f"max_corrupt = {c}; use t >= {(n + c) // 2 + 1}"
+            )
         keys = FrozenMap(self.verify_keys)
         object.__setattr__(self, "verify_keys", keys)
         if self.active:
@@ -113,6 +140,15 @@ class SessionConfig:
         return len(self.participants)
 
     @property
+    def consistency_quorum(self) -> int:
+        """Q = max(t, floor((n + c)/2) + 1): distinct signers an honest client needs on U3 (active mode).
+
+        Any two sets of Q signers among n participants overlap in 2Q - n > c
+        clients, so at least one honest client is in both (module docstring).
+        """
+        return max(self.threshold, (self.n + self.max_corrupt) // 2 + 1)
+
+    @property
     def effective_degree(self) -> int:
         """k: neighbours per client (n - 1 for the complete graph)."""
         return self.n - 1 if self.degree is None else self.degree
@@ -121,10 +157,10 @@ class SessionConfig:
     def canonical_bytes(self) -> bytes:
         """Canonical encoding of the configuration (input to the fingerprint)."""
         parts = [
-            b"secagg/v1/config",
+            b"secagg/v2/config",
             self.session_id,
-            struct.pack(">IIQBIB", self.n, self.threshold, self.vector_length, self.bit_width,
-                        self.degree or 0, int(self.active)),
+            struct.pack(">IIQBIBI", self.n, self.threshold, self.vector_length, self.bit_width,
+                        self.degree or 0, int(self.active), self.max_corrupt),
             b"".join(struct.pack(">I", i) for i in self.participants),
             b"".join(struct.pack(">I", i) + self.verify_keys[i] for i in self.verify_keys),
         ]

@@ -15,13 +15,28 @@ label                  input key material                          context
 Share ciphertexts additionally carry associated data ``fp || round || sender
 || recipient``, so a ciphertext moved to another session, round or pair of
 parties fails authentication.
+
+Signed payloads (active mode, Ed25519 with the client's long-term key), each
+starting with its own label so a signature of one round can never be
+presented as a signature of another:
+
+=========================  =====================================================
+label                      signed content
+=========================  =====================================================
+``advertise``              fp || u || c_pk_u || s_pk_u
+``masked-input``           fp || u || bit width || SHA-256(masked vector bytes)
+``consistency``            fp || |U3| || sorted U3
+``unmask-response``        fp || u || sorted (id, share) of b-shares || sorted (id, share) of key shares
+=========================  =====================================================
 """
 
 from __future__ import annotations
 
+import hashlib
 import struct
 
 from .crypto import derive_key, x25519_shared_secret
+from .shamir import SHARE_BYTES
 
 __all__ = [
     "pairwise_mask_key",
@@ -30,6 +45,8 @@ __all__ = [
     "share_associated_data",
     "advertise_payload",
     "consistency_payload",
+    "masked_input_payload",
+    "unmask_response_payload",
     "SHARE_ROUND",
     "SHARE_BUNDLE",
 ]
@@ -75,3 +92,25 @@ def consistency_payload(fingerprint: bytes, survivors) -> bytes:
     """What a client signs in the ConsistencyCheck round: the set U3."""
     ids = sorted(survivors)
     return b"secagg/v1/consistency" + fingerprint + _U32.pack(len(ids)) + b"".join(_U32.pack(i) for i in ids)
+
+
+def masked_input_payload(fingerprint: bytes, client_id: int, bit_width: int, data: bytes) -> bytes:
+    """What a client signs with its masked input (active mode).
+
+    Binds the vector to its session, round and sender, so a masked vector of
+    another session (or another client) relabelled into this one is refused
+    instead of silently corrupting the sum. SHA-256 (hardware-accelerated in
+    OpenSSL builds, ~2 GB/s) keeps the signature's cost independent of m.
+    """
+    digest = hashlib.sha256(data).digest()
+    return b"secagg/v1/masked-input" + fingerprint + _U32.pack(client_id) + bytes((bit_width,)) + digest
+
+
+def unmask_response_payload(fingerprint: bytes, client_id: int, self_mask_shares, key_shares) -> bytes:
+    """What a client signs with its unmasking response (active mode)."""
+    def encode(shares) -> bytes:
+        items = sorted(shares.items())
+        return _U32.pack(len(items)) + b"".join(_U32.pack(i) + int(v).to_bytes(SHARE_BYTES, "big") for i, v in items)
+
+    return (b"secagg/v1/unmask-response" + fingerprint + _U32.pack(client_id)
+            + encode(self_mask_shares) + encode(key_shares))

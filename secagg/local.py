@@ -83,6 +83,7 @@ def run_local(
     bit_width: int | None = None,
     session_id: bytes | None = None,
     refusals: str = "raise",
+    max_corrupt: int = 0,
 ) -> LocalResult:
     """Securely aggregate ``updates`` with every party simulated in this process.
 
@@ -98,6 +99,8 @@ def run_local(
             server -> client message (``None`` withholds it): a malicious server.
         resolution / bit_width: encoding precision and ring width (chosen automatically).
         session_id: the 32-byte session nonce (fresh random by default).
+        max_corrupt: colluding clients the active-mode consistency quorum tolerates
+            (see :attr:`~secagg.config.SessionConfig.consistency_quorum`).
         refusals: ``"raise"`` (default) re-raises the first refusal of an honest
             client (a :class:`~secagg.errors.RemoteProtocolError`); ``"drop"``
             records it in ``LocalResult.refusals`` and treats the client as dropped.
@@ -124,6 +127,7 @@ def run_local(
         degree=neighbors,
         active=active,
         verify_keys={i: k.verify_key for i, k in identities.items()},
+        max_corrupt=max_corrupt,
     )
     clipped: dict[int, int] = {}
     clients: dict[int, ClientSession] = {}

@@ -162,6 +162,7 @@ class MaskedInput:
     sender: int
     bit_width: int
     data: bytes
+    signature: bytes = b""  # active mode: Ed25519 over masked_input_payload (session, sender, SHA-256 of data)
 
     @property
     def vector(self) -> np.ndarray:
@@ -220,6 +221,7 @@ class UnmaskResponse:
     sender: int
     self_mask_shares: FrozenMap = field(default_factory=FrozenMap)
     key_shares: FrozenMap = field(default_factory=FrozenMap)
+    signature: bytes = b""  # active mode: Ed25519 over unmask_response_payload
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "self_mask_shares", _frozen_map(self.self_mask_shares))

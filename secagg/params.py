@@ -50,11 +50,27 @@ security_failure <= n * P[X >= c_min] + P_disconnect, where
   protocol, so each honest neighbour reveals shares of only one of u's two
   secrets; it learns x_u only if the corrupt neighbours alone hold t shares of
   both, i.e. X >= t.
-* malicious server (``malicious=True``): c_min = 2t - (k+1). The server can ask
-  one group S1 of honest neighbours for b_u-shares and a disjoint group S2 for
-  s_u-shares. It needs X + |S1| >= t and X + |S2| >= t with |S1| + |S2| <=
-  k + 1 - X, which forces X >= 2t - (k+1). (With t > (k+1)/2, c_min >= 1; a
-  c_min <= 0 would make the probability 1 and (k, t) infeasible.)
+* malicious server (``malicious=True``): c_min = min(2t - (k+1), t - 1),
+  assuming the consistency round with the *global* quorum Q = max(t,
+  floor((n + C)/2) + 1) of :class:`secagg.config.SessionConfig` (every honest
+  client that answers then sees the same survivor set U3; see
+  ``docs/security.md``). With one U3: if u is not in U3 no honest party
+  reveals b_u, so u is safe unless X >= t. If u is in U3, honest parties never
+  reveal s_u, so the server needs the key of every honest peer u masked with
+  (M_u, |M_u| >= t - 1 since u checks it), all of which must then be outside
+  U3. Then either u answers, which it does only if its neighbours in U3 are
+  among M_u, hence all corrupt, and at least t - 1 of them: X >= t - 1; or
+  u stays silent and its b_u-shares come from at most X + (k - |M_u|) <=
+  X + k - t + 1 holders, which reach t only if X >= 2t - (k+1). Uneven share
+  forwarding is exactly the freedom to choose M_u; it cannot do better.
+  (With t > (k+1)/2, c_min >= 1; a c_min <= 0 would make the probability 1
+  and (k, t) infeasible.) What "learns more than the sum" means here is
+  weaker than for a semi-honest server: a malicious server can claim any
+  clients dropped, so on a SecAgg+ graph it can cut the survivors into groups
+  and learn each group's sum; every such group contains an honest client that
+  answered and its t - 1 surviving neighbours, so no individual input of an
+  honest client is learned (docs/security.md). The correctness bound also
+  needs Q <= n - D: the consistency quorum must be reachable after dropouts.
 * n * P[...] is the union over at most n honest clients (using n rather than
   n - C keeps the bound monotone in C; it is still valid).
 * P_disconnect bounds the probability that the subgraph of honest, non-dropped
@@ -132,6 +148,7 @@ __all__ = [
     "find_parameters",
     "failure_bounds",
     "hypergeometric_tail",
+    "consistency_quorum",
 ]
 
 DEFAULT_SECURITY_BITS = 40
@@ -302,7 +319,13 @@ def hypergeometric_tail(population: int, successes: int, draws: int, at_least: i
 
 
 def _c_min(degree: int, threshold: int, malicious: bool) -> int:
-    return 2 * threshold - (degree + 1) if malicious else threshold
+    """Fewest corrupt neighbours of a client that let the server learn its input (module docstring)."""
+    return min(2 * threshold - (degree + 1), threshold - 1) if malicious else threshold
+
+
+def consistency_quorum(n: int, threshold: int, corrupt: int) -> int:
+    """Q = max(t, floor((n + C)/2) + 1), the active-mode quorum (same rule as SessionConfig)."""
+    return max(threshold, (n + corrupt) // 2 + 1)
 
 
 def _p_disconnect(n: int, degree: int, corrupt: int, dropped: int) -> Fraction:
@@ -320,7 +343,10 @@ def _exact_security(n: int, degree: int, threshold: int, corrupt: int, dropped: 
     return n * tail + _p_disconnect(n, degree, corrupt, dropped)
 
 
-def _exact_correctness(n: int, degree: int, threshold: int, dropped: int) -> Fraction:
+def _exact_correctness(n: int, degree: int, threshold: int, dropped: int, corrupt: int = 0,
+                       malicious: bool = False) -> Fraction:
+    if malicious and consistency_quorum(n, threshold, corrupt) > n - dropped:
+        return Fraction(1)  # the survivors can never sign U3 with the consistency quorum
     bound = (n - dropped) * _tail(n - 1, dropped, degree, degree + 2 - threshold)
     if dropped:
         bound += dropped * _tail(n - 1, dropped - 1, degree, degree + 1 - threshold)
@@ -406,7 +432,7 @@ class _Screen:
 def _screen(lf: np.ndarray, n: int, degree: int, corrupt: int, dropped: int, malicious: bool,
             security_target: float) -> _Screen:
     thresholds = np.arange((degree + 1) // 2 + 1, degree + 2)
-    c_min = 2 * thresholds - (degree + 1) if malicious else thresholds
+    c_min = np.minimum(2 * thresholds - (degree + 1), thresholds - 1) if malicious else thresholds
     security = n * _float_tail(lf, n - 1, corrupt, degree)(c_min)
     security = security + _float_p_disconnect(lf, n, degree, corrupt, dropped)
     passing = np.flatnonzero(security <= security_target * _SCREEN_SLACK)
@@ -493,6 +519,11 @@ class Parameters:
         return _count(_check_fraction("corrupt_fraction", self.corrupt_fraction), self.n)
 
     @property
+    def consistency_quorum(self) -> int:
+        """Q = max(t, floor((n + C)/2) + 1): signers of U3 each honest client needs in active mode."""
+        return consistency_quorum(self.n, self.threshold, self.corrupt_count)
+
+    @property
     def dropout_count(self) -> int:
         """D = ceil(dropout_fraction * n), the dropped clients the bounds cover."""
         return _count(_check_fraction("dropout_fraction", self.dropout_fraction), self.n)
@@ -535,7 +566,7 @@ def failure_bounds(n: int, degree: int, threshold: int, *, corrupt_fraction: flo
     malicious = _check_bool("malicious", malicious)
     _check_counts(n, corrupt, dropped)
     security = _exact_security(n, degree, threshold, corrupt, dropped, malicious)
-    correctness = _exact_correctness(n, degree, threshold, dropped)
+    correctness = _exact_correctness(n, degree, threshold, dropped, corrupt, malicious)
     return _round_up(security), _round_up(correctness)
 
 
@@ -584,6 +615,13 @@ def find_parameters(n: int, *, corrupt_fraction: float, dropout_fraction: float,
             f"{setting}: C + D = {corrupt + dropped} exceeds n; no honest surviving client "
             f"could be protected. Lower corrupt_fraction or dropout_fraction."
         )
+    if malicious and (n + corrupt) // 2 + 1 > n - dropped:
+        raise InfeasibleParametersError(
+            f"{setting}: a malicious server is only stopped if the survivors sign one survivor set with the "
+            f"consistency quorum floor((n + C)/2) + 1 = {(n + corrupt) // 2 + 1}, but only n - D = {n - dropped} "
+            "clients are sure to survive (two sets signed by fewer could both be accepted). "
+            "Lower dropout_fraction or corrupt_fraction: roughly corrupt_fraction + 2 * dropout_fraction < 1 is needed."
+        )
 
     def make(degree: int, threshold: int, security: Fraction, correctness: Fraction) -> Parameters:
         return Parameters(
@@ -614,7 +652,7 @@ def find_parameters(n: int, *, corrupt_fraction: float, dropout_fraction: float,
             n, degree, corrupt, dropped, malicious, security_target)
         if threshold is None:
             continue
-        correctness = _exact_correctness(n, degree, threshold, dropped)
+        correctness = _exact_correctness(n, degree, threshold, dropped, corrupt, malicious)
         if correctness <= correctness_target:
             security = _exact_security(n, degree, threshold, corrupt, dropped, malicious)
             return make(degree, threshold, security, correctness)
@@ -626,7 +664,7 @@ def find_parameters(n: int, *, corrupt_fraction: float, dropout_fraction: float,
         best_security = (_round_up(best_complete), degree, n)
     threshold = _exact_smallest_secure_threshold(n, degree, corrupt, dropped, malicious, security_target)
     if threshold is not None:
-        correctness = _exact_correctness(n, degree, threshold, dropped)
+        correctness = _exact_correctness(n, degree, threshold, dropped, corrupt, malicious)
         if correctness <= correctness_target:
             security = _exact_security(n, degree, threshold, corrupt, dropped, malicious)
             return make(degree, threshold, security, correctness)

@@ -38,7 +38,15 @@ from .errors import (
     UnexpectedMessageError,
     VerificationError,
 )
-from .keyschedule import SHARE_BUNDLE, advertise_payload, consistency_payload, pairwise_mask_key, self_mask_key
+from .keyschedule import (
+    SHARE_BUNDLE,
+    advertise_payload,
+    consistency_payload,
+    masked_input_payload,
+    pairwise_mask_key,
+    self_mask_key,
+    unmask_response_payload,
+)
 from .messages import (
     AdvertiseKeys,
     ClientMessage,
@@ -167,7 +175,7 @@ class ServerSession:
                 self._sum = vector.copy()
             else:
                 np.add(self._sum, vector, out=self._sum)
-            message = MaskedInput(message.session, sender, message.bit_width, b"")
+            message = MaskedInput(message.session, sender, message.bit_width, b"", message.signature)
         self._received[sender] = message
 
     def _validate_advertise(self, message: AdvertiseKeys) -> None:
@@ -207,6 +215,16 @@ class ServerSession:
             raise InvalidInputError(
                 f"client {message.sender} sent {len(message.vector)} elements; expected {self.config.vector_length}"
             )
+        self._check_signature(message, masked_input_payload(self._fp, message.sender, message.bit_width, message.data))
+
+    def _check_signature(self, message, payload: bytes) -> None:
+        """Active mode: the message is signed by its sender for this session; otherwise it carries no signature."""
+        if self.config.active:
+            if not message.signature:
+                raise VerificationError(f"client {message.sender} sent an unsigned {type(message).__name__} in active mode")
+            verify_signature(self.config.verify_keys[message.sender], payload, message.signature)
+        elif message.signature:
+            raise VerificationError(f"{type(message).__name__} carries a signature but the session is not in active mode")
 
     def _validate_consistency(self, message: ConsistencySignature) -> None:
         payload = consistency_payload(self._fp, self._survivors)
@@ -224,6 +242,8 @@ class ServerSession:
                 f"{sorted(message.self_mask_shares)[:10]} (expected {sorted(want_b)[:10]}), key shares for "
                 f"{sorted(message.key_shares)[:10]} (expected {sorted(want_sk)[:10]})"
             )
+        self._check_signature(
+            message, unmask_response_payload(self._fp, u, message.self_mask_shares, message.key_shares))
 
     # -- advancing -------------------------------------------------------------------
 
@@ -289,6 +309,12 @@ class ServerSession:
         return {u: UnmaskRequest(self._fp, u, self._survivors, dropped) for u in self._survivors}
 
     def _close_consistency(self, answered: dict) -> dict:
+        quorum = self.config.consistency_quorum
+        if len(answered) < quorum:
+            raise ThresholdNotMetError(
+                f"only {len(answered)} clients signed the survivor set; honest clients need the consistency "
+                f"quorum of {quorum}. The session is aborted and produces no output."
+            )
         self._signatures = {u: m.signature for u, m in answered.items()}
         self._unmask_recipients = frozenset(answered)
         dropped = self._share_senders - self._survivors

@@ -7,7 +7,9 @@ Layout (all integers big-endian, unsigned)::
 ``party`` is the sender of client messages and the recipient of server
 messages. Body fields use:
 
-* ``key32``: 32 raw bytes; ``sig``: u8 flag (0 or 1) then 64 bytes if 1;
+* ``key32``: 32 raw bytes; ``sig``: u8 flag (0 or 1) then 64 bytes if 1
+  (AdvertiseKeys, KeyDirectory entries, and since v2 MaskedInput and
+  UnmaskResponse end with one: Ed25519 in active mode, absent otherwise);
 * ``ids``: u32 count, then strictly increasing u32 ids;
 * ``map<bytes>``: u32 count, then (u32 id, u32 length, bytes), ids strictly
   increasing; ``map<share>``: u32 count, then (u32 id, 33-byte field element
@@ -49,7 +51,7 @@ from .messages import (
 __all__ = ["WIRE_VERSION", "MAX_BLOB_BYTES", "encode", "decode", "header_bytes"]
 
 MAGIC = b"SA"
-WIRE_VERSION = 1
+WIRE_VERSION = 2  # v2: MaskedInput and UnmaskResponse carry a signature field (active mode)
 SESSION_BYTES = 32
 KEY_BYTES = 32
 SIGNATURE_BYTES = 64
@@ -124,6 +126,7 @@ def encode(message: Message) -> bytes:
         w.u8(message.bit_width)
         w.u32(len(message.data) // word)
         w.parts.append(bytes(message.data))
+        w.signature(message.signature)
     elif isinstance(message, ConsistencyRequest):
         w.ids(message.survivors)
     elif isinstance(message, ConsistencySignature):
@@ -135,6 +138,7 @@ def encode(message: Message) -> bytes:
     elif isinstance(message, UnmaskResponse):
         w.share_map(message.self_mask_shares)
         w.share_map(message.key_shares)
+        w.signature(message.signature)
     return w.getvalue()
 
 
@@ -174,7 +178,8 @@ def decode(data: bytes) -> Message:
         if bit_width not in (32, 64):
             raise MalformedMessageError(f"bit width must be 32 or 64; got {bit_width}")
         count = r.u32("vector length")
-        message = MaskedInput(session, party, bit_width, r.take(count * (bit_width // 8), "masked vector"))
+        data = r.take(count * (bit_width // 8), "masked vector")
+        message = MaskedInput(session, party, bit_width, data, r.signature("signature"))
     elif kind == 6:
         message = ConsistencyRequest(session, party, r.ids("survivors"))
     elif kind == 7:
@@ -184,7 +189,9 @@ def decode(data: bytes) -> Message:
         dropped = r.ids("dropped")
         message = UnmaskRequest(session, party, survivors, dropped, r.blob_map(MAX_BLOB_BYTES, "signatures"))
     elif kind == 9:
-        message = UnmaskResponse(session, party, r.share_map("self_mask_shares"), r.share_map("key_shares"))
+        message = UnmaskResponse(
+            session, party, r.share_map("self_mask_shares"), r.share_map("key_shares"), r.signature("signature")
+        )
     else:
         raise MalformedMessageError(f"unknown message type {kind}")
     if r.remaining():

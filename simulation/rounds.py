@@ -180,7 +180,8 @@ def build_session(ctx: RunContext, plan: RoundPlan, session_id: bytes):
                                   active=ctx.config.active, verify_keys=verify_keys)
     return secagg.SessionConfig(session_id=session_id, participants=ids, threshold=ctx.protocol["threshold"],
                                 vector_length=ctx.vector_length, bit_width=ctx.bit_width,
-                                degree=ctx.protocol["degree"], active=ctx.config.active, verify_keys=verify_keys)
+                                degree=ctx.protocol["degree"], active=ctx.config.active, verify_keys=verify_keys,
+                                max_corrupt=ctx.protocol.get("max_corrupt", 0) if ctx.config.active else 0)
 
 
 class ReleaseCommitter:

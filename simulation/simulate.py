@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 import time
+from fractions import Fraction
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -152,7 +153,17 @@ def _protocol_parameters(config: SimulationConfig, n: int) -> dict:
             f"threshold {threshold} is unsafe for {n} sites: it must exceed half of each client's "
             f"neighbourhood ({k + 1}), i.e. be in [{(k + 1) // 2 + 1}, {k + 1}]"
         )
-    return {"threshold": threshold, "degree": degree, "finder": finder}
+    # Active mode: the consistency quorum tolerates the parameter finder's corrupt count C.
+    # (the fraction read as its shortest decimal, as secagg.find_parameters reads it)
+    max_corrupt = math.ceil(Fraction(repr(float(config.corrupt_fraction))) * n) if config.active else 0
+    quorum = max(threshold, (n + max_corrupt) // 2 + 1)
+    if config.active and (quorum > n or max_corrupt >= n):
+        raise SimulationError(f"active mode with {n} sites tolerating {max_corrupt} corrupt ones needs a consistency "
+                              f"quorum of {quorum} > {n} signers; lower corrupt_fraction")
+    if config.active and degree is None and 2 * threshold - n <= max_corrupt:
+        raise SimulationError(f"active mode on the complete graph with {max_corrupt} corrupt sites needs 2t - n > "
+                              f"{max_corrupt}: use threshold >= {(n + max_corrupt) // 2 + 1} (got {threshold})")
+    return {"threshold": threshold, "degree": degree, "finder": finder, "max_corrupt": max_corrupt}
 
 
 # -- the run ----------------------------------------------------------------------

@@ -11,9 +11,12 @@ from secagg.crypto import SigningKeyPair
 class Deployment:
     """n clients and one server of one session, advanced one round at a time."""
 
-    def __init__(self, n=5, threshold=3, *, degree=None, active=False, length=16, ids=None, session_id=None):
+    def __init__(self, n=5, threshold=3, *, degree=None, active=False, length=16, ids=None, session_id=None,
+                 identities=None, max_corrupt=0):
         self.ids = list(ids) if ids is not None else list(range(1, n + 1))
-        self.identities = {i: SigningKeyPair.generate() for i in self.ids} if active else {}
+        if identities is None:
+            identities = {i: SigningKeyPair.generate() for i in self.ids} if active else {}
+        self.identities = identities
         self.encoder = FixedPointEncoder.create(clip=1.0, max_summands=len(self.ids))
         self.config = SessionConfig(
             session_id=session_id or new_session_id(),
@@ -24,6 +27,7 @@ class Deployment:
             degree=degree,
             active=active,
             verify_keys={i: k.verify_key for i, k in self.identities.items()},
+            max_corrupt=max_corrupt,
         )
         rng = np.random.default_rng(0)
         self.inputs = {i: rng.uniform(-1, 1, length) for i in self.ids}

@@ -29,9 +29,9 @@ messages = st.one_of(
     st.builds(m.KeyDirectory, key32, ids, id_map(st.builds(m.AdvertisedKeys, key32, key32, signature))),
     st.builds(m.ShareKeys, key32, ids, id_map(blob)),
     st.builds(m.MaskedInputRequest, key32, ids, id_map(blob)),
-    st.builds(lambda s, i, v: m.MaskedInput(s, i, v[0], v[1]), key32, ids, vectors()),
+    st.builds(lambda s, i, v, sig: m.MaskedInput(s, i, v[0], v[1], sig), key32, ids, vectors(), signature),
     st.builds(m.ConsistencyRequest, key32, ids, id_sets),
     st.builds(m.ConsistencySignature, key32, ids, st.binary(min_size=64, max_size=64)),
     st.builds(m.UnmaskRequest, key32, ids, id_sets, id_sets, id_map(st.binary(min_size=64, max_size=64))),
-    st.builds(m.UnmaskResponse, key32, ids, id_map(share), id_map(share)),
+    st.builds(m.UnmaskResponse, key32, ids, id_map(share), id_map(share), signature),
 )

@@ -31,7 +31,8 @@ def ref_tail(population: int, successes: int, draws: int, at_least: int) -> Frac
 
 
 def ref_security(n, k, t, C, D, malicious) -> Fraction:
-    c_min = 2 * t - (k + 1) if malicious else t
+    # malicious: u answers (X >= t - 1) or stays silent (X >= 2t - (k+1)), whichever needs fewer
+    c_min = min(2 * t - (k + 1), t - 1) if malicious else t
     bound = n * ref_tail(n - 1, C, k, c_min)
     if k < n - 1:
         h, R = k // 2, min(n, C + D)
@@ -39,7 +40,9 @@ def ref_security(n, k, t, C, D, malicious) -> Fraction:
     return bound
 
 
-def ref_correctness(n, k, t, D) -> Fraction:
+def ref_correctness(n, k, t, D, C=0, malicious=False) -> Fraction:
+    if malicious and max(t, (n + C) // 2 + 1) > n - D:
+        return Fraction(1)  # the consistency quorum is out of the survivors' reach
     bound = (n - D) * ref_tail(n - 1, D, k, k + 2 - t)
     if D:
         bound += D * ref_tail(n - 1, D - 1, k, k + 1 - t)
@@ -60,7 +63,7 @@ def ref_search(n, cf: Fraction, df: Fraction, sec_bits, corr_bits, malicious):
     for k in [*range(2, n - 1, 2), n - 1]:
         for t in range((k + 1) // 2 + 1, k + 2):
             if ref_security(n, k, t, C, D, malicious) <= sec_target:
-                if ref_correctness(n, k, t, D) <= corr_target:
+                if ref_correctness(n, k, t, D, C, malicious) <= corr_target:
                     return k, t
                 break  # the smallest secure t failed correctness; larger t only worse
     return None
@@ -128,10 +131,10 @@ def test_failure_bounds_are_the_documented_bounds_rounded_up(setting):
     security, correctness = failure_bounds(
         n, k, t, corrupt_fraction=cf, dropout_fraction=df, malicious=malicious)
     assert security == round_up(ref_security(n, k, t, C, D, malicious))
-    assert correctness == round_up(ref_correctness(n, k, t, D))
+    assert correctness == round_up(ref_correctness(n, k, t, D, C, malicious))
     # valid upper bounds: never below the exact rational value (unless capped at 1)
     assert Fraction(security) >= min(1, ref_security(n, k, t, C, D, malicious))
-    assert Fraction(correctness) >= min(1, ref_correctness(n, k, t, D))
+    assert Fraction(correctness) >= min(1, ref_correctness(n, k, t, D, C, malicious))
 
 
 def test_failure_bounds_complete_graph_is_exact_threshold_logic():

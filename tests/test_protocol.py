@@ -180,11 +180,13 @@ def test_sessions_with_the_same_inputs_use_fresh_masks():
     assert set(masked(a)).isdisjoint(masked(b))
 
 
-def test_upload_is_m_times_b_over_8_plus_header():
+@pytest.mark.parametrize("active, signature_bytes", [(False, 1), (True, 1 + 64)])
+def test_upload_is_m_times_b_over_8_plus_header(active, signature_bytes):
+    """Upload = m*b/8 + header + width/count (5 bytes) + signature flag (+ 64-byte Ed25519 in active mode)."""
     updates = _updates(range(4), 1000)
-    result = run_local(updates, threshold=3)
+    result = run_local(updates, threshold=3, active=active)
     uploads = [m for m in result.server_view if isinstance(wire.decode(m), MaskedInput)]
-    assert all(len(m) == 4000 + wire.header_bytes() + 5 for m in uploads)
+    assert uploads and all(len(m) == 4000 + wire.header_bytes() + 5 + signature_bytes for m in uploads)
 
 
 def test_fedavg_weights_ride_inside_the_masked_vector():

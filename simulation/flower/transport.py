@@ -115,6 +115,7 @@ class RoundSetup:
             "degree": -1 if config.degree is None else int(config.degree),
             "site-names": [str(n) for n in self.site_names],
             "active": bool(config.active),
+            "max-corrupt": int(config.max_corrupt),
             "verify-keys": [bytes(config.verify_keys[p]) for p in config.participants] if config.active else [],
         }
         for name in self._SCALARS:
@@ -146,6 +147,7 @@ class RoundSetup:
                 degree=None if degree < 0 else degree,
                 active=active,
                 verify_keys=dict(zip(participants, keys)) if active else {},
+                max_corrupt=int(record["max-corrupt"]),
             )
             types = {f.name: f.type for f in dataclasses.fields(cls)}
             cast = {"int": int, "float": float, "str": str, "bool": bool}
