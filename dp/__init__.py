@@ -10,7 +10,7 @@
   CSPRNG discrete Gaussian / Skellam noise added by each site in the integer domain before
   masking, with the site-level guarantee of the released sum.
 
-Imports flow one way: ``dp`` uses ``secagg`` for its CSPRNG only. torch and
+Imports flow one way: ``dp`` uses ``secagg`` for its CSPRNG and its fixed-point encoding (distributed DP works in the ring). torch and
 Opacus are imported lazily by the functions that need them.
 """
 

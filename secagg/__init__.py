@@ -29,7 +29,7 @@ from .errors import (
 )
 from .graph import complete_graph, harary_graph
 from .exchange import ExchangeRecord, run_exchange
-from .local import STAGES, LocalResult, run_local
+from .local import ANSWER_STAGE, STAGES, LocalResult, run_local
 from .messages import (
     AdvertisedKeys,
     AdvertiseKeys,
@@ -52,7 +52,7 @@ __all__ = [
     "ClientSession", "ClientState", "ServerSession", "ServerStage", "AggregateResult",
     "SessionConfig", "new_session_id",
     # in-process runner
-    "run_local", "LocalResult", "STAGES", "run_exchange", "ExchangeRecord",
+    "run_local", "LocalResult", "STAGES", "ANSWER_STAGE", "run_exchange", "ExchangeRecord",
     # parameters and graphs
     "find_parameters", "failure_bounds", "Parameters", "complete_graph", "harary_graph",
     # encoding

@@ -26,13 +26,13 @@ from .messages import ConsistencyRequest, KeyDirectory, MaskedInputRequest, Unma
 from .client import ClientSession
 from .server import ServerSession
 
-__all__ = ["STAGES", "LocalResult", "run_local"]
+__all__ = ["ANSWER_STAGE", "STAGES", "LocalResult", "run_local"]
 
 #: Protocol stages, in order; a client listed under a stage sends nothing from that stage on.
 STAGES = ("advertise", "share", "mask", "consistency", "unmask")
 
-# The stage in which a client answers each server message.
-_ANSWER_STAGE = {
+#: The stage in which a client answers each server message (every engine uses this one map).
+ANSWER_STAGE = {
     KeyDirectory: "share",
     MaskedInputRequest: "mask",
     ConsistencyRequest: "consistency",
@@ -140,7 +140,7 @@ def run_local(
     del vectors
 
     server = ServerSession(config)
-    record = run_exchange(server.receive, server.advance, clients, stages=STAGES, answer_stage=_ANSWER_STAGE,
+    record = run_exchange(server.receive, server.advance, clients, stages=STAGES, answer_stage=ANSWER_STAGE,
                       encode=wire.encode, silent_from=silent_from,
                       tamper=tamper, refusals="raise" if refusals == "raise" else "record")
 

@@ -281,7 +281,9 @@ def _mode_text(mode: str, active: bool) -> str:
         "secagg": f"secure aggregation by pairwise and self masking (Bonawitz et al. 2017), complete graph; "
                   f"defends against an {adversary}",
         "secagg+": f"secure aggregation by masking over a sparse SecAgg+ graph (Bell et al. 2020); defends "
-                   f"against an {adversary}",
+                   f"against an {adversary}"
+                   + ("; a malicious coordinator that claims sites dropped can still learn separate sums of large "
+                      "groups of sites, never one site's update (docs/security.md)" if active else ""),
         "he": f"homomorphic encryption (CKKS, TenSEAL) with ONE shared secret key held by the sites; "
               f"{'active' if active else 'semi-honest'} mode - WEAKER trust model, see the threat model below",
         "plain": "PLAIN: NO protection of the updates - the coordinator sees every site's individual update",

@@ -21,20 +21,12 @@ from dataclasses import dataclass, field
 from typing import Callable, Mapping
 
 import secagg
-from secagg import STAGES, ThresholdNotMetError, wire
+from secagg import ANSWER_STAGE, STAGES, ThresholdNotMetError, wire
 from secagg.exchange import ExchangeRecord, run_exchange
-from secagg.messages import ConsistencyRequest, KeyDirectory, MaskedInputRequest, UnmaskRequest
 
 from .coordinator import Coordinator, PlainAggregator
 
 __all__ = ["ProtocolOutcome", "run_masked_round", "run_he_round", "run_plain_round", "HE_STAGE_OF"]
-
-_ANSWER_STAGE = {
-    KeyDirectory: "share",
-    MaskedInputRequest: "mask",
-    ConsistencyRequest: "consistency",
-    UnmaskRequest: "unmask",
-}
 
 
 @dataclass
@@ -62,7 +54,7 @@ class _Protocol:
 
 
 def _masking_protocol() -> _Protocol:
-    return _Protocol(STAGES, _ANSWER_STAGE, wire.encode, secagg.ServerStage.MASK)
+    return _Protocol(STAGES, ANSWER_STAGE, wire.encode, secagg.ServerStage.MASK)
 
 
 def _he_protocol() -> _Protocol:

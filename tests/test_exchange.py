@@ -12,7 +12,7 @@ import pytest
 
 import secagg
 from secagg.exchange import ExchangeRecord, run_exchange
-from secagg.local import _ANSWER_STAGE
+from secagg import ANSWER_STAGE
 
 
 class _Replayer:
@@ -56,7 +56,7 @@ def test_a_client_whose_message_the_server_rejects_is_out_and_the_sum_stays_exac
     clients[4] = _Replayer(clients[1].message)
     server = secagg.ServerSession(config)
     record = run_exchange(server.receive, server.advance, clients, stages=secagg.STAGES,
-                          answer_stage=_ANSWER_STAGE, encode=secagg.wire.encode)
+                          answer_stage=ANSWER_STAGE, encode=secagg.wire.encode)
     assert isinstance(record.refused[4], secagg.RemoteProtocolError)
     assert record.uploaded["advertise"] == [1, 2, 3]
     assert server.result.survivors == frozenset({1, 2, 3})
@@ -71,6 +71,6 @@ def test_with_refusals_raise_the_rejection_propagates():
     server = secagg.ServerSession(config)
     record = ExchangeRecord.empty(secagg.STAGES)
     with pytest.raises(secagg.RemoteProtocolError):
-        run_exchange(server.receive, server.advance, clients, stages=secagg.STAGES, answer_stage=_ANSWER_STAGE,
+        run_exchange(server.receive, server.advance, clients, stages=secagg.STAGES, answer_stage=ANSWER_STAGE,
                      encode=secagg.wire.encode, refusals="raise", record=record)
     assert record.uploaded["advertise"] == [1, 2, 3]  # the caller keeps what moved before the error

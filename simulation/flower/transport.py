@@ -30,7 +30,6 @@ from typing import Callable, Mapping
 
 import secagg
 from secagg import wire
-from secagg.messages import ConsistencyRequest, KeyDirectory, MaskedInputRequest, UnmaskRequest
 
 __all__ = ["FlowerTransport", "BatchingCoordinator", "ClientProxy", "RoundSetup", "STAGE_OF", "HELLO", "SETUP",
            "STEP"]
@@ -39,8 +38,7 @@ HELLO = "query.hello"
 SETUP = "train"
 STEP = "query.secagg"
 
-STAGE_OF = {KeyDirectory: "share", MaskedInputRequest: "mask", ConsistencyRequest: "consistency",
-             UnmaskRequest: "unmask"}
+STAGE_OF = secagg.ANSWER_STAGE  # the stage in which a node answers each server message
 
 
 @dataclass(frozen=True)
