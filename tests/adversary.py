@@ -268,3 +268,21 @@ def passive_split_view_plan(config: SessionConfig, victim: int) -> AttackPlan:
         gone = masking - {w}
         unmask[w] = (everyone - gone, neighbors[w] & gone)
     return AttackPlan(victim, forwarding, {}, unmask)
+
+
+def _demonstrate() -> None:
+    """Replay the attack against the checked-out code and say what came out."""
+    from .harness import Deployment
+
+    for n, degree, threshold in ((20, 4, 3), (50, 8, 5)):
+        d = Deployment(n=n, threshold=threshold, degree=degree, active=True, ids=range(n), length=32)
+        victim = 7
+        report = MaliciousServer(d.config, d.clients).run(split_view_plan(d.config, victim))
+        exact = victim in report.recovered and np.array_equal(report.recovered[victim], d.encoded[victim])
+        refusals = {w: f"{stage}: {type(error).__name__}" for w, (stage, error) in sorted(report.refusals.items())}
+        print(f"n={n} k={degree} t={threshold}: x_u recovered bit for bit: {exact}; "
+              f"b_u shares {report.b_count(victim)}; refusals {refusals or 'none'}")
+
+
+if __name__ == "__main__":
+    _demonstrate()
