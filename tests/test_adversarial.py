@@ -66,30 +66,55 @@ def test_overlap_attack_against_one_client_is_refused_and_the_round_still_comple
     assert np.all(np.abs(result.aggregate - exact) <= len(result.survivors) * result.resolution)
 
 
-def test_split_view_attack_cannot_reach_threshold():
-    """Tell half the clients that client 2 dropped and the other half that it survived:
-    each honest client answers consistently with its own view, but with t > (k+1)/2 the
-    server collects fewer than t key shares of client 2, so it cannot unmask it."""
-    victim, n = 2, 7
-    liars = {0, 1, 3}
+def _split_unmask_requests(liars, victim=2, n=7, threshold=4):
+    """Shares routed honestly; the unmasking request says ``victim`` dropped to ``liars`` only.
+
+    Returns (b-shares, key shares) of the victim that reached the server.
+    """
 
     def split(recipient, message):
         if isinstance(message, UnmaskRequest) and recipient in liars:
             return replace(message, survivors=message.survivors - {victim}, dropped=message.dropped | {victim})
         return message
 
-    d = Deployment(n=n, threshold=4, ids=range(n))
+    d = Deployment(n=n, threshold=threshold, ids=range(n))
     d.advertise()
     d.answer()
     unmask = d.answer()
-    key_shares = 0
+    self_mask_shares = key_shares = 0
     for i, message in unmask.items():
         try:
             reply = d.clients[i].handle(wire.encode(split(i, message)))
         except UnsafeRequestError:
-            continue  # the victim, listed as dropped, refuses; so does anyone noticing
+            continue  # a client noticing the lie refuses and reveals nothing
         key_shares += victim in reply.key_shares
-    assert key_shares < d.config.threshold
+        self_mask_shares += victim in reply.self_mask_shares
+    return self_mask_shares, key_shares
+
+
+def test_split_unmask_requests_over_honest_share_routing_leave_one_secret_below_threshold():
+    """Passive mode, complete graph, n = 7, t = 4, every share routed to every client.
+
+    The server tells a set L of clients that client 2 dropped and the others that
+    it survived. Each honest client answers consistently with its own request:
+    L reveal key shares of client 2, the others its self-mask shares. With
+    t > n/2 the two groups cannot both reach t, so for every L (here: each size
+    1..6) one of client 2's secrets stays below t shares.
+
+    This only shows that lying in the unmasking round alone is not enough. A
+    server that *also* routes shares unevenly does unmask a client in passive
+    mode (``tests/test_split_view_attack.py``,
+    ``test_passive_mode_routing_trick_unmasks_a_client_outside_the_semi_honest_model``):
+    that server is outside the semi-honest model, and active mode is the defence.
+    """
+    threshold = 4
+    b_shares, key_shares = _split_unmask_requests({0, 1, 3}, threshold=threshold)
+    assert key_shares < threshold
+    others = [0, 1, 3, 4, 5, 6]
+    for size in range(1, len(others) + 1):
+        b_shares, key_shares = _split_unmask_requests(set(others[:size]), threshold=threshold)
+        assert b_shares + key_shares == 7  # nobody refused: every lie was consistent with its recipient's view
+        assert min(b_shares, key_shares) < threshold
 
 
 def test_request_listing_unknown_ids_refused():
