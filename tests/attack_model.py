@@ -30,8 +30,8 @@ shares of s_sk_u or, for every honest v in M_u, >= t shares of s_sk_v
 (corrupt peers' keys it knows). :func:`search_attack` encodes exactly this as
 CNF (pycosat) and returns a witness :class:`ModelPlan` or ``None``;
 :func:`plan_unmasks_victim` re-checks a witness with the plain-Python
-predicates below, which :mod:`tests.test_adversary_search` ties to the real
-:class:`secagg.ClientSession` (differential test). What the model does not
+predicates below, which :mod:`tests.test_model_differential` ties to the real
+:class:`secagg.ClientSession`. What the model does not
 cover: leaking a *sum* of a few inputs (only one individual input is the
 goal), and the choice of the graph itself (the graph is fixed and public).
 """

@@ -25,6 +25,9 @@ vertex-transitive, so one victim stands for all) and the complete graph
   an attack exists for every such corrupt set. (At t = k + 1 that is c_min = k:
   a victim whose every neighbour is corrupt is unmasked by an honest run, so
   the bare 2t - (k+1) would be wrong there.)
+* the quorum is only as good as ``max_corrupt``: one colluder more than
+  declared, anywhere in the graph (not near the victim), unmasks the victim
+  when n + c is odd (two signed views may then overlap in c + 1 signers);
 * passive mode has no such defence: on the complete graph n = 5, t = 3 the
   search finds the routing trick (replayed on real sessions in
   :mod:`tests.test_split_view_attack`).
@@ -170,3 +173,20 @@ def test_every_neighbour_corrupt_unmasks_the_victim_without_any_lie():
     witness = search_attack(inst)
     assert witness is not None and plan_unmasks_victim(inst, witness)
     assert len({witness.views[w] for w in witness.answerers}) == 1
+
+
+@pytest.mark.parametrize("n", [9, 11])
+def test_one_undeclared_colluder_far_from_the_victim_breaks_the_quorum_when_n_plus_c_is_odd(n):
+    """max_corrupt = 0 but one client outside N[u] colludes: 2Q - n = 1 signer may be it."""
+    graph = _graph(n, 4)
+    far = sorted(set(graph) - graph[VICTIM] - {VICTIM})
+    broken = []
+    for colluder in far:
+        inst = Instance(graph, 3, frozenset({colluder}), VICTIM, rule="new", max_corrupt=0)
+        witness = search_attack(inst)
+        if witness is not None:
+            assert plan_unmasks_victim(inst, witness)
+            broken.append(colluder)
+        # Declaring it (max_corrupt = 1) restores the guarantee.
+        assert search_attack(Instance(graph, 3, frozenset({colluder}), VICTIM, rule="new", max_corrupt=1)) is None
+    assert broken
