@@ -25,6 +25,8 @@ vertex-transitive, so one victim stands for all) and the complete graph
   an attack exists for every such corrupt set. (At t = k + 1 that is c_min = k:
   a victim whose every neighbour is corrupt is unmasked by an honest run, so
   the bare 2t - (k+1) would be wrong there.)
+* on the complete graph the bound is not tight: c = 2t - n colluders (which
+  SessionConfig refuses in active mode) still cannot unmask anyone, c = 2t - n + 1 can;
 * the quorum is only as good as ``max_corrupt``: one colluder more than
   declared, anywhere in the graph (not near the victim), unmasks the victim
   when n + c is odd (two signed views may then overlap in c + 1 signers);
@@ -190,3 +192,20 @@ def test_one_undeclared_colluder_far_from_the_victim_breaks_the_quorum_when_n_pl
         # Declaring it (max_corrupt = 1) restores the guarantee.
         assert search_attack(Instance(graph, 3, frozenset({colluder}), VICTIM, rule="new", max_corrupt=1)) is None
     assert broken
+
+
+@pytest.mark.parametrize("n, threshold", [(5, 3), (6, 4), (7, 4)])
+def test_complete_graph_tolerates_c_equal_to_2t_minus_n_and_not_one_more(n, threshold):
+    """On the complete graph the quorum needs the victim's own signature at c = 2t - n.
+
+    SessionConfig asks for 2t - n > c in active mode; the model shows that this
+    is one colluder conservative (c = 2t - n is still safe) and that c = 2t - n + 1
+    is not. Every corrupt set of a given size is equivalent on the complete graph.
+    """
+    graph = _graph(n, None)
+    others = sorted(set(graph) - {VICTIM})
+    safe = 2 * threshold - n
+    assert search_attack(Instance(graph, threshold, frozenset(others[:safe]), VICTIM, rule="new")) is None
+    inst = Instance(graph, threshold, frozenset(others[: safe + 1]), VICTIM, rule="new")
+    witness = search_attack(inst)
+    assert witness is not None and plan_unmasks_victim(inst, witness)
