@@ -6,7 +6,13 @@ validated completely before any state changes, so a refused message leaves
 the session exactly as it was (and the client sends nothing).
 
 Threat model. The client trusts nobody: the server may be actively malicious
-and may collude with other clients. An honest client therefore refuses
+and may collude with other clients. The checks below hold in both modes, but
+only in active mode (signed keys and the consistency quorum) do they add up
+to a defence against a deviating server: in passive (semi-honest) mode a
+server that forwards shares unevenly and shows different clients different
+survivor sets can unmask one input (``docs/security.md``; the test
+``tests/test_split_view_attack.py`` shows it), so passive mode assumes a
+server that follows the protocol. An honest client therefore refuses
 (raising a :class:`~secagg.errors.RemoteProtocolError` subclass) when
 
 * a message belongs to another session, is addressed to another client, or
