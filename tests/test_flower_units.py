@@ -56,7 +56,7 @@ def test_a_setup_with_an_impossible_session_is_refused():
         RoundSetup.from_record(record)
 
 
-def _active_setup(tmp_path, forge: bool = False):
+def _active_setup(tmp_path, forge: bool = False, max_corrupt: int = 0):
     from simulation.identity import add_to_registry, write_identity
 
     registry = tmp_path / "registry.json"
@@ -67,7 +67,8 @@ def _active_setup(tmp_path, forge: bool = False):
     if forge:  # the coordinator puts its own key in place of site-2's
         keys[2] = secagg.crypto.SigningKeyPair.generate().verify_key
     active = secagg.SessionConfig(session_id=secagg.new_session_id(), participants=(1, 2, 3), threshold=2,
-                                  vector_length=5, bit_width=32, active=True, verify_keys=keys)
+                                  vector_length=5, bit_width=32, active=True, verify_keys=keys,
+                                  max_corrupt=max_corrupt)
     setup = _setup(session=active, client_id=3, site="site-3", max_summands=3)
     context = SimpleNamespace(node_config={"signing-key": str(identities[3].signing_key_path),
                                            "registry": str(registry)}, run_config={})
@@ -91,6 +92,18 @@ def test_a_node_signs_only_for_sessions_whose_keys_match_its_own_registry(tmp_pa
         _signing_key(context, forged)
     with pytest.raises(secagg.InvalidInputError, match="signing-key"):
         _signing_key(SimpleNamespace(node_config={}, run_config={}), setup)
+
+
+def test_a_node_refuses_a_session_whose_quorum_tolerates_fewer_colluders_than_it_requires(tmp_path):
+    """A coordinator cannot shrink the consistency quorum below what the node's operator set."""
+    from simulation.flower.client_app import _signing_key
+
+    setup, context, _ = _active_setup(tmp_path, max_corrupt=0)
+    context.node_config["max-corrupt"] = 1
+    with pytest.raises(secagg.VerificationError, match="max_corrupt"):
+        _signing_key(context, setup)
+    parsed = RoundSetup.from_record(setup.to_record())
+    assert parsed.session.max_corrupt == 0 and parsed.session.consistency_quorum == 2
 
 
 def _cfg(**overrides):

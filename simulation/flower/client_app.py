@@ -31,7 +31,9 @@ Node configuration (``flower-supernode --node-config``):
 * ``signing-key`` and ``registry`` (str, active mode): the site's Ed25519 key
   file and its own copy of the consortium's registry of verify keys
   (:mod:`simulation.identity`); a session whose verify keys differ from the
-  registry is refused.
+  registry is refused. ``max-corrupt`` (int, default 0): the fewest colluding
+  sites the session's consistency quorum must tolerate; a coordinator offering
+  a smaller ``max_corrupt`` (a smaller quorum) is refused.
 * ``allow-insecure-rng`` (bool, default false): accept a run whose DP noise
   comes from a non-cryptographic generator (reproducible experiments only).
 * ``drop`` (str, tests and demos): ``"ROUND:STAGE"`` (stages ``advertise share
@@ -287,6 +289,13 @@ def _signing_key(context: Context, setup: RoundSetup) -> bytes | None:
     if registry.get(setup.site) != identity.verify_key:
         raise secagg.InvalidInputError(f"this node's signing key is not site {setup.site!r}'s key in its registry")
     check_session_keys(setup.session.verify_keys, setup.sites_by_client, registry)
+    # The consistency quorum grows with max_corrupt (docs/security.md): a coordinator that lowered it
+    # could collect two quorums that meet only in colluders. The node's operator sets the floor.
+    floor = int(context.node_config.get("max-corrupt", 0) or 0)
+    if setup.session.max_corrupt < floor:
+        raise secagg.VerificationError(
+            f"the session tolerates max_corrupt = {setup.session.max_corrupt} colluding sites; this node requires "
+            f"at least {floor} (its --node-config 'max-corrupt')")
     return identity.seed
 
 
