@@ -43,7 +43,7 @@ from .messages import (
     UnmaskRequest,
     UnmaskResponse,
 )
-from .params import Parameters, failure_bounds, find_parameters
+from .params import DEFAULT_SECURITY_BITS, Parameters, failure_bounds, find_parameters
 from .server import AggregateResult, ServerSession, ServerStage
 from .wire import decode, encode
 
@@ -54,7 +54,7 @@ __all__ = [
     # in-process runner
     "run_local", "LocalResult", "STAGES", "ANSWER_STAGE", "run_exchange", "ExchangeRecord",
     # parameters and graphs
-    "find_parameters", "failure_bounds", "Parameters", "complete_graph", "harary_graph",
+    "find_parameters", "failure_bounds", "Parameters", "DEFAULT_SECURITY_BITS", "complete_graph", "harary_graph",
     # encoding
     "FixedPointEncoder", "EncodedVector", "weighted_vector", "weighted_mean",
     # messages and wire

@@ -238,7 +238,7 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
             seed=args.seed, threshold=args.threshold, baselines=baselines, local_steps=args.local_steps,
             image_size=args.image_size, active=True if args.active else None, cache_dir=args.cache_dir,
             distributed_dp=args.distributed_dp, ddp_epsilon=args.ddp_epsilon, ddp_clip=args.ddp_clip,
-            ddp_colluding=args.ddp_colluding,
+            ddp_colluding=args.ddp_colluding, corrupt_fraction=args.corrupt_fraction,
         )
         out = args.out or f"runs/{config.preset}-{config.mode}-{config.fingerprint()[:8]}"
     result = run_simulation(config, out, resume=bool(args.resume), quiet=args.json)
@@ -512,6 +512,9 @@ def build_parser() -> argparse.ArgumentParser:
     simulate.add_argument("--mode", choices=MODES, help=f"aggregation protocol (default {defaults.mode})")
     simulate.add_argument("--active", action="store_true",
                           help="defend against an actively malicious coordinator (signatures + consistency check)")
+    simulate.add_argument("--corrupt-fraction", type=_probability("corrupt fraction", low_open=False),
+                          help="fraction of sites that may collude with the coordinator: sets the SecAgg+ parameters "
+                               "and, with --active, the consistency quorum (default 0)")
     simulate.add_argument("--threshold", type=_positive(int, "threshold"),
                           help="t: minimum sites per protocol round (default: smallest safe value)")
     simulate.add_argument("--dropout", type=_probability("dropout", low_open=False),

@@ -40,7 +40,7 @@ from .rounds import RunContext, run_rounds
 from .runstore import RunDirectory, RunDirectoryError
 from .site import Site
 
-__all__ = ["run_simulation", "open_run", "OpenRun", "privacy_summary", "SimulationResult", "SimulationError", "resume_config"]
+__all__ = ["run_simulation", "protocol_parameters", "open_run", "OpenRun", "privacy_summary", "SimulationResult", "SimulationError", "resume_config"]
 
 
 class SimulationError(ValueError):
@@ -121,7 +121,7 @@ def _shared_names(model) -> list[str]:
 # -- protocol parameters ------------------------------------------------------------
 
 
-def _protocol_parameters(config: SimulationConfig, n: int) -> dict:
+def protocol_parameters(config: SimulationConfig, n: int) -> dict:
     """Threshold and graph degree for n sites, validated up front."""
     overall_drop = 1 - (1 - config.dropout) ** len(STAGES)
     if config.mode == "plain":
@@ -136,8 +136,20 @@ def _protocol_parameters(config: SimulationConfig, n: int) -> dict:
             raise SimulationError(f"SecAgg+ parameters: {exc}") from None
         degree = None if params.complete else params.degree
         threshold = config.threshold or params.threshold
-        finder = {"degree": params.degree, "threshold": params.threshold, "complete": params.complete,
-                  "security_failure": params.security_failure, "correctness_failure": params.correctness_failure}
+        security, correctness = params.security_failure, params.correctness_failure
+        if threshold != params.threshold and (params.degree + 1) / 2 < threshold <= params.degree + 1:
+            # An overridden t gets its own bounds, never the finder's (a smaller t can be far weaker).
+            security, correctness = secagg.failure_bounds(
+                n, params.degree, threshold, corrupt_fraction=config.corrupt_fraction,
+                dropout_fraction=min(overall_drop, 0.99), malicious=config.active)
+            if security > 2.0 ** -secagg.DEFAULT_SECURITY_BITS:
+                raise SimulationError(
+                    f"threshold {threshold} on the SecAgg+ graph of degree {params.degree} gives a "
+                    f"{'malicious' if config.active else 'semi-honest'}-server security failure bound of "
+                    f"{security:.3g} (target 2^-{secagg.DEFAULT_SECURITY_BITS}); the parameter finder's t is "
+                    f"{params.threshold}")
+        finder = {"degree": params.degree, "threshold": threshold, "finder_threshold": params.threshold,
+                  "complete": params.complete, "security_failure": security, "correctness_failure": correctness}
     else:
         degree, finder = None, None
         threshold = config.threshold or n // 2 + 1
@@ -206,7 +218,7 @@ def open_run(config: SimulationConfig, site_names, coordinator: Coordinator, wei
     names = sorted(site_names)
     if resume:
         _check_resume(config, out_dir)
-    protocol = _protocol_parameters(config, len(names))
+    protocol = protocol_parameters(config, len(names))
     total_steps = config.rounds * config.local_steps
     try:
         calibration = calibrate_noise(target_epsilon=config.epsilon, delta=config.delta,

@@ -23,7 +23,8 @@ Node configuration (``flower-supernode --node-config``):
 * ``data`` (str): the site's directory of NIfTI volumes (``healthy/`` and
   optionally ``pathology/``, :func:`models.load_site`); needed for ``dp-sgd``.
 * ``state-dir`` (str), ``epsilon-budget`` (float) and ``delta`` (float, default
-  1e-5): the node's own ledger (``STATE_DIR/ledger/``, every run composed; a
+  1e-5): the node's journal of every session it joined (a session offered twice
+  is refused, :mod:`.session_journal`; active mode needs a state-dir), its own ledger (``STATE_DIR/ledger/``, every run composed; a
   round is never released twice) and budget, and the preprocessing cache;
   ``site-level-budget`` (float): its site-level budget when the run uses
   distributed DP (the node recalibrates the mechanism itself and adds its
@@ -33,7 +34,9 @@ Node configuration (``flower-supernode --node-config``):
   (:mod:`simulation.identity`); a session whose verify keys differ from the
   registry is refused. ``max-corrupt`` (int, default 0): the fewest colluding
   sites the session's consistency quorum must tolerate; a coordinator offering
-  a smaller ``max_corrupt`` (a smaller quorum) is refused.
+  a smaller ``max_corrupt`` (a smaller quorum) is refused, and so is a graph
+  degree and threshold whose malicious-server failure bound with that many
+  colluders exceeds 2^-``security-bits`` (default 40), recomputed by the node.
 * ``allow-insecure-rng`` (bool, default false): accept a run whose DP noise
   comes from a non-cryptographic generator (reproducible experiments only).
 * ``drop`` (str, tests and demos): ``"ROUND:STAGE"`` (stages ``advertise share
@@ -50,6 +53,7 @@ Node configuration (``flower-supernode --node-config``):
 from __future__ import annotations
 
 import pickle
+from fractions import Fraction
 import sys
 import time
 from pathlib import Path
@@ -61,6 +65,7 @@ from secagg import wire
 from secagg.messages import MaskedInputRequest
 
 from . import require_flwr
+from .session_journal import claim_session
 from .transport import STAGE_OF, RoundSetup
 
 require_flwr()
@@ -292,10 +297,22 @@ def _signing_key(context: Context, setup: RoundSetup) -> bytes | None:
     # The consistency quorum grows with max_corrupt (docs/security.md): a coordinator that lowered it
     # could collect two quorums that meet only in colluders. The node's operator sets the floor.
     floor = int(context.node_config.get("max-corrupt", 0) or 0)
-    if setup.session.max_corrupt < floor:
+    session = setup.session
+    if session.max_corrupt < floor:
         raise secagg.VerificationError(
-            f"the session tolerates max_corrupt = {setup.session.max_corrupt} colluding sites; this node requires "
+            f"the session tolerates max_corrupt = {session.max_corrupt} colluding sites; this node requires "
             f"at least {floor} (its --node-config 'max-corrupt')")
+    # Nor can it pick a graph and threshold that fall to the colluders the node assumes: the node
+    # recomputes the malicious-server bound itself (secagg.params) and wants 2^-security-bits.
+    bits = float(context.node_config.get("security-bits", secagg.DEFAULT_SECURITY_BITS))
+    security, _ = secagg.failure_bounds(session.n, session.effective_degree, session.threshold,
+                                        corrupt_fraction=Fraction(floor, session.n), dropout_fraction=0,
+                                        malicious=True)
+    if security > 2.0 ** -bits:
+        raise secagg.VerificationError(
+            f"the session's graph (k = {session.effective_degree}) and threshold t = {session.threshold} give a "
+            f"malicious-server failure bound of {security:.3g} with {floor} colluding sites; this node requires "
+            f"<= 2^-{bits:g} (its --node-config 'security-bits')")
     return identity.seed
 
 
@@ -354,6 +371,15 @@ def setup_round(message: Message, context: Context) -> Message:
         else:
             ring, _ = encode_update(vector, records, _encoder(setup), setup.weight_bound)
     except (secagg.ProtocolError, PrivacyError, ValueError) as exc:
+        return _refuse(message, f"{type(exc).__name__}: {exc}")
+    state_dir = _node_path(context, "state-dir", "node-state-root")
+    try:
+        if state_dir is not None:
+            claim_session(state_dir, setup.session.fingerprint)  # durable, before any key leaves
+        elif setup.session.active:
+            raise secagg.InvalidInputError("active mode needs a state-dir: the node must remember every session it "
+                                           "joined so that no session is ever run twice")
+    except secagg.ProtocolError as exc:
         return _refuse(message, f"{type(exc).__name__}: {exc}")
     session = secagg.ClientSession(setup.session, setup.client_id, masked_input=ring, signing_key=signing_key)
     advertise = session.advertise()
