@@ -73,6 +73,8 @@ def test_ledger_show_and_verify(tmp_path):
     assert all(s["unit"] == "slice" and s["adjacency"] == "add/remove one slice" for s in shown["spends"])
     code, out, _ = run("ledger", "verify", str(tmp_path))
     assert code == 0 and "ledger OK" in out
+    # No registry anywhere (unsigned spends, as a Flower coordinator's): it says what it did not check.
+    assert "registry: none" in out and "site signatures are NOT checked" in out and "0 site signatures" in out
 
     import sqlite3
 
