@@ -4,7 +4,8 @@
 * :mod:`dp.accounting` - epsilon from events with Opacus RDP, Opacus PRV and dp-accounting
   PLD side by side; the reported bound is the tightest valid upper bound.
 * :mod:`dp.calibration` - the noise multiplier for a target epsilon over the whole run.
-* :mod:`dp.ledger` - the append-only, hash-chained SQLite ledger and its verification.
+* :mod:`dp.ledger` - the append-only, hash-chained SQLite ledger and its verification;
+  :mod:`dp.ledger_signatures` - the sites' signatures on their spends and their anchors of the head.
 * :mod:`dp.training` - local DP-SGD with Opacus (CSPRNG sampling and noise by default).
 * :mod:`dp.discrete`, :mod:`dp.rotation`, :mod:`dp.distributed` - distributed DP: exact
   CSPRNG discrete Gaussian / Skellam noise added by each site in the integer domain before
@@ -50,6 +51,7 @@ from .distributed import (
 from .distributed import calibrate as calibrate_distributed
 from .events import NEIGHBOURING_RELATIONS, PrivacyEvent
 from .ledger import BudgetDecision, LedgerEntry, PrivacyLedger, VerificationReport, verify_ledger
+from .ledger_signatures import EntryStatement, LedgerSigner, SiteAnchor, load_anchors
 from .training import (
     DpSgdConfig,
     LocalTrainingResult,
@@ -66,6 +68,7 @@ __all__ = [
     "compute_epsilon", "epsilon_for", "accountant_version",
     "Calibration", "calibrate_noise",
     "PrivacyLedger", "LedgerEntry", "BudgetDecision", "VerificationReport", "verify_ledger",
+    "LedgerSigner", "SiteAnchor", "EntryStatement", "load_anchors",
     "DpSgdConfig", "LocalTrainingResult", "train_dp_sgd", "train_non_private", "make_private_compatible",
     "csprng_gaussian", "csprng_poisson_mask",
     "DistributedDpConfig", "CalibratedDistributedDp", "DistributedDpEvent", "PrivatizedUpdate",

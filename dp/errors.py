@@ -39,7 +39,14 @@ class LedgerError(PrivacyError):
 
 
 class LedgerIntegrityError(LedgerError):
-    """The ledger's hash chain, entry count or epsilons do not verify."""
+    """The ledger is damaged or does not verify; ``seq``/``site``/``round`` name the entry when known."""
+
+    def __init__(self, message: str, *, seq: int | None = None, site: str | None = None,
+                 round: int | None = None) -> None:
+        super().__init__(message)
+        self.seq = seq
+        self.site = site
+        self.round = round
 
 
 class ModelNotPrivateError(PrivacyError, ValueError):

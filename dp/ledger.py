@@ -1,19 +1,49 @@
-"""The privacy ledger: append-only, hash-chained, in SQLite inside the run directory.
+"""The privacy ledger: append-only, hash-chained, site-signed, in SQLite inside the run directory.
 
-What it proves. Every private release of every site is an entry; entry i
-stores ``hash_i = SHA-256(hash_{i-1} || canonical_json(body_i))`` with
-``hash_0 = SHA-256("secagg/ledger/v1" || run_id)``. Changing, deleting or
-reordering any entry breaks every later hash; dropping the *tail* of the
-chain is caught by the head record (entry count and head hash) that the
-ledger rewrites atomically into ``ledger.head.json`` after each commit.
-:func:`verify_ledger` recomputes the chain, compares it with the head record,
-and re-derives every site's epsilon from the recorded events with the same
-accountants, so edited epsilons are caught as well.
+What it records. Every private release of every site is a ``spend`` entry
+(and, with distributed DP, a ``site_level_spend`` entry); a ``round`` entry
+closes each round; entry 1 (``genesis``) holds the run's parameters: delta,
+budgets, accountants, the privacy ``unit`` and the ``adjacency`` of every
+epsilon (``"slice"`` and ``"add/remove one slice"`` unless the DP code sets
+another unit at :meth:`PrivacyLedger.create`). Entry i stores
+``hash_i = SHA-256(hash_{i-1} || canonical_json(body_i))`` (:mod:`dp.ledger_format`).
+
+Who checks what, and why each tamper fails (:func:`verify_ledger`):
+
+* **Every spend is signed by its site** (:mod:`dp.ledger_signatures`): the site's
+  Ed25519 signature covers the run id, the entry's sequence number, the previous
+  chain hash, the site, the round, the event and the cumulative epsilon. With the
+  consortium's registry of verify keys (``registry=``), verification fails at the
+  first spend whose signature does not verify. So editing a spend (lower steps,
+  higher sigma, even with every epsilon recomputed, the chain rehashed and the
+  head rewritten), pasting one site's signature onto another's entry, reordering
+  entries, deleting an entry in the middle or editing the genesis entry (raising
+  a budget) and rehashing are all caught - the last three at the first signed
+  entry after the change, whose signed previous hash no longer matches.
+* **The hash chain** catches any edit that is not rehashed (a flipped byte):
+  the first entry whose hash or link fails is named.
+* **Epsilons are re-derived** from the recorded events with the same accountants;
+  a stored cumulative epsilon that differs, or a spend past its budget, is named.
+* **Truncation of the tail** (deleting the last round): entries before it keep
+  valid signatures, so signatures cannot see it. Each site keeps, in its *own*
+  state, a signed anchor of the latest entry it countersigned; given those anchors
+  (``anchors=``), a ledger shorter than, or different at, any anchor fails. Without
+  anchors the tail is protected only by the head record ``ledger.head.json``
+  (entry count and head hash), which sits next to the ledger: whoever controls
+  the run directory can delete the last round, rewrite the head and pass. Without
+  a registry, nothing stops an edit whose chain and head were recomputed: the
+  chain then only catches accidents. :func:`verify_ledger` says which of these
+  checks ran.
+* **Damage** (invalid JSON in an entry, a missing key, an unreadable SQLite page,
+  a missing file, another schema version, a head record that does not parse) is a
+  typed :class:`~dp.errors.LedgerError` or a failed report naming the entry -
+  never a crash.
 
 When spend happens. A site spends privacy when it *releases* an update (its
 masked vector reaches the coordinator, whether or not the round later
 completes): the coordinator commits the round's spend with
-:meth:`PrivacyLedger.commit_round` - one SQLite transaction - before the
+:meth:`PrivacyLedger.commit_round` - one SQLite transaction, each spend signed by
+its site through its :class:`~dp.ledger_signatures.LedgerSigner` - before the
 round's aggregate is applied to the global model. Budgets are enforced
 *before* a site trains: :meth:`PrivacyLedger.check_budget` refuses a round
 that would take the site past its budget, and the site sits out.
@@ -22,11 +52,13 @@ Durability. WAL journal, ``synchronous=FULL``: a commit that returned
 survives a crash or SIGKILL; an interrupted commit leaves no partial round.
 Triggers refuse UPDATE and DELETE on entries (a guard against mistakes; a
 deliberate edit with another tool is caught by verification instead).
+
+Schema. ``secagg-ledger-v2`` (signed spends, unit and adjacency). A ledger of
+another schema version (v1: unsigned) is refused with a message naming it.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -36,8 +68,11 @@ from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
 from .accounting import DEFAULT_ACCOUNTANTS, EpsilonReport, accountant_version, compute_epsilon
-from .errors import BudgetExceededError, InvalidPrivacyParameterError, LedgerError
+from .errors import BudgetExceededError, InvalidPrivacyParameterError, LedgerError, LedgerIntegrityError
 from .events import PrivacyEvent, validate_delta
+from .ledger_format import SCHEMA_VERSION, canonical_json, chain_hash, genesis_hash
+from .ledger_signatures import (SIGNED_KINDS, EntryStatement, SiteAnchor, check_entry_signature,
+                                entry_site_and_round)
 
 __all__ = [
     "LEDGER_FILE",
@@ -48,12 +83,14 @@ __all__ = [
     "VerificationReport",
     "verify_ledger",
     "canonical_json",
+    "adjacency_of",
 ]
 
 LEDGER_FILE = "ledger.sqlite"
 HEAD_FILE = "ledger.head.json"
-_SCHEMA_VERSION = "secagg-ledger-v1"
+_SCHEMA_VERSION = SCHEMA_VERSION
 _RELATIVE_TOLERANCE = 1e-6
+DEFAULT_UNIT = "slice"
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -70,18 +107,14 @@ CREATE TRIGGER IF NOT EXISTS entries_no_delete BEFORE DELETE ON entries
 BEGIN SELECT RAISE(ABORT, 'the privacy ledger is append-only'); END;
 """
 
-
-def canonical_json(value) -> str:
-    """Deterministic JSON: sorted keys, no whitespace, floats in repr form."""
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
-
-
-def _genesis_hash(run_id: str) -> str:
-    return hashlib.sha256(f"secagg/ledger/v1\x00{run_id}".encode()).hexdigest()
+# Kept under their historical names: tests and tools that rebuild a chain use them.
+_genesis_hash = genesis_hash
+_chain_hash = chain_hash
 
 
-def _chain_hash(prev_hash: str, body: str) -> str:
-    return hashlib.sha256(bytes.fromhex(prev_hash) + body.encode()).hexdigest()
+def adjacency_of(neighbouring: str, unit: str) -> str:
+    """The adjacency in words: ``add_remove_one`` -> ``"add/remove one <unit>"``."""
+    return f"{'replace' if neighbouring == 'replace_one' else 'add/remove'} one {unit}"
 
 
 def _atomic_write_json(path: Path, value) -> None:
@@ -96,6 +129,49 @@ def _atomic_write_json(path: Path, value) -> None:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+def _scan_rows(conn: sqlite3.Connection) -> tuple[list[tuple], LedgerIntegrityError | None]:
+    """Every readable entry row in order, and the damage that stopped the scan (naming the entry)."""
+    rows: list[tuple] = []
+    try:
+        cursor = conn.execute("SELECT seq, kind, body, prev_hash, hash FROM entries ORDER BY seq")
+        while True:
+            row = cursor.fetchone()
+            if row is None:
+                return rows, None
+            rows.append(row)
+    except sqlite3.Error as exc:
+        seq = rows[-1][0] + 1 if rows else 1
+        return rows, LedgerIntegrityError(f"entry {seq} cannot be read: the ledger file is damaged ({exc})", seq=seq)
+
+
+def _decode(seq: int, kind: str, text) -> dict:
+    try:
+        body = json.loads(text)
+    except (TypeError, ValueError):
+        raise LedgerIntegrityError(f"entry {seq} ({kind}) is not valid JSON", seq=seq) from None
+    if not isinstance(body, dict):
+        raise LedgerIntegrityError(f"entry {seq} ({kind}) is not a JSON object", seq=seq)
+    return body
+
+
+def _spend_event(seq: int, kind: str, body: dict):
+    """(site, event) of a spend entry; a typed error naming the entry when a key is missing or invalid."""
+    try:
+        site, round_index = entry_site_and_round(kind, body)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise LedgerIntegrityError(f"entry {seq} ({kind}) lacks its event's site or round ({exc!r})",
+                                   seq=seq) from None
+    try:
+        event = PrivacyEvent.from_dict(body["event"]) if kind == "spend" else _site_level_event(body["event"])
+    except KeyError as exc:
+        raise LedgerIntegrityError(f"entry {seq} ({kind}, site {site!r}, round {round_index}) is missing the key "
+                                   f"{exc}", seq=seq, site=site, round=round_index) from None
+    except (TypeError, ValueError) as exc:
+        raise LedgerIntegrityError(f"entry {seq} ({kind}, site {site!r}, round {round_index}) holds an invalid "
+                                   f"event: {exc}", seq=seq, site=site, round=round_index) from None
+    return site, event
 
 
 @dataclass(frozen=True)
@@ -120,7 +196,8 @@ class BudgetDecision:
 
 @dataclass
 class VerificationReport:
-    """Outcome of :func:`verify_ledger`."""
+    """Outcome of :func:`verify_ledger`: the first failing entry (``first_broken``, its ``site`` and
+    ``round`` when it is a spend) and which checks ran (``signatures_checked``, ``anchors_checked``)."""
 
     ok: bool
     entries: int
@@ -130,6 +207,27 @@ class VerificationReport:
     notes: list = field(default_factory=list)
     epsilon: dict = field(default_factory=dict)  # site -> report dict of its final spend
     site_level_epsilon: dict = field(default_factory=dict)  # site -> site-level epsilon (distributed DP)
+    site: str | None = None
+    round: int | None = None
+    signatures_checked: int = 0
+    anchors_checked: list = field(default_factory=list)  # sites whose anchor the ledger matches
+    warnings: list = field(default_factory=list)
+    unit: str | None = None
+    adjacency: str | None = None
+
+    def where(self) -> str:
+        """The failing place in words: ``entry 7 (site 'a', round 2)`` or ``the head record``."""
+        if self.first_broken is None:
+            return "the head record"
+        spend = f" (site {self.site!r}, round {self.round})" if self.site is not None else ""
+        return f"entry {self.first_broken}{spend}"
+
+    def to_dict(self) -> dict:
+        return {"ok": self.ok, "entries": self.entries, "first_broken": self.first_broken, "site": self.site,
+                "round": self.round, "reason": self.reason, "run_id": self.run_id, "notes": self.notes,
+                "warnings": self.warnings, "epsilon": self.epsilon, "site_level_epsilon": self.site_level_epsilon,
+                "signatures_checked": self.signatures_checked, "anchors_checked": self.anchors_checked,
+                "unit": self.unit, "adjacency": self.adjacency}
 
 
 def _connect(path: Path) -> sqlite3.Connection:
@@ -137,6 +235,44 @@ def _connect(path: Path) -> sqlite3.Connection:
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=FULL")
     return conn
+
+
+def _open_checked(run_dir) -> tuple[sqlite3.Connection, dict]:
+    """A connection to an existing ledger of this schema and its genesis meta (typed errors otherwise)."""
+    path = Path(run_dir) / LEDGER_FILE
+    if not path.is_file():
+        raise LedgerError(f"no privacy ledger at {path} (is {run_dir} a run directory?)")
+    conn = None
+    try:
+        conn = sqlite3.connect(f"file:{path}?mode=rw", uri=True, isolation_level=None, timeout=30)
+        schema = conn.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
+        row = conn.execute("SELECT body FROM entries WHERE seq=1").fetchone() if schema is not None else None
+    except sqlite3.Error as exc:
+        if conn is not None:
+            conn.close()
+        if "not a database" not in str(exc) and "no such table" not in str(exc):
+            raise LedgerIntegrityError(f"{path}: entry 1 or the meta table cannot be read: the ledger file is "
+                                       f"damaged ({exc})", seq=1) from None
+        raise LedgerError(f"{path} is not a secagg privacy ledger: {exc}") from None
+    if schema is None:
+        conn.close()
+        raise LedgerError(f"{path} is not a secagg privacy ledger (no schema version)")
+    if schema[0] != _SCHEMA_VERSION:
+        conn.close()
+        raise LedgerError(f"{path} is a ledger of schema {schema[0]!r}; this secagg reads {_SCHEMA_VERSION!r} only "
+                          "(v1 ledgers hold unsigned spends: read them with the secagg release that wrote them)")
+    if row is None:
+        conn.close()
+        raise LedgerIntegrityError(f"{path}: entry 1 (the genesis entry) is missing", seq=1)
+    try:
+        meta = _decode(1, "genesis", row[0])
+        for key in ("run_id", "delta", "budgets", "accountants"):
+            if key not in meta:
+                raise LedgerIntegrityError(f"entry 1 (genesis) is missing the key {key!r}", seq=1)
+    except LedgerIntegrityError:
+        conn.close()
+        raise
+    return conn, meta
 
 
 class PrivacyLedger:
@@ -150,15 +286,17 @@ class PrivacyLedger:
         self.budgets: dict[str, float] = dict(meta["budgets"])
         self.accountants: tuple[str, ...] = tuple(meta["accountants"])
         self.site_level: dict | None = meta.get("site_level")
+        self.unit: str = meta.get("unit", DEFAULT_UNIT)
+        self.adjacency: str = meta.get("adjacency", adjacency_of("add_remove_one", self.unit))
         self._events: dict[str, list[PrivacyEvent]] = {}
         self._site_level_events: dict[str, list] = {}
         for entry in self.entries():
             if entry.kind == "spend":
-                event = PrivacyEvent.from_dict(entry.body["event"])
-                self._events.setdefault(event.site, []).append(event)
+                site, event = _spend_event(entry.seq, entry.kind, entry.body)
+                self._events.setdefault(site, []).append(event)
             elif entry.kind == "site_level_spend":
-                self._site_level_events.setdefault(entry.body["site"], []).append(
-                    _site_level_event(entry.body["event"]))
+                site, event = _spend_event(entry.seq, entry.kind, entry.body)
+                self._site_level_events.setdefault(site, []).append(event)
 
     # -- lifecycle ---------------------------------------------------------------
 
@@ -173,15 +311,22 @@ class PrivacyLedger:
         accountants: Sequence[str] = DEFAULT_ACCOUNTANTS,
         site_level_budget: float | None = None,
         site_level_delta: float | None = None,
+        unit: str = DEFAULT_UNIT,
+        adjacency: str | None = None,
     ) -> "PrivacyLedger":
         """Create the ledger of a new run; refuses to overwrite an existing one.
 
         ``site_level_budget``/``site_level_delta``: the budget of the *site-level* guarantee of
         the released aggregates when distributed DP is on (:mod:`dp.distributed`); recorded and
         enforced separately from the record-level DP-SGD budgets - the two are never added.
+        ``unit`` is the privacy unit every record-level epsilon of the run is about (``"slice"``
+        today; the DP code sets another) and ``adjacency`` the neighbouring relation in words
+        (default ``"add/remove one <unit>"``); both go into the genesis entry.
         """
         run_dir = Path(run_dir)
         delta = validate_delta(delta)
+        if not isinstance(unit, str) or not unit.strip():
+            raise InvalidPrivacyParameterError(f"the privacy unit must be a non-empty word; got {unit!r}")
         for site, budget in budgets.items():
             if not isinstance(budget, (int, float)) or not math.isfinite(budget) or budget <= 0:
                 raise InvalidPrivacyParameterError(f"budget of site {site!r} must be a positive epsilon; got {budget!r}")
@@ -196,6 +341,8 @@ class PrivacyLedger:
             "budgets": {str(k): float(v) for k, v in budgets.items()},
             "accountants": list(accountants),
             "libraries": {a: accountant_version(a) for a in accountants},
+            "unit": unit,
+            "adjacency": adjacency or adjacency_of("add_remove_one", unit),
         }
         if site_level_budget is not None:
             meta["site_level"] = {"budget": float(site_level_budget),
@@ -217,25 +364,18 @@ class PrivacyLedger:
 
     @classmethod
     def open(cls, run_dir) -> "PrivacyLedger":
-        """Open an existing ledger; a missing or foreign file raises :class:`LedgerError`."""
-        path = Path(run_dir) / LEDGER_FILE
-        if not path.is_file():
-            raise LedgerError(f"no privacy ledger at {path} (is {run_dir} a run directory?)")
-        conn = None
+        """Open an existing ledger; a missing, foreign or damaged file raises :class:`LedgerError`
+        (:class:`LedgerIntegrityError` naming the entry when an entry cannot be read)."""
+        conn, meta = _open_checked(run_dir)
         try:
-            conn = sqlite3.connect(f"file:{path}?mode=rw", uri=True, isolation_level=None, timeout=30)
-            schema = conn.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
-            row = conn.execute("SELECT body FROM entries WHERE seq=1 AND kind='genesis'").fetchone()
-        except sqlite3.Error as exc:
-            if conn is not None:
-                conn.close()
-            raise LedgerError(f"{path} is not a secagg privacy ledger: {exc}") from None
-        if schema is None or schema[0] != _SCHEMA_VERSION or row is None:
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=FULL")
+            return cls(Path(run_dir), conn, meta)
+        except (LedgerError, sqlite3.Error) as exc:
             conn.close()
-            raise LedgerError(f"{path} is not a {_SCHEMA_VERSION} ledger")
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=FULL")
-        return cls(Path(run_dir), conn, json.loads(row[0]))
+            if isinstance(exc, LedgerError):
+                raise
+            raise LedgerIntegrityError(f"{Path(run_dir) / LEDGER_FILE} cannot be read: {exc}") from None
 
     def close(self) -> None:
         self._conn.close()
@@ -249,8 +389,11 @@ class PrivacyLedger:
     # -- reading -----------------------------------------------------------------
 
     def entries(self) -> list[LedgerEntry]:
-        rows = self._conn.execute("SELECT seq, kind, body, prev_hash, hash FROM entries ORDER BY seq").fetchall()
-        return [LedgerEntry(s, k, json.loads(b), p, h) for s, k, b, p, h in rows]
+        """Every entry in order; :class:`LedgerIntegrityError` naming the first that cannot be read."""
+        rows, damage = _scan_rows(self._conn)
+        if damage is not None:
+            raise damage
+        return [LedgerEntry(s, k, _decode(s, k, b), p, h) for s, k, b, p, h in rows]
 
     def head(self) -> tuple[int, str]:
         row = self._conn.execute("SELECT seq, hash FROM entries ORDER BY seq DESC LIMIT 1").fetchone()
@@ -279,8 +422,7 @@ class PrivacyLedger:
         return epsilon <= self.site_level["budget"] * (1 + _RELATIVE_TOLERANCE), epsilon
 
     def committed_rounds(self) -> set[int]:
-        rows = self._conn.execute("SELECT body FROM entries WHERE kind='round'").fetchall()
-        return {json.loads(b)["round"] for (b,) in rows}
+        return {e.body["round"] for e in self.entries() if e.kind == "round"}
 
     def spent(self, site: str) -> EpsilonReport | None:
         events = self._events.get(site)
@@ -319,6 +461,7 @@ class PrivacyLedger:
         skipped: Mapping[str, str] | None = None,
         extra: Mapping | None = None,
         site_level: Mapping[str, object] | None = None,
+        signers: Mapping[str, object] | None = None,
     ) -> None:
         """Record one round's spend (one transaction), then rewrite the head record.
 
@@ -326,6 +469,12 @@ class PrivacyLedger:
         cumulative epsilon after it (every accountant and the bound); then a
         ``round`` entry closes the round. Refuses a round already committed,
         events of another round, and spends past a budget.
+
+        ``signers`` (site -> :class:`~dp.ledger_signatures.LedgerSigner`): when given, every
+        spend entry is signed by its site's signer (a site without one is refused) and each
+        signer anchors its last entry after the commit. Without it the spends are unsigned
+        (a node's ledger of its own spend; a coordinator whose sites sign elsewhere) and a
+        verifier holding a registry refuses them.
         """
         if round_index in self.committed_rounds():
             raise LedgerError(f"round {round_index} is already committed; refusing to count its spend twice")
@@ -367,26 +516,39 @@ class PrivacyLedger:
             "skipped": dict(skipped or {}),
             **({"extra": dict(extra)} if extra else {}),
         }))
-        self._append(rows)
+        self._append(rows, signers)
         self._events = pending
         self._site_level_events = pending_site_level
 
-    def _append(self, rows: list[tuple[str, dict]]) -> None:
+    def _append(self, rows: list[tuple[str, dict]], signers: Mapping[str, object] | None = None) -> None:
         count, prev = self.head()
+        records, last_signed = [], {}
+        for kind, body in rows:  # built and signed before the transaction: a site that refuses writes nothing
+            count += 1
+            if signers is not None and kind in SIGNED_KINDS:
+                statement = EntryStatement(self.run_id, count, prev, kind, body)
+                signer = signers.get(statement.site)
+                if signer is None:
+                    raise LedgerError(f"site {statement.site!r} has no signer: its spend cannot be committed unsigned")
+                body = statement.signed_body(signer.sign_entry(statement))
+                last_signed[statement.site] = count
+            text = canonical_json(body)
+            digest = _chain_hash(prev, text)
+            records.append((count, kind, text, prev, digest))
+            prev = digest
         try:
             self._conn.execute("BEGIN IMMEDIATE")
-            for kind, body in rows:
-                text = canonical_json(body)
-                count += 1
-                digest = _chain_hash(prev, text)
-                self._conn.execute("INSERT INTO entries VALUES (?, ?, ?, ?, ?)", (count, kind, text, prev, digest))
-                prev = digest
+            for record in records:
+                self._conn.execute("INSERT INTO entries VALUES (?, ?, ?, ?, ?)", record)
             self._conn.execute("COMMIT")
         except sqlite3.Error as exc:
             if self._conn.in_transaction:
                 self._conn.execute("ROLLBACK")
             raise LedgerError(f"could not write the privacy ledger: {exc}") from None
         _atomic_write_json(self.run_dir / HEAD_FILE, {"run_id": self.run_id, "entries": count, "head": prev})
+        by_seq = {r[0]: r[4] for r in records}
+        for site, seq in sorted(last_signed.items()):
+            signers[site].record_anchor(self.run_id, seq, by_seq[seq])
 
 
 def _site_level_event(data: dict):
@@ -395,91 +557,178 @@ def _site_level_event(data: dict):
     return DistributedDpEvent.from_dict(data)
 
 
-def _fail(report: VerificationReport, seq: int | None, reason: str) -> VerificationReport:
+def _claimed_site_round(kind: str, body) -> tuple[str | None, int | None]:
+    """The site and round an entry claims (to name a broken entry); (None, None) when it says none."""
+    try:
+        site, round_index = entry_site_and_round(kind, json.loads(body))
+        return site, round_index
+    except (KeyError, TypeError, ValueError, AttributeError):
+        return None, None
+
+
+def _fail(report: VerificationReport, seq: int | None, reason: str, site: str | None = None,
+          round_index: int | None = None) -> VerificationReport:
     report.ok = False
     report.first_broken = seq
     report.reason = reason
+    report.site = site
+    report.round = round_index
     return report
 
 
-def verify_ledger(run_dir, *, recompute_epsilon: bool = True) -> VerificationReport:
-    """Recompute the chain, compare with the head record, and re-derive every epsilon."""
+def verify_ledger(run_dir, *, registry: Mapping[str, bytes] | None = None, anchors: Sequence[SiteAnchor] = (),
+                  recompute_epsilon: bool = True) -> VerificationReport:
+    """Check a run's ledger; the report names the first entry whose chain link, signature or epsilon fails.
+
+    Checks, per entry in order: the sequence number, the link to the previous hash, the hash of the
+    content, valid canonical JSON, then for a spend its site's signature (with ``registry``: site ->
+    Ed25519 verify key, from the consortium, not from the run directory's owner) and the re-derived
+    cumulative epsilon within budget. Then every site anchor (:class:`SiteAnchor`, from each site's
+    own state; needs ``registry``): the ledger must reach and match the entry each site last
+    countersigned. Last the head record. What is caught without a registry or anchors: see the
+    module docstring; ``report.warnings`` repeats it for the checks that did not run.
+
+    Raises :class:`LedgerError` when there is no ledger to check (missing file, not a ledger, another
+    schema version, an unreadable genesis entry); every other fault is a failed report.
+    """
     run_dir = Path(run_dir)
-    ledger = PrivacyLedger.open(run_dir)  # raises LedgerError when missing or foreign
+    if anchors and registry is None:
+        raise LedgerError("site anchors are signed: checking them needs the registry of site verify keys")
+    conn, meta = _open_checked(run_dir)
     try:
-        rows = ledger._conn.execute("SELECT seq, kind, body, prev_hash, hash FROM entries ORDER BY seq").fetchall()
+        rows, damage = _scan_rows(conn)
     finally:
-        ledger.close()
-    report = VerificationReport(ok=True, entries=len(rows), run_id=ledger.run_id)
-    prev = _genesis_hash(ledger.run_id)
+        conn.close()
+    run_id = meta["run_id"]
+    unit = meta.get("unit", DEFAULT_UNIT)
+    report = VerificationReport(ok=True, entries=len(rows), run_id=run_id, unit=unit,
+                                adjacency=meta.get("adjacency", adjacency_of("add_remove_one", unit)))
+    try:
+        delta = float(meta["delta"])
+        budgets = {str(k): float(v) for k, v in dict(meta["budgets"]).items()}
+        accountants = tuple(meta["accountants"])
+        site_level = meta.get("site_level")
+    except (TypeError, ValueError, AttributeError) as exc:
+        return _fail(report, 1, f"entry 1 (genesis) holds invalid parameters: {exc}")
+    prev = _genesis_hash(run_id)
     events: dict[str, list[PrivacyEvent]] = {}
     site_events: dict[str, list] = {}
+    unsigned = 0
     for expected_seq, (seq, kind, body, prev_hash, digest) in enumerate(rows, start=1):
         if seq != expected_seq:
             return _fail(report, expected_seq, f"entry {expected_seq} is missing (found {seq} next)")
         if prev_hash != prev:
-            return _fail(report, seq, f"entry {seq} does not link to entry {seq - 1} (reordered or altered)")
-        if _chain_hash(prev_hash, body) != digest:
-            return _fail(report, seq, f"entry {seq} was altered: its hash does not match its content")
+            return _fail(report, seq, f"entry {seq} does not link to entry {seq - 1} (reordered or altered)",
+                         *_claimed_site_round(kind, body))
+        if not isinstance(body, str) or _chain_hash(prev_hash, body) != digest:
+            return _fail(report, seq, f"entry {seq} was altered: its hash does not match its content",
+                         *_claimed_site_round(kind, body))
         try:
-            parsed = json.loads(body)
-        except ValueError:
-            return _fail(report, seq, f"entry {seq} is not valid JSON")
+            parsed = _decode(seq, kind, body)
+        except LedgerIntegrityError as exc:
+            return _fail(report, seq, str(exc))
         if canonical_json(parsed) != body:
             return _fail(report, seq, f"entry {seq} is not in canonical form")
         if seq == 1 and kind != "genesis":
             return _fail(report, 1, "the first entry is not the genesis entry")
-        if kind == "spend" and recompute_epsilon:
-            event = PrivacyEvent.from_dict(parsed["event"])
-            events.setdefault(event.site, []).append(event)
-            recomputed = compute_epsilon(events[event.site], ledger.delta, accountants=ledger.accountants)
-            stored = parsed["cumulative"]
-            for name, value in recomputed.to_dict()["epsilon"].items():
-                old = stored["epsilon"].get(name)
-                if (value is None) != (old is None) or (
-                    value is not None and not math.isclose(value, old, rel_tol=_RELATIVE_TOLERANCE)
-                ):
-                    return _fail(
-                        report, seq,
-                        f"entry {seq}: stored {name} epsilon {old} differs from the recomputed {value}",
-                    )
-            budget = ledger.budgets.get(event.site)
-            if recomputed.bound is None or budget is None or recomputed.bound > budget * (1 + _RELATIVE_TOLERANCE):
-                return _fail(report, seq, f"entry {seq}: site {event.site!r} is past its budget {budget}")
-            report.epsilon[event.site] = recomputed.to_dict()
-        if kind == "site_level_spend" and recompute_epsilon:
-            from .distributed import compute_distributed_epsilon
+        if kind in SIGNED_KINDS:
+            try:
+                site, event = _spend_event(seq, kind, parsed)
+            except LedgerIntegrityError as exc:
+                return _fail(report, seq, str(exc), exc.site, exc.round)
+            where = f"entry {seq} ({kind}, site {site!r}, round {event.round})"
+            try:
+                if kind == "spend":
+                    stored = dict(parsed["cumulative"]["epsilon"])
+                else:
+                    stored = parsed["cumulative_epsilon"]
+            except (KeyError, TypeError, ValueError) as exc:
+                return _fail(report, seq, f"{where} is missing the key {exc}" if isinstance(exc, KeyError)
+                             else f"{where} holds a malformed cumulative epsilon", site, event.round)
+            signature = parsed.pop("signature", None)
+            if registry is not None:
+                why = check_entry_signature(registry, EntryStatement(run_id, seq, prev_hash, kind, parsed), signature)
+                if why is not None:
+                    return _fail(report, seq, f"{where}: {why}", site, event.round)
+                report.signatures_checked += 1
+            elif signature is None:
+                unsigned += 1
+            if kind == "spend" and site not in budgets:
+                return _fail(report, seq, f"{where}: site {site!r} has no budget in this run", site, event.round)
+            if kind == "spend" and recompute_epsilon:
+                events.setdefault(site, []).append(event)
+                recomputed = compute_epsilon(events[site], delta, accountants=accountants)
+                for name, value in recomputed.to_dict()["epsilon"].items():
+                    old = stored.get(name)
+                    if (value is None) != (old is None) or (value is not None and (
+                            not isinstance(old, (int, float))
+                            or not math.isclose(value, old, rel_tol=_RELATIVE_TOLERANCE))):
+                        return _fail(report, seq, f"{where}: stored {name} epsilon {old} differs from the "
+                                     f"recomputed {value}", site, event.round)
+                budget = budgets[site]
+                if recomputed.bound is None or recomputed.bound > budget * (1 + _RELATIVE_TOLERANCE):
+                    return _fail(report, seq, f"{where}: site {site!r} is past its budget {budget}",
+                                 site, event.round)
+                report.epsilon[site] = recomputed.to_dict()
+            if kind == "site_level_spend" and recompute_epsilon:
+                from .distributed import compute_distributed_epsilon
 
-            site = parsed["site"]
-            site_events.setdefault(site, []).append(_site_level_event(parsed["event"]))
-            if ledger.site_level is None:
-                return _fail(report, seq, f"entry {seq}: a site-level spend in a ledger without a site-level budget")
-            value = compute_distributed_epsilon(site_events[site], ledger.site_level["delta"])
-            if not math.isclose(value, parsed["cumulative_epsilon"], rel_tol=_RELATIVE_TOLERANCE):
-                return _fail(report, seq, f"entry {seq}: stored site-level epsilon {parsed['cumulative_epsilon']} "
-                             f"differs from the recomputed {value}")
-            if value > ledger.site_level["budget"] * (1 + _RELATIVE_TOLERANCE):
-                return _fail(report, seq, f"entry {seq}: site {site!r} is past its site-level budget")
-            report.site_level_epsilon[site] = value
+                site_events.setdefault(site, []).append(event)
+                if site_level is None:
+                    return _fail(report, seq, f"{where}: a site-level spend in a ledger without a site-level "
+                                 "budget", site, event.round)
+                value = compute_distributed_epsilon(site_events[site], site_level["delta"])
+                if not isinstance(stored, (int, float)) or not math.isclose(value, stored,
+                                                                            rel_tol=_RELATIVE_TOLERANCE):
+                    return _fail(report, seq, f"{where}: stored site-level epsilon {stored} differs from the "
+                                 f"recomputed {value}", site, event.round)
+                if value > site_level["budget"] * (1 + _RELATIVE_TOLERANCE):
+                    return _fail(report, seq, f"{where}: site {site!r} is past its site-level budget",
+                                 site, event.round)
+                report.site_level_epsilon[site] = value
         prev = digest
+    if damage is not None:
+        return _fail(report, damage.seq, str(damage))
+    for anchor in anchors:
+        if anchor.run_id != run_id:
+            return _fail(report, None, f"the anchor {anchor.source} of site {anchor.site!r} belongs to run "
+                         f"{anchor.run_id!r}, not {run_id!r}")
+        why = anchor.check(registry)
+        if why is not None:
+            return _fail(report, None, why)
+        if anchor.seq > len(rows):
+            return _fail(report, anchor.seq, f"the ledger was truncated: site {anchor.site!r} countersigned entry "
+                         f"{anchor.seq} but the ledger ends at entry {len(rows)}", anchor.site)
+        if rows[anchor.seq - 1][4] != anchor.hash:
+            return _fail(report, anchor.seq, f"entry {anchor.seq} is not the entry site {anchor.site!r} "
+                         "countersigned (the ledger was rewritten from there on)", anchor.site)
+        report.anchors_checked.append(anchor.site)
     head_path = run_dir / HEAD_FILE
     if not head_path.is_file():
         return _fail(report, None, f"{head_path} is missing: truncation cannot be ruled out")
     try:
         head = json.loads(head_path.read_text())
         head_count, head_hash = int(head["entries"]), str(head["head"])
-    except (ValueError, KeyError, TypeError):
-        return _fail(report, None, f"{head_path} is unreadable")
-    if head.get("run_id") != ledger.run_id:
-        return _fail(report, None, f"{head_path} belongs to run {head.get('run_id')!r}, not {ledger.run_id!r}")
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        return _fail(report, None, f"{head_path} does not parse ({type(exc).__name__})")
+    if head.get("run_id") != run_id:
+        return _fail(report, None, f"{head_path} belongs to run {head.get('run_id')!r}, not {run_id!r}")
     if head_count > len(rows):
         return _fail(report, len(rows) + 1, f"the ledger was truncated: the head record lists {head_count} entries, "
                      f"{len(rows)} remain")
-    if head_count == 0 or rows[head_count - 1][4] != head_hash:
+    if head_count <= 0 or rows[head_count - 1][4] != head_hash:
         return _fail(report, head_count, f"entry {head_count} does not match the head record's hash")
     if head_count < len(rows):
         report.notes.append(
             f"{len(rows) - head_count} entries after the head record (a crash between the ledger commit and "
             "the head update); they chain correctly"
         )
+    if registry is None:
+        report.warnings.append("no registry of site verify keys: signatures were not checked, so an edit with the "
+                               "chain rehashed and the head rewritten would pass")
+    if unsigned:
+        report.notes.append(f"{unsigned} spend entries carry no site signature")
+    if not anchors:
+        report.warnings.append("no site anchors: deleting the last round(s) is caught only by the head record, "
+                               "which whoever controls the run directory can rewrite")
     return report

@@ -132,13 +132,14 @@ def _cmd_noise(args: argparse.Namespace) -> int:
 
 
 def _cmd_ledger_show(args: argparse.Namespace) -> int:
-    from dp.ledger import PrivacyLedger
+    from dp.ledger import PrivacyLedger, adjacency_of
 
     with PrivacyLedger.open(args.run_dir) as ledger:
         entries = ledger.entries()
         accountants = ledger.accountants
         delta = ledger.delta
         budgets = ledger.budgets
+        unit, adjacency = ledger.unit, ledger.adjacency
     rows = []
     for entry in entries:
         if entry.kind != "spend":
@@ -148,14 +149,16 @@ def _cmd_ledger_show(args: argparse.Namespace) -> int:
             "seq": entry.seq, "site": event["site"], "round": event["round"],
             "noise_multiplier": event["noise_multiplier"], "sample_rate": event["sample_rate"],
             "steps": event["steps"], "epsilon": cumulative["epsilon"], "bound": cumulative["bound"],
-            "bound_accountant": cumulative["bound_accountant"],
+            "bound_accountant": cumulative["bound_accountant"], "unit": unit,
+            "adjacency": adjacency_of(event.get("neighbouring", "add_remove_one"), unit),
+            "signed": "signature" in entry.body,
         })
     if args.json:
-        print(json.dumps({"delta": delta, "budgets": budgets, "accountants": list(accountants),
-                          "entries": len(entries), "spends": rows}, indent=2))
+        print(json.dumps({"delta": delta, "budgets": budgets, "accountants": list(accountants), "unit": unit,
+                          "adjacency": adjacency, "entries": len(entries), "spends": rows}, indent=2))
         return 0
     print(f"privacy ledger of {args.run_dir}: {len(entries)} entries, delta = {delta}, "
-          f"budgets {budgets}; cumulative epsilon per site after each round")
+          f"budgets {budgets}; privacy unit: one {unit} ({adjacency}); cumulative epsilon per site after each round")
     header = f"{'seq':>4} {'site':<12} {'round':>5} {'sigma':>7} {'q':>8} {'steps':>6} " + " ".join(
         f"{a:>9}" for a in accountants) + f" {'bound':>9}"
     print(header)
@@ -167,21 +170,61 @@ def _cmd_ledger_show(args: argparse.Namespace) -> int:
 
 
 def _cmd_ledger_verify(args: argparse.Namespace) -> int:
-    from dp.ledger import verify_ledger
+    """Exit 0 when the ledger verifies; 1 (one line on stderr naming the entry) when it does not or is damaged."""
+    from pathlib import Path
 
-    report = verify_ledger(args.run_dir)
+    from dp.errors import LedgerError
+    from dp.ledger import verify_ledger
+    from dp.ledger_signatures import load_anchors
+
+    from .identity import REGISTRY_FILE, load_registry
+
+    run_dir = Path(args.run_dir)
+    if not run_dir.is_dir():
+        raise UsageError(f"secagg ledger verify: error: {run_dir} is not a directory (a run directory holds "
+                         "ledger.sqlite)")
+    if args.registry:
+        registry_path, registry_note = Path(args.registry), "given with --registry"
+    elif (run_dir / REGISTRY_FILE).is_file():
+        registry_path = run_dir / REGISTRY_FILE
+        registry_note = ("the copy inside the run directory: only as trustworthy as the directory; pass --registry "
+                         "with the consortium's own copy")
+    else:
+        registry_path, registry_note = None, "none: site signatures are NOT checked"
+    registry = load_registry(registry_path) if registry_path is not None else None
+    try:
+        anchors = load_anchors(args.anchors or [])
+    except LedgerError as exc:
+        raise UsageError(f"secagg ledger verify: error: {' '.join(str(exc).split())}") from None
+    if anchors and registry is None:
+        raise UsageError("secagg ledger verify: error: --anchors needs a registry of site verify keys (--registry)")
+    try:
+        report = verify_ledger(run_dir, registry=registry, anchors=anchors)
+    except LedgerError as exc:
+        print(f"ledger BROKEN: {' '.join(str(exc).split())}", file=sys.stderr)
+        return 1
+    registry_line = f"registry: {registry_path if registry_path else 'none'} ({registry_note})"
     if args.json:
-        print(json.dumps({"ok": report.ok, "entries": report.entries, "first_broken": report.first_broken,
-                          "reason": report.reason, "notes": report.notes, "epsilon": report.epsilon}, indent=2))
+        print(json.dumps(report.to_dict() | {"registry": None if registry_path is None else str(registry_path),
+                                             "registry_note": registry_note,
+                                             "anchors": [a.source for a in anchors]}, indent=2))
     elif report.ok:
-        print(f"ledger OK: {report.entries} entries, hash chain intact, head record matches, epsilons re-derived")
+        print(f"ledger OK: {report.entries} entries, hash chain intact, head record matches, epsilons re-derived; "
+              f"{report.signatures_checked} site signatures verified; "
+              f"{len(report.anchors_checked)} site anchors matched")
+        print(registry_line)
+        print(f"privacy unit: one {report.unit} ({report.adjacency})")
         for note in report.notes:
             print(f"  note: {note}")
+        for warning in report.warnings:
+            print(f"  warning: {warning}")
         for site, eps in sorted(report.epsilon.items()):
-            print(f"  {site}: epsilon <= {eps['bound']:.4f} ({eps['bound_accountant']}) at delta {eps['delta']}")
+            print(f"  {site}: epsilon <= {eps['bound']:.4f} ({eps['bound_accountant']}) at delta {eps['delta']}, "
+                  f"{report.adjacency}")
     else:
-        where = f"entry {report.first_broken}" if report.first_broken else "the head record"
-        print(f"ledger BROKEN at {where}: {report.reason}", file=sys.stderr)
+        print(registry_line)
+    if not report.ok:
+        print(f"ledger BROKEN at {report.where()}: {' '.join(str(report.reason).split())}", file=sys.stderr)
     return 0 if report.ok else 1
 
 
@@ -659,10 +702,24 @@ def build_parser() -> argparse.ArgumentParser:
     show.set_defaults(func=_cmd_ledger_show)
     verify = ledger_sub.add_parser(
         "verify", formatter_class=_Formatter,
-        help="recompute the hash chain and every epsilon; exit 0 when intact, 1 naming the first broken entry",
-        epilog="Example:\n  secagg ledger verify runs/demo",
+        help="check the hash chain, the sites' signatures, their anchors and every epsilon; exit 0 when intact, "
+             "1 naming the first broken entry",
+        description=(
+            "Checks every entry in order (chain link, hash, the signature of the site a spend charges, the\n"
+            "re-derived epsilon within budget), then the sites' anchors, then the head record, and names the\n"
+            "first entry that fails (sequence number, site, round). Without --anchors, deleting the last\n"
+            "round(s) is caught only by the head record, which whoever controls the run directory can rewrite."),
+        epilog=("Examples:\n  secagg ledger verify runs/demo\n"
+                "  secagg ledger verify runs/demo --registry ~/consortium/registry.json --anchors site-1-state/ "
+                "site-2-state/"),
     )
     verify.add_argument("run_dir", help="a run directory (holds ledger.sqlite)")
+    verify.add_argument("--registry", metavar="REG",
+                        help="JSON registry of the sites' Ed25519 verify keys (default: RUN_DIR/registry.json when "
+                             "present - only as trustworthy as the run directory)")
+    verify.add_argument("--anchors", nargs="+", metavar="DIR",
+                        help="the sites' anchors: files, folders holding ledger.anchor.json, or folders of such "
+                             "folders (RUN_DIR/sites in the simulation; a node's state dir)")
     verify.add_argument("--json", action="store_true", help="print one JSON object")
     verify.set_defaults(func=_cmd_ledger_verify)
     return parser
@@ -689,10 +746,15 @@ def main(argv: list[str] | None = None) -> int:
         bad_input += (SimulationError,)
     except ImportError:
         pass
+    from dp.errors import LedgerIntegrityError
+
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
         return args.func(args)
+    except LedgerIntegrityError as exc:  # a damaged ledger: a failed check, not bad input
+        print(f"secagg {args.command}: ledger BROKEN: {' '.join(str(exc).split())}", file=sys.stderr)
+        return 1
     except UsageError as exc:
         print(str(exc).replace("\n", " "), file=sys.stderr)
         return 2

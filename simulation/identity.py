@@ -12,6 +12,12 @@ signed minutes, a PKI, a secure channel). A site refuses a round whose session
 carries any verify key that differs from its own copy of the registry
 (:func:`check_session_keys`).
 
+In the in-process simulation every party is on one machine, so each site's identity is made
+per run by :func:`run_site_identities`: ``RUN_DIR/sites/SITE/`` (mode 0700) holds the site's
+signing key and its ledger anchor (:mod:`dp.ledger_signatures`), and ``RUN_DIR/registry.json``
+the verify keys (public), also returned so that the caller can keep a copy outside the run
+directory - a registry inside the run directory is only as trustworthy as the directory.
+
 Files: a signing key is 64 hex characters (the 32-byte Ed25519 seed) in a file
 only its owner may read (mode 0600; anything wider is refused, as ssh does);
 the registry is JSON ``{"site name": "64 hex characters of the verify key"}``.
@@ -24,13 +30,17 @@ import os
 import stat
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping
+from typing import Iterable, Mapping
 
 import secagg
 from secagg.crypto import KEY_BYTES, SigningKeyPair
 
 __all__ = ["SiteIdentity", "write_identity", "load_signing_key", "load_registry", "add_to_registry",
-           "check_session_keys", "IdentityError"]
+           "check_session_keys", "IdentityError", "RunIdentities", "run_site_identities", "SITES_DIR",
+           "REGISTRY_FILE"]
+
+SITES_DIR = "sites"
+REGISTRY_FILE = "registry.json"
 
 
 class IdentityError(secagg.InvalidInputError):
@@ -155,3 +165,40 @@ def check_session_keys(verify_keys: Mapping[int, bytes], sites: Mapping[int, str
         if verify_keys[client_id] != expected:
             raise secagg.VerificationError(f"the verify key of site {site!r} (client {client_id}) differs from the "
                                            "registry's: refusing a coordinator-chosen identity")
+
+
+@dataclass(frozen=True)
+class RunIdentities:
+    """The simulated sites' identities of one run: keys and own folders (site side), registry (public)."""
+
+    keys: dict  # site -> secagg.crypto.SigningKeyPair (stays with the site)
+    folders: dict  # site -> Path of the site's own state (signing key, ledger anchor)
+    registry: dict  # site -> 32-byte verify key
+    registry_path: Path
+
+
+def run_site_identities(run_dir, sites: Iterable[str], *, create: bool) -> RunIdentities:
+    """Each simulated site's Ed25519 identity in ``RUN_DIR/sites/SITE/`` and the registry of them.
+
+    ``create=True`` (a new run) generates them (Ed25519 seeds from ``secrets``, i.e. ``os.urandom``, through
+    :func:`write_identity`; key files 0600, folders 0700) and writes ``RUN_DIR/registry.json``;
+    ``create=False`` (resume) loads them and refuses a key that is not the registry's.
+    """
+    run_dir = Path(run_dir)
+    names = sorted(sites)
+    registry_path = run_dir / REGISTRY_FILE
+    keys, folders = {}, {}
+    for site in names:
+        folder = run_dir / SITES_DIR / _check_site_name(site)
+        if create:
+            folder.mkdir(mode=0o700, parents=True, exist_ok=False)
+            os.chmod(folder, 0o700)
+            identity = write_identity(folder, site)
+            add_to_registry(registry_path, identity)
+        keys[site] = load_signing_key(folder / f"{site}.ed25519")
+        folders[site] = folder
+    registry = load_registry(registry_path)
+    for site in names:
+        if registry.get(site) != keys[site].verify_key:
+            raise IdentityError(f"the signing key in {folders[site]} is not site {site!r}'s key in {registry_path}")
+    return RunIdentities(keys, folders, {s: registry[s] for s in names}, registry_path)

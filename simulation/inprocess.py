@@ -24,12 +24,31 @@ __all__ = ["InProcessFleet"]
 
 
 class InProcessFleet(Fleet):
-    """Sites as local objects; ``identities`` (active mode) are their long-term signing keys."""
+    """Sites as local objects; ``identities`` are their long-term signing keys (active mode and, with
+    ``site_folders`` - each site's own state folder - the signatures on their ledger spends)."""
 
-    def __init__(self, sites: Mapping, identities: Mapping | None = None, progress=None) -> None:
+    def __init__(self, sites: Mapping, identities: Mapping | None = None, progress=None,
+                 site_folders: Mapping | None = None) -> None:
+        from dp import LedgerSigner
+
         self.sites = dict(sites)  # name -> simulation.site.Site
         self.identities = dict(identities or {})
         self.progress = progress
+        self._released: dict[str, dict] = {}  # site -> {entry kind: the event it spent this round}
+        self._signers = {name: LedgerSigner(name, self.identities[name].seed, folder,
+                                            approve=lambda statement, name=name: self._approve(name, statement))
+                         for name, folder in (site_folders or {}).items()}
+
+    def _approve(self, name: str, statement) -> None:
+        """A site signs a spend only for the event it trained (or noised) with in this round."""
+        from dp.errors import LedgerError
+
+        if self._released.get(name, {}).get(statement.kind) != statement.body.get("event"):
+            raise LedgerError(f"site {name!r} refuses to sign entry {statement.seq}: it is not the "
+                              f"{statement.kind} of what the site trained in round {statement.round}")
+
+    def ledger_signers(self) -> Mapping | None:
+        return self._signers or None
 
     def _signing_key(self, ctx: RunContext, name: str):
         return self.identities[name].seed if ctx.config.active else None
@@ -49,6 +68,9 @@ class InProcessFleet(Fleet):
             if update.event != planned_event(name, plan.round_index, ctx.dp_config):
                 # The ledger commits the planned events; training must have spent exactly those.
                 raise RuntimeError(f"site {name} spent {update.event}, not the planned event")
+            self._released[name] = {"spend": update.event.to_dict()}
+            if ctx.ddp is not None:
+                self._released[name]["site_level_spend"] = ctx.ddp.event(plan.round_index).to_dict()
             start = time.perf_counter()
             if ctx.ddp is not None:
                 from dp.distributed import privatize_detailed

@@ -23,7 +23,11 @@ A round (Bonawitz et al. 2017 for the protocol, FedAvg for the model):
    the sites whose update reached the coordinator have *released* it; their
    privacy events are committed to the ledger (one transaction) *before*
    unmasking. The events are the ones the coordinator planned from the public
-   DP parameters; an in-process site's own event must equal them.
+   DP parameters; an in-process site's own event must equal them. Where the
+   fleet's sites sign (:meth:`Fleet.ledger_signers`), the coordinator builds
+   each spend entry at its place in the chain and the site signs it - after
+   checking it names the event it trained with - and anchors it in its own
+   state (:mod:`dp.ledger_signatures`); the coordinator only appends.
 5. :func:`close_round` - decode the *sum*, FedAvg, apply to the global model,
    and the round's record (``metrics.jsonl``).
 
@@ -124,6 +128,10 @@ class Fleet(abc.ABC):
         called once, with the client ids whose update reached the coordinator.
         """
 
+    def ledger_signers(self) -> Mapping | None:
+        """Site -> :class:`dp.LedgerSigner` that signs the site's ledger spends (None: unsigned spends)."""
+        return None
+
     def save_checkpoints(self, store) -> None:
         """Write the sites' local state the engine keeps (nothing where the sites keep their own)."""
 
@@ -187,9 +195,10 @@ def build_session(ctx: RunContext, plan: RoundPlan, session_id: bytes):
 class ReleaseCommitter:
     """The engine's ``on_release``: commits the released sites' spend in one ledger transaction."""
 
-    def __init__(self, ctx: RunContext, plan: RoundPlan) -> None:
+    def __init__(self, ctx: RunContext, plan: RoundPlan, signers: Mapping | None = None) -> None:
         self.ctx = ctx
         self.plan = plan
+        self.signers = signers
         self.released_sites: list[str] = []
         self.seconds = 0.0
         self.called = False
@@ -207,7 +216,8 @@ class ReleaseCommitter:
         events = [planned_event(n, round_index, ctx.dp_config) for n in self.released_sites]
         site_level = {n: ctx.ddp.event(round_index) for n in self.released_sites} if ctx.ddp is not None else None
         ctx.ledger.commit_round(round_index, events, skipped=self.plan.skipped, site_level=site_level,
-                                extra={"released": self.released_sites, "mode": ctx.config.mode})
+                                extra={"released": self.released_sites, "mode": ctx.config.mode},
+                                signers=self.signers)
         self.seconds += time.perf_counter() - start
 
 
@@ -245,7 +255,7 @@ def run_round(ctx: RunContext, fleet: Fleet, round_index: int, dropout_plan: Map
 
     # The nonce is drawn before training: with distributed DP it also seeds the public rotation.
     session_id = secagg.new_session_id()
-    committer = ReleaseCommitter(ctx, plan)
+    committer = ReleaseCommitter(ctx, plan, fleet.ledger_signers())
     threshold = ctx.protocol["threshold"]
     start = time.perf_counter()
     if len(plan.participants) < threshold or not plan.participants:

@@ -63,6 +63,7 @@ class CohortSplit:
 class SimulationResult:
     run_dir: Path
     summary: dict
+    registry: dict = field(default_factory=dict)  # site -> ledger verify key: keep a copy outside the run dir
 
 
 # -- data -----------------------------------------------------------------------
@@ -202,12 +203,19 @@ class OpenRun:
     start_round: int
     calibration: object  # dp.CalibrationResult of the record-level noise
     restored: bool  # checkpoints of an earlier round were loaded (resume)
+    identities: object = None  # simulation.identity.RunIdentities (in-process sites), or None
 
 
 def open_run(config: SimulationConfig, site_names, coordinator: Coordinator, weight_bound: float, out_dir, *,
-             resume: bool, log, verify_keys: dict | None = None) -> OpenRun:
+             resume: bool, log, verify_keys: dict | None = None, site_identities: bool = False) -> OpenRun:
     """Everything before the first round, for every engine: protocol parameters, noise calibration,
     encoding, distributed DP, the run directory and the ledger (created, or reopened on resume).
+
+    ``site_identities`` (the in-process engine, where every site lives in this process): give each
+    site its own Ed25519 identity in ``RUN_DIR/sites/SITE/`` (:func:`~simulation.identity.run_site_identities`);
+    the sites sign their ledger spends with it (and their active-mode messages), and the registry of
+    their verify keys is ``RUN_DIR/registry.json``. Engines whose sites keep their own keys pass
+    ``verify_keys`` instead.
 
     Raises :class:`SimulationError` for impossible settings before anything is written.
     """
@@ -267,7 +275,7 @@ def open_run(config: SimulationConfig, site_names, coordinator: Coordinator, wei
             f"at delta {config.delta} over {config.rounds} rounds with >= {ddp.config.noise_contributors} honest "
             f"noise shares; L2 clip {config.ddp_clip}; noise std of the sum {ddp.noise_std(len(names)):.4g} per "
             f"coordinate; {ddp.bits}-bit ring, wrap-around probability <= {ddp.wrap_probability:.2g}")
-    if config.active and set(verify_keys or {}) != set(names):
+    if config.active and not site_identities and set(verify_keys or {}) != set(names):
         raise SimulationError(f"active mode needs every site's verify key; missing for "
                               f"{sorted(set(names) - set(verify_keys or {}))}")
 
@@ -302,6 +310,18 @@ def open_run(config: SimulationConfig, site_names, coordinator: Coordinator, wei
         state = {"last_round": -1, "rounds": {}}
         start_round = 0
         store.write_state(state)
+    identities = None
+    if site_identities:
+        from .identity import IdentityError, run_site_identities
+
+        try:
+            identities = run_site_identities(out_dir, names, create=not resume)
+        except IdentityError as exc:
+            ledger.close()
+            raise SimulationError(f"site identities of {out_dir}: {exc}") from None
+        verify_keys = dict(identities.registry)
+        log(f"site identities (ledger signatures): registry of verify keys {identities.registry_path}; keep a "
+            "copy outside the run directory to verify the ledger against")
     ctx = RunContext(config=config, site_ids={name: i + 1 for i, name in enumerate(names)}, coordinator=coordinator,
                      ledger=ledger, dp_config=dp_config, encoder=encoder, weight_bound=weight_bound,
                      protocol=protocol, vector_length=vector_length, he_params=he_params, ddp=ddp,
@@ -309,7 +329,7 @@ def open_run(config: SimulationConfig, site_names, coordinator: Coordinator, wei
     label = "PLAIN (no protection: the coordinator sees every update)" if config.mode == "plain" else config.mode
     log(f"{len(names)} sites, mode {label}, threshold t = {protocol['threshold']}, "
         f"{vector_length:,} values per update, {config.rounds} rounds")
-    return OpenRun(ctx, store, state, start_round, calibration, restored)
+    return OpenRun(ctx, store, state, start_round, calibration, restored, identities)
 
 
 def _check_resume(config: SimulationConfig, out_dir) -> None:
@@ -355,10 +375,8 @@ def run_simulation(
     coordinator = Coordinator(shared_init, shared_names)
     # A public bound on any site's record count (sizes are agreed when the consortium forms).
     weight_bound = float(2 ** math.ceil(math.log2(max(s.num_records for s in sites.values()))))
-    identities = {name: secagg.crypto.SigningKeyPair.generate() for name in names} if config.active else {}
-    run = open_run(config, names, coordinator, weight_bound, out_dir, resume=resume, log=log,
-                   verify_keys={n: k.verify_key for n, k in identities.items()})
-    fleet = InProcessFleet(sites, identities, progress)
+    run = open_run(config, names, coordinator, weight_bound, out_dir, resume=resume, log=log, site_identities=True)
+    fleet = InProcessFleet(sites, run.identities.keys, progress, site_folders=run.identities.folders)
     if run.restored:
         fleet.load_checkpoints(run.store)
     log(f"dropouts: {dropout_model.describe()}")
@@ -367,11 +385,12 @@ def run_simulation(
                                           stop_after_round)
     finally:
         run.ctx.ledger.close()
+    registry = dict(run.identities.registry)
     if interrupted:
-        return SimulationResult(Path(out_dir), {"stopped_after_round": stop_after_round})
+        return SimulationResult(Path(out_dir), {"stopped_after_round": stop_after_round}, registry)
     summary = _finish(config, cohort, sites, coordinator, run.store, run.ctx.protocol, run.calibration, shared_names,
-                      reference, started, stopped, progress)
-    return SimulationResult(Path(out_dir), summary)
+                      reference, started, stopped, progress, registry)
+    return SimulationResult(Path(out_dir), summary, registry)
 
 
 
@@ -423,7 +442,7 @@ def _train_baseline(config, data, steps, sigma, site_name, progress):
 
 
 def _finish(config, cohort, sites, coordinator, store, protocol, calibration, shared_names, reference, started,
-            stopped, progress) -> dict:
+            stopped, progress, registry=None) -> dict:
     log = progress.log
     metrics = store.read_metrics()
     sigma = calibration.noise_multiplier
@@ -460,7 +479,7 @@ def _finish(config, cohort, sites, coordinator, store, protocol, calibration, sh
     figures = _figures(config, cohort, federated_model, federated_report, metrics, store, log)
     from dp import verify_ledger
 
-    verification = verify_ledger(store.root)
+    verification = verify_ledger(store.root, registry=registry)  # the sites' signatures on every spend
     completed = [m for m in metrics if m["status"] == "completed"]
     summary = {
         "mode": config.mode,

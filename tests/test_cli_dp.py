@@ -67,9 +67,14 @@ def test_ledger_show_and_verify(tmp_path):
     code, out, _ = run("ledger", "show", str(tmp_path))
     assert code == 0 and "h1" in out and "pld" in out
     code, out, _ = run("ledger", "show", str(tmp_path), "--json")
-    assert code == 0 and len(json.loads(out)["spends"]) == 4
+    shown = json.loads(out)
+    assert code == 0 and len(shown["spends"]) == 4
+    assert shown["unit"] == "slice" and shown["adjacency"] == "add/remove one slice"
+    assert all(s["unit"] == "slice" and s["adjacency"] == "add/remove one slice" for s in shown["spends"])
     code, out, _ = run("ledger", "verify", str(tmp_path))
     assert code == 0 and "ledger OK" in out
+    # No registry anywhere (unsigned spends, as a Flower coordinator's): it says what it did not check.
+    assert "registry: none" in out and "site signatures are NOT checked" in out and "0 site signatures" in out
 
     import sqlite3
 

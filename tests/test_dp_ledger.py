@@ -194,3 +194,100 @@ def test_sigkill_during_writes_loses_no_committed_round(tmp_path):
         assert report.ok, report.reason
         with PrivacyLedger.open(run_dir) as ledger:
             assert set(acknowledged) <= ledger.committed_rounds()
+
+
+# -- schema v2: site signatures, anchors, unit and adjacency ------------------------------------------
+
+
+def _signed_run(tmp_path, rounds=2):
+    """A ledger whose spends are signed by per-site identities (as the simulation makes them)."""
+    from dp import LedgerSigner
+    from simulation.identity import run_site_identities
+
+    ids = run_site_identities(tmp_path, ["a", "b"], create=True)
+    signers = {s: LedgerSigner(s, ids.keys[s].seed, ids.folders[s]) for s in ("a", "b")}
+    ledger = PrivacyLedger.create(tmp_path, run_id="signed", delta=DELTA, budgets={"a": 5.0, "b": 5.0},
+                                  accountants=("rdp",))
+    for r in range(rounds):
+        ledger.commit_round(r, [_event("a", r), _event("b", r)], signers=signers)
+    ledger.close()
+    return ids, signers
+
+
+def test_signed_spends_and_anchors_verify(tmp_path):
+    from dp import load_anchors
+
+    ids, _ = _signed_run(tmp_path)
+    report = verify_ledger(tmp_path, registry=ids.registry, anchors=load_anchors([tmp_path / "sites"]))
+    assert report.ok, report.reason
+    assert report.signatures_checked == 4 and sorted(report.anchors_checked) == ["a", "b"]
+    assert not any("registry" in w or "anchors" in w for w in report.warnings)
+    unchecked = verify_ledger(tmp_path)
+    assert unchecked.ok and unchecked.signatures_checked == 0
+    assert any("signatures were not checked" in w for w in unchecked.warnings)
+    assert any("no site anchors" in w for w in unchecked.warnings)
+
+
+def test_a_site_signs_only_its_own_spend_and_anchors_only_what_it_signed(tmp_path):
+    from dp import EntryStatement, LedgerSigner
+
+    _, signers = _signed_run(tmp_path, rounds=1)
+    with PrivacyLedger.open(tmp_path) as ledger:
+        with pytest.raises(LedgerError, match="has no signer"):
+            ledger.commit_round(1, [_event("a", 1), _event("b", 1)], signers={"a": signers["a"]})
+        assert ledger.committed_rounds() == {0}  # nothing written
+    statement = EntryStatement("signed", 9, "00" * 32, "spend", {"event": _event("b", 3).to_dict()})
+    with pytest.raises(LedgerError, match="refuses to sign"):
+        signers["a"].sign_entry(statement)
+    with pytest.raises(LedgerError, match="anchors only what it signed"):
+        signers["a"].record_anchor("signed", 99, "00" * 32)
+
+    def refuse(statement):
+        raise LedgerError("not what I trained")
+
+    picky = LedgerSigner("a", b"\x01" * 32, tmp_path / "picky", approve=refuse)
+    with pytest.raises(LedgerError, match="not what I trained"):
+        picky.sign_entry(EntryStatement("signed", 9, "00" * 32, "spend", {"event": _event("a", 3).to_dict()}))
+
+
+def test_unsigned_spends_fail_against_a_registry(run_dir, tmp_path):
+    from simulation.identity import run_site_identities
+
+    registry = run_site_identities(tmp_path / "ids", ["a", "b"], create=True).registry
+    report = verify_ledger(run_dir, registry=registry)
+    assert not report.ok and report.first_broken == 2 and report.site == "a" and report.round == 0
+    assert "carries no signature" in report.reason
+
+
+def test_unit_and_adjacency_are_recorded(tmp_path):
+    ledger = PrivacyLedger.create(tmp_path, run_id="u", delta=DELTA, budgets={"a": 5.0}, accountants=("rdp",),
+                                  unit="patient")
+    ledger.close()
+    with PrivacyLedger.open(tmp_path) as reopened:
+        assert reopened.unit == "patient" and reopened.adjacency == "add/remove one patient"
+        genesis = reopened.entries()[0].body
+    assert genesis["unit"] == "patient" and genesis["adjacency"] == "add/remove one patient"
+    report = verify_ledger(tmp_path)
+    assert report.unit == "patient" and report.adjacency == "add/remove one patient"
+
+
+def test_old_schema_is_refused_naming_its_version(run_dir):
+    conn = sqlite3.connect(Path(run_dir) / LEDGER_FILE, isolation_level=None)
+    conn.execute("UPDATE meta SET value = 'secagg-ledger-v1' WHERE key = 'schema'")
+    conn.close()
+    with pytest.raises(LedgerError, match="'secagg-ledger-v1'.*'secagg-ledger-v2'"):
+        PrivacyLedger.open(run_dir)
+    with pytest.raises(LedgerError, match="secagg-ledger-v1"):
+        verify_ledger(run_dir)
+
+
+def test_invalid_json_is_a_typed_error_naming_the_entry(run_dir):
+    from dp import LedgerIntegrityError
+
+    conn = _raw(run_dir)
+    conn.execute("UPDATE entries SET body = '{oops' WHERE seq = 5")
+    with pytest.raises(LedgerIntegrityError, match="entry 5") as caught:
+        PrivacyLedger.open(run_dir)
+    assert caught.value.seq == 5
+    report = verify_ledger(run_dir)
+    assert not report.ok and report.first_broken == 5

@@ -63,6 +63,12 @@ def test_tiny_run_each_mode(mode, tmp_path, cache_dir):
         assert 0.0 <= det[key]["auroc"] <= 1.0 and 0.0 <= det[key]["dice"] <= 1.0
     code, stdout, _ = secagg_cli("ledger", "verify", str(out))
     assert code == 0, stdout
+    # Every spend is signed by its site, and every site's anchor matches the ledger.
+    code, stdout, _ = secagg_cli("ledger", "verify", str(out), "--registry", str(out / "registry.json"),
+                                 "--anchors", str(out / "sites"))
+    spends = sum(len(m["released"]) for m in metrics)
+    assert code == 0 and f"{spends} site signatures verified" in stdout and spends > 0, stdout
+    assert f"{len(summary['sites'])} site anchors matched" in stdout
 
 
 @pytest.mark.slow
@@ -98,6 +104,12 @@ def test_resume_after_sigkill_loses_nothing_and_counts_nothing_twice(tmp_path, c
         assert len(rounds) == len(set(rounds)), f"{site} was charged twice for a round: {rounds}"
     metrics = [json.loads(line)["round"] for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert metrics == sorted(set(metrics)) and metrics[-1] == 3
+    # The resumed run signs with the same site identities; the anchors follow the ledger's end.
+    from dp import load_anchors, verify_ledger
+    from simulation.identity import load_registry
+
+    report = verify_ledger(out, registry=load_registry(out / "registry.json"), anchors=load_anchors([out / "sites"]))
+    assert report.ok and report.signatures_checked == sum(len(r) for r in rounds_per_site.values()), report.reason
 
 
 def test_coordinator_never_holds_an_individual_update(tmp_path, cache_dir, monkeypatch):

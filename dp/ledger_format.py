@@ -1,0 +1,31 @@
+"""The privacy ledger's on-disk format: schema version, canonical JSON and the hash chain.
+
+One job: the bytes every party (the coordinator that writes, the sites that
+sign, the auditor that verifies) must compute identically.
+
+* ``canonical_json``: sorted keys, no whitespace, ASCII, no NaN/inf.
+* ``hash_0 = SHA-256("secagg/ledger/v2" || 0x00 || run_id)``;
+  ``hash_i = SHA-256(hash_{i-1} || canonical_json(body_i))``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+__all__ = ["SCHEMA_VERSION", "canonical_json", "genesis_hash", "chain_hash"]
+
+SCHEMA_VERSION = "secagg-ledger-v2"
+
+
+def canonical_json(value) -> str:
+    """Deterministic JSON: sorted keys, no whitespace, floats in repr form."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
+
+
+def genesis_hash(run_id: str) -> str:
+    return hashlib.sha256(f"secagg/ledger/v2\x00{run_id}".encode()).hexdigest()
+
+
+def chain_hash(prev_hash: str, body: str) -> str:
+    return hashlib.sha256(bytes.fromhex(prev_hash) + body.encode()).hexdigest()

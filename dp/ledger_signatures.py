@@ -1,0 +1,227 @@
+"""Site signatures on privacy-ledger spends, and the sites' anchors of the chain head.
+
+Threat model. The coordinator writes the ledger in its own run directory, so
+it can rewrite every byte there: an unkeyed hash chain plus a head record in
+the same folder stops mistakes, not the coordinator. Two things it cannot do
+without a site's Ed25519 signing key (which never leaves the site):
+
+1. **Sign a spend.** Each ``spend`` / ``site_level_spend`` entry carries the
+   signature of the site it charges over :meth:`EntryStatement.message`:
+   domain ``secagg/ledger/v2/entry``, the run id, the entry's sequence number,
+   the previous entry's chain hash, its kind and its body (site, round, the
+   privacy event, the cumulative epsilon). Editing any of those - or anything
+   *before* the entry, since the previous hash chains back to the genesis
+   entry with the budgets - invalidates the signature.
+2. **Sign an anchor.** After each commit a site keeps, in its own state, the
+   latest ``(sequence number, chain hash)`` it countersigned, signed under
+   domain ``secagg/ledger/v2/anchor`` (:class:`SiteAnchor`). A ledger shorter
+   than, or different at, any site's anchor was truncated or rewritten.
+
+How a signature travels (in-process simulation). When the masked inputs are in,
+the coordinator's :class:`~simulation.rounds.ReleaseCommitter` builds each
+entry (it alone knows the sequence number and the previous hash) and hands the
+:class:`EntryStatement` to the site's :class:`LedgerSigner`; the site checks
+that it names itself and the event it actually trained with (its ``approve``
+hook), signs, and remembers the entry's chain hash. The coordinator appends the
+signed entries in one transaction, then calls :meth:`LedgerSigner.record_anchor`,
+and the site writes its anchor only for an entry whose hash it computed itself.
+A crash between the commit and the anchor leaves the anchor one round behind
+(never a false alarm).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable, Mapping
+
+from secagg.crypto import sign, verify_signature
+from secagg.errors import InvalidInputError, VerificationError
+
+from .errors import LedgerError, LedgerIntegrityError
+from .ledger_format import canonical_json, chain_hash
+
+__all__ = ["SIGNED_KINDS", "ANCHOR_FILE", "EntryStatement", "SiteAnchor", "LedgerSigner",
+           "entry_site_and_round", "check_entry_signature", "load_anchors"]
+
+SIGNED_KINDS = ("spend", "site_level_spend")
+ANCHOR_FILE = "ledger.anchor.json"
+_ENTRY_DOMAIN = b"secagg/ledger/v2/entry\x00"
+_ANCHOR_DOMAIN = b"secagg/ledger/v2/anchor\x00"
+
+
+def entry_site_and_round(kind: str, body: Mapping) -> tuple[str, int]:
+    """The site a spend entry charges and its round; KeyError/TypeError when the body lacks them."""
+    event = body["event"]
+    site = event["site"] if kind == "spend" else body["site"]
+    return str(site), int(event["round"])
+
+
+@dataclass(frozen=True)
+class EntryStatement:
+    """What a site signs: one spend entry at its place in the chain (body without the signature)."""
+
+    run_id: str
+    seq: int
+    prev_hash: str
+    kind: str
+    body: Mapping
+
+    @property
+    def site(self) -> str:
+        return entry_site_and_round(self.kind, self.body)[0]
+
+    @property
+    def round(self) -> int:
+        return entry_site_and_round(self.kind, self.body)[1]
+
+    def message(self) -> bytes:
+        return _ENTRY_DOMAIN + canonical_json({"run_id": self.run_id, "seq": self.seq, "prev_hash": self.prev_hash,
+                                               "kind": self.kind, "body": dict(self.body)}).encode()
+
+    def signed_body(self, signature: bytes) -> dict:
+        return {**self.body, "signature": signature.hex()}
+
+
+def check_entry_signature(registry: Mapping[str, bytes], statement: EntryStatement, signature) -> str | None:
+    """None when ``signature`` (hex) is the registry key of the entry's site over ``statement``; else why not."""
+    site = statement.site
+    key = registry.get(site)
+    if key is None:
+        return f"site {site!r} is not in the registry of verify keys"
+    if not isinstance(signature, str):
+        return f"it carries no signature of site {site!r}"
+    try:
+        verify_signature(key, statement.message(), bytes.fromhex(signature))
+    except (ValueError, InvalidInputError, VerificationError):
+        return (f"the signature of site {site!r} does not verify (this entry, or its link to the entries before "
+                "it, was changed after the site signed)")
+    return None
+
+
+@dataclass(frozen=True)
+class SiteAnchor:
+    """A site's signed record of the latest ledger entry it countersigned."""
+
+    run_id: str
+    site: str
+    seq: int
+    hash: str
+    signature: str  # hex
+    source: str = ""  # the file it was read from (not signed)
+
+    @staticmethod
+    def message_for(run_id: str, site: str, seq: int, digest: str) -> bytes:
+        return _ANCHOR_DOMAIN + canonical_json({"run_id": run_id, "site": site, "seq": seq, "hash": digest}).encode()
+
+    def message(self) -> bytes:
+        return self.message_for(self.run_id, self.site, self.seq, self.hash)
+
+    def to_dict(self) -> dict:
+        return {"run_id": self.run_id, "site": self.site, "seq": self.seq, "hash": self.hash,
+                "signature": self.signature}
+
+    @classmethod
+    def read(cls, path) -> "SiteAnchor":
+        path = Path(path)
+        try:
+            raw = json.loads(path.read_text())
+            return cls(str(raw["run_id"]), str(raw["site"]), int(raw["seq"]), str(raw["hash"]),
+                       str(raw["signature"]), str(path))
+        except FileNotFoundError:
+            raise LedgerError(f"site anchor {path} does not exist") from None
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise LedgerIntegrityError(f"site anchor {path} does not parse ({type(exc).__name__}: {exc})") from None
+
+    def check(self, registry: Mapping[str, bytes]) -> str | None:
+        """None when the anchor carries its site's registry signature; else why not."""
+        key = registry.get(self.site)
+        if key is None:
+            return f"the anchor {self.source} is of site {self.site!r}, which is not in the registry"
+        try:
+            verify_signature(key, self.message(), bytes.fromhex(self.signature))
+        except (ValueError, InvalidInputError, VerificationError):
+            return f"the anchor {self.source} does not carry site {self.site!r}'s signature"
+        return None
+
+
+def load_anchors(paths: Iterable) -> list[SiteAnchor]:
+    """Anchors from files or folders: a file; ``DIR/ledger.anchor.json``; or every ``DIR/*/ledger.anchor.json``."""
+    anchors = []
+    for path in map(Path, paths):
+        if path.is_file():
+            found = [path]
+        elif (path / ANCHOR_FILE).is_file():
+            found = [path / ANCHOR_FILE]
+        else:
+            found = sorted(path.glob(f"*/{ANCHOR_FILE}")) if path.is_dir() else []
+        if not found:
+            raise LedgerError(f"no site anchor ({ANCHOR_FILE}) at {path}")
+        anchors.extend(SiteAnchor.read(p) for p in found)
+    return anchors
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    """Atomic write of a file only its owner may read (0600)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+class LedgerSigner:
+    """A site's side of the ledger: signs statements about its own spend and keeps its anchor.
+
+    ``seed`` is the site's Ed25519 signing seed; ``state_dir`` is the site's own folder (its anchor
+    goes to ``state_dir/ledger.anchor.json``); ``approve(statement)`` raises when the site does not
+    agree with what it is asked to sign (the in-process site compares the event with the one it
+    trained with).
+    """
+
+    def __init__(self, site: str, seed: bytes, state_dir, approve: Callable[[EntryStatement], None] | None = None):
+        self.site = site
+        self._seed = bytes(seed)
+        self.anchor_path = Path(state_dir) / ANCHOR_FILE
+        self._approve = approve
+        self._signed: dict[tuple[str, int], str] = {}  # (run id, seq) -> the chain hash the site computed
+
+    def __repr__(self) -> str:
+        return f"LedgerSigner(site={self.site!r})"
+
+    def sign_entry(self, statement: EntryStatement) -> bytes:
+        if statement.kind not in SIGNED_KINDS or statement.site != self.site:
+            raise LedgerError(f"site {self.site!r} refuses to sign a {statement.kind} entry of site "
+                              f"{statement.site!r}")
+        if self._approve is not None:
+            self._approve(statement)
+        signature = sign(self._seed, statement.message())
+        self._signed[(statement.run_id, statement.seq)] = chain_hash(
+            statement.prev_hash, canonical_json(statement.signed_body(signature)))
+        return signature
+
+    def anchor(self) -> SiteAnchor | None:
+        return SiteAnchor.read(self.anchor_path) if self.anchor_path.is_file() else None
+
+    def record_anchor(self, run_id: str, seq: int, digest: str) -> SiteAnchor:
+        """Anchor entry ``seq`` (only one this signer signed and whose hash it computed itself)."""
+        if self._signed.get((run_id, seq)) != digest:
+            raise LedgerError(f"site {self.site!r} did not sign entry {seq} with chain hash {digest[:16]}...; "
+                              "it anchors only what it signed")
+        current = self.anchor()
+        if current is not None and current.run_id == run_id and current.seq >= seq:
+            return current
+        anchor = SiteAnchor(run_id, self.site, seq, digest,
+                            sign(self._seed, SiteAnchor.message_for(run_id, self.site, seq, digest)).hex())
+        self.anchor_path.parent.mkdir(parents=True, exist_ok=True)
+        _write_private(self.anchor_path, (json.dumps(anchor.to_dict(), indent=2, sort_keys=True) + "\n").encode())
+        return anchor
