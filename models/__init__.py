@@ -17,7 +17,7 @@ A tour (the CPU demo's sizes)::
 
 Modules, one job each: :mod:`~models.nifti` (read/write, canonical RAS),
 :mod:`~models.preprocess` (mask, normalisation, resampling, slices),
-:mod:`~models.cache`, :mod:`~models.dataset` (site layout, splits),
+:mod:`~models.cache`, :mod:`~models.dataset` (site layout, splits), :mod:`~models.bids` (BIDS datasets),
 :mod:`~models.atlas` / :mod:`~models.lesions` / :mod:`~models.synth` /
 :mod:`~models.manifest` (synthetic cohorts), :mod:`~models.autoencoders` /
 :mod:`~models.registry` (models), :mod:`~models.scoring` /
@@ -68,6 +68,16 @@ _LAZY: dict[str, str] = {
     "load_cohort": "dataset",
     "split_healthy": "dataset",
     "training_array": "dataset",
+    # BIDS datasets
+    "BidsOptions": "bids",
+    "BidsName": "bids",
+    "BidsScan": "bids",
+    "parse_bids_name": "bids",
+    "is_bids_dataset": "bids",
+    "find_bids_datasets": "bids",
+    "discover_bids": "bids",
+    "load_bids_cohort": "bids",
+    "read_participants": "bids",
     # synthetic cohorts
     "generate_cohort": "synth",
     "site_profiles": "synth",
@@ -152,6 +162,17 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:  # static analysers see the real names
     from .autoencoders import ConvAutoencoder, DisentangledAutoencoder, count_parameters, shared_parameter_names
+    from .bids import (
+        BidsName,
+        BidsOptions,
+        BidsScan,
+        discover_bids,
+        find_bids_datasets,
+        is_bids_dataset,
+        load_bids_cohort,
+        parse_bids_name,
+        read_participants,
+    )
     from .cache import PreprocessCache
     from .dataset import (
         HealthySplit,

@@ -284,12 +284,19 @@ def load_site(
 def load_cohort(root: str | Path, **kwargs) -> dict[str, SiteData]:
     """Load every site under ``root`` (sub-directories with ``healthy/`` or ``pathology/``).
 
+    A BIDS dataset, or a folder of them, is read by :func:`models.bids.load_bids_cohort`
+    instead (``bids=`` takes its :class:`~models.bids.BidsOptions`).
     Keyword arguments are those of :func:`load_site`. Sites are returned in
     name order; :class:`DatasetError` if there is none.
     """
     root = Path(root)
     if not root.is_dir():
         raise DatasetError(f"{root}: cohort directory does not exist")
+    from .bids import find_bids_datasets, load_bids_cohort  # lazily: models.bids builds on this module
+
+    if find_bids_datasets(root) is not None:  # a BIDS dataset (or a folder of them), detected automatically
+        return load_bids_cohort(root, **kwargs)
+    kwargs.pop("bids", None)
     sites = sorted(
         d for d in root.iterdir()
         if d.is_dir() and ((d / HEALTHY_DIR).is_dir() or (d / PATHOLOGY_DIR).is_dir())

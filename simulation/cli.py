@@ -260,6 +260,14 @@ def _cmd_params(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bids_flags(args: argparse.Namespace) -> dict | None:
+    """The BIDS reading options given as flags (None when none is given: defaults or the TOML [bids] table)."""
+    flags = {"suffix": args.bids_suffix, "group_column": args.bids_group_column,
+             "site_column": args.bids_site_column, "pipeline": args.bids_pipeline}
+    flags = {k: v for k, v in flags.items() if v is not None}
+    return flags or None
+
+
 def _cmd_simulate(args: argparse.Namespace) -> int:
     from .config import load_config
     from .simulate import format_summary, resume_config, run_simulation
@@ -281,7 +289,7 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
             seed=args.seed, threshold=args.threshold, baselines=baselines, local_steps=args.local_steps,
             image_size=args.image_size, active=True if args.active else None, cache_dir=args.cache_dir,
             distributed_dp=args.distributed_dp, ddp_epsilon=args.ddp_epsilon, ddp_clip=args.ddp_clip,
-            ddp_colluding=args.ddp_colluding, corrupt_fraction=args.corrupt_fraction,
+            ddp_colluding=args.ddp_colluding, corrupt_fraction=args.corrupt_fraction, bids=_bids_flags(args),
         )
         out = args.out or f"runs/{config.preset}-{config.mode}-{config.fingerprint()[:8]}"
     result = run_simulation(config, out, resume=bool(args.resume), quiet=args.json)
@@ -299,15 +307,21 @@ def _cmd_data_synth(args: argparse.Namespace) -> int:
     import models
 
     start = time.perf_counter()
-    manifest = models.generate_cohort(args.out, sites=args.sites, scale=args.scale, seed=args.seed,
-                                      workers=args.workers, overwrite=args.overwrite)
+    if args.layout == "bids":
+        from models.bids_synth import write_bids_cohort
+
+        manifest = write_bids_cohort(args.out, sites=args.sites, scale=args.scale, seed=args.seed,
+                                     workers=args.workers, overwrite=args.overwrite)
+    else:
+        manifest = models.generate_cohort(args.out, sites=args.sites, scale=args.scale, seed=args.seed,
+                                          workers=args.workers, overwrite=args.overwrite)
     data = manifest.to_dict() if hasattr(manifest, "to_dict") else {}
     counts = {}
     for subject in getattr(manifest, "subjects", ()):
         key = (subject.site, "pathology" if getattr(subject, "lesion_type", None) else "healthy")
         counts[key] = counts.get(key, 0) + 1
     if args.json:
-        print(json.dumps({"out": str(args.out), "reused": getattr(manifest, "reused", False),
+        print(json.dumps({"out": str(args.out), "layout": args.layout, "reused": getattr(manifest, "reused", False),
                           "seconds": round(time.perf_counter() - start, 2), "manifest": data}, indent=2, default=str))
         return 0
     verb = "reused" if getattr(manifest, "reused", False) else "wrote"
@@ -316,7 +330,11 @@ def _cmd_data_synth(args: argparse.Namespace) -> int:
     for site in sorted({k[0] for k in counts}):
         print(f"  {site}: {counts.get((site, 'healthy'), 0)} healthy, {counts.get((site, 'pathology'), 0)} "
               "pathological volumes")
-    print(f"  layout: SITE/healthy/*.nii.gz, SITE/pathology/*.nii.gz with *_mask.nii.gz; manifest {args.out}/cohort.json")
+    if args.layout == "bids":
+        print(f"  layout: BIDS {args.out}/sub-*/anat/*_FLAIR.nii.gz, participants.tsv (group, site, lesion_type), "
+              f"masks in {args.out}/derivatives/lesions; manifest {args.out}/sourcedata/cohort.json")
+    else:
+        print(f"  layout: SITE/healthy/*.nii.gz, SITE/pathology/*.nii.gz with *_mask.nii.gz; manifest {args.out}/cohort.json")
     return 0
 
 
@@ -543,11 +561,22 @@ def build_parser() -> argparse.ArgumentParser:
             "Examples:\n  secagg simulate\n  secagg simulate --tiny --out runs/smoke\n"
             "  secagg simulate --mode secagg+ --dropout 0.1 --rounds 10\n"
             "  secagg simulate --data /data/cohort --model feddis --epsilon 4 --baselines local,central\n"
+            "  secagg simulate --data /data/bids --bids-suffix FLAIR --bids-group-column diagnosis --tiny\n"
             "  secagg simulate --preset study --out runs/study\n"
             "  secagg simulate --resume runs/demo-secagg-1a2b3c4d"
         ),
     )
-    simulate.add_argument("--data", help="cohort directory in the site layout (default: synthetic, generated and cached)")
+    simulate.add_argument("--data", help="cohort directory in the site layout, or a BIDS dataset (or a folder of BIDS "
+                               "datasets, one per site), detected by dataset_description.json (default: synthetic, "
+                               "generated and cached)")
+    simulate.add_argument("--bids-suffix", help="BIDS: modality suffix of the images read (default FLAIR)")
+    simulate.add_argument("--bids-group-column",
+                          help="BIDS: participants.tsv column with healthy|control or patient (default group)")
+    simulate.add_argument("--bids-site-column",
+                          help="BIDS: participants.tsv column naming each subject's site, used when present "
+                               "(default site)")
+    simulate.add_argument("--bids-pipeline", help="BIDS: derivatives/<pipeline> holding the lesion masks "
+                          "(*_desc-lesion_mask.nii.gz or *_<SUFFIX>_mask.nii.gz; default lesions)")
     simulate.add_argument("--sites", type=_positive(int, "sites"), help=f"synthetic sites (default {defaults.sites})")
     simulate.add_argument("--rounds", type=_positive(int, "rounds"), help=f"federated rounds (default {defaults.rounds})")
     simulate.add_argument("--local-steps", type=_positive(int, "local steps"),
@@ -599,10 +628,11 @@ def build_parser() -> argparse.ArgumentParser:
         description=(
             "Subjects from the MNI152 2009 template shipped with nilearn (no download): smooth random\n"
             "deformations, FLAIR-like rendering, per-site scanner effects, MS-like lesions and tumours\n"
-            "with voxel masks, written in the site layout that real data uses. Scales: tiny (CI and the\n"
+            "with voxel masks, written in the site layout or (--layout bids) as a BIDS dataset. Scales: tiny (CI and the\n"
             "CPU demo), small, paper (the FedDis study's size: 1,532 healthy, ~538 pathological)."
         ),
-        epilog="Examples:\n  secagg data synth --out data/tiny\n  secagg data synth --out data/paper --scale paper --seed 1",
+        epilog="Examples:\n  secagg data synth --out data/tiny\n  secagg data synth --out data/bids --layout bids\n"
+               "  secagg data synth --out data/paper --scale paper --seed 1",
     )
     synth.add_argument("--out", required=True, help="output directory")
     synth.add_argument("--sites", type=_positive(int, "sites"), default=4, help="number of sites")
@@ -610,6 +640,9 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--seed", type=int, default=0, help="random seed (same seed, same bytes)")
     synth.add_argument("--workers", type=_positive(int, "workers"), help="rendering processes")
     synth.add_argument("--overwrite", action="store_true", help="replace a different cohort already in --out")
+    synth.add_argument("--layout", choices=("site", "bids"), default="site",
+                       help="site: SITE/healthy, SITE/pathology; bids: one BIDS dataset (participants.tsv with "
+                            "group and site columns, masks in derivatives/lesions)")
     synth.add_argument("--json", action="store_true", help="print one JSON object")
     synth.set_defaults(func=_cmd_data_synth)
 

@@ -40,8 +40,10 @@ class ConfigError(ValueError):
 class SimulationConfig:
     """Every knob of a run. Defaults are the ``demo`` preset.
 
-    Data: ``data`` (a cohort directory in the site layout; ``None`` generates
-    the synthetic cohort into ``cache_dir``), ``sites`` (how many synthetic
+    Data: ``data`` (a cohort directory in the site layout, or a BIDS dataset
+    or folder of them, see :mod:`models.bids`; ``None`` generates
+    the synthetic cohort into ``cache_dir``), ``bids`` (the
+    :class:`models.BidsOptions` as a mapping; ``None``: defaults), ``sites`` (how many synthetic
     sites), ``scale`` and ``data_seed`` of the synthetic cohort,
     ``image_size`` (slices are image_size^2), ``val_fraction`` (healthy
     subjects per site held out to fix the detection threshold).
@@ -117,6 +119,7 @@ class SimulationConfig:
     ddp_clip: float = 1.0
     ddp_colluding: int = 0
     ddp_bits: int | None = None
+    bids: dict | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "baselines", tuple(self.baselines))
@@ -181,10 +184,18 @@ class SimulationConfig:
                 raise ConfigError(f"ddp_bits must be 32 or 64; got {self.ddp_bits!r}")
         if self.active and self.mode == "plain":
             raise ConfigError("active mode needs a masking protocol; it is meaningless with --mode plain")
+        if self.bids is not None and not isinstance(self.bids, dict):
+            raise ConfigError("bids must be a mapping of BIDS reading options (a [bids] table)")
         try:
-            from models import available_models
+            from models import BidsOptions, available_models
+            from models.errors import ConfigError as ModelsConfigError
         except ImportError:  # the mri extra is missing: reported when the run starts
             return
+        if self.bids is not None:
+            try:
+                BidsOptions.from_dict(self.bids)
+            except ModelsConfigError as exc:
+                raise ConfigError(str(exc)) from None
         if self.model not in available_models():
             raise ConfigError(f"unknown model {self.model!r}; choose one of {', '.join(available_models())}")
 
@@ -193,6 +204,10 @@ class SimulationConfig:
     def to_dict(self) -> dict:
         data = asdict(self)
         data["baselines"] = list(self.baselines)
+        if data["bids"] is None:  # added later: left out when unset, so older run directories still resume
+            del data["bids"]
+        else:
+            data["bids"] = {k: list(v) if isinstance(v, tuple) else v for k, v in data["bids"].items()}
         return data
 
     def fingerprint(self) -> str:

@@ -84,7 +84,8 @@ def _prepare_data(config: SimulationConfig, log) -> CohortSplit:
             root = Path(config.data)
             if not root.is_dir():
                 raise SimulationError(f"data directory {root} does not exist")
-        sites = models.load_cohort(root, image_size=config.image_size, cache_dir=cache / "preprocessed")
+        sites = models.load_cohort(root, image_size=config.image_size, cache_dir=cache / "preprocessed",
+                                   bids=config.bids)
     except ModelsError as exc:
         raise SimulationError(f"cannot load the cohort: {exc}") from None
     train, val, pathology = {}, [], []
