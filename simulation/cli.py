@@ -5,7 +5,8 @@ malicious-coordinator attack), ``params`` (the SecAgg+ parameter finder),
 ``epsilon`` and ``noise`` (privacy accounting and calibration), ``ledger show``
 and ``ledger verify`` (the run's privacy ledger), ``dpia`` (a Data Protection Impact Assessment
 drawn from a run directory), ``audit`` (an empirical lower bound on epsilon),
-``keys new`` (a site's Ed25519 identity for active mode across machines).
+``keys new`` (a site's Ed25519 identity for active mode across machines), ``export`` (a run's model as
+one self-describing file) and ``detect`` (NIfTI anomaly maps of new scans).
 Exit codes: 0 success, 2 bad input (a one-line error on stderr), 1 a failed
 check (e.g. a ledger that does not verify).
 """
@@ -338,6 +339,57 @@ def _cmd_data_synth(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_export(args: argparse.Namespace) -> int:
+    from .export import export_run
+
+    path, model = export_run(args.run_dir, args.out)
+    info = {"out": str(path), "bytes": path.stat().st_size, "architecture": model.architecture,
+            "image_size": model.image_size, "modality": model.modality, "threshold": model.threshold,
+            "privacy": model.privacy}
+    if args.json:
+        print(json.dumps(info, indent=2, default=str))
+        return 0
+    p = model.privacy
+    print(f"wrote {path} ({info['bytes']:,} bytes): {model.architecture} at {model.image_size}x{model.image_size}, "
+          f"{model.modality}, threshold {model.threshold['value']:.4g} (healthy validation, target FPR "
+          f"{model.threshold['target_fpr']})")
+    print(f"  trained under epsilon <= {p['epsilon_max']:.3f} per site at delta {p['delta']} ({p['accountant']}); "
+          f"unit: {p['unit']}")
+    return 0
+
+
+def _load_detect_model(source: str):
+    from pathlib import Path
+
+    if Path(source).is_dir():
+        from .export import model_from_run
+
+        return model_from_run(source)
+    from models.modelfile import load_model_file
+
+    return load_model_file(source)
+
+
+def _cmd_detect(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from models.detect import detect_scan, write_report
+    from models.scoring import as_reconstruct_fn
+
+    model = _load_detect_model(args.model)
+    reconstruct = as_reconstruct_fn(model.build_model())
+    results = [detect_scan(model, scan, args.out, reconstruct=reconstruct) for scan in args.scans]
+    report = write_report(Path(args.out) / "detections.json", model, results)
+    if args.json:
+        print(report.read_text())
+        return 0
+    print(f"threshold {model.threshold['value']:.4g} from the run's healthy validation; wrote {report}")
+    for r in results:
+        print(f"  {r.scan.name}: {r.record['lesion_volume_ml']:.2f} mL flagged, max score "
+              f"{r.record['score']['max']:.3g} -> {r.anomaly_map.name}, {r.segmentation.name}, {r.montage.name}")
+    return 0
+
+
 def _cmd_keys_new(args: argparse.Namespace) -> int:
     from .identity import add_to_registry, write_identity
 
@@ -645,6 +697,43 @@ def build_parser() -> argparse.ArgumentParser:
                             "group and site columns, masks in derivatives/lesions)")
     synth.add_argument("--json", action="store_true", help="print one JSON object")
     synth.set_defaults(func=_cmd_data_synth)
+
+    export = sub.add_parser(
+        "export", help="write a run's federated model as one versioned, self-describing file",
+        formatter_class=_Formatter,
+        description=(
+            "Writes the run's federated model as a safetensors file (no pickle) whose header carries the\n"
+            "architecture and image size, the preprocessing parameters, the modality, the detection threshold\n"
+            "fixed on the run's healthy validation volumes, and the privacy guarantee it was trained under\n"
+            "(epsilon per site and the accountant re-derived from the verified ledger, delta, unit). It loads\n"
+            "without the run directory (`secagg detect MODEL.secagg ...`); a newer format is refused."
+        ),
+        epilog="Examples:\n  secagg export runs/demo --out model.secagg\n  secagg export runs/demo --out model.secagg --json",
+    )
+    export.add_argument("run_dir", help="a finished run directory (summary.json, checkpoints/, ledger.sqlite)")
+    export.add_argument("--out", required=True, help="the model file to write (e.g. model.secagg)")
+    export.add_argument("--json", action="store_true", help="print one JSON object")
+    export.set_defaults(func=_cmd_export)
+
+    detect = sub.add_parser(
+        "detect", help="apply a model to new scans: anomaly map and segmentation as NIfTI, montage, JSON",
+        formatter_class=_Formatter,
+        description=(
+            "For each scan: checks that it fits the model's preprocessing (modality of a BIDS name, resolution,\n"
+            "orientation, raw skull-stripped intensities; a mismatch is refused), scores it, and writes into\n"
+            "--out STEM_anomaly.nii.gz (score map) and STEM_segmentation.nii.gz (score > threshold), both with\n"
+            "the input's affine, shape and header so they overlay it in any viewer, STEM_montage.png, and one\n"
+            "detections.json (per-scan scores, lesion volume in mL, the threshold and where it came from).\n"
+            "MODEL is an exported model file or a run directory."
+        ),
+        epilog=("Examples:\n  secagg detect model.secagg scan.nii.gz --out results/\n"
+                "  secagg detect runs/demo bids/sub-01/anat/sub-01_FLAIR.nii.gz --out results/ --json"),
+    )
+    detect.add_argument("model", help="an exported model file (secagg export) or a finished run directory")
+    detect.add_argument("scans", nargs="+", metavar="SCAN", help="NIfTI scans (.nii or .nii.gz)")
+    detect.add_argument("--out", required=True, help="output directory")
+    detect.add_argument("--json", action="store_true", help="print detections.json")
+    detect.set_defaults(func=_cmd_detect)
 
     keys = sub.add_parser("keys", help="site identities for active mode across machines", formatter_class=_Formatter,
                           epilog="Example:\n  secagg keys new --site site-1 --out /var/secagg/keys --registry registry.json")

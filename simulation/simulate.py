@@ -463,6 +463,7 @@ def _finish(config, cohort, sites, coordinator, store, protocol, calibration, sh
         federated_model = _global_model(config, coordinator, sites[first_site].model)
         federated_report = per_site[first_site]
     else:
+        first_site = None
         federated_model = _global_model(config, coordinator)
         federated_report = _evaluate(federated_model, cohort, config)
         results["federated"] = _metrics(federated_report, "model")
@@ -505,6 +506,7 @@ def _finish(config, cohort, sites, coordinator, store, protocol, calibration, sh
         "secagg_plus_parameters": protocol["finder"],
         "privacy": privacy_summary(config, sigma, metrics, verification.ok),
         "detection": results,
+        "detection_threshold": _threshold_record(federated_report, first_site),
         "figures": figures,
         "baselines_note": "local/central baselines are counterfactual comparisons trained with the same "
                           "noise multiplier and steps; they are not released and not in the ledger",
@@ -514,6 +516,17 @@ def _finish(config, cohort, sites, coordinator, store, protocol, calibration, sh
 
     atomic_write_json(store.summary_path, summary)
     return summary
+
+
+def _threshold_record(report, site_model) -> dict:
+    """The federated model's detection threshold as ``secagg export`` / ``detect`` use it."""
+    threshold = report.model.threshold
+    return {"value": threshold.value, "target_fpr": threshold.target_fpr, "achieved_fpr": threshold.achieved_fpr,
+            "n_voxels": threshold.n_voxels, "healthy_volumes": report.n_healthy_volumes,
+            "median_size": report.median_size,
+            "site_model": site_model,  # FedDis: whose local appearance/decoder parts complete the global model
+            "source": "(1 - fpr) quantile of the federated model's median-filtered residuals over the brain voxels "
+                      "of the run's healthy validation volumes (no lesion label used)"}
 
 
 def privacy_summary(config: SimulationConfig, noise_multiplier: float, metrics: list, ledger_verified: bool) -> dict:

@@ -1,0 +1,278 @@
+"""Model export (models.modelfile, secagg export) and detection on new scans (models.detect, secagg detect)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("torch")
+pytest.importorskip("safetensors")
+pytest.importorskip("nilearn")
+
+import nibabel as nib  # noqa: E402
+import torch  # noqa: E402
+
+from models import PreprocessConfig, create_model, save_nifti  # noqa: E402
+from models.detect import ScanMismatchError, detect_scan, lesion_volume_ml  # noqa: E402
+from models.modelfile import FORMAT_VERSION, ModelFile, ModelFileError, load_model_file, save_model_file  # noqa: E402
+from tests.test_models_helpers import ellipsoid_volume  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _model_file(image_size=32, threshold=0.5, median=3) -> ModelFile:
+    torch.manual_seed(0)
+    model = create_model("compact-ae", image_size=image_size)
+    return ModelFile(
+        architecture="compact-ae", image_size=image_size, preprocess=PreprocessConfig(image_size=image_size),
+        threshold={"value": threshold, "target_fpr": 0.01, "source": "test"}, median_size=median,
+        privacy={"unit": "record-level", "delta": 1e-5, "epsilon_max": 3.0, "accountant": "prv"},
+        state_dict={k: v.clone() for k, v in model.state_dict().items()},
+    )
+
+
+# -- the model file -------------------------------------------------------------------------
+
+
+def test_model_file_round_trips(tmp_path):
+    original = _model_file()
+    path = save_model_file(tmp_path / "m.secagg", original)
+    loaded = load_model_file(path)
+    assert loaded.manifest() == original.manifest()
+    assert set(loaded.state_dict) == set(original.state_dict)
+    for name, tensor in original.state_dict.items():
+        assert torch.equal(loaded.state_dict[name], tensor)
+    batch = torch.rand(2, 1, 32, 32)
+    reference = create_model("compact-ae", image_size=32)
+    reference.load_state_dict(original.state_dict)
+    with torch.no_grad():
+        assert torch.equal(loaded.build_model()(batch), reference.eval()(batch))
+    assert b"pickle" not in path.read_bytes()[:8] and path.read_bytes()[8:9] == b"{"  # safetensors JSON header
+
+
+def _rewrite_metadata(path: Path, out: Path, **changes) -> Path:
+    blob = path.read_bytes()
+    (n,) = struct.unpack("<Q", blob[:8])
+    header = json.loads(blob[8 : 8 + n])
+    header["__metadata__"].update(changes)
+    text = json.dumps(header).encode()
+    text += b" " * (-len(text) % 8)
+    out.write_bytes(struct.pack("<Q", len(text)) + text + blob[8 + n :])
+    return out
+
+
+def test_model_file_from_the_future_is_refused(tmp_path):
+    path = save_model_file(tmp_path / "m.secagg", _model_file())
+    future = _rewrite_metadata(path, tmp_path / "future.secagg", format_version=str(FORMAT_VERSION + 1))
+    with pytest.raises(ModelFileError, match=f"newer secagg \\(model format {FORMAT_VERSION + 1}\\)"):
+        load_model_file(future)
+    # the same edit with the current version loads: the refusal is about the version alone
+    assert load_model_file(_rewrite_metadata(path, tmp_path / "same.secagg", format_version=str(FORMAT_VERSION)))
+
+
+@pytest.mark.parametrize("keep", [0, 5, 8, 100, -1])
+def test_truncated_model_file_is_refused(tmp_path, keep):
+    path = save_model_file(tmp_path / "m.secagg", _model_file())
+    blob = path.read_bytes()
+    cut = tmp_path / "cut.secagg"
+    cut.write_bytes(blob[: keep if keep >= 0 else len(blob) - 1])
+    with pytest.raises(ModelFileError, match="truncated") as info:
+        load_model_file(cut)
+    assert "\n" not in str(info.value)
+
+
+def test_corrupt_or_foreign_files_are_refused(tmp_path):
+    path = save_model_file(tmp_path / "m.secagg", _model_file())
+    blob = bytearray(path.read_bytes())
+    blob[-3] ^= 0xFF
+    (tmp_path / "flip.secagg").write_bytes(bytes(blob))
+    with pytest.raises(ModelFileError, match="corrupt"):
+        load_model_file(tmp_path / "flip.secagg")
+    from safetensors.torch import save_file
+
+    save_file({"w": torch.zeros(3)}, str(tmp_path / "plain.safetensors"))
+    with pytest.raises(ModelFileError, match="not a secagg model file"):
+        load_model_file(tmp_path / "plain.safetensors")
+    (tmp_path / "junk.secagg").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00not json at all!")
+    with pytest.raises(ModelFileError, match="not JSON"):
+        load_model_file(tmp_path / "junk.secagg")
+    with pytest.raises(ModelFileError, match="does not exist"):
+        load_model_file(tmp_path / "missing.secagg")
+
+
+# -- lesion volume ------------------------------------------------------------------------
+
+
+def test_lesion_volume_is_count_times_voxel_volume_exactly():
+    mask = np.zeros((10, 10, 10), dtype=bool)
+    mask[2:5, 3:6, 4:7] = True  # 27 voxels
+    affine = np.diag([2.0, 3.0, 4.0, 1.0])
+    assert lesion_volume_ml(mask, affine) == pytest.approx(27 * 24 / 1000, rel=1e-12)
+    flipped = np.diag([-2.0, -3.0, 4.0, 1.0])  # LPS storage: same volume
+    assert lesion_volume_ml(mask, flipped) == pytest.approx(0.648, rel=1e-12)
+    assert lesion_volume_ml(np.zeros_like(mask), affine) == 0.0
+
+
+# -- detection geometry on a known scan ------------------------------------------------------
+
+SHAPE = (64, 72, 60)
+
+
+def _scan(tmp_path, name="sub-01_FLAIR.nii.gz", lps=True):
+    """A skull-stripped ellipsoid 'brain' at 3 mm with a bright 12x12x10-voxel cube, off centre, stored LPS."""
+    brain = ellipsoid_volume(SHAPE, radii=(26.0, 30.0, 24.0), value=1.0) > 0
+    rng = np.random.default_rng(0)
+    data = np.where(brain, 500.0 + 10.0 * rng.standard_normal(SHAPE), 0.0)
+    lesion = np.zeros(SHAPE, dtype=bool)
+    lesion[37:49, 39:51, 25:35] = True  # right, anterior, mid-height in RAS index terms
+    data[lesion] = 1000.0
+    affine = np.diag([3.0, 3.0, 3.0, 1.0])
+    affine[:3, 3] = [-96.0, -110.0, -90.0]
+    if lps:  # store it flipped along x and y, as DICOM-derived scans often are
+        data, lesion = data[::-1, ::-1], lesion[::-1, ::-1]
+        affine = affine @ np.array([[-1, 0, 0, SHAPE[0] - 1], [0, -1, 0, SHAPE[1] - 1], [0, 0, 1, 0], [0, 0, 0, 1]])
+    path = save_nifti(tmp_path / name, data.astype(np.int16), affine)
+    save_nifti(tmp_path / "truth.nii.gz", lesion.astype(np.uint8), affine)
+    return path, lesion, affine
+
+
+@pytest.mark.parametrize("lps", [True, False])
+def test_detect_output_overlays_the_input_exactly(tmp_path, lps):
+    path, lesion, affine = _scan(tmp_path, lps=lps)
+    # Threshold half way between tissue (1.0 after median normalisation) and the cube (2.0); the
+    # "reconstruction" is zero, so the score is the median-filtered normalised intensity.
+    model = _model_file(image_size=64, threshold=1.5, median=3)
+    result = detect_scan(model, path, tmp_path / "out", reconstruct=lambda b: np.zeros_like(b))
+    source = nib.load(path)
+    for out in (result.anomaly_map, result.segmentation):
+        image = nib.load(out)
+        assert image.shape == source.shape
+        np.testing.assert_array_equal(image.affine, source.affine)
+        np.testing.assert_array_equal(image.header.get_qform(), source.header.get_qform())
+    seg = np.asarray(nib.load(result.segmentation).dataobj) > 0
+    # In the input's own storage order: the segmentation sits on the cube (stated tolerance: Dice >= 0.8,
+    # volume within 20 %, centre of mass within one voxel; 3 mm voxels, 3.4 mm model grid).
+    dice = 2 * np.count_nonzero(seg & lesion) / (np.count_nonzero(seg) + np.count_nonzero(lesion))
+    assert dice >= 0.8, dice
+    truth_ml = lesion_volume_ml(lesion, affine)
+    assert result.record["lesion_volume_ml"] == pytest.approx(lesion_volume_ml(seg, affine), rel=1e-12)
+    assert abs(result.record["lesion_volume_ml"] - truth_ml) <= 0.2 * truth_ml
+    np.testing.assert_allclose(np.argwhere(seg).mean(axis=0), np.argwhere(lesion).mean(axis=0), atol=1.0)
+    anomaly = np.asarray(nib.load(result.anomaly_map).dataobj)
+    assert anomaly[lesion].mean() > 1.5 > anomaly[~lesion & (anomaly > 0)].mean()
+    assert result.montage.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert result.record["threshold"]["value"] == 1.5 and result.record["threshold"]["source"] == "test"
+
+
+def test_detect_refuses_mismatched_scans(tmp_path):
+    path, _, affine = _scan(tmp_path)
+    model = _model_file(image_size=64)
+    data = np.asarray(nib.load(path).dataobj).astype(np.float32)
+    cases = {
+        "sub-01_T1w.nii.gz": (data, affine, "wrong modality"),
+        "coarse.nii.gz": (data[::3, ::3, ::3], affine @ np.diag([3, 3, 3, 1]), "resolution mismatch"),
+        "zscored.nii.gz": (np.where(data > 0, (data - 500) / 10, -3.0), affine, "normalisation mismatch"),
+        "skull.nii.gz": (data + 50.0, affine, "not skull-stripped"),
+    }
+    theta = np.deg2rad(35)
+    rotation = np.array([[np.cos(theta), -np.sin(theta), 0, 0], [np.sin(theta), np.cos(theta), 0, 0],
+                         [0, 0, 1, 0], [0, 0, 0, 1]])
+    cases["oblique.nii.gz"] = (data, rotation @ affine, "orientation mismatch")
+    for name, (array, aff, message) in cases.items():
+        scan = save_nifti(tmp_path / name, array, aff)
+        with pytest.raises(ScanMismatchError, match=message) as info:
+            detect_scan(model, scan, tmp_path / "out", reconstruct=lambda b: np.zeros_like(b))
+        assert "\n" not in str(info.value)
+
+
+# -- export -> detect through the CLI, without the run directory ------------------------------------
+
+
+def secagg_cli(*args, timeout=900, cwd=ROOT):
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run([sys.executable, "-m", "simulation.cli", *args], capture_output=True, text=True,
+                          timeout=timeout, env=env, cwd=cwd)
+    return proc.returncode, proc.stdout, proc.stderr
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    """A --tiny run on a two-site synthetic BIDS cohort."""
+    base = tmp_path_factory.mktemp("detect")
+    data = base / "bids"
+    code, _, stderr = secagg_cli("data", "synth", "--out", str(data), "--layout", "bids", "--sites", "2")
+    assert code == 0, stderr[-2000:]
+    run = base / "run"
+    code, _, stderr = secagg_cli("simulate", "--tiny", "--data", str(data), "--out", str(run),
+                                 "--cache-dir", str(base / "cache"), "--json")
+    assert code == 0, stderr[-2000:]
+    return data, run
+
+
+@pytest.mark.slow
+def test_export_then_detect_in_a_fresh_process_without_the_run(finished_run, tmp_path):
+    data, run = finished_run
+    code, stdout, stderr = secagg_cli("export", str(run), "--out", str(tmp_path / "model.secagg"), "--json")
+    assert code == 0, stderr[-2000:]
+    exported = json.loads(stdout)
+    summary = json.loads((run / "summary.json").read_text())
+    assert exported["threshold"]["value"] == summary["detection_threshold"]["value"]
+    assert exported["privacy"]["delta"] == summary["privacy"]["delta"]
+    assert exported["privacy"]["epsilon_max"] == pytest.approx(max(summary["privacy"]["epsilon_spent"].values()))
+    assert exported["privacy"]["accountant"] and "record-level" in exported["privacy"]["unit"]
+    # Move the run away: detect must need nothing but the model file.
+    shutil.move(str(run), str(tmp_path / "gone"))
+    patients = [line.split("\t")[0] for line in (data / "participants.tsv").read_text().splitlines()[1:]
+                if "\tpatient\t" in line]
+    volumes = {p: lesion_volume_ml(np.asarray(nib.load(
+        data / f"derivatives/lesions/{p}/anat/{p}_desc-lesion_mask.nii.gz").dataobj) > 0,
+        nib.load(data / f"{p}/anat/{p}_FLAIR.nii.gz").affine) for p in patients}
+    largest = max(volumes, key=volumes.get)
+    scan = data / f"{largest}/anat/{largest}_FLAIR.nii.gz"
+    code, stdout, stderr = secagg_cli("detect", str(tmp_path / "model.secagg"), str(scan), "--out",
+                                      str(tmp_path / "out"), "--json", cwd=tmp_path)
+    assert code == 0, stderr[-2000:]
+    report = json.loads(stdout)
+    record = report["scans"][0]
+    seg = nib.load(record["segmentation"])
+    source = nib.load(scan)
+    assert seg.shape == source.shape and np.array_equal(seg.affine, source.affine)
+    assert record["lesion_volume_ml"] == pytest.approx(lesion_volume_ml(np.asarray(seg.dataobj) > 0, seg.affine))
+    assert record["threshold"]["value"] == exported["threshold"]["value"]
+    assert "healthy validation" in record["threshold"]["source"]
+    assert report["model"]["privacy"]["epsilon_max"] == exported["privacy"]["epsilon_max"]
+    # The tiny model (2 rounds x 3 steps at 32 x 32) is weak: a loose end-to-end bound on the largest
+    # tumour only - something is flagged, and no more than twice the true lesion volume.
+    assert 0.0 < record["lesion_volume_ml"] <= 2.0 * volumes[largest], (record["lesion_volume_ml"], volumes[largest])
+
+
+@pytest.mark.slow
+def test_detect_cli_bad_inputs_are_one_line_errors(finished_run, tmp_path):
+    data, run = finished_run
+    code, _, stderr = secagg_cli("export", str(run), "--out", str(tmp_path / "model.secagg"))
+    assert code == 0, stderr[-2000:]
+    blob = (tmp_path / "model.secagg").read_bytes()
+    (tmp_path / "cut.secagg").write_bytes(blob[: len(blob) // 2])
+    _rewrite_metadata(tmp_path / "model.secagg", tmp_path / "future.secagg", format_version="99")
+    t1w = tmp_path / "sub-01_T1w.nii.gz"
+    shutil.copy(next(data.glob("sub-*/anat/*_FLAIR.nii.gz")), t1w)
+    scan = str(next(data.glob("sub-*/anat/*_FLAIR.nii.gz")))
+    cases = [
+        (("detect", str(tmp_path / "cut.secagg"), scan), "truncated"),
+        (("detect", str(tmp_path / "future.secagg"), scan), "newer secagg"),
+        (("detect", str(tmp_path / "model.secagg"), str(t1w)), "wrong modality"),
+        (("detect", str(tmp_path / "model.secagg"), str(tmp_path / "nope.nii.gz")), "does not exist"),
+        (("export", str(tmp_path), "--out", str(tmp_path / "x.secagg")), "not a run directory"),
+    ]
+    for args, message in cases:
+        code, _, stderr = secagg_cli(*args, "--out", str(tmp_path / "o")) if args[0] == "detect" else secagg_cli(*args)
+        lines = stderr.strip().splitlines()
+        assert code == 2 and len(lines) == 1 and message in lines[0], (args, stderr)
