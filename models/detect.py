@@ -44,7 +44,7 @@ import numpy as np
 from .errors import ModelsError
 from .nifti import load_nifti, nifti_stem
 
-__all__ = ["ScanMismatchError", "DetectionResult", "check_scan", "lesion_volume_ml", "detect_scan", "write_report"]
+__all__ = ["ScanMismatchError", "DetectionResult", "check_scan", "lesion_volume_ml", "detect_scan", "check_scans", "write_report"]
 
 MAX_COARSENING = 1.5
 MAX_OBLIQUE_DEG = 20.0
@@ -103,6 +103,14 @@ def check_scan(path: Path, image, model) -> None:
                                 "model expects a skull-stripped brain (normalisation mismatch)")
 
 
+def check_scans(model, scans) -> None:
+    """Open and :func:`check_scan` every scan before any is scored, so a bad one stops the batch early."""
+    from .nifti import _read_image
+
+    for scan in scans:
+        check_scan(Path(scan), _read_image(Path(scan)), model)
+
+
 def _to_scan_grid(grid_map: np.ndarray, grid_affine: np.ndarray, canonical_affine: np.ndarray,
                   canonical_shape) -> np.ndarray:
     """Trilinear resampling of a slice-grid map onto the canonical voxel grid of the scan (0 outside)."""
@@ -144,13 +152,13 @@ def _montage(path: Path, volume, score: np.ndarray, detection: np.ndarray, thres
 
     n = volume.n_slices
     picks = np.unique(np.linspace(0, n - 1, min(6, n)).round().astype(int))
-    fig, axes = plt.subplots(2, len(picks), figsize=(2.2 * len(picks), 4.6), squeeze=False)
+    fig, axes = plt.subplots(2, len(picks), figsize=(2.2 * len(picks), 5.0), squeeze=False)
     top = max(threshold * 2.0, float(np.percentile(score, 99.5)) if score.any() else 1.0, 1e-6)
     for j, k in enumerate(picks):
-        axes[0, j].imshow(volume.image[k], cmap="gray", vmin=0, vmax=max(float(volume.image.max()), 1e-6))
+        axes[0, j].imshow(volume.image[k], cmap="gray", vmin=0, vmax=max(float(volume.image.max()), 1e-6), aspect="equal")
         axes[0, j].set_title(f"slice {k}", fontsize=8)
-        axes[1, j].imshow(volume.image[k], cmap="gray", vmin=0, vmax=max(float(volume.image.max()), 1e-6))
-        axes[1, j].imshow(np.ma.masked_where(score[k] <= 0, score[k]), cmap="hot", vmin=0, vmax=top, alpha=0.6)
+        axes[1, j].imshow(volume.image[k], cmap="gray", vmin=0, vmax=max(float(volume.image.max()), 1e-6), aspect="equal")
+        axes[1, j].imshow(np.ma.masked_where(score[k] <= 0, score[k]), cmap="hot", vmin=0, vmax=top, alpha=0.6, aspect="equal")
         if detection[k].any():
             axes[1, j].contour(detection[k], levels=[0.5], colors="cyan", linewidths=0.8)
         for row in range(2):

@@ -373,10 +373,11 @@ def _load_detect_model(source: str):
 def _cmd_detect(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from models.detect import detect_scan, write_report
+    from models.detect import check_scans, detect_scan, write_report
     from models.scoring import as_reconstruct_fn
 
     model = _load_detect_model(args.model)
+    check_scans(model, args.scans)  # every scan is checked before anything is written
     reconstruct = as_reconstruct_fn(model.build_model())
     results = [detect_scan(model, scan, args.out, reconstruct=reconstruct) for scan in args.scans]
     report = write_report(Path(args.out) / "detections.json", model, results)
