@@ -51,17 +51,28 @@ def write_bids_cohort(out_dir: str | Path, *, sites: int = 4, scale: str = "tiny
     """Generate the synthetic cohort and write it to ``out_dir`` as a BIDS dataset.
 
     Returns the generator's :class:`~models.manifest.CohortManifest` with
-    ``root`` set to ``out_dir``. An ``out_dir`` that exists and is not empty
-    is a :class:`DatasetError` unless ``overwrite=True`` (then it is replaced
-    only if it is a BIDS dataset this function wrote).
+    ``root`` set to ``out_dir``. If ``out_dir`` already holds this cohort
+    (same seed, scale, number of sites and generator version, every image
+    present) nothing is rewritten and the manifest comes back with
+    ``reused=True``. Any other non-empty ``out_dir`` is a :class:`DatasetError`
+    unless ``overwrite=True`` (then it is replaced only if it is a BIDS dataset
+    this function wrote).
     """
-    from .synth import generate_cohort
+    from .manifest import CohortManifest
+    from .synth import GENERATOR_VERSION, generate_cohort
 
     root = Path(out_dir)
     if root.exists() and any(root.iterdir()):
         written_here = (root / "sourcedata" / "cohort.json").is_file() and (root / DATASET_DESCRIPTION).is_file()
+        if written_here and not overwrite:
+            old = CohortManifest.load(root / "sourcedata")
+            same = (old.seed, old.scale, len(old.sites), old.generator_version) == (seed, scale, sites,
+                                                                                   GENERATOR_VERSION)
+            rows = (root / "participants.tsv").read_text().splitlines()[1:] if same else []
+            if same and len(rows) == len(old.subjects) and len(list(root.glob("sub-*/anat/*_FLAIR.nii.gz"))) == len(rows):
+                return replace(old, root=root, reused=True)  # this very cohort is already there
         if not overwrite:
-            raise DatasetError(f"{root} exists and is not empty; choose another --out or pass --overwrite")
+            raise DatasetError(f"{root} exists and holds something else; choose another --out or pass --overwrite")
         if not written_here:
             raise DatasetError(f"{root} is not a synthetic BIDS dataset written by secagg; refusing to overwrite it")
         shutil.rmtree(root)

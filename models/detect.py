@@ -41,7 +41,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import ModelsError
+from .errors import DatasetError, ModelsError
 from .nifti import load_nifti, nifti_stem
 
 __all__ = ["ScanMismatchError", "DetectionResult", "check_scan", "lesion_volume_ml", "detect_scan", "check_scans", "write_report"]
@@ -104,9 +104,17 @@ def check_scan(path: Path, image, model) -> None:
 
 
 def check_scans(model, scans) -> None:
-    """Open and :func:`check_scan` every scan before any is scored, so a bad one stops the batch early."""
+    """Open and :func:`check_scan` every scan before any is scored, so a bad one stops the batch early.
+
+    Two scans with the same file stem would write the same outputs: a :class:`DatasetError`.
+    """
     from .nifti import _read_image
 
+    stems: dict[str, Path] = {}
+    for scan in scans:
+        other = stems.setdefault(nifti_stem(scan), Path(scan))
+        if other != Path(scan):
+            raise DatasetError(f"{scan} and {other} have the same name: their outputs would overwrite each other")
     for scan in scans:
         check_scan(Path(scan), _read_image(Path(scan)), model)
 

@@ -193,6 +193,19 @@ def test_detect_refuses_mismatched_scans(tmp_path):
         assert "\n" not in str(info.value)
 
 
+def test_check_scans_refuses_outputs_that_would_collide(tmp_path):
+    from models import DatasetError
+    from models.detect import check_scans
+
+    first, _, _ = _scan(tmp_path)
+    (tmp_path / "other").mkdir()
+    second = shutil.copy(first, tmp_path / "other" / first.name)
+    model = _model_file(image_size=64)
+    check_scans(model, [first])
+    with pytest.raises(DatasetError, match="same name"):
+        check_scans(model, [first, second])
+
+
 # -- export -> detect through the CLI, without the run directory ------------------------------------
 
 
@@ -219,7 +232,9 @@ def finished_run(tmp_path_factory):
 
 @pytest.mark.slow
 def test_export_then_detect_in_a_fresh_process_without_the_run(finished_run, tmp_path):
-    data, run = finished_run
+    data, shared_run = finished_run
+    run = tmp_path / "run"
+    shutil.copytree(shared_run, run)  # a private copy, deleted below
     code, stdout, stderr = secagg_cli("export", str(run), "--out", str(tmp_path / "model.secagg"), "--json")
     assert code == 0, stderr[-2000:]
     exported = json.loads(stdout)
@@ -228,8 +243,8 @@ def test_export_then_detect_in_a_fresh_process_without_the_run(finished_run, tmp
     assert exported["privacy"]["delta"] == summary["privacy"]["delta"]
     assert exported["privacy"]["epsilon_max"] == pytest.approx(max(summary["privacy"]["epsilon_spent"].values()))
     assert exported["privacy"]["accountant"] and "record-level" in exported["privacy"]["unit"]
-    # Move the run away: detect must need nothing but the model file.
-    shutil.move(str(run), str(tmp_path / "gone"))
+    # Delete the run: detect must need nothing but the model file.
+    shutil.rmtree(run)
     patients = [line.split("\t")[0] for line in (data / "participants.tsv").read_text().splitlines()[1:]
                 if "\tpatient\t" in line]
     volumes = {p: lesion_volume_ml(np.asarray(nib.load(

@@ -301,6 +301,21 @@ def test_synthetic_bids_follows_the_naming_rules(synthetic_bids):
     assert (root / "sourcedata/cohort.json").is_file() and not (root / "sourcedata/.staging").exists()
 
 
+def test_synthetic_bids_is_reused_and_never_clobbers(synthetic_bids, tmp_path):
+    from models.bids_synth import write_bids_cohort
+
+    before = {p: p.stat().st_mtime_ns for p in synthetic_bids.rglob("*") if p.is_file()}
+    again = write_bids_cohort(synthetic_bids, sites=2, scale="tiny", seed=3)
+    assert again.reused and {p: p.stat().st_mtime_ns for p in synthetic_bids.rglob("*") if p.is_file()} == before
+    with pytest.raises(DatasetError, match="holds something else"):
+        write_bids_cohort(synthetic_bids, sites=2, scale="tiny", seed=4)
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "precious.txt").write_text("x")
+    with pytest.raises(DatasetError, match="not a synthetic BIDS dataset"):
+        write_bids_cohort(tmp_path / "mine", overwrite=True)
+    assert (tmp_path / "mine" / "precious.txt").read_text() == "x"
+
+
 def test_synthetic_bids_loads_like_the_site_layout(synthetic_bids, tmp_path):
     from models import generate_cohort
 
