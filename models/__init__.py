@@ -22,7 +22,8 @@ Modules, one job each: :mod:`~models.nifti` (read/write, canonical RAS),
 :mod:`~models.manifest` (synthetic cohorts), :mod:`~models.autoencoders` /
 :mod:`~models.registry` (models), :mod:`~models.scoring` /
 :mod:`~models.metrics` / :mod:`~models.evaluation` (detection),
-:mod:`~models.figures` (PNGs), :mod:`~models.errors`.
+:mod:`~models.figures` (PNGs), :mod:`~models.modelfile` (exported models) /
+:mod:`~models.detect` (NIfTI anomaly maps of new scans), :mod:`~models.errors`.
 
 ``models`` imports nothing from the project's other packages. Names are
 loaded lazily on first use, so ``import models`` is cheap and the pure-numpy
@@ -78,6 +79,18 @@ _LAZY: dict[str, str] = {
     "discover_bids": "bids",
     "load_bids_cohort": "bids",
     "read_participants": "bids",
+    "write_bids_cohort": "bids_synth",
+    # exported models and detection on new scans
+    "ModelFile": "modelfile",
+    "ModelFileError": "modelfile",
+    "save_model_file": "modelfile",
+    "load_model_file": "modelfile",
+    "ScanMismatchError": "detect",
+    "DetectionResult": "detect",
+    "check_scan": "detect",
+    "check_scans": "detect",
+    "detect_scan": "detect",
+    "lesion_volume_ml": "detect",
     # synthetic cohorts
     "generate_cohort": "synth",
     "site_profiles": "synth",
@@ -173,7 +186,9 @@ if TYPE_CHECKING:  # static analysers see the real names
         parse_bids_name,
         read_participants,
     )
+    from .bids_synth import write_bids_cohort
     from .cache import PreprocessCache
+    from .detect import DetectionResult, ScanMismatchError, check_scan, check_scans, detect_scan, lesion_volume_ml
     from .dataset import (
         HealthySplit,
         SiteData,
@@ -187,6 +202,7 @@ if TYPE_CHECKING:  # static analysers see the real names
     from .evaluation import DetectionMetrics, DetectionReport, MethodReport, evaluate, score_examples
     from .figures import plot_detection, plot_detection_examples, plot_site_examples
     from .manifest import CohortManifest, SiteProfile, SubjectRecord
+    from .modelfile import ModelFile, ModelFileError, load_model_file, save_model_file
     from .metrics import RankingCurve, auprc, auroc, best_dice, dice, ranking_curve, threshold_at_fpr
     from .nifti import NiftiVolume, load_mask, load_nifti, save_nifti
     from .preprocess import PreprocessConfig, SliceVolume, derive_brain_mask, preprocess_volume

@@ -4,16 +4,19 @@
   (:mod:`simulation.simulate`): federated DP-SGD with secure aggregation, dropouts, ledger,
   checkpoints, resume, plots and summary.
 * :mod:`simulation.engine` - the in-process transport for the masking, HE and plain paths.
+* :func:`export_run` / :func:`model_from_run` - ``secagg export`` (:mod:`simulation.export`): a run's
+  model as one self-describing file.
 * :mod:`simulation.dpia` - ``secagg dpia``; :mod:`simulation.demo` - ``secagg demo``.
 * :mod:`simulation.flower` - the Flower engine (prototype, optional ``flower`` extra).
 """
 
 from .config import ConfigError, SimulationConfig, load_config
 from .demo import DemoReport, run_demo
+from .export import export_run, model_from_run
 from .simulate import SimulationError, SimulationResult, format_summary, run_simulation
 
 __all__ = [
     "SimulationConfig", "load_config", "ConfigError",
     "run_simulation", "SimulationResult", "SimulationError", "format_summary",
-    "DemoReport", "run_demo",
+    "DemoReport", "run_demo", "export_run", "model_from_run",
 ]

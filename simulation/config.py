@@ -264,6 +264,8 @@ def load_config(*, preset: str = "demo", toml_path: str | None = None, **overrid
         # The scripted demo names site-1..site-4; other cohorts get random dropouts instead.
         values["dropout_schedule"] = None
         values.setdefault("dropout", 0.02)
+    if isinstance(overrides.get("bids"), dict) and isinstance(values.get("bids"), dict):
+        overrides["bids"] = {**values["bids"], **overrides["bids"]}  # a flag changes one BIDS option, not all
     values.update(overrides)
     known = {f.name for f in fields(SimulationConfig)}
     unknown = set(values) - known

@@ -380,3 +380,19 @@ def test_synthetic_bids_round_trips_through_simulate(synthetic_bids, tmp_path):
     assert 0.0 <= summary["detection"]["federated"]["auroc"] <= 1.0
     config = json.loads((out / "config.json").read_text())["config"]
     assert config["data"] == str(synthetic_bids) and "bids" not in config  # defaults: left out of the fingerprint
+
+
+def test_bids_options_in_the_simulation_config(tmp_path):
+    from simulation.config import ConfigError as SimConfigError
+    from simulation.config import load_config
+
+    toml = tmp_path / "run.toml"
+    toml.write_text('[bids]\ngroup_column = "diagnosis"\nhealthy_values = ["hc"]\npatient_values = ["ms"]\n')
+    config = load_config(preset="tiny", toml_path=str(toml), bids={"suffix": "T2w"})
+    assert config.bids == {"group_column": "diagnosis", "healthy_values": ["hc"], "patient_values": ["ms"],
+                           "suffix": "T2w"}
+    assert config.to_dict()["bids"]["suffix"] == "T2w"
+    assert "bids" not in load_config(preset="tiny").to_dict()  # unset: not part of the fingerprint
+    assert load_config(preset="tiny").fingerprint() != config.fingerprint()
+    with pytest.raises(SimConfigError, match="unknown BIDS options"):
+        load_config(preset="tiny", bids={"sufix": "T2w"})
