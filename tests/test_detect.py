@@ -69,6 +69,15 @@ def _rewrite_metadata(path: Path, out: Path, **changes) -> Path:
     return out
 
 
+def test_weights_that_do_not_fit_the_architecture_are_refused(tmp_path):
+    model = _model_file()
+    state = dict(model.state_dict)
+    state.pop(next(iter(state)))
+    path = save_model_file(tmp_path / "m.secagg", ModelFile(**{**model.__dict__, "state_dict": state}))
+    with pytest.raises(ModelFileError, match="do not fit architecture 'compact-ae'"):
+        load_model_file(path).build_model()
+
+
 def test_model_file_from_the_future_is_refused(tmp_path):
     path = save_model_file(tmp_path / "m.secagg", _model_file())
     future = _rewrite_metadata(path, tmp_path / "future.secagg", format_version=str(FORMAT_VERSION + 1))
@@ -168,6 +177,11 @@ def test_detect_output_overlays_the_input_exactly(tmp_path, lps):
     np.testing.assert_allclose(np.argwhere(seg).mean(axis=0), np.argwhere(lesion).mean(axis=0), atol=1.0)
     anomaly = np.asarray(nib.load(result.anomaly_map).dataobj)
     assert anomaly[lesion].mean() > 1.5 > anomaly[~lesion & (anomaly > 0)].mean()
+    # Outside the scored axial slab the maps are 0.
+    z0, z1 = result.record["scored_slab_z_mm"]
+    world_z = nib.affines.apply_affine(affine, np.argwhere(np.ones(SHAPE, dtype=bool)))[:, 2].reshape(SHAPE)
+    outside = (world_z < z0 - 3.5) | (world_z > z1 + 3.5)
+    assert outside.any() and not anomaly[outside].any() and not seg[outside].any()
     assert result.montage.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert result.record["threshold"]["value"] == 1.5 and result.record["threshold"]["source"] == "test"
 

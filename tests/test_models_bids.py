@@ -396,3 +396,20 @@ def test_bids_options_in_the_simulation_config(tmp_path):
     assert load_config(preset="tiny").fingerprint() != config.fingerprint()
     with pytest.raises(SimConfigError, match="unknown BIDS options"):
         load_config(preset="tiny", bids={"sufix": "T2w"})
+
+
+def test_participants_table_rules(bids_root):
+    tsv = bids_root / "participants.tsv"
+    original = tsv.read_text()
+    tsv.write_text(original + "sub-01\thealthy\tnorth\n")
+    with pytest.raises(DatasetError, match="sub-01 listed twice"):
+        discover_bids(bids_root)
+    tsv.write_text(original + "subject_7\thealthy\tnorth\n")
+    with pytest.raises(DatasetError, match="not sub-<alphanumeric label>"):
+        discover_bids(bids_root)
+    tsv.write_text(original.replace("sub-03\tHEALTHY\tsouth", "sub-03\tHEALTHY\tn/a"))
+    with pytest.raises(DatasetError, match="sub-03 has no value in the 'site' column"):
+        discover_bids(bids_root)
+    tsv.write_text("id\tgroup\nsub-01\thealthy\n")
+    with pytest.raises(DatasetError, match="participant_id column"):
+        discover_bids(bids_root)
