@@ -23,7 +23,8 @@ Modules, one job each: :mod:`~models.nifti` (read/write, canonical RAS),
 :mod:`~models.registry` (models), :mod:`~models.scoring` /
 :mod:`~models.metrics` / :mod:`~models.evaluation` (detection),
 :mod:`~models.figures` (PNGs), :mod:`~models.modelfile` (exported models) /
-:mod:`~models.detect` (NIfTI anomaly maps of new scans), :mod:`~models.errors`.
+:mod:`~models.detect` (NIfTI anomaly maps of new scans), :mod:`~models.prepare` (raw scans to
+model input), :mod:`~models.errors`.
 
 ``models`` imports nothing from the project's other packages. Names are
 loaded lazily on first use, so ``import models`` is cheap and the pure-numpy
@@ -91,6 +92,9 @@ _LAZY: dict[str, str] = {
     "check_scans": "detect",
     "detect_scan": "detect",
     "lesion_volume_ml": "detect",
+    "PrepareOptions": "prepare",
+    "prepare_scan": "prepare",
+    "prepare_dataset": "prepare",
     # synthetic cohorts
     "generate_cohort": "synth",
     "site_profiles": "synth",
@@ -202,6 +206,7 @@ if TYPE_CHECKING:  # static analysers see the real names
     from .evaluation import DetectionMetrics, DetectionReport, MethodReport, evaluate, score_examples
     from .figures import plot_detection, plot_detection_examples, plot_site_examples
     from .manifest import CohortManifest, SiteProfile, SubjectRecord
+    from .prepare import PrepareOptions, prepare_dataset, prepare_scan
     from .modelfile import ModelFile, ModelFileError, load_model_file, save_model_file
     from .metrics import RankingCurve, auprc, auroc, best_dice, dice, ranking_curve, threshold_at_fpr
     from .nifti import NiftiVolume, load_mask, load_nifti, save_nifti
