@@ -32,7 +32,7 @@ import numpy as np
 from .errors import ConfigError, DatasetError
 from .nifti import is_nifti_path
 
-__all__ = ["PrepareOptions", "prepare_scan", "prepare_dataset", "SIDECAR_VERSION"]
+__all__ = ["PrepareOptions", "prepare_scan", "plan_prepare", "prepare_dataset", "SIDECAR_VERSION"]
 
 SIDECAR_VERSION = 1
 _LPS = np.diag([-1.0, -1.0, 1.0])  # ITK's physical space is LPS; nibabel's is RAS
@@ -229,12 +229,8 @@ def _job(args) -> tuple[str, dict]:
     return str(src), prepare_scan(src, dst, options)
 
 
-def prepare_dataset(src_root: str | Path, out_root: str | Path, *, options: PrepareOptions | None = None,
-                    workers: int = 1, progress=None) -> dict:
-    """Prepare every NIfTI image under ``src_root`` (a file, or a folder searched recursively,
-    masks skipped) into the same relative path under ``out_root``; returns
-    ``{"prepared": [...], "skipped": [...]}`` (skipped: already done for this input and options)."""
-    options = options or PrepareOptions()
+def plan_prepare(src_root: str | Path, out_root: str | Path, options: PrepareOptions) -> tuple[list, list]:
+    """(to do, already done): the ``(source, output)`` pairs of :func:`prepare_dataset`."""
     src_root, out_root = Path(src_root), Path(out_root)
     if src_root.is_file():
         pairs = [(src_root, out_root / src_root.name)]
@@ -246,8 +242,20 @@ def prepare_dataset(src_root: str | Path, out_root: str | Path, *, options: Prep
         raise DatasetError(f"{src_root}: no such file or directory")
     if not pairs:
         raise DatasetError(f"{src_root}: no NIfTI images to prepare")
-    todo = [(s, d, options) for s, d in pairs if not _done(s, d, options)]
-    skipped = [str(s) for s, d in pairs if (s, d, options) not in todo]
+    todo = [(s, d) for s, d in pairs if not _done(s, d, options)]
+    return todo, [(s, d) for s, d in pairs if (s, d) not in todo]
+
+
+def prepare_dataset(src_root: str | Path, out_root: str | Path, *, options: PrepareOptions | None = None,
+                    workers: int = 1, progress=None) -> dict:
+    """Prepare every NIfTI image under ``src_root`` (a file, or a folder searched recursively,
+    masks and ``derivatives/`` skipped) into the same relative path under ``out_root``; returns
+    ``{"prepared": [...], "skipped": [...]}`` (skipped: already done for this input and options).
+    ``progress(name)`` is called after each scan."""
+    options = options or PrepareOptions()
+    pending, done = plan_prepare(src_root, out_root, options)
+    todo = [(s, d, options) for s, d in pending]
+    skipped = [str(s) for s, _ in done]
     prepared = []
     if workers > 1 and len(todo) > 1:
         import multiprocessing

@@ -392,7 +392,7 @@ def _cmd_detect(args: argparse.Namespace) -> int:
 
 
 def _cmd_data_prepare(args: argparse.Namespace) -> int:
-    from models.prepare import PrepareOptions, prepare_dataset
+    from models.prepare import PrepareOptions, plan_prepare, prepare_dataset
 
     from .progress import Progress
 
@@ -400,8 +400,10 @@ def _cmd_data_prepare(args: argparse.Namespace) -> int:
                              skull_strip=not args.no_skull_strip, normalise=not args.no_normalise)
     progress = Progress(enabled=not args.json)
     progress.log(f"preparing {args.input} -> {args.out} ({args.workers} worker(s))")
-    result = prepare_dataset(args.input, args.out, options=options, workers=args.workers,
-                             progress=lambda name: progress.log(f"  done: {name}"))
+    todo, _ = plan_prepare(args.input, args.out, options)
+    with progress.task("prepare", total=len(todo)) as advance:
+        result = prepare_dataset(args.input, args.out, options=options, workers=args.workers,
+                                 progress=lambda name: advance())
     if args.json:
         print(json.dumps(result | {"out": str(args.out)}, indent=2))
         return 0
