@@ -3,6 +3,12 @@
 Each benchmark records its median under a name in ``MEDIANS``; the terminal
 summary prints ours/floor ratios (floors measured in the same run) and writes
 them to ``$RESULTS/ratios.json`` (default ``results/``), never into the repository.
+Interleaved (ABAB) measurements (:mod:`benchmarks.paired`) record their ratio directly
+with :func:`record_paired`: the median of the paired ratios goes under ``ratios`` and its
+quartiles, extremes and number of pairs under ``spread``.
+
+``make bench-quick`` runs only the tests marked ``quick`` (the headline ratios, reduced
+sizes where a test says so) into the same files.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ import os
 from pathlib import Path
 
 MEDIANS: dict[str, float] = {}
+PAIRED: dict[str, dict] = {}  # label -> PairedRatio.summary() | {"note": ...}
 
 # (label, numerator, denominator or a constant in seconds, note)
 RATIOS = [
@@ -57,10 +64,18 @@ def record(benchmark, name: str) -> None:
     MEDIANS[name] = benchmark.stats.stats.median
 
 
+def record_paired(benchmark, label: str, name: str, result, note: str, **extra) -> None:
+    """An interleaved measurement: each side's median under ``name_a`` / ``name_b``, the paired ratio under label."""
+    summary = result.summary()
+    MEDIANS[f"{name}_a"], MEDIANS[f"{name}_b"] = summary["a_median_s"], summary["b_median_s"]
+    PAIRED[label] = summary | {"note": note}
+    benchmark.extra_info.update(summary, **extra)
+
+
 def pytest_terminal_summary(terminalreporter):
     if not MEDIANS:
         return
-    lines, report = [], {"medians_s": dict(MEDIANS), "ratios": {}}
+    lines, report = [], {"medians_s": dict(MEDIANS), "ratios": {}, "spread": {}}
     for label, num, den, note in RATIOS:
         if num not in MEDIANS:
             continue
@@ -73,6 +88,11 @@ def pytest_terminal_summary(terminalreporter):
         ratio = MEDIANS[num] / denominator
         report["ratios"][label] = ratio
         lines.append(f"{label}: {ratio:.3f}  ({note})")
+    for label, s in PAIRED.items():
+        report["ratios"][label] = s["median"]
+        report["spread"][label] = {k: s[k] for k in ("q1", "q3", "min", "max", "pairs")}
+        lines.append(f"{label}: {s['median']:.3f} (IQR {s['q1']:.3f}-{s['q3']:.3f}, range {s['min']:.3f}-"
+                     f"{s['max']:.3f}, {s['pairs']} pairs)  ({s['note']})")
     terminalreporter.section("secagg ratios")
     for name, value in sorted(MEDIANS.items()):
         terminalreporter.write_line(f"median {name}: {value * 1000:.2f} ms")

@@ -23,6 +23,13 @@ def _fit_exponent(points):
     return None if sxx == 0 else sum((p[0] - mx) * (p[1] - my) for p in pts) / sxx
 
 
+def _spread(s) -> str:
+    """IQR and range of an interleaved (ABAB) measurement's paired ratios; blank for a ratio of two medians."""
+    if not s:
+        return ""
+    return f"IQR {s['q1']:.3f}-{s['q3']:.3f}, range {s['min']:.3f}-{s['max']:.3f}, {s['pairs']} pairs"
+
+
 def build(bench_json: Path, out: Path) -> dict:
     data = json.loads(bench_json.read_text())
     rows, scaling = [], []
@@ -45,11 +52,13 @@ def build(bench_json: Path, out: Path) -> dict:
             exponents[f"{graph} n={n}: server time vs m"] = _fit_exponent([(s["m"], s["server_s"]) for s in pts])
     report = {"machine": data.get("machine_info", {}).get("cpu", {}).get("brand_raw"),
               "datetime": data.get("datetime"), "benchmarks": rows, "ratios": ratios.get("ratios", {}),
+              "spread": ratios.get("spread", {}),
               "scaling": scaling, "exponents": exponents}
     (out / "report.json").write_text(json.dumps(report, indent=2, default=str))
     lines = [f"# secagg benchmarks ({report['datetime']})", "", f"CPU: {report['machine']}", "",
-             "## Ratios (measured in the same run)", "", "| ratio | value |", "|---|---|"]
-    lines += [f"| {k} | {v:.3f} |" for k, v in report["ratios"].items()]
+             "## Ratios (measured in the same run)", "", "| ratio | value | spread of paired ratios |",
+             "|---|---|---|"]
+    lines += [f"| {k} | {v:.3f} | {_spread(report['spread'].get(k))} |" for k, v in report["ratios"].items()]
     lines += ["", "## Medians", "", "| benchmark | median |", "|---|---|"]
     lines += [f"| {r['name']} | {r['median_s'] * 1000:.2f} ms |" for r in rows]
     if scaling:
