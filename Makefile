@@ -7,8 +7,12 @@ PIP    := $(PY) -m pip --disable-pip-version-check -q
 # constraints.txt pins torch to the CPU wheel available on the build machines.
 INSTALL := $(PIP) install -c constraints.txt
 RESULTS ?= results
+# `make test` runs on every core (pytest-xdist's `-n auto`: one worker per core); PYTEST_WORKERS=1 runs
+# it in one process. Tests that must not overlap share an xdist_group (--dist loadgroup keeps a group on
+# one worker); everything else is handed out test by test.
+PYTEST_WORKERS ?= auto
 
-.PHONY: demo test bench clean chromium
+.PHONY: demo test bench bench-quick clean chromium
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -42,13 +46,22 @@ chromium:
 	  else echo "note: chromium missing and not root: DPIA PDF and browser tests will be skipped"; fi; }
 
 test: $(VENV)/.stamp-dev chromium
-	$(PY) -m pytest -q -p no:cacheprovider tests
+	$(PY) -m pytest -q -p no:cacheprovider -n $(PYTEST_WORKERS) --dist loadgroup tests
 
 bench: $(VENV)/.stamp-dev
 	mkdir -p $(RESULTS)
 	RESULTS=$(RESULTS) $(PY) -m pytest -q -p no:cacheprovider benchmarks --benchmark-only \
 		--benchmark-json=$(RESULTS)/benchmarks.json
 	$(PY) -m benchmarks.report $(RESULTS)/benchmarks.json $(RESULTS)
+
+# The headline ratios only (client masking against the AES-CTR floor and Flower's client, server
+# unmasking against Flower's server, the DP step against the non-private one, paired), the tests
+# marked `quick`, with fewer rounds (BENCH_QUICK=1); same report files, in $(RESULTS)/quick.
+bench-quick: $(VENV)/.stamp-dev
+	mkdir -p $(RESULTS)/quick
+	BENCH_QUICK=1 RESULTS=$(RESULTS)/quick $(PY) -m pytest -q -p no:cacheprovider benchmarks --benchmark-only \
+		-m "quick and not slow" --benchmark-json=$(RESULTS)/quick/benchmarks.json
+	$(PY) -m benchmarks.report $(RESULTS)/quick/benchmarks.json $(RESULTS)/quick
 
 clean:
 	rm -rf $(VENV) $(RESULTS) .pytest_cache .hypothesis .benchmarks

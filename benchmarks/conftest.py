@@ -7,8 +7,9 @@ Interleaved (ABAB) measurements (:mod:`benchmarks.paired`) record their ratio di
 with :func:`record_paired`: the median of the paired ratios goes under ``ratios`` and its
 quartiles, extremes and number of pairs under ``spread``.
 
-``make bench-quick`` runs only the tests marked ``quick`` (the headline ratios, reduced
-sizes where a test says so) into the same files.
+``make bench-quick`` runs only the tests marked ``quick`` (the headline ratios) with
+``BENCH_QUICK=1``: the same sizes, fewer timed rounds or pairs (:func:`rounds`), into the
+same files.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import json
 import os
 from pathlib import Path
 
+QUICK = os.environ.get("BENCH_QUICK") == "1"
 MEDIANS: dict[str, float] = {}
 PAIRED: dict[str, dict] = {}  # label -> PairedRatio.summary() | {"note": ...}
 
@@ -58,6 +60,11 @@ RATIOS += [
     for what in ("encrypt_one_site", "coordinator_sum_10_sites", "decrypt_sum")
     for size in ("100k", "1m")
 ]
+
+
+def rounds(full: int, quick: int) -> int:
+    """Timed rounds (or pairs): ``full`` in `make bench`, ``quick`` in `make bench-quick`."""
+    return quick if QUICK else full
 
 
 def record(benchmark, name: str) -> None:

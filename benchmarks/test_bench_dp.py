@@ -22,7 +22,7 @@
   how many layers were ghost-clipped).
 * Each accountant on a 50-round run of one site (50 events of 20 steps).
 
-Tests marked ``quick`` form ``make bench-quick``'s DP part.
+Tests marked ``quick`` form ``make bench-quick``'s DP part (fewer rounds and pairs there).
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ import warnings
 
 import pytest
 
-from .conftest import record, record_paired
+from .conftest import record, record_paired, rounds
 from .paired import interleave, torch_threads
 
 torch = pytest.importorskip("torch")
@@ -47,7 +47,7 @@ def _model():
 
 
 BATCH = 16
-PAIRS = 40
+PAIRS = rounds(40, 20)
 
 
 @pytest.fixture(scope="module")
@@ -126,14 +126,14 @@ def _dp_step(batch, **kwargs):
 
 @pytest.mark.quick
 def test_step_non_private(benchmark, batch):
-    benchmark.pedantic(_non_private_step(batch), rounds=30, warmup_rounds=3)
+    benchmark.pedantic(_non_private_step(batch), rounds=rounds(30, 12), warmup_rounds=3)
     record(benchmark, "step_non_private_b16_64px")
 
 
 @pytest.mark.quick
 @pytest.mark.parametrize("secure", [True, False], ids=["csprng", "torch-rng"])
 def test_step_dp_sgd(benchmark, batch, secure):
-    benchmark.pedantic(_dp_step(batch, secure=secure), rounds=30, warmup_rounds=3)
+    benchmark.pedantic(_dp_step(batch, secure=secure), rounds=rounds(30, 12), warmup_rounds=3)
     record(benchmark, f"step_dp_sgd_{'csprng' if secure else 'torch_rng'}_b16_64px")
 
 
@@ -168,7 +168,7 @@ def test_train_dp_vs_non_private_paired(benchmark):
         train_dp_sgd(model, data, config, site="bench", round_index=0, weights=initial)
 
     with torch_threads(1):
-        result = benchmark.pedantic(interleave, args=(non_private, dp), kwargs={"pairs": 12, "warmup": 2},
+        result = benchmark.pedantic(interleave, args=(non_private, dp), kwargs={"pairs": rounds(12, 6), "warmup": 2},
                                     rounds=1, iterations=1)
     record_paired(benchmark, "dp.train_dp_sgd / dp.train_non_private, 5 steps, ABAB paired, 1 thread",
                   "paired_train_5_steps_b16_64px_t1", result,

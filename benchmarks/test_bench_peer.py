@@ -34,7 +34,7 @@ from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFI
 
 import secagg  # noqa: E402
 
-from .conftest import record  # noqa: E402
+from .conftest import record, rounds  # noqa: E402
 from .flower_peer import FlowerSecAggPlus, PeerSettings, Stage, from_wire  # noqa: E402
 
 M = 1_000_000
@@ -56,6 +56,7 @@ def test_peer_flower_sum_is_exact():
         assert len(session.survivors()) == expected
 
 
+@pytest.mark.quick
 def test_peer_flower_client_mask_1m_k10(benchmark):
     """One Flower node's masked-input stage: 10 neighbours, 1M parameters (bytes in, bytes out)."""
     session = FlowerSecAggPlus(PeerSettings.complete(11, M, threshold=6))
@@ -68,7 +69,7 @@ def test_peer_flower_client_mask_1m_k10(benchmark):
         return (session.clients[node].fork(), requests[node]), {}
 
     reply, _ = benchmark.pedantic(lambda client, request: client.handle(request), setup=setup,
-                                  rounds=10, warmup_rounds=1)
+                                  rounds=rounds(10, 5), warmup_rounds=1)
     masked = from_wire(reply).content.config_records[RECORD_KEY_CONFIGS][Key.MASKED_PARAMETERS]
     assert len(masked) == 2  # the quantized weight, then the 1M masked parameters
     session.run_until(Stage.UNMASK)  # the round the timed request belongs to, finished and checked
@@ -85,6 +86,7 @@ def test_peer_flower_client_mask_1m_k10(benchmark):
     record(benchmark, "peer_flower_client_mask_1m_k10")
 
 
+@pytest.mark.quick
 def test_peer_flower_server_unmask_n50_1m(benchmark):
     """Flower's unmask stage, server alone: n=50, m=1M, complete graph, 5 dropped after sharing keys."""
     sessions = []

@@ -18,7 +18,7 @@ from secagg import ClientSession, FixedPointEncoder, ServerSession, SessionConfi
 from secagg.crypto import SigningKeyPair
 from secagg.prg import keystream_into
 
-from .conftest import record
+from .conftest import record, rounds
 
 M = 1_000_000
 
@@ -45,12 +45,14 @@ def _exchange(server, clients, outgoing, silent=()):
     return server.advance()
 
 
+@pytest.mark.quick
 def test_floor_keystream_1m(benchmark):
     key, out = secagg.crypto.random_bytes(), np.empty(M, dtype=np.uint32)
     benchmark(keystream_into, key, out)
     record(benchmark, "floor_keystream_1m")
 
 
+@pytest.mark.quick
 def test_floor_numpy_sum_45x1m(benchmark):
     vectors = [np.frombuffer(secagg.crypto.random_bytes(4 * M), dtype=np.uint32) for _ in range(45)]
 
@@ -64,6 +66,7 @@ def test_floor_numpy_sum_45x1m(benchmark):
     record(benchmark, "floor_numpy_sum_45x1m")
 
 
+@pytest.mark.quick
 def test_client_mask_1m_k10(benchmark):
     """One client's round 2 (decrypt 10 share bundles, add 11 masks to 1M values, serialise)."""
     state = {}
@@ -79,7 +82,7 @@ def test_client_mask_1m_k10(benchmark):
     def masked_input_round(client, request):
         return wire.encode(client.handle(request))
 
-    benchmark.pedantic(masked_input_round, setup=setup, rounds=15, warmup_rounds=1)
+    benchmark.pedantic(masked_input_round, setup=setup, rounds=rounds(15, 8), warmup_rounds=1)
     record(benchmark, "client_mask_1m_k10")
 
 
@@ -102,6 +105,7 @@ def test_client_mask_1m_k10_active(benchmark):
     record(benchmark, "client_mask_1m_k10_active")
 
 
+@pytest.mark.quick
 def test_server_unmask_n50_1m(benchmark):
     """Server's unmasking round: 45 self masks and 5 x 45 pairwise masks removed from 1M values."""
 
@@ -117,7 +121,7 @@ def test_server_unmask_n50_1m(benchmark):
             server.receive(wire.encode(clients[i].handle(wire.encode(message))))
         return (server,), {}
 
-    benchmark.pedantic(lambda server: server.advance(), setup=setup, rounds=3)
+    benchmark.pedantic(lambda server: server.advance(), setup=setup, rounds=rounds(3, 2))
     record(benchmark, "server_unmask_n50_1m")
 
 

@@ -24,6 +24,9 @@ from simulation.dpia import (ORG_FIELDS, PLACEHOLDER, DPIAError, build_dpia, fin
                              write_dpia)
 
 ROOT = Path(__file__).resolve().parents[1]
+# Every test here reads one simulated run (the session fixture ``run_dir``): one pytest-xdist worker
+# runs them all (--dist loadgroup), so the run is simulated once, not once per worker.
+pytestmark = pytest.mark.xdist_group("dpia-run")
 EXAMPLE_ORG = ROOT / "simulation" / "templates" / "org.example.toml"
 
 REQUIRED_SECTIONS = (

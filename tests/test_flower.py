@@ -14,7 +14,8 @@ fixed-point rounding. A third run trains with DP-SGD on real NIfTI data at the n
 with one node whose own budget is too small: it refuses the round and spends nothing.
 
 Skipped when flwr (``pip install 'secagg[flower]'``) or its command-line tools are absent.
-Every wait is bounded; ports are picked free at run time; every process started here is
+Every wait is bounded; ports are picked free at run time, from a block of its own for each
+pytest-xdist worker; every process started here is
 stopped (with its children) at the end.
 """
 
@@ -50,24 +51,49 @@ SITES = ("site-1", "site-2", "site-3")
 RUN = {"rounds": 2, "num-sites": 3, "image-size": 16, "epsilon": 8.0, "local-steps": 2, "sample-rate": 0.25,
        "stage-timeout": STAGE_TIMEOUT, "node-wait": 90.0, "synthetic-seed": 11, "max-records": 64}
 
-pytestmark = pytest.mark.slow
+# One worker runs the three federations one after another (--dist loadgroup): each is a SuperLink,
+# three SuperNodes and their app processes with 25 s stage timeouts, and two at once on 2 cores
+# would starve each other's honest nodes past those timeouts.
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("flower-processes")]
+
+
+# Ports: each pytest-xdist worker (gw0, gw1, ...) draws from its own block below Linux's ephemeral
+# range (32768+), so the kernel never hands one out to another socket meanwhile and no two workers
+# pick the same one; within a block, a port is handed out once per process and only if it binds now
+# (another program may hold it). The start inside the block depends on the pid, so that concurrent
+# runs from other checkouts rarely start on the same port.
+_PORT_BASE, _PORT_BLOCK = 20_000, 500
+_handed_out: set[int] = set()
 
 
 def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
+    index = int(worker[2:]) if worker[2:].isdigit() else 0
+    first = _PORT_BASE + (index % 25) * _PORT_BLOCK
+    start = os.getpid() % _PORT_BLOCK
+    for offset in range(_PORT_BLOCK):
+        port = first + (start + offset) % _PORT_BLOCK
+        if port in _handed_out:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
+    raise RuntimeError(f"no free loopback port in {first}-{first + _PORT_BLOCK - 1}")
 
 
-def _wait_port(port: int, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+def _wait_port(port: int, attempts: int) -> None:
+    """Until something accepts on the port: ``attempts`` tries, 0.3 s apart (each try at most 1 s)."""
+    for _ in range(attempts):
         with socket.socket() as s:
             s.settimeout(1.0)
             if s.connect_ex(("127.0.0.1", port)) == 0:
                 return
         time.sleep(0.3)
-    raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout:g} s")
+    raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {attempts} tries")
 
 
 def _tool(name: str) -> str:
@@ -108,7 +134,7 @@ class _Federation:
         self.start([_tool("flower-superlink"), "--ssl-ca-certfile", str(self.certs.ca_cert),
                     "--ssl-certfile", str(self.certs.server_cert), "--ssl-keyfile", str(self.certs.server_key),
                     "--disable-runtime-dependency-installation", "--port", str(self.port), *extra], "superlink.log")
-        _wait_port(self.port, 60)
+        _wait_port(self.port, 200)
 
     def supernode(self, index: int, node_config: str) -> None:
         self.start([_tool("flower-supernode"), "--root-certificates", str(self.certs.ca_cert),
