@@ -23,7 +23,7 @@ def _fit_exponent(points):
     return None if sxx == 0 else sum((p[0] - mx) * (p[1] - my) for p in pts) / sxx
 
 
-def _spread(s) -> str:
+def spread_text(s) -> str:
     """IQR and range of an interleaved (ABAB) measurement's paired ratios; blank for a ratio of two medians."""
     if not s:
         return ""
@@ -58,7 +58,7 @@ def build(bench_json: Path, out: Path) -> dict:
     lines = [f"# secagg benchmarks ({report['datetime']})", "", f"CPU: {report['machine']}", "",
              "## Ratios (measured in the same run)", "", "| ratio | value | spread of paired ratios |",
              "|---|---|---|"]
-    lines += [f"| {k} | {v:.3f} | {_spread(report['spread'].get(k))} |" for k, v in report["ratios"].items()]
+    lines += [f"| {k} | {v:.3f} | {spread_text(report['spread'].get(k))} |" for k, v in report["ratios"].items()]
     lines += ["", "## Medians", "", "| benchmark | median |", "|---|---|"]
     lines += [f"| {r['name']} | {r['median_s'] * 1000:.2f} ms |" for r in rows]
     if scaling:
