@@ -8,8 +8,11 @@ PIP    := $(PY) -m pip --disable-pip-version-check -q
 INSTALL := $(PIP) install -c constraints.txt
 RESULTS ?= results
 # `make test` runs on every core (pytest-xdist's `-n auto`: one worker per core); PYTEST_WORKERS=1 runs
-# it in one process. Tests that must not overlap share an xdist_group (--dist loadgroup keeps a group on
-# one worker); everything else is handed out test by test.
+# it in one process. Workers get whole files (--dist loadfile): a file's module and session fixtures
+# (the DPIA's simulated run, the simulation tests' cohort) are built once, and the Flower process
+# federations never overlap. Files run in collection order (--no-loadscope-reorder), which
+# tests/conftest.py starts with the slowest files. (--dist loadgroup would be finer, but with
+# pytest 9.2 xdist 3.8's xdist_group marks have no effect.)
 PYTEST_WORKERS ?= auto
 
 .PHONY: demo test bench bench-quick clean chromium
@@ -46,7 +49,7 @@ chromium:
 	  else echo "note: chromium missing and not root: DPIA PDF and browser tests will be skipped"; fi; }
 
 test: $(VENV)/.stamp-dev chromium
-	$(PY) -m pytest -q -p no:cacheprovider -n $(PYTEST_WORKERS) --dist loadgroup tests
+	$(PY) -m pytest -q -p no:cacheprovider -n $(PYTEST_WORKERS) --dist loadfile --no-loadscope-reorder tests
 
 bench: $(VENV)/.stamp-dev
 	mkdir -p $(RESULTS)

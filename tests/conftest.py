@@ -5,11 +5,22 @@ in-process and in the processes it starts (``OMP_NUM_THREADS``, unless already s
 ``w`` workers each running torch with all ``c`` cores would run ``w * c`` threads on ``c``
 cores, and OpenMP threads that wait for each other spin. A thread count changes how fast a
 test runs, never what it checks. Serial runs keep torch's defaults.
+
+``make test`` hands whole files to the workers in collection order (``--dist loadfile
+--no-loadscope-reorder``); :data:`SLOWEST_FIRST` moves the files that take longest to the front,
+so that they start at once and the run does not end waiting on one of them (longest first).
+Only the order changes: every collected test still runs.
 """
 
 from __future__ import annotations
 
 import os
+
+
+# Slowest first: the Flower process federations (~5 min on 2 cores), the simulation CLI runs, the DPIA's
+# simulated run, then the in-memory Flower runs, the ledger's kill tests and the TenSEAL suites.
+SLOWEST_FIRST = ("test_flower.py", "test_simulation.py", "test_dpia.py", "test_flower_inmemory.py",
+                 "test_dp_ledger.py", "test_he_adversarial.py", "test_he_protocol.py", "test_dp_accounting.py")
 
 
 def worker_threads() -> int | None:
@@ -31,3 +42,8 @@ def pytest_configure(config) -> None:
     except ImportError:  # the core tests run without the torch extras
         return
     torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    rank = {name: i for i, name in enumerate(SLOWEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(SLOWEST_FIRST)))  # stable: the rest keep their order

@@ -24,9 +24,8 @@ from simulation.dpia import (ORG_FIELDS, PLACEHOLDER, DPIAError, build_dpia, fin
                              write_dpia)
 
 ROOT = Path(__file__).resolve().parents[1]
-# Every test here reads one simulated run (the session fixture ``run_dir``): one pytest-xdist worker
-# runs them all (--dist loadgroup), so the run is simulated once, not once per worker.
-pytestmark = pytest.mark.xdist_group("dpia-run")
+# Every test here reads one simulated run (the session fixture ``run_dir``); `make test` hands out
+# whole files (--dist loadfile), so the run is simulated once, not once per xdist worker.
 EXAMPLE_ORG = ROOT / "simulation" / "templates" / "org.example.toml"
 
 REQUIRED_SECTIONS = (

@@ -15,7 +15,7 @@ with one node whose own budget is too small: it refuses the round and spends not
 
 Skipped when flwr (``pip install 'secagg[flower]'``) or its command-line tools are absent.
 Every wait is bounded; ports are picked free at run time, from a block of its own for each
-pytest-xdist worker; every process started here is
+pytest-xdist worker (so that a run with other files' processes on other workers never collides); every process started here is
 stopped (with its children) at the end.
 """
 
@@ -51,10 +51,10 @@ SITES = ("site-1", "site-2", "site-3")
 RUN = {"rounds": 2, "num-sites": 3, "image-size": 16, "epsilon": 8.0, "local-steps": 2, "sample-rate": 0.25,
        "stage-timeout": STAGE_TIMEOUT, "node-wait": 90.0, "synthetic-seed": 11, "max-records": 64}
 
-# One worker runs the three federations one after another (--dist loadgroup): each is a SuperLink,
-# three SuperNodes and their app processes with 25 s stage timeouts, and two at once on 2 cores
-# would starve each other's honest nodes past those timeouts.
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("flower-processes")]
+# `make test` hands out whole files (--dist loadfile): one worker runs the three federations one
+# after another. Each is a SuperLink, three SuperNodes and their app processes with 25 s stage
+# timeouts, and two at once on 2 cores would starve each other's honest nodes past those timeouts.
+pytestmark = pytest.mark.slow
 
 
 # Ports: each pytest-xdist worker (gw0, gw1, ...) draws from its own block below Linux's ephemeral
