@@ -25,6 +25,10 @@ value or its failure reason (an exception, inf, NaN, a non-positive value),
 and takes the **tightest valid upper bound** (the minimum over accountants
 that succeeded: each is an upper bound, so their minimum is one too).
 
+The accountants see (sigma, q, steps) only: the privacy unit of the events
+(patient or slice, :mod:`dp.events`) decides what the epsilon protects, not
+its value. Events of different units are never composed together.
+
 The Gaussian-DP (GDP/CLT) accountant is an *approximation*, not a bound: it
 can under-estimate epsilon. It is shown only when asked for, labelled as an
 approximation, and never used as the bound.
@@ -266,14 +270,14 @@ def merge_events(events: Sequence[PrivacyEvent]) -> tuple[PrivacyEvent, ...]:
     groups: dict[tuple, int] = {}
     template: dict[tuple, PrivacyEvent] = {}
     for event in events:
-        key = (event.noise_multiplier, event.sample_rate, event.neighbouring, event.mechanism)
+        key = (event.noise_multiplier, event.sample_rate, event.neighbouring, event.mechanism, event.unit)
         groups[key] = groups.get(key, 0) + event.steps
         template.setdefault(key, event)
     return tuple(
         PrivacyEvent(
             site=template[key].site, round=template[key].round, noise_multiplier=key[0], sample_rate=key[1],
             steps=steps, delta=template[key].delta, clipping_norm=template[key].clipping_norm,
-            neighbouring=key[2], mechanism=key[3],
+            neighbouring=key[2], mechanism=key[3], unit=key[4],
         )
         for key, steps in sorted(groups.items(), key=lambda item: item[0][:2])
     )
@@ -311,6 +315,10 @@ def compute_epsilon(
         )
     if not accountants:
         raise InvalidPrivacyParameterError("at least one accountant is needed")
+    units = {e.unit for e in events}
+    if len(units) > 1:
+        # Composing a slice-level and a patient-level spend gives no bound in either unit.
+        raise InvalidPrivacyParameterError(f"events mix privacy units {sorted(units)}; account them separately")
     merged = merge_events(events)
     results = tuple(_cached_run(a, merged, delta, True) for a in accountants)
     approx = tuple(_cached_run(a, merged, delta, False) for a in approximations)

@@ -11,10 +11,21 @@ and 2 under replace-one adjacency, so one step is the Poisson-subsampled
 Gaussian mechanism with noise multiplier sigma and rate q; an event is its
 ``steps``-fold adaptive composition. Events of one site compose across rounds.
 
-The guarantee is *record-level* (one MRI slice/volume of one patient at one
-site, per the dataset's unit) and holds against anyone who sees the site's
-released update - the coordinator in plain mode, nobody in masked modes
-(where the coordinator sees only the sum).
+Privacy unit. ``unit`` says what one "record" is. ``"patient"`` (the
+default, the GDPR data subject): DP-SGD Poisson-samples *patients* and clips
+the sum of each sampled patient's per-slice gradients to C, so adding or
+removing one patient - all of their slices - changes the noised sum by at
+most C (:func:`dp.training.train_dp_sgd`); the epsilon then bounds
+membership of a whole patient. ``"slice"``: each 2-D slice is a record,
+the guarantee covers one slice only, and a patient with k slices gets at best
+the group-privacy bound of k records (often meaningless); it stays
+available as an explicitly labelled option. The accountants' math is the same
+for both units - only what one record *is* changes - so every printed epsilon
+names its unit and adjacency (:func:`describe_guarantee`).
+
+The guarantee holds against anyone who sees the site's released update - the
+coordinator in plain mode, nobody in masked modes (where the coordinator sees
+only the sum).
 """
 
 from __future__ import annotations
@@ -24,10 +35,24 @@ from dataclasses import asdict, dataclass
 
 from .errors import InvalidPrivacyParameterError
 
-__all__ = ["PrivacyEvent", "NEIGHBOURING_RELATIONS", "MECHANISM_DPSGD", "validate_delta"]
+__all__ = ["PrivacyEvent", "NEIGHBOURING_RELATIONS", "PRIVACY_UNITS", "MECHANISM_DPSGD", "validate_delta",
+           "describe_guarantee", "LEGACY_UNIT"]
 
 NEIGHBOURING_RELATIONS = ("add_remove_one", "replace_one")
+PRIVACY_UNITS = ("patient", "slice")
+#: The unit of events stored before events carried one: DP-SGD then sampled and clipped slices.
+LEGACY_UNIT = "slice"
 MECHANISM_DPSGD = "poisson_subsampled_gaussian"
+
+
+def describe_guarantee(unit: str, neighbouring: str = "add_remove_one") -> str:
+    """The words every printed epsilon carries, e.g. ``"patient-level, add/remove one patient"``."""
+    if unit not in PRIVACY_UNITS:
+        raise InvalidPrivacyParameterError(f"privacy unit must be one of {PRIVACY_UNITS}; got {unit!r}")
+    if neighbouring not in NEIGHBOURING_RELATIONS:
+        raise InvalidPrivacyParameterError(f"neighbouring must be one of {NEIGHBOURING_RELATIONS}; got {neighbouring!r}")
+    relation = f"add/remove one {unit}" if neighbouring == "add_remove_one" else f"replace one {unit}"
+    return f"{unit}-level, {relation}"
 
 
 def _number(name: str, value) -> float:
@@ -58,6 +83,8 @@ class PrivacyEvent:
         neighbouring: ``"add_remove_one"`` (Opacus' and the default) or ``"replace_one"``.
         mechanism: always the Poisson-subsampled Gaussian today.
         secure_rng: whether sampling and noise came from the CSPRNG (see :mod:`dp.training`).
+        unit: the privacy unit, ``"patient"`` (default: q samples patients, C bounds a patient's
+            summed gradient) or ``"slice"`` (labelled option: q samples slices, C bounds one slice).
     """
 
     site: str
@@ -70,6 +97,7 @@ class PrivacyEvent:
     neighbouring: str = "add_remove_one"
     mechanism: str = MECHANISM_DPSGD
     secure_rng: bool = True
+    unit: str = "patient"
 
     def __post_init__(self) -> None:
         if not isinstance(self.site, str) or not self.site:
@@ -91,6 +119,8 @@ class PrivacyEvent:
             raise InvalidPrivacyParameterError(
                 f"neighbouring must be one of {NEIGHBOURING_RELATIONS}; got {self.neighbouring!r}"
             )
+        if self.unit not in PRIVACY_UNITS:
+            raise InvalidPrivacyParameterError(f"unit must be one of {PRIVACY_UNITS}; got {self.unit!r}")
         if self.mechanism != MECHANISM_DPSGD:
             raise InvalidPrivacyParameterError(f"unsupported mechanism {self.mechanism!r}")
         object.__setattr__(self, "noise_multiplier", sigma)
@@ -98,12 +128,18 @@ class PrivacyEvent:
         object.__setattr__(self, "delta", float(self.delta))
         object.__setattr__(self, "clipping_norm", float(self.clipping_norm))
 
+    @property
+    def guarantee(self) -> str:
+        """Unit and adjacency in words, e.g. ``"patient-level, add/remove one patient"``."""
+        return describe_guarantee(self.unit, self.neighbouring)
+
     def to_dict(self) -> dict:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict) -> "PrivacyEvent":
+        """Parse a stored event; one stored before events named their unit was slice-level (:data:`LEGACY_UNIT`)."""
         unknown = set(data) - set(cls.__dataclass_fields__)
         if unknown:
             raise InvalidPrivacyParameterError(f"unknown privacy-event fields {sorted(unknown)}")
-        return cls(**data)
+        return cls(**({"unit": LEGACY_UNIT} | dict(data)))

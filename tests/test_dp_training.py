@@ -28,7 +28,8 @@ def data():
 def test_training_returns_delta_and_event(data):
     model = tiny_autoencoder()
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    config = DpSgdConfig(noise_multiplier=1.0, max_grad_norm=1.0, sample_rate=0.25, steps=5, learning_rate=1e-2)
+    config = DpSgdConfig(noise_multiplier=1.0, max_grad_norm=1.0, sample_rate=0.25, steps=5, learning_rate=1e-2,
+                         privacy_unit="slice")
     result = train_dp_sgd(model, data, config, site="h1", round_index=3)
     assert result.event.site == "h1" and result.event.round == 3 and result.event.steps == 5
     assert result.event.sample_rate == 0.25 and result.event.secure_rng
@@ -43,18 +44,18 @@ def test_training_returns_delta_and_event(data):
 def test_training_starts_from_given_weights(data):
     model = tiny_autoencoder()
     start = {n: torch.zeros_like(p) for n, p in model.state_dict().items()}
-    config = DpSgdConfig(noise_multiplier=1.0, max_grad_norm=1.0, sample_rate=0.25, steps=1)
+    config = DpSgdConfig(noise_multiplier=1.0, max_grad_norm=1.0, sample_rate=0.25, steps=1, privacy_unit="slice")
     result = train_dp_sgd(model, data, config, site="h1", round_index=0, weights=start)
     for name, p in model.named_parameters():
         assert torch.allclose(p.detach(), result.delta[name])
 
 
 def test_noise_dominates_with_huge_noise_multiplier(data):
-    """With sigma = 1e4 the update is essentially noise of std lr-scaled sigma*C/(qN): the delta is
-    large and independent of the data."""
+    """With sigma = 1e4 the update is essentially noise of std lr-scaled sigma*C/(q*N_public): the delta
+    is large and independent of the data (N_public: the declared public size, here the true 64)."""
     model = tiny_autoencoder()
     config = DpSgdConfig(noise_multiplier=1e4, max_grad_norm=1.0, sample_rate=0.25, steps=1, optimizer="sgd",
-                         learning_rate=1.0)
+                         learning_rate=1.0, privacy_unit="slice", public_size=64)
     result = train_dp_sgd(model, data, config, site="h1", round_index=0)
     delta = torch.cat([d.flatten() for d in result.delta.values()]).numpy()
     expected_std = 1e4 * 1.0 / (0.25 * 64)
@@ -63,14 +64,15 @@ def test_noise_dominates_with_huge_noise_multiplier(data):
 
 def test_insecure_mode_is_recorded(data):
     model = tiny_autoencoder()
-    config = DpSgdConfig(noise_multiplier=1.0, max_grad_norm=1.0, sample_rate=0.25, steps=1, secure_mode=False)
+    config = DpSgdConfig(noise_multiplier=1.0, max_grad_norm=1.0, sample_rate=0.25, steps=1, secure_mode=False,
+                         privacy_unit="slice")
     result = train_dp_sgd(model, data, config, site="h1", round_index=0, generator=torch.Generator().manual_seed(1))
     assert result.event.secure_rng is False
 
 
 def test_batchnorm_refused_then_fixed(data):
     model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.Conv2d(4, 1, 3, padding=1))
-    config = DpSgdConfig(noise_multiplier=1.0, max_grad_norm=1.0, sample_rate=0.25, steps=1)
+    config = DpSgdConfig(noise_multiplier=1.0, max_grad_norm=1.0, sample_rate=0.25, steps=1, privacy_unit="slice")
     with pytest.raises(ModelNotPrivateError, match="BatchNorm"):
         train_dp_sgd(model, data, config, site="h1", round_index=0)
     with pytest.warns(UserWarning, match="GroupNorm"):
@@ -81,7 +83,8 @@ def test_batchnorm_refused_then_fixed(data):
 
 @pytest.mark.parametrize("kwargs", [
     {"noise_multiplier": 0.0}, {"max_grad_norm": -1.0}, {"sample_rate": 0.0}, {"sample_rate": 1.5},
-    {"steps": 0}, {"optimizer": "lbfgs"},
+    {"steps": 0}, {"optimizer": "lbfgs"}, {"privacy_unit": "hospital"}, {"public_size": 0},
+    {"max_slices_per_patient": 0}, {"public_size": 2.5},
 ])
 def test_bad_config_refused(kwargs):
     base = dict(noise_multiplier=1.0, max_grad_norm=1.0, sample_rate=0.1, steps=1)
@@ -102,3 +105,141 @@ def test_csprng_poisson_mask_rate():
     assert csprng_poisson_mask(10, 1.0).all()
     # independent across calls
     assert not np.array_equal(masks[0], masks[1])
+
+
+# -- patient level (the default unit) -----------------------------------------------------------
+
+
+class SeededTestRandomness:
+    """TEST ONLY: seeded sampling and noise injected explicitly into train_dp_sgd (never the default)."""
+
+    def __init__(self, seed):
+        self.rng = np.random.default_rng(seed)
+
+    def poisson_mask(self, n, q):
+        return self.rng.random(n) < q
+
+    def gaussian(self, shape, std):
+        return self.rng.normal(0.0, std, size=shape)
+
+
+def reference_patient_sum(model, data, groups, clip):
+    """Per-example gradients by looping over slices with plain autograd, summed per patient, clipped."""
+    import torch.nn.functional as F
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    total = [torch.zeros_like(p) for p in params]
+    for group in groups:
+        summed = [torch.zeros_like(p) for p in params]
+        for i in group.tolist():
+            x = data[i:i + 1]
+            grads = torch.autograd.grad(F.mse_loss(model(x), x), params)
+            summed = [s + g for s, g in zip(summed, grads)]
+        norm = torch.sqrt(sum((s ** 2).sum() for s in summed))
+        factor = min(1.0, clip / float(norm))
+        total = [t + factor * s for t, s in zip(total, summed)]
+    return total
+
+
+@pytest.mark.parametrize("clip", [1e-3, 1e3])  # every patient clipped / none clipped
+def test_clipped_patient_sum_matches_autograd_reference(data, clip):
+    from opacus import GradSampleModule
+
+    from dp.training import clipped_patient_sum, patient_groups
+
+    model = tiny_autoencoder()
+    patients = np.repeat(np.arange(8), 8)  # 8 patients of 8 slices
+    groups = patient_groups(patients, 64)
+    chosen = [groups[i] for i in (0, 3, 5, 6)]
+    expected = reference_patient_sum(model, data, chosen, clip)
+    module = GradSampleModule(model, batch_first=True, loss_reduction="mean")
+    try:
+        got, loss, clipped = clipped_patient_sum(module, data, chosen, clip)
+    finally:
+        module._close()
+    assert clipped == (4 if clip < 1 else 0)
+    for g, e in zip(got, expected):
+        assert torch.allclose(g, e, atol=1e-5, rtol=1e-5), float((g - e).abs().max())
+    if clip < 1:  # each patient contributes exactly C: the total has norm <= 4C
+        assert float(torch.sqrt(sum((g ** 2).sum() for g in got))) <= 4 * clip * (1 + 1e-5)
+
+
+def test_patient_sum_sensitivity_is_one_patient(data):
+    """Adding a whole patient (all their slices) moves the clipped sum by at most C, whatever their
+    slice count; with per-slice clipping a patient of k slices would move it by up to k*C."""
+    from opacus import GradSampleModule
+
+    from dp.training import clipped_patient_sum, patient_groups
+
+    model = tiny_autoencoder()
+    patients = np.array([0] * 40 + [1] * 12 + [2] * 12)
+    groups = patient_groups(patients, 64)
+    module = GradSampleModule(model, batch_first=True, loss_reduction="mean")
+    try:
+        with_big, _, _ = clipped_patient_sum(module, data * 5, groups, 0.01)
+        without, _, _ = clipped_patient_sum(module, data * 5, groups[1:], 0.01)
+    finally:
+        module._close()
+    moved = float(torch.sqrt(sum(((a - b) ** 2).sum() for a, b in zip(with_big, without))))
+    assert moved <= 0.01 * (1 + 1e-5)
+
+
+def test_patient_level_event_and_public_normaliser(data):
+    """Patient level: the event says unit 'patient'; with huge sigma the delta is noise of std
+    sigma*C/(q*N_public) - the declared public size, not the private record count."""
+    model = tiny_autoencoder()
+    patients = np.repeat(np.arange(16), 4)
+    config = DpSgdConfig(noise_multiplier=1e4, max_grad_norm=1.0, sample_rate=0.5, steps=1, optimizer="sgd",
+                         learning_rate=1.0, public_size=100)
+    result = train_dp_sgd(model, data, config, site="h1", round_index=2, patients=patients)
+    assert result.event.unit == "patient" and result.event.guarantee == "patient-level, add/remove one patient"
+    assert result.event.sample_rate == 0.5 and result.event.round == 2
+    delta = torch.cat([d.flatten() for d in result.delta.values()]).numpy()
+    assert np.std(delta) == pytest.approx(1e4 / (0.5 * 100), rel=0.15)
+    assert all(not m._forward_hooks and not m._backward_hooks for m in model.modules())
+
+
+def test_patient_level_needs_patients_and_refuses_misaligned_ids(data):
+    config = DpSgdConfig(noise_multiplier=1.0, max_grad_norm=1.0, sample_rate=0.5, steps=1)
+    with pytest.raises(InvalidPrivacyParameterError, match="patient of each record"):
+        train_dp_sgd(tiny_autoencoder(), data, config, site="h1", round_index=0)
+    with pytest.raises(InvalidPrivacyParameterError, match="one patient id per record"):
+        train_dp_sgd(tiny_autoencoder(), data, config, site="h1", round_index=0, patients=np.zeros(10))
+
+
+def test_injected_randomness_is_test_only_and_deterministic(data):
+    patients = np.repeat(np.arange(8), 8)
+    config = DpSgdConfig(noise_multiplier=1.0, max_grad_norm=1.0, sample_rate=0.5, steps=3)
+    with pytest.raises(InvalidPrivacyParameterError, match="secure_mode=False"):
+        train_dp_sgd(tiny_autoencoder(), data, config, site="h1", round_index=0, patients=patients,
+                     randomness=SeededTestRandomness(0))
+    insecure = DpSgdConfig(noise_multiplier=1.0, max_grad_norm=1.0, sample_rate=0.5, steps=3, secure_mode=False)
+    runs = []
+    for _ in range(2):
+        torch.manual_seed(0)
+        model = tiny_autoencoder()
+        result = train_dp_sgd(model, data, insecure, site="h1", round_index=0, patients=patients,
+                              randomness=SeededTestRandomness(7))
+        runs.append(result)
+    assert runs[0].event.secure_rng is False
+    for name in runs[0].delta:
+        assert torch.equal(runs[0].delta[name], runs[1].delta[name])
+
+
+def test_slice_cap_is_public_and_bounded(data):
+    """max_slices_per_patient uses at most that many (evenly spaced) slices of each sampled patient."""
+    from opacus import GradSampleModule
+
+    from dp.training import clipped_patient_sum, patient_groups
+
+    model = tiny_autoencoder()
+    groups = patient_groups(np.repeat(np.arange(2), 32), 64)
+    module = GradSampleModule(model, batch_first=True, loss_reduction="mean")
+    try:
+        capped, _, _ = clipped_patient_sum(module, data, groups, 1e3, max_slices_per_patient=4)
+    finally:
+        module._close()
+    used = [g[torch.linspace(0, 31, 4).round().long()] for g in groups]
+    expected = reference_patient_sum(model, data, used, 1e3)
+    for g, e in zip(capped, expected):
+        assert torch.allclose(g, e, atol=1e-5, rtol=1e-5)
