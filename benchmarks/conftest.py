@@ -39,6 +39,8 @@ RATIOS = [
      ("peer_flower_server_unmask_n50_1m", 1), "ours/peer, target <= 1/20"),
     ("DP-SGD step (CSPRNG noise) / non-private step", "step_dp_sgd_csprng_b16_64px",
      ("step_non_private_b16_64px", 1), "separate blocks, load moves it: see the paired ratio; target <= 2.5x"),
+    ("DP-SGD step, patient level (4 patients x 4 slices, CSPRNG) / non-private step",
+     "step_dp_sgd_patient_csprng_b16_64px", ("step_non_private_b16_64px", 1), "the default privacy unit"),
     ("DP-SGD step (torch RNG) / non-private step", "step_dp_sgd_torch_rng_b16_64px",
      ("step_non_private_b16_64px", 1), "Opacus as shipped, separate blocks"),
 ]

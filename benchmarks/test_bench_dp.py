@@ -20,6 +20,9 @@
   samplers for Linear and Embedding layers in Opacus 1.6: on this all-conv autoencoder
   every layer falls back to per-sample gradients (``ghost_layers`` in extra_info says
   how many layers were ghost-clipped).
+* ``test_step_dp_sgd_patient_level``: one patient-level step (the default privacy unit:
+  the same 16 slices as 4 patients of 4 slices, per-slice gradients summed and clipped per
+  patient, CSPRNG noise), beside the slice-level and non-private steps.
 * Each accountant on a 50-round run of one site (50 events of 20 steps).
 
 ``make bench-quick``'s DP part (tests marked ``quick``, fewer pairs there) is the paired step
@@ -157,7 +160,9 @@ def test_train_dp_vs_non_private_paired(benchmark):
 
     torch.manual_seed(0)
     data = torch.rand(256, 1, 64, 64)
-    steps, config = 5, DpSgdConfig(noise_multiplier=1.0, max_grad_norm=1.0, sample_rate=BATCH / 256, steps=5)
+    # The slice-level path (one record = one slice), as this ratio has always measured.
+    steps, config = 5, DpSgdConfig(noise_multiplier=1.0, max_grad_norm=1.0, sample_rate=BATCH / 256, steps=5,
+                                   privacy_unit="slice", public_size=256)
     model = _model()
     initial = {k: v.clone() for k, v in model.state_dict().items()}
 
@@ -210,6 +215,33 @@ def test_grad_sample_mode_paired(benchmark, batch, mode):
         extra["ghost_layers"] = _ghost_layers(_private(batch, mode="ghost")[0])
     record_paired(benchmark, f"DP-SGD step, grad_sample_mode={mode} / non-private step, ABAB paired, 1 thread",
                   f"paired_mode_{mode}_b16_64px_t1", result, "Opacus mode comparison (issue 20)", **extra)
+
+
+def test_step_dp_sgd_patient_level(benchmark, batch):
+    """One patient-level step: 4 sampled patients x 4 slices (the same 16 slices), CSPRNG noise."""
+    from opacus import GradSampleModule
+
+    from dp.training import clipped_patient_sum, csprng_gaussian, patient_groups
+
+    model = _model()
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.Adam(params, lr=1e-3)
+    groups = patient_groups([i // 4 for i in range(BATCH)], BATCH)
+    warnings.filterwarnings("ignore", message="Full backward hook is firing")
+    module = GradSampleModule(model, batch_first=True, loss_reduction="mean")
+
+    def step():
+        sums, _, _ = clipped_patient_sum(module, batch, groups, 1.0)
+        optimizer.zero_grad(set_to_none=True)
+        for p, total in zip(params, sums):
+            p.grad = (total + torch.from_numpy(csprng_gaussian(tuple(p.shape), 1.0)).to(p.dtype)) / 4.0
+        optimizer.step()
+
+    try:
+        benchmark.pedantic(step, rounds=30, warmup_rounds=3)
+    finally:
+        module._close()
+    record(benchmark, "step_dp_sgd_patient_csprng_b16_64px")
 
 
 @pytest.mark.parametrize("accountant", ["rdp", "prv", "pld", "rdp-dpa"])

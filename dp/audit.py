@@ -166,7 +166,10 @@ def audit_dp_sgd(
         raise InvalidPrivacyParameterError(f"confidence must be in (0, 1); got {confidence}")
     sigma_run = noise_multiplier if effective_noise_multiplier is None else effective_noise_multiplier
     config = DpSgdConfig(noise_multiplier=sigma_run, max_grad_norm=clipping_norm, sample_rate=sample_rate,
-                         steps=int(steps), learning_rate=learning_rate, optimizer="sgd", delta=delta)
+                         steps=int(steps), learning_rate=learning_rate, optimizer="sgd", delta=delta,
+                         # One canary is one record (a patient with one slice): the record-level path is
+                         # the same mechanism; the public normaliser is q * m (m is public).
+                         privacy_unit="slice", public_size=m)
     report = epsilon_for(noise_multiplier=noise_multiplier, sample_rate=sample_rate, steps=int(steps), delta=delta)
 
     included = [secrets.randbits(1) == 1 for _ in range(m)]  # S_i, each with probability 1/2, CSPRNG
