@@ -95,6 +95,7 @@ _LAZY: dict[str, str] = {
     "PrepareOptions": "prepare",
     "prepare_scan": "prepare",
     "prepare_dataset": "prepare",
+    "training_patients": "dataset",
     # synthetic cohorts
     "generate_cohort": "synth",
     "site_profiles": "synth",
@@ -202,6 +203,7 @@ if TYPE_CHECKING:  # static analysers see the real names
         load_site,
         split_healthy,
         training_array,
+        training_patients,
     )
     from .evaluation import DetectionMetrics, DetectionReport, MethodReport, evaluate, score_examples
     from .figures import plot_detection, plot_detection_examples, plot_site_examples

@@ -52,6 +52,7 @@ __all__ = [
     "load_cohort",
     "split_healthy",
     "training_array",
+    "training_patients",
 ]
 
 HEALTHY_DIR = "healthy"
@@ -336,3 +337,15 @@ def training_array(volumes: Iterable[SliceVolume]) -> np.ndarray:
     if len(shapes) != 1:
         raise DatasetError(f"volumes have different slice sizes {sorted(shapes)}; preprocess them alike")
     return np.ascontiguousarray(np.concatenate(stacks, axis=0)[:, None, :, :], dtype=np.float32)
+
+
+def training_patients(volumes: Iterable[SliceVolume]) -> np.ndarray:
+    """The patient (volume) index of each slice of :func:`training_array` of the same volumes, in order.
+
+    One healthy volume is one subject (the split is by subject), so slice i of the stacked array
+    belongs to patient ``training_patients(volumes)[i]``: what patient-level DP-SGD samples and clips.
+    """
+    counts = [int(v.image.shape[0]) for v in volumes]
+    if not counts:
+        raise DatasetError("no volumes to stack")
+    return np.repeat(np.arange(len(counts), dtype=np.int64), counts)

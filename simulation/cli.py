@@ -148,6 +148,7 @@ def _cmd_ledger_show(args: argparse.Namespace) -> int:
         event, cumulative = entry.body["event"], entry.body["cumulative"]
         rows.append({
             "seq": entry.seq, "site": event["site"], "round": event["round"],
+            "unit": event.get("unit", "slice"), "neighbouring": event.get("neighbouring", "add_remove_one"),
             "noise_multiplier": event["noise_multiplier"], "sample_rate": event["sample_rate"],
             "steps": event["steps"], "epsilon": cumulative["epsilon"], "bound": cumulative["bound"],
             "bound_accountant": cumulative["bound_accountant"], "unit": unit,
@@ -291,6 +292,7 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
             image_size=args.image_size, active=True if args.active else None, cache_dir=args.cache_dir,
             distributed_dp=args.distributed_dp, ddp_epsilon=args.ddp_epsilon, ddp_clip=args.ddp_clip,
             ddp_colluding=args.ddp_colluding, corrupt_fraction=args.corrupt_fraction, bids=_bids_flags(args),
+            privacy_unit=args.privacy_unit,
         )
         out = args.out or f"runs/{config.preset}-{config.mode}-{config.fingerprint()[:8]}"
     result = run_simulation(config, out, resume=bool(args.resume), quiet=args.json)
@@ -629,6 +631,10 @@ def build_parser() -> argparse.ArgumentParser:
             "trust model - one shared secret key, so any one site colluding with the coordinator can\n"
             "decrypt every update, and the key holder is a single point of trust), plain (NO\n"
             "protection: a labelled baseline).\n"
+            "Privacy unit: patient by default - every epsilon printed is patient-level (add/remove one\n"
+            "patient); --privacy-unit slice gives the weaker, labelled slice-level guarantee. FedAvg\n"
+            "weights are public (declared in the config's site_weights, equal by default); losses and\n"
+            "clip counts stay at the sites (RUN_DIR/site-local/, labelled site-local).\n"
             "Every default below is the demo preset's."
         ),
         epilog=(
@@ -682,6 +688,11 @@ def build_parser() -> argparse.ArgumentParser:
                           help=f"L2 clip of each site's update (default {defaults.ddp_clip})")
     simulate.add_argument("--ddp-colluding", type=int,
                           help=f"sites whose noise may be known to the coordinator (default {defaults.ddp_colluding})")
+    simulate.add_argument("--privacy-unit", choices=("patient", "slice"),
+                          help="what one epsilon protects: 'patient' (add/remove one patient, all of their "
+                               "slices; DP-SGD samples patients and clips each patient's summed gradient) or "
+                               "'slice' (one 2-D slice only - a labelled, far weaker option) "
+                               f"(default {defaults.privacy_unit})")
     simulate.add_argument("--baselines", help="comma list of local,central (default local; 'none' for none)")
     simulate.add_argument("--seed", type=int, help=f"seed of splits, initialisation and dropouts (default {defaults.seed})")
     simulate.add_argument("--out", help="run directory (default runs/PRESET-MODE-FINGERPRINT)")

@@ -30,6 +30,7 @@ _SCALES = ("tiny", "small", "paper")
 _BASELINES = ("local", "central")
 _BUDGET_POLICIES = ("sit-out", "stop")
 _ABORT_POLICIES = ("continue", "stop")
+_PRIVACY_UNITS = ("patient", "slice")
 
 
 class ConfigError(ValueError):
@@ -54,7 +55,18 @@ class SimulationConfig:
 
     Privacy: ``epsilon`` (each site's budget for the whole run) and ``delta``;
     the noise multiplier is calibrated so that rounds x local_steps steps meet
-    it (tightest valid bound of RDP, PRV and PLD). ``secure_rng``: CSPRNG
+    it (tightest valid bound of RDP, PRV and PLD). ``privacy_unit``:
+    ``"patient"`` (the default: DP-SGD samples patients and clips each
+    patient's summed gradient, epsilon bounds add/remove of one patient) or
+    ``"slice"`` (labelled option: one 2-D slice is the unit, a far weaker
+    guarantee per patient). ``public_size``: a declared public number of
+    units per site (agreed before training, never measured from the data);
+    DP-SGD divides its noisy sum by q * public_size (by 1 when undeclared).
+    ``max_slices_per_patient``: a public cap on the slices of a sampled
+    patient used in one step (memory; ``None``: all).
+    ``site_weights``: the FedAvg weights, public and declared before
+    training (site name -> positive number; ``None``: equal weights). They
+    are never derived from a site's record count, which stays at the site. ``secure_rng``: CSPRNG
     sampling and noise (off only for reproducible experiments).
     ``budget_policy``: a site that would pass its budget sits out
     (``sit-out``) or the run stops (``stop``).
@@ -120,6 +132,10 @@ class SimulationConfig:
     ddp_colluding: int = 0
     ddp_bits: int | None = None
     bids: dict | None = None
+    privacy_unit: str = "patient"
+    public_size: int | None = None
+    max_slices_per_patient: int | None = None
+    site_weights: dict | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "baselines", tuple(self.baselines))
@@ -182,6 +198,18 @@ class SimulationConfig:
             positive_int("ddp_colluding", 0)
             if self.ddp_bits not in (None, 32, 64):
                 raise ConfigError(f"ddp_bits must be 32 or 64; got {self.ddp_bits!r}")
+        if self.privacy_unit not in _PRIVACY_UNITS:
+            raise ConfigError(f"privacy_unit must be one of {', '.join(_PRIVACY_UNITS)}; got {self.privacy_unit!r}")
+        for name in ("public_size", "max_slices_per_patient"):
+            if getattr(self, name) is not None:
+                positive_int(name, 1)
+        if self.site_weights is not None:
+            if not isinstance(self.site_weights, dict) or not self.site_weights:
+                raise ConfigError("site_weights must be a mapping site name -> positive public weight")
+            for site, weight in self.site_weights.items():
+                if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not (
+                        math.isfinite(weight) and weight > 0):
+                    raise ConfigError(f"site_weights[{site!r}] must be a positive number; got {weight!r}")
         if self.active and self.mode == "plain":
             raise ConfigError("active mode needs a masking protocol; it is meaningless with --mode plain")
         if self.bids is not None and not isinstance(self.bids, dict):
@@ -209,6 +237,16 @@ class SimulationConfig:
         else:
             data["bids"] = {k: list(v) if isinstance(v, tuple) else v for k, v in data["bids"].items()}
         return data
+
+    def public_weights(self, site_names) -> dict:
+        """The declared public FedAvg weight of each site (equal weights when none are declared)."""
+        names = sorted(site_names)
+        if self.site_weights is None:
+            return {name: 1.0 for name in names}
+        missing, unknown = sorted(set(names) - set(self.site_weights)), sorted(set(self.site_weights) - set(names))
+        if missing or unknown:
+            raise ConfigError(f"site_weights must name exactly the sites {names}; missing {missing}, unknown {unknown}")
+        return {name: float(self.site_weights[name]) for name in names}
 
     def fingerprint(self) -> str:
         """SHA-256 of the configuration (what ``--resume`` compares)."""

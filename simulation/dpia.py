@@ -330,9 +330,11 @@ def _dataflow_svg(mode: str) -> str:
 def _wp248(run: dict) -> list[tuple[str, str, str]]:
     summary = run["summary"] or {}
     sites = summary.get("sites") or {s: {} for s in run["ledger"]["budgets"]}
-    counts = [v.get("training_slices") for v in sites.values()]
-    slices = (f"{sum(int(c) for c in counts)} training slices" if all(c is not None for c in counts)
-              else "training sets whose sizes stay at the sites")
+    # Only declared public sizes are shown: a site's exact record count is not released.
+    declared = [v.get("declared_public_size") if isinstance(v, dict) else None for v in sites.values()]
+    slices = (f"declared public sizes of {sum(int(d['value']) for d in declared)} {declared[0]['unit']}s in total"
+              if declared and all(d is not None for d in declared)
+              else "training sets whose sizes stay at the sites (not released)")
     n_sites = len(sites)
     large = ("possibly - controller to confirm", f"{n_sites} sites (hospitals) and {slices} in this "
              "run; WP248 factors are the number of data subjects, volume, duration and geographic extent. A "
@@ -373,13 +375,16 @@ def _risks(run: dict, proto: dict, max_eps: float | None) -> tuple[list, list]:
     mode, active = proto["mode"], proto["active"]
     e = 3 if max_eps is None else (0 if max_eps <= 1 else 1 if max_eps <= 4 else 2 if max_eps <= 10 else 3)
     plain = mode == "plain"
-    eps_txt = "unknown" if max_eps is None else f"{max_eps:.4f}"
+    unit = _unit(run)
+    if unit != "patient":
+        e = 3  # a slice-level epsilon does not bound what is learnt about a patient with many slices
+    eps_txt = ("unknown" if max_eps is None else f"{max_eps:.4f}") + f" ({_guarantee(unit)})"
     summary = run["summary"] or {}
     aborted = summary.get("rounds_aborted") or []
     families = [
         ("Illegitimate access to data", "maximum", _level(e + (1 if plain else 0)),
          f"health data; raw scans never leave the sites, so access is by inference from released updates, "
-         f"bounded by record-level DP (max epsilon {eps_txt})"
+         f"bounded by {unit}-level DP (max epsilon {eps_txt})"
          + ("; PLAIN mode shows each update to the coordinator" if plain else
             "; the coordinator sees only sums" + (" (and ciphertexts)" if mode == "he" else "")),
          "DP-SGD (clipping + Gaussian noise), secure aggregation, site IT security"),
@@ -395,7 +400,10 @@ def _risks(run: dict, proto: dict, max_eps: float | None) -> tuple[list, list]:
     ]
     model = [
         ("Membership inference", "significant", _level(e),
-         f"record-level (epsilon, delta)-DP bounds the advantage of any membership test; max epsilon {eps_txt}",
+         (f"patient-level (epsilon, delta)-DP bounds the advantage of any test of whether a patient's scans "
+          f"were used; max epsilon {eps_txt}" if unit == "patient" else
+          f"SLICE-level (epsilon, delta)-DP bounds membership of one slice only, not of a patient (group "
+          f"privacy over a patient's slices); max epsilon {eps_txt}"),
          "DP-SGD accounted in the hash-chained ledger; per-site budgets enforced before each round"),
         ("Reconstruction of scans from updates or the model", "maximum", _level(e - 1 + (2 if plain else 0)),
          "gradient inversion needs individual updates; " + ("PLAIN mode exposes them" if plain else
@@ -420,6 +428,21 @@ def _risks(run: dict, proto: dict, max_eps: float | None) -> tuple[list, list]:
          "contractual vetting of sites; model validation"),
     ]
     return families, model
+
+
+def _unit(run: dict) -> str:
+    """The run's privacy unit, from its ledger events (events stored without one were slice-level)."""
+    units = {e.get("unit", "slice") for events in run["ledger"]["events"].values() for e in events}
+    if len(units) == 1:
+        return units.pop()
+    return (run["summary"] or {}).get("privacy", {}).get("privacy_unit") or run["config"].get("privacy_unit",
+                                                                                               "slice")
+
+
+def _guarantee(unit: str) -> str:
+    from dp.events import describe_guarantee
+
+    return describe_guarantee(unit)
 
 
 def build_dpia(run_dir, org: dict | None = None, *, today: str | None = None) -> dict:
@@ -477,11 +500,19 @@ def build_dpia(run_dir, org: dict | None = None, *, today: str | None = None) ->
     # 35(7)(a)
     flower = summary.get("engine") == "flower"
 
-    def _slices(site: str) -> str:
-        count = (summary.get("sites") or {}).get(site, {}).get("training_slices", "n/a")
-        return "held at the site (not reported to the coordinator)" if count is None else str(count)
+    def _size(site: str) -> str:
+        declared = (summary.get("sites") or {}).get(site, {}).get("declared_public_size")
+        if declared:
+            return f"{declared['value']} {declared['unit']}s (declared public size)"
+        return "held at the site (not released)"
 
-    site_rows = [(s, _slices(s), _num(led["budgets"][s])) for s in sites]
+    def _weight(site: str) -> str:
+        facts = (summary.get("sites") or {}).get(site, {})
+        return f"{_num(facts['public_weight'])} ({facts.get('weight_source', 'declared')})" \
+            if "public_weight" in facts else "n/a"
+
+    unit = _unit(run)
+    site_rows = [(s, _size(s), _weight(s), _num(led["budgets"][s]) + f" ({_guarantee(unit)})") for s in sites]
     sections.append(_section(
         "description", "3. Systematic description of the processing and its purposes (Art. 35(7)(a))",
         _table(("Item", "Value"), [
@@ -504,7 +535,7 @@ def build_dpia(run_dir, org: dict | None = None, *, today: str | None = None) ->
             ("Rounds", f"{summary.get('rounds_completed', 'n/a')} completed of {cfg.get('rounds')} planned"),
             ("Aggregation protocol", _mode_text(mode, proto["active"])),
         ]),
-        _table(("Site", "Training slices", "Epsilon budget"), site_rows),
+        _table(("Site", "Training set size", "Public FedAvg weight", "Epsilon budget"), site_rows),
         {"type": "svg", "svg": _dataflow_svg(mode), "caption": "Data flow: local scans -> clipped, noised update "
                                                                "-> protected update -> summed aggregate -> global model"},
     ))
@@ -539,11 +570,21 @@ def build_dpia(run_dir, org: dict | None = None, *, today: str | None = None) ->
     rates = sorted({e["sample_rate"] for e in events})
     steps = {s: sum(e["steps"] for e in led["events"][s]) for s in sites}
     dp_rows = [
-        ("Guarantee", privacy.get("guarantee", "record-level DP of each site's released updates")),
+        ("Guarantee", privacy.get("guarantee", f"{_guarantee(unit)} DP of each site's released updates")),
+        ("Privacy unit and adjacency", _guarantee(unit) + (
+            " - epsilon bounds what any recipient learns about one patient (all of their slices)"
+            if unit == "patient" else " - NOT one patient: a patient with k slices is protected only by group "
+                                      "privacy over k records")),
         ("delta", _num(led["delta"])),
         ("Noise multiplier (sigma)", ", ".join(_num(x, 6) for x in sigmas) or "n/a"),
         ("Sampling rate (Poisson, q)", ", ".join(_num(x, 6) for x in rates) or "n/a"),
-        ("Clipping norm (per example, L2)", _num(privacy.get("clipping_norm", cfg.get("max_grad_norm")))),
+        (f"Clipping norm (L2, per {unit}" + ("'s summed gradient)" if unit == "patient" else ")"),
+         _num(privacy.get("clipping_norm", cfg.get("max_grad_norm")))),
+        ("DP-SGD normaliser", privacy.get("public_normaliser", "n/a") + " - a public quantity, never a site's "
+                                                                         "private count"),
+        ("Released outside the ledger", "nothing: FedAvg weights are public (declared before training); "
+                                        "training losses and clip counts stay at the sites; record counts are "
+                                        "not published"),
         ("DP-SGD steps released per site", ", ".join(f"{s}: {steps[s]}" for s in sites)
          + f" (planned {total_steps_cfg})"),
         ("Accountants (library versions)", ", ".join(f"{a} ({led['libraries'].get(a, '?')})" for a in led["accountants"])),
@@ -570,7 +611,9 @@ def build_dpia(run_dir, org: dict | None = None, *, today: str | None = None) ->
                                   "be relied on until `secagg ledger verify` passes."),
         _p("Differential privacy (DP-SGD, Opacus) - every value below is read from the run's privacy ledger:"),
         _table(("Parameter", "Value"), dp_rows),
-        _table(("Site", "Epsilon spent (bound)", "Bound accountant", "Per accountant (library)", "Budget"), eps_rows),
+        _p(f"Epsilon per site ({_guarantee(unit)}):"),
+        _table(("Site", f"Epsilon spent (bound, {unit}-level)", "Bound accountant", "Per accountant (library)",
+                "Budget"), eps_rows),
     ]
     audit = run["audit"]
     if audit:

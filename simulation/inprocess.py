@@ -6,11 +6,28 @@ ring vector goes only into its own protocol session (masking, HE or, in the
 unprotected ``plain`` baseline, straight to the coordinator). The engine
 (:mod:`simulation.engine`) moves the wire bytes and silences sites at the
 stages the dropout model chose.
+
+Spend or roll back. A site whose update reached the coordinator released
+it: its spend (the planned event, covering the whole round of DP-SGD on all
+its parameters, site-local ones included) is in the ledger. A site that
+trained but released nothing (it dropped before its masked input arrived,
+or the round aborted first) spent nothing, so it rolls its whole local
+model - shared and site-local parameters (FedDis keeps the latter between
+rounds) - back to the start of the round: nothing of that training survives
+to feed a later release.
+
+Site-local statistics (training losses, empty steps, clip counts) stay at
+the sites: each site appends them to its own ``site-local/SITE.jsonl`` in
+the run directory, labelled as site-local; the coordinator's
+``metrics.jsonl`` never carries them.
 """
 
 from __future__ import annotations
 
+import json
+import os
 import time
+from pathlib import Path
 from typing import Callable, Mapping
 
 import numpy as np
@@ -20,7 +37,11 @@ import secagg
 from .engine import run_he_round, run_masked_round, run_plain_round
 from .rounds import Fleet, FleetRound, PlainSession, RoundPlan, RunContext, planned_event
 
-__all__ = ["InProcessFleet"]
+__all__ = ["InProcessFleet", "SITE_LOCAL_DIR", "SITE_LOCAL_LABEL"]
+
+SITE_LOCAL_DIR = "site-local"
+SITE_LOCAL_LABEL = ("SITE-LOCAL: statistics of this site's private data, kept by the site; never sent to the "
+                    "coordinator, not covered by the DP guarantee, not for release")
 
 
 class InProcessFleet(Fleet):
@@ -28,12 +49,13 @@ class InProcessFleet(Fleet):
     ``site_folders`` - each site's own state folder - the signatures on their ledger spends)."""
 
     def __init__(self, sites: Mapping, identities: Mapping | None = None, progress=None,
-                 site_folders: Mapping | None = None) -> None:
+                 site_folders: Mapping | None = None, site_local_dir=None) -> None:
         from dp import LedgerSigner
 
         self.sites = dict(sites)  # name -> simulation.site.Site
         self.identities = dict(identities or {})
         self.progress = progress
+        self.site_local_dir = None if site_local_dir is None else Path(site_local_dir)
         self._released: dict[str, dict] = {}  # site -> {entry kind: the event it spent this round}
         self._signers = {name: LedgerSigner(name, self.identities[name].seed, folder,
                                             approve=lambda statement, name=name: self._approve(name, statement))
@@ -50,15 +72,26 @@ class InProcessFleet(Fleet):
     def ledger_signers(self) -> Mapping | None:
         return self._signers or None
 
+    def _site_log(self, name: str, record: dict) -> None:
+        """Append one round's site-local statistics to the site's own file (never the coordinator's)."""
+        if self.site_local_dir is None:
+            return
+        self.site_local_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.site_local_dir / f"{name}.jsonl", "a") as f:
+            f.write(json.dumps({"site_local": SITE_LOCAL_LABEL, "site": name} | record) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
     def _signing_key(self, ctx: RunContext, name: str):
         return self.identities[name].seed if ctx.config.active else None
 
     def run_round(self, ctx: RunContext, plan: RoundPlan, session, silent: Mapping[int, str],
                   on_release: Callable[[frozenset], None]) -> FleetRound:
         timings = {"train": 0.0, "encode": 0.0}
-        rings, clipped, losses = {}, {}, {}
+        rings, local_stats, snapshots = {}, {}, {}
         for name in plan.participants:
             site = self.sites[name]
+            snapshots[name] = site.snapshot()
             start = time.perf_counter()
             with self.progress.task(f"round {plan.round_index} - {name} local DP-SGD",
                                     total=ctx.dp_config.steps) as advance:
@@ -76,27 +109,42 @@ class InProcessFleet(Fleet):
                 from dp.distributed import privatize_detailed
 
                 private = privatize_detailed(update.vector, ctx.ddp, session.session_id)
-                rings[name], clipped[name] = private.ring, int(bool(getattr(private, "clipped", False)))
+                rings[name], clipped = private.ring, int(bool(getattr(private, "clipped", False)))
             else:
-                rings[name], clipped[name] = site.encode(update, ctx.encoder, ctx.weight_bound)
+                rings[name], clipped = site.encode(update, ctx.encoder, ctx.weight_bound)
             timings["encode"] += time.perf_counter() - start
-            losses[name] = float(np.mean(update.losses)) if update.losses else None
+            local_stats[name] = {"mean_loss": float(np.mean(update.losses)) if update.losses else None,
+                                 "empty_steps": update.empty_steps, "clipped_units": update.clipped_units,
+                                 "clipped_coordinates": clipped}
+
+        released: set = set()
+
+        def on_release_and_note(ids: frozenset) -> None:
+            released.update(ids)
+            on_release(ids)
 
         by_id = {ctx.site_ids[n]: n for n in plan.participants}
         if isinstance(session, PlainSession):
             outcome = run_plain_round(ctx.coordinator, {cid: rings[n] for cid, n in by_id.items()}, silent,
-                                      session.bit_width, session.vector_length, on_release)
+                                      session.bit_width, session.vector_length, on_release_and_note)
         elif ctx.config.mode == "he":
             from secagg import he
 
             clients = {cid: he.HEClientSession(session, cid, masked_input=rings[n],
                                                signing_key=self._signing_key(ctx, n)) for cid, n in by_id.items()}
-            outcome = run_he_round(ctx.coordinator, session, clients, silent, on_release)
+            outcome = run_he_round(ctx.coordinator, session, clients, silent, on_release_and_note)
         else:
             clients = {cid: secagg.ClientSession(session, cid, masked_input=rings[n],
                                                  signing_key=self._signing_key(ctx, n)) for cid, n in by_id.items()}
-            outcome = run_masked_round(ctx.coordinator, session, clients, silent, on_release)
-        return FleetRound(outcome=outcome, losses=losses, clipped=clipped, timings=timings)
+            outcome = run_masked_round(ctx.coordinator, session, clients, silent, on_release_and_note)
+        released_sites = {by_id[cid] for cid in released if cid in by_id}
+        for name in plan.participants:
+            rolled_back = name not in released_sites
+            if rolled_back:  # trained, released nothing, spent nothing: keep nothing of this round
+                self.sites[name].rollback(snapshots[name])
+            self._site_log(name, {"round": plan.round_index, "released": not rolled_back,
+                                  "rolled_back": rolled_back, **local_stats[name]})
+        return FleetRound(outcome=outcome, timings=timings)
 
     def save_checkpoints(self, store) -> None:
         for name, site in self.sites.items():

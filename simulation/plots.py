@@ -1,4 +1,8 @@
-"""Figures of a run: loss, epsilon per site, survivors per stage (matplotlib, Agg backend)."""
+"""Figures of a run: what the coordinator may publish - epsilon per site, survivors per stage.
+
+Training losses are not plotted: they are statistics of the sites' private data and stay at
+the sites (``RUN_DIR/site-local/``), outside the coordinator's metrics.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +12,7 @@ __all__ = ["plot_run"]
 
 
 def plot_run(metrics: list[dict], out_dir) -> list[str]:
-    """Write ``training.png`` (loss, epsilon, survivors over rounds); return the paths."""
+    """Write ``training.png`` (rounds' status, epsilon, survivors over rounds); return the paths."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -22,11 +26,10 @@ def plot_run(metrics: list[dict], out_dir) -> list[str]:
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.2), constrained_layout=True)
 
     ax = axes[0]
-    ax.plot(rounds, [m.get("mean_loss") if m.get("mean_loss") is not None else float("nan") for m in metrics],
-            marker="o", color="tab:blue")
-    ax.set_title("mean local training loss (DP-SGD)")
+    ax.plot(rounds, [len(m.get("included", [])) for m in metrics], marker="o", color="tab:blue")
+    ax.set_title("sites in each aggregate (losses stay at the sites)")
     ax.set_xlabel("round")
-    ax.set_ylabel("reconstruction MSE")
+    ax.set_ylabel("sites summed")
     for m in metrics:
         if m["status"] != "completed":
             ax.axvline(m["round"], color="tab:red", alpha=0.3, lw=6)
@@ -36,7 +39,8 @@ def plot_run(metrics: list[dict], out_dir) -> list[str]:
     for site in sites:
         ax.plot(rounds, [m["epsilon"].get(site) if m["epsilon"].get(site) is not None else 0.0 for m in metrics],
                 marker=".", label=site)
-    ax.set_title("cumulative epsilon per site (tightest valid bound)")
+    guarantee = next((m["epsilon_guarantee"] for m in metrics if m.get("epsilon_guarantee")), None)
+    ax.set_title("cumulative epsilon per site" + (f"\n({guarantee})" if guarantee else ""))
     ax.set_xlabel("round")
     ax.set_ylabel("epsilon")
     ax.legend(fontsize=8)

@@ -28,8 +28,13 @@ A round (Bonawitz et al. 2017 for the protocol, FedAvg for the model):
    each spend entry at its place in the chain and the site signs it - after
    checking it names the event it trained with - and anchors it in its own
    state (:mod:`dp.ledger_signatures`); the coordinator only appends.
-5. :func:`close_round` - decode the *sum*, FedAvg, apply to the global model,
-   and the round's record (``metrics.jsonl``).
+5. :func:`close_round` - decode the *sum*, FedAvg with the sites' public
+   weights, apply to the global model, and the round's record
+   (``metrics.jsonl``). The record holds only what the coordinator may
+   publish: who took part and survived (the protocol shows it), public
+   parameters, the ledger's epsilons (with their unit and adjacency), bytes
+   and timings. No training loss, clip count or record count: those are
+   statistics of a site's private data, and they stay at the site.
 
 :func:`run_rounds` loops over rounds and writes, after each, the checkpoints,
 ``state.json`` and the metrics line - each atomically - so a crash loses at
@@ -43,9 +48,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Mapping
 
-import numpy as np
-
 import secagg
+from dp.events import describe_guarantee
 
 from .engine import ProtocolOutcome
 
@@ -65,7 +69,7 @@ class RunContext:
     ledger: object  # dp.PrivacyLedger
     dp_config: object  # dp.DpSgdConfig: the public DP-SGD parameters of every site
     encoder: object  # secagg.FixedPointEncoder (the HE parameters' encoder in he mode)
-    weight_bound: float  # public bound on any site's record count (FedAvg weight scale)
+    weight_bound: float  # the largest declared public FedAvg weight (the weights' scale in the vector)
     protocol: dict  # threshold, degree, finder
     vector_length: int
     he_params: object = None
@@ -104,15 +108,13 @@ class PlainSession:
 
 @dataclass
 class FleetRound:
-    """What a fleet reports back from one round: the protocol's outcome and the sites' public bookkeeping.
+    """What a fleet reports back from one round: the protocol's outcome and wall times.
 
-    ``losses`` are local training losses where the engine has them (in-process); a real
-    network does not send them (they are not covered by the DP guarantee): ``None``.
+    Never training losses or clip counts: they are statistics of the sites' private data that
+    no DP guarantee covers, so they stay at the sites.
     """
 
     outcome: ProtocolOutcome | None
-    losses: dict = field(default_factory=dict)
-    clipped: dict = field(default_factory=dict)
     timings: dict = field(default_factory=dict)
 
 
@@ -146,7 +148,7 @@ def planned_event(site: str, round_index: int, dp_config):
     return PrivacyEvent(site=site, round=round_index, noise_multiplier=dp_config.noise_multiplier,
                         sample_rate=dp_config.sample_rate, steps=dp_config.steps, delta=dp_config.delta,
                         clipping_norm=dp_config.max_grad_norm, neighbouring=dp_config.neighbouring,
-                        secure_rng=dp_config.secure_mode)
+                        secure_rng=dp_config.secure_mode, unit=dp_config.privacy_unit)
 
 
 def plan_round(ctx: RunContext, round_index: int, dropout_plan: Mapping[str, str]) -> RoundPlan:
@@ -282,8 +284,6 @@ def run_round(ctx: RunContext, fleet: Fleet, round_index: int, dropout_plan: Map
         spent = ledger.spent(name)
         epsilon[name] = None if spent is None else spent.bound
     site_ids = {cid: name for name, cid in ctx.site_ids.items()}
-    losses = {n: fleet_round.losses.get(n) for n in plan.participants}
-    known_losses = [v for v in losses.values() if v is not None]
     return record | {
         "site_level_epsilon": ({n: ledger.site_level_spent(n) for n in sorted(ctx.site_ids)}
                                if ctx.ddp is not None else None),
@@ -296,10 +296,8 @@ def run_round(ctx: RunContext, fleet: Fleet, round_index: int, dropout_plan: Map
             s: [site_ids[i] for i in v] for s, v in outcome.alive.items()},
         "protocol_stages": list(outcome.alive) if outcome is not None else [],
         "refusals": {} if outcome is None else {site_ids[i]: r for i, r in outcome.refusals.items()},
-        "loss": losses,
-        "mean_loss": float(np.mean(known_losses)) if known_losses else None,
-        "clipped_coordinates": dict(fleet_round.clipped),
         "epsilon": epsilon,
+        "epsilon_guarantee": describe_guarantee(ctx.dp_config.privacy_unit, ctx.dp_config.neighbouring),
         "bytes_up": {} if outcome is None else outcome.bytes_up,
         "bytes_down": {} if outcome is None else outcome.bytes_down,
         "seconds": timings,
@@ -310,15 +308,15 @@ def round_line(record: dict) -> str:
     """One log line per round."""
     eps = ", ".join(f"{n} {v:.2f}" for n, v in record["epsilon"].items() if v is not None) if record.get(
         "epsilon") else ""
-    loss = f"{record['mean_loss']:.4f}" if record.get("mean_loss") is not None else "n/a"
     if record["status"] == "completed":
         what = f"aggregated {len(record['included'])} sites {record['included']}"
     elif record["status"] == "stopped":
         what = f"STOPPED: {record['stop_reason']}"
     else:
         what = f"ABORTED ({record['abort_reason']})"
-    return (f"round {record['round']}: {what}; dropouts {dict(record['planned_dropouts']) or 'none'}; loss {loss}; "
-            f"epsilon spent: {eps or 'none'}")
+    guarantee = record.get("epsilon_guarantee")
+    return (f"round {record['round']}: {what}; dropouts {dict(record['planned_dropouts']) or 'none'}; "
+            f"epsilon spent{f' ({guarantee})' if guarantee else ''}: {eps or 'none'}")
 
 
 def run_rounds(ctx: RunContext, fleet: Fleet, store, state: dict, start_round: int, dropout_model,

@@ -34,13 +34,14 @@ from secagg import STAGES
 from .config import ConfigError, SimulationConfig
 from .coordinator import Coordinator
 from .dropout import NoDropout, ProbabilisticDropout, load_schedule
-from .inprocess import InProcessFleet
+from .inprocess import SITE_LOCAL_DIR, InProcessFleet
 from .progress import Progress
 from .rounds import RunContext, run_rounds
 from .runstore import RunDirectory, RunDirectoryError
 from .site import Site
 
-__all__ = ["run_simulation", "protocol_parameters", "open_run", "OpenRun", "privacy_summary", "SimulationResult", "SimulationError", "resume_config"]
+__all__ = ["run_simulation", "protocol_parameters", "open_run", "OpenRun", "privacy_summary", "public_site_facts",
+           "SimulationResult", "SimulationError", "resume_config"]
 
 
 class SimulationError(ValueError):
@@ -53,6 +54,7 @@ class CohortSplit:
 
     site_names: list
     train: dict  # site -> (N, 1, H, W) float32
+    patients: dict  # site -> (N,) patient index of each training slice (patient-level DP-SGD)
     val: list  # healthy validation volumes (pooled over sites)
     pathology: list  # pathological test volumes (pooled over sites)
     data_root: str
@@ -88,18 +90,19 @@ def _prepare_data(config: SimulationConfig, log) -> CohortSplit:
                                    bids=config.bids)
     except ModelsError as exc:
         raise SimulationError(f"cannot load the cohort: {exc}") from None
-    train, val, pathology = {}, [], []
+    train, patients, val, pathology = {}, {}, [], []
     for name, site in sites.items():
         if len(site.healthy) < 2:
             raise SimulationError(f"site {name} has {len(site.healthy)} healthy volume(s); at least 2 are needed "
                                   "(training and threshold validation)")
         split = models.split_healthy(site, val_fraction=config.val_fraction, seed=config.seed)
         train[name] = models.training_array(split.train)
+        patients[name] = models.training_patients(split.train)
         val.extend(split.val)
         pathology.extend(site.pathology)
     if not pathology:
         raise SimulationError(f"the cohort in {root} has no pathological volumes to evaluate detection on")
-    return CohortSplit(sorted(sites), train, val, pathology, str(root), examples=dict(sites))
+    return CohortSplit(sorted(sites), train, patients, val, pathology, str(root), examples=dict(sites))
 
 
 # -- models ---------------------------------------------------------------------
@@ -222,6 +225,7 @@ def open_run(config: SimulationConfig, site_names, coordinator: Coordinator, wei
     """
     from dp import DpSgdConfig, PrivacyLedger, calibrate_noise
     from dp.errors import PrivacyError
+    from dp.events import describe_guarantee
 
     store = RunDirectory(out_dir)
     names = sorted(site_names)
@@ -235,12 +239,15 @@ def open_run(config: SimulationConfig, site_names, coordinator: Coordinator, wei
     except PrivacyError as exc:
         raise SimulationError(f"noise calibration: {exc}") from None
     sigma = calibration.noise_multiplier
-    log(f"noise multiplier {sigma:.4f}: epsilon {calibration.epsilon:.3f} <= {config.epsilon} at delta "
-        f"{config.delta} after {config.rounds} rounds x {config.local_steps} steps, q = {config.sample_rate} "
-        f"({calibration.report.bound_accountant})")
+    guarantee = describe_guarantee(config.privacy_unit)
+    log(f"noise multiplier {sigma:.4f}: epsilon {calibration.epsilon:.3f} <= {config.epsilon} ({guarantee}) at "
+        f"delta {config.delta} after {config.rounds} rounds x {config.local_steps} steps, q = {config.sample_rate} "
+        f"per {config.privacy_unit} ({calibration.report.bound_accountant})")
     dp_config = DpSgdConfig(noise_multiplier=sigma, max_grad_norm=config.max_grad_norm,
                             sample_rate=config.sample_rate, steps=config.local_steps,
-                            learning_rate=config.learning_rate, delta=config.delta, secure_mode=config.secure_rng)
+                            learning_rate=config.learning_rate, delta=config.delta, secure_mode=config.secure_rng,
+                            privacy_unit=config.privacy_unit, public_size=config.public_size,
+                            max_slices_per_patient=config.max_slices_per_patient)
     shared = coordinator.global_shared
     vector_length = sum(shared[n].numel() for n in coordinator.shared_names) + 1  # + the FedAvg weight
     he_params = None
@@ -345,8 +352,15 @@ def run_simulation(
     resume: bool = False,
     quiet: bool = False,
     stop_after_round: int | None = None,
+    test_only_randomness=None,
 ) -> SimulationResult:
-    """Run (or resume) a simulation into ``out_dir``; returns the summary."""
+    """Run (or resume) a simulation into ``out_dir``; returns the summary.
+
+    ``test_only_randomness`` (TESTS ONLY, never the default): a function site name -> an object
+    with ``poisson_mask(n, q)`` and ``gaussian(shape, std)`` that replaces the sites' DP sampling
+    and noise; it needs ``secure_rng=False`` (so the ledger records that the noise was not from
+    the CSPRNG) and is refused otherwise.
+    """
     import torch
 
     torch.set_num_threads(max(1, torch.get_num_threads()))
@@ -371,13 +385,22 @@ def run_simulation(
     reference = _new_model(config)
     shared_names = _shared_names(reference)
     shared_init = {n: p.detach().clone() for n, p in reference.named_parameters()}
-    sites = {name: Site(name, i + 1, torch.from_numpy(cohort.train[name]), _new_model(config), shared_names)
+    if test_only_randomness is not None and config.secure_rng:
+        raise SimulationError("injected test randomness needs secure_rng = false (tests only)")
+    try:
+        weights = config.public_weights(names)
+    except ConfigError as exc:
+        raise SimulationError(str(exc)) from None
+    sites = {name: Site(name, i + 1, torch.from_numpy(cohort.train[name]), _new_model(config), shared_names,
+                        patients=cohort.patients[name], public_weight=weights[name],
+                        randomness=None if test_only_randomness is None else test_only_randomness(name))
              for i, name in enumerate(names)}
     coordinator = Coordinator(shared_init, shared_names)
-    # A public bound on any site's record count (sizes are agreed when the consortium forms).
-    weight_bound = float(2 ** math.ceil(math.log2(max(s.num_records for s in sites.values()))))
+    # FedAvg weights are declared and public (equal by default): never a site's private record count.
+    weight_bound = max(weights.values())
     run = open_run(config, names, coordinator, weight_bound, out_dir, resume=resume, log=log, site_identities=True)
-    fleet = InProcessFleet(sites, run.identities.keys, progress, site_folders=run.identities.folders)
+    fleet = InProcessFleet(sites, run.identities.keys, progress, site_folders=run.identities.folders,
+                           site_local_dir=run.store.root / SITE_LOCAL_DIR)
     if run.restored:
         fleet.load_checkpoints(run.store)
     log(f"dropouts: {dropout_model.describe()}")
@@ -426,8 +449,10 @@ def _metrics(report, which: str) -> dict:
             "best_dice_upper_bound": overall.best_dice}
 
 
-def _train_baseline(config, data, steps, sigma, site_name, progress):
-    """A model trained alone on ``data`` with the same budget: same sigma, q and total steps."""
+def _train_baseline(config, data, patients, steps, sigma, site_name, progress):
+    """RESEARCH-ONLY comparison: a model trained alone on ``data`` with the same sigma, q, unit and
+    total steps. Only the simulator, which holds every site's data, can train it; nothing of it is
+    released in a deployment, and it is not in the ledger."""
     import torch
 
     from dp import DpSgdConfig, train_dp_sgd
@@ -435,10 +460,11 @@ def _train_baseline(config, data, steps, sigma, site_name, progress):
     model = _new_model(config)
     cfg = DpSgdConfig(noise_multiplier=sigma, max_grad_norm=config.max_grad_norm, sample_rate=config.sample_rate,
                       steps=steps, learning_rate=config.learning_rate, delta=config.delta,
-                      secure_mode=config.secure_rng)
+                      secure_mode=config.secure_rng, privacy_unit=config.privacy_unit,
+                      public_size=config.public_size, max_slices_per_patient=config.max_slices_per_patient)
     with progress.task(f"baseline {site_name}", total=steps) as advance:
         train_dp_sgd(model, torch.from_numpy(data), cfg, site=site_name, round_index=0,
-                     progress=lambda step, loss: advance())
+                     progress=lambda step, loss: advance(), patients=patients)
     return model
 
 
@@ -471,11 +497,15 @@ def _finish(config, cohort, sites, coordinator, store, protocol, calibration, sh
     if "local" in config.baselines:
         results["local"] = {}
         for name in cohort.site_names:
-            model = _train_baseline(config, cohort.train[name], total_steps, sigma, f"local-{name}", progress)
+            model = _train_baseline(config, cohort.train[name], cohort.patients[name], total_steps, sigma,
+                                    f"local-{name}", progress)
             results["local"][name] = _metrics(_evaluate(model, cohort, config), "model")
     if "central" in config.baselines:
         pooled = np.concatenate([cohort.train[n] for n in cohort.site_names])
-        model = _train_baseline(config, pooled, total_steps, sigma, "central", progress)
+        # Patient ids stay distinct across sites: offset each site's ids by the patients before it.
+        offsets = np.cumsum([0] + [int(cohort.patients[n].max()) + 1 for n in cohort.site_names[:-1]])
+        pooled_patients = np.concatenate([cohort.patients[n] + o for n, o in zip(cohort.site_names, offsets)])
+        model = _train_baseline(config, pooled, pooled_patients, total_steps, sigma, "central", progress)
         results["central"] = _metrics(_evaluate(model, cohort, config), "model")
 
     figures = _figures(config, cohort, federated_model, federated_report, metrics, store, log)
@@ -495,7 +525,8 @@ def _finish(config, cohort, sites, coordinator, store, protocol, calibration, sh
         "data": cohort.data_root,
         "model": config.model,
         "image_size": config.image_size,
-        "sites": {n: {"training_slices": int(cohort.train[n].shape[0])} for n in cohort.site_names},
+        # Only public facts per site: record and patient counts stay at the sites.
+        "sites": public_site_facts(config, cohort.site_names),
         "rounds_planned": config.rounds,
         "rounds_completed": len(completed),
         "rounds_aborted": [m["round"] for m in metrics if m["status"] == "aborted"],
@@ -508,8 +539,10 @@ def _finish(config, cohort, sites, coordinator, store, protocol, calibration, sh
         "detection": results,
         "detection_threshold": _threshold_record(federated_report, first_site),
         "figures": figures,
-        "baselines_note": "local/central baselines are counterfactual comparisons trained with the same "
-                          "noise multiplier and steps; they are not released and not in the ledger",
+        "baselines_note": "RESEARCH-ONLY comparisons: local/central baselines are counterfactual models the "
+                          "simulator (which holds every site's data) trains with the same noise multiplier, "
+                          "privacy unit and steps; a deployment never trains or releases them, and they are not "
+                          "in the ledger",
         "seconds": round(time.perf_counter() - started, 1),
     }
     from .runstore import atomic_write_json
@@ -529,11 +562,34 @@ def _threshold_record(report, site_model) -> dict:
                       "of the run's healthy validation volumes (no lesion label used)"}
 
 
+def public_site_facts(config: SimulationConfig, site_names) -> dict:
+    """What summary.json may say per site: its declared public weight and, if declared, public size."""
+    weights = config.public_weights(site_names)
+    facts = {}
+    for name in sorted(site_names):
+        facts[name] = {"public_weight": weights[name],
+                       "weight_source": "declared" if config.site_weights is not None else "equal (default)",
+                       "training_size": "held at the site (not released)"}
+        if config.public_size is not None:
+            facts[name]["declared_public_size"] = {"value": config.public_size, "unit": config.privacy_unit}
+    return facts
+
+
 def privacy_summary(config: SimulationConfig, noise_multiplier: float, metrics: list, ledger_verified: bool) -> dict:
     """The privacy part of ``summary.json`` (every engine): guarantee, parameters, spend, ledger check."""
+    from dp.events import describe_guarantee
+
+    guarantee = describe_guarantee(config.privacy_unit)
+    unit_text = ("one patient (all of their slices; the GDPR data subject)" if config.privacy_unit == "patient"
+                 else "one 2-D training slice - NOT one patient: a patient with k slices is protected only by "
+                      "group privacy over k records")
     return {
-        "guarantee": "record-level (one training slice) DP of each site's released updates, "
-                     "add/remove-one adjacency",
+        "guarantee": f"{guarantee}: DP of each site's released updates; the unit is {unit_text}",
+        "privacy_unit": config.privacy_unit,
+        "adjacency": f"add/remove one {config.privacy_unit}",
+        "public_normaliser": (f"q * declared public size ({config.public_size})" if config.public_size is not None
+                              else "1 (no declared public size)"),
+        "max_slices_per_patient": config.max_slices_per_patient,
         "delta": config.delta,
         "budget_per_site": config.epsilon,
         "noise_multiplier": noise_multiplier,
@@ -542,6 +598,7 @@ def privacy_summary(config: SimulationConfig, noise_multiplier: float, metrics: 
         "local_steps_per_round": config.local_steps,
         "calibration_accountant": "tightest of rdp, prv, pld",
         "epsilon_spent": metrics[-1]["epsilon"] if metrics else {},
+        "epsilon_unit": guarantee,
         "ledger_verified": ledger_verified,
         "secure_rng": config.secure_rng,
         "site_level": None if not config.distributed_dp else {
@@ -596,10 +653,14 @@ def format_summary(summary: dict) -> str:
     if summary["stopped"]:
         lines.append(f"   run stopped early: {summary['stopped']}")
     p = summary["privacy"]
-    lines.append(f"   privacy: budget epsilon {p['budget_per_site']} per site at delta {p['delta']} "
-                 f"({p['guarantee']}); sigma {p['noise_multiplier']:.3f}, q {p['sample_rate']}, C {p['clipping_norm']}")
+    unit = p.get("privacy_unit", "slice")
+    default = " - the default unit" if unit == "patient" else " - NOT patient-level (labelled option)"
+    lines.append(f"   privacy: {unit.upper()}-LEVEL epsilon ({p.get('epsilon_unit', p['guarantee'])}{default}); "
+                 f"budget epsilon {p['budget_per_site']} per site at delta {p['delta']}; sigma "
+                 f"{p['noise_multiplier']:.3f}, q {p['sample_rate']} per {unit}, C {p['clipping_norm']} per {unit}")
     for site, eps in p["epsilon_spent"].items():
-        lines.append(f"     {site}: epsilon spent <= {eps:.3f}" if eps is not None else f"     {site}: nothing spent")
+        lines.append(f"     {site}: {unit}-level epsilon spent <= {eps:.3f} (add/remove one {unit})" if eps is not None
+                     else f"     {site}: nothing spent")
     if p.get("site_level"):
         sl = p["site_level"]
         lines.append(f"   site-level ({sl['mechanism']} distributed DP, reported separately, never added to the above): "
@@ -616,9 +677,9 @@ def format_summary(summary: dict) -> str:
 
     lines.append(row("federated" + (" (PLAIN)" if summary["mode"] == "plain" else ""), d["federated"]))
     for site, m in d.get("local", {}).items():
-        lines.append(row(f"local only: {site}", m))
+        lines.append(row(f"local only: {site} (research-only)", m))
     if "central" in d:
-        lines.append(row("central (pooled data)", d["central"]))
+        lines.append(row("central, pooled (research-only)", d["central"]))
     lines.append(row("intensity-threshold baseline", d["intensity_baseline"]))
     lines.append(f"   scale: {summary['scale']} cohort, {summary['model']} at {summary['image_size']}x"
                  f"{summary['image_size']}; the study-sized run is `secagg simulate --preset study` "
