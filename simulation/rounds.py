@@ -75,6 +75,7 @@ class RunContext:
     he_params: object = None
     ddp: object = None  # dp.CalibratedDistributedDp, or None
     verify_keys: dict = field(default_factory=dict)  # site -> Ed25519 verify key (active mode)
+    public_weights: dict = field(default_factory=dict)  # site -> declared public FedAvg weight
     log: Callable[[str], None] = print
 
     @property

@@ -232,6 +232,12 @@ def open_run(config: SimulationConfig, site_names, coordinator: Coordinator, wei
     if resume:
         _check_resume(config, out_dir)
     protocol = protocol_parameters(config, len(names))
+    try:
+        public_weights = config.public_weights(names)
+    except ConfigError as exc:
+        raise SimulationError(str(exc)) from None
+    if weight_bound != max(public_weights.values()):
+        raise SimulationError("the FedAvg weight scale must be the largest declared public weight")
     total_steps = config.rounds * config.local_steps
     try:
         calibration = calibrate_noise(target_epsilon=config.epsilon, delta=config.delta,
@@ -333,7 +339,7 @@ def open_run(config: SimulationConfig, site_names, coordinator: Coordinator, wei
     ctx = RunContext(config=config, site_ids={name: i + 1 for i, name in enumerate(names)}, coordinator=coordinator,
                      ledger=ledger, dp_config=dp_config, encoder=encoder, weight_bound=weight_bound,
                      protocol=protocol, vector_length=vector_length, he_params=he_params, ddp=ddp,
-                     verify_keys=dict(verify_keys or {}), log=log)
+                     verify_keys=dict(verify_keys or {}), log=log, public_weights=public_weights)
     label = "PLAIN (no protection: the coordinator sees every update)" if config.mode == "plain" else config.mode
     log(f"{len(names)} sites, mode {label}, threshold t = {protocol['threshold']}, "
         f"{vector_length:,} values per update, {config.rounds} rounds")

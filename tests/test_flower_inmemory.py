@@ -21,7 +21,7 @@ from .flower_harness import InMemoryGrid, as_node  # noqa: E402
 
 SITES = ("site-1", "site-2", "site-3")
 RUN = {"num-sites": 3, "rounds": 3, "image-size": 16, "epsilon": 8.0, "local-steps": 2, "sample-rate": 0.25,
-       "update": "synthetic", "synthetic-seed": 5, "max-records": 64, "node-wait": 5.0}
+       "update": "synthetic", "synthetic-seed": 5, "node-wait": 5.0}
 
 
 def _nodes(tmp_path, **per_site) -> dict[int, dict]:

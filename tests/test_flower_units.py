@@ -123,7 +123,9 @@ def test_flower_config_maps_onto_the_simulation_config():
     ({"out": ""}, "run directory"),
     ({"update": "random"}, "dp-sgd"),
     ({"epsilon": -1.0}, "epsilon"),
-    ({"max-records": 0}, "max-records"),
+    ({"max-records": 4096}, "unknown run-config keys"),  # FedAvg weights are public now: no record bound
+    ({"privacy-unit": "hospital"}, "privacy_unit"),
+    ({"public-size": -3}, "public_size"),
     ({"num-site": 3}, "unknown run-config keys"),
 ])
 def test_flower_config_refuses_what_it_cannot_honour(overrides, message):

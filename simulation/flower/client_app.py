@@ -5,7 +5,10 @@ Everything private stays on the node. The node's protocol state (its
 in ``context.state``, which the SuperNode keeps on the node between the
 messages of a run (a DPIA must say so: it is on the hospital's machine, not
 encrypted at rest). Only the session's answers (wire bytes) are sent back;
-training losses are not (they are not covered by the DP guarantee).
+training losses and clip counts are not (they are not covered by the DP
+guarantee). The update is weighted by the site's public FedAvg weight from
+the setup, never by its record count, and trained at the run's privacy unit
+(patient by default).
 
 **The node does not trust the coordinator's privacy accounting.** With a
 ``state-dir`` it keeps its own :class:`dp.PrivacyLedger` - one for all the runs
@@ -160,7 +163,7 @@ def _event(setup: RoundSetup, round_index: int | None = None):
 
     return PrivacyEvent(site=setup.site, round=setup.round_index if round_index is None else round_index, noise_multiplier=setup.noise_multiplier,
                         sample_rate=setup.sample_rate, steps=setup.local_steps, delta=setup.delta,
-                        clipping_norm=setup.max_grad_norm, secure_rng=setup.secure_rng)
+                        clipping_norm=setup.max_grad_norm, secure_rng=setup.secure_rng, unit=setup.privacy_unit)
 
 
 def _ledger(context: Context, setup: RoundSetup):
@@ -238,8 +241,9 @@ def _check_budget(ledger, setup: RoundSetup, ddp) -> str | None:
 # -- local work ----------------------------------------------------------------------
 
 
-def _local_update(setup: RoundSetup, context: Context, global_arrays) -> tuple[np.ndarray, int]:
-    """Local DP-SGD on the node's own data from the global weights: (flattened delta, record count)."""
+def _local_update(setup: RoundSetup, context: Context, global_arrays) -> np.ndarray:
+    """Local DP-SGD on the node's own data from the global weights (at the run's privacy unit): the
+    flattened delta. Losses and counts stay on the node."""
     import torch
 
     import models
@@ -257,6 +261,7 @@ def _local_update(setup: RoundSetup, context: Context, global_arrays) -> tuple[n
                                      cache_dir=None if state_dir is None else state_dir / "preprocessed")
         split = models.split_healthy(site_data, val_fraction=setup.val_fraction, seed=setup.split_seed)
         train = torch.from_numpy(models.training_array(split.train))
+        patients = models.training_patients(split.train)
     except ModelsError as exc:
         raise secagg.InvalidInputError(f"cannot load the site's data from {data_dir}: {exc}") from None
     torch.manual_seed(setup.model_seed)
@@ -265,14 +270,17 @@ def _local_update(setup: RoundSetup, context: Context, global_arrays) -> tuple[n
     if len(global_arrays) != len(names):
         raise secagg.MalformedMessageError(f"{len(global_arrays)} global arrays; the model shares {len(names)}")
     shared = {name: torch.from_numpy(np.array(array)) for name, array in zip(names, global_arrays)}
-    site = Site(setup.site, setup.client_id, train, model, names)
+    site = Site(setup.site, setup.client_id, train, model, names, patients=patients,
+                public_weight=setup.public_weight)
     dp_config = DpSgdConfig(noise_multiplier=setup.noise_multiplier, max_grad_norm=setup.max_grad_norm,
                             sample_rate=setup.sample_rate, steps=setup.local_steps,
-                            learning_rate=setup.learning_rate, delta=setup.delta, secure_mode=setup.secure_rng)
+                            learning_rate=setup.learning_rate, delta=setup.delta, secure_mode=setup.secure_rng,
+                            privacy_unit=setup.privacy_unit, public_size=setup.public_size or None,
+                            max_slices_per_patient=setup.max_slices_per_patient or None)
     update = site.train(shared, dp_config, setup.round_index)
     if update.event != _event(setup):
         raise RuntimeError(f"training spent {update.event}, not the round's planned event")
-    return update.vector, update.num_records
+    return update.vector
 
 
 def _signing_key(context: Context, setup: RoundSetup) -> bytes | None:
@@ -358,10 +366,10 @@ def setup_round(message: Message, context: Context) -> Message:
         else:
             print("[secagg-node] warning: no state-dir: this node keeps no ledger of its own", file=sys.stderr)
         if setup.update == "synthetic":
-            vector, records = synthetic_update(setup.synthetic_seed, setup.site, setup.round_index,
-                                               setup.update_length, setup.clip)
+            vector, _ = synthetic_update(setup.synthetic_seed, setup.site, setup.round_index,
+                                         setup.update_length, setup.clip)
         else:
-            vector, records = _local_update(setup, context, message.content.array_records["global"].to_numpy_ndarrays())
+            vector = _local_update(setup, context, message.content.array_records["global"].to_numpy_ndarrays())
         if vector.size != setup.update_length:
             return _refuse(message, f"update of {vector.size} values; the session expects {setup.update_length}")
         if ddp is not None:
@@ -369,7 +377,7 @@ def setup_round(message: Message, context: Context) -> Message:
 
             ring = privatize_detailed(vector, ddp, setup.session.session_id).ring
         else:
-            ring, _ = encode_update(vector, records, _encoder(setup), setup.weight_bound)
+            ring, _ = encode_update(vector, setup.public_weight, _encoder(setup), setup.weight_bound)
     except (secagg.ProtocolError, PrivacyError, ValueError) as exc:
         return _refuse(message, f"{type(exc).__name__}: {exc}")
     state_dir = _node_path(context, "state-dir", "node-state-root")

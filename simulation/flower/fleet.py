@@ -11,8 +11,11 @@ stage's messages carried by :class:`~simulation.flower.transport.FlowerTransport
 Who dropped is what Flower's ``send_and_receive`` timeout says: there are
 no simulated dropouts on this side (``silent`` must be empty).
 
-Nodes do not send their training losses: they are not covered by the DP
-guarantee, so the round's record has none.
+Nodes do not send their training losses or clip counts: they are not covered
+by the DP guarantee, so they stay on the nodes. The setup carries the run's
+privacy unit (patient by default), its public normaliser size and each
+site's public FedAvg weight; a node weights its update by that public weight,
+never by its record count.
 """
 
 from __future__ import annotations
@@ -53,6 +56,8 @@ class FlowerFleet(Fleet):
             val_fraction=ctx.config.val_fraction, split_seed=ctx.config.seed, update=s["update"],
             update_length=sum(int(ctx.coordinator.global_shared[n].numel()) for n in ctx.coordinator.shared_names),
             synthetic_seed=s["synthetic_seed"], stage_timeout=self.stage_timeout, simulate_drop=s["simulate_drop"],
+            privacy_unit=dp.privacy_unit, public_size=dp.public_size or 0,
+            max_slices_per_patient=dp.max_slices_per_patient or 0, public_weight=ctx.public_weights[site],
             **self._ddp_fields(ctx),
         )
 

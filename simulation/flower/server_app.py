@@ -26,8 +26,11 @@ Run configuration (``[tool.flwr.app.config]`` of ``app/pyproject.toml``, or
   ``ddp-clip``, ``ddp-colluding``, ``ddp-bits`` (0: automatic);
 * training: ``model``, ``image-size``, ``rounds``, ``local-steps``,
   ``sample-rate``, ``max-grad-norm``, ``learning-rate``, ``seed`` (initial weights
-  and the nodes' train/validation split), ``val-fraction``, ``max-records`` (the
-  consortium's public bound on a site's training slices: the FedAvg weight scale);
+  and the nodes' train/validation split), ``val-fraction``; ``privacy-unit``
+  (``patient``, the default, or the labelled ``slice``), ``public-size`` (a declared
+  public number of units per site for the DP-SGD normaliser; 0: none). FedAvg weights
+  are public and equal over Flower (declared per-site weights are carried by
+  ``secagg simulate`` only, not yet here); no site's record count is used or sent;
 * tests and demos: ``update`` (``dp-sgd``, or ``synthetic``: fixed float updates
   whose FedAvg is known in advance), ``synthetic-seed``, ``simulate-drop``
   (``"SITE:ROUND:STAGE,..."``: those nodes stop answering there), and
@@ -38,7 +41,6 @@ Run configuration (``[tool.flwr.app.config]`` of ``app/pyproject.toml``, or
 
 from __future__ import annotations
 
-import math
 import time
 
 from . import require_flwr
@@ -66,7 +68,8 @@ DEFAULTS = {
     "epsilon": 8.0, "delta": 1e-5, "secure-rng": True, "distributed-dp": "", "ddp-epsilon": 10.0,
     "ddp-clip": 1.0, "ddp-colluding": 0, "ddp-bits": 0, "budget-policy": "sit-out", "on-abort": "continue",
     "model": "compact-ae", "image-size": 32, "rounds": 2, "local-steps": 3, "sample-rate": 0.1,
-    "max-grad-norm": 1.0, "learning-rate": 2e-3, "seed": 0, "val-fraction": 0.25, "max-records": 4096,
+    "max-grad-norm": 1.0, "learning-rate": 2e-3, "seed": 0, "val-fraction": 0.25,
+    "privacy-unit": "patient", "public-size": 0,
     "update": "dp-sgd", "synthetic-seed": 0, "simulate-drop": "",
     # Flower's simulation engine only (its nodes have no config of their own): ROOT/<site>.
     "node-data-root": "", "node-state-root": "", "node-epsilon-budget": 0.0, "node-site-level-budget": 0.0,
@@ -80,6 +83,7 @@ _CONFIG_KEYS = {
     "local-steps": "local_steps", "sample-rate": "sample_rate", "max-grad-norm": "max_grad_norm",
     "learning-rate": "learning_rate", "seed": "seed", "val-fraction": "val_fraction",
     "ddp-epsilon": "ddp_epsilon", "ddp-clip": "ddp_clip", "ddp-colluding": "ddp_colluding",
+    "privacy-unit": "privacy_unit",
 }
 
 
@@ -96,6 +100,7 @@ def flower_config(cfg: dict) -> SimulationConfig:
     values["threshold"] = int(cfg["threshold"]) or None
     values["distributed_dp"] = str(cfg["distributed-dp"]) or None
     values["ddp_bits"] = int(cfg["ddp-bits"]) or None
+    values["public_size"] = int(cfg["public-size"]) or None
     config = SimulationConfig(preset="flower", sites=int(cfg["num-sites"]), baselines=(), **values)
     if config.mode not in ("secagg", "secagg+"):
         raise ConfigError(f"mode {config.mode!r} is not carried over Flower; use secagg or secagg+ "
@@ -106,8 +111,6 @@ def flower_config(cfg: dict) -> SimulationConfig:
         raise ConfigError("set out=\"/path/to/run-dir\": the coordinator's run directory (ledger, checkpoints)")
     if config.active and not str(cfg["registry"]):
         raise ConfigError("active mode needs registry=\"FILE\": the consortium's verify keys (secagg keys new)")
-    if int(cfg["max-records"]) < 1:
-        raise ConfigError(f"max-records must be >= 1; got {cfg['max-records']}")
     return config
 
 
@@ -145,7 +148,7 @@ def run_federation(grid: Grid, cfg: dict) -> dict:
     import models
     from dp import verify_ledger
 
-    from ..simulate import open_run, privacy_summary
+    from ..simulate import open_run, privacy_summary, public_site_facts
 
     started = time.perf_counter()
     config = flower_config(cfg)
@@ -163,7 +166,8 @@ def run_federation(grid: Grid, cfg: dict) -> dict:
         raise ConfigError(f"model {config.model!r} keeps parameters at the sites between rounds; over Flower "
                           "the nodes hold no state between rounds yet: use a fully shared model (compact-ae, conv-ae)")
     coordinator = Coordinator({n: p.detach().clone() for n, p in reference.named_parameters()}, shared_names)
-    weight_bound = float(2 ** math.ceil(math.log2(int(cfg["max-records"]))))
+    # FedAvg weights are public: equal over Flower (declared per-site weights are not carried there yet).
+    weight_bound = 1.0
     verify_keys = {}
     if config.active:
         from ..identity import load_registry
@@ -190,8 +194,8 @@ def run_federation(grid: Grid, cfg: dict) -> dict:
         "mode": config.mode,
         "protection": "secure aggregation over Flower: the coordinator saw only sums of masked updates",
         "active": config.active,
-        # The coordinator never learns a site's data or its size (the FedAvg weight rides masked).
-        "sites": {name: {"training_slices": None} for name in names},
+        # The coordinator never learns a site's data or its size: FedAvg weights are public and equal.
+        "sites": public_site_facts(config, names),
         "preset": config.preset,
         "scale": "user data",
         "data": "each site's own data, on its own node; never on the coordinator",

@@ -90,13 +90,18 @@ class RoundSetup:
     ddp_colluding: int = 0
     ddp_bits: int = 0
     ddp_scale: float = 0.0
+    # Privacy unit and public quantities (dp.training): public_size and max_slices_per_patient 0 = none.
+    privacy_unit: str = "patient"
+    public_size: int = 0
+    max_slices_per_patient: int = 0
+    public_weight: float = 1.0  # the site's declared public FedAvg weight, never its record count
 
     _SCALARS = ("round_index", "client_id", "site", "run_id", "noise_multiplier", "max_grad_norm",
                 "sample_rate", "local_steps", "learning_rate", "delta", "secure_rng", "clip", "max_summands",
                 "encoder_bound", "weight_bound", "model", "image_size", "model_seed", "val_fraction", "split_seed",
                 "update", "update_length", "synthetic_seed", "stage_timeout", "simulate_drop", "ddp_mechanism", "ddp_l2_clip",
                 "ddp_epsilon", "ddp_rounds", "ddp_min_contributors", "ddp_max_contributors", "ddp_colluding",
-                "ddp_bits", "ddp_scale")
+                "ddp_bits", "ddp_scale", "privacy_unit", "public_size", "max_slices_per_patient", "public_weight")
 
     def to_record(self):
         from flwr.app import ConfigRecord
