@@ -36,6 +36,7 @@ $(VENV)/.stamp-dev: $(VENV)/.stamp-sim
 	touch $@
 
 # The main job: four synthetic hospitals, DP-SGD + secure aggregation with dropouts.
+# It prints patient-level epsilon (add/remove one patient), the default privacy unit, and says so.
 # Each run gets its own directory under runs/ (nothing is overwritten).
 demo: $(VENV)/.stamp-sim
 	$(VENV)/bin/secagg simulate --out runs/demo-$$(date +%Y%m%d-%H%M%S)

@@ -1,12 +1,15 @@
 """Privacy: local DP-SGD, epsilon accounting, calibration and the privacy ledger.
 
-* :mod:`dp.events` - :class:`PrivacyEvent`, one private release (site, round, sigma, q, steps, delta).
+* :mod:`dp.events` - :class:`PrivacyEvent`, one private release (site, round, sigma, q, steps, delta,
+  and its privacy unit: ``"patient"`` by default, ``"slice"`` as a labelled option).
 * :mod:`dp.accounting` - epsilon from events with Opacus RDP, Opacus PRV and dp-accounting
   PLD side by side; the reported bound is the tightest valid upper bound.
 * :mod:`dp.calibration` - the noise multiplier for a target epsilon over the whole run.
 * :mod:`dp.ledger` - the append-only, hash-chained SQLite ledger and its verification;
   :mod:`dp.ledger_signatures` - the sites' signatures on their spends and their anchors of the head.
-* :mod:`dp.training` - local DP-SGD with Opacus (CSPRNG sampling and noise by default).
+* :mod:`dp.training` - local DP-SGD with Opacus (CSPRNG sampling and noise by default), at
+  patient level by default: Poisson-sampled patients, each patient's summed per-slice gradient
+  clipped to C, a public normaliser.
 * :mod:`dp.discrete`, :mod:`dp.rotation`, :mod:`dp.distributed` - distributed DP: exact
   CSPRNG discrete Gaussian / Skellam noise added by each site in the integer domain before
   masking, with the site-level guarantee of the released sum.
@@ -49,28 +52,30 @@ from .distributed import (
     wrap_probability_bound,
 )
 from .distributed import calibrate as calibrate_distributed
-from .events import NEIGHBOURING_RELATIONS, PrivacyEvent
+from .events import NEIGHBOURING_RELATIONS, PRIVACY_UNITS, PrivacyEvent, describe_guarantee
 from .ledger import BudgetDecision, LedgerEntry, PrivacyLedger, VerificationReport, verify_ledger
 from .ledger_signatures import EntryStatement, LedgerSigner, SiteAnchor, load_anchors
 from .training import (
     DpSgdConfig,
     LocalTrainingResult,
+    clipped_patient_sum,
     csprng_gaussian,
     csprng_poisson_mask,
     make_private_compatible,
+    patient_groups,
     train_dp_sgd,
     train_non_private,
 )
 
 __all__ = [
-    "PrivacyEvent", "NEIGHBOURING_RELATIONS",
+    "PrivacyEvent", "NEIGHBOURING_RELATIONS", "PRIVACY_UNITS", "describe_guarantee",
     "ACCOUNTANTS", "APPROXIMATIONS", "DEFAULT_ACCOUNTANTS", "AccountantResult", "EpsilonReport",
     "compute_epsilon", "epsilon_for", "accountant_version",
     "Calibration", "calibrate_noise",
     "PrivacyLedger", "LedgerEntry", "BudgetDecision", "VerificationReport", "verify_ledger",
     "LedgerSigner", "SiteAnchor", "EntryStatement", "load_anchors",
     "DpSgdConfig", "LocalTrainingResult", "train_dp_sgd", "train_non_private", "make_private_compatible",
-    "csprng_gaussian", "csprng_poisson_mask",
+    "csprng_gaussian", "csprng_poisson_mask", "clipped_patient_sum", "patient_groups",
     "DistributedDpConfig", "CalibratedDistributedDp", "DistributedDpEvent", "PrivatizedUpdate",
     "calibrate_distributed", "privatize", "privatize_detailed", "decode_sum", "compute_distributed_epsilon",
     "distributed_rdp", "wrap_probability_bound",

@@ -187,3 +187,38 @@ def test_feddis_spends_or_rolls_back(tmp_path, cache_dir, monkeypatch):
     local = [json.loads(line) for line in (tmp_path / "feddis" / "site-local" / "site-2.jsonl").read_text()
              .splitlines()]
     assert [r["rolled_back"] for r in local] == [True, True]
+
+
+def test_slice_level_is_a_labelled_option_everywhere():
+    from simulation.cli import build_parser
+    from simulation.config import ConfigError, load_config
+    from simulation.simulate import format_summary, privacy_summary
+
+    args = build_parser().parse_args(["simulate", "--privacy-unit", "slice"])
+    assert args.privacy_unit == "slice"
+    assert build_parser().parse_args(["simulate"]).privacy_unit is None  # the config's default applies
+    assert load_config().privacy_unit == "patient"
+    config = load_config(privacy_unit="slice")
+    privacy = privacy_summary(config, 1.0, [{"epsilon": {"site-1": 2.0}}], True)
+    assert privacy["epsilon_unit"] == "slice-level, add/remove one slice" and "NOT one patient" in privacy["guarantee"]
+    summary = {"protection": "x", "sites": {}, "rounds_completed": 1, "rounds_planned": 1, "dropouts_survived": 0,
+               "threshold": 2, "graph": "complete", "rounds_aborted": [], "stopped": None, "privacy": privacy,
+               "detection": {"federated": {"dice": 0, "auprc": 0, "auroc": 0},
+                             "intensity_baseline": {"dice": 0, "auprc": 0, "auroc": 0}},
+               "mode": "secagg", "scale": "tiny", "model": "compact-ae", "image_size": 32, "seconds": 1}
+    text = format_summary(summary)
+    assert "SLICE-LEVEL epsilon" in text and "NOT patient-level" in text and "add/remove one slice" in text
+    with pytest.raises(ConfigError, match="privacy_unit"):
+        load_config(privacy_unit="hospital")
+
+
+def test_fedavg_weights_are_declared_public_numbers():
+    from simulation.config import ConfigError, load_config
+
+    assert load_config().public_weights(["site-2", "site-1"]) == {"site-1": 1.0, "site-2": 1.0}
+    config = load_config(site_weights={"site-1": 2, "site-2": 1})
+    assert config.public_weights(["site-1", "site-2"]) == {"site-1": 2.0, "site-2": 1.0}
+    with pytest.raises(ConfigError, match="missing"):
+        config.public_weights(["site-1", "site-2", "site-3"])
+    with pytest.raises(ConfigError, match="positive"):
+        load_config(site_weights={"site-1": 0})
