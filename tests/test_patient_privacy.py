@@ -222,3 +222,18 @@ def test_fedavg_weights_are_declared_public_numbers():
         config.public_weights(["site-1", "site-2", "site-3"])
     with pytest.raises(ConfigError, match="positive"):
         load_config(site_weights={"site-1": 0})
+
+
+def test_ledger_show_and_dpia_name_unit_and_adjacency(neighbouring_runs, capsys):
+    from simulation.cli import main
+    from simulation.dpia import build_dpia, render_dpia
+
+    base, _, _ = neighbouring_runs
+    assert main(["ledger", "show", str(base / "full"), "--json"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["spends"] and all(r["unit"] == "patient" and r["neighbouring"] == "add_remove_one"
+                                   for r in shown["spends"])
+    md = render_dpia(build_dpia(base / "full"), "md")
+    assert "patient-level, add/remove one patient" in md
+    assert "held at the site (not released)" in md and "Training slices" not in md
+    assert "Released outside the ledger" in md
