@@ -320,7 +320,8 @@ def open_run(config: SimulationConfig, site_names, coordinator: Coordinator, wei
         store.create(config.to_dict(), config.fingerprint())
         ledger = PrivacyLedger.create(out_dir, run_id=config.fingerprint()[:16] + "-" + secagg.new_session_id().hex()[:8],
                                       delta=config.delta, budgets={n: config.epsilon for n in names},
-                                      site_level_budget=config.ddp_epsilon if ddp is not None else None)
+                                      site_level_budget=config.ddp_epsilon if ddp is not None else None,
+                                      unit=config.privacy_unit)
         state = {"last_round": -1, "rounds": {}}
         start_round = 0
         store.write_state(state)
