@@ -225,7 +225,7 @@ def _lesion_type(files: VolumeFiles) -> str | None:
 
 
 def _load_volume(files: VolumeFiles, config: PreprocessConfig, cache: PreprocessCache | None,
-                 limits: VolumeLimits) -> SliceVolume:
+                 limits: VolumeLimits | None = None) -> SliceVolume:
     """Read, validate and preprocess one volume (through the cache when given).
 
     Every header is checked against ``limits`` first, so neither the cache key
@@ -238,6 +238,7 @@ def _load_volume(files: VolumeFiles, config: PreprocessConfig, cache: Preprocess
         )
     lesion_type = _lesion_type(files) if files.pathological else None
     name = nifti_stem(files.image)
+    limits = limits or VolumeLimits()
     read_nifti_header(files.image, limits=limits)
     for mask in (files.brain_mask, files.lesion_mask):
         if mask is not None:

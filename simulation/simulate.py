@@ -37,7 +37,7 @@ from .dropout import NoDropout, ProbabilisticDropout, load_schedule
 from .inprocess import InProcessFleet
 from .progress import Progress
 from .rounds import RunContext, run_rounds
-from .runstore import RunDirectory, RunDirectoryError
+from .runstore import RunDirectory, RunDirectoryError, private_umask
 from .site import Site
 
 __all__ = ["run_simulation", "protocol_parameters", "open_run", "OpenRun", "privacy_summary", "SimulationResult", "SimulationError", "resume_config"]
@@ -57,6 +57,7 @@ class CohortSplit:
     pathology: list  # pathological test volumes (pooled over sites)
     data_root: str
     examples: dict = field(default_factory=dict)  # site -> SiteData (for figures)
+    skipped: list = field(default_factory=list)  # [{"path", "reason"}] left out by skip_invalid
 
 
 @dataclass
@@ -84,8 +85,10 @@ def _prepare_data(config: SimulationConfig, log) -> CohortSplit:
             root = Path(config.data)
             if not root.is_dir():
                 raise SimulationError(f"data directory {root} does not exist")
+        # With skip_invalid, each site's SkippedFilesWarning reaches stderr (one line at the CLI).
         sites = models.load_cohort(root, image_size=config.image_size, cache_dir=cache / "preprocessed",
-                                   bids=config.bids)
+                                   bids=config.bids, skip_invalid=config.skip_invalid,
+                                   limits=models.VolumeLimits.from_mapping(config.volume_limits))
     except ModelsError as exc:
         raise SimulationError(f"cannot load the cohort: {exc}") from None
     train, val, pathology = {}, [], []
@@ -99,7 +102,9 @@ def _prepare_data(config: SimulationConfig, log) -> CohortSplit:
         pathology.extend(site.pathology)
     if not pathology:
         raise SimulationError(f"the cohort in {root} has no pathological volumes to evaluate detection on")
-    return CohortSplit(sorted(sites), train, val, pathology, str(root), examples=dict(sites))
+    skipped = [{"site": name, "path": str(s.path), "reason": s.reason}
+               for name, site in sorted(sites.items()) for s in site.skipped]
+    return CohortSplit(sorted(sites), train, val, pathology, str(root), examples=dict(sites), skipped=skipped)
 
 
 # -- models ---------------------------------------------------------------------
@@ -346,7 +351,21 @@ def run_simulation(
     quiet: bool = False,
     stop_after_round: int | None = None,
 ) -> SimulationResult:
-    """Run (or resume) a simulation into ``out_dir``; returns the summary."""
+    """Run (or resume) a simulation into ``out_dir``; returns the summary.
+
+    Least privilege on disk: the run directory, the data cache and everything
+    else the run writes are owner-only (directories 0700, files 0600) whatever
+    the caller's umask - explicit modes where this project writes, umask 077
+    for what libraries write (see :mod:`simulation.runstore`).
+    """
+    with private_umask():
+        result = _run_simulation(config, out_dir, resume=resume, quiet=quiet, stop_after_round=stop_after_round)
+    RunDirectory(out_dir).restrict()
+    return result
+
+
+def _run_simulation(config: SimulationConfig, out_dir, *, resume: bool, quiet: bool,
+                    stop_after_round: int | None) -> SimulationResult:
     import torch
 
     torch.set_num_threads(max(1, torch.get_num_threads()))
@@ -496,6 +515,7 @@ def _finish(config, cohort, sites, coordinator, store, protocol, calibration, sh
         "model": config.model,
         "image_size": config.image_size,
         "sites": {n: {"training_slices": int(cohort.train[n].shape[0])} for n in cohort.site_names},
+        "skipped_files": {"count": len(cohort.skipped), "files": cohort.skipped},
         "rounds_planned": config.rounds,
         "rounds_completed": len(completed),
         "rounds_aborted": [m["round"] for m in metrics if m["status"] == "aborted"],
@@ -591,6 +611,9 @@ def format_summary(summary: dict) -> str:
         f"completed, {summary['dropouts_survived']} dropouts survived, threshold t = {summary['threshold']}, "
         f"{summary['graph']} graph",
     ]
+    skipped = summary.get("skipped_files", {}).get("count", 0)
+    if skipped:
+        lines.append(f"   skipped {skipped} unusable input file(s) (--skip-invalid; listed in summary.json)")
     if summary["rounds_aborted"]:
         lines.append(f"   aborted rounds (too few survivors, no output): {summary['rounds_aborted']}")
     if summary["stopped"]:
