@@ -136,6 +136,7 @@ class Corpus:
             "short-key": json.dumps({"site-1": "ab" * 8}),
             "duplicate-key": json.dumps({"site-1": "ab" * 32, "site-2": "ab" * 32}),
             "number": "42",
+            "empty": "{}",
         }[kind]
         return self.text(f"registry-{kind}.json", content)
 
@@ -294,11 +295,21 @@ CASES: list[Case] = [
          lambda c: ["keys", "new", "--site", "site-7", "--out", str(c.root / "keys-dir"), "--registry",
                     c.directory()], 2),
     # ledger show / verify
+    # a damaged ledger: bad input to `show` (2), a failed verification for `verify` (1, as documented there)
     *[Case(f"ledger-{sub}-{kind}", f"ledger {sub}", lambda c, sub=sub, kind=kind: ["ledger", sub, c.run_dir(kind)],
-           2, "ledger")
+           2 if sub == "show" else 1, "ledger" if sub == "show" else "BROKEN")
       for sub in ("show", "verify")
       for kind in ("empty", "ledger-garbage", "ledger-text", "ledger-empty", "ledger-foreign-schema",
                    "ledger-directory")],
+    *[Case(f"ledger-verify-registry-{kind}", "ledger verify",
+           lambda c, kind=kind: ["ledger", "verify", c.run_dir("ledger-valid"), "--registry", c.registry(kind)],
+           2, "registry")
+      for kind in ("garbage", "list", "bad-hex", "number")],
+    Case("ledger-verify-registry-missing", "ledger verify",
+         lambda c: ["ledger", "verify", c.run_dir("ledger-valid"), "--registry", c.missing()], 2, "registry"),
+    Case("ledger-verify-anchors-missing", "ledger verify",
+         lambda c: ["ledger", "verify", c.run_dir("ledger-valid"), "--registry", c.registry("empty"),
+                    "--anchors", c.missing()], 2),
     *[Case(f"ledger-{sub}-missing", f"ledger {sub}", lambda c, sub=sub: ["ledger", sub, c.missing()], 2)
       for sub in ("show", "verify")],
     *[Case(f"ledger-{sub}-a-file", f"ledger {sub}", lambda c, sub=sub: ["ledger", sub, c.file_as_run_dir()], 2)
