@@ -154,8 +154,8 @@ def _cmd_ledger_show(args: argparse.Namespace) -> int:
             "unit": event.get("unit", "slice"), "neighbouring": event.get("neighbouring", "add_remove_one"),
             "noise_multiplier": event["noise_multiplier"], "sample_rate": event["sample_rate"],
             "steps": event["steps"], "epsilon": cumulative["epsilon"], "bound": cumulative["bound"],
-            "bound_accountant": cumulative["bound_accountant"], "unit": unit,
-            "adjacency": adjacency_of(event.get("neighbouring", "add_remove_one"), unit),
+            "bound_accountant": cumulative["bound_accountant"],
+            "adjacency": adjacency_of(event.get("neighbouring", "add_remove_one"), event.get("unit", unit)),
             "signed": "signature" in entry.body,
         })
     if args.json:
