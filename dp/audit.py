@@ -206,7 +206,9 @@ def write_audit(run_dir, result: AuditResult) -> Path:
 
     path = Path(run_dir) / AUDIT_FILE
     tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w") as f:
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)  # owner-only whatever the umask, like the rest of the run directory
+    with os.fdopen(fd, "w") as f:
         f.write(json.dumps(result.to_dict(), indent=2, sort_keys=True) + "\n")
         f.flush()
         os.fsync(f.fileno())

@@ -119,7 +119,9 @@ def adjacency_of(neighbouring: str, unit: str) -> str:
 
 def _atomic_write_json(path: Path, value) -> None:
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as f:
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)  # owner-only whatever the umask (issue 21)
+    with os.fdopen(fd, "w") as f:
         f.write(json.dumps(value, indent=2, sort_keys=True))
         f.flush()
         os.fsync(f.fileno())
@@ -348,6 +350,9 @@ class PrivacyLedger:
             meta["site_level"] = {"budget": float(site_level_budget),
                                   "delta": validate_delta(site_level_delta if site_level_delta is not None else delta),
                                   "accountant": "distributed RDP (dp.distributed)"}
+        # Owner-only whatever the umask (issue 21); SQLite gives its WAL and journal the same mode.
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        os.chmod(path, 0o600)
         conn = _connect(path)
         try:
             conn.executescript(_SCHEMA)

@@ -54,6 +54,9 @@ _LAZY: dict[str, str] = {
     # NIfTI I/O and preprocessing
     "NiftiVolume": "nifti",
     "load_nifti": "nifti",
+    "VolumeLimits": "nifti",
+    "NiftiHeader": "nifti",
+    "read_nifti_header": "nifti",
     "load_mask": "nifti",
     "save_nifti": "nifti",
     "PreprocessConfig": "preprocess",
@@ -211,7 +214,7 @@ if TYPE_CHECKING:  # static analysers see the real names
     from .prepare import PrepareOptions, prepare_dataset, prepare_scan
     from .modelfile import ModelFile, ModelFileError, load_model_file, save_model_file
     from .metrics import RankingCurve, auprc, auroc, best_dice, dice, ranking_curve, threshold_at_fpr
-    from .nifti import NiftiVolume, load_mask, load_nifti, save_nifti
+    from .nifti import NiftiHeader, NiftiVolume, VolumeLimits, load_mask, load_nifti, read_nifti_header, save_nifti
     from .preprocess import PreprocessConfig, SliceVolume, derive_brain_mask, preprocess_volume
     from .registry import CostMeasurement, ModelSpec, available_models, create_model, measure_cost, model_spec
     from .scoring import (

@@ -359,7 +359,8 @@ def load_bids_cohort(root: str | Path, *, bids: BidsOptions | dict | None = None
     config = _config(kwargs.get("config"), kwargs.get("image_size"), kwargs.get("slice_range"))
     cache_dir = kwargs.get("cache_dir")
     skip_invalid = bool(kwargs.get("skip_invalid", False))
-    unknown = set(kwargs) - {"config", "image_size", "slice_range", "cache_dir", "skip_invalid"}
+    limits = kwargs.get("limits")  # models.nifti.VolumeLimits: every header is checked before allocation
+    unknown = set(kwargs) - {"config", "image_size", "slice_range", "cache_dir", "skip_invalid", "limits"}
     if unknown:
         raise ConfigError(f"unknown loading options {sorted(unknown)}")
     by_site: dict[str, list[BidsScan]] = {}
@@ -380,7 +381,7 @@ def load_bids_cohort(root: str | Path, *, bids: BidsOptions | dict | None = None
                     raise DatasetError(
                         f"{scan.image}: patient volume without a lesion mask "
                         f"derivatives/{options.pipeline}/.../{scan.name.prefix}_desc-lesion_mask.nii.gz")
-                volume = _load_volume(files, config, cache)
+                volume = _load_volume(files, config, cache, limits)
             except (NiftiError, DatasetError) as exc:
                 if not skip_invalid:
                     raise

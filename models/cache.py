@@ -29,7 +29,7 @@ from .preprocess import PreprocessConfig, SliceVolume
 __all__ = ["PreprocessCache", "file_digest", "CACHE_VERSION"]
 
 #: Bump when preprocessing changes in a way that invalidates old entries.
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: float32 Otsu and in-place smoothing (issue 18)
 
 
 def file_digest(path: str | Path, *, chunk: int = 1 << 20) -> str:

@@ -18,10 +18,16 @@ ignored. Either sub-directory may be absent, not both.
 
 Errors: a missing or empty site, or a pathological volume without its
 ground-truth mask, raises :class:`~models.errors.DatasetError`; an unusable
-file raises :class:`~models.errors.NiftiError` naming it. With
-``skip_invalid=True`` unusable volumes are left out instead and one
-:class:`~models.errors.SkippedFilesWarning` lists each with its reason;
-a site left with no volume at all still raises.
+file raises :class:`~models.errors.NiftiError` naming it. That includes a
+NIfTI-named path that is not a regular file (a symlink loop, a dangling
+symlink, a symlink to a device such as ``/dev/zero``, a directory named
+``*.nii.gz``, a FIFO: never opened), a header outside the resource limits
+(:class:`~models.nifti.VolumeLimits`, checked before any voxel is read or any
+cache entry is looked up), and running out of memory on one volume. With
+``skip_invalid=True`` each of these is left out instead, one
+:class:`~models.errors.SkippedFilesWarning` lists each with its reason, and
+:attr:`SiteData.skipped` holds them (``secagg simulate --skip-invalid``
+counts them in ``summary.json``); a site left with no volume at all still raises.
 """
 
 from __future__ import annotations
@@ -37,7 +43,15 @@ import numpy as np
 
 from .cache import PreprocessCache
 from .errors import ConfigError, DatasetError, NiftiError, SkippedFilesWarning
-from .nifti import is_nifti_path, load_mask, load_nifti, nifti_stem
+from .nifti import (
+    VolumeLimits,
+    is_nifti_path,
+    load_mask,
+    load_nifti,
+    nifti_stem,
+    non_regular_reason,
+    read_nifti_header,
+)
 from .preprocess import PreprocessConfig, SliceVolume, preprocess_volume
 
 __all__ = [
@@ -132,12 +146,15 @@ def _strip(stem: str, suffix: str) -> str | None:
     return stem[: -len(suffix)] if stem.endswith(suffix) else None
 
 
-def discover_site(site_dir: str | Path) -> tuple[list[VolumeFiles], list[SkippedFile]]:
+def discover_site(site_dir: str | Path, *, strict: bool = False) -> tuple[list[VolumeFiles], list[SkippedFile]]:
     """List a site's volumes and their companion files (no file is opened).
 
-    Returns the volumes and the orphan masks (masks whose image is missing, and
-    ``_mask`` files under ``healthy/``). Raises :class:`DatasetError` for a
-    missing site, a site with neither sub-directory, or one without any image.
+    Returns the volumes and the left-out files: orphan masks (masks whose image
+    is missing, and ``_mask`` files under ``healthy/``) and NIfTI-named paths
+    that are not regular files (symlink loop, dangling symlink, device,
+    directory, FIFO). With ``strict=True`` the first such path raises
+    :class:`NiftiError` instead. Raises :class:`DatasetError` for a missing
+    site, a site with neither sub-directory, or one without any image.
     """
     site = Path(site_dir)
     if not site.is_dir():
@@ -152,7 +169,17 @@ def discover_site(site_dir: str | Path) -> tuple[list[VolumeFiles], list[Skipped
     for directory, pathological in subdirs:
         if not directory.is_dir():
             continue
-        files = {nifti_stem(p): p for p in sorted(directory.iterdir()) if p.is_file() and is_nifti_path(p)}
+        files = {}
+        for p in sorted(directory.iterdir()):
+            if not is_nifti_path(p):
+                continue
+            reason = non_regular_reason(p)
+            if reason is None:
+                files[nifti_stem(p)] = p
+            elif strict:
+                raise NiftiError(p, reason)
+            else:
+                orphans.append(SkippedFile(p, reason))
         images = {
             stem: path for stem, path in files.items()
             if _strip(stem, _MASK_SUFFIX) is None and _strip(stem, _BRAIN_SUFFIX) is None
@@ -198,8 +225,13 @@ def _lesion_type(files: VolumeFiles) -> str | None:
     return match.group(1) if match else None
 
 
-def _load_volume(files: VolumeFiles, config: PreprocessConfig, cache: PreprocessCache | None) -> SliceVolume:
-    """Read, validate and preprocess one volume (through the cache when given)."""
+def _load_volume(files: VolumeFiles, config: PreprocessConfig, cache: PreprocessCache | None,
+                 limits: VolumeLimits | None = None) -> SliceVolume:
+    """Read, validate and preprocess one volume (through the cache when given).
+
+    Every header is checked against ``limits`` first, so neither the cache key
+    (which reads the files' bytes) nor a cache hit bypasses the limits.
+    """
     if files.pathological and files.lesion_mask is None:
         raise DatasetError(
             f"{files.image}: pathological volume without its ground-truth mask "
@@ -207,16 +239,25 @@ def _load_volume(files: VolumeFiles, config: PreprocessConfig, cache: Preprocess
         )
     lesion_type = _lesion_type(files) if files.pathological else None
     name = nifti_stem(files.image)
+    limits = limits or VolumeLimits()
+    read_nifti_header(files.image, limits=limits)
+    for mask in (files.brain_mask, files.lesion_mask):
+        if mask is not None:
+            read_nifti_header(mask, limits=limits, min_extent=1)
     key = None
     if cache is not None:
         key = cache.key(config, files.image, files.brain_mask, files.lesion_mask)
         hit = cache.load(key, name=name, source=files.image)
         if hit is not None:
             return replace(hit, lesion_type=lesion_type)
-    volume = load_nifti(files.image)
-    brain = load_mask(files.brain_mask, volume) if files.brain_mask is not None else None
-    lesion = load_mask(files.lesion_mask, volume) if files.lesion_mask is not None else None
-    result = preprocess_volume(volume, config=config, brain_mask=brain, lesion_mask=lesion, name=name)
+    try:
+        volume = load_nifti(files.image, limits=limits)
+        brain = load_mask(files.brain_mask, volume, limits=limits) if files.brain_mask is not None else None
+        lesion = load_mask(files.lesion_mask, volume, limits=limits) if files.lesion_mask is not None else None
+        result = preprocess_volume(volume, config=config, brain_mask=brain, lesion_mask=lesion, name=name)
+    except MemoryError:
+        raise NiftiError(files.image, "out of memory while reading or preprocessing this volume; lower "
+                                      "VolumeLimits or give the process more memory") from None
     if cache is not None and key is not None:
         cache.store(key, result)
     return replace(result, lesion_type=lesion_type)
@@ -240,6 +281,7 @@ def load_site(
     slice_range: tuple[float, float] | None = None,
     cache_dir: str | Path | None = None,
     skip_invalid: bool = False,
+    limits: VolumeLimits | None = None,
 ) -> SiteData:
     """Load and preprocess every volume of one site (layout in the module docstring).
 
@@ -247,18 +289,20 @@ def load_site(
     220 mm field of view, slices 0.30-0.70 of the brain's height);
     ``image_size`` and ``slice_range`` override its fields. ``cache_dir``
     enables the ``.npz`` cache (:mod:`models.cache`). ``skip_invalid`` leaves
-    unusable volumes out with a :class:`SkippedFilesWarning` instead of raising.
+    unusable volumes (and non-regular paths) out with a :class:`SkippedFilesWarning`
+    instead of raising. ``limits`` bounds every header (default :class:`VolumeLimits`).
     """
     site = Path(site_dir)
     config = _config(config, image_size, slice_range)
-    volumes, orphans = discover_site(site)
+    limits = limits or VolumeLimits()
+    volumes, orphans = discover_site(site, strict=not skip_invalid)
     cache = PreprocessCache(Path(cache_dir)) if cache_dir is not None else None
     healthy: list[SliceVolume] = []
     pathology: list[SliceVolume] = []
     skipped: list[SkippedFile] = list(orphans)
     for files in volumes:
         try:
-            volume = _load_volume(files, config, cache)
+            volume = _load_volume(files, config, cache, limits)
         except (NiftiError, DatasetError) as exc:
             if not skip_invalid:
                 raise

@@ -36,6 +36,10 @@ The pipeline (:func:`preprocess_volume`), in order:
    where cerebellum and skull base, which autoencoders reconstruct poorly, are
    excluded).
 
+Memory: every step works in float32 and in place where it can, so loading plus
+preprocessing one volume peaks at a small multiple of the volume's float32 size
+(``benchmarks/test_bench_memory.py`` measures the peak RSS and states it).
+
 Output slices are ``(S, H, W)`` float32 in display orientation: row 0 is
 anterior, column 0 is the patient's left (neurological convention), slice 0 is
 the most inferior kept plane. ``grid_affine`` maps an index ``(slice, row, col)``
@@ -171,7 +175,10 @@ def otsu_threshold(values: np.ndarray, bins: int = 256) -> float:
     between-class variance is ``(mu_T w - mu)^2 / (w (1 - w))``; the threshold is
     the upper edge of the maximising bin.
     """
-    values = np.asarray(values, dtype=np.float64).ravel()
+    values = np.asarray(values)
+    if values.dtype.kind != "f":
+        values = values.astype(np.float64)
+    values = values.ravel()  # a view for contiguous input: no float64 copy of a float32 volume
     lo, hi = float(values.min()), float(values.max())
     if hi <= lo:
         return lo
@@ -213,6 +220,7 @@ def derive_brain_mask(data: np.ndarray, voxel_size: tuple[float, float, float] =
     smoothed = ndimage.gaussian_filter(data, sigma=1.0 / voxel)
     threshold = 0.5 * otsu_threshold(smoothed)
     foreground = smoothed > threshold
+    del smoothed  # memory: never hold the smoothed copy and the labels together
     if not foreground.any():
         return foreground
     labels, n = ndimage.label(foreground, structure=np.ones((3, 3, 3), dtype=bool))
@@ -220,6 +228,7 @@ def derive_brain_mask(data: np.ndarray, voxel_size: tuple[float, float, float] =
         sizes = np.bincount(labels.ravel())
         sizes[0] = 0
         foreground = labels == int(np.argmax(sizes))
+    del labels
     radius = 3.0 / voxel
     pad = np.maximum(np.ceil(radius).astype(int), 1)
     padded = np.pad(foreground, [(p, p) for p in pad])
@@ -233,12 +242,12 @@ def derive_brain_mask(data: np.ndarray, voxel_size: tuple[float, float, float] =
 
 def brain_statistic(data: np.ndarray, brain: np.ndarray, statistic: IntensityStatistic = "median") -> float:
     """The median (or 99th percentile) of ``data`` over voxels where ``brain`` is true."""
-    values = np.asarray(data)[np.asarray(brain, dtype=bool)]
+    values = np.asarray(data)[np.asarray(brain, dtype=bool)]  # a copy we own: partitioned in place below
     if values.size == 0:
         raise ValueError("brain mask is empty")
     if statistic == "median":
-        return float(np.median(values))
-    return float(np.percentile(values, 99.0))
+        return float(np.median(values, overwrite_input=True))
+    return float(np.percentile(values, 99.0, overwrite_input=True))
 
 
 def _antialias_sigma(in_spacing: np.ndarray, out_spacing: np.ndarray) -> np.ndarray:
@@ -261,13 +270,22 @@ def _output_grid(centre_xy: np.ndarray, z0: float, config: PreprocessConfig) -> 
     )
 
 
-def _resample(array: np.ndarray, source_affine: np.ndarray, grid: np.ndarray, shape, sigma) -> np.ndarray:
-    """Trilinear resampling of ``array`` (after optional anti-alias smoothing) onto ``grid``."""
+def _resample(array: np.ndarray, source_affine: np.ndarray, grid: np.ndarray, shape, sigma, *,
+              owned: bool = False) -> np.ndarray:
+    """Trilinear resampling of ``array`` (after optional anti-alias smoothing) onto ``grid``.
+
+    Memory: at most one float32 copy of the input volume. ``owned=True`` says the
+    caller hands over a float32 array it no longer needs, which is then smoothed
+    in place (no copy at all).
+    """
     from scipy import ndimage
 
-    array = np.asarray(array, dtype=np.float32)
+    array = np.asarray(array)
+    if not (owned and array.dtype == np.float32 and array.flags.writeable):
+        array = array.astype(np.float32)  # the one copy (bool masks must become fractions anyway)
     if np.any(sigma > 0.05):
-        array = ndimage.gaussian_filter(array, sigma=np.where(sigma > 0.05, sigma, 0.0))
+        # separable 1-D passes through line buffers: in-place output is exact and saves a volume
+        ndimage.gaussian_filter(array, sigma=np.where(sigma > 0.05, sigma, 0.0), output=array)
     index_map = np.linalg.inv(source_affine) @ grid
     return ndimage.affine_transform(
         array, index_map[:3, :3], offset=index_map[:3, 3], output_shape=tuple(shape),
@@ -277,8 +295,12 @@ def _resample(array: np.ndarray, source_affine: np.ndarray, grid: np.ndarray, sh
 
 def _bounding_box_world(mask: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """World-space (RAS mm) min and max corners of the voxels where ``mask`` is true."""
-    idx = np.argwhere(mask)
-    lo, hi = idx.min(axis=0), idx.max(axis=0)
+    # Per-axis projections, not np.argwhere: that would hold 24 bytes per brain voxel (6 volumes).
+    lo, hi = [], []
+    for axis in range(3):
+        present = np.flatnonzero(mask.any(axis=tuple(a for a in range(3) if a != axis)))
+        lo.append(int(present[0]))
+        hi.append(int(present[-1]))
     corners = np.array(np.meshgrid(*zip(lo, hi), indexing="ij")).reshape(3, -1)
     world = (affine @ np.vstack([corners, np.ones(corners.shape[1])]))[:3]
     return world.min(axis=1), world.max(axis=1)
@@ -313,7 +335,9 @@ def preprocess_volume(
         raise NiftiError(
             path, f"{config.intensity_statistic} brain intensity is {scale:g}; expected a positive value"
         )
-    normalised = np.clip(data / np.float32(scale), 0.0, config.clip_max).astype(np.float32)
+    # One float32 working copy, updated in place (a chained expression would hold three).
+    normalised = np.divide(data, np.float32(scale), dtype=np.float32)
+    np.clip(normalised, 0.0, config.clip_max, out=normalised)
     normalised *= brain
 
     lo, hi = _bounding_box_world(brain, volume.affine)
@@ -351,7 +375,8 @@ def preprocess_volume(
     grid = _output_grid(centre[:2], z0 + start * dz, config)
     shape = (keep.size, size, size)
 
-    image = _resample(normalised, volume.affine, grid, shape, sigma)
+    image = _resample(normalised, volume.affine, grid, shape, sigma, owned=True)
+    del normalised  # smoothed in place by _resample: no longer the normalised volume
     brain_out = brain_full[keep]
     image = np.where(brain_out, np.clip(image, 0.0, config.clip_max), 0.0).astype(np.float32)
     lesion_out = None

@@ -8,7 +8,10 @@ drawn from a run directory), ``audit`` (an empirical lower bound on epsilon),
 ``keys new`` (a site's Ed25519 identity for active mode across machines), ``export`` (a run's model as
 one self-describing file) and ``detect`` (NIfTI anomaly maps of new scans).
 Exit codes: 0 success, 2 bad input (a one-line error on stderr), 1 a failed
-check (e.g. a ledger that does not verify).
+check (e.g. a ledger that does not verify), 3 an unexpected internal error
+(one line on stderr naming a crash report written, mode 0600, in the run
+directory, or in a new private temporary directory when there is none),
+130 interrupted. No traceback ever reaches the terminal; warnings are one line.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import sys
 
 import secagg
 
-__all__ = ["main", "build_parser"]
+__all__ = ["main", "build_parser", "write_crash_report"]
 
 
 class _Formatter(argparse.RawDescriptionHelpFormatter):
@@ -151,8 +154,8 @@ def _cmd_ledger_show(args: argparse.Namespace) -> int:
             "unit": event.get("unit", "slice"), "neighbouring": event.get("neighbouring", "add_remove_one"),
             "noise_multiplier": event["noise_multiplier"], "sample_rate": event["sample_rate"],
             "steps": event["steps"], "epsilon": cumulative["epsilon"], "bound": cumulative["bound"],
-            "bound_accountant": cumulative["bound_accountant"], "unit": unit,
-            "adjacency": adjacency_of(event.get("neighbouring", "add_remove_one"), unit),
+            "bound_accountant": cumulative["bound_accountant"],
+            "adjacency": adjacency_of(event.get("neighbouring", "add_remove_one"), event.get("unit", unit)),
             "signed": "signature" in entry.body,
         })
     if args.json:
@@ -293,6 +296,7 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
             distributed_dp=args.distributed_dp, ddp_epsilon=args.ddp_epsilon, ddp_clip=args.ddp_clip,
             ddp_colluding=args.ddp_colluding, corrupt_fraction=args.corrupt_fraction, bids=_bids_flags(args),
             privacy_unit=args.privacy_unit,
+            skip_invalid=True if args.skip_invalid else None,
         )
         out = args.out or f"runs/{config.preset}-{config.mode}-{config.fingerprint()[:8]}"
     result = run_simulation(config, out, resume=bool(args.resume), quiet=args.json)
@@ -530,7 +534,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Examples:\n  secagg demo\n  secagg demo --sites 12 --length 1000000\n  secagg demo --json",
     )
     demo.add_argument("--sites", type=int, default=8, help="number of hospitals (>= 5)")
-    demo.add_argument("--length", type=int, default=100_000, help="parameters per update")
+    demo.add_argument("--length", type=_positive(int, "length"), default=100_000, help="parameters per update")
     demo.add_argument("--semi-honest", action="store_true",
                       help="skip the consistency-check round and signatures (default: active mode)")
     demo.add_argument("--json", action="store_true", help="print one JSON object instead of text")
@@ -693,6 +697,10 @@ def build_parser() -> argparse.ArgumentParser:
                                "slices; DP-SGD samples patients and clips each patient's summed gradient) or "
                                "'slice' (one 2-D slice only - a labelled, far weaker option) "
                                f"(default {defaults.privacy_unit})")
+    simulate.add_argument("--skip-invalid", action="store_true",
+                          help="leave out unusable or hostile input files (not NIfTI, over the volume limits, not a "
+                               "regular file) with a warning, counted in summary.json (default: refuse the run naming "
+                               "the file); the limits are set by a [volume_limits] table in --config")
     simulate.add_argument("--baselines", help="comma list of local,central (default local; 'none' for none)")
     simulate.add_argument("--seed", type=int, help=f"seed of splits, initialisation and dropouts (default {defaults.seed})")
     simulate.add_argument("--out", help="run directory (default runs/PRESET-MODE-FINGERPRINT)")
@@ -904,7 +912,62 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
+#: Exit codes (documented in the module docstring and the README).
+EXIT_OK, EXIT_FAILED_CHECK, EXIT_BAD_INPUT, EXIT_INTERNAL, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Warnings as one line on stderr (no source line, no file path of ours)."""
+    print(f"secagg: warning: {_one_line(message)}", file=file or sys.stderr)
+
+
+def _crash_directory(args) -> "Path | None":
+    """The run directory of the command, if it has one that exists."""
+    from pathlib import Path
+
+    for name in ("run_dir", "resume", "out"):
+        value = getattr(args, name, None) if args is not None else None
+        if value and Path(value).is_dir() and getattr(args, "command", None) != "data":
+            return Path(value)
+    return None
+
+
+def write_crash_report(args, argv, exc: BaseException) -> str:
+    """Write the traceback of an unexpected error (mode 0600) into the run directory, else a new
+    private temporary directory; returns its path. Locals are never written, only the traceback."""
+    import os
+    import platform
+    import tempfile
+    import time
+    import traceback
+    from pathlib import Path
+
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    directory = _crash_directory(args)
+    text = "".join([
+        f"secagg crash report {stamp}\n",
+        f"command: secagg {' '.join(argv if argv is not None else sys.argv[1:])}\n",
+        f"python {platform.python_version()} on {platform.platform()}\n\n",
+        *traceback.format_exception(type(exc), exc, exc.__traceback__),
+    ])
+    for target in ([directory] if directory is not None else []) + [None]:
+        try:
+            folder = target if target is not None else Path(tempfile.mkdtemp(prefix="secagg-crash-"))
+            path = folder / f"crash-{stamp}-{os.getpid()}.txt"
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
+            with os.fdopen(fd, "w") as handle:
+                handle.write(text)
+            return str(path)
+        except OSError:
+            continue
+    return "(could not be written)"
+
+
+def _bad_input_errors() -> tuple:
     from dp.errors import CalibrationError, InvalidPrivacyParameterError, LedgerError
 
     from .config import ConfigError
@@ -925,21 +988,57 @@ def main(argv: list[str] | None = None) -> int:
         bad_input += (SimulationError,)
     except ImportError:
         pass
+    return bad_input
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one ``secagg`` command; returns its exit code and never lets a traceback reach the user.
+
+    0 success; 1 a failed check (a ledger that does not verify, an audit above the
+    accounted epsilon, a demo that is not exact); 2 bad input (one line naming what
+    was wrong: a file, a configuration value, a run directory, a ledger, a registry,
+    or an operating-system error on a path the user gave); 3 an unexpected internal
+    error (one line naming the crash report: a 0600 file in the run directory, or
+    in a new private temporary directory when the command has none); 130 Ctrl-C.
+    """
+    import warnings
+
     from dp.errors import LedgerIntegrityError
 
-    parser = build_parser()
+    args = None
+    command = "secagg"
+    bad_input: tuple = ()
+    previous = warnings.showwarning
+    warnings.showwarning = _show_warning
     try:
+        bad_input = _bad_input_errors()
+        parser = build_parser()
         args = parser.parse_args(argv)
+        command = f"secagg {args.command}"
         return args.func(args)
     except LedgerIntegrityError as exc:  # a damaged ledger: a failed check, not bad input
-        print(f"secagg {args.command}: ledger BROKEN: {' '.join(str(exc).split())}", file=sys.stderr)
-        return 1
+        print(f"{command}: ledger BROKEN: {_one_line(exc)}", file=sys.stderr)
+        return EXIT_FAILED_CHECK
     except UsageError as exc:
-        print(str(exc).replace("\n", " "), file=sys.stderr)
-        return 2
+        print(_one_line(exc), file=sys.stderr)
+        return EXIT_BAD_INPUT
     except bad_input as exc:
-        print(f"secagg {args.command}: error: {' '.join(str(exc).split())}", file=sys.stderr)
-        return 2
+        print(f"{command}: error: {_one_line(exc)}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except OSError as exc:  # a path the user gave: missing, a directory, unreadable, full disk
+        where = f": {exc.filename}" if getattr(exc, "filename", None) else ""
+        print(f"{command}: error: {_one_line(exc.strerror or exc)}{where}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print(f"{command}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as exc:  # noqa: BLE001 - the last line of defence: no traceback on the terminal
+        report = write_crash_report(args, argv, exc)
+        print(f"{command}: internal error ({type(exc).__name__}: {_one_line(exc)[:200]}); this is a bug - "
+              f"crash report: {report}", file=sys.stderr)
+        return EXIT_INTERNAL
+    finally:
+        warnings.showwarning = previous
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -86,6 +86,13 @@ class SimulationConfig:
     survivors, ``continue`` with the next round or ``stop``. The demo preset
     schedules one dropout at each interesting stage and one aborted round.
 
+    Input files: ``skip_invalid`` (leave out unusable or hostile files of
+    ``data`` with a warning, counted in ``summary.json``; default: refuse the
+    run naming the file) and ``volume_limits`` (a table overriding fields of
+    :class:`models.nifti.VolumeLimits`, e.g. ``{"max_axis": 1024}``; ``None``:
+    the defaults, at most 512 voxels per axis, 2^27 voxels, 1 GiB of voxels,
+    0.1-10 mm voxels).
+
     ``baselines``: also train ``local`` (each site alone) and/or ``central``
     (pooled data) models with the same privacy budget, for comparison.
 
@@ -136,6 +143,8 @@ class SimulationConfig:
     public_size: int | None = None
     max_slices_per_patient: int | None = None
     site_weights: dict | None = None
+    skip_invalid: bool = False
+    volume_limits: dict | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "baselines", tuple(self.baselines))
@@ -159,6 +168,10 @@ class SimulationConfig:
 
         for name in ("sites", "rounds", "local_steps"):
             positive_int(name)
+        for name, most in (("sites", 100_000), ("rounds", 100_000), ("local_steps", 10_000_000),
+                           ("image_size", 1024)):
+            if getattr(self, name) > most:  # past these, calibration and data generation run for days
+                raise ConfigError(f"{name} must be at most {most:,}; got {getattr(self, name):,}")
         positive_int("image_size", 16)
         if self.image_size % 8:
             raise ConfigError(f"image_size must be a multiple of 8 (the models downsample 3 times); got {self.image_size}")
@@ -210,6 +223,18 @@ class SimulationConfig:
                 if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not (
                         math.isfinite(weight) and weight > 0):
                     raise ConfigError(f"site_weights[{site!r}] must be a positive number; got {weight!r}")
+        if not isinstance(self.skip_invalid, bool):
+            raise ConfigError(f"skip_invalid must be true or false; got {self.skip_invalid!r}")
+        if self.volume_limits is not None:
+            try:
+                from models.nifti import VolumeLimits
+            except ImportError:  # the mri extra is missing: reported when the run starts
+                pass
+            else:
+                try:
+                    VolumeLimits.from_mapping(self.volume_limits)
+                except ValueError as exc:
+                    raise ConfigError(str(exc)) from None
         if self.active and self.mode == "plain":
             raise ConfigError("active mode needs a masking protocol; it is meaningless with --mode plain")
         if self.bids is not None and not isinstance(self.bids, dict):
@@ -289,6 +314,8 @@ def load_config(*, preset: str = "demo", toml_path: str | None = None, **overrid
     values: dict = {"preset": preset, **PRESETS[preset]}
     if toml_path is not None:
         path = Path(toml_path)
+        if path.exists() and not path.is_file():  # a FIFO or device would block or never end
+            raise ConfigError(f"configuration file {path} is not a regular file")
         try:
             values.update(tomllib.loads(path.read_text()))
         except FileNotFoundError:

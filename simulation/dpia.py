@@ -96,6 +96,8 @@ def load_org(path) -> dict:
     if path is None:
         return {}
     path = Path(path)
+    if path.exists() and not path.is_file():  # a FIFO or device would block or never end
+        raise DPIAError(f"organisation file {path} is not a regular file")
     try:
         data = tomllib.loads(path.read_text())
     except FileNotFoundError:

@@ -86,10 +86,14 @@ def load_schedule(schedule, site_names: Sequence[str]) -> ScheduledDropout:
     if isinstance(schedule, Mapping):
         return parse_schedule(schedule, site_names, "the configuration")
     file = Path(schedule)
+    if file.exists() and not file.is_file():  # a FIFO or device would block or never end
+        raise ConfigError(f"dropout schedule {file} is not a regular file")
     try:
         text = file.read_text()
     except FileNotFoundError:
         raise ConfigError(f"dropout schedule {file} does not exist") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read dropout schedule {file}: {exc}") from None
     try:
         raw = tomllib.loads(text) if file.suffix == ".toml" else json.loads(text)
     except (ValueError, tomllib.TOMLDecodeError) as exc:

@@ -35,6 +35,8 @@ from typing import Iterable, Mapping
 import secagg
 from secagg.crypto import KEY_BYTES, SigningKeyPair
 
+from .runstore import private_dir
+
 __all__ = ["SiteIdentity", "write_identity", "load_signing_key", "load_registry", "add_to_registry",
            "check_session_keys", "IdentityError", "RunIdentities", "run_site_identities", "SITES_DIR",
            "REGISTRY_FILE"]
@@ -69,7 +71,8 @@ def write_identity(directory, site: str) -> SiteIdentity:
     """Generate a site's Ed25519 identity into ``DIRECTORY/SITE.ed25519`` (mode 0600; never overwritten)."""
     site = _check_site_name(site)
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
+    if not directory.exists():
+        private_dir(directory)  # a new key directory is owner-only (0700) whatever the umask
     path = directory / f"{site}.ed25519"
     pair = SigningKeyPair.generate()  # secrets-backed (secagg.crypto.random_bytes)
     try:
@@ -108,6 +111,8 @@ def load_signing_key(path) -> SigningKeyPair:
 def load_registry(path) -> dict[str, bytes]:
     """The consortium's registry: site name -> 32-byte Ed25519 verify key."""
     path = Path(path)
+    if path.exists() and not path.is_file():  # a FIFO or device would block or never end
+        raise IdentityError(f"registry {path} is not a regular file")
     try:
         raw = json.loads(path.read_text())
     except FileNotFoundError:

@@ -14,15 +14,28 @@ Layout::
 Every file that a later step depends on is written to a temporary name,
 fsynced and renamed over the old one (then the directory is fsynced), so a
 crash or SIGKILL leaves either the old or the new version, never half of one.
+
+Least privilege on disk (issue 21): the run directory and its sub-directories
+are created 0700 and every file this module writes 0600, set explicitly
+(``fchmod``/``chmod``), so the caller's umask cannot widen them; the ledger
+does the same for ``ledger.sqlite`` (and SQLite gives its journal the
+database's mode). :func:`private_umask` narrows what third-party writers
+(matplotlib, nibabel, torch) create while a simulation runs, and
+:meth:`RunDirectory.restrict` narrows anything left at the end.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from pathlib import Path
 
-__all__ = ["RunDirectory", "atomic_write_bytes", "atomic_write_json", "RunDirectoryError"]
+__all__ = ["RunDirectory", "atomic_write_bytes", "atomic_write_json", "RunDirectoryError", "private_dir",
+           "private_umask", "PRIVATE_DIR_MODE", "PRIVATE_FILE_MODE"]
+
+#: Modes of everything a run writes: only the owner may read, write or list.
+PRIVATE_DIR_MODE, PRIVATE_FILE_MODE = 0o700, 0o600
 
 
 class RunDirectoryError(ValueError):
@@ -37,10 +50,50 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def private_dir(path) -> Path:
+    """Create ``path`` and its missing parents as 0700 whatever the umask; an existing ``path`` is narrowed to 0700."""
+    path = Path(path)
+    missing = []
+    probe = path
+    while not probe.exists():
+        missing.append(probe)
+        probe = probe.parent
+    for directory in reversed(missing):
+        try:
+            directory.mkdir(mode=PRIVATE_DIR_MODE)
+        except FileExistsError:
+            pass
+        os.chmod(directory, PRIVATE_DIR_MODE)
+    if not path.is_dir():
+        raise RunDirectoryError(f"{path} is not a directory")
+    os.chmod(path, PRIVATE_DIR_MODE)
+    return path
+
+
+@contextlib.contextmanager
+def private_umask():
+    """Run the body with umask 077 (files at most 0600, directories 0700), then restore the caller's.
+
+    The umask is process-wide: this is for a command's whole run (``secagg simulate``), not a library call
+    running beside other threads that create files.
+    """
+    previous = os.umask(0o077)
+    try:
+        yield
+    finally:
+        os.umask(previous)
+
+
+def _open_private(path: Path, flags: int) -> int:
+    fd = os.open(path, flags | os.O_CREAT, PRIVATE_FILE_MODE)
+    os.fchmod(fd, PRIVATE_FILE_MODE)  # the umask only narrows; an older file may have been wider
+    return fd
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
+    with os.fdopen(_open_private(tmp, os.O_WRONLY | os.O_TRUNC), "wb") as f:
         f.write(data)
         f.flush()
         os.fsync(f.fileno())
@@ -84,18 +137,35 @@ class RunDirectory:
             )
         if self.root.exists() and any(self.root.iterdir()):
             raise RunDirectoryError(f"{self.root} exists and is not empty; choose an empty or new --out directory")
-        self.checkpoints.mkdir(parents=True, exist_ok=True)
-        self.plots.mkdir(parents=True, exist_ok=True)
+        private_dir(self.root)
+        private_dir(self.checkpoints)
+        private_dir(self.plots)
         atomic_write_json(self.config_path, {"fingerprint": fingerprint, "config": config_dict})
 
+    def restrict(self) -> None:
+        """Narrow everything under the run directory to 0700 (directories) / 0600 (files)."""
+        for base, dirs, files in os.walk(self.root):
+            os.chmod(base, PRIVATE_DIR_MODE)
+            for name in files:
+                path = os.path.join(base, name)
+                if not os.path.islink(path):
+                    os.chmod(path, PRIVATE_FILE_MODE)
+
     def load_config(self) -> tuple[dict, str]:
+        if self.config_path.exists() and not self.config_path.is_file():
+            raise RunDirectoryError(f"{self.config_path} is not a regular file")
         try:
             stored = json.loads(self.config_path.read_text())
-            return stored["config"], stored["fingerprint"]
+            config, fingerprint = stored["config"], stored["fingerprint"]
         except FileNotFoundError:
             raise RunDirectoryError(f"{self.root} is not a run directory (no config.json)") from None
-        except (ValueError, KeyError):
+        except NotADirectoryError:
+            raise RunDirectoryError(f"{self.root} is not a run directory (not a directory)") from None
+        except (ValueError, KeyError, TypeError):
             raise RunDirectoryError(f"{self.config_path} is corrupt") from None
+        if not isinstance(config, dict) or not isinstance(fingerprint, str):
+            raise RunDirectoryError(f"{self.config_path} is corrupt")
+        return config, fingerprint
 
     def read_state(self) -> dict:
         if not self.state_path.exists():
@@ -110,7 +180,7 @@ class RunDirectory:
 
     def append_metrics(self, record: dict) -> None:
         line = json.dumps(record, sort_keys=True, default=str) + "\n"
-        with open(self.metrics_path, "a") as f:
+        with os.fdopen(_open_private(self.metrics_path, os.O_WRONLY | os.O_APPEND), "a") as f:
             f.write(line)
             f.flush()
             os.fsync(f.fileno())

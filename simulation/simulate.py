@@ -20,6 +20,7 @@ run continues with the next round index, so nothing is counted twice.
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from fractions import Fraction
@@ -34,10 +35,10 @@ from secagg import STAGES
 from .config import ConfigError, SimulationConfig
 from .coordinator import Coordinator
 from .dropout import NoDropout, ProbabilisticDropout, load_schedule
-from .inprocess import SITE_LOCAL_DIR, InProcessFleet
+from .inprocess import SITE_LOCAL_DIR, SITE_LOCAL_LABEL, InProcessFleet
 from .progress import Progress
 from .rounds import RunContext, run_rounds
-from .runstore import RunDirectory, RunDirectoryError
+from .runstore import RunDirectory, RunDirectoryError, private_umask
 from .site import Site
 
 __all__ = ["run_simulation", "protocol_parameters", "open_run", "OpenRun", "privacy_summary", "public_site_facts",
@@ -59,6 +60,7 @@ class CohortSplit:
     pathology: list  # pathological test volumes (pooled over sites)
     data_root: str
     examples: dict = field(default_factory=dict)  # site -> SiteData (for figures)
+    skipped: list = field(default_factory=list)  # [{"path", "reason"}] left out by skip_invalid
 
 
 @dataclass
@@ -86,8 +88,10 @@ def _prepare_data(config: SimulationConfig, log) -> CohortSplit:
             root = Path(config.data)
             if not root.is_dir():
                 raise SimulationError(f"data directory {root} does not exist")
+        # With skip_invalid, each site's SkippedFilesWarning reaches stderr (one line at the CLI).
         sites = models.load_cohort(root, image_size=config.image_size, cache_dir=cache / "preprocessed",
-                                   bids=config.bids)
+                                   bids=config.bids, skip_invalid=config.skip_invalid,
+                                   limits=models.VolumeLimits.from_mapping(config.volume_limits))
     except ModelsError as exc:
         raise SimulationError(f"cannot load the cohort: {exc}") from None
     train, patients, val, pathology = {}, {}, [], []
@@ -102,7 +106,10 @@ def _prepare_data(config: SimulationConfig, log) -> CohortSplit:
         pathology.extend(site.pathology)
     if not pathology:
         raise SimulationError(f"the cohort in {root} has no pathological volumes to evaluate detection on")
-    return CohortSplit(sorted(sites), train, patients, val, pathology, str(root), examples=dict(sites))
+    skipped = [{"site": name, "path": str(s.path), "reason": s.reason}
+               for name, site in sorted(sites.items()) for s in site.skipped]
+    return CohortSplit(sorted(sites), train, patients, val, pathology, str(root), examples=dict(sites),
+                       skipped=skipped)
 
 
 # -- models ---------------------------------------------------------------------
@@ -367,7 +374,21 @@ def run_simulation(
     with ``poisson_mask(n, q)`` and ``gaussian(shape, std)`` that replaces the sites' DP sampling
     and noise; it needs ``secure_rng=False`` (so the ledger records that the noise was not from
     the CSPRNG) and is refused otherwise.
+
+    Least privilege on disk: the run directory, the data cache and everything
+    else the run writes are owner-only (directories 0700, files 0600) whatever
+    the caller's umask - explicit modes where this project writes, umask 077
+    for what libraries write (see :mod:`simulation.runstore`).
     """
+    with private_umask():
+        result = _run_simulation(config, out_dir, resume=resume, quiet=quiet, stop_after_round=stop_after_round,
+                                 test_only_randomness=test_only_randomness)
+    RunDirectory(out_dir).restrict()
+    return result
+
+
+def _run_simulation(config: SimulationConfig, out_dir, *, resume: bool, quiet: bool,
+                    stop_after_round: int | None, test_only_randomness=None) -> SimulationResult:
     import torch
 
     torch.set_num_threads(max(1, torch.get_num_threads()))
@@ -478,6 +499,11 @@ def _train_baseline(config, data, patients, steps, sigma, site_name, progress):
 def _finish(config, cohort, sites, coordinator, store, protocol, calibration, shared_names, reference, started,
             stopped, progress, registry=None) -> dict:
     log = progress.log
+    if cohort.skipped:  # which input files were left out stays with the sites' own records
+        local = store.root / SITE_LOCAL_DIR
+        local.mkdir(mode=0o700, exist_ok=True)
+        (local / "skipped_files.json").write_text(json.dumps({"site_local": SITE_LOCAL_LABEL,
+                                                               "files": cohort.skipped}, indent=2))
     metrics = store.read_metrics()
     sigma = calibration.noise_multiplier
     total_steps = config.rounds * config.local_steps
@@ -534,6 +560,9 @@ def _finish(config, cohort, sites, coordinator, store, protocol, calibration, sh
         "image_size": config.image_size,
         # Only public facts per site: record and patient counts stay at the sites.
         "sites": public_site_facts(config, cohort.site_names),
+        # Input files left out by --skip-invalid: the count only; which files (paths can name
+        # subjects) is in the run's site-local folder.
+        "skipped_files": {"count": len(cohort.skipped), "files_listed_in": f"{SITE_LOCAL_DIR}/skipped_files.json"},
         "rounds_planned": config.rounds,
         "rounds_completed": len(completed),
         "rounds_aborted": [m["round"] for m in metrics if m["status"] == "aborted"],
@@ -655,6 +684,9 @@ def format_summary(summary: dict) -> str:
         f"completed, {summary['dropouts_survived']} dropouts survived, threshold t = {summary['threshold']}, "
         f"{summary['graph']} graph",
     ]
+    skipped = summary.get("skipped_files", {}).get("count", 0)
+    if skipped:
+        lines.append(f"   skipped {skipped} unusable input file(s) (--skip-invalid; listed in summary.json)")
     if summary["rounds_aborted"]:
         lines.append(f"   aborted rounds (too few survivors, no output): {summary['rounds_aborted']}")
     if summary["stopped"]:

@@ -68,6 +68,7 @@ from secagg import wire
 from secagg.messages import MaskedInputRequest
 
 from . import require_flwr
+from ..runstore import private_dir
 from .session_journal import claim_session
 from .transport import STAGE_OF, RoundSetup
 
@@ -190,7 +191,7 @@ def _ledger(context: Context, setup: RoundSetup):
     if (directory / "ledger.sqlite").exists():
         ledger = PrivacyLedger.open(directory)
     else:
-        directory.mkdir(parents=True, exist_ok=True)
+        private_dir(directory)  # the node's state: owner-only whatever the umask (issue 21)
         ledger = PrivacyLedger.create(directory, run_id=f"node-{setup.site}", delta=delta,
                                       budgets={setup.site: float(budget)},
                                       site_level_budget=float(site_level) if site_level else None)
