@@ -70,7 +70,7 @@ from typing import Iterable, Mapping, Sequence
 from .accounting import DEFAULT_ACCOUNTANTS, EpsilonReport, accountant_version, compute_epsilon
 from .errors import BudgetExceededError, InvalidPrivacyParameterError, LedgerError, LedgerIntegrityError
 from .events import PrivacyEvent, validate_delta
-from .ledger_format import SCHEMA_VERSION, canonical_json, chain_hash, genesis_hash
+from .ledger_format import SCHEMA_VERSION, canonical_json, chain_hash, genesis_hash, write_private_atomic
 from .ledger_signatures import (SIGNED_KINDS, EntryStatement, SiteAnchor, check_entry_signature,
                                 entry_site_and_round)
 
@@ -115,22 +115,6 @@ _chain_hash = chain_hash
 def adjacency_of(neighbouring: str, unit: str) -> str:
     """The adjacency in words: ``add_remove_one`` -> ``"add/remove one <unit>"``."""
     return f"{'replace' if neighbouring == 'replace_one' else 'add/remove'} one {unit}"
-
-
-def _atomic_write_json(path: Path, value) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    os.fchmod(fd, 0o600)  # owner-only whatever the umask (issue 21)
-    with os.fdopen(fd, "w") as f:
-        f.write(json.dumps(value, indent=2, sort_keys=True))
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 def _scan_rows(conn: sqlite3.Connection) -> tuple[list[tuple], LedgerIntegrityError | None]:
@@ -550,7 +534,9 @@ class PrivacyLedger:
             if self._conn.in_transaction:
                 self._conn.execute("ROLLBACK")
             raise LedgerError(f"could not write the privacy ledger: {exc}") from None
-        _atomic_write_json(self.run_dir / HEAD_FILE, {"run_id": self.run_id, "entries": count, "head": prev})
+        write_private_atomic(self.run_dir / HEAD_FILE,
+                             json.dumps({"run_id": self.run_id, "entries": count, "head": prev},
+                                        indent=2, sort_keys=True).encode())
         by_seq = {r[0]: r[4] for r in records}
         for site, seq in sorted(last_signed.items()):
             signers[site].record_anchor(self.run_id, seq, by_seq[seq])

@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+from pathlib import Path
 
-__all__ = ["SCHEMA_VERSION", "canonical_json", "genesis_hash", "chain_hash"]
+__all__ = ["SCHEMA_VERSION", "canonical_json", "genesis_hash", "chain_hash", "write_private_atomic"]
 
 SCHEMA_VERSION = "secagg-ledger-v2"
 
@@ -29,3 +31,20 @@ def genesis_hash(run_id: str) -> str:
 
 def chain_hash(prev_hash: str, body: str) -> str:
     return hashlib.sha256(bytes.fromhex(prev_hash) + body.encode()).hexdigest()
+
+
+def write_private_atomic(path: Path, data: bytes) -> None:
+    """Atomic, durable write of a file only its owner may read (0600, whatever the umask)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)

@@ -32,7 +32,6 @@ A crash between the commit and the anchor leaves the anchor one round behind
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Mapping
@@ -41,7 +40,7 @@ from secagg.crypto import sign, verify_signature
 from secagg.errors import InvalidInputError, VerificationError
 
 from .errors import LedgerError, LedgerIntegrityError
-from .ledger_format import canonical_json, chain_hash
+from .ledger_format import canonical_json, chain_hash, write_private_atomic
 
 __all__ = ["SIGNED_KINDS", "ANCHOR_FILE", "EntryStatement", "SiteAnchor", "LedgerSigner",
            "entry_site_and_round", "check_entry_signature", "load_anchors"]
@@ -163,22 +162,6 @@ def load_anchors(paths: Iterable) -> list[SiteAnchor]:
     return anchors
 
 
-def _write_private(path: Path, data: bytes) -> None:
-    """Atomic write of a file only its owner may read (0600)."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-
-
 class LedgerSigner:
     """A site's side of the ledger: signs statements about its own spend and keeps its anchor.
 
@@ -223,5 +206,5 @@ class LedgerSigner:
         anchor = SiteAnchor(run_id, self.site, seq, digest,
                             sign(self._seed, SiteAnchor.message_for(run_id, self.site, seq, digest)).hex())
         self.anchor_path.parent.mkdir(parents=True, exist_ok=True)
-        _write_private(self.anchor_path, (json.dumps(anchor.to_dict(), indent=2, sort_keys=True) + "\n").encode())
+        write_private_atomic(self.anchor_path, (json.dumps(anchor.to_dict(), indent=2, sort_keys=True) + "\n").encode())
         return anchor
