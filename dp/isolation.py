@@ -4,12 +4,18 @@ Why: numerical accountants (PLD, PRV) size their grids from the privacy
 parameters; at edge settings (tiny noise, many steps) they try to allocate
 tens of GiB and the kernel kills the whole process. An accountant failing
 must never take the run (or the ledger) down with it, so each such call runs
-in a child process forked from this one (libraries already imported, memory
-shared copy-on-write) with ``RLIMIT_AS`` set to the current address space
-plus a budget. Allocation failures then surface as ``MemoryError`` inside the
-child, and the parent gets a failure reason instead of dying.
+in a child process with ``RLIMIT_AS`` set to the child's address space plus a
+budget. Allocation failures then surface as ``MemoryError`` inside the child,
+and the parent gets a failure reason instead of dying.
 
-On platforms without ``fork`` the computation runs in-process, unguarded.
+The children come from a ``forkserver``: a single-threaded server process,
+started once and preloaded with the accountants' libraries, forks them.
+Forking the caller itself would copy its threads' locks (pytest-xdist's I/O
+threads, BLAS and OpenMP pools, Flower's and Ray's threads) in whatever state
+they were; a child that then needed one of those locks hung until the time
+limit (seen in ``make test``: a PLD call on a trivial setting timed out).
+
+On platforms other than Linux the computation runs in-process, unguarded.
 """
 
 from __future__ import annotations
@@ -34,10 +40,11 @@ def _address_space_bytes() -> int:
         return int(f.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
 
 
-def _child(conn, fn, args, limit) -> None:
+def _child(conn, fn, args, budget) -> None:
     try:
         import resource
 
+        limit = _address_space_bytes() + budget
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
         conn.send((True, fn(*args)))
     except BaseException as exc:  # report everything, including MemoryError
@@ -50,6 +57,19 @@ def _child(conn, fn, args, limit) -> None:
         os._exit(0)  # skip atexit handlers inherited from the parent
 
 
+_CONTEXT = None
+
+
+def _context():
+    """The forkserver context, preloaded once with what the accountants import."""
+    global _CONTEXT
+    if _CONTEXT is None:
+        ctx = multiprocessing.get_context("forkserver")
+        ctx.set_forkserver_preload(["dp.accounting"])
+        _CONTEXT = ctx
+    return _CONTEXT
+
+
 def run_isolated(
     fn: Callable[..., Any],
     *args,
@@ -59,9 +79,9 @@ def run_isolated(
     """``fn(*args)`` in a guarded child; raises :class:`IsolatedFailure` with the reason."""
     if not sys.platform.startswith("linux"):
         return fn(*args)
-    ctx = multiprocessing.get_context("fork")
+    ctx = _context()
     receiver, sender = ctx.Pipe(duplex=False)
-    process = ctx.Process(target=_child, args=(sender, fn, args, _address_space_bytes() + memory_budget))
+    process = ctx.Process(target=_child, args=(sender, fn, args, memory_budget))
     process.start()
     sender.close()
     try:

@@ -4,7 +4,7 @@ What it records. Every private release of every site is a ``spend`` entry
 (and, with distributed DP, a ``site_level_spend`` entry); a ``round`` entry
 closes each round; entry 1 (``genesis``) holds the run's parameters: delta,
 budgets, accountants, the privacy ``unit`` and the ``adjacency`` of every
-epsilon (``"slice"`` and ``"add/remove one slice"`` unless the DP code sets
+epsilon (``"patient"`` and ``"add/remove one patient"`` unless the DP code sets
 another unit at :meth:`PrivacyLedger.create`). Entry i stores
 ``hash_i = SHA-256(hash_{i-1} || canonical_json(body_i))`` (:mod:`dp.ledger_format`).
 
@@ -69,7 +69,7 @@ from typing import Iterable, Mapping, Sequence
 
 from .accounting import DEFAULT_ACCOUNTANTS, EpsilonReport, accountant_version, compute_epsilon
 from .errors import BudgetExceededError, InvalidPrivacyParameterError, LedgerError, LedgerIntegrityError
-from .events import PrivacyEvent, validate_delta
+from .events import LEGACY_UNIT, PrivacyEvent, validate_delta
 from .ledger_format import SCHEMA_VERSION, canonical_json, chain_hash, genesis_hash, write_private_atomic
 from .ledger_signatures import (SIGNED_KINDS, EntryStatement, SiteAnchor, check_entry_signature,
                                 entry_site_and_round)
@@ -90,7 +90,7 @@ LEDGER_FILE = "ledger.sqlite"
 HEAD_FILE = "ledger.head.json"
 _SCHEMA_VERSION = SCHEMA_VERSION
 _RELATIVE_TOLERANCE = 1e-6
-DEFAULT_UNIT = "slice"
+DEFAULT_UNIT = "patient"  # as dp.events.PrivacyEvent; entries written before units existed read as slice
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -272,7 +272,7 @@ class PrivacyLedger:
         self.budgets: dict[str, float] = dict(meta["budgets"])
         self.accountants: tuple[str, ...] = tuple(meta["accountants"])
         self.site_level: dict | None = meta.get("site_level")
-        self.unit: str = meta.get("unit", DEFAULT_UNIT)
+        self.unit: str = meta.get("unit", LEGACY_UNIT)
         self.adjacency: str = meta.get("adjacency", adjacency_of("add_remove_one", self.unit))
         self._events: dict[str, list[PrivacyEvent]] = {}
         self._site_level_events: dict[str, list] = {}
@@ -305,8 +305,8 @@ class PrivacyLedger:
         ``site_level_budget``/``site_level_delta``: the budget of the *site-level* guarantee of
         the released aggregates when distributed DP is on (:mod:`dp.distributed`); recorded and
         enforced separately from the record-level DP-SGD budgets - the two are never added.
-        ``unit`` is the privacy unit every record-level epsilon of the run is about (``"slice"``
-        today; the DP code sets another) and ``adjacency`` the neighbouring relation in words
+        ``unit`` is the privacy unit every record-level epsilon of the run is about (``"patient"``
+        by default, as the events; ``"slice"`` for the labelled slice-level option) and ``adjacency`` the neighbouring relation in words
         (default ``"add/remove one <unit>"``); both go into the genesis entry.
         """
         run_dir = Path(run_dir)
@@ -591,7 +591,7 @@ def verify_ledger(run_dir, *, registry: Mapping[str, bytes] | None = None, ancho
     finally:
         conn.close()
     run_id = meta["run_id"]
-    unit = meta.get("unit", DEFAULT_UNIT)
+    unit = meta.get("unit", LEGACY_UNIT)
     report = VerificationReport(ok=True, entries=len(rows), run_id=run_id, unit=unit,
                                 adjacency=meta.get("adjacency", adjacency_of("add_remove_one", unit)))
     try:

@@ -108,7 +108,7 @@ def check_scans(model, scans) -> None:
 
     Two scans with the same file stem would write the same outputs: a :class:`DatasetError`.
     """
-    from .nifti import _read_image
+    from .nifti import read_nifti_image
 
     stems: dict[str, Path] = {}
     for scan in scans:
@@ -116,7 +116,7 @@ def check_scans(model, scans) -> None:
         if other != Path(scan):
             raise DatasetError(f"{scan} and {other} have the same name: their outputs would overwrite each other")
     for scan in scans:
-        check_scan(Path(scan), _read_image(Path(scan)), model)
+        check_scan(Path(scan), read_nifti_image(Path(scan)), model)
 
 
 def _to_scan_grid(grid_map: np.ndarray, grid_affine: np.ndarray, canonical_affine: np.ndarray,
@@ -186,12 +186,12 @@ def detect_scan(model, scan: str | Path, out_dir: str | Path, *, reconstruct=Non
     ``reconstruct`` (optional) is the model's :data:`~models.scoring.ReconstructFn`, built once by the
     caller for many scans; by default it is built from ``model``.
     """
-    from .nifti import _read_image
+    from .nifti import read_nifti_image
     from .preprocess import preprocess_volume
     from .scoring import as_reconstruct_fn, score_volume
 
     scan = Path(scan)
-    image = _read_image(scan)
+    image = read_nifti_image(scan)
     check_scan(scan, image, model)
     volume = load_nifti(scan)
     sliced = preprocess_volume(volume, config=model.preprocess)

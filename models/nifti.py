@@ -62,6 +62,7 @@ __all__ = [
     "VolumeLimits",
     "load_nifti",
     "read_nifti_header",
+    "read_nifti_image",
     "non_regular_reason",
     "load_mask",
     "save_nifti",
@@ -371,6 +372,29 @@ def read_nifti_header(path: str | Path, *, limits: VolumeLimits | None = None,
         except (OSError, EOFError, zlib.error) as exc:
             raise NiftiError(path, f"not a readable NIfTI file ({type(exc).__name__}: {exc})") from None
         return _parse_header(path, block, limits, min_extent, stream is not handle)
+
+
+def read_nifti_image(path: str | Path, *, limits: VolumeLimits | None = None, min_extent: int = MIN_EXTENT):
+    """The nibabel image of ``path`` as stored (its own affine, header and voxel order).
+
+    For tools that must write results in the scan's own space (``secagg detect``).
+    The header is checked against ``limits`` first (:func:`read_nifti_header`), so
+    nibabel later reads only the declared, bounded number of voxel bytes.
+    """
+    import nibabel as nib
+    from nibabel.filebasedimages import ImageFileError
+    from nibabel.spatialimages import HeaderDataError
+
+    path = Path(path)
+    read_nifti_header(path, limits=limits, min_extent=min_extent)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # odd headers are checked by the caller
+            return nib.load(str(path))
+    except ImageFileError as exc:
+        raise NiftiError(path, f"not a readable NIfTI file ({exc})") from None
+    except (OSError, EOFError, ValueError, zlib.error, MemoryError, HeaderDataError) as exc:
+        raise NiftiError(path, f"unreadable header ({type(exc).__name__}: {exc})") from None
 
 
 def _read_payload(path: Path, limits: VolumeLimits, min_extent: int) -> tuple[NiftiHeader, bytearray]:

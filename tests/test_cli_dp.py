@@ -69,8 +69,8 @@ def test_ledger_show_and_verify(tmp_path):
     code, out, _ = run("ledger", "show", str(tmp_path), "--json")
     shown = json.loads(out)
     assert code == 0 and len(shown["spends"]) == 4
-    assert shown["unit"] == "slice" and shown["adjacency"] == "add/remove one slice"
-    assert all(s["unit"] == "slice" and s["adjacency"] == "add/remove one slice" for s in shown["spends"])
+    assert shown["unit"] == "patient" and shown["adjacency"] == "add/remove one patient"
+    assert all(s["unit"] == "patient" and s["adjacency"] == "add/remove one patient" for s in shown["spends"])
     code, out, _ = run("ledger", "verify", str(tmp_path))
     assert code == 0 and "ledger OK" in out
     # No registry anywhere (unsigned spends, as a Flower coordinator's): it says what it did not check.

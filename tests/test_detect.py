@@ -256,7 +256,7 @@ def test_export_then_detect_in_a_fresh_process_without_the_run(finished_run, tmp
     assert exported["threshold"]["value"] == summary["detection_threshold"]["value"]
     assert exported["privacy"]["delta"] == summary["privacy"]["delta"]
     assert exported["privacy"]["epsilon_max"] == pytest.approx(max(summary["privacy"]["epsilon_spent"].values()))
-    assert exported["privacy"]["accountant"] and "record-level" in exported["privacy"]["unit"]
+    assert exported["privacy"]["accountant"] and "patient-level" in exported["privacy"]["unit"]
     # Delete the run: detect must need nothing but the model file.
     shutil.rmtree(run)
     patients = [line.split("\t")[0] for line in (data / "participants.tsv").read_text().splitlines()[1:]

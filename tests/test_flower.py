@@ -295,7 +295,7 @@ def test_deployment_engine_over_tls_active_mode_two_rounds_with_a_dropout(federa
 
     path, _ = write_dpia(run_dir, fmt="md", out=tmp_path / "dpia.md")
     text = path.read_text()
-    assert "Flower deployment" in text and "held at the site (not reported to the coordinator)" in text
+    assert "Flower deployment" in text and "held at the site (not released)" in text
     assert "checked against every node's own registry" in text
 
 

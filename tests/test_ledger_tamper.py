@@ -132,7 +132,7 @@ def test_intact_run_verifies_with_signatures_and_anchors(run_dir, auditor, capsy
     assert code == 0, err
     spends = len([1 for kind, _ in _rows(run_dir) if kind == "spend"])
     assert spends == 9 and f"{spends} site signatures verified" in out and "3 site anchors matched" in out
-    assert "privacy unit: one slice (add/remove one slice)" in out
+    assert "privacy unit: one patient (add/remove one patient)" in out
 
 
 def test_default_registry_is_the_run_directorys_and_says_so(run_dir, capsys):
