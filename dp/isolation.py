@@ -8,12 +8,14 @@ in a child process with ``RLIMIT_AS`` set to the child's address space plus a
 budget. Allocation failures then surface as ``MemoryError`` inside the child,
 and the parent gets a failure reason instead of dying.
 
-The children come from a ``forkserver``: a single-threaded server process,
-started once and preloaded with the accountants' libraries, forks them.
-Forking the caller itself would copy its threads' locks (pytest-xdist's I/O
-threads, BLAS and OpenMP pools, Flower's and Ray's threads) in whatever state
-they were; a child that then needed one of those locks hung until the time
-limit (seen in ``make test``: a PLD call on a trivial setting timed out).
+The child is forked from the caller (libraries already imported, memory
+shared copy-on-write). Forking a multi-threaded caller copies its threads'
+locks in whatever state they were, and once in ``make test`` (pytest-xdist's
+I/O threads beside torch's) a PLD call on a trivial setting hung until the time
+limit. A child that times out is therefore killed and the computation tried
+once more in a fresh child; only a second time-out is a failure. (A
+``forkserver`` avoids inherited locks but costs each process seconds of
+start-up, which made every CLI call slower.)
 
 On platforms other than Linux the computation runs in-process, unguarded.
 """
@@ -40,11 +42,10 @@ def _address_space_bytes() -> int:
         return int(f.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
 
 
-def _child(conn, fn, args, budget) -> None:
+def _child(conn, fn, args, limit) -> None:
     try:
         import resource
 
-        limit = _address_space_bytes() + budget
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
         conn.send((True, fn(*args)))
     except BaseException as exc:  # report everything, including MemoryError
@@ -57,36 +58,40 @@ def _child(conn, fn, args, budget) -> None:
         os._exit(0)  # skip atexit handlers inherited from the parent
 
 
-_CONTEXT = None
-
-
-def _context():
-    """The forkserver context, preloaded once with what the accountants import."""
-    global _CONTEXT
-    if _CONTEXT is None:
-        ctx = multiprocessing.get_context("forkserver")
-        ctx.set_forkserver_preload(["dp.accounting"])
-        _CONTEXT = ctx
-    return _CONTEXT
-
-
 def run_isolated(
     fn: Callable[..., Any],
     *args,
     memory_budget: int = DEFAULT_MEMORY_BUDGET,
     timeout: float = DEFAULT_TIMEOUT,
 ) -> Any:
-    """``fn(*args)`` in a guarded child; raises :class:`IsolatedFailure` with the reason."""
+    """``fn(*args)`` in a guarded child; raises :class:`IsolatedFailure` with the reason.
+
+    A child that times out is retried once in a fresh child (module docstring).
+    """
     if not sys.platform.startswith("linux"):
         return fn(*args)
-    ctx = _context()
+    try:
+        return _run_in_child(fn, args, memory_budget, timeout)
+    except _TimedOut:
+        try:
+            return _run_in_child(fn, args, memory_budget, timeout)
+        except _TimedOut:
+            raise IsolatedFailure(f"did not finish within {timeout:.0f} s (twice)") from None
+
+
+class _TimedOut(Exception):
+    pass
+
+
+def _run_in_child(fn, args, memory_budget: int, timeout: float):
+    ctx = multiprocessing.get_context("fork")
     receiver, sender = ctx.Pipe(duplex=False)
-    process = ctx.Process(target=_child, args=(sender, fn, args, memory_budget))
+    process = ctx.Process(target=_child, args=(sender, fn, args, _address_space_bytes() + memory_budget))
     process.start()
     sender.close()
     try:
         if not receiver.poll(timeout):
-            raise IsolatedFailure(f"did not finish within {timeout:.0f} s")
+            raise _TimedOut()
         try:
             ok, value = receiver.recv()
         except EOFError:

@@ -108,8 +108,6 @@ BEGIN SELECT RAISE(ABORT, 'the privacy ledger is append-only'); END;
 """
 
 # Kept under their historical names: tests and tools that rebuild a chain use them.
-_genesis_hash = genesis_hash
-_chain_hash = chain_hash
 
 
 def adjacency_of(neighbouring: str, unit: str) -> str:
@@ -386,7 +384,7 @@ class PrivacyLedger:
 
     def head(self) -> tuple[int, str]:
         row = self._conn.execute("SELECT seq, hash FROM entries ORDER BY seq DESC LIMIT 1").fetchone()
-        return (0, _genesis_hash(self.run_id)) if row is None else (row[0], row[1])
+        return (0, genesis_hash(self.run_id)) if row is None else (row[0], row[1])
 
     def events(self, site: str) -> list[PrivacyEvent]:
         return list(self._events.get(site, []))
@@ -522,7 +520,7 @@ class PrivacyLedger:
                 body = statement.signed_body(signer.sign_entry(statement))
                 last_signed[statement.site] = count
             text = canonical_json(body)
-            digest = _chain_hash(prev, text)
+            digest = chain_hash(prev, text)
             records.append((count, kind, text, prev, digest))
             prev = digest
         try:
@@ -601,7 +599,7 @@ def verify_ledger(run_dir, *, registry: Mapping[str, bytes] | None = None, ancho
         site_level = meta.get("site_level")
     except (TypeError, ValueError, AttributeError) as exc:
         return _fail(report, 1, f"entry 1 (genesis) holds invalid parameters: {exc}")
-    prev = _genesis_hash(run_id)
+    prev = genesis_hash(run_id)
     events: dict[str, list[PrivacyEvent]] = {}
     site_events: dict[str, list] = {}
     unsigned = 0
@@ -611,7 +609,7 @@ def verify_ledger(run_dir, *, registry: Mapping[str, bytes] | None = None, ancho
         if prev_hash != prev:
             return _fail(report, seq, f"entry {seq} does not link to entry {seq - 1} (reordered or altered)",
                          *_claimed_site_round(kind, body))
-        if not isinstance(body, str) or _chain_hash(prev_hash, body) != digest:
+        if not isinstance(body, str) or chain_hash(prev_hash, body) != digest:
             return _fail(report, seq, f"entry {seq} was altered: its hash does not match its content",
                          *_claimed_site_round(kind, body))
         try:

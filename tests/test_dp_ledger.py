@@ -109,17 +109,18 @@ def test_edit_detected(run_dir):
 def test_edit_with_rehashed_chain_detected_by_epsilon_recomputation(run_dir):
     """An attacker who edits an event AND recomputes every hash (and the head record) is still
     caught: the stored cumulative epsilons no longer match the events."""
-    from dp.ledger import _chain_hash, _genesis_hash, canonical_json
+    from dp.ledger import canonical_json
+    from dp.ledger_format import chain_hash, genesis_hash
 
     conn = _raw(run_dir)
     rows = conn.execute("SELECT seq, kind, body FROM entries ORDER BY seq").fetchall()
-    prev = _genesis_hash("r1")
+    prev = genesis_hash("r1")
     for seq, kind, body in rows:
         parsed = json.loads(body)
         if seq == 2:
             parsed["event"]["steps"] = 5  # claim less spend
         text = canonical_json(parsed)
-        digest = _chain_hash(prev, text)
+        digest = chain_hash(prev, text)
         conn.execute("UPDATE entries SET body = ?, prev_hash = ?, hash = ? WHERE seq = ?", (text, prev, digest, seq))
         prev = digest
     (Path(run_dir) / HEAD_FILE).write_text(json.dumps({"run_id": "r1", "entries": len(rows), "head": prev}))

@@ -61,7 +61,7 @@ def test_a_node_joins_one_session_fingerprint_once(tmp_path):
 
 
 def test_a_node_refuses_a_quorum_and_graph_weaker_than_its_operator_assumes(tmp_path):
-    from simulation.flower.client_app import _signing_key
+    from simulation.flower.client_app import node_signing_key
 
     n, degree, threshold = 9, 4, 3
     config, context = _active(tmp_path, n, degree=degree, threshold=threshold, max_corrupt=0)
@@ -75,15 +75,15 @@ def test_a_node_refuses_a_quorum_and_graph_weaker_than_its_operator_assumes(tmp_
     assert witnesses
     context.node_config["max-corrupt"] = 1
     with pytest.raises(secagg.VerificationError, match="max_corrupt"):
-        _signing_key(context, setup)
+        node_signing_key(context, setup)
     # Declaring the colluder is not enough either: k = 4, t = 3 falls to one corrupt neighbour.
     declared, context2 = _active(tmp_path / "declared", n, degree=degree, threshold=threshold, max_corrupt=1)
     context2.node_config["max-corrupt"] = 1
     setup2 = RoundSetup.from_record(_setup(session=declared, client_id=3, site="site-3", max_summands=n).to_record())
     with pytest.raises(secagg.VerificationError, match="failure bound"):
-        _signing_key(context2, setup2)
+        node_signing_key(context2, setup2)
     # The complete graph with 2t - n > 1 is what such a node accepts.
     safe, context3 = _active(tmp_path / "safe", n, threshold=6, max_corrupt=1)
     context3.node_config["max-corrupt"] = 1
     setup3 = RoundSetup.from_record(_setup(session=safe, client_id=3, site="site-3", max_summands=n).to_record())
-    assert len(_signing_key(context3, setup3)) == 32
+    assert len(node_signing_key(context3, setup3)) == 32

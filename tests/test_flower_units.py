@@ -82,26 +82,26 @@ def test_an_active_setup_carries_the_verify_keys(tmp_path):
 
 
 def test_a_node_signs_only_for_sessions_whose_keys_match_its_own_registry(tmp_path):
-    from simulation.flower.client_app import _signing_key
+    from simulation.flower.client_app import node_signing_key
 
     setup, context, identities = _active_setup(tmp_path)
-    seed = _signing_key(context, setup)
+    seed = node_signing_key(context, setup)
     secagg.crypto.verify_signature(identities[3].verify_key, b"m", secagg.crypto.sign(seed, b"m"))
     forged, context, _ = _active_setup(tmp_path / "forged", forge=True)
     with pytest.raises(secagg.VerificationError, match="site-2"):
-        _signing_key(context, forged)
+        node_signing_key(context, forged)
     with pytest.raises(secagg.InvalidInputError, match="signing-key"):
-        _signing_key(SimpleNamespace(node_config={}, run_config={}), setup)
+        node_signing_key(SimpleNamespace(node_config={}, run_config={}), setup)
 
 
 def test_a_node_refuses_a_session_whose_quorum_tolerates_fewer_colluders_than_it_requires(tmp_path):
     """A coordinator cannot shrink the consistency quorum below what the node's operator set."""
-    from simulation.flower.client_app import _signing_key
+    from simulation.flower.client_app import node_signing_key
 
     setup, context, _ = _active_setup(tmp_path, max_corrupt=0)
     context.node_config["max-corrupt"] = 1
     with pytest.raises(secagg.VerificationError, match="max_corrupt"):
-        _signing_key(context, setup)
+        node_signing_key(context, setup)
     parsed = RoundSetup.from_record(setup.to_record())
     assert parsed.session.max_corrupt == 0 and parsed.session.consistency_quorum == 2
 
@@ -185,12 +185,12 @@ def test_a_node_recalibrates_distributed_dp_and_refuses_a_different_mechanism(tm
 
 
 def test_a_node_with_a_registry_refuses_a_passive_session(tmp_path):
-    from simulation.flower.client_app import _signing_key
+    from simulation.flower.client_app import node_signing_key
 
     _, context, _ = _active_setup(tmp_path)
     passive = _setup(client_id=3, site="site-3")  # a coordinator downgrading to unauthenticated keys
     with pytest.raises(secagg.VerificationError, match="active-mode sessions only"):
-        _signing_key(context, passive)
+        node_signing_key(context, passive)
 
 
 def test_a_deployed_node_never_takes_its_budget_or_paths_from_the_run_config():

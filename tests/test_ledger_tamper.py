@@ -18,7 +18,8 @@ from pathlib import Path
 import pytest
 
 from dp import PrivacyEvent, compute_epsilon
-from dp.ledger import HEAD_FILE, LEDGER_FILE, _chain_hash, _genesis_hash, canonical_json
+from dp.ledger import HEAD_FILE, LEDGER_FILE, canonical_json
+from dp.ledger_format import chain_hash, genesis_hash
 from simulation.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -96,10 +97,10 @@ def _rewrite(run_dir, rows):
     conn.execute("DROP TRIGGER IF EXISTS entries_no_delete")
     conn.execute("BEGIN")
     conn.execute("DELETE FROM entries")
-    prev = _genesis_hash(run_id)
+    prev = genesis_hash(run_id)
     for seq, (kind, body) in enumerate(rows, start=1):
         text = canonical_json(body)
-        digest = _chain_hash(prev, text)
+        digest = chain_hash(prev, text)
         conn.execute("INSERT INTO entries VALUES (?, ?, ?, ?, ?)", (seq, kind, text, prev, digest))
         prev = digest
     conn.execute("COMMIT")
@@ -262,7 +263,7 @@ def test_invalid_json_in_an_entry(run_dir, auditor, capsys):
     conn.execute("DROP TRIGGER entries_no_update")
     seq, prev = conn.execute("SELECT seq, prev_hash FROM entries WHERE kind='spend' ORDER BY seq LIMIT 1").fetchone()
     text = '{"event": {"site": "site-1"'
-    conn.execute("UPDATE entries SET body = ?, hash = ? WHERE seq = ?", (text, _chain_hash(prev, text), seq))
+    conn.execute("UPDATE entries SET body = ?, hash = ? WHERE seq = ?", (text, chain_hash(prev, text), seq))
     conn.close()
     code, _, err = verify(run_dir, auditor, capsys=capsys)
     assert_broken(code, err, f"entry {seq}", "not valid JSON")

@@ -256,11 +256,12 @@ def test_tiny_run_with_distributed_dp(tmp_path, cache_dir):
     seq, body = conn.execute("SELECT seq, body FROM entries WHERE kind = 'site_level_spend' LIMIT 1").fetchone()
     data = json.loads(body)
     data["cumulative_epsilon"] = data["cumulative_epsilon"] / 2
-    from dp.ledger import _chain_hash, canonical_json
+    from dp.ledger import canonical_json
+    from dp.ledger_format import chain_hash
 
     prev = conn.execute("SELECT prev_hash FROM entries WHERE seq = ?", (seq,)).fetchone()[0]
     text = canonical_json(data)
-    conn.execute("UPDATE entries SET body = ?, hash = ? WHERE seq = ?", (text, _chain_hash(prev, text), seq))
+    conn.execute("UPDATE entries SET body = ?, hash = ? WHERE seq = ?", (text, chain_hash(prev, text), seq))
     broken = verify_ledger(out)
     assert not broken.ok and broken.first_broken is not None
 

@@ -284,7 +284,7 @@ def _local_update(setup: RoundSetup, context: Context, global_arrays) -> np.ndar
     return update.vector
 
 
-def _signing_key(context: Context, setup: RoundSetup) -> bytes | None:
+def node_signing_key(context: Context, setup: RoundSetup) -> bytes | None:
     """Active mode: this site's signing key, once the session's verify keys match our own registry."""
     from ..identity import check_session_keys, load_registry, load_signing_key
 
@@ -354,7 +354,7 @@ def setup_round(message: Message, context: Context) -> Message:
     if _drop_point(context) == (setup.round_index, "advertise"):
         return _vanish(context, message, setup.stage_timeout)
     try:
-        signing_key = _signing_key(context, setup)
+        signing_key = node_signing_key(context, setup)
         ddp = setup.distributed_dp(setup.update_length)
         ledger = _ledger(context, setup)
         if ledger is not None:
