@@ -11,11 +11,12 @@ and the parent gets a failure reason instead of dying.
 The child is forked from the caller (libraries already imported, memory
 shared copy-on-write). Forking a multi-threaded caller copies its threads'
 locks in whatever state they were, and once in ``make test`` (pytest-xdist's
-I/O threads beside torch's) a PLD call on a trivial setting hung until the time
-limit. A child that times out is therefore killed and the computation tried
-once more in a fresh child; only a second time-out is a failure. (A
-``forkserver`` avoids inherited locks but costs each process seconds of
-start-up, which made every CLI call slower.)
+I/O threads beside torch's) a PLD call on a trivial setting hung in every
+fork. So the forked child gets at most ``FIRST_TRY_S`` seconds; after that it is
+killed and the computation runs once more in a *spawned* child (a fresh
+interpreter: no inherited locks, a few seconds to import), with the full time
+limit. Only a time-out there is a failure. (Always spawning, or a
+``forkserver``, would cost every CLI process seconds of start-up.)
 
 On platforms other than Linux the computation runs in-process, unguarded.
 """
@@ -31,6 +32,8 @@ __all__ = ["run_isolated", "IsolatedFailure", "DEFAULT_MEMORY_BUDGET", "DEFAULT_
 
 DEFAULT_MEMORY_BUDGET = int(os.environ.get("SECAGG_ACCOUNTANT_MEMORY_BYTES", 2 << 30))
 DEFAULT_TIMEOUT = float(os.environ.get("SECAGG_ACCOUNTANT_TIMEOUT_S", 300))
+#: How long a forked child may take before the computation moves to a spawned one (module docstring).
+FIRST_TRY_S = 30.0
 
 
 class IsolatedFailure(Exception):
@@ -42,10 +45,11 @@ def _address_space_bytes() -> int:
         return int(f.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
 
 
-def _child(conn, fn, args, limit) -> None:
+def _child(conn, fn, args, budget) -> None:
     try:
         import resource
 
+        limit = _address_space_bytes() + budget
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
         conn.send((True, fn(*args)))
     except BaseException as exc:  # report everything, including MemoryError
@@ -71,22 +75,22 @@ def run_isolated(
     if not sys.platform.startswith("linux"):
         return fn(*args)
     try:
-        return _run_in_child(fn, args, memory_budget, timeout)
+        return _run_in_child("fork", fn, args, memory_budget, min(timeout, FIRST_TRY_S))
     except _TimedOut:
         try:
-            return _run_in_child(fn, args, memory_budget, timeout)
+            return _run_in_child("spawn", fn, args, memory_budget, timeout)
         except _TimedOut:
-            raise IsolatedFailure(f"did not finish within {timeout:.0f} s (twice)") from None
+            raise IsolatedFailure(f"did not finish within {timeout:.0f} s") from None
 
 
 class _TimedOut(Exception):
     pass
 
 
-def _run_in_child(fn, args, memory_budget: int, timeout: float):
-    ctx = multiprocessing.get_context("fork")
+def _run_in_child(method: str, fn, args, memory_budget: int, timeout: float):
+    ctx = multiprocessing.get_context(method)
     receiver, sender = ctx.Pipe(duplex=False)
-    process = ctx.Process(target=_child, args=(sender, fn, args, _address_space_bytes() + memory_budget))
+    process = ctx.Process(target=_child, args=(sender, fn, args, memory_budget))
     process.start()
     sender.close()
     try:
