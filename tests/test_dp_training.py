@@ -110,17 +110,7 @@ def test_csprng_poisson_mask_rate():
 # -- patient level (the default unit) -----------------------------------------------------------
 
 
-class SeededTestRandomness:
-    """TEST ONLY: seeded sampling and noise injected explicitly into train_dp_sgd (never the default)."""
-
-    def __init__(self, seed):
-        self.rng = np.random.default_rng(seed)
-
-    def poisson_mask(self, n, q):
-        return self.rng.random(n) < q
-
-    def gaussian(self, shape, std):
-        return self.rng.normal(0.0, std, size=shape)
+from .seeded_randomness import SeededTestRandomness  # noqa: E402
 
 
 def reference_patient_sum(model, data, groups, clip):

@@ -22,17 +22,7 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("nilearn")
 
 
-class SeededTestRandomness:
-    """TEST ONLY: seeded Poisson sampling and Gaussian noise for one site (never the default)."""
-
-    def __init__(self, seed):
-        self.rng = np.random.default_rng(seed)
-
-    def poisson_mask(self, n, q):
-        return self.rng.random(n) < q
-
-    def gaussian(self, shape, std):
-        return self.rng.normal(0.0, std, size=shape)
+from .seeded_randomness import SeededTestRandomness  # noqa: E402
 
 
 @pytest.fixture(scope="module")
