@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 
-def _fit_exponent(points):
+def fit_exponent(points):
     """Least-squares slope of log(y) against log(x): y ~ x^slope."""
     pts = [(math.log(x), math.log(y)) for x, y in points if x > 0 and y > 0]
     if len(pts) < 2:
@@ -44,12 +44,12 @@ def build(bench_json: Path, out: Path) -> dict:
     for graph in sorted({s["graph"] for s in scaling}):
         for m in sorted({s["m"] for s in scaling if s["graph"] == graph}):
             pts = [s for s in scaling if s["graph"] == graph and s["m"] == m and s["dropout"] == 0.1]
-            exponents[f"{graph} m={m}: server time vs n"] = _fit_exponent([(s["n"], s["server_s"]) for s in pts])
-            exponents[f"{graph} m={m}: client time vs n"] = _fit_exponent(
+            exponents[f"{graph} m={m}: server time vs n"] = fit_exponent([(s["n"], s["server_s"]) for s in pts])
+            exponents[f"{graph} m={m}: client time vs n"] = fit_exponent(
                 [(s["n"], s["client_s_per_client"]) for s in pts])
         for n in sorted({s["n"] for s in scaling if s["graph"] == graph}):
             pts = [s for s in scaling if s["graph"] == graph and s["n"] == n and s["dropout"] == 0.1]
-            exponents[f"{graph} n={n}: server time vs m"] = _fit_exponent([(s["m"], s["server_s"]) for s in pts])
+            exponents[f"{graph} n={n}: server time vs m"] = fit_exponent([(s["m"], s["server_s"]) for s in pts])
     report = {"machine": data.get("machine_info", {}).get("cpu", {}).get("brand_raw"),
               "datetime": data.get("datetime"), "benchmarks": rows, "ratios": ratios.get("ratios", {}),
               "spread": ratios.get("spread", {}),

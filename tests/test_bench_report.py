@@ -2,12 +2,12 @@
 
 import json
 
-from benchmarks.report import _fit_exponent, build
+from benchmarks.report import fit_exponent, build
 
 
 def test_fit_exponent_recovers_power_law():
-    assert abs(_fit_exponent([(10, 100.0), (100, 10_000.0), (1000, 1_000_000.0)]) - 2.0) < 1e-9
-    assert _fit_exponent([(10, 1.0)]) is None
+    assert abs(fit_exponent([(10, 100.0), (100, 10_000.0), (1000, 1_000_000.0)]) - 2.0) < 1e-9
+    assert fit_exponent([(10, 1.0)]) is None
 
 
 def test_report_from_benchmark_json(tmp_path):

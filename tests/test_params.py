@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import itertools
 import math
-import time
 from fractions import Fraction
 
 import pytest
@@ -227,12 +226,12 @@ def test_malicious_parameters_meet_targets():
             assert p.degree >= semi.degree
 
 
-def test_large_n_is_fast():
-    start = time.perf_counter()
+def test_large_n_has_parameters():
+    # Its speed is measured in benchmarks/test_bench_params.py, not asserted here.
     for cf, df in ((0.05, 0.05), (0.1, 0.1), (1 / 3, 0.1)):
-        find_parameters(10_000, corrupt_fraction=cf, dropout_fraction=df)
-        find_parameters(10_000, corrupt_fraction=cf, dropout_fraction=df, malicious=True)
-    assert time.perf_counter() - start < 5.0
+        for malicious in (False, True):
+            p = find_parameters(10_000, corrupt_fraction=cf, dropout_fraction=df, malicious=malicious)
+            check_parameters(p, 10_000, cf, df, malicious=malicious)
 
 
 def test_threshold_is_the_smallest_secure_one_and_k_the_smallest():
@@ -328,10 +327,8 @@ def test_infeasible_dropout_explains_itself():
 
 
 def test_infeasible_malicious_large_n():
-    start = time.perf_counter()
     with pytest.raises(InfeasibleParametersError) as info:
         find_parameters(2000, corrupt_fraction=0.3, dropout_fraction=0.36, malicious=True)
-    assert time.perf_counter() - start < 5.0
     message = str(info.value)
     assert "malicious" in message and "corrupt_fraction + 2 * dropout_fraction < 1" in message
 
