@@ -387,6 +387,8 @@ def load_bids_cohort(root: str | Path, *, bids: BidsOptions | dict | None = None
                     raise
                 skipped.append(SkippedFile(scan.image, str(exc)))
                 continue
+            # Every session and run of one subject is one data subject: the split and patient-level DP group by it.
+            volume = replace(volume, subject=scan.subject)
             if scan.pathological and volume.lesion_type is None:
                 volume = replace(volume, lesion_type=_lesion_type_from_participant(scan))
             (pathology if scan.pathological else healthy).append(volume)

@@ -356,19 +356,24 @@ def split_healthy(
 ) -> HealthySplit:
     """Split healthy volumes into training and validation sets *by subject*.
 
-    ``max(1, round(val_fraction * n))`` volumes, drawn by a permutation from
-    ``numpy.random.default_rng(seed)``, go to validation (used to fix the
-    anomaly threshold); the rest train. Needs at least two volumes.
+    Volumes of one data subject (:attr:`SliceVolume.subject_key`: the BIDS
+    subject, so every session and run of one person) always land on the same
+    side. ``max(1, round(val_fraction * n))`` of the n subjects, drawn by a
+    permutation from ``numpy.random.default_rng(seed)``, go to validation (used
+    to fix the anomaly threshold); the rest train. Needs at least two subjects.
     """
     volumes = tuple(site.healthy if isinstance(site, SiteData) else site)
     if not 0.0 < val_fraction < 1.0:
         raise ConfigError(f"val_fraction must lie strictly between 0 and 1; got {val_fraction!r}")
-    if len(volumes) < 2:
-        raise DatasetError(f"need at least 2 healthy volumes to split; got {len(volumes)}")
-    n_val = min(max(1, int(round(val_fraction * len(volumes)))), len(volumes) - 1)
-    order = np.random.default_rng(seed).permutation(len(volumes))
-    val = tuple(volumes[i] for i in sorted(order[:n_val]))
-    train = tuple(volumes[i] for i in sorted(order[n_val:]))
+    subjects = list(dict.fromkeys(v.subject_key for v in volumes))  # first-seen order: deterministic
+    if len(subjects) < 2:
+        raise DatasetError(f"need at least 2 healthy subjects to split; got {len(subjects)} "
+                           f"({len(volumes)} volume(s))")
+    n_val = min(max(1, int(round(val_fraction * len(subjects)))), len(subjects) - 1)
+    order = np.random.default_rng(seed).permutation(len(subjects))
+    val_subjects = {subjects[i] for i in order[:n_val]}
+    val = tuple(v for v in volumes if v.subject_key in val_subjects)
+    train = tuple(v for v in volumes if v.subject_key not in val_subjects)
     return HealthySplit(train=train, val=val)
 
 
@@ -384,12 +389,15 @@ def training_array(volumes: Iterable[SliceVolume]) -> np.ndarray:
 
 
 def training_patients(volumes: Iterable[SliceVolume]) -> np.ndarray:
-    """The patient (volume) index of each slice of :func:`training_array` of the same volumes, in order.
+    """The patient index of each slice of :func:`training_array` of the same volumes, in order.
 
-    One healthy volume is one subject (the split is by subject), so slice i of the stacked array
-    belongs to patient ``training_patients(volumes)[i]``: what patient-level DP-SGD samples and clips.
+    A patient is a data subject (:attr:`SliceVolume.subject_key`), not a volume: the slices of
+    every session and run of one BIDS subject share one index, so patient-level DP-SGD samples
+    and clips that person's whole contribution at once. Indices are 0..P-1 in first-seen order.
     """
-    counts = [int(v.image.shape[0]) for v in volumes]
-    if not counts:
+    volumes = list(volumes)
+    if not volumes:
         raise DatasetError("no volumes to stack")
-    return np.repeat(np.arange(len(counts), dtype=np.int64), counts)
+    index: dict[str, int] = {}
+    ids = [index.setdefault(v.subject_key, len(index)) for v in volumes]
+    return np.repeat(np.asarray(ids, dtype=np.int64), [int(v.image.shape[0]) for v in volumes])

@@ -141,7 +141,10 @@ class SliceVolume:
     ``grid_affine`` maps ``(slice, row, col, 1)`` to RAS+ mm; ``slice_fraction``
     the position of each slice within the brain's axial extent (0 = most
     inferior brain plane, 1 = top); ``intensity_scale`` the brain statistic the
-    source intensities were divided by. Arrays are read-only.
+    source intensities were divided by; ``subject`` the data subject the volume
+    belongs to (a BIDS ``sub-`` label: several sessions or runs of one person
+    share it), ``None`` when the volume is its own subject (the site layout
+    holds one volume per subject). Arrays are read-only.
     """
 
     name: str
@@ -153,6 +156,12 @@ class SliceVolume:
     slice_fraction: np.ndarray
     intensity_scale: float
     lesion_type: str | None = None
+    subject: str | None = None
+
+    @property
+    def subject_key(self) -> str:
+        """The identity of the data subject: ``subject`` when known, else the volume's own source path."""
+        return f"subject:{self.subject}" if self.subject is not None else f"volume:{self.source}"
 
     @property
     def n_slices(self) -> int:

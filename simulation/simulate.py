@@ -96,8 +96,9 @@ def _prepare_data(config: SimulationConfig, log) -> CohortSplit:
         raise SimulationError(f"cannot load the cohort: {exc}") from None
     train, patients, val, pathology = {}, {}, [], []
     for name, site in sites.items():
-        if len(site.healthy) < 2:
-            raise SimulationError(f"site {name} has {len(site.healthy)} healthy volume(s); at least 2 are needed "
+        if len({v.subject_key for v in site.healthy}) < 2:
+            raise SimulationError(f"site {name} has {len(site.healthy)} healthy volume(s) of fewer than 2 subjects; "
+                                  "at least 2 subjects are needed "
                                   "(training and threshold validation)")
         split = models.split_healthy(site, val_fraction=config.val_fraction, seed=config.seed)
         train[name] = models.training_array(split.train)

@@ -140,6 +140,27 @@ def test_load_cohort_detects_bids_and_splits_sites_by_column(bids_root):
     assert south.pathology[0].lesion_type is None  # no sidecar, no lesion_type column
 
 
+def test_sessions_and_runs_of_one_subject_are_one_data_subject(bids_root):
+    """Every session and run of one person is one subject: never on both sides of the healthy split,
+    and one patient (one index) for patient-level DP-SGD, which samples and clips per patient."""
+    from models import split_healthy, training_patients
+
+    north = load_cohort(bids_root, image_size=32)["north"]
+    assert {v.name: v.subject for v in north.healthy} == {
+        "sub-01_ses-1_FLAIR": "01", "sub-01_ses-2_FLAIR": "01", "sub-02_run-1_FLAIR": "02", "sub-02_run-2_FLAIR": "02"}
+    for seed in range(8):
+        split = split_healthy(north, val_fraction=0.5, seed=seed)
+        train, val = {v.subject for v in split.train}, {v.subject for v in split.val}
+        assert len(train) == len(val) == 1 and not train & val  # 2 subjects, not 4 volumes, were split
+        patients = training_patients(split.train)
+        assert patients.tolist() == [0] * sum(v.n_slices for v in split.train)  # two volumes, one patient
+    both = training_patients(north.healthy)
+    counts = [v.n_slices for v in north.healthy]
+    assert len(set(both.tolist())) == 2 and len(both) == sum(counts)
+    with pytest.raises(DatasetError, match="2 healthy subjects"):
+        split_healthy([v for v in north.healthy if v.subject == "01"])
+
+
 def test_one_dataset_without_site_column_is_one_site_named_after_its_folder(tmp_path):
     root = _dataset(tmp_path / "hospital", [("sub-1", "healthy", "n/a"), ("sub-2", "patient", "n/a")],
                     columns=("participant_id", "group", "lesion_type"))
