@@ -103,15 +103,16 @@ def check_scan(path: Path, image, model) -> None:
                                 "model expects a skull-stripped brain (normalisation mismatch)")
 
 
-def check_scans(model, scans) -> None:
+def check_scans(model, scans, *, names=None) -> None:
     """Open and :func:`check_scan` every scan before any is scored, so a bad one stops the batch early.
 
-    Two scans with the same file stem would write the same outputs: a :class:`DatasetError`.
+    Two scans with the same file stem would write the same outputs: a :class:`DatasetError`. ``names``
+    (default ``scans``) are the paths whose stems must differ, checked even when ``scans`` is empty.
     """
     from .nifti import read_nifti_image
 
     stems: dict[str, Path] = {}
-    for scan in scans:
+    for scan in scans if names is None else names:
         other = stems.setdefault(nifti_stem(scan), Path(scan))
         if other != Path(scan):
             raise DatasetError(f"{scan} and {other} have the same name: their outputs would overwrite each other")
@@ -228,6 +229,26 @@ def detect_scan(model, scan: str | Path, out_dir: str | Path, *, reconstruct=Non
         "threshold": {"value": threshold, **{k: v for k, v in model.threshold.items() if k != "value"}},
     }
     return DetectionResult(scan, anomaly_path, seg_path, montage, record)
+
+
+def prepare_for_detection(scans, out_dir: str | Path, options=None) -> dict[Path, Path]:
+    """Run :func:`models.prepare.prepare_scan` on each raw scan (``detect --prepare``); returns raw -> prepared.
+
+    The prepared scans go to ``out_dir/prepared/STEM.nii.gz`` with their JSON sidecars (steps, input
+    SHA-256, the fitted transform), keeping the stem so the modality check still reads the BIDS suffix.
+    Detection then runs on the prepared scan, so its maps lie on the prepared (MNI152, 2 mm) grid and
+    overlay the prepared scan, not the raw one: the raw scan's grid differs by the registration.
+    """
+    from .prepare import PrepareOptions, prepare_scan
+
+    folder = Path(out_dir) / "prepared"
+    folder.mkdir(parents=True, exist_ok=True)
+    prepared = {}
+    for scan in scans:
+        dst = folder / f"{nifti_stem(Path(scan))}.nii.gz"
+        prepare_scan(scan, dst, options or PrepareOptions())
+        prepared[Path(scan)] = dst
+    return prepared
 
 
 def write_report(path: str | Path, model, results: list[DetectionResult]) -> Path:

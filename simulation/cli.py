@@ -379,13 +379,23 @@ def _load_detect_model(source: str):
 def _cmd_detect(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from models.detect import check_scans, detect_scan, write_report
+    from models.detect import check_scans, detect_scan, prepare_for_detection, write_report
     from models.scoring import as_reconstruct_fn
 
     model = _load_detect_model(args.model)
-    check_scans(model, args.scans)  # every scan is checked before anything is written
+    scans = [Path(s) for s in args.scans]
+    prepared = {}
+    if args.prepare:
+        check_scans(model, [], names=scans)  # colliding names are refused before anything is written
+        prepared = prepare_for_detection(scans, args.out)
+        scans = [prepared[s] for s in scans]
+    check_scans(model, scans)  # every scan is checked before any output is written
     reconstruct = as_reconstruct_fn(model.build_model())
-    results = [detect_scan(model, scan, args.out, reconstruct=reconstruct) for scan in args.scans]
+    results = [detect_scan(model, scan, args.out, reconstruct=reconstruct) for scan in scans]
+    for raw, result in zip(args.scans, results):
+        if args.prepare:
+            result.record["prepared_from"] = str(raw)
+            result.record["grid"] = "prepared scan (MNI152 2 mm when registered): the maps overlay it, not the raw scan"
     report = write_report(Path(args.out) / "detections.json", model, results)
     if args.json:
         print(report.read_text())
@@ -768,11 +778,16 @@ def build_parser() -> argparse.ArgumentParser:
             "MODEL is an exported model file or a run directory."
         ),
         epilog=("Examples:\n  secagg detect model.secagg scan.nii.gz --out results/\n"
+                "  secagg detect model.secagg raw/sub-07_FLAIR.nii.gz --prepare --out results/\n"
                 "  secagg detect runs/demo bids/sub-01/anat/sub-01_FLAIR.nii.gz --out results/ --json"),
     )
     detect.add_argument("model", help="an exported model file (secagg export) or a finished run directory")
     detect.add_argument("scans", nargs="+", metavar="SCAN", help="NIfTI scans (.nii or .nii.gz)")
     detect.add_argument("--out", required=True, help="output directory")
+    detect.add_argument("--prepare", action="store_true",
+                        help="run `secagg data prepare` (RAS, N4, MNI152 registration, skull stripping, "
+                             "normalisation) on each raw scan first, into OUT/prepared/; the maps then overlay "
+                             "the prepared scan")
     detect.add_argument("--json", action="store_true", help="print detections.json")
     detect.set_defaults(func=_cmd_detect)
 

@@ -305,3 +305,31 @@ def test_detect_cli_bad_inputs_are_one_line_errors(finished_run, tmp_path):
         code, _, stderr = secagg_cli(*args, "--out", str(tmp_path / "o")) if args[0] == "detect" else secagg_cli(*args)
         lines = stderr.strip().splitlines()
         assert code == 2 and len(lines) == 1 and message in lines[0], (args, stderr)
+
+
+@pytest.mark.slow
+def test_detect_prepare_runs_prepare_first_on_a_raw_scan(finished_run, tmp_path):
+    """A raw-looking scan (rotated 8 degrees, skull/background not stripped) is refused as is; with
+    --prepare it is prepared into OUT/prepared/ first and the maps overlay the prepared scan exactly."""
+    data, run = finished_run
+    patient = next(line.split("\t")[0] for line in (data / "participants.tsv").read_text().splitlines()[1:]
+                   if "\tpatient\t" in line)
+    image = nib.load(data / f"{patient}/anat/{patient}_FLAIR.nii.gz")
+    values = np.asarray(image.dataobj, dtype=np.float32)
+    raw = np.where(values > 0, values, 0.05 * float(values.max()))  # no skull stripping: background is tissue-like
+    theta = np.deg2rad(8.0)
+    rotation = np.array([[np.cos(theta), -np.sin(theta), 0, 4.0], [np.sin(theta), np.cos(theta), 0, -3.0],
+                         [0, 0, 1, 0], [0, 0, 0, 1]])
+    scan = save_nifti(tmp_path / "raw" / f"{patient}_FLAIR.nii.gz", raw.astype(np.float32), rotation @ image.affine)
+    code, _, stderr = secagg_cli("detect", str(run), str(scan), "--out", str(tmp_path / "plain"))
+    assert code == 2 and "not skull-stripped" in stderr and stderr.count("\n") == 1, stderr
+    code, stdout, stderr = secagg_cli("detect", str(run), str(scan), "--prepare", "--out", str(tmp_path / "out"),
+                                      "--json", cwd=tmp_path)
+    assert code == 0, stderr[-2000:]
+    record = json.loads(stdout)["scans"][0]
+    prepared = tmp_path / "out" / "prepared" / f"{patient}_FLAIR.nii.gz"
+    assert record["prepared_from"] == str(scan) and record["scan"] == str(prepared)
+    sidecar = json.loads((tmp_path / "out" / "prepared" / f"{patient}_FLAIR.json").read_text())
+    assert sidecar["steps"] == ["reorient", "n4", "register", "skull_strip", "normalise"]
+    seg, reference = nib.load(record["segmentation"]), nib.load(prepared)
+    assert seg.shape == reference.shape and np.array_equal(seg.affine, reference.affine)
