@@ -246,14 +246,14 @@ def test_step_dp_sgd_patient_level(benchmark, batch):
 
 @pytest.mark.parametrize("accountant", ["rdp", "prv", "pld", "rdp-dpa"])
 def test_accountant_50_rounds(benchmark, accountant):
-    from dp.accounting import ACCOUNTANTS, _run, merge_events
+    from dp.accounting import merge_events, run_accountant
     from dp.events import PrivacyEvent
 
     events = tuple(PrivacyEvent("site", r, 1.0, 0.05, 20, 1e-5) for r in range(50))
 
     def account():
         # What compute_epsilon does, minus its cache: merge equal mechanisms, then compose.
-        return _run(ACCOUNTANTS[accountant], merge_events(events), 1e-5, upper=True)
+        return run_accountant(accountant, merge_events(events), 1e-5, upper=True)
 
     result = benchmark.pedantic(account, rounds=3, warmup_rounds=1)
     assert result.ok, result.error

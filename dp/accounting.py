@@ -56,6 +56,7 @@ __all__ = [
     "epsilon_for",
     "accountant_version",
     "merge_events",
+    "run_accountant",
 ]
 
 
@@ -256,6 +257,12 @@ def _run(entry: _Accountant, events: Sequence[PrivacyEvent], delta: float, *, up
     if value < 0:
         return AccountantResult(entry.name, None, f"returned a negative epsilon ({value})", library, upper)
     return AccountantResult(entry.name, value, None, library, upper)
+
+
+def run_accountant(name: str, events: Sequence[PrivacyEvent], delta: float, *, upper: bool = True) -> AccountantResult:
+    """One accountant's epsilon for ``events`` at ``delta``, uncached (what :func:`compute_epsilon`
+    runs per accountant); a failure is an :class:`AccountantResult` with ``error`` set, never an exception."""
+    return _run(ACCOUNTANTS[name], events, delta, upper=upper)
 
 
 def merge_events(events: Sequence[PrivacyEvent]) -> tuple[PrivacyEvent, ...]:
