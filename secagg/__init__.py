@@ -29,7 +29,7 @@ from .errors import (
 )
 from .graph import complete_graph, harary_graph
 from .exchange import ExchangeRecord, run_exchange
-from .local import ANSWER_STAGE, STAGES, LocalResult, run_local
+from .local import LocalResult, run_local
 from .messages import (
     AdvertisedKeys,
     AdvertiseKeys,
@@ -45,6 +45,7 @@ from .messages import (
 )
 from .params import DEFAULT_SECURITY_BITS, Parameters, failure_bounds, find_parameters
 from .server import AggregateResult, ServerSession, ServerStage
+from .transitions import ANSWER_STAGE, STAGES
 from .wire import decode, encode
 
 __all__ = [
