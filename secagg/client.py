@@ -115,14 +115,8 @@ class ClientSession(StagedClient):
     _PARTY = "client"
     _decode = staticmethod(wire.decode)
 
-    def __init__(
-        self,
-        config: SessionConfig,
-        client_id: int,
-        *,
-        signing_key: bytes | None = None,
-        masked_input: np.ndarray | None = None,
-    ) -> None:
+    def __init__(self, config: SessionConfig, client_id: int, *, signing_key: bytes | None = None,
+                 masked_input: np.ndarray | None = None) -> None:
         super().__init__(config, client_id, signing_key=signing_key, masked_input=masked_input)
 
     @property

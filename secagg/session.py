@@ -31,6 +31,7 @@ strings, so renaming a stage or a message breaks at import time.
 
 from __future__ import annotations
 
+import abc
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Callable, ClassVar, Mapping
@@ -149,7 +150,26 @@ class EndsSession(Exception):
 Commit = Callable[[], None]
 
 
-class StagedClient:
+class _Staged(abc.ABC):
+    """What both sides of both paths supply: the wire decoder, the role's table, and what abort forgets."""
+
+    _PARTY: ClassVar[str]  # "client" or "site", for messages
+
+    @staticmethod
+    @abc.abstractmethod
+    def _decode(data: bytes):
+        """The path's wire decoder (:func:`secagg.wire.decode` or :func:`secagg.he.wire.decode`)."""
+
+    @abc.abstractmethod
+    def _transitions(self) -> Transitions:
+        """This role's table (it may depend on the mode or on the party's role)."""
+
+    @abc.abstractmethod
+    def _forget(self) -> None:
+        """Drop every secret or accumulated value the session holds (on abort)."""
+
+
+class StagedClient(_Staged):
     """The client side of a staged protocol (subclassed by each path).
 
     A subclass provides:
@@ -160,7 +180,6 @@ class StagedClient:
       :meth:`_check_input`, :meth:`_advertisement` and :meth:`_forget`.
     """
 
-    _PARTY: ClassVar[str]
     _HANDLERS: ClassVar[Mapping[type, Callable]]
 
     def __init__(self, config, party_id: int, *, signing_key: bytes | None, masked_input: np.ndarray | None) -> None:
@@ -180,28 +199,17 @@ class StagedClient:
 
     # -- what each path supplies -------------------------------------------------
 
-    @staticmethod
-    def _decode(data: bytes):
-        raise NotImplementedError
-
-    def _transitions(self) -> Transitions:
-        raise NotImplementedError
-
+    @abc.abstractmethod
     def _open(self) -> None:
         """Create this session's fresh keys and empty per-round state."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def _check_input(self, array: np.ndarray) -> np.ndarray:
         """Return the input to keep (a private copy) or raise :class:`InvalidInputError`."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def _advertisement(self):
         """Round 0: the message that opens the session (signed in active mode)."""
-        raise NotImplementedError
-
-    def _forget(self) -> None:
-        """Drop every secret the session holds (on abort)."""
-        raise NotImplementedError
 
     # -- local API -------------------------------------------------------------------
 
@@ -266,7 +274,7 @@ class StagedClient:
         return expected
 
 
-class StagedServer:
+class StagedServer(_Staged):
     """The coordinator side of a staged protocol (subclassed by each path).
 
     A subclass provides:
@@ -281,7 +289,6 @@ class StagedServer:
     A commit that closes a stage sets ``_eligible``, who may send in the next one.
     """
 
-    _PARTY: ClassVar[str]
     _NOT_ELIGIBLE: ClassVar[str]
     _VALIDATORS: ClassVar[Mapping[type, Callable]]
     _CLOSERS: ClassVar[Mapping[object, Callable]]
@@ -297,17 +304,6 @@ class StagedServer:
         self._survivors: frozenset = frozenset()
         self._released_on_abort: frozenset = frozenset()
         self._result: AggregateResult | None = None
-
-    @staticmethod
-    def _decode(data: bytes):
-        raise NotImplementedError
-
-    def _transitions(self) -> Transitions:
-        raise NotImplementedError
-
-    def _forget(self) -> None:
-        """Drop what the aborted session accumulated (sums, ciphertexts)."""
-        raise NotImplementedError
 
     # -- inspection --------------------------------------------------------------
 
