@@ -8,11 +8,11 @@ consume and produce typed messages with a canonical wire encoding; transports
 only move bytes. :func:`run_local` runs every party in-process.
 
 Layering: :mod:`secagg.transitions` lists every round and transition of each
-role (from it come :data:`STAGES` and :data:`ANSWER_STAGE`);
-:mod:`secagg.session` is the staged session skeleton (envelope checks,
-validate-then-commit, abort) shared with the HE path (:mod:`secagg.he`, its
-own table in :mod:`secagg.he.transitions`); ``client.py`` and ``server.py``
-hold only what the masking protocol computes.
+role as :class:`secagg.tables.Transitions` data (from it come :data:`STAGES`
+and :data:`ANSWER_STAGE`); :mod:`secagg.session` is the staged session
+skeleton (envelope checks, validate-then-commit, abort) shared with the HE
+path (:mod:`secagg.he`, its own tables in :mod:`secagg.he.transitions`);
+``client.py`` and ``server.py`` hold only what the masking protocol computes.
 
 This package depends only on numpy, PyNaCl and cryptography, and does no I/O.
 """

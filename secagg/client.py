@@ -90,7 +90,8 @@ from .messages import (
     UnmaskResponse,
 )
 from .prg import add_keystream
-from .session import Commit, StagedClient, Transitions
+from .session import Commit, StagedClient
+from .tables import Transitions
 from .transitions import CLIENT_ACTIVE, CLIENT_PASSIVE, ClientState
 
 __all__ = ["ClientSession", "ClientState"]

@@ -50,7 +50,8 @@ from .messages import (
     UnmaskResponse,
 )
 from .prg import add_keystream
-from .session import AggregateResult, Commit, StagedServer, Transitions
+from .session import AggregateResult, Commit, StagedServer
+from .tables import Transitions
 from .transitions import SERVER_ACTIVE, SERVER_PASSIVE, ServerStage
 
 __all__ = ["ServerSession", "ServerStage", "AggregateResult", "SHARE_CIPHERTEXT_BYTES"]

@@ -30,7 +30,7 @@ from .messages import (
     UnmaskRequest,
     UnmaskResponse,
 )
-from .session import START, Transitions, answer_stages
+from .tables import START, Transitions, answer_stages
 
 __all__ = [
     "ClientState", "ServerStage",

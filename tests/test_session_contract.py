@@ -37,7 +37,7 @@ from secagg.errors import (
 )
 from secagg.he import transitions as he_table
 from secagg.he.messages import HEAdvertisedKey
-from secagg.session import START, Transitions
+from secagg.tables import START, Transitions, answer_stages
 
 from .harness import Deployment
 from .test_he_harness import HEDeployment
@@ -281,3 +281,20 @@ def test_a_table_must_be_deterministic():
                      (state.ADVERTISED, secagg.KeyDirectory): (state.SHARED, secagg.ShareKeys),
                      (state.ADVERTISED, secagg.UnmaskRequest): (state.DONE, secagg.UnmaskResponse)},
                     aborted=state.ABORTED, carries_input=secagg.ShareKeys)
+
+
+def test_a_table_names_exactly_one_transition_that_carries_the_input():
+    stage = masking_table.ServerStage
+    with pytest.raises(ValueError, match="exactly one transition must carry"):
+        Transitions({(stage.ADVERTISE, secagg.AdvertiseKeys): (stage.SHARE, secagg.KeyDirectory)},
+                    aborted=stage.ABORTED, carries_input=secagg.MaskedInput)
+
+
+def test_modes_that_disagree_on_the_answering_stage_are_refused():
+    stage = masking_table.ServerStage
+    early = Transitions({(stage.ADVERTISE, secagg.AdvertiseKeys): (stage.SHARE, secagg.KeyDirectory)},
+                        aborted=stage.ABORTED, carries_input=secagg.AdvertiseKeys)
+    late = Transitions({(stage.ADVERTISE, secagg.AdvertiseKeys): (stage.MASK, secagg.KeyDirectory)},
+                       aborted=stage.ABORTED, carries_input=secagg.AdvertiseKeys)
+    with pytest.raises(ValueError, match="answered in two stages"):
+        answer_stages(early, late)

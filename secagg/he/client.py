@@ -64,7 +64,8 @@ from ..errors import (
     UnsafeRequestError,
     VerificationError,
 )
-from ..session import Commit, EndsSession, StagedClient, Transitions
+from ..session import Commit, EndsSession, StagedClient
+from ..tables import Transitions
 from . import wire
 from .ckks import CKKSContext
 from .config import HESessionConfig

@@ -33,7 +33,8 @@ import numpy as np
 
 from ..crypto import AEAD_OVERHEAD, constant_time_equal, verify_signature
 from ..errors import MalformedMessageError, SessionMismatchError, VerificationError
-from ..session import AggregateResult, Commit, StagedServer, Transitions
+from ..session import AggregateResult, Commit, StagedServer
+from ..tables import Transitions
 from . import wire
 from .ckks import CKKSContext
 from .config import HESessionConfig

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import enum
 
-from ..session import START, Transitions, answer_stages
+from ..tables import START, Transitions, answer_stages
 from .messages import (
     HEAdvertise,
     HEContextBundle,
