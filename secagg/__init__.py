@@ -7,6 +7,13 @@ sans-IO state machines (:class:`ClientSession`, :class:`ServerSession`) that
 consume and produce typed messages with a canonical wire encoding; transports
 only move bytes. :func:`run_local` runs every party in-process.
 
+Layering: :mod:`secagg.transitions` lists every round and transition of each
+role as :class:`secagg.tables.Transitions` data (from it come :data:`STAGES`
+and :data:`ANSWER_STAGE`); :mod:`secagg.session` is the staged session
+skeleton (envelope checks, validate-then-commit, abort) shared with the HE
+path (:mod:`secagg.he`, its own tables in :mod:`secagg.he.transitions`);
+``client.py`` and ``server.py`` hold only what the masking protocol computes.
+
 This package depends only on numpy, PyNaCl and cryptography, and does no I/O.
 """
 
@@ -29,7 +36,7 @@ from .errors import (
 )
 from .graph import complete_graph, harary_graph
 from .exchange import ExchangeRecord, run_exchange
-from .local import ANSWER_STAGE, STAGES, LocalResult, run_local
+from .local import LocalResult, run_local
 from .messages import (
     AdvertisedKeys,
     AdvertiseKeys,
@@ -45,6 +52,7 @@ from .messages import (
 )
 from .params import DEFAULT_SECURITY_BITS, Parameters, failure_bounds, find_parameters
 from .server import AggregateResult, ServerSession, ServerStage
+from .transitions import ANSWER_STAGE, STAGES
 from .wire import decode, encode
 
 __all__ = [

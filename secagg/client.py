@@ -1,9 +1,12 @@
 """The client side of the protocol as a sans-IO state machine.
 
 A :class:`ClientSession` consumes server messages (objects or wire bytes)
-and returns the client's answer; it never does I/O. Every incoming message is
-validated completely before any state changes, so a refused message leaves
-the session exactly as it was (and the client sends nothing).
+and returns the client's answer; it never does I/O. Its rounds are the rows
+of :data:`secagg.transitions.CLIENT_PASSIVE` / ``CLIENT_ACTIVE``; the
+skeleton it shares with the HE path (:class:`secagg.session.StagedClient`)
+checks each message's envelope, and the handlers here validate the message
+completely and compute the answer before anything is committed, so a refused
+message leaves the session exactly as it was (and the client sends nothing).
 
 Threat model. The client trusts nobody: the server may be actively malicious
 and may collude with other clients. The checks below hold in both modes, but
@@ -43,8 +46,6 @@ The client answers at most one unmasking request per session.
 
 from __future__ import annotations
 
-import enum
-
 import numpy as np
 
 from . import shamir, wire
@@ -62,9 +63,7 @@ from .encoding import ring_dtype
 from .errors import (
     InvalidInputError,
     LocalProtocolError,
-    SessionMismatchError,
     ThresholdNotMetError,
-    UnexpectedMessageError,
     UnsafeRequestError,
     VerificationError,
 )
@@ -86,36 +85,25 @@ from .messages import (
     KeyDirectory,
     MaskedInput,
     MaskedInputRequest,
-    ServerMessage,
     ShareKeys,
     UnmaskRequest,
     UnmaskResponse,
 )
 from .prg import add_keystream
+from .session import Commit, StagedClient
+from .tables import Transitions
+from .transitions import CLIENT_ACTIVE, CLIENT_PASSIVE, ClientState
 
 __all__ = ["ClientSession", "ClientState"]
 
 
-
-class ClientState(enum.Enum):
-    INIT = "init"
-    ADVERTISED = "advertised"  # waiting for KeyDirectory
-    SHARED = "shared"  # waiting for MaskedInputRequest
-    MASKED = "masked"  # waiting for ConsistencyRequest (active) or UnmaskRequest
-    SIGNED = "signed"  # active: waiting for UnmaskRequest
-    DONE = "done"
-    ABORTED = "aborted"
-
-
-_EXPECTED = {
-    ClientState.ADVERTISED: KeyDirectory,
-    ClientState.SHARED: MaskedInputRequest,
-    ClientState.SIGNED: UnmaskRequest,
-}
-
-
-class ClientSession:
+class ClientSession(StagedClient):
     """One client's run of one aggregation session.
+
+    Its rounds are :data:`secagg.transitions.CLIENT_PASSIVE` or
+    :data:`~secagg.transitions.CLIENT_ACTIVE`; :class:`secagg.session.StagedClient`
+    checks each message's envelope and commits the transition, and the
+    handlers below only validate and compute.
 
     Args:
         config: the agreed :class:`SessionConfig`.
@@ -125,106 +113,63 @@ class ClientSession:
         masked_input: optionally, the encoded input (see :meth:`provide_input`).
     """
 
-    def __init__(
-        self,
-        config: SessionConfig,
-        client_id: int,
-        *,
-        signing_key: bytes | None = None,
-        masked_input: np.ndarray | None = None,
-    ) -> None:
-        if client_id not in config.neighbors:
-            raise InvalidInputError(f"client id {client_id} is not a participant of this session")
-        if config.active and signing_key is None:
-            raise InvalidInputError("active mode needs the client's Ed25519 signing key")
-        self.config = config
-        self.client_id = client_id
-        self._signing_key = signing_key
-        self._fp = config.fingerprint
-        self._neighbors = config.neighbors[client_id]
-        self._closed = self._neighbors | {client_id}
-        self._x = shamir.x_coordinate(client_id)
+    _PARTY = "client"
+    _decode = staticmethod(wire.decode)
+
+    def __init__(self, config: SessionConfig, client_id: int, *, signing_key: bytes | None = None,
+                 masked_input: np.ndarray | None = None) -> None:
+        super().__init__(config, client_id, signing_key=signing_key, masked_input=masked_input)
+
+    @property
+    def client_id(self) -> int:
+        return self._id
+
+    def _transitions(self) -> Transitions:
+        return CLIENT_ACTIVE if self.config.active else CLIENT_PASSIVE
+
+    def _open(self) -> None:
+        self._neighbors = self.config.neighbors[self.client_id]
+        self._closed = self._neighbors | {self.client_id}
+        self._x = shamir.x_coordinate(self.client_id)
         self._encryption = X25519KeyPair.generate()
         self._masking = X25519KeyPair.generate()
         self._self_mask_seed = random_bytes(32)
-        self._input: np.ndarray | None = None
         self._directory = None
         self._shares: dict[int, tuple[int, int]] = {}  # peer -> (b share, sk share) held by this client
         self._own_shares: tuple[int, int] | None = None
         self._signed_survivors: frozenset | None = None
-        self.state = ClientState.INIT
-        if masked_input is not None:
-            self.provide_input(masked_input)
+
+    def _forget(self) -> None:
+        self._shares.clear()
+        self._input = None
 
     # -- local API -------------------------------------------------------------
 
     def provide_input(self, encoded: np.ndarray) -> None:
         """Set the client's encoded input (a vector in Z_{2^b}); any time before round 2."""
-        array = np.asarray(encoded)
+        super().provide_input(encoded)
+
+    def _check_input(self, array: np.ndarray) -> np.ndarray:
         dtype = ring_dtype(self.config.bit_width)
         if array.dtype != dtype or array.shape != (self.config.vector_length,):
             raise InvalidInputError(
                 f"encoded input must be {dtype} of shape ({self.config.vector_length},); "
                 f"got {array.dtype}{array.shape}"
             )
-        if self.state not in (ClientState.INIT, ClientState.ADVERTISED, ClientState.SHARED):
-            raise LocalProtocolError(f"input can no longer change in state {self.state.value}")
-        self._input = array.copy()
+        return array.copy()
 
     def advertise(self) -> AdvertiseKeys:
         """Round 0: the client's public keys (signed in active mode)."""
-        if self.state is not ClientState.INIT:
-            raise LocalProtocolError(f"advertise() called twice (state {self.state.value})")
+        return super().advertise()
+
+    def _advertisement(self) -> AdvertiseKeys:
         signature = b""
         if self.config.active:
             payload = advertise_payload(self._fp, self.client_id, self._encryption.public_key, self._masking.public_key)
             signature = sign(self._signing_key, payload)
-        self.state = ClientState.ADVERTISED
         return AdvertiseKeys(self._fp, self.client_id, self._encryption.public_key, self._masking.public_key, signature)
 
-    def abort(self) -> None:
-        """Forget every secret and refuse further messages (e.g. after a transport timeout)."""
-        self._shares.clear()
-        self._input = None
-        self.state = ClientState.ABORTED
-
-    # -- message handling ------------------------------------------------------
-
-    def handle(self, message: ServerMessage | bytes):
-        """Process one server message; return the client's reply message."""
-        if isinstance(message, (bytes, bytearray, memoryview)):
-            message = wire.decode(message)
-        self._check_envelope(message)
-        if isinstance(message, KeyDirectory):
-            return self._on_key_directory(message)
-        if isinstance(message, MaskedInputRequest):
-            return self._on_masked_input_request(message)
-        if isinstance(message, ConsistencyRequest):
-            return self._on_consistency_request(message)
-        return self._on_unmask_request(message)
-
-    def _check_envelope(self, message) -> None:
-        if self.state in (ClientState.DONE, ClientState.ABORTED, ClientState.INIT):
-            raise UnexpectedMessageError(
-                f"client {self.client_id} accepts no {type(message).__name__} in state {self.state.value}"
-            )
-        expected = _EXPECTED.get(self.state)
-        if self.state is ClientState.MASKED:
-            expected = ConsistencyRequest if self.config.active else UnmaskRequest
-        if not isinstance(message, expected):
-            raise UnexpectedMessageError(
-                f"client {self.client_id} expected {expected.__name__} in state {self.state.value}; "
-                f"got {type(message).__name__} (replayed, reordered or stale)"
-            )
-        if not constant_time_equal(message.session, self._fp):
-            raise SessionMismatchError(
-                f"message belongs to session {bytes(message.session).hex()[:16]}..., "
-                f"expected {self._fp.hex()[:16]}..."
-            )
-        if message.recipient != self.client_id:
-            raise SessionMismatchError(
-                f"message addressed to client {message.recipient} delivered to client {self.client_id}"
-            )
+    # -- message handlers: validate and compute; the returned commit only assigns ------
 
     def _require_threshold(self, count: int, what: str) -> None:
         if count < self.config.threshold:
@@ -233,7 +178,7 @@ class ClientSession:
                 f"threshold is {self.config.threshold}"
             )
 
-    def _on_key_directory(self, message: KeyDirectory) -> ShareKeys:
+    def _on_key_directory(self, message: KeyDirectory) -> tuple[ShareKeys, Commit]:
         keys = message.keys
         ids = set(keys)
         unknown = ids - self._closed
@@ -275,12 +220,14 @@ class ClientSession:
             )
             key = share_encryption_key(self._fp, self._encryption.secret_key, keys[v].encryption_key, self.client_id, v)
             ciphertexts[v] = aead_encrypt(key, plaintext, share_associated_data(self._fp, self.client_id, v))
-        self._directory = keys
-        self._own_shares = (b_shares[self._x], sk_shares[self._x])
-        self.state = ClientState.SHARED
-        return ShareKeys(self._fp, self.client_id, ciphertexts)
+        own_shares = (b_shares[self._x], sk_shares[self._x])
 
-    def _on_masked_input_request(self, message: MaskedInputRequest) -> MaskedInput:
+        def commit() -> None:
+            self._directory, self._own_shares = keys, own_shares
+
+        return ShareKeys(self._fp, self.client_id, ciphertexts), commit
+
+    def _on_masked_input_request(self, message: MaskedInputRequest) -> tuple[MaskedInput, Commit]:
         if self._input is None:
             raise LocalProtocolError("provide_input() must be called before the masked-input round")
         senders = set(message.ciphertexts)
@@ -304,14 +251,16 @@ class ClientSession:
                 raise VerificationError(f"share bundle from client {v} holds values outside GF(p)")
             received[v] = (b_value, sk_value)
         masked = self._mask(sorted(received))
-        self._shares = received
-        self.state = ClientState.MASKED
         little_endian = "<u4" if self.config.bit_width == 32 else "<u8"
         data = masked.astype(little_endian, copy=False).tobytes()
         signature = b""
         if self.config.active:
             signature = sign(self._signing_key, masked_input_payload(self._fp, self.client_id, self.config.bit_width, data))
-        return MaskedInput(self._fp, self.client_id, self.config.bit_width, data, signature)
+
+        def commit() -> None:
+            self._shares = received
+
+        return MaskedInput(self._fp, self.client_id, self.config.bit_width, data, signature), commit
 
     def _mask(self, peers: list[int]) -> np.ndarray:
         """y = x + PRG(b_u) + sum_{v in peers} sign(u, v) PRG(s_uv) (mod 2^b), sign = + if u < v."""
@@ -339,7 +288,7 @@ class ClientSession:
             )
         self._require_threshold(len(neighbour_survivors) + 1, "survived to the unmasking round")
 
-    def _on_consistency_request(self, message: ConsistencyRequest) -> ConsistencySignature:
+    def _on_consistency_request(self, message: ConsistencyRequest) -> tuple[ConsistencySignature, Commit]:
         self._check_survivor_view(message.survivors)
         if len(message.survivors) < self.config.consistency_quorum:
             raise ThresholdNotMetError(
@@ -347,11 +296,13 @@ class ClientSession:
                 f"{self.config.consistency_quorum}"
             )
         signature = sign(self._signing_key, consistency_payload(self._fp, message.survivors))
-        self._signed_survivors = message.survivors
-        self.state = ClientState.SIGNED
-        return ConsistencySignature(self._fp, self.client_id, signature)
 
-    def _on_unmask_request(self, message: UnmaskRequest) -> UnmaskResponse:
+        def commit() -> None:
+            self._signed_survivors = message.survivors
+
+        return ConsistencySignature(self._fp, self.client_id, signature), commit
+
+    def _on_unmask_request(self, message: UnmaskRequest) -> tuple[UnmaskResponse, Commit]:
         survivors, dropped = message.survivors, message.dropped
         overlap = survivors & dropped
         if overlap:
@@ -382,11 +333,13 @@ class ClientSession:
         if self.config.active:
             signature = sign(self._signing_key,
                              unmask_response_payload(self._fp, self.client_id, self_mask_shares, key_shares))
-        # Forget the shares: this client answers one unmasking request, ever.
-        self._shares = {}
-        self._input = None
-        self.state = ClientState.DONE
-        return UnmaskResponse(self._fp, self.client_id, self_mask_shares, key_shares, signature)
+
+        def commit() -> None:
+            # Forget the shares: this client answers one unmasking request, ever.
+            self._shares = {}
+            self._input = None
+
+        return UnmaskResponse(self._fp, self.client_id, self_mask_shares, key_shares, signature), commit
 
     def _verify_consistency(self, message: UnmaskRequest) -> None:
         """Active mode: U3 is the set this client signed, and Q participants signed it.
@@ -413,3 +366,10 @@ class ClientSession:
                 f"only {len(message.signatures)} participants signed the survivor set; the consistency quorum is "
                 f"{quorum} of n = {self.config.n} (max(t, floor((n + c)/2) + 1), c = {self.config.max_corrupt})"
             )
+
+    _HANDLERS = {
+        KeyDirectory: _on_key_directory,
+        MaskedInputRequest: _on_masked_input_request,
+        ConsistencyRequest: _on_consistency_request,
+        UnmaskRequest: _on_unmask_request,
+    }

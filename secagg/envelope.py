@@ -2,9 +2,10 @@
 
 A message must be of the type the current stage expects (anything else is a
 replay, a reordering or stale), carry this session's fingerprint (compared in
-constant time), and be the first of its kind from its sender. What a sender
-may send in a stage (eligibility) differs per protocol and stays with each
-server.
+constant time), and be the first of its kind from its sender. The expected
+type comes from the role's transition table; who may send in a stage
+(eligibility) is set by each server when it closes the previous stage, and
+checked by :class:`secagg.session.StagedServer`.
 """
 
 from __future__ import annotations

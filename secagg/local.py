@@ -6,7 +6,8 @@ vector, creates a :class:`~secagg.client.ClientSession` per client and one
 round by round, with dropouts at chosen stages and an optional ``tamper``
 hook that plays a malicious server. Simulations, tests and benchmarks use it;
 real deployments replace it with a network transport (e.g. Flower) and keep
-the same sessions.
+the same sessions. :data:`STAGES` and :data:`ANSWER_STAGE` are derived from
+the transition tables in :mod:`secagg.transitions` and re-exported here.
 """
 
 from __future__ import annotations
@@ -22,22 +23,11 @@ from .crypto import SigningKeyPair
 from .encoding import FixedPointEncoder, check_finite_vector
 from .errors import InvalidInputError
 from .exchange import run_exchange, validate_dropouts, validate_updates
-from .messages import ConsistencyRequest, KeyDirectory, MaskedInputRequest, UnmaskRequest
 from .client import ClientSession
 from .server import ServerSession
+from .transitions import ANSWER_STAGE, STAGES
 
 __all__ = ["ANSWER_STAGE", "STAGES", "LocalResult", "run_local"]
-
-#: Protocol stages, in order; a client listed under a stage sends nothing from that stage on.
-STAGES = ("advertise", "share", "mask", "consistency", "unmask")
-
-#: The stage in which a client answers each server message (every engine uses this one map).
-ANSWER_STAGE = {
-    KeyDirectory: "share",
-    MaskedInputRequest: "mask",
-    ConsistencyRequest: "consistency",
-    UnmaskRequest: "unmask",
-}
 
 
 @dataclass(frozen=True)

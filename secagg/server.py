@@ -15,13 +15,12 @@ sparse graph).
 
 Masked vectors are summed as they arrive (one accumulator, never a list of
 individual vectors), and every message is validated completely before any
-state changes.
+state changes. The stages are the rows of :data:`secagg.transitions.SERVER_PASSIVE`
+/ ``SERVER_ACTIVE``; the skeleton shared with the HE path
+(:class:`secagg.session.StagedServer`) receives, advances, aborts and commits.
 """
 
 from __future__ import annotations
-
-import enum
-from dataclasses import dataclass
 
 import numpy as np
 
@@ -29,15 +28,7 @@ from . import shamir, wire
 from .config import SessionConfig
 from .crypto import AEAD_OVERHEAD, constant_time_equal, verify_signature, x25519_public_key
 from .encoding import ring_dtype
-from .envelope import check_envelope
-from .errors import (
-    InvalidInputError,
-    LocalProtocolError,
-    ReconstructionError,
-    ThresholdNotMetError,
-    UnexpectedMessageError,
-    VerificationError,
-)
+from .errors import InvalidInputError, ReconstructionError, ThresholdNotMetError, VerificationError
 from .keyschedule import (
     SHARE_BUNDLE,
     advertise_payload,
@@ -49,7 +40,6 @@ from .keyschedule import (
 )
 from .messages import (
     AdvertiseKeys,
-    ClientMessage,
     ConsistencyRequest,
     ConsistencySignature,
     KeyDirectory,
@@ -60,125 +50,47 @@ from .messages import (
     UnmaskResponse,
 )
 from .prg import add_keystream
+from .session import AggregateResult, Commit, StagedServer
+from .tables import Transitions
+from .transitions import SERVER_ACTIVE, SERVER_PASSIVE, ServerStage
 
 __all__ = ["ServerSession", "ServerStage", "AggregateResult", "SHARE_CIPHERTEXT_BYTES"]
 
 SHARE_CIPHERTEXT_BYTES = SHARE_BUNDLE.size + AEAD_OVERHEAD
 
 
-class ServerStage(enum.Enum):
-    """The round whose messages the server is collecting."""
+class ServerSession(StagedServer):
+    """The coordinator's run of one aggregation session.
 
-    ADVERTISE = "advertise"
-    SHARE = "share"
-    MASK = "mask"
-    CONSISTENCY = "consistency"
-    UNMASK = "unmask"
-    DONE = "done"
-    ABORTED = "aborted"
+    Its stages are :data:`secagg.transitions.SERVER_PASSIVE` or
+    :data:`~secagg.transitions.SERVER_ACTIVE`; :class:`secagg.session.StagedServer`
+    checks envelopes and eligibility, enforces the threshold, aborts and
+    commits the transitions; the validators and closers below only compute.
+    """
 
-
-_EXPECTED = {
-    ServerStage.ADVERTISE: AdvertiseKeys,
-    ServerStage.SHARE: ShareKeys,
-    ServerStage.MASK: MaskedInput,
-    ServerStage.CONSISTENCY: ConsistencySignature,
-    ServerStage.UNMASK: UnmaskResponse,
-}
-
-
-@dataclass(frozen=True)
-class AggregateResult:
-    """The only output of a session: the ring sum of the survivors' inputs."""
-
-    ring_sum: np.ndarray
-    survivors: frozenset
-    bit_width: int
-
-
-class ServerSession:
-    """The coordinator's run of one aggregation session."""
+    _PARTY = "client"
+    _NOT_ELIGIBLE = "unknown id, or it dropped out of an earlier round"
+    _decode = staticmethod(wire.decode)
+    _THRESHOLD_STAGES = frozenset(SERVER_ACTIVE.states)  # every stage needs t answers
 
     def __init__(self, config: SessionConfig) -> None:
-        self.config = config
-        self._fp = config.fingerprint
-        self._t = config.threshold
-        self.stage = ServerStage.ADVERTISE
+        super().__init__(config)
         self._dtype = ring_dtype(config.bit_width)
-        self._received: dict[int, ClientMessage] = {}
         self._keys: dict[int, AdvertiseKeys] = {}  # U1
         self._share_senders: frozenset = frozenset()  # U2
-        self._share_ciphertexts: dict[int, dict[int, bytes]] = {}
         self._delivered: dict[int, frozenset] = {}  # u -> peers whose shares u received (and masked with)
         self._sum: np.ndarray | None = None
-        self._survivors: frozenset = frozenset()  # U3
         self._signatures: dict[int, bytes] = {}  # U4
-        self._unmask_recipients: frozenset = frozenset()
-        self._released_on_abort: frozenset = frozenset()
-        self._result: AggregateResult | None = None
 
-    # -- inspection --------------------------------------------------------------
+    def _transitions(self) -> Transitions:
+        return SERVER_ACTIVE if self.config.active else SERVER_PASSIVE
 
-    @property
-    def expected_senders(self) -> frozenset:
-        """Who may still send a message in the current stage."""
-        if self.stage is ServerStage.ADVERTISE:
-            eligible = frozenset(self.config.participants)
-        elif self.stage is ServerStage.SHARE:
-            eligible = frozenset(self._keys)
-        elif self.stage is ServerStage.MASK:
-            eligible = self._share_senders
-        elif self.stage is ServerStage.CONSISTENCY:
-            eligible = self._survivors
-        elif self.stage is ServerStage.UNMASK:
-            eligible = self._unmask_recipients
-        else:
-            return frozenset()
-        return eligible - set(self._received)
+    def _forget(self) -> None:
+        self._sum = None
 
-    @property
-    def released(self) -> frozenset:
-        """Clients whose masked input has reached the server (U3, or its part so far).
+    # -- validators: check one client message; the commit only assigns --------------
 
-        This is the set whose privacy was spent in this session, whether or
-        not the session later completes: record it even when it aborts.
-        """
-        if self.stage is ServerStage.MASK:
-            return frozenset(self._received)
-        return self._survivors if self._survivors else self._released_on_abort
-
-    @property
-    def result(self) -> AggregateResult:
-        if self._result is None:
-            raise LocalProtocolError(f"no result: the session is in stage {self.stage.value}")
-        return self._result
-
-    # -- receiving -------------------------------------------------------------------
-
-    def receive(self, message: ClientMessage | bytes) -> None:
-        """Validate and record one client message of the current stage."""
-        if isinstance(message, (bytes, bytearray, memoryview)):
-            message = wire.decode(message)
-        sender = check_envelope(message, self.stage, _EXPECTED.get(self.stage), self._fp, self._received)
-        eligible = self.expected_senders | set(self._received)
-        if sender not in eligible:
-            raise UnexpectedMessageError(
-                f"client {sender} may not send {type(message).__name__} in stage {self.stage.value} "
-                "(unknown id, or it dropped out of an earlier round)"
-            )
-        validate = getattr(self, f"_validate_{self.stage.value}")
-        validate(message)
-        if isinstance(message, MaskedInput):
-            # Fold the vector into the running sum; do not keep it.
-            vector = message.vector.astype(self._dtype, copy=False)
-            if self._sum is None:
-                self._sum = vector.copy()
-            else:
-                np.add(self._sum, vector, out=self._sum)
-            message = MaskedInput(message.session, sender, message.bit_width, b"", message.signature)
-        self._received[sender] = message
-
-    def _validate_advertise(self, message: AdvertiseKeys) -> None:
+    def _validate_advertise(self, message: AdvertiseKeys) -> tuple[AdvertiseKeys, None]:
         for other in self._keys.values():
             if {other.encryption_key, other.masking_key} & {message.encryption_key, message.masking_key}:
                 raise VerificationError(f"client {message.sender} advertises a public key already in use")
@@ -189,8 +101,9 @@ class ServerSession:
             verify_signature(self.config.verify_keys[message.sender], payload, message.signature)
         elif message.signature:
             raise VerificationError("round-0 signature present but the session is not in active mode")
+        return message, None
 
-    def _validate_share(self, message: ShareKeys) -> None:
+    def _validate_share(self, message: ShareKeys) -> tuple[ShareKeys, None]:
         expected = (self.config.neighbors[message.sender] & set(self._keys))
         got = set(message.ciphertexts)
         if got != expected:
@@ -204,8 +117,9 @@ class ServerSession:
                 f"share ciphertexts from client {message.sender} must be {SHARE_CIPHERTEXT_BYTES} bytes; "
                 f"wrong for recipients {bad[:10]}"
             )
+        return message, None
 
-    def _validate_mask(self, message: MaskedInput) -> None:
+    def _validate_mask(self, message: MaskedInput) -> tuple[MaskedInput, Commit]:
         if message.bit_width != self.config.bit_width:
             raise InvalidInputError(
                 f"client {message.sender} sent a {message.bit_width}-bit vector; the session uses "
@@ -217,6 +131,16 @@ class ServerSession:
             )
         self._check_signature(message, masked_input_payload(self._fp, message.sender, message.bit_width, message.data))
 
+        def commit() -> None:
+            # Fold the vector into the running sum; do not keep it.
+            vector = message.vector.astype(self._dtype, copy=False)
+            if self._sum is None:
+                self._sum = vector.copy()
+            else:
+                np.add(self._sum, vector, out=self._sum)
+
+        return MaskedInput(message.session, message.sender, message.bit_width, b"", message.signature), commit
+
     def _check_signature(self, message, payload: bytes) -> None:
         """Active mode: the message is signed by its sender for this session; otherwise it carries no signature."""
         if self.config.active:
@@ -226,11 +150,12 @@ class ServerSession:
         elif message.signature:
             raise VerificationError(f"{type(message).__name__} carries a signature but the session is not in active mode")
 
-    def _validate_consistency(self, message: ConsistencySignature) -> None:
+    def _validate_consistency(self, message: ConsistencySignature) -> tuple[ConsistencySignature, None]:
         payload = consistency_payload(self._fp, self._survivors)
         verify_signature(self.config.verify_keys[message.sender], payload, message.signature)
+        return message, None
 
-    def _validate_unmask(self, message: UnmaskResponse) -> None:
+    def _validate_unmask(self, message: UnmaskResponse) -> tuple[UnmaskResponse, None]:
         u = message.sender
         holds = self._delivered[u] | {u}
         dropped = self._share_senders - self._survivors
@@ -244,87 +169,65 @@ class ServerSession:
             )
         self._check_signature(
             message, unmask_response_payload(self._fp, u, message.self_mask_shares, message.key_shares))
+        return message, None
 
-    # -- advancing -------------------------------------------------------------------
+    # -- closers: the messages of the next round; the commit only assigns ------------
 
-    def advance(self) -> dict:
-        """Close the current stage; return ``{recipient: message}`` for the next one.
-
-        Raises :class:`ThresholdNotMetError` (and moves to ABORTED, with no
-        output) when fewer than t clients answered.
-        """
-        if self.stage in (ServerStage.DONE, ServerStage.ABORTED):
-            raise LocalProtocolError(f"advance() called in terminal stage {self.stage.value}")
-        answered = dict(self._received)
-        if len(answered) < self._t:
-            stage = self.stage
-            if stage is ServerStage.MASK:
-                self._released_on_abort = frozenset(answered)
-            self._abort()
-            raise ThresholdNotMetError(
-                f"only {len(answered)} clients answered in stage {stage.value}; threshold is {self._t}. "
-                "The session is aborted and produces no output."
-            )
-        try:
-            outgoing = getattr(self, f"_close_{self.stage.value}")(answered)
-        except ThresholdNotMetError:
-            self._abort()
-            raise
-        self._received = {}
-        return outgoing
-
-    def _abort(self) -> None:
-        self.stage = ServerStage.ABORTED
-        self._sum = None
-        self._share_ciphertexts = {}
-
-    def _close_advertise(self, answered: dict) -> dict:
-        self._keys = answered
+    def _close_advertise(self, answered: dict) -> tuple[dict, Commit]:
         out = {}
         for u in answered:
             closed = self.config.closed_neighborhood(u) & set(answered)
             out[u] = KeyDirectory(self._fp, u, {v: answered[v].keys for v in closed})
-        self.stage = ServerStage.SHARE
-        return out
 
-    def _close_share(self, answered: dict) -> dict:
-        self._share_senders = frozenset(answered)
-        out = {}
+        def commit() -> None:
+            self._keys, self._eligible = answered, frozenset(answered)
+
+        return out, commit
+
+    def _close_share(self, answered: dict) -> tuple[dict, Commit]:
+        share_senders = frozenset(answered)
+        out, delivered = {}, {}
         for u in answered:
-            senders = self.config.neighbors[u] & self._share_senders
-            self._delivered[u] = frozenset(senders)
+            senders = self.config.neighbors[u] & share_senders
+            delivered[u] = frozenset(senders)
             out[u] = MaskedInputRequest(self._fp, u, {v: answered[v].ciphertexts[u] for v in senders})
-        self._share_ciphertexts = {}
-        self.stage = ServerStage.MASK
-        return out
 
-    def _close_mask(self, answered: dict) -> dict:
-        self._survivors = frozenset(answered)
-        dropped = self._share_senders - self._survivors
+        def commit() -> None:
+            self._share_senders, self._delivered, self._eligible = share_senders, delivered, share_senders
+
+        return out, commit
+
+    def _close_mask(self, answered: dict) -> tuple[dict, Commit]:
+        survivors = frozenset(answered)
+        dropped = self._share_senders - survivors
         if self.config.active:
-            self.stage = ServerStage.CONSISTENCY
-            return {u: ConsistencyRequest(self._fp, u, self._survivors) for u in self._survivors}
-        self._unmask_recipients = self._survivors
-        self.stage = ServerStage.UNMASK
-        return {u: UnmaskRequest(self._fp, u, self._survivors, dropped) for u in self._survivors}
+            out = {u: ConsistencyRequest(self._fp, u, survivors) for u in survivors}
+        else:
+            out = {u: UnmaskRequest(self._fp, u, survivors, dropped) for u in survivors}
 
-    def _close_consistency(self, answered: dict) -> dict:
+        def commit() -> None:
+            self._survivors = self._eligible = survivors
+
+        return out, commit
+
+    def _close_consistency(self, answered: dict) -> tuple[dict, Commit]:
         quorum = self.config.consistency_quorum
         if len(answered) < quorum:
             raise ThresholdNotMetError(
                 f"only {len(answered)} clients signed the survivor set; honest clients need the consistency "
                 f"quorum of {quorum}. The session is aborted and produces no output."
             )
-        self._signatures = {u: m.signature for u, m in answered.items()}
-        self._unmask_recipients = frozenset(answered)
+        signatures = {u: m.signature for u, m in answered.items()}
+        recipients = frozenset(answered)
         dropped = self._share_senders - self._survivors
-        self.stage = ServerStage.UNMASK
-        return {
-            u: UnmaskRequest(self._fp, u, self._survivors, dropped, self._signatures)
-            for u in self._unmask_recipients
-        }
+        out = {u: UnmaskRequest(self._fp, u, self._survivors, dropped, signatures) for u in recipients}
 
-    def _close_unmask(self, answered: dict) -> dict:
+        def commit() -> None:
+            self._signatures, self._eligible = signatures, recipients
+
+        return out, commit
+
+    def _close_unmask(self, answered: dict) -> tuple[dict, Commit]:
         dropped = self._share_senders - self._survivors
         b_shares: dict[int, dict[int, int]] = {u: {} for u in self._survivors}
         sk_shares: dict[int, dict[int, int]] = {v: {} for v in dropped}
@@ -351,10 +254,12 @@ class ServerSession:
                 if v in self._delivered[u]:
                     key = pairwise_mask_key(self._fp, secret, self._keys[u].masking_key, v, u)
                     add_keystream(total, key, scratch, subtract=u < v)
-        self._result = AggregateResult(total, self._survivors, self.config.bit_width)
-        self._sum = None
-        self.stage = ServerStage.DONE
-        return {}
+        result = AggregateResult(total, self._survivors, self.config.bit_width)
+
+        def commit() -> None:
+            self._result, self._sum = result, None
+
+        return {}, commit
 
     def _reconstruct(self, shares: dict, what: str) -> bytes:
         if len(shares) < self._t:
@@ -362,3 +267,18 @@ class ServerSession:
                 f"only {len(shares)} shares of the {what} arrived; threshold is {self._t}"
             )
         return shamir.reconstruct(shares, self._t)
+
+    _VALIDATORS = {
+        AdvertiseKeys: _validate_advertise,
+        ShareKeys: _validate_share,
+        MaskedInput: _validate_mask,
+        ConsistencySignature: _validate_consistency,
+        UnmaskResponse: _validate_unmask,
+    }
+    _CLOSERS = {
+        ServerStage.ADVERTISE: _close_advertise,
+        ServerStage.SHARE: _close_share,
+        ServerStage.MASK: _close_mask,
+        ServerStage.CONSISTENCY: _close_consistency,
+        ServerStage.UNMASK: _close_unmask,
+    }

@@ -17,11 +17,13 @@ the individual signed uploads, checks that at least t distinct participants
 of this session signed them, and re-sums them itself, so it is never a
 decryption oracle for a malicious coordinator.
 
-Sessions are sans-IO and mirror the masking path:
-:class:`HEClientSession` (every site; the key holder is the site named by
-``HESessionConfig.key_holder``), :class:`HEServerSession` (the coordinator),
-typed frozen messages with a canonical, versioned wire encoding
-(:mod:`secagg.he.wire`), and :func:`run_local_he`, the in-process runner.
+Sessions are sans-IO and share the masking path's session skeleton
+(:mod:`secagg.session`): :class:`HEClientSession` (every site; the key holder
+is the site named by ``HESessionConfig.key_holder``), :class:`HEServerSession`
+(the coordinator), with every round and transition in one table per role
+(:mod:`secagg.he.transitions`), typed frozen messages with a canonical,
+versioned wire encoding (:mod:`secagg.he.wire`), and :func:`run_local_he`,
+the in-process runner.
 
 TenSEAL is imported lazily: this package imports without it, and anything
 that needs CKKS raises :class:`HEUnavailableError` naming ``pip install
@@ -33,7 +35,7 @@ from .client import HEClientSession, HEClientState
 from .config import HESessionConfig
 from .errors import HEUnavailableError, KeyHolderUnavailableError, SecretKeyUnavailableError
 from .keyschedule import context_id
-from .local import HE_ANSWER_STAGE, HE_STAGES, HELocalResult, run_local_he
+from .local import HELocalResult, run_local_he
 from .messages import (
     HEAdvertise,
     HEAdvertisedKey,
@@ -47,6 +49,7 @@ from .messages import (
 )
 from .params import HEParameters, find_he_parameters
 from .server import HEServerSession, HEServerStage
+from .transitions import HE_ANSWER_STAGE, HE_STAGES
 from .wire import decode, encode
 
 #: The HE path's threat model, for the CLI, the README and the DPIA to print verbatim.

@@ -1,9 +1,12 @@
 """The site side of the HE path as a sans-IO state machine (key holder included).
 
 An :class:`HEClientSession` consumes coordinator messages (objects or wire
-bytes) and returns the site's answer; it never does I/O. Every message is
-validated completely before any state changes (the h11 rule), so a refused
-message leaves the session as it was and the site sends nothing.
+bytes) and returns the site's answer; it never does I/O. Its rounds are the
+rows of :data:`secagg.he.transitions.KEY_HOLDER` / ``SITE``, run by the
+skeleton it shares with the masking path (:class:`secagg.session.StagedClient`).
+Every message is validated completely before any state changes (the h11
+rule), so a refused message leaves the session as it was and the site sends
+nothing.
 
 Roles. Every site advertises an X25519 key, receives the CKKS context and
 uploads its encrypted, encoded update. The **key holder** (``config.key_holder``)
@@ -43,8 +46,6 @@ coordinator, not against one that substitutes keys or ciphertexts.
 
 from __future__ import annotations
 
-import enum
-
 import numpy as np
 
 from ..crypto import (
@@ -60,10 +61,11 @@ from ..errors import (
     LocalProtocolError,
     SessionMismatchError,
     ThresholdNotMetError,
-    UnexpectedMessageError,
     UnsafeRequestError,
     VerificationError,
 )
+from ..session import Commit, EndsSession, StagedClient
+from ..tables import Transitions
 from . import wire
 from .ckks import CKKSContext
 from .config import HESessionConfig
@@ -86,21 +88,18 @@ from .messages import (
     HEEncryptedInput,
     HEKeyDirectory,
 )
+from .transitions import KEY_HOLDER, SITE, HEClientState
 
 __all__ = ["HEClientSession", "HEClientState"]
 
 
-class HEClientState(enum.Enum):
-    INIT = "init"
-    ADVERTISED = "advertised"  # key holder: waiting for HEKeyDirectory; others: for HEContextDelivery
-    CONTEXT_SENT = "context-sent"  # key holder: waiting for its own HEContextDelivery
-    UPLOADED = "uploaded"  # key holder: waiting for HEDecryptRequest
-    DONE = "done"
-    ABORTED = "aborted"
-
-
-class HEClientSession:
+class HEClientSession(StagedClient):
     """One site's run of one HE aggregation session.
+
+    Its rounds are :data:`secagg.he.transitions.KEY_HOLDER` or
+    :data:`~secagg.he.transitions.SITE`; :class:`secagg.session.StagedClient`
+    checks each message's envelope and commits the transition, and the
+    handlers below only validate and compute.
 
     Args:
         config: the agreed :class:`HESessionConfig`.
@@ -110,30 +109,16 @@ class HEClientSession:
         masked_input: optionally, the encoded input (see :meth:`provide_input`).
     """
 
-    def __init__(
-        self,
-        config: HESessionConfig,
-        site_id: int,
-        *,
-        signing_key: bytes | None = None,
-        masked_input: np.ndarray | None = None,
-    ) -> None:
-        if site_id not in config.participants:
-            raise InvalidInputError(f"site id {site_id} is not a participant of this session")
-        if config.active and signing_key is None:
-            raise InvalidInputError("active mode needs the site's Ed25519 signing key")
-        self.config = config
-        self.site_id = site_id
-        self._signing_key = signing_key
-        self._fp = config.fingerprint
-        self._keys = X25519KeyPair.generate()
-        self._input: np.ndarray | None = None
-        self._context: CKKSContext | None = None
-        self._context_id: bytes | None = None
-        self._recipients: frozenset = frozenset()  # key holder: the sites it sealed the key to, and itself
-        self.state = HEClientState.INIT
-        if masked_input is not None:
-            self.provide_input(masked_input)
+    _PARTY = "site"
+    _decode = staticmethod(wire.decode)
+
+    def __init__(self, config: HESessionConfig, site_id: int, *, signing_key: bytes | None = None,
+                 masked_input: np.ndarray | None = None) -> None:
+        super().__init__(config, site_id, signing_key=signing_key, masked_input=masked_input)
+
+    @property
+    def site_id(self) -> int:
+        return self._id
 
     @property
     def is_key_holder(self) -> bool:
@@ -144,6 +129,20 @@ class HEClientSession:
         """The CKKS context this site currently holds (``None`` before delivery and after its last round)."""
         return self._context
 
+    def _transitions(self) -> Transitions:
+        return KEY_HOLDER if self.is_key_holder else SITE
+
+    def _open(self) -> None:
+        self._keys = X25519KeyPair.generate()
+        self._context: CKKSContext | None = None
+        self._context_id: bytes | None = None
+        self._recipients: frozenset = frozenset()  # key holder: the sites it sealed the key to, and itself
+
+    def _forget(self) -> None:
+        self._input = None
+        self._context = None
+        self._context_id = None
+
     # -- local API -------------------------------------------------------------
 
     def provide_input(self, encoded: np.ndarray) -> None:
@@ -151,7 +150,9 @@ class HEClientSession:
 
         Each value must encode an integer of magnitude at most S; any time before round 2.
         """
-        array = np.asarray(encoded)
+        super().provide_input(encoded)
+
+    def _check_input(self, array: np.ndarray) -> np.ndarray:
         m = self.config.vector_length
         if array.shape != (m,) or array.dtype not in (np.dtype(np.uint64), np.dtype(np.int64)):
             raise InvalidInputError(
@@ -164,71 +165,19 @@ class HEClientSession:
                 f"encoded input exceeds the bound S = {bound}; encode it with "
                 "config.params.encoder"
             )
-        if self.state not in (HEClientState.INIT, HEClientState.ADVERTISED, HEClientState.CONTEXT_SENT):
-            raise LocalProtocolError(f"input can no longer change in state {self.state.value}")
-        self._input = np.array(signed, dtype=np.int64)
+        return np.array(signed, dtype=np.int64)
 
     def advertise(self) -> HEAdvertise:
         """Round 0: this session's X25519 public key (signed in active mode)."""
-        if self.state is not HEClientState.INIT:
-            raise LocalProtocolError(f"advertise() called twice (state {self.state.value})")
+        return super().advertise()
+
+    def _advertisement(self) -> HEAdvertise:
         signature = b""
         if self.config.active:
             signature = sign(self._signing_key, advertise_payload(self._fp, self.site_id, self._keys.public_key))
-        self.state = HEClientState.ADVERTISED
         return HEAdvertise(self._fp, self.site_id, self._keys.public_key, signature)
 
-    def abort(self) -> None:
-        """Forget the input and the secret context, and refuse further messages."""
-        self._forget()
-        self.state = HEClientState.ABORTED
-
-    def _forget(self) -> None:
-        self._input = None
-        self._context = None
-        self._context_id = None
-
-    # -- message handling ------------------------------------------------------
-
-    def handle(self, message):
-        """Process one coordinator message; return this site's reply message."""
-        if isinstance(message, (bytes, bytearray, memoryview)):
-            message = wire.decode(message)
-        self._check_envelope(message)
-        if isinstance(message, HEKeyDirectory):
-            return self._on_key_directory(message)
-        if isinstance(message, HEContextDelivery):
-            return self._on_context_delivery(message)
-        return self._on_decrypt_request(message)
-
-    def _expected(self):
-        if self.state is HEClientState.ADVERTISED:
-            return HEKeyDirectory if self.is_key_holder else HEContextDelivery
-        if self.state is HEClientState.CONTEXT_SENT:
-            return HEContextDelivery
-        if self.state is HEClientState.UPLOADED:
-            return HEDecryptRequest
-        return None
-
-    def _check_envelope(self, message) -> None:
-        expected = self._expected()
-        if expected is None:
-            raise UnexpectedMessageError(
-                f"site {self.site_id} accepts no {type(message).__name__} in state {self.state.value}"
-            )
-        if not isinstance(message, expected):
-            raise UnexpectedMessageError(
-                f"site {self.site_id} expected {expected.__name__} in state {self.state.value}; got "
-                f"{type(message).__name__} (replayed, reordered or stale)"
-            )
-        if not constant_time_equal(message.session, self._fp):
-            raise SessionMismatchError(
-                f"message belongs to session {bytes(message.session).hex()[:16]}..., expected {self._fp.hex()[:16]}..."
-            )
-        if message.recipient != self.site_id:
-            raise SessionMismatchError(
-                f"message addressed to site {message.recipient} delivered to site {self.site_id}"
-            )
+    # -- message handlers: validate and compute; the returned commit only assigns ------
 
     def _verify(self, signer: int, payload: bytes, signature: bytes, what: str) -> None:
         try:
@@ -238,7 +187,7 @@ class HEClientSession:
 
     # -- round 0 -> 1 (key holder) ------------------------------------------------------
 
-    def _on_key_directory(self, message: HEKeyDirectory) -> HEContextBundle:
+    def _on_key_directory(self, message: HEKeyDirectory) -> tuple[HEContextBundle, Commit]:
         keys = message.keys
         unknown = set(keys) - set(self.config.participants)
         if unknown:
@@ -269,14 +218,16 @@ class HEClientSession:
         signature = b""
         if self.config.active:
             signature = sign(self._signing_key, bundle_payload(self._fp, self.site_id, cid, sealed))
-        self._context, self._context_id = context, cid
-        self._recipients = frozenset(keys)
-        self.state = HEClientState.CONTEXT_SENT
-        return HEContextBundle(self._fp, self.site_id, context.public_bytes, sealed, signature)
+
+        def commit() -> None:
+            self._context, self._context_id = context, cid
+            self._recipients = frozenset(keys)
+
+        return HEContextBundle(self._fp, self.site_id, context.public_bytes, sealed, signature), commit
 
     # -- round 1 -> 2 (every site) -------------------------------------------------------
 
-    def _on_context_delivery(self, message: HEContextDelivery) -> HEEncryptedInput:
+    def _on_context_delivery(self, message: HEContextDelivery) -> tuple[HEEncryptedInput, Commit]:
         if self._input is None:
             raise LocalProtocolError("provide_input() must be called before the upload round")
         holder = self.config.key_holder
@@ -305,17 +256,17 @@ class HEClientSession:
         if self.config.active:
             digest = ciphertext_digest(chunks)
             signature = sign(self._signing_key, input_payload(self._fp, self.site_id, cid, digest))
-        self._input = None
-        if self.is_key_holder:
-            self.state = HEClientState.UPLOADED
-        else:
-            self._forget()  # a non-holder site has no further use for the secret key
-            self.state = HEClientState.DONE
-        return HEEncryptedInput(self._fp, self.site_id, cid, chunks, signature)
+
+        def commit() -> None:
+            self._input = None
+            if not self.is_key_holder:
+                self._forget()  # a non-holder site has no further use for the secret key
+
+        return HEEncryptedInput(self._fp, self.site_id, cid, chunks, signature), commit
 
     # -- round 2 -> 3 (key holder) ----------------------------------------------------------
 
-    def _on_decrypt_request(self, message: HEDecryptRequest) -> HEDecryptedSum:
+    def _on_decrypt_request(self, message: HEDecryptRequest) -> tuple[HEDecryptedSum, Commit]:
         context, cid, config = self._context, self._context_id, self.config
         if not constant_time_equal(message.context_id, cid):
             raise SessionMismatchError("decryption request names another CKKS context")
@@ -360,17 +311,19 @@ class HEClientSession:
             total = context.load(message.summed, m, who="summed ciphertext")
         try:
             values = context.decrypt_sum(total, summands=len(survivors), vector_length=m)
-        except VerificationError:
+        except VerificationError as refused:
             # One decryption attempt per session: whether the result is released or refused
             # must not become a repeatable oracle, so a refused decryption ends the session.
-            self.abort()
-            raise
+            raise EndsSession(refused) from None
         data = values.astype("<i8", copy=False).tobytes()
         signature = b""
         if config.active:
             signature = sign(self._signing_key, sum_payload(self._fp, self.site_id, cid, survivors, data))
         # One decryption per session, ever: forget the key.
-        self._forget()
-        self.state = HEClientState.DONE
-        return HEDecryptedSum(self._fp, self.site_id, survivors, data, signature)
+        return HEDecryptedSum(self._fp, self.site_id, survivors, data, signature), self._forget
 
+    _HANDLERS = {
+        HEKeyDirectory: _on_key_directory,
+        HEContextDelivery: _on_context_delivery,
+        HEDecryptRequest: _on_decrypt_request,
+    }

@@ -8,11 +8,11 @@ extra slot as in :func:`secagg.weighted_vector`), creates an
 them round by round, with dropouts at chosen stages and an optional
 ``tamper`` hook that plays a malicious coordinator.
 
-Stages (:data:`HE_STAGES`): ``advertise`` (round-0 keys), ``context`` (the key
-holder's context bundle), ``upload`` (encrypted updates), ``decrypt`` (the key
-holder's answer). A site listed under a stage sends nothing from that stage
-on; the key holder dropping at any stage aborts the round (single point of
-failure).
+Stages (:data:`HE_STAGES`, derived from :mod:`secagg.he.transitions`):
+``advertise`` (round-0 keys), ``context`` (the key holder's context bundle),
+``upload`` (encrypted updates), ``decrypt`` (the key holder's answer). A site
+listed under a stage sends nothing from that stage on; the key holder
+dropping at any stage aborts the round (single point of failure).
 """
 
 from __future__ import annotations
@@ -31,21 +31,11 @@ from . import wire
 from .ckks import CKKSContext
 from .client import HEClientSession
 from .config import HESessionConfig
-from .messages import HEContextDelivery, HEDecryptRequest, HEKeyDirectory
 from .params import HEParameters, find_he_parameters
 from .server import HEServerSession
+from .transitions import HE_ANSWER_STAGE, HE_STAGES
 
 __all__ = ["HE_STAGES", "HE_ANSWER_STAGE", "HELocalResult", "run_local_he"]
-
-#: HE protocol stages, in order; a site listed under a stage sends nothing from that stage on.
-HE_STAGES = ("advertise", "context", "upload", "decrypt")
-
-#: The stage in which a site answers each coordinator message (for transports and dropout models).
-HE_ANSWER_STAGE = {
-    HEKeyDirectory: "context",
-    HEContextDelivery: "upload",
-    HEDecryptRequest: "decrypt",
-}
 
 
 @dataclass(frozen=True)

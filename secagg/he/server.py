@@ -1,5 +1,7 @@
 """The coordinator side of the HE path as a sans-IO state machine.
 
+The stages are the rows of :data:`secagg.he.transitions.COORDINATOR`, run by
+the skeleton shared with the masking path (:class:`secagg.session.StagedServer`).
 The transport feeds site messages to :meth:`HEServerSession.receive` and
 decides when a round is over; :meth:`HEServerSession.advance` then returns the
 messages to send (``{recipient: message}``), or raises
@@ -27,21 +29,12 @@ a single point of trust and of failure. Masking has neither weakness.
 
 from __future__ import annotations
 
-import enum
-
 import numpy as np
 
 from ..crypto import AEAD_OVERHEAD, constant_time_equal, verify_signature
-from ..envelope import check_envelope
-from ..errors import (
-    LocalProtocolError,
-    MalformedMessageError,
-    SessionMismatchError,
-    ThresholdNotMetError,
-    UnexpectedMessageError,
-    VerificationError,
-)
-from ..server import AggregateResult
+from ..errors import MalformedMessageError, SessionMismatchError, VerificationError
+from ..session import AggregateResult, Commit, StagedServer
+from ..tables import Transitions
 from . import wire
 from .ckks import CKKSContext
 from .config import HESessionConfig
@@ -57,105 +50,48 @@ from .messages import (
     HEEncryptedInput,
     HEKeyDirectory,
 )
+from .transitions import COORDINATOR, HEServerStage
 
 __all__ = ["HEServerSession", "HEServerStage"]
 
 
-class HEServerStage(enum.Enum):
-    """The round whose messages the coordinator is collecting."""
+class HEServerSession(StagedServer):
+    """The coordinator's run of one HE aggregation session.
 
-    ADVERTISE = "advertise"
-    CONTEXT = "context"
-    UPLOAD = "upload"
-    DECRYPT = "decrypt"
-    DONE = "done"
-    ABORTED = "aborted"
+    Its stages are :data:`secagg.he.transitions.COORDINATOR`;
+    :class:`secagg.session.StagedServer` checks envelopes and eligibility,
+    enforces the threshold, aborts and commits the transitions; the
+    validators and closers below only compute.
+    """
 
-
-_EXPECTED = {
-    HEServerStage.ADVERTISE: HEAdvertise,
-    HEServerStage.CONTEXT: HEContextBundle,
-    HEServerStage.UPLOAD: HEEncryptedInput,
-    HEServerStage.DECRYPT: HEDecryptedSum,
-}
-
-
-class HEServerSession:
-    """The coordinator's run of one HE aggregation session."""
+    _PARTY = "site"
+    _NOT_ELIGIBLE = "unknown id, not the key holder, or dropped out of an earlier round"
+    _decode = staticmethod(wire.decode)
+    #: Stages that close only with t answers; the others wait for the key holder alone.
+    _THRESHOLD_STAGES = frozenset({HEServerStage.ADVERTISE, HEServerStage.UPLOAD})
 
     def __init__(self, config: HESessionConfig) -> None:
-        self.config = config
-        self._fp = config.fingerprint
-        self._t = config.threshold
+        super().__init__(config)
         self._holder = config.key_holder
-        self.stage = HEServerStage.ADVERTISE
-        self._received: dict = {}
         self._keys: dict[int, HEAdvertise] = {}  # U1
         self._context: CKKSContext | None = None
         self._context_id: bytes | None = None
-        self._bundle: HEContextBundle | None = None
-        self._delivered: frozenset = frozenset()
         self._sum: list | None = None  # semi-honest: running homomorphic sum
         self._contributions: dict[int, HEContribution] = {}  # active: signed uploads
-        self._survivors: frozenset = frozenset()  # U2
-        self._released_on_abort: frozenset = frozenset()
-        self._result: AggregateResult | None = None
 
-    # -- inspection --------------------------------------------------------------
+    def _transitions(self) -> Transitions:
+        return COORDINATOR
+
+    def _forget(self) -> None:
+        self._sum = None
+        self._contributions = {}
 
     @property
     def context(self) -> CKKSContext | None:
         """The coordinator's CKKS context: public, parameters only (``None`` before round 1)."""
         return self._context
 
-    @property
-    def expected_senders(self) -> frozenset:
-        """Who may still send a message in the current stage."""
-        if self.stage is HEServerStage.ADVERTISE:
-            eligible = frozenset(self.config.participants)
-        elif self.stage in (HEServerStage.CONTEXT, HEServerStage.DECRYPT):
-            eligible = frozenset({self._holder})
-        elif self.stage is HEServerStage.UPLOAD:
-            eligible = self._delivered
-        else:
-            return frozenset()
-        return eligible - set(self._received)
-
-    @property
-    def released(self) -> frozenset:
-        """Sites whose ciphertexts reached the coordinator (U2, or its part so far).
-
-        Their privacy is spent in this session whether or not it completes
-        (any site colluding with the coordinator could decrypt them): record
-        it even when the session aborts.
-        """
-        if self.stage is HEServerStage.UPLOAD:
-            return frozenset(self._received)
-        return self._survivors if self._survivors else self._released_on_abort
-
-    @property
-    def result(self) -> AggregateResult:
-        if self._result is None:
-            raise LocalProtocolError(f"no result: the session is in stage {self.stage.value}")
-        return self._result
-
-    # -- receiving -------------------------------------------------------------------
-
-    def receive(self, message) -> None:
-        """Validate and record one site message of the current stage."""
-        if isinstance(message, (bytes, bytearray, memoryview)):
-            message = wire.decode(message)
-        sender = check_envelope(message, self.stage, _EXPECTED.get(self.stage), self._fp, self._received,
-                                party="site")
-        if sender not in self.expected_senders:
-            raise UnexpectedMessageError(
-                f"site {sender} may not send {type(message).__name__} in stage {self.stage.value} "
-                "(unknown id, not the key holder, or dropped out of an earlier round)"
-            )
-        commit = getattr(self, f"_validate_{self.stage.value}")(message)
-        if commit is not None:
-            commit()
-        self._received[sender] = message
+    # -- validators: check one site message; the commit only assigns -----------------
 
     def _verify(self, signer: int, payload: bytes, signature: bytes, what: str) -> None:
         if not self.config.active:
@@ -167,14 +103,15 @@ class HEServerSession:
         except VerificationError:
             raise VerificationError(f"{what} of site {signer} carries an invalid signature") from None
 
-    def _validate_advertise(self, message: HEAdvertise):
+    def _validate_advertise(self, message: HEAdvertise) -> tuple[HEAdvertise, None]:
         for other in self._received.values():
             if constant_time_equal(other.public_key, message.public_key):
                 raise VerificationError(f"site {message.sender} advertises a public key already in use")
         self._verify(message.sender, advertise_payload(self._fp, message.sender, message.public_key),
                      message.signature, "round-0 key")
+        return message, None
 
-    def _validate_context(self, message: HEContextBundle):
+    def _validate_context(self, message: HEContextBundle) -> tuple[HEContextBundle, Commit]:
         expected = set(self._keys) - {self._holder}
         got = set(message.sealed)
         if got != expected:
@@ -193,9 +130,9 @@ class HEServerSession:
         def commit() -> None:
             self._context, self._context_id = context, cid
 
-        return commit
+        return message, commit
 
-    def _validate_upload(self, message: HEEncryptedInput):
+    def _validate_upload(self, message: HEEncryptedInput) -> tuple[HEEncryptedInput, Commit]:
         context, cid = self._context, self._context_id
         if not constant_time_equal(message.context_id, cid):
             raise SessionMismatchError(f"site {message.sender} encrypted under another CKKS context")
@@ -211,9 +148,9 @@ class HEServerSession:
 
             def commit() -> None:
                 self._sum = new_sum
-        return commit
+        return message, commit
 
-    def _validate_decrypt(self, message: HEDecryptedSum):
+    def _validate_decrypt(self, message: HEDecryptedSum) -> tuple[HEDecryptedSum, None]:
         if message.survivors != self._survivors:
             raise VerificationError("the decrypted sum covers another set of sites than the one requested")
         values = message.values
@@ -226,53 +163,22 @@ class HEServerSession:
             raise VerificationError(f"decrypted sum exceeds |U2|·S = {limit}: not a sum of encoded inputs")
         self._verify(self._holder, sum_payload(self._fp, self._holder, self._context_id,
                                                message.survivors, message.data), message.signature, "decrypted sum")
+        return message, None
 
-    # -- advancing -------------------------------------------------------------------
+    # -- closers: the messages of the next round; the commit only assigns ------------
 
-    def advance(self) -> dict:
-        """Close the current stage; return ``{recipient: message}`` for the next one.
-
-        Raises :class:`ThresholdNotMetError` or :class:`KeyHolderUnavailableError` (the
-        session moves to ABORTED, with no output).
-        """
-        if self.stage in (HEServerStage.DONE, HEServerStage.ABORTED):
-            raise LocalProtocolError(f"advance() called in terminal stage {self.stage.value}")
-        answered = dict(self._received)
-        stage = self.stage
-        try:
-            outgoing = getattr(self, f"_close_{stage.value}")(answered)
-        except ThresholdNotMetError:
-            if stage is HEServerStage.UPLOAD:
-                self._released_on_abort = frozenset(answered)
-            self._abort()
-            raise
-        self._received = {}
-        return outgoing
-
-    def _abort(self) -> None:
-        self.stage = HEServerStage.ABORTED
-        self._sum = None
-        self._contributions = {}
-        self._bundle = None
-
-    def _require(self, answered: dict, stage: str) -> None:
-        if len(answered) < self._t:
-            raise ThresholdNotMetError(
-                f"only {len(answered)} sites answered in stage {stage}; threshold is {self._t}. "
-                "The session is aborted and produces no output."
-            )
-
-    def _close_advertise(self, answered: dict) -> dict:
-        self._require(answered, "advertise")
+    def _close_advertise(self, answered: dict) -> tuple[dict, Commit]:
         if self._holder not in answered:
             raise KeyHolderUnavailableError(
                 f"the key holder (site {self._holder}) did not advertise a key; no CKKS key can be created"
             )
-        self._keys = answered
-        self.stage = HEServerStage.CONTEXT
-        return {self._holder: HEKeyDirectory(self._fp, self._holder, {u: m.key for u, m in answered.items()})}
 
-    def _close_context(self, answered: dict) -> dict:
+        def commit() -> None:
+            self._keys, self._eligible = answered, frozenset({self._holder})
+
+        return {self._holder: HEKeyDirectory(self._fp, self._holder, {u: m.key for u, m in answered.items()})}, commit
+
+    def _close_context(self, answered: dict) -> tuple[dict, Commit]:
         bundle = answered.get(self._holder)
         if bundle is None:
             raise KeyHolderUnavailableError(f"the key holder (site {self._holder}) sent no CKKS context")
@@ -281,32 +187,50 @@ class HEServerSession:
             u: HEContextDelivery(self._fp, u, holder_key, bundle.public_context, bundle.sealed.get(u, b""))
             for u in self._keys
         }
-        self._delivered = frozenset(self._keys)
-        self.stage = HEServerStage.UPLOAD
-        return out
 
-    def _close_upload(self, answered: dict) -> dict:
-        self._require(answered, "upload")
-        self._survivors = frozenset(answered)
+        def commit() -> None:
+            self._eligible = frozenset(self._keys)
+
+        return out, commit
+
+    def _close_upload(self, answered: dict) -> tuple[dict, Commit]:
+        survivors = frozenset(answered)
         cid = self._context_id
         if self.config.active:
-            request = HEDecryptRequest(self._fp, self._holder, cid, self._survivors,
-                                       contributions=self._contributions)
+            request = HEDecryptRequest(self._fp, self._holder, cid, survivors, contributions=self._contributions)
         else:
-            request = HEDecryptRequest(self._fp, self._holder, cid, self._survivors,
+            request = HEDecryptRequest(self._fp, self._holder, cid, survivors,
                                        summed=self._context.serialize(self._sum))
-        self._sum = None
-        self._contributions = {}
-        self.stage = HEServerStage.DECRYPT
-        return {self._holder: request}
 
-    def _close_decrypt(self, answered: dict) -> dict:
+        def commit() -> None:
+            self._survivors, self._eligible = survivors, frozenset({self._holder})
+            self._sum, self._contributions = None, {}
+
+        return {self._holder: request}, commit
+
+    def _close_decrypt(self, answered: dict) -> tuple[dict, Commit]:
         response = answered.get(self._holder)
         if response is None:
             raise KeyHolderUnavailableError(
                 f"the key holder (site {self._holder}) did not answer the decryption request"
             )
         ring = np.array(response.values, dtype=np.int64).view(np.uint64)
-        self._result = AggregateResult(ring_sum=ring, survivors=self._survivors, bit_width=64)
-        self.stage = HEServerStage.DONE
-        return {}
+        result = AggregateResult(ring_sum=ring, survivors=self._survivors, bit_width=64)
+
+        def commit() -> None:
+            self._result = result
+
+        return {}, commit
+
+    _VALIDATORS = {
+        HEAdvertise: _validate_advertise,
+        HEContextBundle: _validate_context,
+        HEEncryptedInput: _validate_upload,
+        HEDecryptedSum: _validate_decrypt,
+    }
+    _CLOSERS = {
+        HEServerStage.ADVERTISE: _close_advertise,
+        HEServerStage.CONTEXT: _close_context,
+        HEServerStage.UPLOAD: _close_upload,
+        HEServerStage.DECRYPT: _close_decrypt,
+    }
