@@ -91,7 +91,8 @@ class ServerSession(StagedServer):
     # -- validators: check one client message; the commit only assigns --------------
 
     def _validate_advertise(self, message: AdvertiseKeys) -> tuple[AdvertiseKeys, None]:
-        for other in self._keys.values():
+        # Round 0 collects into _received; _keys is only filled when the round closes, so both are checked.
+        for other in (*self._keys.values(), *self._received.values()):
             if {other.encryption_key, other.masking_key} & {message.encryption_key, message.masking_key}:
                 raise VerificationError(f"client {message.sender} advertises a public key already in use")
         if message.encryption_key == message.masking_key:

@@ -273,6 +273,20 @@ def test_server_rejects_duplicates_stale_unknown_and_malformed_without_losing_st
     assert np.array_equal(d.server.result.ring_sum, d.exact_ring_sum(d.ids))
 
 
+def test_server_refuses_a_round_0_key_another_client_already_advertised():
+    """A client that copies another's advertised key (to be handed that client's shares) is refused by
+    the server in round 0 itself, not only later by the clients checking the directory."""
+    d = Deployment(n=5, threshold=3)
+    first = d.clients[d.ids[0]].advertise()
+    d.server.receive(wire.encode(first))
+    second = d.clients[d.ids[1]].advertise()
+    for copied in (replace(second, masking_key=first.masking_key), replace(second, encryption_key=first.masking_key)):
+        with pytest.raises(VerificationError, match="already in use"):
+            d.server.receive(wire.encode(copied))
+    d.server.receive(wire.encode(second))  # the honest message still goes through: state unchanged
+    assert d.server.released == frozenset() and d.ids[1] not in d.server.expected_senders
+
+
 def test_server_rejects_wrong_vector_length_and_width():
     d = Deployment(n=4, threshold=3, length=16)
     d.advertise()
