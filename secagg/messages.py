@@ -156,7 +156,12 @@ class MaskedInputRequest:
 
 @dataclass(frozen=True)
 class MaskedInput:
-    """Round 2, client -> server: the masked vector, little-endian b-bit words."""
+    """Round 2, client -> server: the masked vector, little-endian b-bit words.
+
+    ``data`` is ``bytes`` when a client makes the message and a read-only
+    ``memoryview`` into the wire bytes when :func:`secagg.wire.decode` parses
+    one (no second copy of m words); both compare equal by content.
+    """
 
     session: bytes
     sender: int
