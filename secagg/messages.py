@@ -158,9 +158,10 @@ class MaskedInputRequest:
 class MaskedInput:
     """Round 2, client -> server: the masked vector, little-endian b-bit words.
 
-    ``data`` is ``bytes`` when a client makes the message and a read-only
-    ``memoryview`` into the wire bytes when :func:`secagg.wire.decode` parses
-    one (no second copy of m words); both compare equal by content.
+    ``data`` is bytes-like: a ``bytearray`` when a client makes the message
+    (the masks are written straight into it), a read-only ``memoryview`` into
+    the wire bytes when :func:`secagg.wire.decode` parses one, so that neither
+    side holds a second copy of m words; all compare equal by content.
     """
 
     session: bytes
