@@ -140,9 +140,56 @@ def server(m: int, n: int, bits: int) -> dict:
     return {"receive_s": receive_s, "unmask_s": unmask_s, "peak_bytes": peak, "survivors": n - 1, "dropped": 1}
 
 
+def he(m: int, n: int, bits: int) -> dict:
+    """The HE path's three parties at m, one after the other, each with its own baseline and peak.
+
+    Site: fixed-point encoding and encryption of one update (ciphertext bytes kept). Coordinator:
+    parse and add n uploads (the same upload n times: the cost of distinct ones) and serialise the
+    sum. Key holder: parse and decrypt the sum. ``bits`` is unused (CKKS parameters come from
+    :func:`secagg.he.find_he_parameters` for m and n).
+    """
+    from secagg.he import CKKSContext, find_he_parameters
+
+    params = find_he_parameters(vector_length=m, max_summands=n)
+    private = CKKSContext.generate(params)
+    public = CKKSContext.from_public_bytes(private.public_bytes, params)
+    out = {}
+
+    def measure(name, work):
+        baseline = _status("VmRSS")
+        _reset_peak()
+        start = time.perf_counter()
+        value = work()
+        out[f"{name}_s"] = time.perf_counter() - start
+        out[f"{name}_peak_bytes"] = _status("VmHWM") - baseline
+        return value
+
+    def encrypt():
+        update = np.random.default_rng(0).uniform(-1, 1, m)
+        return private.encrypt(params.encoder.encode(update).ring.view(np.int64))
+
+    upload = measure("site_encrypt", encrypt)
+    out["upload_bytes"] = sum(map(len, upload))
+
+    def coordinate():
+        total = None
+        for _ in range(n):
+            total = public.add(total, public.load(upload, m))
+        return public.serialize(total)
+
+    summed = measure("coordinator_sum", coordinate)
+    measure("key_holder_decrypt",
+            lambda: private.decrypt_sum(private.load(summed, m), summands=n, vector_length=m))
+    out["peak_bytes"] = max(out[k] for k in out if k.endswith("_peak_bytes"))
+    return out
+
+
+ROLES = {"client": client, "server": server, "he": he}
+
+
 def main(argv: list[str]) -> None:
     role, m, n, bits = argv[0], int(argv[1]), int(argv[2]), int(argv[3])
-    result = (client if role == "client" else server)(m, n, bits)
+    result = ROLES[role](m, n, bits)
     vector = m * bits // 8
     result |= {"role": role, "m": m, "n": n, "bits": bits, "peak_mib": result["peak_bytes"] / MIB,
                "peak_vectors": result["peak_bytes"] / vector}
