@@ -56,6 +56,7 @@ def test_stream_client_50m(benchmark):
     figures = _run(benchmark, "client")
     MEDIANS["stream_client_mask_50m"] = figures["mask_s"]
     MEDIANS["stream_floor_keystream_50m_x10"] = figures["floor_s"]
+    benchmark.extra_info["paired_ratio_median"] = figures["ratio"]
 
 
 @pytest.mark.slow
