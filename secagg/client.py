@@ -273,8 +273,9 @@ class ClientSession(StagedClient):
         above the process's baseline, the client's copy of its update included
         (so one vector, the message, plus chunks beyond the update; encoding
         the message to wire bytes also peaks at 2, the input being dropped by
-        then); masking took 1.6-1.7x the AES-CTR floor of its 10 masks.
-        Before streaming: 575 MiB = 3.0 vectors, 3.8x the floor.
+        then); masking took 1.6-1.7x the AES-CTR floor of its 10 masks
+        (median of paired runs). Before streaming: 575 MiB = 3.0 vectors,
+        3.0-3.8x the floor.
         """
         masks = [(self_mask_key(self._fp, self._self_mask_seed, self.client_id), False)]
         for v in peers:

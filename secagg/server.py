@@ -21,8 +21,9 @@ subtracts the masks from that same accumulator in chunks
 Measured 2026-11-29 (benchmarks/test_bench_stream.py, m = 5e7, n = 10, one
 dropout, 32-bit, one machine, not a guarantee): the server's peak RSS over
 receiving 9 inputs and unmasking was 381 MiB = 2.0 vectors above its
-baseline (the running sum and the one message being received), unmasking
-1.2 s; before streaming 572 MiB = 3.0 vectors, 4.1 s. The stages are the rows of :data:`secagg.transitions.SERVER_PASSIVE`
+baseline (the running sum and the one message being received); before
+streaming 572 MiB = 3.0 vectors. Unmasking (18 keystreams of m words) took
+0.9-1.4 s over three runs, before streaming 1.0-1.2 s: its time is the AES. The stages are the rows of :data:`secagg.transitions.SERVER_PASSIVE`
 / ``SERVER_ACTIVE``; the skeleton shared with the HE path
 (:class:`secagg.session.StagedServer`) receives, advances, aborts and commits.
 """
