@@ -267,7 +267,8 @@ class ClientSession(StagedClient):
         Returns y as little-endian wire words, built chunk by chunk
         (:func:`secagg.prg.apply_masks`) straight into the message's buffer: a
         ``bytearray``, so that the message is the only full-length buffer
-        besides the input (a ``bytes`` would need one more copy of m words).
+        besides the input (a ``bytes`` would need one more copy of m words;
+        ``tests/test_streaming.py`` counts the allocations).
         Measured 2026-11-29 (benchmarks/test_bench_stream.py, m = 5e7, n = 10,
         32-bit, one machine, not a guarantee): peak RSS 385 MiB = 2.0 vectors
         above the process's baseline, the client's copy of its update included

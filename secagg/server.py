@@ -17,7 +17,9 @@ Masked vectors are summed as they arrive (one accumulator, never a list of
 individual vectors: the commit of a validated masked input adds it), and
 every message is validated completely before any state changes; unmasking
 subtracts the masks from that same accumulator in chunks
-(:func:`secagg.prg.apply_masks`) once every key is reconstructed and checked.
+(:func:`secagg.prg.apply_masks`) once every key is reconstructed and checked
+(``tests/test_streaming.py`` counts the server's allocations: one sum and
+chunks, nothing per survivor).
 Measured 2026-11-29 (benchmarks/test_bench_stream.py, m = 5e7, n = 10, one
 dropout, 32-bit, one machine, not a guarantee): the server's peak RSS over
 receiving 9 inputs and unmasking was 381 MiB = 2.0 vectors above its

@@ -10,6 +10,10 @@ middle of an AES block, and the last one short. Three levels:
   answers the same request with tiny chunks and with one whole-vector chunk: same bytes;
 * whole sessions with tiny chunks, 32 and 64 bits, dropouts at each stage, passive and
   active: the server's ring sum is exactly the survivors' inputs.
+
+And the memory the streaming is for, counted with tracemalloc (every numpy buffer and bytes
+object allocated): a client holds its input copy, its message and a few chunks; the server
+one running sum, a few chunks and nothing per survivor (the messages it reads are views).
 """
 
 from __future__ import annotations
@@ -124,5 +128,79 @@ def test_sessions_with_tiny_chunks_sum_exactly_with_dropouts_at_each_stage(bits,
                          else set(config.participants))
     expected = np.zeros(config.vector_length, dtype=_dtype(bits))
     for i in survivors:
+        expected += rings[i]
+    np.testing.assert_array_equal(server.result.ring_sum, expected)
+
+
+# -- memory: what the docstrings of secagg.client / secagg.server say is held -------------------
+# tracemalloc sees numpy's data buffers and bytes/bytearray objects, so the traced peak counts
+# every full-length buffer a party allocates. A vector here is 400,000 bytes; a chunk 16 KiB.
+
+M_MEM, CHUNK_MEM = 100_000, 1 << 14
+
+
+def _ready(monkeypatch, n=6):
+    import secagg.prg
+
+    monkeypatch.setattr(secagg.prg, "CHUNK_BYTES", CHUNK_MEM)
+    secagg.prg.keystream_words(bytes(32), 4 * CHUNK_MEM, np.uint8)  # the shared zero buffer exists already
+    config, _ = _config(32, n, M_MEM)
+    rings = _rings(config, 7)
+    clients = {i: secagg.ClientSession(config, i) for i in config.participants}
+    server = secagg.ServerSession(config)
+    for client in clients.values():
+        server.receive(wire.encode(client.advertise()))
+    for i, message in server.advance().items():
+        server.receive(wire.encode(clients[i].handle(wire.encode(message))))
+    requests = {i: wire.encode(message) for i, message in server.advance().items()}
+    return config, rings, clients, server, requests
+
+
+def _traced_peak(work) -> int:
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        tracemalloc.reset_peak()
+        base = tracemalloc.get_traced_memory()[0]
+        work()
+        return tracemalloc.get_traced_memory()[1] - base
+    finally:
+        tracemalloc.stop()
+
+
+def test_a_client_holds_its_input_and_its_message_and_a_few_chunks(monkeypatch):
+    config, rings, clients, _, requests = _ready(monkeypatch)
+    vector = M_MEM * 4
+    out = {}
+
+    def mask():
+        clients[1].provide_input(rings[1])  # the client's own copy of its update
+        out["reply"] = clients[1].handle(requests[1])
+
+    peak = _traced_peak(mask)
+    assert 2 * vector <= peak < 2 * vector + 4 * CHUNK_MEM + 64 * 1024, peak
+    assert bytes(out["reply"].data) != rings[1].tobytes()
+
+
+def test_the_server_holds_one_running_sum_and_one_message_and_a_few_chunks(monkeypatch):
+    config, rings, clients, server, requests = _ready(monkeypatch)
+    uploads = []
+    for i, request in requests.items():
+        clients[i].provide_input(rings[i])
+        uploads.append(wire.encode(clients[i].handle(request)))
+    vector = M_MEM * 4
+
+    def aggregate():
+        for data in uploads:  # the messages exist before: the server must not copy or keep them
+            server.receive(data)
+        for i, message in server.advance().items():
+            server.receive(wire.encode(clients[i].handle(wire.encode(message))))
+        server.advance()
+
+    peak = _traced_peak(aggregate)
+    assert vector <= peak < vector + 4 * CHUNK_MEM + 64 * 1024, peak
+    expected = np.zeros(M_MEM, dtype=np.uint32)
+    for i in config.participants:
         expected += rings[i]
     np.testing.assert_array_equal(server.result.ring_sum, expected)
