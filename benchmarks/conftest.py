@@ -45,6 +45,12 @@ RATIOS = [
      ("step_non_private_b16_64px", 1), "Opacus as shipped, separate blocks"),
 ]
 
+# Streaming aggregation at m = 5e7, n = 10 (benchmarks/test_bench_stream.py, slow; peak RSS in extra_info).
+RATIOS += [
+    ("client masking m=5e7, n=10 / AES-CTR floor of the same 10 masks (same process)", "stream_client_mask_50m",
+     ("stream_floor_keystream_50m_x10", 1), "target <= 2x (issue 20)"),
+]
+
 # Whole rounds of the scaling grid against Flower's SecAgg+ at the same n, m, dropouts, k and t
 # (benchmarks/test_bench_scaling.py and test_bench_peer.py; both slow, both in `make bench`).
 RATIOS += [

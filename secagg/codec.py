@@ -60,6 +60,10 @@ class Writer:
         self.u32(len(value))
         self.parts.append(bytes(value))
 
+    def words(self, value) -> None:
+        """A large bytes-like payload, joined by :meth:`getvalue` without an intermediate copy."""
+        self.parts.append(memoryview(value).cast("B"))
+
     def blobs(self, values, limit: int, what: str) -> None:
         self.u32(len(values))
         for value in values:
@@ -107,6 +111,17 @@ class Reader:
                 f"{self.remaining()} remain"
             )
         chunk = bytes(self.data[self.pos : self.pos + size])
+        self.pos += size
+        return chunk
+
+    def view(self, size: int, what: str) -> memoryview:
+        """Like :meth:`take`, but a read-only view into the message (no copy: for large vectors)."""
+        if size < 0 or self.remaining() < size:
+            raise MalformedMessageError(
+                f"truncated message: expected {size} bytes of {what} at offset {self.pos}, "
+                f"{self.remaining()} remain"
+            )
+        chunk = self.data[self.pos : self.pos + size].toreadonly()
         self.pos += size
         return chunk
 

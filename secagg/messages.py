@@ -156,7 +156,13 @@ class MaskedInputRequest:
 
 @dataclass(frozen=True)
 class MaskedInput:
-    """Round 2, client -> server: the masked vector, little-endian b-bit words."""
+    """Round 2, client -> server: the masked vector, little-endian b-bit words.
+
+    ``data`` is bytes-like: a ``bytearray`` when a client makes the message
+    (the masks are written straight into it), a read-only ``memoryview`` into
+    the wire bytes when :func:`secagg.wire.decode` parses one, so that neither
+    side holds a second copy of m words; all compare equal by content.
+    """
 
     session: bytes
     sender: int

@@ -14,6 +14,14 @@ purpose, the session and the parties, so no two streams share a key. The
 generator never seeds itself: keys come from the caller, and the caller takes
 fresh key material from :mod:`secrets` / :func:`os.urandom`.
 
+Chunks. The keystream of words ``[o, o + c)`` is generated on its own by
+starting the counter block at block ``floor(o * w / 16)`` (w = bytes per word)
+and dropping the first ``(o * w) mod 16`` bytes: CTR block i is ``AES_K(i)``,
+so a chunk equals the same slice of the whole-vector stream, bit for bit.
+:func:`apply_masks` uses this to add or subtract many masks to a vector in
+chunks of :data:`CHUNK_BYTES`, so no full-length keystream buffer exists
+(``tests/test_streaming.py`` checks chunked against whole-vector output).
+
 Performance. The keystream is written with ``update_into`` straight into a
 preallocated numpy buffer (no intermediate ``bytes`` object); one million
 uint32 words cost about one AES-CTR pass over 4 MB.
@@ -33,11 +41,17 @@ __all__ = [
     "keystream_into",
     "keystream_words",
     "add_keystream",
+    "apply_masks",
+    "CHUNK_BYTES",
     "uniform_floats",
     "DeterministicStream",
 ]
 
 KEY_BYTES = 32
+#: Bytes of one chunk in :func:`apply_masks` (1 MiB: the scratch and zero buffers stay in cache-sized
+#: pieces; tests set it to a few bytes to force many chunks with ragged ends).
+CHUNK_BYTES = 1 << 20
+_BLOCK = 16
 _ZERO_COUNTER = bytes(16)
 _SUPPORTED_DTYPES = (np.dtype(np.uint32), np.dtype(np.uint64), np.dtype(np.uint8))
 
@@ -64,23 +78,34 @@ def _check_key(key: bytes) -> None:
         )
 
 
-def _encryptor(key: bytes):
-    return Cipher(algorithms.AES(bytes(key)), modes.CTR(_ZERO_COUNTER)).encryptor()
+def _encryptor(key: bytes, byte_offset: int = 0):
+    """An AES-256-CTR encryptor positioned ``byte_offset`` bytes into the stream of ``key``."""
+    block, skip = divmod(byte_offset, _BLOCK)
+    encryptor = Cipher(algorithms.AES(bytes(key)), modes.CTR(block.to_bytes(_BLOCK, "big"))).encryptor()
+    if skip:
+        encryptor.update(bytes(skip))  # drop the head of the first block
+    return encryptor
 
 
-def keystream_into(key: bytes, out: np.ndarray) -> np.ndarray:
+def _check_out(out: np.ndarray, what: str) -> None:
+    if out.dtype not in _SUPPORTED_DTYPES or not out.flags.c_contiguous:
+        raise InvalidInputError(f"{what} needs a C-contiguous uint8/uint32/uint64 array; got {out.dtype}")
+
+
+def keystream_into(key: bytes, out: np.ndarray, *, offset: int = 0) -> np.ndarray:
     """Fill the contiguous array ``out`` (uint8/uint32/uint64) with keystream of ``key``.
 
-    Returns ``out``. Each element is a uniform element of Z_{2^b} for b the
-    element width in bits.
+    ``offset`` (in words of ``out``'s dtype) says where in the stream ``out``
+    starts: ``keystream_into(key, out[a:b], offset=a)`` writes exactly what
+    the whole-vector call writes to ``out[a:b]``. Returns ``out``. Each element
+    is a uniform element of Z_{2^b} for b the element width in bits.
     """
     _check_key(key)
-    if out.dtype not in _SUPPORTED_DTYPES or not out.flags.c_contiguous:
-        raise InvalidInputError(
-            f"keystream_into needs a C-contiguous uint8/uint32/uint64 array; got {out.dtype}"
-        )
+    _check_out(out, "keystream_into")
+    if isinstance(offset, bool) or not isinstance(offset, (int, np.integer)) or offset < 0:
+        raise InvalidInputError(f"keystream offset must be a non-negative integer; got {offset!r}")
     view = memoryview(out).cast("B")
-    _encryptor(key).update_into(_zero_bytes(view.nbytes), view)
+    _encryptor(key, int(offset) * out.itemsize).update_into(_zero_bytes(view.nbytes), view)
     return out
 
 
@@ -106,6 +131,39 @@ def add_keystream(acc: np.ndarray, key: bytes, scratch: np.ndarray, *, subtract:
         np.subtract(acc, scratch, out=acc)
     else:
         np.add(acc, scratch, out=acc)
+
+
+def apply_masks(out: np.ndarray, masks, *, base: np.ndarray | None = None,
+                chunk_bytes: int | None = None) -> np.ndarray:
+    """``out = base + sum_i s_i PRG(k_i)`` modulo 2^b, in chunks; returns ``out``.
+
+    ``masks`` is a sequence of ``(key, subtract)`` pairs (``s_i = -1`` when
+    ``subtract``); ``base`` defaults to ``out`` itself (masks added in place)
+    and may be any array of the same length (it is read, never written, unless
+    it is ``out``). Words are processed ``chunk_bytes`` (default
+    :data:`CHUNK_BYTES`) at a time, chunk outermost: the extra memory is one
+    chunk of keystream and the zero buffer it is encrypted from, whatever the
+    length, and the result equals the whole-vector computation bit for bit
+    (module docstring).
+    """
+    _check_out(out, "apply_masks")
+    masks = list(masks)
+    for key, _ in masks:
+        _check_key(key)
+    if base is not None and (base.shape != out.shape or base.dtype != out.dtype):
+        raise InvalidInputError(f"base {base.dtype}{base.shape} and output {out.dtype}{out.shape} differ")
+    step = max(1, (CHUNK_BYTES if chunk_bytes is None else int(chunk_bytes)) // out.itemsize)
+    scratch = np.empty(min(step, out.size), dtype=out.dtype)
+    for start in range(0, out.size, step):
+        stop = min(start + step, out.size)
+        target = out[start:stop]
+        if base is not None and base is not out:
+            np.copyto(target, base[start:stop])
+        buffer = scratch[: stop - start]
+        for key, subtract in masks:
+            keystream_into(key, buffer, offset=start)
+            (np.subtract if subtract else np.add)(target, buffer, out=target)
+    return out
 
 
 def uniform_floats(key: bytes, count: int) -> np.ndarray:

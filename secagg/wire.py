@@ -16,7 +16,9 @@ messages. Body fields use:
   < p), ids strictly increasing;
 * ``vector``: u8 bit width (32 or 64), u32 count, then count little-endian
   words (the only little-endian field: it is numpy's native layout, so the
-  m*b/8 payload is copied, never converted).
+  m*b/8 payload is copied, never converted; decoding returns a read-only
+  view into the message bytes and encoding copies it once, into the joined
+  message).
 
 Canonical: for every message there is exactly one encoding, and
 ``encode(decode(b)) == b`` whenever ``decode`` accepts ``b``. Decoding never
@@ -125,7 +127,7 @@ def encode(message: Message) -> bytes:
             raise MalformedMessageError("masked vector bytes are not a whole number of words")
         w.u8(message.bit_width)
         w.u32(len(message.data) // word)
-        w.parts.append(bytes(message.data))
+        w.words(message.data)  # one copy, into the joined message
         w.signature(message.signature)
     elif isinstance(message, ConsistencyRequest):
         w.ids(message.survivors)
@@ -178,7 +180,7 @@ def decode(data: bytes) -> Message:
         if bit_width not in (32, 64):
             raise MalformedMessageError(f"bit width must be 32 or 64; got {bit_width}")
         count = r.u32("vector length")
-        data = r.take(count * (bit_width // 8), "masked vector")
+        data = r.view(count * (bit_width // 8), "masked vector")  # a view: no second copy of m words
         message = MaskedInput(session, party, bit_width, data, r.signature("signature"))
     elif kind == 6:
         message = ConsistencyRequest(session, party, r.ids("survivors"))
