@@ -66,14 +66,18 @@ only the papers' abstracts and third-party summaries, not their text.)
   Poisson-sampled each step with the run's q and added to the clipped sum
   before the noise by :func:`dp.training.train_dp_sgd` itself
   (:class:`dp.training.AuditCanaries`, a hook used only here). Score of canary
-  j: the total parameter change projected on its direction, ``-s_j *
-  (theta_T - theta_0)[c_j]``. It needs as many trainable parameters as canaries,
-  not m^2. Differences from the papers: the score is read from the final model
-  only (not from every intermediate step), the canary's own clipping is not
-  exercised (it is injected at norm exactly C), and with Adam (the runs'
-  optimiser) the update is not linear in the gradient, so the projection is a
-  monotone-ish, not an exact, statistic; none of this affects the validity of
-  the lower bound (any score is allowed), only its power.
+  j: the projection on its direction of the sum over the steps of the RELEASED
+  (clipped, canaries added, noised) gradient, ``s_j * sum_t g~_t[c_j]`` - the
+  white-box view of an auditor who sees every step's privatised gradient, which
+  is exactly what the accountant composes, so any function of it is a valid
+  score. With SGD this is the total parameter change projected on the canary
+  direction, times -normaliser / lr; with Adam (the runs' optimiser) the
+  parameter change is not linear in the gradients and, measured on it, the
+  scores lose most of their power (Adam moves every coordinate by about lr
+  whatever the gradient's size), hence the released gradients. It needs as
+  many trainable parameters as canaries, not m^2. Differences from the papers:
+  the canary's own clipping is not exercised (it is injected at norm exactly C;
+  the real records are clipped as in the run).
 * ``canary_kind="record"`` (the original design, synthetic mode only, m <=
   2000): a bias-free linear autoencoder ``x -> W x``, canary j the data record
   a e_j, whose per-example gradient (norm 2C at W = 0) goes through the real
@@ -354,12 +358,12 @@ def _gradient_canary_run(model, data, config, m: int, *, patients, loss_fn, site
     signs = [1 if secrets.randbits(1) else -1 for _ in range(m)]
     included = _inclusion_bits(m)
     rows = [j for j in range(m) if included[j]]
-    canaries = AuditCanaries(coordinates=tuple(coordinates[j] for j in rows), signs=tuple(signs[j] for j in rows))
+    canaries = AuditCanaries(coordinates=tuple(coordinates[j] for j in rows), signs=tuple(signs[j] for j in rows),
+                             observe=tuple(coordinates))
     result = train_dp_sgd(model, data, config, site=site, round_index=0, patients=patients, loss_fn=loss_fn,
                           audit_canaries=canaries)
-    flat = torch.cat([result.delta[name].reshape(-1) for name, p in model.named_parameters() if p.requires_grad])
-    change = flat[torch.tensor(coordinates, dtype=torch.long)].double()
-    scores = (-change * torch.tensor(signs, dtype=torch.float64)).tolist()  # -s_j (theta_T - theta_0)[c_j]
+    # s_j * (sum over steps of the released noisy gradient at c_j): the white-box score.
+    scores = [sign * value for sign, value in zip(signs, result.audit_observations)]
     return scores, included
 
 

@@ -144,6 +144,7 @@ class LocalTrainingResult:
     empty_steps: int  # steps whose Poisson batch was empty (noise-only updates)
     num_records: int
     clipped_units: int = 0  # patient level: sampled patients whose summed gradient was clipped
+    audit_observations: tuple | None = None  # AUDIT ONLY (AuditCanaries.observe): summed released gradient
 
 
 @dataclass(frozen=True)
@@ -159,10 +160,17 @@ class AuditCanaries:
     the sampled canaries are added to the clipped sum BEFORE the noise, so what follows
     (noise, public normaliser, optimiser) is the run's own path. The canary's clipping is not
     exercised (its gradient is injected already at norm C); the real records' is.
+
+    ``observe``: coordinates (the audit passes all canaries', included or not) at which the
+    released noisy gradient of every step (clipped sum + canaries + noise, before the
+    normaliser) is summed over the steps and returned in
+    :attr:`LocalTrainingResult.audit_observations` - the white-box view of an auditor who sees
+    each step's privatised gradient, which is what the accountant composes.
     """
 
     coordinates: tuple
     signs: tuple
+    observe: tuple = ()
 
     def __post_init__(self) -> None:
         if len(self.coordinates) != len(self.signs) or not self.coordinates:
@@ -171,6 +179,8 @@ class AuditCanaries:
             raise InvalidPrivacyParameterError("audit canary coordinates must be distinct and non-negative")
         if any(s not in (1, -1) for s in self.signs):
             raise InvalidPrivacyParameterError("audit canary signs must be +1 or -1")
+        if any(c < 0 for c in self.observe):
+            raise InvalidPrivacyParameterError("observed coordinates must be non-negative")
 
 
 class _CanaryInjector:
@@ -182,10 +192,13 @@ class _CanaryInjector:
         self.shapes = [p.shape for p in params]
         self.sizes = [p.numel() for p in params]
         total = sum(self.sizes)
-        if max(canaries.coordinates) >= total:
+        if max(canaries.coordinates + canaries.observe) >= total:
             raise InvalidPrivacyParameterError(
-                f"audit canary coordinate {max(canaries.coordinates)} outside the {total} trainable parameters")
+                f"audit canary coordinate {max(canaries.coordinates + canaries.observe)} outside the {total} "
+                "trainable parameters")
         self.coordinates = torch.tensor(canaries.coordinates, dtype=torch.long)
+        self.observed = torch.tensor(canaries.observe, dtype=torch.long)
+        self.sums = torch.zeros(len(canaries.observe), dtype=torch.float64)
         self.values = torch.tensor(canaries.signs, dtype=torch.float64) * config.max_grad_norm
         self.total, self.config, self.randomness = total, config, randomness
 
@@ -197,6 +210,14 @@ class _CanaryInjector:
         flat = torch.zeros(self.total, dtype=torch.float64)
         flat.index_add_(0, self.coordinates[chosen], self.values[chosen])
         return [t.view(shape) for t, shape in zip(torch.split(flat, self.sizes), self.shapes)]
+
+    def observe(self, released) -> None:
+        """Add this step's released noisy gradient (one tensor per parameter) at the observed coordinates."""
+        import torch
+
+        if self.observed.numel():
+            flat = torch.cat([t.detach().reshape(-1).to(torch.float64) for t in released])
+            self.sums += flat[self.observed]
 
 
 def csprng_gaussian(shape, std: float) -> np.ndarray:
@@ -420,10 +441,11 @@ def train_dp_sgd(
     model.train()
     loss_fn = loss_fn or _default_loss
     if config.privacy_unit == "patient":
-        losses, empty, clipped = _patient_steps(model, data, groups, config, randomness, loss_fn, progress,
-                                                audit_canaries)
+        losses, empty, clipped, observed = _patient_steps(model, data, groups, config, randomness, loss_fn, progress,
+                                                          audit_canaries)
     else:
-        losses, empty, clipped = _slice_steps(model, data, config, randomness, loss_fn, progress, audit_canaries)
+        losses, empty, clipped, observed = _slice_steps(model, data, config, randomness, loss_fn, progress,
+                                                        audit_canaries)
     delta = {name: p.detach() - initial[name] for name, p in model.named_parameters() if name in initial}
     event = PrivacyEvent(
         site=site,
@@ -438,7 +460,7 @@ def train_dp_sgd(
         unit=config.privacy_unit,
     )
     return LocalTrainingResult(delta=delta, event=event, losses=tuple(losses), empty_steps=empty, num_records=n,
-                               clipped_units=clipped)
+                               clipped_units=clipped, audit_observations=observed)
 
 
 def _patient_steps(model, data, groups, config: DpSgdConfig, randomness, loss_fn, progress, audit_canaries=None):
@@ -465,9 +487,13 @@ def _patient_steps(model, data, groups, config: DpSgdConfig, randomness, loss_fn
                 if inject is not None:  # audit only: canary units join the clipped sum before the noise
                     sums = [total + extra.to(total.dtype) for total, extra in zip(sums, inject())]
                 optimizer.zero_grad(set_to_none=True)
+                released = []
                 for p, total in zip(params, sums):
                     noise = torch.from_numpy(np.asarray(randomness.gaussian(tuple(p.shape), std))).to(p.dtype)
-                    p.grad = (total.to(p.dtype) + noise) / config.normaliser
+                    released.append(total.to(p.dtype) + noise)
+                    p.grad = released[-1] / config.normaliser
+                if inject is not None:
+                    inject.observe(released)
                 optimizer.step()
                 if value is None:
                     empty += 1
@@ -479,7 +505,7 @@ def _patient_steps(model, data, groups, config: DpSgdConfig, randomness, loss_fn
             module._close()  # remove Opacus hooks: the caller's model is a plain module again
             for p in params:
                 p.grad_sample = None
-    return losses, empty, clipped
+    return losses, empty, clipped, (tuple(inject.sums.tolist()) if inject is not None else None)
 
 
 def _slice_steps(model, data, config: DpSgdConfig, randomness, loss_fn, progress, audit_canaries=None):
@@ -536,7 +562,8 @@ def _slice_steps(model, data, config: DpSgdConfig, randomness, loss_fn, progress
                     progress(step + 1, value)
     finally:
         private_model._close()  # remove Opacus hooks: the caller's model is a plain module again
-    return losses, empty, clipped
+    inject = getattr(private_optimizer, "secagg_canaries", None)
+    return losses, empty, clipped, (tuple(inject.sums.tolist()) if inject is not None else None)
 
 
 def _validation_errors(model) -> str:
@@ -577,6 +604,8 @@ def _csprng_add_noise(self) -> None:
         noise = torch.from_numpy(np.asarray(gaussian(tuple(p.summed_grad.shape), std))).to(p.summed_grad.dtype)
         total = p.summed_grad if extra is None else p.summed_grad + extra.view_as(p.summed_grad).to(p.summed_grad.dtype)
         p.grad = (total + noise).view_as(p)
+    if inject is not None:
+        inject.observe([p.grad for p in self.params])
         _mark_as_processed(p.summed_grad)
 
 
