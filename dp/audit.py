@@ -41,7 +41,7 @@ epsilon cannot detect a violation above its ceiling, whatever the mechanism
 does. For delta > 0 the term 2 m delta alpha grows with m, so the ceiling does
 not grow without limit: with the default rule (k+ = k- = m // 4, so r = m / 2)
 at delta = 1e-5 and 95% confidence the largest ceiling of ANY m is about 7.55
-(reached near m = 27,000; tests/test_audit.py pins it); guessing on every canary (r = m), a
+(with about 27,000-30,000 canaries; tests/test_audit.py pins it); guessing on every canary (r = m), a
 perfect score the auditor cannot reach in practice (the number included is random),
 would only raise it to about 8.24. Each tenfold smaller delta raises it by about ln 10 = 2.30
 (e^eps * delta is what the delta term sees): at delta = 1e-7 the ceiling

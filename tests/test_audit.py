@@ -241,46 +241,55 @@ def tiny_run(tmp_path_factory):
     return base / "run"
 
 
-def test_own_training_on_a_run_directory(tiny_run):
+def _main(capsys, *args):
+    """``secagg audit ARGS`` in this process (no interpreter start-up): (exit code, stdout, stderr)."""
+    from simulation.cli import main
+
+    code = main(["audit", *map(str, args)])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_own_training_on_a_run_directory(tiny_run, capsys):
     from simulation.audit_run import audit_own_training
 
     broken = audit_own_training(tiny_run, canaries=200, effective_noise_multiplier=1e-9)
     assert broken.mode == "own-training" and broken.site == "site-1" and "compact-ae" in broken.model
     assert broken.steps == 4 and broken.sample_rate == 0.5 and broken.privacy_unit == "patient"
     assert broken.epsilon_lower_bound > broken.epsilon_accounted and not broken.consistent
-    result = subprocess.run([sys.executable, "-m", "simulation.cli", "audit", str(tiny_run), "--own-training",
-                             "--site", "site-2", "--json"], capture_output=True, text=True,
-                            env=dict(os.environ, PYTHONPATH=str(ROOT)), timeout=600)
-    assert result.returncode == 0, result.stderr
-    data = json.loads(result.stdout)
+    code, out, err = _main(capsys, tiny_run, "--own-training", "--site", "site-2", "--json")
+    assert code == 0, err
+    data = json.loads(out)
     assert data["mode"] == "own-training" and data["site"] == "site-2" and data["canaries_chosen"] == "auto"
     assert data["ceiling"] >= data["epsilon_accounted"] and data["ceiling_reaches_accounted"]
     assert data["warnings"] == [] and data["consistent"]
     assert json.loads((tiny_run / AUDIT_FILE).read_text())["mode"] == "own-training"
+    code, _, err = _main(capsys, tiny_run, "--own-training", "--site", "site-9")
+    assert code == 2 and "no site 'site-9'" in err and err.count("\n") == 1
 
 
-def test_cli_prints_the_ceiling_and_says_when_it_is_below_the_accounted_epsilon(tmp_path):
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    run = lambda *a: subprocess.run([sys.executable, "-m", "simulation.cli", "audit", *map(str, a)],  # noqa: E731
-                                    capture_output=True, text=True, env=env, timeout=300)
+def test_cli_prints_the_ceiling_and_says_when_it_is_below_the_accounted_epsilon(tmp_path, capsys):
     # epsilon ~10.46 at delta 1e-5: unreachable; a cap of 300 canaries makes it cheap and lower still.
-    text = run("--noise-multiplier", "1", "--sample-rate", "0.5", "--steps", "10", "--max-canaries", "300")
-    assert text.returncode == 0, text.stderr
+    code, out, err = _main(capsys, "--noise-multiplier", "1", "--sample-rate", "0.5", "--steps", "10",
+                           "--max-canaries", "300")
+    assert code == 0, err
     ceiling = audit_ceiling(300, 150, delta=1e-5)
-    assert f"ceiling: this setting can certify at most epsilon >= {ceiling:.4f}" in text.stdout
-    assert "synthetic mode" in text.stdout and "300 gradient canaries (auto;" in text.stdout
-    assert f"this audit cannot detect a violation above epsilon {ceiling:.4f}" in text.stderr
-    assert "no number of canaries up to the cap reaches the accounted epsilon" in text.stderr
-    data = json.loads(run("--noise-multiplier", "1", "--sample-rate", "0.5", "--steps", "10", "--max-canaries",
-                          "300", "--json").stdout)
+    assert f"ceiling: this setting can certify at most epsilon >= {ceiling:.4f}" in out
+    assert "synthetic mode" in out and "300 gradient canaries (auto;" in out
+    assert f"this audit cannot detect a violation above epsilon {ceiling:.4f}" in err
+    assert "no number of canaries up to the cap reaches the accounted epsilon" in err
+    code, out, err = _main(capsys, "--noise-multiplier", "1", "--sample-rate", "0.5", "--steps", "10",
+                           "--max-canaries", "300", "--json")
+    data = json.loads(out)
     assert data["ceiling"] == pytest.approx(ceiling) and data["canaries"] == 300 and data["max_ceiling"] == data["ceiling"]
     assert not data["ceiling_reaches_accounted"] and len(data["warnings"]) == 2
     assert data["mode"] == "synthetic" and data["canary_kind"] == "gradient"
-    fine = json.loads(run("--noise-multiplier", "4", "--sample-rate", "0.5", "--steps", "10", "--json").stdout)
+    code, out, err = _main(capsys, "--noise-multiplier", "4", "--sample-rate", "0.5", "--steps", "10", "--json")
+    fine = json.loads(out)
     assert fine["ceiling_reaches_accounted"] and fine["warnings"] == [] and fine["canaries_chosen"] == "auto"
     for args, message in [(("--own-training",), "needs a RUN_DIR"), (("--canaries", "x", "--steps", "1"), "auto"),
                           (("--site", "a", "--noise-multiplier", "1", "--sample-rate", "0.5", "--steps", "1"),
                            "--site needs --own-training"),
                           ((tmp_path, "--own-training", "--steps", "3"), "drop --steps")]:
-        bad = run(*args)
-        assert bad.returncode == 2 and message in bad.stderr and bad.stderr.count("\n") == 1, bad.stderr
+        code, _, err = _main(capsys, *args)
+        assert code == 2 and message in err and err.count("\n") == 1, err
