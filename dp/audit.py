@@ -48,7 +48,7 @@ would only raise it to about 8.24. Each tenfold smaller delta raises it by about
 passes 10. So a run accounted at epsilon 10 with delta 1e-5 cannot be audited
 up to its epsilon at that delta; auditing its (epsilon(delta'), delta') claim
 at a smaller delta' (``--delta``; the accountants bound epsilon at every delta,
-and a broken implementation breaks those claims too) is the way up.
+and a broken implementation, e.g. one without noise, breaks those claims as well) is the way up.
 :func:`choose_canaries` picks the smallest m (with the default rule) whose
 ceiling reaches a target, or says that no m up to the cap does and which m
 gives the largest ceiling.
