@@ -41,7 +41,8 @@ from .rounds import RunContext, run_rounds
 from .runstore import RunDirectory, RunDirectoryError, private_umask
 from .site import Site
 
-__all__ = ["run_simulation", "protocol_parameters", "open_run", "dp_sgd_config", "OpenRun", "privacy_summary", "public_site_facts",
+__all__ = ["run_simulation", "protocol_parameters", "open_run", "dp_sgd_config", "OpenRun", "privacy_summary",
+           "public_site_facts",
            "SimulationResult", "SimulationError", "resume_config"]
 
 

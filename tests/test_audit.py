@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from scipy.stats import binom
 
-from dp.audit import (AUDIT_FILE, audit_ceiling, audit_dp_sgd, audit_training, choose_canaries, default_guesses_per_side,
-                      epsilon_lower_bound, p_value, write_audit)
+from dp.audit import (AUDIT_FILE, audit_ceiling, audit_dp_sgd, audit_training, choose_canaries,
+                      default_guesses_per_side, epsilon_lower_bound, p_value, write_audit)
 from dp.errors import InvalidPrivacyParameterError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -104,7 +104,8 @@ def test_ceiling_is_the_bound_of_a_perfect_score(m, r, delta):
 
 
 def test_the_vectorised_p_value_matches_the_direct_sum_and_never_undershoots():
-    for m, r, v, eps, delta in [(200, 100, 100, 3.0, 1e-5), (5000, 2500, 2400, 2.0, 1e-4), (40000, 20000, 20000, 7.0, 1e-5)]:
+    cases = [(200, 100, 100, 3.0, 1e-5), (5000, 2500, 2400, 2.0, 1e-4), (40000, 20000, 20000, 7.0, 1e-5)]
+    for m, r, v, eps, delta in cases:
         q = 1 / (1 + math.exp(-eps))
         pmf = binom.pmf(list(range(v - 1, -1, -1)), r, q)
         partial, alpha = 0.0, 0.0
@@ -281,7 +282,8 @@ def test_cli_prints_the_ceiling_and_says_when_it_is_below_the_accounted_epsilon(
     code, out, err = _main(capsys, "--noise-multiplier", "1", "--sample-rate", "0.5", "--steps", "10",
                            "--max-canaries", "300", "--json")
     data = json.loads(out)
-    assert data["ceiling"] == pytest.approx(ceiling) and data["canaries"] == 300 and data["max_ceiling"] == data["ceiling"]
+    assert data["ceiling"] == pytest.approx(ceiling) and data["canaries"] == 300
+    assert data["max_ceiling"] == data["ceiling"]
     assert not data["ceiling_reaches_accounted"] and len(data["warnings"]) == 2
     assert data["mode"] == "synthetic" and data["canary_kind"] == "gradient"
     code, out, err = _main(capsys, "--noise-multiplier", "4", "--sample-rate", "0.5", "--steps", "10", "--json")
