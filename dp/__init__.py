@@ -56,6 +56,7 @@ from .events import NEIGHBOURING_RELATIONS, PRIVACY_UNITS, PrivacyEvent, describ
 from .ledger import BudgetDecision, LedgerEntry, PrivacyLedger, VerificationReport, verify_ledger
 from .ledger_signatures import EntryStatement, LedgerSigner, SiteAnchor, load_anchors
 from .training import (
+    AuditCanaries,
     DpSgdConfig,
     LocalTrainingResult,
     clipped_patient_sum,
@@ -75,7 +76,7 @@ __all__ = [
     "PrivacyLedger", "LedgerEntry", "BudgetDecision", "VerificationReport", "verify_ledger",
     "LedgerSigner", "SiteAnchor", "EntryStatement", "load_anchors",
     "DpSgdConfig", "LocalTrainingResult", "train_dp_sgd", "train_non_private", "make_private_compatible",
-    "csprng_gaussian", "csprng_poisson_mask", "clipped_patient_sum", "patient_groups",
+    "csprng_gaussian", "csprng_poisson_mask", "clipped_patient_sum", "patient_groups", "AuditCanaries",
     "DistributedDpConfig", "CalibratedDistributedDp", "DistributedDpEvent", "PrivatizedUpdate",
     "calibrate_distributed", "privatize", "privatize_detailed", "decode_sum", "compute_distributed_epsilon",
     "distributed_rdp", "wrap_probability_bound",

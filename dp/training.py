@@ -77,6 +77,7 @@ __all__ = [
     "csprng_poisson_mask",
     "clipped_patient_sum",
     "patient_groups",
+    "AuditCanaries",
 ]
 
 
@@ -143,6 +144,80 @@ class LocalTrainingResult:
     empty_steps: int  # steps whose Poisson batch was empty (noise-only updates)
     num_records: int
     clipped_units: int = 0  # patient level: sampled patients whose summed gradient was clipped
+    audit_observations: tuple | None = None  # AUDIT ONLY (AuditCanaries.observe): summed released gradient
+
+
+@dataclass(frozen=True)
+class AuditCanaries:
+    """AUDIT ONLY: gradient canaries for :mod:`dp.audit`; a run never passes them.
+
+    Canary j is one extra privacy unit (a patient, or a slice at slice level) whose
+    CLIPPED gradient is the fixed vector ``signs[j] * C * e_{coordinates[j]}`` (norm exactly
+    C, the clipping norm): a "Dirac" gradient canary (Nasr et al. 2023; Steinke, Nasr and
+    Jagielski 2023). ``coordinates`` index the concatenation of the model's trainable
+    parameters (``model.parameters()`` order, each flattened), distinct. In every step each
+    canary is Poisson-sampled with the same q and the same randomness as the real units and
+    the sampled canaries are added to the clipped sum BEFORE the noise, so what follows
+    (noise, public normaliser, optimiser) is the run's own path. The canary's clipping is not
+    exercised (its gradient is injected already at norm C); the real records' is.
+
+    ``observe``: coordinates (the audit passes all canaries', included or not) at which the
+    released noisy gradient of every step (clipped sum + canaries + noise, before the
+    normaliser) is summed over the steps and returned in
+    :attr:`LocalTrainingResult.audit_observations` - the white-box view of an auditor who sees
+    each step's privatised gradient, which is what the accountant composes.
+    """
+
+    coordinates: tuple
+    signs: tuple
+    observe: tuple = ()
+
+    def __post_init__(self) -> None:
+        if len(self.coordinates) != len(self.signs) or not self.coordinates:
+            raise InvalidPrivacyParameterError("audit canaries need one sign per coordinate, and at least one")
+        if len(set(self.coordinates)) != len(self.coordinates) or min(self.coordinates) < 0:
+            raise InvalidPrivacyParameterError("audit canary coordinates must be distinct and non-negative")
+        if any(s not in (1, -1) for s in self.signs):
+            raise InvalidPrivacyParameterError("audit canary signs must be +1 or -1")
+        if any(c < 0 for c in self.observe):
+            raise InvalidPrivacyParameterError("observed coordinates must be non-negative")
+
+
+class _CanaryInjector:
+    """Per step: Poisson-sample the canaries, return their clipped-gradient sum split per parameter."""
+
+    def __init__(self, canaries: AuditCanaries, params, config: DpSgdConfig, randomness) -> None:
+        import torch
+
+        self.shapes = [p.shape for p in params]
+        self.sizes = [p.numel() for p in params]
+        total = sum(self.sizes)
+        if max(canaries.coordinates + canaries.observe) >= total:
+            raise InvalidPrivacyParameterError(
+                f"audit canary coordinate {max(canaries.coordinates + canaries.observe)} outside the {total} "
+                "trainable parameters")
+        self.coordinates = torch.tensor(canaries.coordinates, dtype=torch.long)
+        self.observed = torch.tensor(canaries.observe, dtype=torch.long)
+        self.sums = torch.zeros(len(canaries.observe), dtype=torch.float64)
+        self.values = torch.tensor(canaries.signs, dtype=torch.float64) * config.max_grad_norm
+        self.total, self.config, self.randomness = total, config, randomness
+
+    def __call__(self) -> list:
+        import torch
+
+        chosen = torch.from_numpy(np.asarray(
+            self.randomness.poisson_mask(len(self.coordinates), self.config.sample_rate), dtype=bool))
+        flat = torch.zeros(self.total, dtype=torch.float64)
+        flat.index_add_(0, self.coordinates[chosen], self.values[chosen])
+        return [t.view(shape) for t, shape in zip(torch.split(flat, self.sizes), self.shapes)]
+
+    def observe(self, released) -> None:
+        """Add this step's released noisy gradient (one tensor per parameter) at the observed coordinates."""
+        import torch
+
+        if self.observed.numel():
+            flat = torch.cat([t.detach().reshape(-1).to(torch.float64) for t in released])
+            self.sums += flat[self.observed]
 
 
 def csprng_gaussian(shape, std: float) -> np.ndarray:
@@ -328,6 +403,7 @@ def train_dp_sgd(
     generator=None,
     patients=None,
     randomness=None,
+    audit_canaries: AuditCanaries | None = None,
 ) -> LocalTrainingResult:
     """Train ``model`` in place for ``config.steps`` DP-SGD steps on ``data`` (a tensor, N records first).
 
@@ -336,6 +412,9 @@ def train_dp_sgd(
     ``progress(step, loss)`` is called after each step (site-local). ``generator`` (a
     ``torch.Generator``) is used only when ``secure_mode=False``; ``randomness`` is a TEST-ONLY
     injected source of sampling and noise, refused with ``secure_mode=True``.
+    ``audit_canaries`` (AUDIT ONLY, :mod:`dp.audit`): gradient canaries added to the clipped
+    sum before the noise (:class:`AuditCanaries`); the returned event is then not a spend of
+    the site's data and must never reach a ledger.
     """
     n = int(data.shape[0])
     if n < 1:
@@ -362,9 +441,11 @@ def train_dp_sgd(
     model.train()
     loss_fn = loss_fn or _default_loss
     if config.privacy_unit == "patient":
-        losses, empty, clipped = _patient_steps(model, data, groups, config, randomness, loss_fn, progress)
+        losses, empty, clipped, observed = _patient_steps(model, data, groups, config, randomness, loss_fn, progress,
+                                                          audit_canaries)
     else:
-        losses, empty, clipped = _slice_steps(model, data, config, randomness, loss_fn, progress)
+        losses, empty, clipped, observed = _slice_steps(model, data, config, randomness, loss_fn, progress,
+                                                        audit_canaries)
     delta = {name: p.detach() - initial[name] for name, p in model.named_parameters() if name in initial}
     event = PrivacyEvent(
         site=site,
@@ -379,10 +460,10 @@ def train_dp_sgd(
         unit=config.privacy_unit,
     )
     return LocalTrainingResult(delta=delta, event=event, losses=tuple(losses), empty_steps=empty, num_records=n,
-                               clipped_units=clipped)
+                               clipped_units=clipped, audit_observations=observed)
 
 
-def _patient_steps(model, data, groups, config: DpSgdConfig, randomness, loss_fn, progress):
+def _patient_steps(model, data, groups, config: DpSgdConfig, randomness, loss_fn, progress, audit_canaries=None):
     """Patient-level DP-SGD steps (module docstring): Opacus per-slice gradients, summed and clipped per patient."""
     import torch
     from opacus import GradSampleModule
@@ -390,6 +471,7 @@ def _patient_steps(model, data, groups, config: DpSgdConfig, randomness, loss_fn
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = _optimizer(config, params)
     std = config.noise_multiplier * config.max_grad_norm
+    inject = _CanaryInjector(audit_canaries, params, config, randomness) if audit_canaries is not None else None
     losses, empty, clipped = [], 0, 0
     with warnings.catch_warnings():
         # Opacus' hooks fire on module outputs when inputs need no grad; torch warns about it every step.
@@ -402,10 +484,16 @@ def _patient_steps(model, data, groups, config: DpSgdConfig, randomness, loss_fn
                     module, data, [groups[i] for i in chosen], config.max_grad_norm, loss_fn=loss_fn,
                     max_slices_per_patient=config.max_slices_per_patient)
                 clipped += count
+                if inject is not None:  # audit only: canary units join the clipped sum before the noise
+                    sums = [total + extra.to(total.dtype) for total, extra in zip(sums, inject())]
                 optimizer.zero_grad(set_to_none=True)
+                released = []
                 for p, total in zip(params, sums):
                     noise = torch.from_numpy(np.asarray(randomness.gaussian(tuple(p.shape), std))).to(p.dtype)
-                    p.grad = (total.to(p.dtype) + noise) / config.normaliser
+                    released.append(total.to(p.dtype) + noise)
+                    p.grad = released[-1] / config.normaliser
+                if inject is not None:
+                    inject.observe(released)
                 optimizer.step()
                 if value is None:
                     empty += 1
@@ -417,10 +505,10 @@ def _patient_steps(model, data, groups, config: DpSgdConfig, randomness, loss_fn
             module._close()  # remove Opacus hooks: the caller's model is a plain module again
             for p in params:
                 p.grad_sample = None
-    return losses, empty, clipped
+    return losses, empty, clipped, (tuple(inject.sums.tolist()) if inject is not None else None)
 
 
-def _slice_steps(model, data, config: DpSgdConfig, randomness, loss_fn, progress):
+def _slice_steps(model, data, config: DpSgdConfig, randomness, loss_fn, progress, audit_canaries=None):
     """Slice-level DP-SGD (labelled option): Opacus' make_private path, one record = one slice."""
     import torch
     from opacus import PrivacyEngine
@@ -442,11 +530,17 @@ def _slice_steps(model, data, config: DpSgdConfig, randomness, loss_fn, progress
     # Opacus derives the expected batch size from the private loader; pin it to the public normaliser.
     private_optimizer.expected_batch_size = config.normaliser
     if isinstance(randomness, _TorchGenerator) and randomness.generator is None:
-        pass  # Opacus' own (torch) noise, as before: experiments only
+        if audit_canaries is not None:
+            raise InvalidPrivacyParameterError(
+                "audit canaries need the project's noise path: secure_mode=True, a generator, or injected randomness")
+        # Opacus' own (torch) noise, as before: experiments only
     else:
         # Same object layout, one overridden method: swap the class in place.
         private_optimizer.__class__ = _csprng_optimizer_class()
         private_optimizer.secagg_gaussian = randomness.gaussian
+        if audit_canaries is not None:  # audit only: canary slices join the clipped sum before the noise
+            private_optimizer.secagg_canaries = _CanaryInjector(audit_canaries, private_optimizer.params, config,
+                                                                randomness)
     losses, empty, clipped = [], 0, 0
     try:
         with warnings.catch_warnings():
@@ -468,7 +562,8 @@ def _slice_steps(model, data, config: DpSgdConfig, randomness, loss_fn, progress
                     progress(step + 1, value)
     finally:
         private_model._close()  # remove Opacus hooks: the caller's model is a plain module again
-    return losses, empty, clipped
+    inject = getattr(private_optimizer, "secagg_canaries", None)
+    return losses, empty, clipped, (tuple(inject.sums.tolist()) if inject is not None else None)
 
 
 def _validation_errors(model) -> str:
@@ -502,10 +597,15 @@ def _csprng_add_noise(self) -> None:
 
     std = self.noise_multiplier * self.max_grad_norm
     gaussian = getattr(self, "secagg_gaussian", csprng_gaussian)
-    for p in self.params:
+    inject = getattr(self, "secagg_canaries", None)  # audit only (dp.audit): None in every run
+    extras = inject() if inject is not None else [None] * len(self.params)
+    for p, extra in zip(self.params, extras):
         _check_processed_flag(p.summed_grad)
         noise = torch.from_numpy(np.asarray(gaussian(tuple(p.summed_grad.shape), std))).to(p.summed_grad.dtype)
-        p.grad = (p.summed_grad + noise).view_as(p)
+        total = p.summed_grad if extra is None else p.summed_grad + extra.view_as(p.summed_grad).to(p.summed_grad.dtype)
+        p.grad = (total + noise).view_as(p)
+    if inject is not None:
+        inject.observe([p.grad for p in self.params])
         _mark_as_processed(p.summed_grad)
 
 

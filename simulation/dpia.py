@@ -619,17 +619,34 @@ def build_dpia(run_dir, org: dict | None = None, *, today: str | None = None) ->
     ]
     audit = run["audit"]
     if audit:
+        own = audit.get("mode") == "own-training"
         blocks.append(_p("Empirical privacy audit (one-run method, Steinke, Nasr and Jagielski 2023): a LOWER bound "
-                         "on epsilon measured on a training run with canaries, beside the accounted UPPER bound. The audit exercises the run's "
-                         "DP-SGD configuration on canaries; it does not attack the run's own model."))
+                         "on epsilon measured on a training run with canaries, beside the accounted UPPER bound. "
+                         + ("This audit trained the run's own model architecture on one site's real data with the "
+                            "run's DP-SGD settings and gradient canaries; it does not attack the secure-aggregation "
+                            "sum." if own else
+                            "The audit exercises the run's DP-SGD configuration on canaries and a synthetic model; "
+                            "it does not attack the run's own model.")))
         if audit.get("epsilon_lower_bound") is not None and audit.get("epsilon_accounted") is not None and \
                 audit["epsilon_lower_bound"] > audit["epsilon_accounted"]:
             blocks.append(_warn("The audited lower bound EXCEEDS the accounted epsilon: the implementation or the "
                                 "accounting is wrong; the stated epsilon cannot be relied on."))
+        ceiling = audit.get("ceiling")
+        if ceiling is not None and audit.get("epsilon_accounted") is not None and ceiling < audit["epsilon_accounted"]:
+            blocks.append(_warn(f"This audit cannot detect a violation above epsilon {_eps(ceiling)} (its ceiling, "
+                                f"the largest lower bound its setting can ever show), below the accounted "
+                                f"{_eps(audit['epsilon_accounted'])}: its 'consistent' says nothing about epsilons "
+                                "in between."))
         blocks.append(_table(("Quantity", "Value"), [
             ("Empirical lower bound on epsilon", _eps(audit.get("epsilon_lower_bound"))),
+            ("Ceiling (largest lower bound this setting can show)", _eps(ceiling) if ceiling is not None else
+             "not recorded (audit.json from an earlier version)"),
             ("Confidence", _num(audit.get("confidence"))),
             ("Accounted epsilon (upper bound)", _eps(audit.get("epsilon_accounted"))),
+            ("Mode", {"own-training": "own training (the run's model, DP-SGD settings and a site's real data"
+                                      + (f", site {audit.get('site')}" if audit.get("site") else "") + ")",
+                      "synthetic": "synthetic (the run's DP-SGD settings on a synthetic model)"}.get(
+                          audit.get("mode"), "synthetic (not recorded)")),
             ("Canaries / guesses / correct", f"{audit.get('canaries')} / {audit.get('guesses')} / "
                                              f"{audit.get('correct')}"),
             ("Configuration audited", f"sigma {_num(audit.get('noise_multiplier'), 6)}, q "

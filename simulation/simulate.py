@@ -41,7 +41,8 @@ from .rounds import RunContext, run_rounds
 from .runstore import RunDirectory, RunDirectoryError, private_umask
 from .site import Site
 
-__all__ = ["run_simulation", "protocol_parameters", "open_run", "OpenRun", "privacy_summary", "public_site_facts",
+__all__ = ["run_simulation", "protocol_parameters", "open_run", "dp_sgd_config", "OpenRun", "privacy_summary",
+           "public_site_facts",
            "SimulationResult", "SimulationError", "resume_config"]
 
 
@@ -218,6 +219,18 @@ class OpenRun:
     identities: object = None  # simulation.identity.RunIdentities (in-process sites), or None
 
 
+def dp_sgd_config(config: SimulationConfig, noise_multiplier: float, steps: int | None = None):
+    """Each site's DP-SGD configuration of a run (``steps``: per round unless given); also what
+    ``secagg audit --own-training`` audits."""
+    from dp import DpSgdConfig
+
+    return DpSgdConfig(noise_multiplier=noise_multiplier, max_grad_norm=config.max_grad_norm,
+                       sample_rate=config.sample_rate, steps=config.local_steps if steps is None else int(steps),
+                       learning_rate=config.learning_rate, delta=config.delta, secure_mode=config.secure_rng,
+                       privacy_unit=config.privacy_unit, public_size=config.public_size,
+                       max_slices_per_patient=config.max_slices_per_patient)
+
+
 def open_run(config: SimulationConfig, site_names, coordinator: Coordinator, weight_bound: float, out_dir, *,
              resume: bool, log, verify_keys: dict | None = None, site_identities: bool = False) -> OpenRun:
     """Everything before the first round, for every engine: protocol parameters, noise calibration,
@@ -231,7 +244,7 @@ def open_run(config: SimulationConfig, site_names, coordinator: Coordinator, wei
 
     Raises :class:`SimulationError` for impossible settings before anything is written.
     """
-    from dp import DpSgdConfig, PrivacyLedger, calibrate_noise
+    from dp import PrivacyLedger, calibrate_noise
     from dp.errors import PrivacyError
     from dp.events import describe_guarantee
 
@@ -257,11 +270,7 @@ def open_run(config: SimulationConfig, site_names, coordinator: Coordinator, wei
     log(f"noise multiplier {sigma:.4f}: epsilon {calibration.epsilon:.3f} <= {config.epsilon} ({guarantee}) at "
         f"delta {config.delta} after {config.rounds} rounds x {config.local_steps} steps, q = {config.sample_rate} "
         f"per {config.privacy_unit} ({calibration.report.bound_accountant})")
-    dp_config = DpSgdConfig(noise_multiplier=sigma, max_grad_norm=config.max_grad_norm,
-                            sample_rate=config.sample_rate, steps=config.local_steps,
-                            learning_rate=config.learning_rate, delta=config.delta, secure_mode=config.secure_rng,
-                            privacy_unit=config.privacy_unit, public_size=config.public_size,
-                            max_slices_per_patient=config.max_slices_per_patient)
+    dp_config = dp_sgd_config(config, sigma)
     shared = coordinator.global_shared
     vector_length = sum(shared[n].numel() for n in coordinator.shared_names) + 1  # + the FedAvg weight
     he_params = None

@@ -217,6 +217,19 @@ def test_audit_result_is_shown_beside_the_accounted_epsilon(run_dir, tmp_path):
     assert "Accounted epsilon (upper bound) | 9.8765" in md
 
 
+def test_audit_ceiling_and_mode_are_shown(run_dir, tmp_path):
+    audit = {"epsilon_lower_bound": 0.4321, "ceiling": 7.5514, "confidence": 0.95, "epsilon_accounted": 9.8765,
+             "canaries": 29523, "guesses": 14760, "correct": 7400, "mode": "own-training", "site": "site-2"}
+    md = render_dpia(build_dpia(_variant(run_dir, tmp_path, audit=audit)), "md")
+    assert "Ceiling (largest lower bound this setting can show) | 7.5514" in md
+    assert "cannot detect a violation above epsilon 7.5514" in md
+    assert "own training (the run's model, DP-SGD settings and a site's real data, site site-2)" in md
+    reached = _variant(run_dir, tmp_path / "reached", audit=audit | {"ceiling": 10.5, "mode": "synthetic"})
+    md = render_dpia(build_dpia(reached), "md")
+    assert "Ceiling (largest lower bound this setting can show) | 10.5000" in md
+    assert "cannot detect a violation" not in md and "synthetic (the run's DP-SGD settings" in md
+
+
 def test_pdf_without_chromium_says_how_to_install(run_dir, tmp_path):
     # SECAGG_CHROMIUM="" hides any installed browser, so this runs on every machine.
     result = _cli("dpia", run_dir, "--format", "pdf", "-o", tmp_path / "d.pdf", SECAGG_CHROMIUM="")
