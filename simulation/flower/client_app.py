@@ -478,18 +478,21 @@ def _encoder(setup: RoundSetup) -> secagg.FixedPointEncoder:
     return encoder
 
 
-def _with_anchor(reply: Message, anchored: ConfigRecord | None) -> Message:
-    """Acknowledge an anchor on a reply that says something (a vanished node's empty reply says nothing)."""
-    if anchored is not None and reply.content.config_records:
-        reply.content[ANCHOR_RECORD] = anchored
+def _with_anchor(message: Message, context: Context, reply: Message) -> Message:
+    """Take the anchor ``message`` carries and acknowledge it - only on a reply that says something: a
+    node that vanished (its reply is empty) takes nothing, and the coordinator sends it again later."""
+    if reply.content.config_records:
+        anchored = take_anchor(message, context)
+        if anchored is not None:
+            reply.content[ANCHOR_RECORD] = anchored
     return reply
 
 
 @app.train()
 def setup_round(message: Message, context: Context) -> Message:
     """Round setup: check the budget, train locally, encode, open the ClientSession, answer AdvertiseKeys."""
-    anchored = take_anchor(message, context)  # the previous round's entry, when the node missed it then
-    return _with_anchor(_setup_round(message, context), anchored)
+    # The anchor it may carry is of the previous round's entry, when the node missed it then.
+    return _with_anchor(message, context, _setup_round(message, context))
 
 
 def _setup_round(message: Message, context: Context) -> Message:
@@ -560,8 +563,7 @@ def _setup_round(message: Message, context: Context) -> Message:
 @app.query("secagg")
 def step(message: Message, context: Context) -> Message:
     """One protocol message in, the session's answer (or a refusal) out."""
-    anchored = take_anchor(message, context)
-    return _with_anchor(_step(message, context), anchored)
+    return _with_anchor(message, context, _step(message, context))
 
 
 def _step(message: Message, context: Context) -> Message:
