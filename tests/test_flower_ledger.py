@@ -125,6 +125,11 @@ def test_the_coordinators_ledger_carries_every_sites_signature_and_the_nodes_anc
         assert anchor.stat().st_mode & 0o777 == 0o600
         assert json.loads(anchor.read_text())["seq"] > 1
     assert "checked against the registry" in summary["deployment"]["ledger_signatures"]
+    from simulation.dpia import write_dpia
+
+    path, _ = write_dpia(run_dir, fmt="md", out=run_dir.parent / "dpia.md")
+    assert ("Site signatures on the coordinator's ledger: every spend in the coordinator's ledger is signed on "
+            "the site's node") in path.read_text()
 
 
 def test_nothing_the_coordinator_publishes_holds_a_wall_clock_time(federated):
@@ -233,3 +238,26 @@ def test_a_node_gone_before_unmasking_gets_its_last_anchor_at_the_end_of_the_run
     assert json.loads((anchor / "ledger.anchor.json").read_text())["seq"] == last_spend
     code, out, err = _verify(capsys, run_dir, "--registry", registry, "--anchors", anchor)
     assert code == 0 and "1 site anchors matched" in out, err
+
+
+def test_without_a_registry_spends_are_signed_unchecked_and_a_node_keeps_its_unit_and_needs_an_identity(
+        tmp_path, capsys):
+    registry, states, nodes = _consortium(tmp_path)
+    del nodes[102]["state-dir"]  # site-3's node: no state-dir and no signing-key, so nothing to sign with
+    run_dir = tmp_path / "run"
+    summary = _federate(InMemoryGrid(client_app.app, nodes, DEFAULTS | RUN), run_dir, rounds=1, epsilon=2.0)
+    record = json.loads((run_dir / "metrics.jsonl").read_text())
+    assert record["included"] == ["site-1", "site-2"] and "no identity" in record["refusals"]["site-3"]
+    assert "not checked by the coordinator (no registry)" in summary["deployment"]["ledger_signatures"]
+    code, out, err = _verify(capsys, run_dir, "--registry", registry)  # the auditor checks them afterwards
+    assert code == 0 and "2 site signatures verified" in out, err
+    # The nodes' ledgers account per patient: a run at slice level is refused, nothing is spent.
+    summary = _federate(InMemoryGrid(client_app.app, nodes, DEFAULTS | RUN), tmp_path / "slice", rounds=1,
+                        epsilon=2.0, **{"privacy-unit": "slice"})
+    record = json.loads((tmp_path / "slice" / "metrics.jsonl").read_text())
+    assert record["status"] == "aborted" and "privacy unit" in record["refusals"]["site-1"]
+    ledger = PrivacyLedger.open(states["site-1"] / "ledger")
+    try:
+        assert [e.unit for e in ledger.events("site-1")] == ["patient"]
+    finally:
+        ledger.close()
