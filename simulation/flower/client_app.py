@@ -19,6 +19,15 @@ spend *before* its masked update leaves (on answering MaskedInputCollection);
 a round that would pass its budget is refused. It also rebuilds the encoder
 from the setup and refuses one whose bound differs from the coordinator's.
 
+**Nor does it trust the coordinator's ledger.** The node signs its own ledger's
+spends with the site's Ed25519 key (:func:`node_ledger_key`), as the in-process
+simulation's sites sign theirs, so ``secagg ledger verify STATE_DIR/ledger
+--registry REG`` checks it; and it signs the spend entries the coordinator
+records for its site (``query.ledger``, :func:`sign_ledger_entry`) and anchors
+them in ``STATE_DIR/anchors/RUN_ID/`` (:func:`take_anchor`,
+:mod:`.ledger_link`). Its ledger accounts at the run's privacy unit (patient by
+default) and refuses a run of another unit.
+
 Node configuration (``flower-supernode --node-config``):
 
 * ``partition-id`` (int): the node's index; ``site`` (str): the site's name
@@ -31,11 +40,15 @@ Node configuration (``flower-supernode --node-config``):
   round is never released twice) and budget, and the preprocessing cache;
   ``site-level-budget`` (float): its site-level budget when the run uses
   distributed DP (the node recalibrates the mechanism itself and adds its
-  share of the noise before masking).
+  share of the noise before masking). The state-dir also holds the site's
+  ledger key ``SITE.ed25519`` when no ``signing-key`` is set (created 0600 on
+  first use, its verify key printed for the registry; or made beforehand by
+  ``secagg keys new --site SITE --out STATE_DIR --registry REG``) and its
+  anchors of the coordinators' ledgers (``anchors/RUN_ID/``).
 * ``signing-key`` and ``registry`` (str, active mode): the site's Ed25519 key
-  file and its own copy of the consortium's registry of verify keys
-  (:mod:`simulation.identity`); a session whose verify keys differ from the
-  registry is refused. ``max-corrupt`` (int, default 0): the fewest colluding
+  file (which then also signs its ledger spends) and its own copy of the
+  consortium's registry of verify keys (:mod:`simulation.identity`); a session
+  whose verify keys differ from the registry is refused. ``max-corrupt`` (int, default 0): the fewest colluding
   sites the session's consistency quorum must tolerate; a coordinator offering
   a smaller ``max_corrupt`` (a smaller quorum) is refused, and so is a graph
   degree and threshold whose malicious-server failure bound with that many
