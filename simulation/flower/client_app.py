@@ -48,10 +48,10 @@ Node configuration (``flower-supernode --node-config``):
 * ``signing-key`` and ``registry`` (str, active mode): the site's Ed25519 key
   file (which then also signs its ledger spends) and its own copy of the
   consortium's registry of verify keys (:mod:`simulation.identity`); a session
-  whose verify keys differ from the registry is refused. ``max-corrupt`` (int, default 0): the fewest colluding
-  sites the session's consistency quorum must tolerate; a coordinator offering
-  a smaller ``max_corrupt`` (a smaller quorum) is refused, and so is a graph
-  degree and threshold whose malicious-server failure bound with that many
+  whose verify keys differ from the registry is refused. ``max-corrupt`` (int,
+  default 0): the fewest colluding sites the session's consistency quorum must
+  tolerate; a coordinator offering a smaller ``max_corrupt`` (a smaller quorum)
+  is refused, and so is a graph degree and threshold whose malicious-server failure bound with that many
   colluders exceeds 2^-``security-bits`` (default 40), recomputed by the node.
 * ``allow-insecure-rng`` (bool, default false): accept a run whose DP noise
   comes from a non-cryptographic generator (reproducible experiments only).
@@ -134,7 +134,8 @@ def node_setting(context: Context, key: str, run_key: str):
 
 
 def node_path(context: Context, key: str, run_key: str) -> Path | None:
-    """The node's path ``key`` (``state-dir``, ``data``); a simulated node (only) uses ``RUN_KEY-ROOT/<site>``."""
+    """The node's path ``key`` (``state-dir``, ``data``); a simulated node (only) uses ``ROOT/<site>``, where
+    ROOT is the run config's ``run_key`` (``node-state-root``, ``node-data-root``)."""
     if context.node_config.get(key):
         return Path(str(context.node_config[key]))
     root = context.run_config.get(run_key) if _simulated(context) else None
