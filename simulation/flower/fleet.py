@@ -18,8 +18,9 @@ site's public FedAvg weight; a node weights its update by that public weight,
 never by its record count.
 
 Every released site signs its spend entry in the coordinator's ledger on its own node, and
-anchors it in its own state (:mod:`.ledger_link`). No wall time of a round is published
-(``publishes_timings``): how long the nodes take to train reveals how much data they hold.
+anchors it in its own state (:mod:`.ledger_link`). No wall time of a round is kept on the
+coordinator (:meth:`~simulation.rounds.Fleet.keep_timings` drops them): how long the nodes take
+to train reveals how much data they hold.
 """
 
 from __future__ import annotations
@@ -37,10 +38,6 @@ __all__ = ["FlowerFleet"]
 
 class FlowerFleet(Fleet):
     """Sites reached through a Flower ``Grid``; ``node_of`` maps site names to Flower node ids."""
-
-    #: Wall times stay out of metrics.jsonl: the setup exchange lasts as long as the slowest node's
-    #: training, which grows with its (private) data size - a timing side channel.
-    publishes_timings = False
 
     def __init__(self, grid, node_of: Mapping[str, int], stage_timeout: float, settings: Mapping,
                  log: Callable[[str], None] = print, registry: Mapping[str, bytes] | None = None) -> None:
