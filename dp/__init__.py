@@ -36,6 +36,7 @@ from .errors import (
     LedgerError,
     LedgerIntegrityError,
     ModelNotPrivateError,
+    SiteSignatureError,
     PrivacyError,
 )
 from .discrete import discrete_gaussian_variance, sample_discrete_gaussian, sample_poisson, sample_skellam
@@ -82,5 +83,5 @@ __all__ = [
     "distributed_rdp", "wrap_probability_bound",
     "sample_discrete_gaussian", "sample_poisson", "sample_skellam", "discrete_gaussian_variance",
     "PrivacyError", "InvalidPrivacyParameterError", "CalibrationError", "BudgetExceededError",
-    "LedgerError", "LedgerIntegrityError", "ModelNotPrivateError",
+    "LedgerError", "LedgerIntegrityError", "SiteSignatureError", "ModelNotPrivateError",
 ]

@@ -14,6 +14,7 @@ __all__ = [
     "BudgetExceededError",
     "LedgerError",
     "LedgerIntegrityError",
+    "SiteSignatureError",
     "ModelNotPrivateError",
 ]
 
@@ -45,6 +46,15 @@ class LedgerIntegrityError(LedgerError):
                  round: int | None = None) -> None:
         super().__init__(message)
         self.seq = seq
+        self.site = site
+        self.round = round
+
+
+class SiteSignatureError(LedgerError):
+    """A site's signature on its spend is missing, refused or does not verify: nothing was committed."""
+
+    def __init__(self, message: str, *, site: str | None = None, round: int | None = None) -> None:
+        super().__init__(message)
         self.site = site
         self.round = round
 

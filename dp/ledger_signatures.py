@@ -17,9 +17,10 @@ without a site's Ed25519 signing key (which never leaves the site):
    domain ``secagg/ledger/v2/anchor`` (:class:`SiteAnchor`). A ledger shorter
    than, or different at, any site's anchor was truncated or rewritten.
 
-How a signature travels (in-process simulation). When the masked inputs are in,
-the coordinator's :class:`~simulation.rounds.ReleaseCommitter` builds each
-entry (it alone knows the sequence number and the previous hash) and hands the
+How a signature travels (in-process simulation; over Flower see
+:mod:`simulation.flower.ledger_link`: the same statements and anchors, one
+Flower round trip per signature). When the masked inputs are in, the
+coordinator's :class:`~simulation.rounds.ReleaseCommitter` builds each entry (it alone knows the sequence number and the previous hash) and hands the
 :class:`EntryStatement` to the site's :class:`LedgerSigner`; the site checks
 that it names itself and the event it actually trained with (its ``approve``
 hook), signs, and remembers the entry's chain hash. The coordinator appends the
@@ -171,12 +172,19 @@ class LedgerSigner:
     trained with).
     """
 
-    def __init__(self, site: str, seed: bytes, state_dir, approve: Callable[[EntryStatement], None] | None = None):
+    def __init__(self, site: str, seed: bytes, state_dir, approve: Callable[[EntryStatement], None] | None = None,
+                 signed: Mapping[tuple[str, int], str] | None = None):
         self.site = site
         self._seed = bytes(seed)
         self.anchor_path = Path(state_dir) / ANCHOR_FILE
         self._approve = approve
-        self._signed: dict[tuple[str, int], str] = {}  # (run id, seq) -> the chain hash the site computed
+        # (run id, seq) -> the chain hash the site computed when it signed; ``signed`` restores what a
+        # site that signs in one process and anchors in another (a Flower node) kept in its own state.
+        self._signed: dict[tuple[str, int], str] = dict(signed or {})
+
+    def signed_hashes(self) -> dict[tuple[str, int], str]:
+        """(run id, seq) -> chain hash of every entry this signer signed (for its site's own state)."""
+        return dict(self._signed)
 
     def __repr__(self) -> str:
         return f"LedgerSigner(site={self.site!r})"

@@ -686,6 +686,8 @@ def build_dpia(run_dir, org: dict | None = None, *, today: str | None = None) ->
             "Transport: Flower's SuperLink serves the sites over TLS where the consortium configures it "
             "(certificates from its PKI); only protocol messages (wire bytes) travel.",
             f"Each site's own privacy accounting: {deployment.get('node_ledgers', 'n/a')}.",
+            *([f"Site signatures on the coordinator's ledger: {deployment['ledger_signatures']}."]
+              if deployment.get("ledger_signatures") else []),
             f"Site identities: {deployment.get('identities', 'n/a')}.",
             "Residual risk: during a round each node keeps its protocol session (private keys and its masked "
             "update) in Flower's node state on its own machine, not encrypted at rest; protect the node host.",

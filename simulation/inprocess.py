@@ -74,13 +74,21 @@ class InProcessFleet(Fleet):
 
     def _site_log(self, name: str, record: dict) -> None:
         """Append one round's site-local statistics to the site's own file (never the coordinator's)."""
+        self._append_site_local(f"{name}.jsonl", {"site": name} | record)
+
+    def _append_site_local(self, filename: str, record: dict) -> None:
         if self.site_local_dir is None:
             return
         self.site_local_dir.mkdir(parents=True, exist_ok=True)
-        with open(self.site_local_dir / f"{name}.jsonl", "a") as f:
-            f.write(json.dumps({"site_local": SITE_LOCAL_LABEL, "site": name} | record) + "\n")
+        with open(self.site_local_dir / filename, "a") as f:
+            f.write(json.dumps({"site_local": SITE_LOCAL_LABEL} | record) + "\n")
             f.flush()
             os.fsync(f.fileno())
+
+    def keep_timings(self, round_index: int, seconds) -> None:
+        """The round's wall times (all in-process sites together) go to ``site-local/timings.jsonl``, not
+        metrics.jsonl: training time grows with the sites' private data size."""
+        self._append_site_local("timings.jsonl", {"round": round_index, "seconds": dict(seconds)})
 
     def _signing_key(self, ctx: RunContext, name: str):
         return self.identities[name].seed if ctx.config.active else None

@@ -32,8 +32,9 @@ A round (Bonawitz et al. 2017 for the protocol, FedAvg for the model):
    weights, apply to the global model, and the round's record
    (``metrics.jsonl``). The record holds only what the coordinator may
    publish: who took part and survived (the protocol shows it), public
-   parameters, the ledger's epsilons (with their unit and adjacency), bytes
-   and timings. No training loss, clip count or record count: those are
+   parameters, the ledger's epsilons (with their unit and adjacency) and bytes.
+   No wall times: they go to :meth:`Fleet.keep_timings` (the in-process
+   sites' own ``RUN_DIR/site-local/timings.jsonl``; over Flower, nowhere). No training loss, clip count or record count: those are
    statistics of a site's private data, and they stay at the site.
 
 :func:`run_rounds` loops over rounds and writes, after each, the checkpoints,
@@ -134,6 +135,13 @@ class Fleet(abc.ABC):
     def ledger_signers(self) -> Mapping | None:
         """Site -> :class:`dp.LedgerSigner` that signs the site's ledger spends (None: unsigned spends)."""
         return None
+
+    def keep_timings(self, round_index: int, seconds: Mapping[str, float]) -> None:
+        """Keep a round's wall times (train, encode, protocol, ledger, decode_apply) away from metrics.jsonl.
+
+        They are never published: a round lasts as long as its slowest site trains, which grows with
+        that site's private data size (a timing side channel). The default drops them.
+        """
 
     def save_checkpoints(self, store) -> None:
         """Write the sites' local state the engine keeps (nothing where the sites keep their own)."""
@@ -254,7 +262,8 @@ def run_round(ctx: RunContext, fleet: Fleet, round_index: int, dropout_plan: Map
         start = time.perf_counter()
         ctx.ledger.commit_round(round_index, [], skipped=plan.skipped, extra={"status": "stopped"})
         timings["ledger"] = time.perf_counter() - start
-        return record | {"status": "stopped", "stop_reason": plan.stop_reason, "seconds": timings}
+        fleet.keep_timings(round_index, timings)
+        return record | {"status": "stopped", "stop_reason": plan.stop_reason}
 
     # The nonce is drawn before training: with distributed DP it also seeds the public rotation.
     session_id = secagg.new_session_id()
@@ -285,6 +294,7 @@ def run_round(ctx: RunContext, fleet: Fleet, round_index: int, dropout_plan: Map
         spent = ledger.spent(name)
         epsilon[name] = None if spent is None else spent.bound
     site_ids = {cid: name for name, cid in ctx.site_ids.items()}
+    fleet.keep_timings(round_index, timings)
     return record | {
         "site_level_epsilon": ({n: ledger.site_level_spent(n) for n in sorted(ctx.site_ids)}
                                if ctx.ddp is not None else None),
@@ -301,7 +311,6 @@ def run_round(ctx: RunContext, fleet: Fleet, round_index: int, dropout_plan: Map
         "epsilon_guarantee": describe_guarantee(ctx.dp_config.privacy_unit, ctx.dp_config.neighbouring),
         "bytes_up": {} if outcome is None else outcome.bytes_up,
         "bytes_down": {} if outcome is None else outcome.bytes_down,
-        "seconds": timings,
     }
 
 

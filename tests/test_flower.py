@@ -286,6 +286,17 @@ def test_deployment_engine_over_tls_active_mode_two_rounds_with_a_dropout(federa
     summary = federation.run(run_dir, update="synthetic", active=True, registry=str(registry))
     _check_run(run_dir, summary, states)
     assert summary["active"] is True
+    # Both ledgers carry the sites' signatures, and each node's anchor matches the coordinator's ledger.
+    from dp import load_anchors, verify_ledger
+    from simulation.identity import load_registry
+
+    keys_of = load_registry(registry)
+    anchors = load_anchors([states[site] / "anchors" for site in SITES])  # STATE_DIR/anchors/RUN_ID/
+    report = verify_ledger(run_dir, registry=keys_of, anchors=anchors)
+    assert report.ok and report.signatures_checked == 5 and sorted(report.anchors_checked) == list(SITES), report
+    for site in SITES:
+        own = verify_ledger(states[site] / "ledger", registry=keys_of)
+        assert own.ok and own.signatures_checked == (1 if site == "site-3" else 2), own
     metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     # The ConsistencyCheck round ran: the survivors signed the list of who uploaded.
     assert metrics[1]["survivors_per_stage"]["consistency"] == ["site-1", "site-2"]

@@ -171,14 +171,14 @@ def test_a_node_recalibrates_distributed_dp_and_refuses_a_different_mechanism(tm
     # ... and one that shrinks the noise by claiming a larger epsilon meets the node's own budget.
     from dp import PrivacyLedger
 
-    from simulation.flower.client_app import _check_budget
+    from simulation.flower.client_app import check_budget
 
     greedy = _setup(session=session, **(fields | {"ddp_epsilon": 1000.0}))
     ledger = PrivacyLedger.create(tmp_path, run_id="abc-123", delta=1e-5, budgets={"site-3": 8.0},
                                   site_level_budget=10.0)
     try:
-        assert _check_budget(ledger, honest, honest.distributed_dp(100)) is None
-        refusal = _check_budget(ledger, greedy, greedy.distributed_dp(100))
+        assert check_budget(ledger, honest, honest.distributed_dp(100)) is None
+        refusal = check_budget(ledger, greedy, greedy.distributed_dp(100))
         assert refusal is not None and refusal.startswith("site-level budget")
     finally:
         ledger.close()
@@ -194,33 +194,33 @@ def test_a_node_with_a_registry_refuses_a_passive_session(tmp_path):
 
 
 def test_a_deployed_node_never_takes_its_budget_or_paths_from_the_run_config():
-    from simulation.flower.client_app import _node_path, _node_setting
+    from simulation.flower.client_app import node_path, node_setting
 
     run_config = {"node-epsilon-budget": 1e9, "node-state-root": "/tmp/fresh", "node-data-root": "/"}
     deployed = SimpleNamespace(node_config={"partition-id": 0, "site": "site-1"}, run_config=run_config)
-    assert _node_setting(deployed, "epsilon-budget", "node-epsilon-budget") is None
-    assert _node_path(deployed, "state-dir", "node-state-root") is None
-    assert _node_path(deployed, "data", "node-data-root") is None
+    assert node_setting(deployed, "epsilon-budget", "node-epsilon-budget") is None
+    assert node_path(deployed, "state-dir", "node-state-root") is None
+    assert node_path(deployed, "data", "node-data-root") is None
     # Flower's simulation engine (one machine, the researcher is every party) sets exactly these two keys.
     simulated = SimpleNamespace(node_config={"partition-id": 0, "num-partitions": 3}, run_config=run_config)
-    assert _node_setting(simulated, "epsilon-budget", "node-epsilon-budget") == 1e9
-    assert str(_node_path(simulated, "state-dir", "node-state-root")) == "/tmp/fresh/site-1"
+    assert node_setting(simulated, "epsilon-budget", "node-epsilon-budget") == 1e9
+    assert str(node_path(simulated, "state-dir", "node-state-root")) == "/tmp/fresh/site-1"
 
 
 def test_a_node_releases_a_round_of_a_run_once_and_composes_its_runs(tmp_path):
     from dp import PrivacyLedger
 
-    from simulation.flower.client_app import _check_budget, _commit_release
+    from simulation.flower.client_app import check_budget, commit_release
 
     ledger = PrivacyLedger.create(tmp_path, run_id="node-site-3", delta=1e-5, budgets={"site-3": 8.0})
     try:
         first = _setup(client_id=3, site="site-3", run_id="run-a", round_index=0)
-        _commit_release(ledger, first, None)
-        assert _check_budget(ledger, first, None).startswith("round 0 of run run-a was already released")
+        commit_release(ledger, first, None)
+        assert check_budget(ledger, first, None).startswith("round 0 of run run-a was already released")
         with pytest.raises(secagg.InvalidInputError, match="already released"):
-            _commit_release(ledger, first, None)
+            commit_release(ledger, first, None)
         # Another run's round 0 is a new release, composed with the first in the same ledger.
-        _commit_release(ledger, _setup(client_id=3, site="site-3", run_id="run-b", round_index=0), None)
+        commit_release(ledger, _setup(client_id=3, site="site-3", run_id="run-b", round_index=0), None)
         assert [e.round for e in ledger.events("site-3")] == [0, 1]
         assert ledger.spent("site-3").bound > 0
     finally:

@@ -17,10 +17,11 @@ from pathlib import Path
 
 import pytest
 
-from dp import PrivacyEvent, compute_epsilon
-from dp.ledger import HEAD_FILE, LEDGER_FILE, canonical_json
-from dp.ledger_format import chain_hash, genesis_hash
+from dp.ledger import HEAD_FILE, LEDGER_FILE
+from dp.ledger_format import chain_hash
 from simulation.cli import main
+
+from .ledger_rewrite import ledger_rows, recompute_epsilons, rewrite_ledger, spend_rows
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow  # one real `secagg simulate --tiny` run for the module
@@ -80,49 +81,10 @@ def assert_broken(code, err, *needles):
 # -- an attacker's tools: sqlite3 and the public chain formula ----------------------------------
 
 
-def _rows(run_dir):
-    conn = sqlite3.connect(Path(run_dir) / LEDGER_FILE, isolation_level=None)
-    try:
-        return [(k, json.loads(b)) for k, b in conn.execute("SELECT kind, body FROM entries ORDER BY seq")]
-    finally:
-        conn.close()
-
-
-def _rewrite(run_dir, rows):
-    """Replace every entry by ``rows`` (kind, body), rehash the whole chain and rewrite the head record."""
-    path = Path(run_dir) / LEDGER_FILE
-    conn = sqlite3.connect(path, isolation_level=None)
-    run_id = rows[0][1]["run_id"]
-    conn.execute("DROP TRIGGER IF EXISTS entries_no_update")
-    conn.execute("DROP TRIGGER IF EXISTS entries_no_delete")
-    conn.execute("BEGIN")
-    conn.execute("DELETE FROM entries")
-    prev = genesis_hash(run_id)
-    for seq, (kind, body) in enumerate(rows, start=1):
-        text = canonical_json(body)
-        digest = chain_hash(prev, text)
-        conn.execute("INSERT INTO entries VALUES (?, ?, ?, ?, ?)", (seq, kind, text, prev, digest))
-        prev = digest
-    conn.execute("COMMIT")
-    conn.close()
-    (Path(run_dir) / HEAD_FILE).write_text(json.dumps({"run_id": run_id, "entries": len(rows), "head": prev}))
-
-
-def _recompute_epsilons(rows):
-    """Every stored cumulative epsilon re-derived from the (edited) events, as an attacker would."""
-    meta = rows[0][1]
-    history = {}
-    for kind, body in rows:
-        if kind == "spend":
-            event = PrivacyEvent.from_dict(body["event"])
-            history.setdefault(event.site, []).append(event)
-            body["cumulative"] = compute_epsilon(history[event.site], meta["delta"],
-                                                 accountants=meta["accountants"]).to_dict()
-    return rows
-
-
-def _spends(rows):
-    return [(seq, body) for seq, (kind, body) in enumerate(rows, start=1) if kind == "spend"]
+_rows = ledger_rows
+_rewrite = rewrite_ledger
+_recompute_epsilons = recompute_epsilons
+_spends = spend_rows
 
 
 # -- the intact run --------------------------------------------------------------------------

@@ -13,7 +13,9 @@ decides who dropped.
 
 Each node trains with DP-SGD on its own NIfTI data, encodes, masks, and keeps
 its own privacy ledger and budget (it refuses a round that would pass it, and
-commits its spend before its masked update leaves). In active mode each node
+commits its spend before its masked update leaves). It signs the spends in its
+own ledger and those the coordinator records for its site, and anchors the
+coordinator's ledger in its own state (:mod:`.ledger_link`). In active mode each node
 signs with its own Ed25519 key and accepts a session only if every verify key
 in it matches its own copy of the consortium's registry
 (:mod:`simulation.identity`), so the coordinator cannot substitute identities.

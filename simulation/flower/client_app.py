@@ -19,6 +19,15 @@ spend *before* its masked update leaves (on answering MaskedInputCollection);
 a round that would pass its budget is refused. It also rebuilds the encoder
 from the setup and refuses one whose bound differs from the coordinator's.
 
+**Nor does it trust the coordinator's ledger.** The node signs its own ledger's
+spends with the site's Ed25519 key (:func:`node_ledger_key`), as the in-process
+simulation's sites sign theirs, so ``secagg ledger verify STATE_DIR/ledger
+--registry REG`` checks it; and it signs the spend entries the coordinator
+records for its site (``query.ledger``, :func:`sign_ledger_entry`) and anchors
+them in ``STATE_DIR/anchors/RUN_ID/`` (:func:`take_anchor`,
+:mod:`.ledger_link`). Its ledger accounts at the run's privacy unit (patient by
+default) and refuses a run of another unit.
+
 Node configuration (``flower-supernode --node-config``):
 
 * ``partition-id`` (int): the node's index; ``site`` (str): the site's name
@@ -31,14 +40,18 @@ Node configuration (``flower-supernode --node-config``):
   round is never released twice) and budget, and the preprocessing cache;
   ``site-level-budget`` (float): its site-level budget when the run uses
   distributed DP (the node recalibrates the mechanism itself and adds its
-  share of the noise before masking).
+  share of the noise before masking). The state-dir also holds the site's
+  ledger key ``SITE.ed25519`` when no ``signing-key`` is set (created 0600 on
+  first use, its verify key printed for the registry; or made beforehand by
+  ``secagg keys new --site SITE --out STATE_DIR --registry REG``) and its
+  anchors of the coordinators' ledgers (``anchors/RUN_ID/``).
 * ``signing-key`` and ``registry`` (str, active mode): the site's Ed25519 key
-  file and its own copy of the consortium's registry of verify keys
-  (:mod:`simulation.identity`); a session whose verify keys differ from the
-  registry is refused. ``max-corrupt`` (int, default 0): the fewest colluding
-  sites the session's consistency quorum must tolerate; a coordinator offering
-  a smaller ``max_corrupt`` (a smaller quorum) is refused, and so is a graph
-  degree and threshold whose malicious-server failure bound with that many
+  file (which then also signs its ledger spends) and its own copy of the
+  consortium's registry of verify keys (:mod:`simulation.identity`); a session
+  whose verify keys differ from the registry is refused. ``max-corrupt`` (int,
+  default 0): the fewest colluding sites the session's consistency quorum must
+  tolerate; a coordinator offering a smaller ``max_corrupt`` (a smaller quorum)
+  is refused, and so is a graph degree and threshold whose malicious-server failure bound with that many
   colluders exceeds 2^-``security-bits`` (default 40), recomputed by the node.
 * ``allow-insecure-rng`` (bool, default false): accept a run whose DP noise
   comes from a non-cryptographic generator (reproducible experiments only).
@@ -70,6 +83,8 @@ from secagg.messages import MaskedInputRequest
 from . import require_flwr
 from ..runstore import private_dir
 from .session_journal import claim_session
+from .ledger_link import (ANCHOR_RECORD, STATEMENT_RECORD, node_ledger_signer, remember_signed,
+                          statement_from_record)
 from .transport import STAGE_OF, RoundSetup
 
 require_flwr()
@@ -77,7 +92,8 @@ require_flwr()
 from flwr.app import ConfigRecord, Context, Message, RecordDict  # noqa: E402
 from flwr.clientapp import ClientApp  # noqa: E402
 
-__all__ = ["app", "synthetic_update", "site_name"]
+__all__ = ["app", "synthetic_update", "site_name", "node_setting", "node_path", "node_ledger_key", "check_budget",
+           "commit_release", "sign_ledger_entry", "take_anchor", "node_signing_key"]
 
 app = ClientApp()
 
@@ -108,14 +124,18 @@ def _simulated(context: Context) -> bool:
                                                                                       "num-partitions"}
 
 
-def _node_setting(context: Context, key: str, run_key: str):
+def node_setting(context: Context, key: str, run_key: str):
+    """The node's setting ``key`` from its operator's ``--node-config``; a simulated node (only) falls back
+    to the run config's ``run_key``. A deployed SuperNode never takes a budget from the coordinator's side."""
     value = context.node_config.get(key)
     if value not in (None, ""):
         return value
     return (context.run_config.get(run_key) or None) if _simulated(context) else None
 
 
-def _node_path(context: Context, key: str, run_key: str) -> Path | None:
+def node_path(context: Context, key: str, run_key: str) -> Path | None:
+    """The node's path ``key`` (``state-dir``, ``data``); a simulated node (only) uses ``ROOT/<site>``, where
+    ROOT is the run config's ``run_key`` (``node-state-root``, ``node-data-root``)."""
     if context.node_config.get(key):
         return Path(str(context.node_config[key]))
     root = context.run_config.get(run_key) if _simulated(context) else None
@@ -141,13 +161,16 @@ def _vanish(context: Context, message: Message, stage_timeout: float) -> Message
     return Message(RecordDict(), reply_to=message)
 
 
-def _reply(message: Message, **fields) -> Message:
-    return Message(RecordDict({"secagg": ConfigRecord(fields)}), reply_to=message)
+def _reply(message: Message, anchored: ConfigRecord | None = None, **fields) -> Message:
+    records = {"secagg": ConfigRecord(fields)}
+    if anchored is not None:
+        records[ANCHOR_RECORD] = anchored
+    return Message(RecordDict(records), reply_to=message)
 
 
-def _refuse(message: Message, reason: str) -> Message:
+def _refuse(message: Message, reason: str, anchored: ConfigRecord | None = None) -> Message:
     print(f"[secagg-node] refused: {reason}", file=sys.stderr, flush=True)
-    return _reply(message, refusal=reason)
+    return _reply(message, anchored, refusal=reason)
 
 
 @app.query("hello")
@@ -167,26 +190,54 @@ def _event(setup: RoundSetup, round_index: int | None = None):
                         clipping_norm=setup.max_grad_norm, secure_rng=setup.secure_rng, unit=setup.privacy_unit)
 
 
+def node_ledger_key(context: Context, site: str):
+    """This site's Ed25519 identity for ledger signatures (:class:`secagg.crypto.SigningKeyPair`), or None.
+
+    The ``signing-key`` of the node config when set (active mode's identity); otherwise
+    ``STATE_DIR/SITE.ed25519``, created (mode 0600, :func:`simulation.identity.write_identity`) on first
+    use when missing - ``secagg keys new --site SITE --out STATE_DIR --registry REG`` makes the same file
+    and adds its verify key to a registry beforehand; a created key's verify key is printed on stderr
+    for the consortium to register. None without either (such a node cannot sign: it takes no part).
+    """
+    from ..identity import load_signing_key, write_identity
+
+    key_path = context.node_config.get("signing-key")
+    if key_path:
+        return load_signing_key(str(key_path))
+    state_dir = node_path(context, "state-dir", "node-state-root")
+    if state_dir is None:
+        return None
+    path = state_dir / f"{site}.ed25519"
+    if not path.exists():
+        private_dir(state_dir)
+        identity = write_identity(state_dir, site)
+        print(f"[secagg-node] created this site's ledger identity {path} (mode 0600); its verify key "
+              f"{identity.verify_key.hex()} must be in the consortium's registry under {site!r}",
+              file=sys.stderr, flush=True)
+    return load_signing_key(path)
+
+
 def _ledger(context: Context, setup: RoundSetup):
     """The node's own ledger (``STATE_DIR/ledger``), or None without a ``state-dir``.
 
     One ledger per node for every run it takes part in, so its budget composes across runs and
-    a coordinator cannot hand it a fresh one. Its delta is the node's (``delta``, default 1e-5);
-    with distributed DP the node also needs its own ``site-level-budget``.
+    a coordinator cannot hand it a fresh one. Its delta is the node's (``delta``, default 1e-5)
+    and its privacy unit the first run's (a run of another unit is refused: epsilons of different
+    units do not compose); with distributed DP the node also needs its own ``site-level-budget``.
     """
     from dp import PrivacyLedger
 
-    state_dir = _node_path(context, "state-dir", "node-state-root")
+    state_dir = node_path(context, "state-dir", "node-state-root")
     if state_dir is None:
         return None
-    budget = _node_setting(context, "epsilon-budget", "node-epsilon-budget")
+    budget = node_setting(context, "epsilon-budget", "node-epsilon-budget")
     if not budget:
         raise secagg.InvalidInputError("the node has a state-dir but no epsilon-budget: set the budget this "
                                        "hospital allows for its data (--node-config 'epsilon-budget=8.0')")
     delta = float(context.node_config.get("delta", 1e-5))
     if setup.delta != delta:
         raise secagg.InvalidInputError(f"the run's delta {setup.delta} is not this node's delta {delta}")
-    site_level = _node_setting(context, "site-level-budget", "node-site-level-budget")
+    site_level = node_setting(context, "site-level-budget", "node-site-level-budget")
     directory = state_dir / "ledger"
     if (directory / "ledger.sqlite").exists():
         ledger = PrivacyLedger.open(directory)
@@ -194,10 +245,16 @@ def _ledger(context: Context, setup: RoundSetup):
         private_dir(directory)  # the node's state: owner-only whatever the umask (issue 21)
         ledger = PrivacyLedger.create(directory, run_id=f"node-{setup.site}", delta=delta,
                                       budgets={setup.site: float(budget)},
-                                      site_level_budget=float(site_level) if site_level else None)
+                                      site_level_budget=float(site_level) if site_level else None,
+                                      unit=setup.privacy_unit)
     if setup.site not in ledger.budgets or ledger.delta != delta:
         ledger.close()
         raise secagg.InvalidInputError(f"{directory} is another site's ledger or has another delta")
+    if ledger.unit != setup.privacy_unit:
+        ledger.close()
+        raise secagg.InvalidInputError(f"the run's privacy unit is one {setup.privacy_unit}; this node's ledger "
+                                       f"{directory} accounts per {ledger.unit} (epsilons of different units do "
+                                       "not compose)")
     if setup.ddp_mechanism and ledger.site_level is None:
         ledger.close()
         raise secagg.InvalidInputError("distributed DP: this node keeps no site-level budget: start it with "
@@ -211,8 +268,15 @@ def _released(ledger, setup: RoundSetup) -> bool:
                and (e.body.get("extra") or {}).get("round") == setup.round_index for e in ledger.entries())
 
 
-def _commit_release(ledger, setup: RoundSetup, ddp) -> None:
-    """Commit this node's spend for the round (under its own sequence number), before the update leaves."""
+def commit_release(ledger, setup: RoundSetup, ddp, signer=None) -> None:
+    """Commit this node's spend for the round in its own ledger, before the update leaves.
+
+    Under the node's own sequence number (its ledger composes every run it joined); the entry's
+    ``extra`` names the coordinator's run and round, and a (run, round) is never committed twice
+    (:class:`secagg.InvalidInputError`). ``signer`` (:class:`dp.LedgerSigner` of this site): the
+    spend entries are signed by the site, as the simulation's are, so ``secagg ledger verify
+    STATE_DIR/ledger --registry REG`` checks them.
+    """
     if _released(ledger, setup):
         raise secagg.InvalidInputError(f"round {setup.round_index} of run {setup.run_id} was already released by "
                                        "this node; it is not released twice")
@@ -220,11 +284,13 @@ def _commit_release(ledger, setup: RoundSetup, ddp) -> None:
     event = _event(setup, local)
     site_level = {setup.site: ddp.event(local)} if ddp is not None else None
     ledger.commit_round(local, [event], site_level=site_level,
-                        extra={"run": setup.run_id, "round": setup.round_index, "released": [setup.site]})
+                        extra={"run": setup.run_id, "round": setup.round_index, "released": [setup.site]},
+                        signers=None if signer is None else {setup.site: signer})
 
 
-def _check_budget(ledger, setup: RoundSetup, ddp) -> str | None:
-    """Why this node must sit the round out (None: it may take part)."""
+def check_budget(ledger, setup: RoundSetup, ddp) -> str | None:
+    """Why this node must sit the round out (None: it may take part): the round was already released,
+    or its spend (and, with distributed DP, its site-level spend) would pass this node's own budget."""
     if _released(ledger, setup):
         return f"round {setup.round_index} of run {setup.run_id} was already released by this node"
     local = max(ledger.committed_rounds(), default=-1) + 1
@@ -237,6 +303,98 @@ def _check_budget(ledger, setup: RoundSetup, ddp) -> str | None:
         if not allowed:
             return f"site-level budget: this round would reach epsilon {projected:.3f}"
     return None
+
+
+def sign_ledger_entry(context: Context, statement) -> bytes:
+    """Sign this site's spend entry in the coordinator's ledger (:mod:`.ledger_link`), or refuse.
+
+    The node signs only a ``spend`` / ``site_level_spend`` of its own site, for the run and round it
+    is in, after its masked update left, of exactly the event it trained (or noised) with, and once
+    per kind and round; it keeps the entry's chain hash (``STATE_DIR/anchors/RUN_ID``) to anchor it
+    later. Raises :class:`dp.LedgerError` (refusal) or :class:`secagg.InvalidInputError` (no identity).
+    """
+    from dp.errors import LedgerError
+
+    state = context.state.config_records.get(_STATE)
+    if state is None:
+        raise LedgerError("this node is in no round: it signs no spend")
+    setup: RoundSetup = pickle.loads(bytes(state["setup"]))
+    if (statement.run_id, statement.site, statement.round) != (setup.run_id, setup.site, setup.round_index):
+        raise LedgerError(f"the entry charges site {statement.site!r} in round {statement.round} of run "
+                          f"{statement.run_id}; this node is {setup.site!r} in round {setup.round_index} of run "
+                          f"{setup.run_id}")
+    if not state["released"]:
+        raise LedgerError(f"this node released no update in round {setup.round_index}")
+    signed_kinds = str(state["signed-kinds"]).split()
+    if statement.kind in signed_kinds:
+        raise LedgerError(f"this node already signed its {statement.kind} of round {setup.round_index}")
+    if statement.kind == "spend":
+        expected = _event(setup).to_dict()
+    else:
+        ddp = pickle.loads(bytes(state["ddp"]))
+        expected = None if ddp is None else ddp.event(setup.round_index).to_dict()
+    if statement.body.get("event") != expected:
+        raise LedgerError(f"the entry's event is not the {statement.kind} this node trained with in round "
+                          f"{setup.round_index}")
+    key = node_ledger_key(context, setup.site)
+    if key is None:
+        raise secagg.InvalidInputError("this node has no identity to sign with (no signing-key, no state-dir)")
+    state_dir = node_path(context, "state-dir", "node-state-root")
+    if state_dir is None:
+        from dp import LedgerSigner
+
+        return LedgerSigner(setup.site, key.seed, ".").sign_entry(statement)  # nowhere to anchor
+    signer = node_ledger_signer(setup.site, key.seed, state_dir, setup.run_id)
+    signature = signer.sign_entry(statement)
+    remember_signed(signer, state_dir, setup.run_id)
+    state["signed-kinds"] = " ".join(signed_kinds + [statement.kind])
+    context.state[_STATE] = state
+    return signature
+
+
+def take_anchor(message: Message, context: Context) -> ConfigRecord | None:
+    """Anchor the coordinator's ledger entry that ``message`` says this site signed (None: it says none).
+
+    The reply's acknowledgement: ``{"anchored": seq}``, or ``{"refusal": why}`` when the node did
+    not sign that entry with that chain hash (it anchors only what it computed itself) or keeps no
+    state; either way the coordinator stops resending it.
+    """
+    from dp.errors import LedgerError
+
+    from .ledger_link import anchor_from_record
+
+    record = message.content.config_records.get(ANCHOR_RECORD)
+    if record is None:
+        return None
+    try:
+        run_id, seq, digest = anchor_from_record(record)
+        state_dir = node_path(context, "state-dir", "node-state-root")
+        key = node_ledger_key(context, site_name(context))
+        if state_dir is None or key is None:
+            raise LedgerError("this node keeps no state-dir: it anchors nothing")
+        node_ledger_signer(site_name(context), key.seed, state_dir, run_id).record_anchor(run_id, seq, digest)
+    except (LedgerError, secagg.ProtocolError) as exc:
+        print(f"[secagg-node] ledger anchor not taken: {exc}", file=sys.stderr, flush=True)
+        return ConfigRecord({"refusal": str(exc)})
+    return ConfigRecord({"anchored": seq})
+
+
+@app.query("ledger")
+def ledger_query(message: Message, context: Context) -> Message:
+    """Sign a spend entry of the coordinator's ledger (ConfigRecord "ledger"), and/or take an anchor."""
+    from dp.errors import PrivacyError
+
+    anchored = take_anchor(message, context)
+    records = {} if anchored is None else {ANCHOR_RECORD: anchored}
+    request = message.content.config_records.get(STATEMENT_RECORD)
+    if request is not None:
+        try:
+            signature = sign_ledger_entry(context, statement_from_record(request))
+            records[STATEMENT_RECORD] = ConfigRecord({"signature": signature})
+        except (PrivacyError, secagg.ProtocolError) as exc:
+            print(f"[secagg-node] refused to sign: {exc}", file=sys.stderr, flush=True)
+            records[STATEMENT_RECORD] = ConfigRecord({"refusal": f"{type(exc).__name__}: {exc}"})
+    return Message(RecordDict(records), reply_to=message)
 
 
 # -- local work ----------------------------------------------------------------------
@@ -253,10 +411,10 @@ def _local_update(setup: RoundSetup, context: Context, global_arrays) -> np.ndar
 
     from ..site import Site
 
-    data_dir = _node_path(context, "data", "node-data-root")
+    data_dir = node_path(context, "data", "node-data-root")
     if data_dir is None:
         raise secagg.InvalidInputError("this node has no data: start it with --node-config 'data=/path/to/site'")
-    state_dir = _node_path(context, "state-dir", "node-state-root")
+    state_dir = node_path(context, "state-dir", "node-state-root")
     try:
         site_data = models.load_site(data_dir, image_size=setup.image_size,
                                      cache_dir=None if state_dir is None else state_dir / "preprocessed")
@@ -334,9 +492,24 @@ def _encoder(setup: RoundSetup) -> secagg.FixedPointEncoder:
     return encoder
 
 
+def _with_anchor(message: Message, context: Context, reply: Message) -> Message:
+    """Take the anchor ``message`` carries and acknowledge it - only on a reply that says something: a
+    node that vanished (its reply is empty) takes nothing, and the coordinator sends it again later."""
+    if reply.content.config_records:
+        anchored = take_anchor(message, context)
+        if anchored is not None:
+            reply.content[ANCHOR_RECORD] = anchored
+    return reply
+
+
 @app.train()
 def setup_round(message: Message, context: Context) -> Message:
     """Round setup: check the budget, train locally, encode, open the ClientSession, answer AdvertiseKeys."""
+    # The anchor it may carry is of the previous round's entry, when the node missed it then.
+    return _with_anchor(message, context, _setup_round(message, context))
+
+
+def _setup_round(message: Message, context: Context) -> Message:
     from dp.errors import PrivacyError
 
     from ..site import encode_update
@@ -355,11 +528,14 @@ def setup_round(message: Message, context: Context) -> Message:
         return _vanish(context, message, setup.stage_timeout)
     try:
         signing_key = node_signing_key(context, setup)
+        if node_ledger_key(context, setup.site) is None:
+            return _refuse(message, "this node has no identity to sign its ledger spends with: start it with a "
+                                    "state-dir (it creates STATE_DIR/SITE.ed25519) or a signing-key")
         ddp = setup.distributed_dp(setup.update_length)
         ledger = _ledger(context, setup)
         if ledger is not None:
             try:
-                refusal = _check_budget(ledger, setup, ddp)
+                refusal = check_budget(ledger, setup, ddp)
             finally:
                 ledger.close()
             if refusal:
@@ -381,7 +557,7 @@ def setup_round(message: Message, context: Context) -> Message:
             ring, _ = encode_update(vector, setup.public_weight, _encoder(setup), setup.weight_bound)
     except (secagg.ProtocolError, PrivacyError, ValueError) as exc:
         return _refuse(message, f"{type(exc).__name__}: {exc}")
-    state_dir = _node_path(context, "state-dir", "node-state-root")
+    state_dir = node_path(context, "state-dir", "node-state-root")
     try:
         if state_dir is not None:
             claim_session(state_dir, setup.session.fingerprint)  # durable, before any key leaves
@@ -393,13 +569,18 @@ def setup_round(message: Message, context: Context) -> Message:
     session = secagg.ClientSession(setup.session, setup.client_id, masked_input=ring, signing_key=signing_key)
     advertise = session.advertise()
     context.state[_STATE] = ConfigRecord({"session": pickle.dumps(session), "setup": pickle.dumps(setup),
-                                          "ddp": pickle.dumps(ddp), "dropped": False})
+                                          "ddp": pickle.dumps(ddp), "dropped": False, "released": False,
+                                          "signed-kinds": ""})
     return _reply(message, wire=wire.encode(advertise))
 
 
 @app.query("secagg")
 def step(message: Message, context: Context) -> Message:
     """One protocol message in, the session's answer (or a refusal) out."""
+    return _with_anchor(message, context, _step(message, context))
+
+
+def _step(message: Message, context: Context) -> Message:
     from dp.errors import PrivacyError
 
     state = context.state.config_records.get(_STATE)
@@ -425,10 +606,15 @@ def step(message: Message, context: Context) -> Message:
             # The masked update is about to leave this node: its spend is committed first.
             ledger = _ledger(context, setup)
             if ledger is not None:
+                from dp import LedgerSigner
+
+                key = node_ledger_key(context, setup.site)
                 try:
-                    _commit_release(ledger, setup, pickle.loads(bytes(state["ddp"])))
+                    commit_release(ledger, setup, pickle.loads(bytes(state["ddp"])),
+                                   LedgerSigner(setup.site, key.seed, ledger.run_dir))
                 finally:
                     ledger.close()
+            state["released"] = True
     except (secagg.ProtocolError, PrivacyError, ValueError) as exc:
         return _refuse(message, f"{type(exc).__name__}: {exc}")
     state["session"] = pickle.dumps(session)

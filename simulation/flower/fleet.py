@@ -16,11 +16,15 @@ by the DP guarantee, so they stay on the nodes. The setup carries the run's
 privacy unit (patient by default), its public normaliser size and each
 site's public FedAvg weight; a node weights its update by that public weight,
 never by its record count.
+
+Every released site signs its spend entry in the coordinator's ledger on its own node, and
+anchors it in its own state (:mod:`.ledger_link`). No wall time of a round is kept on the
+coordinator (:meth:`~simulation.rounds.Fleet.keep_timings` drops them): how long the nodes take
+to train reveals how much data they hold.
 """
 
 from __future__ import annotations
 
-import time
 from typing import Callable, Mapping
 
 import secagg
@@ -36,12 +40,36 @@ class FlowerFleet(Fleet):
     """Sites reached through a Flower ``Grid``; ``node_of`` maps site names to Flower node ids."""
 
     def __init__(self, grid, node_of: Mapping[str, int], stage_timeout: float, settings: Mapping,
-                 log: Callable[[str], None] = print) -> None:
+                 log: Callable[[str], None] = print, registry: Mapping[str, bytes] | None = None) -> None:
         self.grid = grid
         self.node_of = dict(node_of)
         self.stage_timeout = float(stage_timeout)
         self.settings = dict(settings)  # model, image_size, model_seed, val_fraction, split_seed, update, ...
         self.log = log
+        self.registry = None if registry is None else dict(registry)
+        self.owed_anchors: dict = {}  # site -> anchor record not yet delivered (ledger_link)
+
+    def ledger_signers(self) -> Mapping:
+        """Every site signs its spends on its own node (:mod:`.ledger_link`); checked against the registry."""
+        from .ledger_link import RemoteLedgerSigner
+
+        return {site: RemoteLedgerSigner(site, node, self.grid, self.stage_timeout, self.registry, self.owed_anchors)
+                for site, node in self.node_of.items()}
+
+    def deliver_anchors(self) -> list[str]:
+        """Send the anchors still owed (end of the run) in one ``query.ledger`` exchange; the sites still owed."""
+        from flwr.app import RecordDict
+
+        from .ledger_link import LEDGER
+
+        if not self.owed_anchors:
+            return []
+        ids = {site: i for i, site in enumerate(sorted(self.owed_anchors))}
+        transport = FlowerTransport(self.grid, {i: self.node_of[site] for site, i in ids.items()},
+                                    self.stage_timeout, group_id="ledger-anchors", log=self.log,
+                                    owed=self.owed_anchors, site_of={i: site for site, i in ids.items()})
+        transport.exchange("anchors", LEDGER, {i: RecordDict() for i in ids.values()})
+        return sorted(self.owed_anchors)
 
     def _setup(self, ctx: RunContext, plan: RoundPlan, session, site: str) -> RoundSetup:
         dp, encoder, s = ctx.dp_config, ctx.encoder, self.settings
@@ -85,13 +113,12 @@ class FlowerFleet(Fleet):
                                                     for n in coordinator.shared_names])
         node_of = {ctx.site_ids[n]: self.node_of[n] for n in plan.participants}
         transport = FlowerTransport(self.grid, node_of, self.stage_timeout, group_id=str(plan.round_index),
-                                    log=self.log)
+                                    log=self.log, owed=self.owed_anchors,
+                                    site_of={ctx.site_ids[n]: n for n in plan.participants})
         setup = {ctx.site_ids[n]: RecordDict({"session": self._setup(ctx, plan, session, n).to_record(),
                                               "global": global_arrays})
                  for n in plan.participants}
-        start = time.perf_counter()
         transport.exchange("advertise", SETUP, setup)
-        setup_seconds = time.perf_counter() - start
         # The engine asks every client it is given for its AdvertiseKeys: give it those that answered
         # the setup in time (the others dropped before the protocol started, or refused the setup).
         setup_refusals = {cid: f"{type(got).__name__}: {got}" for cid, got in transport.answers.items()
@@ -102,5 +129,4 @@ class FlowerFleet(Fleet):
         proxies = {cid: ClientProxy(cid, transport) for cid in answered}
         outcome = run_masked_round(BatchingCoordinator(coordinator, transport), session, proxies, {}, on_release)
         outcome.refusals = setup_refusals | outcome.refusals  # a refusal is not a silent dropout
-        # Training happens inside the setup exchange, at the nodes: its wall time is "train".
-        return FleetRound(outcome=outcome, timings={"train": setup_seconds})
+        return FleetRound(outcome=outcome)

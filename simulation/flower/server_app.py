@@ -16,10 +16,12 @@ Run configuration (``[tool.flwr.app.config]`` of ``app/pyproject.toml``, or
   ``stage-timeout`` (seconds a stage waits for answers; who has not answered
   dropped), ``out`` (the run directory on the coordinator's machine; required),
   ``resume`` (continue the run in ``out``);
+* ``registry`` (the consortium's verify keys, :mod:`simulation.identity`): every site's
+  signature on its ledger spend is checked against it before the spend is committed
+  (:mod:`.ledger_link`; without it the signatures are recorded unchecked); needed for ``active``;
 * protocol: ``mode`` (``secagg`` or ``secagg+``), ``active`` (signed keys and the
-  ConsistencyCheck round) with ``registry`` (the consortium's verify keys,
-  :mod:`simulation.identity`; every node checks the session against its own copy), ``threshold`` (0: the smallest
-  safe t), ``update-clip``, ``dropout`` (expected per-stage dropout rate: the
+  ConsistencyCheck round; every node checks the session against its own copy of the
+  registry), ``threshold`` (0: the smallest safe t), ``update-clip``, ``dropout`` (expected per-stage dropout rate: the
   SecAgg+ parameter finder's input), ``corrupt-fraction``;
 * privacy: ``epsilon``, ``delta``, ``secure-rng``, ``budget-policy``, ``on-abort``;
   distributed DP: ``distributed-dp`` (``skellam``, ``ddg`` or "" for off), ``ddp-epsilon``,
@@ -150,7 +152,6 @@ def run_federation(grid: Grid, cfg: dict) -> dict:
 
     from ..simulate import open_run, privacy_summary, public_site_facts
 
-    started = time.perf_counter()
     config = flower_config(cfg)
     nodes = _wait_for_nodes(grid, config.sites, float(cfg["node-wait"]))
     node_of = _register(grid, nodes, float(cfg["node-wait"]))
@@ -168,27 +169,33 @@ def run_federation(grid: Grid, cfg: dict) -> dict:
     coordinator = Coordinator({n: p.detach().clone() for n, p in reference.named_parameters()}, shared_names)
     # FedAvg weights are public: equal over Flower (declared per-site weights are not carried there yet).
     weight_bound = 1.0
-    verify_keys = {}
-    if config.active:
+    verify_keys, registry = {}, None
+    if str(cfg["registry"]):
         from ..identity import load_registry
 
         registry = load_registry(str(cfg["registry"]))
         missing = sorted(set(names) - set(registry))
         if missing:
             raise ConfigError(f"sites {missing} are not in the registry {cfg['registry']}")
-        verify_keys = {name: registry[name] for name in names}
+        registry = {name: registry[name] for name in names}
+        if config.active:
+            verify_keys = dict(registry)
     run = open_run(config, names, coordinator, weight_bound, str(cfg["out"]), resume=bool(cfg["resume"]), log=_log,
                    verify_keys=verify_keys)
     fleet = FlowerFleet(grid, node_of, float(cfg["stage-timeout"]), {
         "update": str(cfg["update"]), "synthetic_seed": int(cfg["synthetic-seed"]),
         "simulate_drop": str(cfg["simulate-drop"]),
-    }, log=_log)
+    }, log=_log, registry=registry)
     try:
         stopped, _ = run_rounds(run.ctx, fleet, run.store, run.state, run.start_round, NoDropout())
     finally:
         run.ctx.ledger.close()
+    unanchored = fleet.deliver_anchors()
+    if unanchored:
+        _log(f"the nodes of {unanchored} did not take their last ledger anchor: theirs stays one round behind")
     metrics = run.store.read_metrics()
-    verification = verify_ledger(run.store.root)
+    # With the registry, every spend must carry its site's signature (checked again, as an auditor would).
+    verification = verify_ledger(run.store.root, registry=registry)
     summary = {
         "engine": "flower",
         "mode": config.mode,
@@ -213,12 +220,15 @@ def run_federation(grid: Grid, cfg: dict) -> dict:
         "privacy": privacy_summary(config, run.ctx.dp_config.noise_multiplier, metrics, verification.ok),
         "deployment": {
             "engine": "Flower (ServerApp + one SuperNode per site)",
-            "node_ledgers": "each node keeps its own ledger and budget and refuses rounds past it",
+            "node_ledgers": "each node keeps its own site-signed ledger and budget and refuses rounds past it",
+            "ledger_signatures": ("every spend in the coordinator's ledger is signed on the site's node and "
+                                  "anchored in the node's state"
+                                  + ("; checked against the registry before each commit" if registry is not None
+                                     else "; not checked by the coordinator (no registry)")),
             "identities": "each site's Ed25519 key, checked against every node's own registry" if config.active
             else "none (passive mode)",
         },
         "update": str(cfg["update"]),
-        "seconds": round(time.perf_counter() - started, 1),
     }
     atomic_write_json(run.store.summary_path, summary)
     _log(f"done: {summary['rounds_completed']}/{config.rounds} rounds completed; ledger verified: "

@@ -19,6 +19,9 @@ Message types (Flower requires ``train``/``evaluate``/``query`` categories):
   and replies with its AdvertiseKeys.
 * ``query.secagg`` one server message (``ConfigRecord`` "secagg", key "wire");
   reply: the client's message under the same key, or ``"refusal"`` (str).
+* ``query.ledger`` a spend entry for the node's site to sign (``ConfigRecord`` "ledger"); reply
+  ``{"signature": bytes}`` or ``{"refusal": str}`` (:mod:`.ledger_link`). Any message to a node
+  may also carry ``ConfigRecord`` "ledger-anchor": the chain hash of the node's last signed entry.
 """
 
 from __future__ import annotations
@@ -194,9 +197,14 @@ class FlowerTransport:
     """Sends one stage's messages to their nodes and collects the answers within ``stage_timeout``."""
 
     def __init__(self, grid, node_of: Mapping[int, int], stage_timeout: float, group_id: str,
-                 log: Callable[[str], None] = lambda line: None) -> None:
+                 log: Callable[[str], None] = lambda line: None, owed: dict | None = None,
+                 site_of: Mapping[int, str] | None = None) -> None:
         self.grid = grid
         self.node_of = dict(node_of)  # client id -> Flower node id
+        # site -> the ledger anchor the coordinator owes that node (simulation.flower.ledger_link): it
+        # rides on the next message to the node and is forgotten once the node has answered.
+        self.owed = owed if owed is not None else {}
+        self.site_of = dict(site_of or {})
         self.stage_timeout = float(stage_timeout)
         self.group_id = group_id
         self.log = log
@@ -208,13 +216,21 @@ class FlowerTransport:
         """Send ``contents[cid]`` (a RecordDict) to each client's node; keep the answers that arrive in time."""
         from flwr.app import Message
 
+        from .ledger_link import ANCHOR_RECORD
+
         start = time.perf_counter()
         by_node = {self.node_of[cid]: cid for cid in contents}
+        sent_anchors = {}
+        for cid in contents:
+            anchor = self.owed.get(self.site_of.get(cid))
+            if anchor is not None:
+                contents[cid][ANCHOR_RECORD] = sent_anchors[cid] = anchor
         messages = [Message(content=contents[cid], dst_node_id=self.node_of[cid], message_type=message_type,
                             group_id=self.group_id, ttl=self.stage_timeout + 60.0)
                     for cid in sorted(contents)]
         replies = self.grid.send_and_receive(messages, timeout=self.stage_timeout)
         self.answers = {}
+        replied = set()
         for reply in replies:
             cid = by_node.get(reply.metadata.src_node_id)
             if cid is None:
@@ -222,6 +238,8 @@ class FlowerTransport:
             if reply.has_error():
                 self.answers[cid] = secagg.RemoteProtocolError(f"node error: {reply.error.reason}")
                 continue
+            if ANCHOR_RECORD in reply.content.config_records:
+                replied.add(cid)  # the node took the anchor (or said why not): it is not sent again
             record = reply.content.config_records.get("secagg")
             if record is None:
                 continue
@@ -229,6 +247,9 @@ class FlowerTransport:
                 self.answers[cid] = secagg.RemoteProtocolError(str(record["refusal"]))
             elif "wire" in record:
                 self.answers[cid] = bytes(record["wire"])
+        for cid, anchor in sent_anchors.items():
+            if cid in replied and self.owed.get(self.site_of[cid]) is anchor:
+                del self.owed[self.site_of[cid]]
         self.timings[stage] = self.timings.get(stage, 0.0) + time.perf_counter() - start
         missing = sorted(set(contents) - set(self.answers))
         if missing:
