@@ -20,7 +20,7 @@ Modules, one job each: :mod:`~models.nifti` (read/write, canonical RAS),
 :mod:`~models.cache`, :mod:`~models.dataset` (site layout, splits), :mod:`~models.bids` (BIDS datasets),
 :mod:`~models.atlas` / :mod:`~models.lesions` / :mod:`~models.synth` /
 :mod:`~models.manifest` (synthetic cohorts), :mod:`~models.autoencoders` /
-:mod:`~models.registry` (models), :mod:`~models.scoring` /
+:mod:`~models.registry` / :mod:`~models.feddis` (models and the FedDis objective), :mod:`~models.scoring` /
 :mod:`~models.metrics` / :mod:`~models.evaluation` (detection),
 :mod:`~models.figures` (PNGs), :mod:`~models.modelfile` (exported models) /
 :mod:`~models.detect` (NIfTI anomaly maps of new scans), :mod:`~models.prepare` (raw scans to
@@ -112,6 +112,9 @@ _LAZY: dict[str, str] = {
     "DisentangledAutoencoder": "autoencoders",
     "shared_parameter_names": "autoencoders",
     "count_parameters": "autoencoders",
+    "FedDisLosses": "feddis",
+    "feddis_loss": "feddis",
+    "training_loss": "feddis",
     "ModelSpec": "registry",
     "CostMeasurement": "registry",
     "available_models": "registry",
@@ -208,6 +211,7 @@ if TYPE_CHECKING:  # static analysers see the real names
         training_array,
         training_patients,
     )
+    from .feddis import FedDisLosses, feddis_loss, training_loss
     from .evaluation import DetectionMetrics, DetectionReport, MethodReport, evaluate, score_examples
     from .figures import plot_detection, plot_detection_examples, plot_site_examples
     from .manifest import CohortManifest, SiteProfile, SubjectRecord

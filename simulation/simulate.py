@@ -493,6 +493,7 @@ def _train_baseline(config, data, patients, steps, sigma, site_name, progress):
     released in a deployment, and it is not in the ledger."""
     import torch
 
+    import models
     from dp import DpSgdConfig, train_dp_sgd
 
     model = _new_model(config)
@@ -502,7 +503,8 @@ def _train_baseline(config, data, patients, steps, sigma, site_name, progress):
                       public_size=config.public_size, max_slices_per_patient=config.max_slices_per_patient)
     with progress.task(f"baseline {site_name}", total=steps) as advance:
         train_dp_sgd(model, torch.from_numpy(data), cfg, site=site_name, round_index=0,
-                     progress=lambda step, loss: advance(), patients=patients)
+                     progress=lambda step, loss: advance(), patients=patients,
+                     loss_fn=models.training_loss(model))
     return model
 
 
