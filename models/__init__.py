@@ -104,6 +104,7 @@ _LAZY: dict[str, str] = {
     "site_profiles": "synth",
     "SCALES": "synth",
     "LESION_TYPES": "synth",
+    "GENERATOR_VERSION": "synth",
     "CohortManifest": "manifest",
     "SiteProfile": "manifest",
     "SubjectRecord": "manifest",
@@ -231,4 +232,4 @@ if TYPE_CHECKING:  # static analysers see the real names
         positive_residual,
         score_volume,
     )
-    from .synth import LESION_TYPES, SCALES, generate_cohort, site_profiles
+    from .synth import GENERATOR_VERSION, LESION_TYPES, SCALES, generate_cohort, site_profiles

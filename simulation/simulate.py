@@ -81,7 +81,9 @@ def _prepare_data(config: SimulationConfig, log) -> CohortSplit:
     cache = Path(config.cache_dir)
     try:
         if config.data is None:
-            root = cache / f"cohort-{config.scale}-{config.sites}sites-seed{config.data_seed}"
+            # The generator version is in the name: a cohort cached by an older generator is not reused.
+            root = cache / (f"cohort-{config.scale}-{config.sites}sites-seed{config.data_seed}"
+                            f"-v{models.GENERATOR_VERSION}")
             log(f"synthetic cohort: {config.sites} sites, scale '{config.scale}', seed {config.data_seed} -> {root}")
             manifest = models.generate_cohort(root, sites=config.sites, scale=config.scale, seed=config.data_seed)
             log("  (reused from the cache)" if getattr(manifest, "reused", False) else "  generated")

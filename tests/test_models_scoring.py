@@ -66,12 +66,13 @@ def test_evaluate_reports_model_and_baseline_per_lesion_type():
     site = tiny_sites(64)["site-2"]
     split = split_healthy(site, val_fraction=0.4, seed=0)
     report = evaluate(blur_reconstruction, split.val, site.pathology, fpr=0.01, median_size=3)
-    assert set(report.model.by_lesion_type) == {"ms", "tumour"} == set(report.baseline.by_lesion_type)
-    assert report.n_healthy_volumes == len(split.val) and len(report.volumes) == 4
+    # Generator v2: three lesion types, two volumes each per tiny site.
+    assert set(report.model.by_lesion_type) == {"ms", "tumour", "vascular"} == set(report.baseline.by_lesion_type)
+    assert report.n_healthy_volumes == len(split.val) and len(report.volumes) == 6
     for method in (report.model, report.baseline):
         m = method.overall
         assert 0.5 < m.auroc <= 1.0 and 0.0 < m.auprc <= 1.0 and m.exact
-        assert len(m.dice_per_volume) == m.n_volumes == 4
+        assert len(m.dice_per_volume) == m.n_volumes == 6
         assert 0.0 <= m.dice_mean <= 1.0
         assert method.threshold.achieved_fpr <= 0.01
         # The best Dice is an upper bound on the pooled Dice at the operating threshold.
