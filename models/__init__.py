@@ -135,6 +135,7 @@ _LAZY: dict[str, str] = {
     "as_reconstruct_fn": "scoring",
     "positive_residual": "scoring",
     "median_filter_scores": "scoring",
+    "median_size_for": "scoring",
     "score_volume": "scoring",
     "intensity_scores": "scoring",
     "calibrate_threshold": "scoring",
@@ -229,6 +230,7 @@ if TYPE_CHECKING:  # static analysers see the real names
         calibrate_threshold,
         intensity_scores,
         median_filter_scores,
+        median_size_for,
         positive_residual,
         score_volume,
     )
