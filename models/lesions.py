@@ -422,7 +422,8 @@ def sample_vascular(atlas: TissueAtlas, rng: np.random.Generator, *, faint_share
     for _ in range(4):
         direction = _unit(rng.standard_normal(3))
         omega = direction * (2.0 * np.pi / rng.uniform(30.0, 90.0))
-        waves.append((*(float(v) for v in omega), float(rng.uniform(0, 2 * np.pi)), float(0.25 * rng.standard_normal())))
+        phase, amplitude = float(rng.uniform(0, 2 * np.pi)), float(0.25 * rng.standard_normal())
+        waves.append((*(float(v) for v in omega), phase, amplitude))
     foci = []
     pool = deep if len(deep) else periventricular
     for _ in range(int(rng.integers(2, 13))):
