@@ -69,12 +69,13 @@ their mix of MS and tumour cases.
 ========  =========  =========================  =====================  ===============================
 scale     voxel      healthy per site           pathological per site  measured (2-core EPYC, 1 worker)
 ========  =========  =========================  =====================  ===============================
-tiny      3 mm       10, 8, 7, 6 (31)           6 (2 of each type)     16 s, 7 MB (niced, busy machine)
+tiny      3 mm       10, 8, 7, 6 (31)           6 (2 of each type)     16 s, 7 MB (niced, busy host)
 small     2 mm       40, 30, 24, 18 (112)       12, 10, 8, 10 (40)     36 s, 56 MB (v1)
 paper     1.5 mm     649, 389, 278, 216 (1532)  135, 135, 134, 134     ~0.9 s/volume: ~30 min, ~2 GB
 ========  =========  =========================  =====================  ===============================
 
-``paper`` matches the FedDis study's size (1,532 healthy volumes over four
+The small and paper timings were measured with generator v1 (v2 adds look-alike
+maps and a third lesion class; not re-measured). ``paper`` matches the FedDis study's size (1,532 healthy volumes over four
 unequal sites, 538 pathological); the site sizes follow weights ``1/(i + 1.5)``
 (``workers=2`` roughly halves its time; it defaults to one worker per CPU).
 The atlas used is 2 mm for tiny/small and 1 mm for paper; MS plaques have the
