@@ -20,7 +20,7 @@ Modules, one job each: :mod:`~models.nifti` (read/write, canonical RAS),
 :mod:`~models.cache`, :mod:`~models.dataset` (site layout, splits), :mod:`~models.bids` (BIDS datasets),
 :mod:`~models.atlas` / :mod:`~models.lesions` / :mod:`~models.synth` /
 :mod:`~models.manifest` (synthetic cohorts), :mod:`~models.autoencoders` /
-:mod:`~models.registry` (models), :mod:`~models.scoring` /
+:mod:`~models.registry` / :mod:`~models.feddis` (models and the FedDis objective), :mod:`~models.scoring` /
 :mod:`~models.metrics` / :mod:`~models.evaluation` (detection),
 :mod:`~models.figures` (PNGs), :mod:`~models.modelfile` (exported models) /
 :mod:`~models.detect` (NIfTI anomaly maps of new scans), :mod:`~models.prepare` (raw scans to
@@ -104,6 +104,7 @@ _LAZY: dict[str, str] = {
     "site_profiles": "synth",
     "SCALES": "synth",
     "LESION_TYPES": "synth",
+    "GENERATOR_VERSION": "synth",
     "CohortManifest": "manifest",
     "SiteProfile": "manifest",
     "SubjectRecord": "manifest",
@@ -112,6 +113,9 @@ _LAZY: dict[str, str] = {
     "DisentangledAutoencoder": "autoencoders",
     "shared_parameter_names": "autoencoders",
     "count_parameters": "autoencoders",
+    "FedDisLosses": "feddis",
+    "feddis_loss": "feddis",
+    "training_loss": "feddis",
     "ModelSpec": "registry",
     "CostMeasurement": "registry",
     "available_models": "registry",
@@ -131,6 +135,7 @@ _LAZY: dict[str, str] = {
     "as_reconstruct_fn": "scoring",
     "positive_residual": "scoring",
     "median_filter_scores": "scoring",
+    "median_size_for": "scoring",
     "score_volume": "scoring",
     "intensity_scores": "scoring",
     "calibrate_threshold": "scoring",
@@ -208,6 +213,7 @@ if TYPE_CHECKING:  # static analysers see the real names
         training_array,
         training_patients,
     )
+    from .feddis import FedDisLosses, feddis_loss, training_loss
     from .evaluation import DetectionMetrics, DetectionReport, MethodReport, evaluate, score_examples
     from .figures import plot_detection, plot_detection_examples, plot_site_examples
     from .manifest import CohortManifest, SiteProfile, SubjectRecord
@@ -224,7 +230,8 @@ if TYPE_CHECKING:  # static analysers see the real names
         calibrate_threshold,
         intensity_scores,
         median_filter_scores,
+        median_size_for,
         positive_residual,
         score_volume,
     )
-    from .synth import LESION_TYPES, SCALES, generate_cohort, site_profiles
+    from .synth import GENERATOR_VERSION, LESION_TYPES, SCALES, generate_cohort, site_profiles

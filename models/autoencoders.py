@@ -24,19 +24,23 @@ channel with no activation (intensities are normalised to brain median 1, not
 to [0, 1]).
 
 **FedDis** (:class:`DisentangledAutoencoder`, after Bercea et al., Nature
-Machine Intelligence 2022): a *shape* encoder (wide: 64-128-128) and an
-*appearance* encoder (narrow: 16-32-32) read the same slice; the decoder
-reconstructs from the channel-wise concatenation of both codes. In federated
-training only the shape parameters are aggregated: the paper's premise is that
-healthy anatomy is shared across hospitals while intensity appearance
-(scanner, protocol) is site-specific, so each site keeps its appearance
-encoder and - our reading, since the decoder is what turns the global shape
-code into the site's intensities - its decoder. :func:`shared_parameter_names`
-returns the shape encoder's parameters (``include_decoder=True`` also shares
-the decoder, for ablations). The paper's extra objectives (shape codes
-consistent under intensity augmentation, shape/appearance orthogonality) are
-training losses; :meth:`DisentangledAutoencoder.encode` and
-:meth:`~DisentangledAutoencoder.decode` expose the codes they need.
+Machine Intelligence 2022, and the authors' repository ``albarqounilab/FedDis-NMI``):
+a *shape* encoder (wide: 64-128-128) and an *appearance* encoder (narrow:
+16-32-32) read the same slice; the decoder reconstructs from the channel-wise
+concatenation of both codes (16 x 16 codes for 128 x 128 slices, the authors'
+intermediate resolution). In federated training only the shape parameters are
+aggregated: the paper's premise is that healthy anatomy is shared across
+hospitals while intensity appearance (scanner, protocol) is site-specific, so
+each site keeps its appearance encoder and - our reading, since the decoder is
+what turns the global shape code into the site's intensities - its decoder.
+:func:`shared_parameter_names` returns the shape encoder's parameters
+(``include_decoder=True`` also shares the decoder, for ablations). The model
+carries its training objective's configuration (``losses``, a
+:class:`~models.feddis.FedDisLosses`: reconstruction, shape consistency under
+gamma intensity augmentation, latent orthogonality, each switchable);
+:func:`models.feddis.training_loss` turns it into the DP-SGD trainer's loss,
+and :mod:`models.feddis` states the objective and where our reading differs
+from the paper.
 """
 
 from __future__ import annotations
@@ -47,6 +51,7 @@ import torch
 from torch import nn
 
 from .errors import ConfigError
+from .feddis import FedDisLosses
 
 __all__ = [
     "ConvAutoencoder",
@@ -168,7 +173,9 @@ class DisentangledAutoencoder(_Autoencoder):
 
     ``forward(x) = decoder(concat(shape_encoder(x), appearance_encoder(x)))``.
     The two encoders must have the same number of stages so their codes share
-    a spatial size.
+    a spatial size. ``losses`` configures the training objective
+    (:class:`~models.feddis.FedDisLosses`; default: as published, both extra
+    losses on).
     """
 
     SHARED_PREFIXES = ("shape_encoder.",)
@@ -181,7 +188,10 @@ class DisentangledAutoencoder(_Autoencoder):
         shape_latent: int = 16,
         appearance_latent: int = 4,
         image_size: int = 128,
+        losses: FedDisLosses | None = None,
     ):
+        if losses is not None and not isinstance(losses, FedDisLosses):
+            raise ConfigError(f"losses must be a FedDisLosses; got {type(losses).__name__}")
         shape_channels = _check_architecture(shape_channels, kernel_size, shape_latent)
         appearance_channels = _check_architecture(appearance_channels, kernel_size, appearance_latent)
         if len(shape_channels) != len(appearance_channels):
@@ -193,6 +203,7 @@ class DisentangledAutoencoder(_Autoencoder):
         self.shape_encoder = Encoder(shape_channels, kernel_size, shape_latent)
         self.appearance_encoder = Encoder(appearance_channels, kernel_size, appearance_latent)
         self.decoder = Decoder(shape_channels, kernel_size, shape_latent + appearance_latent)
+        self.losses = losses if losses is not None else FedDisLosses()
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(shape_code, appearance_code)``, each ``(B, C, H / 2^stages, W / 2^stages)``."""

@@ -22,6 +22,51 @@ lobulation ``m(n) = 1 + sum_j alpha_j (n . v_j) + beta_j ((n . v_j)^2 - 1/3)``
 for the unit direction ``n``. The tumour also pushes tissue aside
 (:func:`mass_effect`).
 
+**MS plaque sizes** (generator v2): semi-axis scale ``r`` log-uniform in
+1-6 mm (semi-axes ``1.6 r, r, 0.8 r``), i.e. long-axis diameters 3.2-19 mm:
+from the smallest lesions counted for diagnosis (at least 3 mm in long axis,
+MAGNIMS consensus, Filippi et al., Lancet Neurol 2016;15:292-303) to the large
+ovoid plaques (> 6 mm, van Walderveen and Barkhof, "Measures of T1 and T2
+relaxation", doi:10.1201/9781439812242-17), with small plaques the common
+ones. The same sizes at every scale: at 3 mm voxels the smallest plaques fall
+below the voxel and leave no mask voxel (the mask counts occupancy >= 0.5).
+
+**Vascular WMH** (:class:`VascularWMH`): white-matter hyperintensities of
+presumed vascular origin, a separate lesion class, segmented under the STRIVE
+standards in the MICCAI WMH challenge (Kuijf et al., IEEE TMI 2019,
+arXiv:1904.00682): a periventricular band (Fazekas-like: thin caps/lining to a
+smooth halo, irregular where the modulation is large) and punctate or patchy
+deep foci. Periventricular and deep WMH are distinct patterns (Kanekar and
+Devgun, "A pattern approach to focal white matter hyperintensities";
+PMC5473621). Volumes come out at ~5-50 ml, mild to severe small-vessel disease.
+
+**Faint lesions** (``FAINT_SHARE`` = 30 % of MS plaques, WMH band levels and
+WMH foci): FLAIR level ``U(1.08, 1.25)`` times white matter, inside the range
+of normal grey matter (``gm_ratio`` 1.05-1.45), so brightness alone does not
+find them. Real WMH are foci of a more widespread, graded white-matter change
+("WMH penumbra", Maillard et al., Stroke 2011;42:1917-22) with "pre-visible"
+stages of altered water content (Wardlaw et al., J Am Heart Assoc 2015,
+PMC4599520), and partial volume makes small plaques faint at coarse voxels.
+The 30 % share is our choice, not a measured prevalence.
+
+**Bright look-alikes** (:class:`LookAlikes`, rendered in *every* subject,
+healthy or not, and never in a mask): fast FLAIR of normal volunteers
+(Neuroradiology 1997;39:243-9, doi:10.1007/s002340050402) shows caps of high
+signal around the frontal horns in 90 % and occipital horns in 77 % (54 %
+asymmetrical), a thin bright outline of the third and fourth ventricles and
+high signal along the corticospinal tract at the internal capsule in all
+subjects (extending 0.5-5.5 cm). The frontal caps are the "ependymitis
+granularis" pseudo-lesions (Sze et al., AJR 1986;147:331-7), triangular and
+under 1 cm. Intraventricular CSF pulsation artefacts appear as hyperintensity
+in 16 % of FLAIR examinations (fourth > third > lateral ventricles; Ogbole et
+al., Niger Med J 2016;57:59-63; flow artefacts are common at the foramen of
+Monro and aqueduct). Caps, outline and tract are parenchymal; flow blobs
+replace dark CSF. Their FLAIR levels (caps 1.1-1.4, outline 1.1-1.35, tract
+1.04-1.15, flow 0.7-1.4 times white matter) are our assumptions: the sources
+give prevalence and shape, not intensities. The septum pellucidum is *not*
+rendered as a look-alike: it is isointense in normal subjects and bright
+mainly in hydrocephalus (Kim et al., J Korean Radiol Soc 1994;30:795-800).
+
 Occupancies are partial-volume fractions with a linear ramp of ``edge_mm``
 across the nominal boundary: ``clip(0.5 + (1 - rho) * r / edge_mm, 0, 1)``.
 """
@@ -38,6 +83,16 @@ from .atlas import TissueAtlas
 __all__ = [
     "Ellipsoid",
     "Tumour",
+    "VascularWMH",
+    "LookAlikes",
+    "LOOKALIKE_CHANNELS",
+    "FAINT_SHARE",
+    "FAINT_CONTRAST",
+    "sample_vascular",
+    "band_occupancy",
+    "sample_lookalikes",
+    "lookalike_maps",
+    "corticospinal_tracts",
     "sample_ms_lesions",
     "sample_tumour",
     "ellipsoid_occupancy",
@@ -46,6 +101,10 @@ __all__ = [
 ]
 
 EDGE_MM = 1.0
+#: Share of lesions drawn *faint* and their FLAIR level relative to white matter: near normal
+#: brightness, within the range of normal grey matter (module docstring, "faint lesions").
+FAINT_SHARE = 0.3
+FAINT_CONTRAST = (1.08, 1.25)
 # Axial band (MNI z, mm) where lesions are placed: inside the default slice range.
 _Z_BAND_MS = (-5.0, 50.0)
 _Z_BAND_TUMOUR = (-5.0, 40.0)
@@ -151,11 +210,14 @@ def sample_ms_lesions(
     count: tuple[int, int],
     radius_mm: tuple[float, float],
     contrast: float,
+    faint_share: float = FAINT_SHARE,
 ) -> tuple[Ellipsoid, ...]:
     """Draw ``count[0]..count[1]`` MS-like ovoids (semi-axis scale in ``radius_mm``).
 
-    Each ovoid has semi-axes ``(1.6 r, r, 0.8 r)`` with ``r ~ U(radius_mm)``;
-    its intensity is ``contrast * (1 + N(0, 0.08))`` times white matter.
+    Each ovoid has semi-axes ``(1.6 r, r, 0.8 r)`` with ``r`` log-uniform in
+    ``radius_mm`` (small plaques are the common ones); its intensity is
+    ``contrast * (1 + N(0, 0.08))`` times white matter (at least 1.2), or, with
+    probability ``faint_share``, faint: ``U(FAINT_CONTRAST)``.
     """
     periventricular, deep = _ms_candidates(atlas)
     n = int(rng.integers(count[0], count[1] + 1))
@@ -166,14 +228,17 @@ def sample_ms_lesions(
         centre = atlas.world(index[None, :] + rng.uniform(-0.5, 0.5, 3))[0]
         direction = atlas.affine[:3, :3] @ _local_gradient(atlas.ventricle_distance_mm, index)
         axes = _frame(direction if np.linalg.norm(direction) > 1e-6 else rng.standard_normal(3), rng)
-        r = float(rng.uniform(*radius_mm))
-        intensity = float(contrast * (1.0 + 0.08 * rng.standard_normal()))
+        r = float(np.exp(rng.uniform(np.log(radius_mm[0]), np.log(radius_mm[1]))))
+        if rng.random() < faint_share:
+            intensity = float(rng.uniform(*FAINT_CONTRAST))
+        else:
+            intensity = max(float(contrast * (1.0 + 0.08 * rng.standard_normal())), 1.2)
         lesions.append(
             Ellipsoid(
                 centre=tuple(float(v) for v in centre),
                 axes=tuple(tuple(float(v) for v in row) for row in axes),
                 radii=(1.6 * r, r, 0.8 * r),
-                intensity=max(intensity, 1.2),
+                intensity=intensity,
             )
         )
     return tuple(lesions)
@@ -308,3 +373,216 @@ def mass_effect(q: np.ndarray, tumour: Tumour) -> np.ndarray:
     s = 1.5 * tumour.radius_mm
     shrink = 1.0 - tumour.mass_effect * np.exp(-(d**2).sum(axis=0) / (2.0 * s * s))
     return (centre + d * shrink).astype(np.float32)
+
+
+# -- vascular white-matter hyperintensities ----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class VascularWMH:
+    """White-matter hyperintensities of presumed vascular origin (see :func:`sample_vascular`).
+
+    A periventricular band (``band_mm`` thick on average, modulated by the
+    plane waves ``band_waves``: rows ``(omega_x, omega_y, omega_z, phase, amplitude)``)
+    plus deep punctate/patchy foci (``foci``, near-spherical :class:`Ellipsoid` s).
+    """
+
+    band_mm: float
+    band_waves: tuple[tuple[float, float, float, float, float], ...]
+    band_intensity: float
+    foci: tuple[Ellipsoid, ...]
+
+    def as_dict(self) -> dict:
+        return {"band_mm": self.band_mm, "band_intensity": self.band_intensity,
+                "foci": [f.as_dict() for f in self.foci]}
+
+
+def _intensity(rng: np.random.Generator, bright: tuple[float, float], faint_share: float,
+               faint: tuple[float, float] = FAINT_CONTRAST) -> float:
+    """A lesion's FLAIR level relative to white matter: faint (near normal) with probability ``faint_share``."""
+    if rng.random() < faint_share:
+        return float(rng.uniform(*faint))
+    return float(rng.uniform(*bright))
+
+
+def sample_vascular(atlas: TissueAtlas, rng: np.random.Generator, *, faint_share: float = FAINT_SHARE) -> VascularWMH:
+    """Draw one subject's vascular WMH (small-vessel disease, Fazekas-like grades).
+
+    Periventricular band: mean thickness ``U(1.5, 6)`` mm (Fazekas 1 "caps or
+    pencil-thin lining" to 2 "smooth halo"; 3, irregular extension into deep
+    white matter, comes from the modulation ``1 + sum of 4 plane waves``, wavelengths
+    30-90 mm, amplitudes ``N(0, 0.25)``). Deep foci: 2-12 near-spherical ovoids
+    (semi-axes ``r, 0.85 r, 0.7 r``, ``r ~ U(1, 4)`` mm: punctate 2-8 mm foci)
+    in deep white matter, any orientation. Levels relative to white matter
+    ``U(1.25, 1.6)`` (the band) and per focus, each faint (``FAINT_CONTRAST``)
+    with probability ``faint_share``.
+    """
+    periventricular, deep = _ms_candidates(atlas)
+    waves = []
+    for _ in range(4):
+        direction = _unit(rng.standard_normal(3))
+        omega = direction * (2.0 * np.pi / rng.uniform(30.0, 90.0))
+        phase, amplitude = float(rng.uniform(0, 2 * np.pi)), float(0.25 * rng.standard_normal())
+        waves.append((*(float(v) for v in omega), phase, amplitude))
+    foci = []
+    pool = deep if len(deep) else periventricular
+    for _ in range(int(rng.integers(2, 13))):
+        index = pool[int(rng.integers(len(pool)))]
+        centre = atlas.world(index[None, :] + rng.uniform(-0.5, 0.5, 3))[0]
+        r = float(rng.uniform(1.0, 4.0))
+        foci.append(Ellipsoid(
+            centre=tuple(float(v) for v in centre),
+            axes=tuple(tuple(float(v) for v in row) for row in _frame(rng.standard_normal(3), rng)),
+            radii=(r, 0.85 * r, 0.7 * r),
+            intensity=_intensity(rng, (1.25, 1.6), faint_share),
+        ))
+    return VascularWMH(
+        band_mm=float(rng.uniform(1.5, 6.0)),
+        band_waves=tuple(waves),
+        band_intensity=_intensity(rng, (1.25, 1.6), faint_share),
+        foci=tuple(foci),
+    )
+
+
+def band_occupancy(q: np.ndarray, ventricle_distance: np.ndarray, parenchyma: np.ndarray, wmh: VascularWMH,
+                   edge_mm: float = EDGE_MM) -> np.ndarray:
+    """Occupancy of the periventricular band at atlas positions ``q`` (shape ``(3, ...)``).
+
+    ``ventricle_distance`` (mm, same spatial shape as ``q[0]``) is the atlas's
+    distance to the ventricles read at ``q``, ``parenchyma`` the subject's
+    GM + WM fraction there. Occupancy ``ramp(d < T(q))`` with the local
+    thickness ``T(q) = band_mm * max(0.2, 1 + sum_k a_k cos(omega_k . q + phi_k))``,
+    outside the ventricles (``d > 0``), times ``parenchyma``, inside the axial band
+    where lesions are placed.
+    """
+    modulation = np.ones(q.shape[1:], dtype=np.float32)
+    for wx, wy, wz, phase, amplitude in wmh.band_waves:
+        modulation += np.float32(amplitude) * np.cos(wx * q[0] + wy * q[1] + wz * q[2] + np.float32(phase))
+    thickness = np.float32(wmh.band_mm) * np.maximum(modulation, 0.2)
+    occupancy = np.clip(0.5 + (thickness - ventricle_distance) / np.float32(edge_mm), 0.0, 1.0)
+    occupancy *= (ventricle_distance > 0).astype(np.float32)
+    in_band = ((q[2] >= _Z_BAND_MS[0]) & (q[2] <= _Z_BAND_MS[1])).astype(np.float32)
+    return (occupancy * parenchyma * in_band).astype(np.float32)
+
+
+# -- bright look-alikes (normal findings and artefacts, never lesions) --------------------------------
+
+
+@dataclass(frozen=True)
+class LookAlikes:
+    """One subject's normal FLAIR hyperintensities (see :func:`sample_lookalikes`); levels relative to WM,
+    0 where absent. ``flow`` are intraventricular CSF flow-artefact blobs."""
+
+    frontal_caps: tuple[float, float]  # left, right
+    occipital_caps: tuple[float, float]
+    ependymal_line: float
+    corticospinal: float
+    corticospinal_length_mm: float
+    flow: tuple[Ellipsoid, ...]
+
+    def as_dict(self) -> dict:
+        return {"frontal_caps": list(self.frontal_caps), "occipital_caps": list(self.occipital_caps),
+                "ependymal_line": self.ependymal_line, "corticospinal": self.corticospinal,
+                "corticospinal_length_mm": self.corticospinal_length_mm,
+                "flow": [f.as_dict() for f in self.flow]}
+
+
+#: Channels of :func:`lookalike_maps` (atlas grid, channel-last).
+LOOKALIKE_CHANNELS = ("ventricle_distance", "frontal_cap_left", "frontal_cap_right", "occipital_cap_left",
+                      "occipital_cap_right", "ependymal_line")
+
+
+@lru_cache(maxsize=4)
+def lookalike_maps(atlas: TissueAtlas) -> np.ndarray:
+    """Atlas-grid maps ``(X, Y, Z, len(LOOKALIKE_CHANNELS))`` for periventricular look-alikes.
+
+    * ``ventricle_distance`` (mm), for the vascular band;
+    * caps: parenchyma within 5 mm of the 4 mm tip of each hemisphere's
+      frontal (anterior) or occipital (posterior) horn, in front of (behind)
+      the tip, edges softened (sigma 0.5 mm): a focus under 1 cm across;
+    * ``ependymal_line``: parenchyma within 1.5 mm of the third ventricle
+      (ventricle voxels with ``|x| < 4`` mm below z = 12 mm): its thin bright outline.
+    """
+    from scipy import ndimage
+
+    d = atlas.ventricle_distance_mm
+    x, y, z = _axis_mm(atlas, 0), _axis_mm(atlas, 1), _axis_mm(atlas, 2)
+    voxel = float(atlas.resolution_mm)
+    parenchyma = np.clip(atlas.gm + atlas.wm, 0.0, 1.0)
+    outside = ~atlas.ventricles
+
+    def near(seed: np.ndarray, reach_mm: float) -> np.ndarray:
+        """Soft occupancy of the parenchyma within ``reach_mm`` of ``seed`` voxels (outside the ventricles)."""
+        if not seed.any():
+            return np.zeros(atlas.shape, dtype=np.float32)
+        distance = ndimage.distance_transform_edt(~seed) * voxel
+        region = ((distance > 0) & (distance <= reach_mm) & outside).astype(np.float32)
+        return np.clip(ndimage.gaussian_filter(region, 0.5 / voxel), 0.0, 1.0) * parenchyma * outside
+
+    maps = [d.astype(np.float32)]
+    for side in (x < 0, x >= 0):  # left, right (RAS: x grows to the right)
+        hemisphere = atlas.ventricles & side[:, None, None] & (np.abs(x)[:, None, None] >= 2.0)
+        ys = y[np.nonzero(hemisphere)[1]] if hemisphere.any() else np.array([0.0])
+        front, back = float(ys.max()), float(ys.min())
+        frontal_tip = hemisphere & (y >= front - 4.0)[None, :, None]
+        occipital_tip = hemisphere & (y <= back + 4.0)[None, :, None]
+        maps.append(near(frontal_tip, 5.0) * (y >= front - 4.0)[None, :, None])
+        maps.append(near(occipital_tip, 5.0) * (y <= back + 4.0)[None, :, None])
+    # Channel order: frontal left, frontal right, occipital left, occipital right.
+    maps = [maps[0], maps[1], maps[3], maps[2], maps[4]]
+    third = atlas.ventricles & (np.abs(x) < 4.0)[:, None, None] & (z < 12.0)[None, None, :]
+    maps.append(near(third, max(1.5, voxel)))  # at least the one-voxel shell
+    return np.ascontiguousarray(np.stack(maps, axis=-1).astype(np.float32))
+
+
+def sample_lookalikes(atlas: TissueAtlas, rng: np.random.Generator) -> LookAlikes:
+    """Draw one subject's normal FLAIR hyperintensities and flow artefacts (healthy or not).
+
+    Prevalences follow fast-FLAIR findings in normal volunteers (module
+    docstring): frontal caps in 90 % and occipital caps in 77 % of subjects,
+    each side's level drawn independently (caps are often asymmetrical); the
+    third-ventricle outline and the corticospinal-tract signal at the internal
+    capsule in every subject (length 5-55 mm); intraventricular CSF flow
+    artefacts in 16 % of subjects (1-2 blobs in the third or lateral ventricles
+    near the midline). Levels relative to white matter: caps ``U(1.1, 1.4)``,
+    outline ``U(1.1, 1.35)``, corticospinal tract ``U(1.04, 1.15)``, flow
+    artefacts ``U(0.7, 1.4)`` (in dark CSF).
+    """
+    def cap(p: float) -> float:
+        return float(rng.uniform(1.1, 1.4)) if rng.random() < p else 0.0
+
+    frontal = cap(0.9)
+    frontal = (frontal, float(rng.uniform(1.1, 1.4)) if frontal and rng.random() > 0.3 else cap(0.5))
+    occipital = cap(0.77)
+    occipital = (occipital, float(rng.uniform(1.1, 1.4)) if occipital and rng.random() > 0.3 else cap(0.5))
+    flow = []
+    if rng.random() < 0.16:
+        x = _axis_mm(atlas, 0)
+        candidates = np.argwhere(atlas.ventricles & (np.abs(x) < 12.0)[:, None, None])
+        for _ in range(int(rng.integers(1, 3))):
+            if not len(candidates):
+                break
+            index = candidates[int(rng.integers(len(candidates)))]
+            r = float(rng.uniform(2.0, 5.0))
+            flow.append(Ellipsoid(
+                centre=tuple(float(v) for v in atlas.world(index[None, :])[0]),
+                axes=tuple(tuple(float(v) for v in row) for row in _frame(rng.standard_normal(3), rng)),
+                radii=(1.5 * r, r, 0.7 * r), intensity=float(rng.uniform(0.7, 1.4)),
+            ))
+    return LookAlikes(
+        frontal_caps=frontal, occipital_caps=occipital,
+        ependymal_line=float(rng.uniform(1.1, 1.35)),
+        corticospinal=float(rng.uniform(1.04, 1.15)),
+        corticospinal_length_mm=float(rng.uniform(5.0, 55.0)),
+        flow=tuple(flow),
+    )
+
+
+def corticospinal_tracts(lookalikes: LookAlikes) -> tuple[Ellipsoid, Ellipsoid]:
+    """The two corticospinal-tract segments through the posterior limbs of the internal capsules
+    (MNI x = +-23, y = -17, from z = 0 upwards), as vertical ovoids ``length_mm`` long, 3 x 4 mm across."""
+    half = lookalikes.corticospinal_length_mm / 2.0
+    vertical = ((0.0, 0.0, 1.0), (1.0, 0.0, 0.0), (0.0, 1.0, 0.0))  # columns: long axis z, then x, y
+    axes = tuple(tuple(row) for row in np.array(vertical).T)
+    return tuple(Ellipsoid(centre=(sign * 23.0, -17.0, half), axes=axes, radii=(half, 3.0, 4.0),
+                           intensity=lookalikes.corticospinal) for sign in (-1.0, 1.0))  # type: ignore[return-value]

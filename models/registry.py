@@ -17,6 +17,15 @@ compact-feddis  shape 3x3 16-32-32 (8) +        32,683     14,472   10.1       1
                 appearance 8-16-16 (2)
 ==============  ==============================  =========  =======  =========  =======  ==========  =========
 
+**FedDis ablations** (:mod:`models.feddis`): ``feddis`` and ``compact-feddis``
+train on the published objective (L1 reconstruction + shape consistency +
+latent orthogonality). The same architectures are registered with one or both
+extra losses switched off: ``<base>-no-consistency``, ``<base>-no-orthogonality``
+and ``<base>-reconstruction-only`` for ``<base>`` in ``feddis``,
+``compact-feddis``. Their parameter counts equal the base model's; the cost
+columns are the base model's *reconstruction-only* step (the shape-consistency
+loss adds one gradient-free forward pass of the shape encoder per step).
+
 "ms/sample": one non-private forward + backward + SGD step on a batch of 16,
 divided by 16. "DP step": one Opacus DP-SGD step (per-sample gradients,
 clipping, noise, optimiser) on 16 slices of 64 x 64. MMAC: convolution
@@ -30,10 +39,11 @@ OpenMP threads wait on each other: there one thread can be 3x faster.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Mapping
 
 from .errors import ConfigError, UnknownModelError
+from .feddis import FedDisLosses
 
 __all__ = [
     "ModelSpec",
@@ -70,8 +80,9 @@ class ModelSpec:
     shared_parameters: int
     cost_ms: Mapping[int, float] = field(default_factory=dict)
     dp_step_ms: float | None = None
+    losses: FedDisLosses | None = None  # FedDis family: the training objective (None: as published)
 
-    def build(self, image_size: int = 128):
+    def build(self, image_size: int = 128, losses: FedDisLosses | None = None):
         from .autoencoders import ConvAutoencoder, DisentangledAutoencoder
 
         if self.family == "feddis":
@@ -83,7 +94,10 @@ class ModelSpec:
                 shape_latent=self.latent_channels,
                 appearance_latent=self.appearance_latent,
                 image_size=image_size,
+                losses=losses if losses is not None else self.losses,
             )
+        if losses is not None:
+            raise ConfigError(f"model {self.name!r} is not a FedDis model: it takes no FedDis losses")
         return ConvAutoencoder(
             channels=self.channels,
             kernel_size=self.kernel_size,
@@ -111,34 +125,50 @@ def _spec(name, description, family, kernel, channels, latent, app_channels, app
     )
 
 
+#: FedDis ablations: name suffix -> (description suffix, objective).
+_ABLATIONS = {
+    "no-consistency": ("ablation: shape-consistency loss off", FedDisLosses(shape_consistency=False)),
+    "no-orthogonality": ("ablation: orthogonality loss off", FedDisLosses(orthogonality=False)),
+    "reconstruction-only": ("ablation: both extra losses off (L1 reconstruction only)",
+                            FedDisLosses(shape_consistency=False, orthogonality=False)),
+}
+
+
+def _ablations(base: ModelSpec) -> list[ModelSpec]:
+    return [replace(base, name=f"{base.name}-{suffix}", description=f"{base.description}; {text}", losses=losses)
+            for suffix, (text, losses) in _ABLATIONS.items()]
+
+
+_BASE_SPECS = (
+    _spec(
+        "conv-ae",
+        "FedDis-sized convolutional autoencoder: 5x5 convs, 64-128-128 channels, 16-channel "
+        "bottleneck at 1/8 resolution; every parameter shared (FedAvg)",
+        "autoencoder", 5, (64, 128, 128), 16, None, None, 1_238_033, 1_238_033,
+    ),
+    _spec(
+        "feddis",
+        "FedDis disentangled autoencoder: shape encoder 5x5 64-128-128 (16-ch code, shared), "
+        "appearance encoder 16-32-32 (4-ch code, local), decoder on both codes (local)",
+        "feddis", 5, (64, 128, 128), 16, (16, 32, 32), 4, 1_277_717, 619_024,
+    ),
+    _spec(
+        "compact-ae",
+        "CPU-demo autoencoder: 3x3 convs, 16-32-32 channels, 8-channel bottleneck; every "
+        "parameter shared",
+        "autoencoder", 3, (16, 32, 32), 8, None, None, 28_937, 28_937,
+    ),
+    _spec(
+        "compact-feddis",
+        "CPU-demo FedDis: shape encoder 3x3 16-32-32 (8-ch code, shared), appearance "
+        "encoder 8-16-16 (2-ch code, local), decoder local",
+        "feddis", 3, (16, 32, 32), 8, (8, 16, 16), 2, 32_683, 14_472,
+    ),
+)
 _REGISTRY: dict[str, ModelSpec] = {
     spec.name: spec
-    for spec in (
-        _spec(
-            "conv-ae",
-            "FedDis-sized convolutional autoencoder: 5x5 convs, 64-128-128 channels, 16-channel "
-            "bottleneck at 1/8 resolution; every parameter shared (FedAvg)",
-            "autoencoder", 5, (64, 128, 128), 16, None, None, 1_238_033, 1_238_033,
-        ),
-        _spec(
-            "feddis",
-            "FedDis disentangled autoencoder: shape encoder 5x5 64-128-128 (16-ch code, shared), "
-            "appearance encoder 16-32-32 (4-ch code, local), decoder on both codes (local)",
-            "feddis", 5, (64, 128, 128), 16, (16, 32, 32), 4, 1_277_717, 619_024,
-        ),
-        _spec(
-            "compact-ae",
-            "CPU-demo autoencoder: 3x3 convs, 16-32-32 channels, 8-channel bottleneck; every "
-            "parameter shared",
-            "autoencoder", 3, (16, 32, 32), 8, None, None, 28_937, 28_937,
-        ),
-        _spec(
-            "compact-feddis",
-            "CPU-demo FedDis: shape encoder 3x3 16-32-32 (8-ch code, shared), appearance "
-            "encoder 8-16-16 (2-ch code, local), decoder local",
-            "feddis", 3, (16, 32, 32), 8, (8, 16, 16), 2, 32_683, 14_472,
-        ),
-    )
+    for base in _BASE_SPECS
+    for spec in [base] + (_ablations(base) if base.family == "feddis" else [])
 }
 
 
@@ -155,9 +185,12 @@ def model_spec(name: str) -> ModelSpec:
         raise UnknownModelError(f"unknown model {name!r}; available: {', '.join(_REGISTRY)}") from None
 
 
-def create_model(name: str, *, image_size: int = 128):
-    """A freshly initialised model (``torch.nn.Module``) for ``image_size x image_size`` slices."""
-    return model_spec(name).build(image_size)
+def create_model(name: str, *, image_size: int = 128, losses: FedDisLosses | None = None):
+    """A freshly initialised model (``torch.nn.Module``) for ``image_size x image_size`` slices.
+
+    ``losses`` overrides a FedDis model's training objective (ConfigError for other models).
+    """
+    return model_spec(name).build(image_size, losses)
 
 
 @dataclass(frozen=True)

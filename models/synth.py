@@ -32,7 +32,30 @@ as scanners write them.
 
 **Ground truth.** ``*_mask.nii.gz`` is 1 where the lesion occupancy is at least
 0.5 *including oedema* for tumours (necrosis + enhancing rim + oedema), inside
-the brain mask; 0 elsewhere.
+the brain mask; 0 elsewhere. Three lesion classes (``LESION_TYPES``): MS plaques,
+vascular white-matter hyperintensities and tumours; a share of MS plaques and
+WMH are faint (near normal brightness), and every subject, healthy or not,
+carries normal bright look-alikes (periventricular caps, the third/fourth
+ventricle outline, the corticospinal tract at the internal capsule, sometimes
+CSF flow artefacts) that are never in a mask (sizes, prevalences and sources:
+:mod:`models.lesions`).
+
+**Site shift** (generator v2). Scanner and protocol change FLAIR intensities
+and contrasts between centres, and models trained at one centre degrade on
+others: in the MICCAI WMH challenge not all methods generalised to unseen
+scanners (Kuijf et al., IEEE TMI 2019, arXiv:1904.00682); Meyer et al.
+(Front Neurosci 2021, doi:10.3389/fnins.2021.708196) describe intensity and
+contrast differences by protocol, scanner and centre, and bias fields, as what
+single-centre models fail on. The site parameters span: grey/white contrast
+``gm_ratio`` 1.05-1.45 and residual CSF signal ``csf_ratio`` 0.05-0.45
+(inversion time / CSF nulling, 2-D vs 3-D FLAIR), contrast curve ``gamma``
+0.65-1.5, bias-field amplitude 5-30 %, noise 1-7 % of white matter, blur up to
+2 voxels FWHM (through-plane resolution of thick-slice 2-D FLAIR), plus voxel
+size and orientation. These ranges are our choice (wide enough that sites
+differ visibly, e.g. normal grey matter at one site is as bright as a faint
+lesion at another); they are not fitted to a real multi-site dataset.
+Version 1 used narrower ranges (gamma 0.8-1.25, bias 4-18 %, noise 1-5 %,
+gm_ratio 1.08-1.30, csf_ratio 0.12-0.35, blur <= 1.2 voxels).
 
 **Sites** differ in acquisition (voxel size, orientation - RAS, LPS, LAS, PIR
 in turn - so the loader's reorientation and resampling are exercised), in every
@@ -46,17 +69,18 @@ their mix of MS and tumour cases.
 ========  =========  =========================  =====================  ===============================
 scale     voxel      healthy per site           pathological per site  measured (2-core EPYC, 1 worker)
 ========  =========  =========================  =====================  ===============================
-tiny      3 mm       10, 8, 7, 6 (31)           4 (2 MS + 2 tumour)    5.5 s, 6 MB (2 s of it: atlas)
-small     2 mm       40, 30, 24, 18 (112)       12, 10, 8, 10 (40)     36 s, 56 MB
+tiny      3 mm       10, 8, 7, 6 (31)           6 (2 of each type)     16 s, 7 MB (niced, busy host)
+small     2 mm       40, 30, 24, 18 (112)       12, 10, 8, 10 (40)     36 s, 56 MB (v1)
 paper     1.5 mm     649, 389, 278, 216 (1532)  135, 135, 134, 134     ~0.9 s/volume: ~30 min, ~2 GB
 ========  =========  =========================  =====================  ===============================
 
-``paper`` matches the FedDis study's size (1,532 healthy volumes over four
+The small and paper timings were measured with generator v1 (v2 adds look-alike
+maps and a third lesion class; not re-measured). ``paper`` matches the FedDis study's size (1,532 healthy volumes over four
 unequal sites, 538 pathological); the site sizes follow weights ``1/(i + 1.5)``
 (``workers=2`` roughly halves its time; it defaults to one worker per CPU).
-The atlas used is 2 mm for tiny/small and 1 mm for paper; MS plaques are drawn
-larger at coarse voxels (semi-axis scale 3-6 mm at 3 mm, 2-5 mm at 2 mm, 1.5-5
-mm at 1.5 mm) so that they survive partial-volume sampling.
+The atlas used is 2 mm for tiny/small and 1 mm for paper; MS plaques have the
+same (literature) sizes at every scale (:mod:`models.lesions`), so at 3 mm
+voxels the smallest ones are sub-voxel.
 
 Determinism: every subject draws from its own ``numpy.random.default_rng`` seeded by
 ``SeedSequence([seed, site, subject])``, so the arrays are identical for a
@@ -80,10 +104,16 @@ from .atlas import TissueAtlas, load_atlas
 from .errors import ConfigError, DatasetError
 from .lesions import (
     Tumour,
+    VascularWMH,
+    band_occupancy,
+    corticospinal_tracts,
     ellipsoid_occupancy,
+    lookalike_maps,
     mass_effect,
+    sample_lookalikes,
     sample_ms_lesions,
     sample_tumour,
+    sample_vascular,
     tumour_occupancy,
 )
 from .manifest import MANIFEST_NAME, CohortManifest, SiteProfile, SubjectRecord
@@ -99,14 +129,15 @@ __all__ = [
     "RenderedSubject",
 ]
 
-GENERATOR_VERSION = 1
-LESION_TYPES = ("ms", "tumour")
+GENERATOR_VERSION = 2
+LESION_TYPES = ("ms", "vascular", "tumour")
 # Brain centre in MNI mm (rotation/scaling pivot) and the world box every site grid covers.
 _BRAIN_CENTRE = np.array([0.0, -18.0, 8.0])
 _WORLD_BOX = np.array([[-90.0, 90.0], [-126.0, 90.0], [-78.0, 96.0]])
 _ORIENTATIONS = ("RAS", "LPS", "LAS", "PIR")
 _VOXEL_FACTORS = ((1.0, 1.0, 1.0), (1.0, 1.0, 1.0), (0.85, 0.85, 1.35), (1.15, 1.15, 1.15))
-_MS_SHARE = (0.6, 0.3, 0.7, 0.5)
+#: Per site (cycled): shares of MS, vascular and tumour cases among its pathological volumes.
+_LESION_MIX = ((0.4, 0.3, 0.3), (0.2, 0.4, 0.4), (0.5, 0.3, 0.2), (0.3, 0.4, 0.3))
 _AXIS_CODES = {"R": (0, 1), "L": (0, -1), "A": (1, 1), "P": (1, -1), "S": (2, 1), "I": (2, -1)}
 
 
@@ -125,7 +156,7 @@ class ScaleSpec:
         """(healthy, pathological) volumes for each of ``sites`` sites."""
         if self.name == "tiny":
             pattern = (10, 8, 7, 6)
-            return tuple((pattern[i % 4], 4) for i in range(sites))
+            return tuple((pattern[i % 4], 6) for i in range(sites))
         if self.name == "small":
             healthy, sick = (40, 30, 24, 18), (12, 10, 8, 10)
             return tuple((healthy[i % 4], sick[i % 4]) for i in range(sites))
@@ -142,10 +173,14 @@ def _allocate(total: int, weights: np.ndarray) -> list[int]:
     return [int(c) for c in counts]
 
 
+#: MS plaque semi-axis scale r (semi-axes 1.6 r, r, 0.8 r): long-axis diameters 3.2-19 mm, the range of
+#: countable plaques (at least 3 mm long, MAGNIMS 2016) to large ovoid ones (> 6 mm, Barkhof), at every scale.
+_MS_RADIUS_MM = (1.0, 6.0)
+
 SCALES: dict[str, ScaleSpec] = {
-    "tiny": ScaleSpec("tiny", 3.0, 2, (3.0, 6.0), (5, 10), (10.0, 18.0)),
-    "small": ScaleSpec("small", 2.0, 2, (2.0, 5.0), (5, 15), (8.0, 18.0)),
-    "paper": ScaleSpec("paper", 1.5, 1, (1.5, 5.0), (5, 20), (8.0, 18.0)),
+    "tiny": ScaleSpec("tiny", 3.0, 2, _MS_RADIUS_MM, (5, 10), (10.0, 18.0)),
+    "small": ScaleSpec("small", 2.0, 2, _MS_RADIUS_MM, (5, 15), (8.0, 18.0)),
+    "paper": ScaleSpec("paper", 1.5, 1, _MS_RADIUS_MM, (5, 20), (8.0, 18.0)),
 }
 
 
@@ -166,12 +201,12 @@ def site_profiles(seed: int, scale: str, sites: int) -> tuple[SiteProfile, ...]:
     spec = _scale(scale)
     rng = _seed_rng(seed, 0x5173)
     draws = {
-        "gm_ratio": _stratified(rng, sites, 1.08, 1.30),
-        "csf_ratio": _stratified(rng, sites, 0.12, 0.35),
-        "gamma": _stratified(rng, sites, 0.80, 1.25),
-        "bias_amplitude": _stratified(rng, sites, 0.04, 0.18),
-        "noise": _stratified(rng, sites, 0.01, 0.05),
-        "blur_fwhm_mm": _stratified(rng, sites, 0.0, 1.2 * spec.voxel_mm),
+        "gm_ratio": _stratified(rng, sites, 1.05, 1.45),
+        "csf_ratio": _stratified(rng, sites, 0.05, 0.45),
+        "gamma": _stratified(rng, sites, 0.65, 1.5),
+        "bias_amplitude": _stratified(rng, sites, 0.05, 0.30),
+        "noise": _stratified(rng, sites, 0.01, 0.07),
+        "blur_fwhm_mm": _stratified(rng, sites, 0.0, 2.0 * spec.voxel_mm),
         "intensity_scale": _stratified(rng, sites, 300.0, 3000.0, log=True),
         "ms_contrast": _stratified(rng, sites, 1.5, 1.9),
         "oedema_contrast": _stratified(rng, sites, 1.55, 1.9),
@@ -335,7 +370,10 @@ class RenderedSubject:
     image: np.ndarray  # int16, scanner units, 0 outside the brain
     brain: np.ndarray  # uint8
     lesion: np.ndarray | None  # uint8 ground truth (incl. oedema)
-    lesions: tuple  # Ellipsoid / Tumour descriptions
+    lesions: tuple  # Ellipsoid / Tumour / VascularWMH descriptions
+    lesion_occupancy: np.ndarray | None = None  # float32: the rendered lesion fraction (mask: >= 0.5, in brain)
+    lookalike_occupancy: np.ndarray | None = None  # float32: rendered look-alike fraction not covered by lesion
+    lookalikes: object = None  # LookAlikes description
 
 
 def render_subject(
@@ -386,6 +424,9 @@ def render_subject(
             atlas, rng, count=spec.ms_count, radius_mm=spec.ms_radius_mm, contrast=site.ms_contrast
         )
         q_tissue = q
+    elif lesion_type == "vascular":
+        lesions = (sample_vascular(atlas, rng),)
+        q_tissue = q
     elif lesion_type is None:
         q_tissue = q
     else:
@@ -394,7 +435,9 @@ def render_subject(
     inverse = np.linalg.inv(atlas.affine).astype(np.float32)
     coords = inverse[:3, :3] @ q_tissue.reshape(3, -1) + inverse[:3, 3][:, None]
     gm, wm, brain_p = (c.reshape(shape) for c in _trilinear(atlas.tissue_stack, coords))
+    aux = _trilinear(lookalike_maps(atlas), coords).reshape(-1, *shape)  # LOOKALIKE_CHANNELS
     del coords
+    lookalikes = sample_lookalikes(atlas, rng)
     csf = np.clip(brain_p - gm - wm, 0.0, 1.0)
     total = gm + wm + csf
     safe = np.where(total > 1e-6, total, 1.0)
@@ -409,18 +452,37 @@ def render_subject(
     texture *= np.float32(0.025 / max(float(texture.std()), 1e-6))
     intensity = tissue * (1.0 + texture)
 
+    # Normal bright findings and artefacts (never lesions): each replaces tissue by its occupancy.
+    parenchyma = f_gm + f_wm
+    look_parts = [(aux[1], lookalikes.frontal_caps[0]), (aux[2], lookalikes.frontal_caps[1]),
+                  (aux[3], lookalikes.occipital_caps[0]), (aux[4], lookalikes.occipital_caps[1]),
+                  (aux[5], lookalikes.ependymal_line)]
+    look_parts += [(ellipsoid_occupancy(q, t) * parenchyma, t.intensity) for t in corticospinal_tracts(lookalikes)]
+    look_parts += [(ellipsoid_occupancy(q, blob) * f_csf, blob.intensity) for blob in lookalikes.flow]
+    look_union = np.zeros(shape, dtype=np.float32)
+    for occ, level in look_parts:
+        if level > 0:
+            occ = np.clip(occ, 0.0, 1.0).astype(np.float32)
+            intensity = (1.0 - occ) * intensity + occ * np.float32(level)
+            look_union = 1.0 - (1.0 - look_union) * (1.0 - occ)
+
     lesion_occupancy = None
-    if lesion_type == "ms":
+    if lesion_type in ("ms", "vascular"):
+        if lesion_type == "ms":
+            parts = [(ellipsoid_occupancy(q, plaque), plaque.intensity) for plaque in lesions]
+        else:
+            wmh: VascularWMH = lesions[0]
+            parts = [(band_occupancy(q, aux[0], parenchyma, wmh), wmh.band_intensity)]
+            parts += [(ellipsoid_occupancy(q, focus), focus.intensity) for focus in wmh.foci]
         union = np.zeros(shape, dtype=np.float32)
         weighted = np.zeros(shape, dtype=np.float32)
-        for plaque in lesions:
-            occ = ellipsoid_occupancy(q, plaque)
+        for occ, level in parts:
             union = 1.0 - (1.0 - union) * (1.0 - occ)
-            weighted += occ * np.float32(plaque.intensity)
-        # Plaques are parenchymal lesions: where an ovoid reaches into a ventricle, CSF stays CSF.
-        union *= f_gm + f_wm
+            weighted += occ * np.float32(level)
+        # Parenchymal lesions: where an ovoid reaches into a ventricle, CSF stays CSF.
+        union *= parenchyma
         level = weighted / np.maximum(union, 1e-6)
-        level = np.where(union > 1e-6, np.minimum(level, max(p.intensity for p in lesions)), 1.0)
+        level = np.where(union > 1e-6, np.minimum(level, max(v for _, v in parts)), 1.0)
         intensity = (1.0 - union) * intensity + union * level
         lesion_occupancy = union
     elif tumour is not None:
@@ -449,11 +511,15 @@ def render_subject(
     lesion = None
     if lesion_occupancy is not None:
         lesion = ((lesion_occupancy >= 0.5) & brain).astype(np.uint8)
+        look_union = look_union * (1.0 - lesion_occupancy)  # a lesion drawn over a look-alike is lesion
     return RenderedSubject(
         image=_to_site(image, site),
         brain=_to_site(brain.astype(np.uint8), site),
         lesion=None if lesion is None else _to_site(lesion, site),
         lesions=lesions,
+        lesion_occupancy=None if lesion_occupancy is None else _to_site(lesion_occupancy.astype(np.float32), site),
+        lookalike_occupancy=_to_site((look_union * brain).astype(np.float32), site),
+        lookalikes=lookalikes,
     )
 
 
@@ -528,21 +594,28 @@ def _tasks(root: Path, seed: int, scale: str, profiles: tuple[SiteProfile, ...])
     for i, site in enumerate(profiles):
         for k in range(site.n_healthy):
             tasks.append(_Task(str(root), seed, scale, i, site, k + 1, None))
-        n_ms = _ms_count(site.n_pathology, _MS_SHARE[i % len(_MS_SHARE)])
-        for k in range(site.n_pathology):
-            lesion_type = "ms" if k < n_ms else "tumour"
+        counts = _lesion_counts(site.n_pathology, _LESION_MIX[i % len(_LESION_MIX)])
+        types = [t for t, n in zip(LESION_TYPES, counts) for _ in range(n)]
+        for k, lesion_type in enumerate(types):
             tasks.append(_Task(str(root), seed, scale, i, site, site.n_healthy + k + 1, lesion_type))
     return tasks
 
 
-def _ms_count(n_pathology: int, share: float) -> int:
-    """MS cases among a site's pathological volumes (both types present when n >= 2)."""
-    if n_pathology == 4:  # tiny: two of each
-        return 2
-    n = int(round(share * n_pathology))
-    if n_pathology >= 2:
-        n = min(max(n, 1), n_pathology - 1)
-    return n
+def _lesion_counts(n_pathology: int, mix: tuple[float, ...]) -> list[int]:
+    """Cases of each of ``LESION_TYPES`` among a site's pathological volumes: in proportion to ``mix``
+    (exact sum), every type present when there are at least as many volumes as types, and
+    equal shares when the count is a multiple of the number of types at the tiny scale's 6."""
+    k = len(LESION_TYPES)
+    if n_pathology == 2 * k:  # tiny: two of each
+        return [2] * k
+    counts = _allocate(n_pathology, np.asarray(mix, dtype=float))
+    if n_pathology >= k:
+        for i in range(k):
+            while counts[i] == 0:
+                donor = int(np.argmax(counts))
+                counts[donor] -= 1
+                counts[i] += 1
+    return counts
 
 
 def _existing(root: Path, seed: int, scale: str, sites: int) -> CohortManifest | None:

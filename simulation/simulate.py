@@ -81,7 +81,9 @@ def _prepare_data(config: SimulationConfig, log) -> CohortSplit:
     cache = Path(config.cache_dir)
     try:
         if config.data is None:
-            root = cache / f"cohort-{config.scale}-{config.sites}sites-seed{config.data_seed}"
+            # The generator version is in the name: a cohort cached by an older generator is not reused.
+            root = cache / (f"cohort-{config.scale}-{config.sites}sites-seed{config.data_seed}"
+                            f"-v{models.GENERATOR_VERSION}")
             log(f"synthetic cohort: {config.sites} sites, scale '{config.scale}', seed {config.data_seed} -> {root}")
             manifest = models.generate_cohort(root, sites=config.sites, scale=config.scale, seed=config.data_seed)
             log("  (reused from the cache)" if getattr(manifest, "reused", False) else "  generated")
@@ -493,6 +495,7 @@ def _train_baseline(config, data, patients, steps, sigma, site_name, progress):
     released in a deployment, and it is not in the ledger."""
     import torch
 
+    import models
     from dp import DpSgdConfig, train_dp_sgd
 
     model = _new_model(config)
@@ -502,7 +505,8 @@ def _train_baseline(config, data, patients, steps, sigma, site_name, progress):
                       public_size=config.public_size, max_slices_per_patient=config.max_slices_per_patient)
     with progress.task(f"baseline {site_name}", total=steps) as advance:
         train_dp_sgd(model, torch.from_numpy(data), cfg, site=site_name, round_index=0,
-                     progress=lambda step, loss: advance(), patients=patients)
+                     progress=lambda step, loss: advance(), patients=patients,
+                     loss_fn=models.training_loss(model))
     return model
 
 

@@ -102,9 +102,12 @@ class Site:
                 params[name].copy_(shared[name])
 
     def train(self, shared: dict, config: DpSgdConfig, round_index: int, progress=None) -> LocalUpdate:
+        from models import training_loss  # the model's own objective (FedDis: its extra losses)
+
         self.load_global(shared)
         result = train_dp_sgd(self.model, self.train_data, config, site=self.name, round_index=round_index,
-                              progress=progress, patients=self.patients, randomness=self.randomness)
+                              progress=progress, patients=self.patients, randomness=self.randomness,
+                              loss_fn=training_loss(self.model))
         return LocalUpdate(
             vector=flatten(result.delta, self.shared_names),
             num_records=result.num_records,

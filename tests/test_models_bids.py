@@ -310,7 +310,7 @@ def test_synthetic_bids_follows_the_naming_rules(synthetic_bids):
     assert set(json.loads((root / "participants.json").read_text())) == set(header)
     groups = {r[0]: r for r in rows}
     images = sorted(root.glob("sub-*/anat/*"))
-    assert len(images) == len(rows) == 10 + 8 + 4 + 4  # tiny scale, two sites
+    assert len(images) == len(rows) == 10 + 8 + 6 + 6  # tiny scale, two sites (generator v2: 6 patients each)
     for image in images:
         name = parse_bids_name(image.name)
         assert name.suffix == "FLAIR" and name.extension == ".nii.gz"
@@ -318,7 +318,7 @@ def test_synthetic_bids_follows_the_naming_rules(synthetic_bids):
         mask = root / "derivatives/lesions" / image.parent.relative_to(root) / f"{name.prefix}_desc-lesion_mask.nii.gz"
         assert mask.is_file() == (groups[image.parent.parent.name][1] == "patient")
     assert {r[2] for r in rows} == {"site-1", "site-2"}
-    assert {r[3] for r in rows if r[1] == "patient"} == {"ms", "tumour"}
+    assert {r[3] for r in rows if r[1] == "patient"} == {"ms", "vascular", "tumour"}
     assert (root / "sourcedata/cohort.json").is_file() and not (root / "sourcedata/.staging").exists()
 
 

@@ -189,8 +189,8 @@ def test_tiny_cohort_loads_through_the_same_path():
     sites = tiny_sites(64)
     assert list(sites) == ["site-1", "site-2", "site-3"]
     for data in sites.values():
-        assert data.lesion_types == ("ms", "tumour")
-        assert len(data.healthy) >= 6 and len(data.pathology) == 4
+        assert data.lesion_types == ("ms", "tumour", "vascular")  # generator v2 adds vascular WMH
+        assert len(data.healthy) >= 6 and len(data.pathology) == 6
         assert all(v.lesion_voxels > 0 for v in data.pathology)
         # Normalised intensities: brain median 1 whatever the scanner's units.
         values = np.concatenate([v.image[v.brain] for v in data.healthy])

@@ -66,12 +66,13 @@ def test_evaluate_reports_model_and_baseline_per_lesion_type():
     site = tiny_sites(64)["site-2"]
     split = split_healthy(site, val_fraction=0.4, seed=0)
     report = evaluate(blur_reconstruction, split.val, site.pathology, fpr=0.01, median_size=3)
-    assert set(report.model.by_lesion_type) == {"ms", "tumour"} == set(report.baseline.by_lesion_type)
-    assert report.n_healthy_volumes == len(split.val) and len(report.volumes) == 4
+    # Generator v2: three lesion types, two volumes each per tiny site.
+    assert set(report.model.by_lesion_type) == {"ms", "tumour", "vascular"} == set(report.baseline.by_lesion_type)
+    assert report.n_healthy_volumes == len(split.val) and len(report.volumes) == 6
     for method in (report.model, report.baseline):
         m = method.overall
         assert 0.5 < m.auroc <= 1.0 and 0.0 < m.auprc <= 1.0 and m.exact
-        assert len(m.dice_per_volume) == m.n_volumes == 4
+        assert len(m.dice_per_volume) == m.n_volumes == 6
         assert 0.0 <= m.dice_mean <= 1.0
         assert method.threshold.achieved_fpr <= 0.01
         # The best Dice is an upper bound on the pooled Dice at the operating threshold.
@@ -134,3 +135,23 @@ def test_bad_inputs_are_refused():
         evaluate(lambda x: np.full_like(x, np.nan), healthy, sick)
     with pytest.raises(ScoringError):
         as_reconstruct_fn(42)
+
+
+def test_median_size_for_keeps_small_plaques_that_a_3d_median_erases():
+    """A 2 x 2-pixel plaque on two slices (~7 mm at 64 x 64) survives the recommended window, not 3 x 3 x 3."""
+    from models import ScoringError, median_size_for
+
+    scores = np.zeros((6, 16, 16), dtype=np.float32)
+    scores[2:4, 7:9, 7:9] = 1.0
+    brain = np.ones_like(scores, dtype=bool)
+    assert median_size_for(64) == 1 and median_size_for(32) == 1 and median_size_for(128) == (1, 3, 3)
+    kept = median_filter_scores(scores, brain, size=median_size_for(64))
+    assert np.array_equal(kept > 0.5, scores > 0.5)
+    assert not (median_filter_scores(scores, brain, size=3) > 0.5).any()
+    # In-plane 3 x 3 at 128: a 3 x 3-pixel plaque (~5 mm) on one slice keeps its centre.
+    plaque = np.zeros((6, 16, 16), dtype=np.float32)
+    plaque[2, 7:10, 7:10] = 1.0
+    assert median_filter_scores(plaque, brain, size=median_size_for(128))[2, 8, 8] == 1.0
+    assert not (median_filter_scores(plaque, brain, size=3) > 0.5).any()
+    with pytest.raises(ScoringError):
+        median_size_for(0)
