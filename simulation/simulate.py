@@ -354,6 +354,8 @@ def open_run(config: SimulationConfig, site_names, coordinator: Coordinator, wei
         start_round = state["last_round"] + 1
         if start_round > 0:
             coordinator.load_state_dict(store.load_torch("global.pt"))
+            if (store.checkpoints / "server_optimizer.pt").exists():
+                coordinator.load_server_state_dict(store.load_torch("server_optimizer.pt"))
             restored = True
         lost = sorted(r for r in ledger.committed_rounds() if r >= start_round)
         if lost:
@@ -487,7 +489,7 @@ def _run_simulation(config: SimulationConfig, out_dir, *, resume: bool, quiet: b
                         patients=cohort.patients[name], public_weight=weights[name],
                         randomness=None if test_only_randomness is None else test_only_randomness(name))
              for i, name in enumerate(names)}
-    coordinator = Coordinator(shared_init, shared_names)
+    coordinator = Coordinator(shared_init, shared_names, config.server_rule())
     # FedAvg weights are declared and public (equal by default): never a site's private record count.
     weight_bound = max(weights.values())
     run = open_run(config, names, coordinator, weight_bound, out_dir, resume=resume, log=log, site_identities=True)
