@@ -272,11 +272,11 @@ class SimulationConfig:
         data["baselines"] = list(self.baselines)
         if data["bids"] is None:  # added later: left out when unset, so older run directories still resume
             del data["bids"]
+        else:
+            data["bids"] = {k: list(v) if isinstance(v, tuple) else v for k, v in data["bids"].items()}
         for name, default in (("server_optimizer", "fedavg"), ("server_learning_rate", None), ("server_momentum", 0.9)):
             if data[name] == default:  # added later too: the default leaves older fingerprints unchanged
                 del data[name]
-        else:
-            data["bids"] = {k: list(v) if isinstance(v, tuple) else v for k, v in data["bids"].items()}
         return data
 
     def server_rule(self):
