@@ -242,3 +242,31 @@ def test_best_local_is_the_per_seed_maximum_and_an_unfavourable_result_is_stated
     assert "**Federated was worse than the best local-only model**" in text
     assert "**The autoencoder did NOT beat the intensity-threshold baseline**" in text
     assert "Only 3 seeds" in text
+
+
+def test_no_dpia_rests_on_a_seeded_experiment_run(cli_run, capsys):
+    out, _ = cli_run
+    run = out / "runs" / "seed-0" / "federated"
+    assert main(["dpia", str(run), "--format", "md"]) == 2
+    assert "seeded noise: not a privacy guarantee" in capsys.readouterr().err
+    assert not (run / "dpia.md").exists()
+
+
+def test_privacy_utility_curve_is_summarised_and_rendered():
+    records = []
+    for seed in range(2):
+        for eps, fed, central in ((8.0, 0.3, 0.32), (1.0, 0.2, 0.21)):
+            for arm, value in (("federated", fed + 0.01 * seed), ("central", central)):
+                r = _record(seed, arm, arm, value)
+                r["epsilon_target"], r["sweep"] = eps, eps != 8.0
+                records.append(r)
+    stats = summarise(records, ("federated", "central"))
+    curve = stats["privacy_utility"]
+    assert list(curve["federated"]) == ["1.0", "8.0"]
+    assert curve["federated"]["1.0"]["mean"] == pytest.approx(0.205) and curve["central"]["8.0"]["n"] == 2
+    # The sweep's runs never enter the main comparison.
+    assert stats["metrics"]["overall/auprc"]["differences"]["central"]["t"]["mean"] == pytest.approx(0.3 + 0.005 - 0.32)
+    results = {"statistics": stats, "records": records, "command": "c", "seconds": 1,
+               "experiment": {"name": "t", "arms": ["federated", "central"], "vary_data": False, "epsilons": [1.0]},
+               "simulation_base": load_config(preset="tiny").to_dict(), "cpu_count": 2}
+    assert "## Privacy-utility" in render_report(results, [])
