@@ -56,8 +56,8 @@ def headline(results: dict) -> list[str]:
             return
         d = diffs[name]["t"]
         word = {"higher": better, "lower": worse}.get(d["verdict"] if "verdict" in d else _verdict(d), unclear)
-        lines.append(f"- {word} (federated − {_NAMES[name]}: {_ci(diffs[name])} AUPRC, 95% t-interval, n = {n} "
-                     f"seeds; federated higher in {diffs[name]['federated_wins']} of {d['n']}).")
+        lines.append(f"- {word}: federated − {_NAMES[name]} = {_ci(diffs[name])} AUPRC (mean [95% t-interval], "
+                     f"n = {n} seeds; federated higher in {diffs[name]['federated_wins']} of {d['n']}).")
 
     verdict("best_local", "**Federated beat every local-only model**",
             "**Federated was worse than the best local-only model**",
