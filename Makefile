@@ -15,7 +15,7 @@ RESULTS ?= results
 # pytest 9.2 xdist 3.8's xdist_group marks have no effect.)
 PYTEST_WORKERS ?= auto
 
-.PHONY: demo test bench bench-quick clean chromium
+.PHONY: demo test bench bench-quick clean chromium experiment
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -40,6 +40,11 @@ $(VENV)/.stamp-dev: $(VENV)/.stamp-sim
 # Each run gets its own directory under runs/ (nothing is overwritten).
 demo: $(VENV)/.stamp-sim
 	$(VENV)/bin/secagg simulate --out runs/demo-$$(date +%Y%m%d-%H%M%S)
+
+# The reference experiment (experiments/reference.toml): federated vs every local-only model, central and
+# non-private over five seeds with seeded (labelled) DP noise; writes report.md and plots into its directory.
+experiment: $(VENV)/.stamp-sim
+	$(VENV)/bin/secagg experiment --config experiments/reference.toml --out experiments/runs/reference-$$(date +%Y%m%d-%H%M%S)
 
 # Headless Chromium renders the DPIA to PDF and screenshots it in the tests. Installed
 # from Debian's packages when missing and we are root; otherwise those tests skip.

@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from importlib import metadata
 from typing import Callable, Iterable, Sequence
@@ -326,7 +326,9 @@ def compute_epsilon(
     if len(units) > 1:
         # Composing a slice-level and a patient-level spend gives no bound in either unit.
         raise InvalidPrivacyParameterError(f"events mix privacy units {sorted(units)}; account them separately")
-    merged = merge_events(events)
+    # The accountants read only the mechanism parameters: one cache entry per history, whichever site or
+    # round it belongs to (every site of a run spends the same events).
+    merged = tuple(replace(e, site="merged", round=0) for e in merge_events(events))
     results = tuple(_cached_run(a, merged, delta, True) for a in accountants)
     approx = tuple(_cached_run(a, merged, delta, False) for a in approximations)
     valid = [r for r in results if r.ok]

@@ -15,7 +15,9 @@ volumes, and reports for the model *and* for the intensity baseline:
   peeks at the labels** (it bounds ``dice_pooled``, not the per-volume mean),
   reported to show headroom, never as a result.
 
-Everything is given overall and per lesion type (where types are known).
+Everything is given overall and per lesion type (where types are known), and,
+when the caller passes ``groups`` (one label per pathological volume, e.g. the
+site it came from), per group (:attr:`MethodReport.by_group`).
 Volumes whose lesion lies entirely outside the kept slices have no ground
 truth to detect; they are left out of the Dice average and listed in
 ``DetectionReport.excluded`` (their voxels still count as negatives in the
@@ -25,7 +27,7 @@ pooled curves).
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Mapping, Sequence
 
 import numpy as np
@@ -73,6 +75,7 @@ class MethodReport:
     threshold: Threshold
     overall: DetectionMetrics
     by_lesion_type: Mapping[str, DetectionMetrics]
+    by_group: Mapping[str, DetectionMetrics] = field(default_factory=dict)  # only when groups were given
 
 
 @dataclass(frozen=True)
@@ -186,6 +189,7 @@ def _method(
     pathology: Sequence[SliceVolume],
     fpr: float,
     max_exact: int,
+    groups: Sequence[str] | None = None,
 ) -> MethodReport:
     threshold = calibrate_threshold(((m, v.brain) for m, v in zip(healthy_maps, healthy)), fpr)
     overall = _metrics(test_maps, pathology, threshold.value, max_exact)
@@ -196,7 +200,15 @@ def _method(
         if not any(v.lesion.any() for v in subset):  # type: ignore[union-attr]
             continue
         by_type[lesion_type] = _metrics([test_maps[i] for i in index], subset, threshold.value, max_exact)
-    return MethodReport(method=method, threshold=threshold, overall=overall, by_lesion_type=by_type)
+    by_group = {}
+    for group in sorted(set(groups or ())):
+        index = [i for i, g in enumerate(groups) if g == group]
+        subset = [pathology[i] for i in index]
+        if not any(v.lesion.any() for v in subset):  # type: ignore[union-attr]
+            continue  # no lesion voxel in this group's kept slices: no curve to draw
+        by_group[group] = _metrics([test_maps[i] for i in index], subset, threshold.value, max_exact)
+    return MethodReport(method=method, threshold=threshold, overall=overall, by_lesion_type=by_type,
+                        by_group=by_group)
 
 
 def evaluate(
@@ -208,6 +220,7 @@ def evaluate(
     median_size: int | tuple[int, int, int] = 5,
     batch_size: int = 64,
     max_exact_voxels: int = 30_000_000,
+    groups: Sequence[str] | None = None,
 ) -> DetectionReport:
     """Evaluate anomaly detection of a model beside the intensity baseline.
 
@@ -216,9 +229,15 @@ def evaluate(
     ``healthy_val``: healthy validation volumes (never seen in training) that
     fix each method's threshold at false-positive rate ``fpr``.
     ``pathology``: volumes with lesion masks. See :mod:`models.scoring` for the
-    scores and the module docstring for the metrics.
+    scores and the module docstring for the metrics. ``groups``: one label per
+    pathological volume (e.g. its site); each method's metrics are then also given per
+    group, at the same healthy-data threshold.
     """
     healthy_val, pathology = tuple(healthy_val), tuple(pathology)
+    if groups is not None:
+        groups = tuple(str(g) for g in groups)
+        if len(groups) != len(pathology):
+            raise ScoringError(f"groups has {len(groups)} labels for {len(pathology)} pathological volumes")
     if not healthy_val:
         raise ScoringError("no healthy validation volumes to fix the threshold on")
     if not pathology:
@@ -238,11 +257,12 @@ def evaluate(
         return [intensity_scores(v, median_size=median_size) for v in volumes]
 
     model = _method(
-        "model", model_maps(healthy_val), healthy_val, model_maps(pathology), pathology, fpr, max_exact_voxels
+        "model", model_maps(healthy_val), healthy_val, model_maps(pathology), pathology, fpr, max_exact_voxels,
+        groups,
     )
     baseline = _method(
         "intensity baseline", baseline_maps(healthy_val), healthy_val, baseline_maps(pathology), pathology,
-        fpr, max_exact_voxels,
+        fpr, max_exact_voxels, groups,
     )
     return DetectionReport(
         fpr=float(fpr),

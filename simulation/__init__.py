@@ -6,12 +6,17 @@
 * :mod:`simulation.engine` - the in-process transport for the masking, HE and plain paths.
 * :func:`export_run` / :func:`model_from_run` - ``secagg export`` (:mod:`simulation.export`): a run's
   model as one self-describing file.
+* :func:`run_experiment` / :func:`load_experiment_config` - ``secagg experiment``
+  (:mod:`simulation.experiment`): federated vs local, central and non-private over seeds, with
+  seeded (labelled, never a privacy guarantee) noise, paired statistics and a report.
+* :mod:`simulation.server_optimizer` - FedAvg, server momentum, FedAdam on the decoded mean.
 * :mod:`simulation.dpia` - ``secagg dpia``; :mod:`simulation.demo` - ``secagg demo``.
 * :mod:`simulation.flower` - the Flower engine (prototype, optional ``flower`` extra).
 """
 
 from .config import ConfigError, SimulationConfig, load_config
 from .demo import DemoReport, run_demo
+from .experiment import ExperimentConfig, load_experiment_config, run_experiment
 from .export import export_run, model_from_run
 from .simulate import SimulationError, SimulationResult, format_summary, run_simulation
 
@@ -19,4 +24,5 @@ __all__ = [
     "SimulationConfig", "load_config", "ConfigError",
     "run_simulation", "SimulationResult", "SimulationError", "format_summary",
     "DemoReport", "run_demo", "export_run", "model_from_run",
+    "ExperimentConfig", "load_experiment_config", "run_experiment",
 ]

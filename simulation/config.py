@@ -93,6 +93,12 @@ class SimulationConfig:
     the defaults, at most 512 voxels per axis, 2^27 voxels, 1 GiB of voxels,
     0.1-10 mm voxels).
 
+    Server optimiser (:mod:`simulation.server_optimizer`; the in-process
+    simulation only - Flower runs FedAvg): ``server_optimizer`` (``fedavg``,
+    ``momentum`` or ``adam``, applied by the coordinator to the decoded mean:
+    public post-processing, no privacy cost), ``server_learning_rate``
+    (``None``: 1 for fedavg/momentum, 0.01 for adam), ``server_momentum``.
+
     ``baselines``: also train ``local`` (each site alone) and/or ``central``
     (pooled data) models with the same privacy budget, for comparison.
 
@@ -145,6 +151,9 @@ class SimulationConfig:
     site_weights: dict | None = None
     skip_invalid: bool = False
     volume_limits: dict | None = None
+    server_optimizer: str = "fedavg"
+    server_learning_rate: float | None = None
+    server_momentum: float = 0.9
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "baselines", tuple(self.baselines))
@@ -235,6 +244,10 @@ class SimulationConfig:
                     VolumeLimits.from_mapping(self.volume_limits)
                 except ValueError as exc:
                     raise ConfigError(str(exc)) from None
+        try:
+            self.server_rule()
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
         if self.active and self.mode == "plain":
             raise ConfigError("active mode needs a masking protocol; it is meaningless with --mode plain")
         if self.bids is not None and not isinstance(self.bids, dict):
@@ -261,7 +274,16 @@ class SimulationConfig:
             del data["bids"]
         else:
             data["bids"] = {k: list(v) if isinstance(v, tuple) else v for k, v in data["bids"].items()}
+        for name, default in (("server_optimizer", "fedavg"), ("server_learning_rate", None), ("server_momentum", 0.9)):
+            if data[name] == default:  # added later too: the default leaves older fingerprints unchanged
+                del data[name]
         return data
+
+    def server_rule(self):
+        """The coordinator's update rule (:mod:`simulation.server_optimizer`)."""
+        from .server_optimizer import ServerRule
+
+        return ServerRule(self.server_optimizer, self.server_learning_rate, momentum=self.server_momentum)
 
     def public_weights(self, site_names) -> dict:
         """The declared public FedAvg weight of each site (equal weights when none are declared)."""

@@ -20,6 +20,7 @@ import numpy as np
 import secagg
 from secagg.encoding import ring_dtype
 
+from .server_optimizer import ServerRule, ServerState, server_step
 from .site import unflatten
 
 __all__ = ["Coordinator", "PlainAggregator", "RoundAggregate"]
@@ -70,9 +71,12 @@ class PlainAggregator:
 class Coordinator:
     """Global model, per-round server session, FedAvg."""
 
-    def __init__(self, global_shared: dict, shared_names: list[str]) -> None:
+    def __init__(self, global_shared: dict, shared_names: list[str], server_rule: ServerRule | None = None) -> None:
         self.global_shared = {n: global_shared[n].detach().clone() for n in shared_names}
         self.shared_names = list(shared_names)
+        # How the decoded mean becomes a step (simulation.server_optimizer); FedAvg by default.
+        self.server_rule = server_rule or ServerRule()
+        self.server_state = ServerState()
         self.inbox: list[bytes] = []  # everything received, in wire form (for audits and tests)
         self.server: secagg.ServerSession | PlainAggregator | None = None
 
@@ -134,11 +138,27 @@ class Coordinator:
         self.server = None
         return RoundAggregate(mean_update=total / len(included), weight_sum=float(len(included)), included=included)
 
-    def apply(self, aggregate: RoundAggregate, server_learning_rate: float = 1.0) -> None:
-        """global <- global + lr * mean update (FedAvg)."""
-        delta = unflatten(aggregate.mean_update, self.global_shared, self.shared_names)
+    def apply(self, aggregate: RoundAggregate) -> None:
+        """global <- global + the server optimiser's step for the decoded mean (FedAvg: the mean itself)."""
+        step, self.server_state = server_step(self.server_rule, aggregate.mean_update, self.server_state)
+        delta = unflatten(step, self.global_shared, self.shared_names)
         for name in self.shared_names:
-            self.global_shared[name] = self.global_shared[name] + server_learning_rate * delta[name]
+            self.global_shared[name] = self.global_shared[name] + delta[name]
+
+    def server_state_dict(self) -> dict | None:
+        """The server optimiser's state (None for FedAvg, which has none), for checkpoints."""
+        if self.server_state.first is None:
+            return None
+        import torch
+
+        state = {"t": torch.tensor(self.server_state.t), "first": torch.from_numpy(self.server_state.first.copy())}
+        if self.server_state.second is not None:
+            state["second"] = torch.from_numpy(self.server_state.second.copy())
+        return state
+
+    def load_server_state_dict(self, state: dict) -> None:
+        self.server_state = ServerState(int(state["t"]), state["first"].numpy().astype(np.float64),
+                                        state["second"].numpy().astype(np.float64) if "second" in state else None)
 
     def state_dict(self) -> dict:
         return {n: t.clone() for n, t in self.global_shared.items()}

@@ -152,6 +152,9 @@ def _read_run(run_dir: Path) -> dict:
     stored = _read_json(run_dir / "config.json", "the run's configuration", required=True)
     config = stored.get("config", stored)
     summary = _read_json(run_dir / "summary.json", "the run's summary (did the run finish?)", required=False)
+    if isinstance(summary, dict) and summary.get("seeded_noise"):
+        raise DPIAError(f"{run_dir} is a `secagg experiment` run whose DP noise was seeded (seeded noise: not a "
+                        "privacy guarantee); no DPIA can rest on it")
     audit = _read_json(run_dir / "audit.json", "the empirical privacy audit", required=False)
     metrics = []
     if (run_dir / "metrics.jsonl").is_file():

@@ -335,6 +335,9 @@ def run_rounds(ctx: RunContext, fleet: Fleet, store, state: dict, start_round: i
     for round_index in range(start_round, ctx.config.rounds):
         record = run_round(ctx, fleet, round_index, dropout_model.plan(round_index, sorted(ctx.site_ids)))
         store.save_torch("global.pt", ctx.coordinator.state_dict())
+        server_state = ctx.coordinator.server_state_dict()
+        if server_state is not None:  # server momentum / FedAdam: their moments resume with the run
+            store.save_torch("server_optimizer.pt", server_state)
         fleet.save_checkpoints(store)
         state["last_round"] = round_index
         state.setdefault("rounds", {})[str(round_index)] = record["status"]

@@ -43,7 +43,8 @@ from .site import Site
 
 __all__ = ["run_simulation", "protocol_parameters", "open_run", "dp_sgd_config", "OpenRun", "privacy_summary",
            "public_site_facts",
-           "SimulationResult", "SimulationError", "resume_config"]
+           "SimulationResult", "SimulationError", "resume_config", "CohortSplit", "prepare_cohort", "new_model",
+           "evaluate_model", "train_baseline", "pooled_training_data", "pathology_sites"]
 
 
 class SimulationError(ValueError):
@@ -69,9 +70,34 @@ class SimulationResult:
     run_dir: Path
     summary: dict
     registry: dict = field(default_factory=dict)  # site -> ledger verify key: keep a copy outside the run dir
+    # In memory only, for the experiment (simulation.experiment): never written by the simulation.
+    reports: dict = field(default_factory=dict)  # evaluated model -> models.DetectionReport ("federated", or per site)
+    cohort: object = None  # the CohortSplit the run trained and evaluated on
 
 
 # -- data -----------------------------------------------------------------------
+
+
+def prepare_cohort(config: SimulationConfig, log) -> CohortSplit:
+    """The run's cohort (synthetic, generated and cached, or ``config.data``) split into sites."""
+    return _prepare_data(config, log)
+
+
+def pathology_sites(cohort: CohortSplit) -> list[str]:
+    """The site each pooled pathological volume came from (aligned with ``cohort.pathology``)."""
+    owner = {id(v): name for name, site in cohort.examples.items() for v in site.pathology}
+    return [owner.get(id(v), "unknown") for v in cohort.pathology]
+
+
+def pooled_training_data(cohort: CohortSplit):
+    """All sites' training slices and patient ids, pooled (the central baseline's data).
+
+    Patient ids stay distinct across sites: each site's ids are offset by the patients before it."""
+    names = cohort.site_names
+    pooled = np.concatenate([cohort.train[n] for n in names])
+    offsets = np.cumsum([0] + [int(cohort.patients[n].max()) + 1 for n in names[:-1]])
+    patients = np.concatenate([cohort.patients[n] + o for n, o in zip(names, offsets)])
+    return pooled, patients
 
 
 def _prepare_data(config: SimulationConfig, log) -> CohortSplit:
@@ -117,6 +143,11 @@ def _prepare_data(config: SimulationConfig, log) -> CohortSplit:
 
 
 # -- models ---------------------------------------------------------------------
+
+
+def new_model(config: SimulationConfig):
+    """A fresh model of ``config.model``, initialised from ``config.seed`` (the same for every arm)."""
+    return _new_model(config)
 
 
 def _new_model(config: SimulationConfig):
@@ -323,6 +354,8 @@ def open_run(config: SimulationConfig, site_names, coordinator: Coordinator, wei
         start_round = state["last_round"] + 1
         if start_round > 0:
             coordinator.load_state_dict(store.load_torch("global.pt"))
+            if (store.checkpoints / "server_optimizer.pt").exists():
+                coordinator.load_server_state_dict(store.load_torch("server_optimizer.pt"))
             restored = True
         lost = sorted(r for r in ledger.committed_rounds() if r >= start_round)
         if lost:
@@ -379,8 +412,15 @@ def run_simulation(
     quiet: bool = False,
     stop_after_round: int | None = None,
     test_only_randomness=None,
+    experiment_noise=None,
 ) -> SimulationResult:
     """Run (or resume) a simulation into ``out_dir``; returns the summary.
+
+    ``experiment_noise`` (``secagg experiment`` ONLY, never the default): a
+    :class:`simulation.experiment.SeededExperimentNoise` whose per-site seeded streams replace the
+    sites' CSPRNG sampling and noise, so that an experiment repeats exactly. Seeded noise is not a
+    privacy guarantee: it needs ``secure_rng=False`` (the ledger records it), is refused with
+    anything but that class, and ``summary.json`` then carries ``"seeded_noise"`` with the label.
 
     ``test_only_randomness`` (TESTS ONLY, never the default): a function site name -> an object
     with ``poisson_mask(n, q)`` and ``gaussian(shape, std)`` that replaces the sites' DP sampling
@@ -394,14 +434,28 @@ def run_simulation(
     """
     with private_umask():
         result = _run_simulation(config, out_dir, resume=resume, quiet=quiet, stop_after_round=stop_after_round,
-                                 test_only_randomness=test_only_randomness)
+                                 test_only_randomness=test_only_randomness, experiment_noise=experiment_noise)
     RunDirectory(out_dir).restrict()
     return result
 
 
 def _run_simulation(config: SimulationConfig, out_dir, *, resume: bool, quiet: bool,
-                    stop_after_round: int | None, test_only_randomness=None) -> SimulationResult:
+                    stop_after_round: int | None, test_only_randomness=None,
+                    experiment_noise=None) -> SimulationResult:
     import torch
+
+    if experiment_noise is not None:
+        from .experiment.randomness import SeededExperimentNoise
+
+        if not isinstance(experiment_noise, SeededExperimentNoise):
+            raise SimulationError("experiment_noise must be a simulation.experiment.SeededExperimentNoise")
+        if config.secure_rng:
+            raise SimulationError("seeded experiment noise needs secure_rng = false (it is not a privacy guarantee)")
+        if test_only_randomness is not None:
+            raise SimulationError("pass either test_only_randomness or experiment_noise, not both")
+        if resume:
+            raise SimulationError("an experiment run cannot be resumed: its seeded streams would restart")
+        test_only_randomness = experiment_noise.for_site
 
     torch.set_num_threads(max(1, torch.get_num_threads()))
     progress = Progress(enabled=not quiet)
@@ -435,7 +489,7 @@ def _run_simulation(config: SimulationConfig, out_dir, *, resume: bool, quiet: b
                         patients=cohort.patients[name], public_weight=weights[name],
                         randomness=None if test_only_randomness is None else test_only_randomness(name))
              for i, name in enumerate(names)}
-    coordinator = Coordinator(shared_init, shared_names)
+    coordinator = Coordinator(shared_init, shared_names, config.server_rule())
     # FedAvg weights are declared and public (equal by default): never a site's private record count.
     weight_bound = max(weights.values())
     run = open_run(config, names, coordinator, weight_bound, out_dir, resume=resume, log=log, site_identities=True)
@@ -452,9 +506,11 @@ def _run_simulation(config: SimulationConfig, out_dir, *, resume: bool, quiet: b
     registry = dict(run.identities.registry)
     if interrupted:
         return SimulationResult(Path(out_dir), {"stopped_after_round": stop_after_round}, registry)
+    reports: dict = {}
     summary = _finish(config, cohort, sites, coordinator, run.store, run.ctx.protocol, run.calibration, shared_names,
-                      reference, started, stopped, progress, registry)
-    return SimulationResult(Path(out_dir), summary, registry)
+                      reference, started, stopped, progress, registry, reports=reports,
+                      seeded=None if experiment_noise is None else experiment_noise.describe())
+    return SimulationResult(Path(out_dir), summary, registry, reports=reports, cohort=cohort)
 
 
 
@@ -474,11 +530,18 @@ def _global_model(config, coordinator, reference_site_model=None):
     return model
 
 
+def evaluate_model(model, cohort: CohortSplit, config: SimulationConfig):
+    """The detection report of ``model`` beside the intensity baseline on the cohort's pooled pathological
+    volumes (threshold fixed on the healthy validation volumes), also per test site (``by_group``)."""
+    return _evaluate(model, cohort, config)
+
+
 def _evaluate(model, cohort, config):
     import models
 
     median = 3 if config.image_size <= 64 else 5
-    report = models.evaluate(model, cohort.val, cohort.pathology, fpr=0.01, median_size=median)
+    report = models.evaluate(model, cohort.val, cohort.pathology, fpr=0.01, median_size=median,
+                             groups=pathology_sites(cohort))
     return report
 
 
@@ -489,7 +552,14 @@ def _metrics(report, which: str) -> dict:
             "best_dice_upper_bound": overall.best_dice}
 
 
-def _train_baseline(config, data, patients, steps, sigma, site_name, progress):
+def train_baseline(config, data, patients, steps, sigma, site_name, progress=None, *, randomness=None):
+    """RESEARCH-ONLY: :func:`_train_baseline` (``randomness``: an experiment's seeded stream, or None)."""
+    if progress is None:
+        progress = Progress(enabled=False)
+    return _train_baseline(config, data, patients, steps, sigma, site_name, progress, randomness=randomness)
+
+
+def _train_baseline(config, data, patients, steps, sigma, site_name, progress, *, randomness=None):
     """RESEARCH-ONLY comparison: a model trained alone on ``data`` with the same sigma, q, unit and
     total steps. Only the simulator, which holds every site's data, can train it; nothing of it is
     released in a deployment, and it is not in the ledger."""
@@ -506,12 +576,12 @@ def _train_baseline(config, data, patients, steps, sigma, site_name, progress):
     with progress.task(f"baseline {site_name}", total=steps) as advance:
         train_dp_sgd(model, torch.from_numpy(data), cfg, site=site_name, round_index=0,
                      progress=lambda step, loss: advance(), patients=patients,
-                     loss_fn=models.training_loss(model))
+                     loss_fn=models.training_loss(model), randomness=randomness)
     return model
 
 
 def _finish(config, cohort, sites, coordinator, store, protocol, calibration, shared_names, reference, started,
-            stopped, progress, registry=None) -> dict:
+            stopped, progress, registry=None, reports=None, seeded=None) -> dict:
     log = progress.log
     if cohort.skipped:  # which input files were left out stays with the sites' own records
         local = store.root / SITE_LOCAL_DIR
@@ -529,6 +599,8 @@ def _finish(config, cohort, sites, coordinator, store, protocol, calibration, sh
         # FedDis: each site's personalised model (global shape + its own appearance and decoder).
         per_site = {name: _evaluate(_global_model(config, coordinator, site.model), cohort, config)
                     for name, site in sites.items()}
+        if reports is not None:
+            reports.update(per_site)
         results["federated"] = {k: float(np.mean([_metrics(r, "model")[k] for r in per_site.values()]))
                                 for k in ("dice", "auprc", "auroc", "best_dice_upper_bound")}
         results["federated_per_site"] = {n: _metrics(r, "model") for n, r in per_site.items()}
@@ -539,6 +611,8 @@ def _finish(config, cohort, sites, coordinator, store, protocol, calibration, sh
         first_site = None
         federated_model = _global_model(config, coordinator)
         federated_report = _evaluate(federated_model, cohort, config)
+        if reports is not None:
+            reports["federated"] = federated_report
         results["federated"] = _metrics(federated_report, "model")
     results["intensity_baseline"] = _metrics(federated_report, "baseline")
     if "local" in config.baselines:
@@ -548,10 +622,7 @@ def _finish(config, cohort, sites, coordinator, store, protocol, calibration, sh
                                     f"local-{name}", progress)
             results["local"][name] = _metrics(_evaluate(model, cohort, config), "model")
     if "central" in config.baselines:
-        pooled = np.concatenate([cohort.train[n] for n in cohort.site_names])
-        # Patient ids stay distinct across sites: offset each site's ids by the patients before it.
-        offsets = np.cumsum([0] + [int(cohort.patients[n].max()) + 1 for n in cohort.site_names[:-1]])
-        pooled_patients = np.concatenate([cohort.patients[n] + o for n, o in zip(cohort.site_names, offsets)])
+        pooled, pooled_patients = pooled_training_data(cohort)
         model = _train_baseline(config, pooled, pooled_patients, total_steps, sigma, "central", progress)
         results["central"] = _metrics(_evaluate(model, cohort, config), "model")
 
@@ -595,6 +666,9 @@ def _finish(config, cohort, sites, coordinator, store, protocol, calibration, sh
                           "in the ledger",
         "seconds": round(time.perf_counter() - started, 1),
     }
+    if seeded is not None:  # secagg experiment: the DP noise and sampling were seeded (not a guarantee)
+        summary["seeded_noise"] = seeded
+        summary["privacy"]["seeded_noise"] = seeded["label"]
     from .runstore import atomic_write_json
 
     atomic_write_json(store.summary_path, summary)

@@ -144,3 +144,26 @@ def test_registry_names():
     assert {"rdp", "prv", "pld"} <= set(ACCOUNTANTS)
     with pytest.raises(InvalidPrivacyParameterError, match="unknown accountant"):
         epsilon_for(noise_multiplier=1.0, sample_rate=0.01, steps=10, delta=1e-5, accountants=("gdp",))
+
+
+def test_the_same_history_of_another_site_or_round_reuses_the_accounting(monkeypatch):
+    """Accountants read only the mechanism parameters: a second site with the same spends costs nothing."""
+    import dp.accounting as accounting
+
+    calls = []
+    real = accounting._run
+
+    def counting(entry, events, delta, *, upper):
+        calls.append(entry.name)
+        return real(entry, events, delta, upper=upper)
+
+    monkeypatch.setattr(accounting, "_run", counting)
+    first = compute_epsilon([PrivacyEvent(site="site-a", round=0, noise_multiplier=1.2345, sample_rate=0.0371,
+                                          steps=17, delta=1e-5)], 1e-5, accountants=("rdp",))
+    assert calls == ["rdp"]
+    second = compute_epsilon([PrivacyEvent(site="site-b", round=4, noise_multiplier=1.2345, sample_rate=0.0371,
+                                           steps=17, delta=1e-5)], 1e-5, accountants=("rdp",))
+    assert calls == ["rdp"] and second.bound == first.bound
+    compute_epsilon([PrivacyEvent(site="site-b", round=4, noise_multiplier=1.2345, sample_rate=0.0371,
+                                  steps=18, delta=1e-5)], 1e-5, accountants=("rdp",))
+    assert calls == ["rdp", "rdp"]  # another history is computed
