@@ -124,8 +124,9 @@ def test_honest_nodes_refuse_a_coordinator_that_forges_an_identity(tmp_path):
     nodes = _nodes(tmp_path, **{site: {"signing-key": str(keys[site].signing_key_path), "registry": str(registry)}
                                 for site in SITES})
     run_dir = tmp_path / "run"
+    # A forging coordinator does not check the nodes' registration against its forged registry.
     summary = _federate(InMemoryGrid(client_app.app, nodes, DEFAULTS | RUN), run_dir, rounds=1, active=True,
-                        registry=str(forged))
+                        registry=str(forged), registration="names")
     record = _metrics(run_dir)[0]
     assert record["status"] == "aborted" and record["survivors_per_stage"]["advertise"] == []
     assert summary["privacy"]["epsilon_spent"] == {site: None for site in SITES}
@@ -279,3 +280,31 @@ def test_a_node_refuses_a_tampered_sealed_session_a_loose_state_key_and_a_missin
     record = _metrics(tmp_path / "run2")[0]
     assert "sealed session does not open" in record["refusals"]["site-1"]
     assert "site-1" not in record["included"]
+
+
+def test_with_a_registry_a_stranger_and_an_impostor_are_left_out_and_the_registered_sites_run(tmp_path, capsys):
+    """Issue 21: one unexpected node no longer aborts the run ("4 of 3 sites registered"), and a node
+    naming another site without that site's key cannot register as it."""
+    from simulation.identity import add_to_registry, write_identity
+
+    registry = tmp_path / "registry.json"
+    nodes = _nodes(tmp_path)
+    for site in SITES:
+        add_to_registry(registry, write_identity(tmp_path / f"node-{site}", site))  # STATE_DIR/SITE.ed25519
+    extra = {"epsilon-budget": 8.0, "drop-sleep": 0.0}
+    nodes[103] = {"partition-id": 3, "site": "site-2", "state-dir": str(tmp_path / "impostor")} | extra
+    nodes[104] = {"partition-id": 4, "site": "site-9", "state-dir": str(tmp_path / "stranger")} | extra
+    # The impostor holds a key of its own for "site-2" (not the registered one).
+    write_identity(tmp_path / "impostor", "site-2")
+    summary = _federate(InMemoryGrid(client_app.app, nodes, DEFAULTS | RUN), tmp_path / "run", rounds=1,
+                        registry=str(registry))
+    assert summary["rounds_completed"] == 1
+    assert _metrics(tmp_path / "run")[0]["included"] == list(SITES)
+    out = capsys.readouterr().out
+    assert "node 103 left out: it claims site 'site-2' but cannot sign with that site's key" in out
+    assert "node 104 left out: its site 'site-9' is not in the registry" in out
+    for outsider in ("impostor", "stranger"):  # they joined no session
+        assert not (tmp_path / outsider / "sessions.journal").exists()
+    # Without a registry names are taken as given: the same fleet cannot run.
+    with pytest.raises(ValueError, match="two nodes claim site 'site-2'"):
+        _federate(InMemoryGrid(client_app.app, nodes, DEFAULTS | RUN), tmp_path / "run2", rounds=1)

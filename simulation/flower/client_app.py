@@ -89,7 +89,7 @@ from .sealed_state import seal, unseal
 from .session_journal import claim_session
 from .ledger_link import (ANCHOR_RECORD, STATEMENT_RECORD, node_ledger_signer, remember_signed,
                           statement_from_record)
-from .transport import STAGE_OF, RoundSetup
+from .transport import STAGE_OF, RoundSetup, hello_payload
 
 require_flwr()
 
@@ -179,7 +179,25 @@ def _refuse(message: Message, reason: str, anchored: ConfigRecord | None = None)
 
 @app.query("hello")
 def hello(message: Message, context: Context) -> Message:
-    return Message(RecordDict({"site": ConfigRecord({"site": site_name(context)})}), reply_to=message)
+    """The node's site name; signed with the site's key over the coordinator's challenge when one is sent.
+
+    With a registry the coordinator registers only a node that proves it holds the key registered for
+    the site it names (:func:`.transport.hello_payload`), so a node cannot take another site's name.
+    """
+    site = site_name(context)
+    answer = {"site": site}
+    challenge = message.content.config_records.get("challenge")
+    if challenge is not None:
+        try:
+            key = node_ledger_key(context, site)
+        except (secagg.ProtocolError, ValueError, OSError) as exc:
+            print(f"[secagg-node] cannot sign the registration: {exc}", file=sys.stderr, flush=True)
+            key = None
+        if key is not None:
+            from secagg.crypto import sign
+
+            answer["signature"] = sign(key.seed, hello_payload(bytes(challenge["nonce"]), site))
+    return Message(RecordDict({"site": ConfigRecord(answer)}), reply_to=message)
 
 
 # -- the node's own privacy ledger ------------------------------------------------------
