@@ -692,8 +692,10 @@ def build_dpia(run_dir, org: dict | None = None, *, today: str | None = None) ->
             *([f"Site signatures on the coordinator's ledger: {deployment['ledger_signatures']}."]
               if deployment.get("ledger_signatures") else []),
             f"Site identities: {deployment.get('identities', 'n/a')}.",
-            "Residual risk: during a round each node keeps its protocol session (private keys and its masked "
-            "update) in Flower's node state on its own machine, not encrypted at rest; protect the node host.",
+            "Node state at rest: during a round each node keeps its protocol session (private keys and its "
+            "masked update) in Flower's node state sealed with XChaCha20-Poly1305 under a key that stays in the "
+            "node's own state directory (STATE_DIR/state.key, 0600). Residual risk: whoever reads that state "
+            "directory holds the key as well as the node's ledger and identity; protect the node host.",
         ]))
     blocks.append(_p("Organisational and site security measures:"))
     blocks.append(_list(_org_list(org, "security_measures")))

@@ -9,6 +9,8 @@ import json
 
 import pytest
 
+import secagg
+
 pytest.importorskip("flwr")
 
 from flwr.common.constant import SUPERLINK_NODE_ID  # noqa: E402
@@ -122,8 +124,9 @@ def test_honest_nodes_refuse_a_coordinator_that_forges_an_identity(tmp_path):
     nodes = _nodes(tmp_path, **{site: {"signing-key": str(keys[site].signing_key_path), "registry": str(registry)}
                                 for site in SITES})
     run_dir = tmp_path / "run"
+    # A forging coordinator does not check the nodes' registration against its forged registry.
     summary = _federate(InMemoryGrid(client_app.app, nodes, DEFAULTS | RUN), run_dir, rounds=1, active=True,
-                        registry=str(forged))
+                        registry=str(forged), registration="names")
     record = _metrics(run_dir)[0]
     assert record["status"] == "aborted" and record["survivors_per_stage"]["advertise"] == []
     assert summary["privacy"]["epsilon_spent"] == {site: None for site in SITES}
@@ -193,3 +196,115 @@ def test_nodes_refuse_noise_from_a_non_cryptographic_generator_unless_their_oper
     summary = _federate(InMemoryGrid(client_app.app, allowed, DEFAULTS | RUN), tmp_path / "run2", rounds=1,
                         **{"secure-rng": False})
     assert summary["rounds_completed"] == 1
+
+
+def test_a_nodes_session_is_sealed_in_flowers_state_and_no_private_key_is_stored_in_the_clear(tmp_path, monkeypatch):
+    """After an active-mode round, neither Flower's ``context.state`` nor the node's journal holds a byte
+    string of the session's X25519 secret keys or the site's Ed25519 seed (issue 18)."""
+    import pickle
+
+    from secagg.crypto import X25519KeyPair
+    from simulation.flower.sealed_state import STATE_KEY_FILE, unseal
+    from simulation.flower.session_journal import JOURNAL_FILE
+    from simulation.identity import add_to_registry, load_signing_key, write_identity
+
+    secrets_made: list[bytes] = []
+    generate = X25519KeyPair.generate.__func__
+
+    def recording(cls):
+        pair = generate(cls)
+        secrets_made.append(pair.secret_key)
+        return pair
+
+    monkeypatch.setattr(X25519KeyPair, "generate", classmethod(recording))
+    registry = tmp_path / "registry.json"
+    keys = {site: write_identity(tmp_path / "keys", site) for site in SITES}
+    for identity in keys.values():
+        add_to_registry(registry, identity)
+    nodes = _nodes(tmp_path, **{site: {"signing-key": str(keys[site].signing_key_path), "registry": str(registry)}
+                                for site in SITES})
+    grid = InMemoryGrid(client_app.app, nodes, DEFAULTS | RUN)
+    summary = _federate(grid, tmp_path / "run", rounds=1, active=True, registry=str(registry))
+    assert summary["rounds_completed"] == 1
+    seeds = [load_signing_key(keys[site].signing_key_path).seed for site in SITES]
+    assert len(secrets_made) >= 2 * len(SITES) and all(len(s) == 32 for s in secrets_made + seeds)
+    for node, context in grid.contexts.items():
+        state_dir = tmp_path / f"node-{nodes[node]['site']}"
+        stored = pickle.dumps(context.state)  # everything Flower keeps for the node, serialised
+        stored += (state_dir / JOURNAL_FILE).read_bytes()
+        for secret in secrets_made + seeds:
+            assert secret not in stored
+        assert (state_dir / STATE_KEY_FILE).stat().st_mode & 0o777 == 0o600
+        # The sealed session opens with the node's key, for its site and run only.
+        sealed = bytes(context.state.config_records["secagg-client"]["session"])
+        session = pickle.loads(unseal(state_dir, nodes[node]["site"], context.run_id, sealed))
+        assert session.client_id >= 0
+        with pytest.raises(secagg.VerificationError):
+            unseal(state_dir, "site-9", context.run_id, sealed)
+        with pytest.raises(secagg.VerificationError):
+            unseal(state_dir, nodes[node]["site"], context.run_id + 1, sealed)
+
+
+def test_a_node_refuses_a_tampered_sealed_session_a_loose_state_key_and_a_missing_state_dir(tmp_path):
+    from simulation.flower.sealed_state import STATE_KEY_FILE, seal_key
+    from simulation.identity import write_identity
+
+    nodes = _nodes(tmp_path)
+    loose = tmp_path / "node-site-2" / STATE_KEY_FILE
+    seal_key(loose.parent)
+    loose.chmod(0o644)  # group/others may read it: the node will not use it
+    with pytest.raises(secagg.InvalidInputError, match="group or others"):
+        seal_key(loose.parent)
+    del nodes[102]["state-dir"]  # site-3 can sign (a signing-key) but has nowhere to keep its state key
+    nodes[102]["signing-key"] = str(write_identity(tmp_path / "keys", "site-3").signing_key_path)
+    _federate(InMemoryGrid(client_app.app, nodes, DEFAULTS | RUN), tmp_path / "run", rounds=1)
+    record = _metrics(tmp_path / "run")[0]
+    assert record["status"] == "aborted"
+    assert "no state-dir" in record["refusals"]["site-3"] and "state.key" in record["refusals"]["site-3"]
+    assert "group or others" in record["refusals"]["site-2"]
+
+    class _Tampering(InMemoryGrid):
+        """Flips one byte of site-1's sealed session in its state before each protocol exchange."""
+
+        def push_messages(self, messages):
+            messages = list(messages)
+            record = self.contexts[100].state.config_records.get("secagg-client")
+            if record is not None and messages[0].metadata.message_type == "query.secagg":
+                sealed = bytearray(bytes(record["session"]))
+                sealed[-1] ^= 1
+                record["session"] = bytes(sealed)
+            return super().push_messages(messages)
+
+    nodes = _nodes(tmp_path / "second")
+    _federate(_Tampering(client_app.app, nodes, DEFAULTS | RUN), tmp_path / "run2", rounds=1)
+    record = _metrics(tmp_path / "run2")[0]
+    assert "sealed session does not open" in record["refusals"]["site-1"]
+    assert "site-1" not in record["included"]
+
+
+def test_with_a_registry_a_stranger_and_an_impostor_are_left_out_and_the_registered_sites_run(tmp_path, capsys):
+    """Issue 21: one unexpected node no longer aborts the run ("4 of 3 sites registered"), and a node
+    naming another site without that site's key cannot register as it."""
+    from simulation.identity import add_to_registry, write_identity
+
+    registry = tmp_path / "registry.json"
+    nodes = _nodes(tmp_path)
+    for site in SITES:
+        add_to_registry(registry, write_identity(tmp_path / f"node-{site}", site))  # STATE_DIR/SITE.ed25519
+    extra = {"epsilon-budget": 8.0, "drop-sleep": 0.0}
+    nodes[103] = {"partition-id": 3, "site": "site-2", "state-dir": str(tmp_path / "impostor")} | extra
+    nodes[104] = {"partition-id": 4, "site": "site-9", "state-dir": str(tmp_path / "stranger")} | extra
+    # The impostor holds a key of its own for "site-2" (not the registered one).
+    write_identity(tmp_path / "impostor", "site-2")
+    summary = _federate(InMemoryGrid(client_app.app, nodes, DEFAULTS | RUN), tmp_path / "run", rounds=1,
+                        registry=str(registry))
+    assert summary["rounds_completed"] == 1
+    assert _metrics(tmp_path / "run")[0]["included"] == list(SITES)
+    out = capsys.readouterr().out
+    assert "node 103 left out: it claims site 'site-2' but cannot sign with that site's key" in out
+    assert "node 104 left out: its site 'site-9' is not in the registry" in out
+    for outsider in ("impostor", "stranger"):  # they joined no session
+        assert not (tmp_path / outsider / "sessions.journal").exists()
+    # Without a registry names are taken as given: the same fleet cannot run.
+    with pytest.raises(ValueError, match="two nodes claim site 'site-2'"):
+        _federate(InMemoryGrid(client_app.app, nodes, DEFAULTS | RUN), tmp_path / "run2", rounds=1)

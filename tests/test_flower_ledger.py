@@ -25,6 +25,7 @@ from simulation.cli import main  # noqa: E402
 from simulation.flower import client_app  # noqa: E402
 from simulation.flower.ledger_link import ANCHORS_DIR, LEDGER, STATEMENT_RECORD  # noqa: E402
 from simulation.flower.server_app import DEFAULTS, run_federation  # noqa: E402
+from simulation.flower.transport import HELLO  # noqa: E402
 from simulation.identity import add_to_registry, write_identity  # noqa: E402
 
 from .flower_harness import InMemoryGrid, as_node  # noqa: E402
@@ -130,6 +131,7 @@ def test_the_coordinators_ledger_carries_every_sites_signature_and_the_nodes_anc
     path, _ = write_dpia(run_dir, fmt="md", out=run_dir.parent / "dpia.md")
     assert ("Site signatures on the coordinator's ledger: every spend in the coordinator's ledger is signed on "
             "the site's node") in path.read_text()
+    assert "Flower's node state sealed with XChaCha20-Poly1305" in path.read_text()  # tests/test_flower_inmemory.py
 
 
 def test_nothing_the_coordinator_publishes_holds_a_wall_clock_time(federated):
@@ -209,9 +211,20 @@ class _TamperingGrid(InMemoryGrid):
 def test_a_spend_without_its_sites_valid_signature_is_not_committed(tmp_path, attack, expected):
     registry, states, nodes = _consortium(tmp_path)
     if attack == "foreign key":  # site-2's node signs with a key the consortium never registered
-        (states["site-2"] / "site-2.ed25519").unlink()
-        write_identity(states["site-2"], "site-2")
-        grid = InMemoryGrid(client_app.app, nodes, DEFAULTS | RUN)
+        class _KeySwap(InMemoryGrid):
+            """site-2's key is replaced after it registered (which it does with the registered key)."""
+
+            swapped = False
+
+            def send_and_receive(self, messages, *, timeout=None):
+                messages = list(messages)
+                if not self.swapped and messages[0].metadata.message_type != HELLO:
+                    (states["site-2"] / "site-2.ed25519").unlink()
+                    write_identity(states["site-2"], "site-2")
+                    self.swapped = True
+                return super().send_and_receive(messages, timeout=timeout)
+
+        grid = _KeySwap(client_app.app, nodes, DEFAULTS | RUN)
     else:
         grid = _TamperingGrid(client_app.app, nodes, DEFAULTS | RUN, victim=101,
                               action="lose" if attack == "lost reply" else "alter")

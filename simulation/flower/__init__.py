@@ -30,9 +30,9 @@ noise before masking, and keeps its own site-level budget.
 Not carried over Flower yet: the HE path and the plain baseline (both run in
 ``secagg simulate``), models that keep
 parameters at the sites between rounds (FedDis), and evaluation at the nodes.
-Each node keeps its ``ClientSession`` - private keys included - pickled in
-Flower's ``context.state`` between the messages of a round (on the hospital's
-own machine, not encrypted at rest).
+Each node keeps its ``ClientSession`` - private keys included - in Flower's
+``context.state`` between the messages of a round, sealed (XChaCha20-Poly1305)
+under a key kept in the node's own state directory (:mod:`.sealed_state`).
 
 Nothing outside this package imports ``flwr``; install it with
 ``pip install 'secagg[flower]'``. The Flower app directory (``app/``) holds

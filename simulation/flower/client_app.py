@@ -3,8 +3,9 @@
 Everything private stays on the node. The node's protocol state (its
 :class:`secagg.ClientSession`, with its private keys and masked input) lives
 in ``context.state``, which the SuperNode keeps on the node between the
-messages of a run (a DPIA must say so: it is on the hospital's machine, not
-encrypted at rest). Only the session's answers (wire bytes) are sent back;
+messages of a run, sealed (XChaCha20-Poly1305, :mod:`.sealed_state`) under a
+key that never leaves the node's ``state-dir`` - so a node without a state-dir
+takes part in no session. Only the session's answers (wire bytes) are sent back;
 training losses and clip counts are not (they are not covered by the DP
 guarantee). The update is weighted by the site's public FedAvg weight from
 the setup, never by its record count, and trained at the run's privacy unit
@@ -36,7 +37,9 @@ Node configuration (``flower-supernode --node-config``):
   optionally ``pathology/``, :func:`models.load_site`); needed for ``dp-sgd``.
 * ``state-dir`` (str), ``epsilon-budget`` (float) and ``delta`` (float, default
   1e-5): the node's journal of every session it joined (a session offered twice
-  is refused, :mod:`.session_journal`; active mode needs a state-dir), its own ledger (``STATE_DIR/ledger/``, every run composed; a
+  is refused, :mod:`.session_journal`), the key ``state.key`` that seals its session in
+  ``context.state`` (:mod:`.sealed_state`; a node without a state-dir is refused every
+  session), its own ledger (``STATE_DIR/ledger/``, every run composed; a
   round is never released twice) and budget, and the preprocessing cache;
   ``site-level-budget`` (float): its site-level budget when the run uses
   distributed DP (the node recalibrates the mechanism itself and adds its
@@ -82,10 +85,11 @@ from secagg.messages import MaskedInputRequest
 
 from . import require_flwr
 from ..runstore import private_dir
+from .sealed_state import seal, unseal
 from .session_journal import claim_session
 from .ledger_link import (ANCHOR_RECORD, STATEMENT_RECORD, node_ledger_signer, remember_signed,
                           statement_from_record)
-from .transport import STAGE_OF, RoundSetup
+from .transport import STAGE_OF, RoundSetup, hello_payload
 
 require_flwr()
 
@@ -175,7 +179,25 @@ def _refuse(message: Message, reason: str, anchored: ConfigRecord | None = None)
 
 @app.query("hello")
 def hello(message: Message, context: Context) -> Message:
-    return Message(RecordDict({"site": ConfigRecord({"site": site_name(context)})}), reply_to=message)
+    """The node's site name; signed with the site's key over the coordinator's challenge when one is sent.
+
+    With a registry the coordinator registers only a node that proves it holds the key registered for
+    the site it names (:func:`.transport.hello_payload`), so a node cannot take another site's name.
+    """
+    site = site_name(context)
+    answer = {"site": site}
+    challenge = message.content.config_records.get("challenge")
+    if challenge is not None:
+        try:
+            key = node_ledger_key(context, site)
+        except (secagg.ProtocolError, ValueError, OSError) as exc:
+            print(f"[secagg-node] cannot sign the registration: {exc}", file=sys.stderr, flush=True)
+            key = None
+        if key is not None:
+            from secagg.crypto import sign
+
+            answer["signature"] = sign(key.seed, hello_payload(bytes(challenge["nonce"]), site))
+    return Message(RecordDict({"site": ConfigRecord(answer)}), reply_to=message)
 
 
 # -- the node's own privacy ledger ------------------------------------------------------
@@ -531,6 +553,11 @@ def _setup_round(message: Message, context: Context) -> Message:
         if node_ledger_key(context, setup.site) is None:
             return _refuse(message, "this node has no identity to sign its ledger spends with: start it with a "
                                     "state-dir (it creates STATE_DIR/SITE.ed25519) or a signing-key")
+        if node_path(context, "state-dir", "node-state-root") is None:
+            # Its session (private keys) is kept sealed under a key in the state-dir, never in the clear.
+            return _refuse(message, "this node has no state-dir: it keeps its session sealed under "
+                                    "STATE_DIR/state.key and its journal and ledger there (--node-config "
+                                    "'state-dir=\"/path\"')")
         ddp = setup.distributed_dp(setup.update_length)
         ledger = _ledger(context, setup)
         if ledger is not None:
@@ -540,8 +567,6 @@ def _setup_round(message: Message, context: Context) -> Message:
                 ledger.close()
             if refusal:
                 return _refuse(message, refusal)
-        else:
-            print("[secagg-node] warning: no state-dir: this node keeps no ledger of its own", file=sys.stderr)
         if setup.update == "synthetic":
             vector, _ = synthetic_update(setup.synthetic_seed, setup.site, setup.round_index,
                                          setup.update_length, setup.clip)
@@ -559,16 +584,13 @@ def _setup_round(message: Message, context: Context) -> Message:
         return _refuse(message, f"{type(exc).__name__}: {exc}")
     state_dir = node_path(context, "state-dir", "node-state-root")
     try:
-        if state_dir is not None:
-            claim_session(state_dir, setup.session.fingerprint)  # durable, before any key leaves
-        elif setup.session.active:
-            raise secagg.InvalidInputError("active mode needs a state-dir: the node must remember every session it "
-                                           "joined so that no session is ever run twice")
+        claim_session(state_dir, setup.session.fingerprint)  # durable, before any key leaves
+        session = secagg.ClientSession(setup.session, setup.client_id, masked_input=ring, signing_key=signing_key)
+        advertise = session.advertise()
+        sealed = seal(state_dir, setup.site, context.run_id, pickle.dumps(session))
     except secagg.ProtocolError as exc:
         return _refuse(message, f"{type(exc).__name__}: {exc}")
-    session = secagg.ClientSession(setup.session, setup.client_id, masked_input=ring, signing_key=signing_key)
-    advertise = session.advertise()
-    context.state[_STATE] = ConfigRecord({"session": pickle.dumps(session), "setup": pickle.dumps(setup),
+    context.state[_STATE] = ConfigRecord({"session": sealed, "setup": pickle.dumps(setup),
                                           "ddp": pickle.dumps(ddp), "dropped": False, "released": False,
                                           "signed-kinds": ""})
     return _reply(message, wire=wire.encode(advertise))
@@ -586,9 +608,14 @@ def _step(message: Message, context: Context) -> Message:
     state = context.state.config_records.get(_STATE)
     if state is None or state["dropped"]:
         return Message(RecordDict(), reply_to=message)
-    # Both were written by this node itself into its own state, never received from the network.
-    session = pickle.loads(bytes(state["session"]))
+    # Both were written by this node itself into its own state, never received from the network; the
+    # session was sealed under the node's state key, so a state altered outside the node is refused.
     setup: RoundSetup = pickle.loads(bytes(state["setup"]))
+    state_dir = node_path(context, "state-dir", "node-state-root")
+    try:
+        session = pickle.loads(unseal(state_dir, setup.site, context.run_id, bytes(state["session"])))
+    except (TypeError, secagg.ProtocolError) as exc:
+        return _refuse(message, f"this node's sealed session does not open: {type(exc).__name__}: {exc}")
     try:
         data = bytes(message.content.config_records["secagg"]["wire"])
         incoming = wire.decode(data)
@@ -617,7 +644,7 @@ def _step(message: Message, context: Context) -> Message:
             state["released"] = True
     except (secagg.ProtocolError, PrivacyError, ValueError) as exc:
         return _refuse(message, f"{type(exc).__name__}: {exc}")
-    state["session"] = pickle.dumps(session)
+    state["session"] = seal(state_dir, setup.site, context.run_id, pickle.dumps(session))
     context.state[_STATE] = state
     if reply is None:
         return Message(RecordDict(), reply_to=message)

@@ -18,7 +18,11 @@ Run configuration (``[tool.flwr.app.config]`` of ``app/pyproject.toml``, or
   ``resume`` (continue the run in ``out``);
 * ``registry`` (the consortium's verify keys, :mod:`simulation.identity`): every site's
   signature on its ledger spend is checked against it before the spend is committed
-  (:mod:`.ledger_link`; without it the signatures are recorded unchecked); needed for ``active``;
+  (:mod:`.ledger_link`; without it the signatures are recorded unchecked); needed for ``active``.
+  With it, only nodes that sign a fresh challenge with their site's registered key register
+  (``_register``): a stranger or a node naming another site is left out, not fatal;
+  ``registration = "names"`` takes the nodes' names as given instead (the coordinator's own
+  choice: the nodes' checks in active mode do not depend on it);
 * protocol: ``mode`` (``secagg`` or ``secagg+``), ``active`` (signed keys and the
   ConsistencyCheck round; every node checks the session against its own copy of the
   registry), ``threshold`` (0: the smallest safe t), ``update-clip``, ``dropout`` (expected per-stage dropout rate: the
@@ -49,8 +53,10 @@ from . import require_flwr
 
 require_flwr()
 
-from flwr.app import Context, Message, RecordDict  # noqa: E402
+from flwr.app import ConfigRecord, Context, Message, RecordDict  # noqa: E402
 from flwr.serverapp import Grid, ServerApp  # noqa: E402
+
+import secagg  # noqa: E402
 
 from ..config import ConfigError, SimulationConfig  # noqa: E402
 from ..coordinator import Coordinator  # noqa: E402
@@ -58,7 +64,7 @@ from ..dropout import NoDropout  # noqa: E402
 from ..rounds import run_rounds  # noqa: E402
 from ..runstore import atomic_write_json  # noqa: E402
 from .fleet import FlowerFleet  # noqa: E402
-from .transport import HELLO  # noqa: E402
+from .transport import HELLO, hello_payload  # noqa: E402
 
 __all__ = ["app", "run_federation", "flower_config", "DEFAULTS"]
 
@@ -66,7 +72,8 @@ app = ServerApp()
 
 DEFAULTS = {
     "num-sites": 3, "node-wait": 120.0, "stage-timeout": 60.0, "out": "", "resume": False,
-    "mode": "secagg", "active": False, "registry": "", "threshold": 0, "update-clip": 1.0, "dropout": 0.0, "corrupt-fraction": 0.0,
+    "mode": "secagg", "active": False, "registry": "", "registration": "signed",
+    "threshold": 0, "update-clip": 1.0, "dropout": 0.0, "corrupt-fraction": 0.0,
     "epsilon": 8.0, "delta": 1e-5, "secure-rng": True, "distributed-dp": "", "ddp-epsilon": 10.0,
     "ddp-clip": 1.0, "ddp-colluding": 0, "ddp-bits": 0, "budget-policy": "sit-out", "on-abort": "continue",
     "model": "compact-ae", "image-size": 32, "rounds": 2, "local-steps": 3, "sample-rate": 0.1,
@@ -127,19 +134,62 @@ def _wait_for_nodes(grid: Grid, count: int, timeout: float) -> list[int]:
         time.sleep(0.5)
 
 
-def _register(grid: Grid, nodes: list[int], timeout: float) -> dict[str, int]:
-    """Ask each node for its site's name: site -> Flower node id."""
-    messages = [Message(RecordDict(), dst_node_id=node, message_type=HELLO, group_id="hello", ttl=timeout + 60)
+def _register(grid: Grid, nodes: list[int], timeout: float,
+              registry: dict[str, bytes] | None = None) -> dict[str, int]:
+    """Ask each node for its site's name: site -> Flower node id.
+
+    With a ``registry``, each node must also sign a fresh challenge with the key registered for the
+    site it names (:func:`.transport.hello_payload`): a node whose site is not in the registry, or
+    that cannot sign for the site it claims, is left out (logged) and never aborts the registered
+    sites' run. Without one, names are taken as given, and two nodes naming one site is an error.
+    """
+    import secrets
+
+    from secagg.crypto import verify_signature
+
+    challenge = secrets.token_bytes(32)
+    content = RecordDict() if registry is None else RecordDict({"challenge": ConfigRecord({"nonce": challenge})})
+    messages = [Message(content, dst_node_id=node, message_type=HELLO, group_id="hello", ttl=timeout + 60)
                 for node in nodes]
     node_of: dict[str, int] = {}
     for reply in grid.send_and_receive(messages, timeout=timeout):
+        node = reply.metadata.src_node_id
         if reply.has_error():
-            _log(f"node {reply.metadata.src_node_id} did not register: {reply.error.reason}")
+            _log(f"node {node} did not register: {reply.error.reason}")
             continue
-        site = str(reply.content.config_records["site"]["site"])
+        answer = reply.content.config_records["site"]
+        site = str(answer["site"])
+        if registry is not None:
+            if site not in registry:
+                _log(f"node {node} left out: its site {site!r} is not in the registry")
+                continue
+            try:
+                verify_signature(registry[site], hello_payload(challenge, site), bytes(answer.get("signature", b"")))
+            except (secagg.ProtocolError, TypeError):
+                _log(f"node {node} left out: it claims site {site!r} but cannot sign with that site's key")
+                continue
         if site in node_of:
             raise ValueError(f"two nodes claim site {site!r}; give each node its own site name")
-        node_of[site] = reply.metadata.src_node_id
+        node_of[site] = node
+    return node_of
+
+
+def _register_sites(grid: Grid, count: int, timeout: float, registry: dict[str, bytes] | None) -> dict[str, int]:
+    """Wait for ``count`` nodes and register them; with a registry, until ``count`` registered sites are in
+    (nodes left out do not count, each node is asked once) or ``timeout`` passes."""
+    nodes = _wait_for_nodes(grid, count, timeout)
+    node_of = _register(grid, nodes, timeout, registry)
+    if registry is None:
+        return node_of
+    asked, deadline = set(nodes), time.monotonic() + timeout
+    while len(node_of) < count and time.monotonic() < deadline:
+        time.sleep(0.5)
+        new = sorted(set(grid.get_node_ids()) - asked)
+        asked |= set(new)
+        for site, node in _register(grid, new, timeout, registry).items() if new else ():
+            if site in node_of:
+                raise ValueError(f"two nodes sign for site {site!r}: one key is on two nodes")
+            node_of[site] = node
     return node_of
 
 
@@ -153,8 +203,15 @@ def run_federation(grid: Grid, cfg: dict) -> dict:
     from ..simulate import open_run, privacy_summary, public_site_facts
 
     config = flower_config(cfg)
-    nodes = _wait_for_nodes(grid, config.sites, float(cfg["node-wait"]))
-    node_of = _register(grid, nodes, float(cfg["node-wait"]))
+    consortium = None
+    if str(cfg["registry"]):
+        from ..identity import load_registry
+
+        consortium = load_registry(str(cfg["registry"]))
+    if str(cfg["registration"]) not in ("signed", "names"):
+        raise ConfigError(f"registration must be 'signed' or 'names'; got {cfg['registration']!r}")
+    node_of = _register_sites(grid, config.sites, float(cfg["node-wait"]),
+                              consortium if str(cfg["registration"]) == "signed" else None)
     if len(node_of) != config.sites:
         raise RuntimeError(f"{len(node_of)} of {config.sites} sites registered: {sorted(node_of)}")
     names = sorted(node_of)
@@ -170,10 +227,8 @@ def run_federation(grid: Grid, cfg: dict) -> dict:
     # FedAvg weights are public: equal over Flower (declared per-site weights are not carried there yet).
     weight_bound = 1.0
     verify_keys, registry = {}, None
-    if str(cfg["registry"]):
-        from ..identity import load_registry
-
-        registry = load_registry(str(cfg["registry"]))
+    if consortium is not None:
+        registry = consortium
         missing = sorted(set(names) - set(registry))
         if missing:
             raise ConfigError(f"sites {missing} are not in the registry {cfg['registry']}")

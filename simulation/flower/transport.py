@@ -35,11 +35,20 @@ import secagg
 from secagg import wire
 
 __all__ = ["FlowerTransport", "BatchingCoordinator", "ClientProxy", "RoundSetup", "STAGE_OF", "HELLO", "SETUP",
-           "STEP"]
+           "STEP", "hello_payload"]
 
 HELLO = "query.hello"
 SETUP = "train"
 STEP = "query.secagg"
+
+def hello_payload(challenge: bytes, site: str) -> bytes:
+    """What a node signs to register as ``site``: the coordinator's fresh ``challenge`` and the site's name.
+
+    The challenge is fresh per registration (32 random bytes), so an answer recorded from another
+    registration proves nothing; the label keeps it apart from every other signature of the site's key.
+    """
+    return b"secagg/flower-hello/v1\x00" + bytes(challenge) + site.encode("utf-8")
+
 
 STAGE_OF = secagg.ANSWER_STAGE  # the stage in which a node answers each server message
 
