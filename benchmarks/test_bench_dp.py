@@ -96,7 +96,7 @@ def _private(batch, *, secure=True, mode="hooks", noise_multiplier=1.0, model=No
     from opacus import PrivacyEngine
     from torch.utils.data import DataLoader, TensorDataset
 
-    from dp.training import _csprng_optimizer_class
+    from dp.training import csprng_optimizer_class
 
     model = model if model is not None else _model()
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
@@ -114,7 +114,7 @@ def _private(batch, *, secure=True, mode="hooks", noise_multiplier=1.0, model=No
         (private, dp_optimizer, _), criterion = made, nn.functional.mse_loss
     if secure:
         dp_optimizer.__class__ = type(f"Csprng{type(dp_optimizer).__name__}",
-                                      (type(dp_optimizer),), {"add_noise": _csprng_optimizer_class().add_noise})
+                                      (type(dp_optimizer),), {"add_noise": csprng_optimizer_class().add_noise})
     warnings.filterwarnings("ignore", message="Full backward hook is firing")
     return private, dp_optimizer, criterion
 

@@ -73,6 +73,7 @@ __all__ = [
     "make_private_compatible",
     "train_dp_sgd",
     "train_non_private",
+    "csprng_optimizer_class",
     "csprng_gaussian",
     "csprng_poisson_mask",
     "clipped_patient_sum",
@@ -536,7 +537,7 @@ def _slice_steps(model, data, config: DpSgdConfig, randomness, loss_fn, progress
         # Opacus' own (torch) noise, as before: experiments only
     else:
         # Same object layout, one overridden method: swap the class in place.
-        private_optimizer.__class__ = _csprng_optimizer_class()
+        private_optimizer.__class__ = csprng_optimizer_class()
         private_optimizer.secagg_gaussian = randomness.gaussian
         if audit_canaries is not None:  # audit only: canary slices join the clipped sum before the noise
             private_optimizer.secagg_canaries = _CanaryInjector(audit_canaries, private_optimizer.params, config,
@@ -612,7 +613,7 @@ def _csprng_add_noise(self) -> None:
 _CSPRNG_OPTIMIZER = None
 
 
-def _csprng_optimizer_class():
+def csprng_optimizer_class():
     """A DPOptimizer subclass whose only change is :func:`_csprng_add_noise` (built lazily: torch is optional)."""
     global _CSPRNG_OPTIMIZER
     if _CSPRNG_OPTIMIZER is None:

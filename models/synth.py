@@ -127,6 +127,7 @@ __all__ = [
     "site_profiles",
     "render_subject",
     "RenderedSubject",
+    "lesion_counts",
 ]
 
 GENERATOR_VERSION = 2
@@ -594,14 +595,14 @@ def _tasks(root: Path, seed: int, scale: str, profiles: tuple[SiteProfile, ...])
     for i, site in enumerate(profiles):
         for k in range(site.n_healthy):
             tasks.append(_Task(str(root), seed, scale, i, site, k + 1, None))
-        counts = _lesion_counts(site.n_pathology, _LESION_MIX[i % len(_LESION_MIX)])
+        counts = lesion_counts(site.n_pathology, _LESION_MIX[i % len(_LESION_MIX)])
         types = [t for t, n in zip(LESION_TYPES, counts) for _ in range(n)]
         for k, lesion_type in enumerate(types):
             tasks.append(_Task(str(root), seed, scale, i, site, site.n_healthy + k + 1, lesion_type))
     return tasks
 
 
-def _lesion_counts(n_pathology: int, mix: tuple[float, ...]) -> list[int]:
+def lesion_counts(n_pathology: int, mix: tuple[float, ...]) -> list[int]:
     """Cases of each of ``LESION_TYPES`` among a site's pathological volumes: in proportion to ``mix``
     (exact sum), every type present when there are at least as many volumes as types, and
     equal shares when the count is a multiple of the number of types at the tiny scale's 6."""

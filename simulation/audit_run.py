@@ -54,7 +54,7 @@ def audit_own_training(run_dir, *, site: str | None = None, canaries="auto", gue
 
     from dp.audit import DEFAULT_MAX_CANARIES, audit_training
 
-    from .simulate import _new_model, _prepare_data, dp_sgd_config, resume_config
+    from .simulate import _prepare_data, new_model, dp_sgd_config, resume_config
 
     config = resume_config(run_dir)  # checks the stored fingerprint
     name, sigma, q, steps, run_delta, clip = _site_privacy(run_dir, site)
@@ -68,7 +68,7 @@ def audit_own_training(run_dir, *, site: str | None = None, canaries="auto", gue
     data = torch.from_numpy(cohort.train[name])
     dp_config = replace(dp_sgd_config(config, sigma, steps=steps), delta=delta if delta is not None else run_delta)
     return audit_training(
-        _new_model(config), data, dp_config, patients=cohort.patients[name], canaries=canaries,
+        new_model(config), data, dp_config, patients=cohort.patients[name], canaries=canaries,
         guesses_per_side=guesses_per_side, confidence=confidence,
         max_canaries=max_canaries if max_canaries is not None else DEFAULT_MAX_CANARIES,
         effective_noise_multiplier=effective_noise_multiplier, site=name,

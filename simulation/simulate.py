@@ -147,10 +147,6 @@ def _prepare_data(config: SimulationConfig, log) -> CohortSplit:
 
 def new_model(config: SimulationConfig):
     """A fresh model of ``config.model``, initialised from ``config.seed`` (the same for every arm)."""
-    return _new_model(config)
-
-
-def _new_model(config: SimulationConfig):
     import torch
 
     import models
@@ -476,7 +472,7 @@ def _run_simulation(config: SimulationConfig, out_dir, *, resume: bool, quiet: b
         raise SimulationError(str(exc)) from None
 
     # Models: one local copy per site (FedDis keeps appearance parameters local), one global state.
-    reference = _new_model(config)
+    reference = new_model(config)
     shared_names = _shared_names(reference)
     shared_init = {n: p.detach().clone() for n, p in reference.named_parameters()}
     if test_only_randomness is not None and config.secure_rng:
@@ -485,7 +481,7 @@ def _run_simulation(config: SimulationConfig, out_dir, *, resume: bool, quiet: b
         weights = config.public_weights(names)
     except ConfigError as exc:
         raise SimulationError(str(exc)) from None
-    sites = {name: Site(name, i + 1, torch.from_numpy(cohort.train[name]), _new_model(config), shared_names,
+    sites = {name: Site(name, i + 1, torch.from_numpy(cohort.train[name]), new_model(config), shared_names,
                         patients=cohort.patients[name], public_weight=weights[name],
                         randomness=None if test_only_randomness is None else test_only_randomness(name))
              for i, name in enumerate(names)}
@@ -520,7 +516,7 @@ def _run_simulation(config: SimulationConfig, out_dir, *, resume: bool, quiet: b
 def _global_model(config, coordinator, reference_site_model=None):
     import torch
 
-    model = _new_model(config)
+    model = new_model(config)
     if reference_site_model is not None:
         model.load_state_dict(reference_site_model.state_dict())
     with torch.no_grad():
@@ -568,7 +564,7 @@ def _train_baseline(config, data, patients, steps, sigma, site_name, progress, *
     import models
     from dp import DpSgdConfig, train_dp_sgd
 
-    model = _new_model(config)
+    model = new_model(config)
     cfg = DpSgdConfig(noise_multiplier=sigma, max_grad_norm=config.max_grad_norm, sample_rate=config.sample_rate,
                       steps=steps, learning_rate=config.learning_rate, delta=config.delta,
                       secure_mode=config.secure_rng, privacy_unit=config.privacy_unit,

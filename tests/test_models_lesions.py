@@ -9,7 +9,7 @@ from scipy import stats
 from models import GENERATOR_VERSION, LESION_TYPES, CohortManifest, load_nifti
 from models.atlas import load_atlas
 from models.lesions import FAINT_CONTRAST, VascularWMH, lookalike_maps, LOOKALIKE_CHANNELS
-from models.synth import SCALES, _lesion_counts, render_subject, site_profiles
+from models.synth import SCALES, lesion_counts, render_subject, site_profiles
 from tests.test_models_helpers import tiny_cohort, tiny_sites
 
 PROFILES = site_profiles(7, "tiny", 3)
@@ -90,9 +90,9 @@ def test_every_type_at_every_scale():
     for scale in ("small", "paper"):
         for sites in (1, 4):
             for (_, n_pathology), mix in zip(SCALES[scale].site_sizes(sites), [(0.4, 0.3, 0.3)] * sites):
-                counts = _lesion_counts(n_pathology, mix)
+                counts = lesion_counts(n_pathology, mix)
                 assert sum(counts) == n_pathology and min(counts) >= 1
-    assert _lesion_counts(6, (0.5, 0.3, 0.2)) == [2, 2, 2]
+    assert lesion_counts(6, (0.5, 0.3, 0.2)) == [2, 2, 2]
 
 
 def test_cohort_files_carry_every_class_and_its_mask():

@@ -141,7 +141,7 @@ def test_feddis_spends_or_rolls_back(tmp_path, cache_dir, monkeypatch):
     site-2 and site-3 drop before uploading: one masked input < t = 2, the round aborts; site-1's
     input had reached the coordinator (released, spent), sites 2 and 3 roll back."""
     from simulation import inprocess
-    from simulation.simulate import _new_model
+    from simulation.simulate import new_model
 
     states = []
     original_save = inprocess.InProcessFleet.save_checkpoints
@@ -158,7 +158,7 @@ def test_feddis_spends_or_rolls_back(tmp_path, cache_dir, monkeypatch):
     assert metrics[0]["released"] == ["site-1", "site-3"] and metrics[1]["released"] == ["site-1"]
     from simulation.config import load_config
 
-    initial = _new_model(load_config(preset="tiny", model="feddis")).state_dict()
+    initial = new_model(load_config(preset="tiny", model="feddis")).state_dict()
 
     def same(a, b):
         return all(torch.equal(a[k], b[k]) for k in a)
