@@ -183,7 +183,7 @@ def _cmd_ledger_verify(args: argparse.Namespace) -> int:
     from dp.ledger import verify_ledger
     from dp.ledger_signatures import load_anchors
 
-    from .identity import REGISTRY_FILE, load_registry
+    from .identity import REGISTRY_FILE, SITES_DIR, load_registry
 
     run_dir = Path(args.run_dir)
     if not run_dir.is_dir():
@@ -210,6 +210,18 @@ def _cmd_ledger_verify(args: argparse.Namespace) -> int:
         print(f"ledger BROKEN: {' '.join(str(exc).split())}", file=sys.stderr)
         return 1
     registry_line = f"registry: {registry_path if registry_path else 'none'} ({registry_note})"
+    # Signatures and anchors bind a history only against parties that cannot sign: say so when the keys or
+    # the anchors sit where the ledger's owner can rewrite them (the in-process simulation keeps them there).
+    resolved = run_dir.resolve()
+    inside_keys = sorted(str(p.relative_to(run_dir)) for p in (run_dir / SITES_DIR).glob("*/*.ed25519"))
+    if report.ok and inside_keys:
+        report.warnings.append(
+            f"{len(inside_keys)} site signing key(s) are inside the run directory ({inside_keys[0]}, ...): whoever "
+            "can write it can re-sign a cheaper history, so these signatures prove nothing against its owner; "
+            "they bind only where each site keeps its key on its own machine (the Flower deployment)")
+    if report.ok and any(Path(a.source).resolve().is_relative_to(resolved) for a in anchors):
+        report.warnings.append("some --anchors lie inside the run directory: its owner can rewrite them; copy "
+                               "each site's anchor out of the run directory before auditing it")
     if args.json:
         print(json.dumps(report.to_dict() | {"registry": None if registry_path is None else str(registry_path),
                                              "registry_note": registry_note,

@@ -371,6 +371,12 @@ CASES: list[Case] = [
     Case("data-prepare-hostile-scan", "data prepare",
          lambda c: ["data", "prepare", c.cohort("nifti2-2^31-dims"), "--out", str(c.root / "prep3")], 2),
     # the top level
+    Case("experiment-one-seed", "experiment", lambda c: ["experiment", "--tiny", "--seeds", "0", "--out",
+                                                          str(c.root / "never-exp")], 2, "at least 2 seeds"),
+    Case("experiment-no-federated-arm", "experiment", lambda c: ["experiment", "--tiny", "--arms", "local",
+                                                                 "--out", str(c.root / "never-exp")], 2, "federated"),
+    Case("experiment-missing-config", "experiment", lambda c: ["experiment", "--config", c.missing()], 2),
+    Case("experiment-bad-seeds", "experiment", lambda c: ["experiment", "--seeds", "one,two"], 2),
     Case("no-command", "", lambda c: [], 2),
     Case("unknown-command", "", lambda c: ["frobnicate"], 2, "invalid choice"),
 ]

@@ -96,6 +96,12 @@ def test_intact_run_verifies_with_signatures_and_anchors(run_dir, auditor, capsy
     spends = len([1 for kind, _ in _rows(run_dir) if kind == "spend"])
     assert spends == 9 and f"{spends} site signatures verified" in out and "3 site anchors matched" in out
     assert "privacy unit: one patient (add/remove one patient)" in out
+    # The simulation keeps the site keys in the run directory: verify must not let signatures overclaim.
+    assert "site signing key(s) are inside the run directory" in out and "prove nothing against its owner" in out
+    assert "anchors lie inside the run directory" not in out  # the auditor's anchors were copied out
+    code, out, err = main(["ledger", "verify", str(run_dir), "--registry", str(auditor / "registry.json"),
+                           "--anchors", str(run_dir / "sites")]), *capsys.readouterr()
+    assert code == 0 and "anchors lie inside the run directory" in out, err
 
 
 def test_default_registry_is_the_run_directorys_and_says_so(run_dir, capsys):
