@@ -229,6 +229,14 @@ def _plots(results: dict, folder: Path) -> list[str]:
 
     folder.mkdir(parents=True, exist_ok=True)
     written = []
+
+    def save(fig, name: str) -> None:
+        fig.tight_layout()
+        path = folder / name
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        written.append(str(path))
+
     main = [r for r in results["records"] if not r["sweep"]]
     labels = []
     for r in main:
@@ -245,11 +253,7 @@ def _plots(results: dict, folder: Path) -> list[str]:
     ax.set_ylabel("overall AUPRC")
     ax.set_title(f"AUPRC per arm and seed\n({SEEDED_NOISE_LABEL})", fontsize=9)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    path = folder / "auprc_by_arm.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    written.append(str(path))
+    save(fig, "auprc_by_arm.png")
 
     diffs = results["statistics"]["metrics"]["overall/auprc"]["differences"]
     names = [k for k in ("best_local", "mean_local", "central", "non_private", "intensity") if k in diffs]
@@ -264,11 +268,7 @@ def _plots(results: dict, folder: Path) -> list[str]:
         ax.set_yticks(range(len(names)), [f"federated − {_NAMES[n]}" for n in names])
         ax.set_xlabel("paired AUPRC difference (95% t-interval)")
         ax.set_title(f"n = {len(results['statistics']['seeds'])} seeds ({SEEDED_NOISE_LABEL})", fontsize=9)
-        fig.tight_layout()
-        path = folder / "paired_differences.png"
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        written.append(str(path))
+        save(fig, "paired_differences.png")
 
     curve = results["statistics"].get("privacy_utility") or {}
     if any(len(v) > 1 for v in curve.values()):
@@ -286,11 +286,7 @@ def _plots(results: dict, folder: Path) -> list[str]:
         ax.set_ylabel("overall AUPRC (mean ± sd over seeds)")
         ax.set_title(f"privacy-utility ({SEEDED_NOISE_LABEL})", fontsize=9)
         ax.legend(fontsize=8)
-        fig.tight_layout()
-        path = folder / "privacy_utility.png"
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        written.append(str(path))
+        save(fig, "privacy_utility.png")
     return written
 
 
