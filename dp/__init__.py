@@ -55,7 +55,7 @@ from .distributed import (
 from .distributed import calibrate as calibrate_distributed
 from .events import NEIGHBOURING_RELATIONS, PRIVACY_UNITS, PrivacyEvent, describe_guarantee
 from .ledger import BudgetDecision, LedgerEntry, PrivacyLedger, VerificationReport, verify_ledger
-from .ledger_signatures import EntryStatement, LedgerSigner, SiteAnchor, load_anchors
+from .ledger_signatures import EntryStatement, LedgerSigner, ReleaseRecord, SiteAnchor, load_anchors, load_releases
 from .training import (
     AuditCanaries,
     DpSgdConfig,
@@ -75,7 +75,7 @@ __all__ = [
     "compute_epsilon", "epsilon_for", "accountant_version",
     "Calibration", "calibrate_noise",
     "PrivacyLedger", "LedgerEntry", "BudgetDecision", "VerificationReport", "verify_ledger",
-    "LedgerSigner", "SiteAnchor", "EntryStatement", "load_anchors",
+    "LedgerSigner", "SiteAnchor", "EntryStatement", "load_anchors", "ReleaseRecord", "load_releases",
     "DpSgdConfig", "LocalTrainingResult", "train_dp_sgd", "train_non_private", "make_private_compatible",
     "csprng_gaussian", "csprng_poisson_mask", "clipped_patient_sum", "patient_groups", "AuditCanaries",
     "DistributedDpConfig", "CalibratedDistributedDp", "DistributedDpEvent", "PrivatizedUpdate",

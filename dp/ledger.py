@@ -198,11 +198,12 @@ class VerificationReport:
     warnings: list = field(default_factory=list)
     unit: str | None = None
     adjacency: str | None = None
+    place: str | None = None  # the failing place when it is not an entry (an anchor, the head record)
 
     def where(self) -> str:
         """The failing place in words: ``entry 7 (site 'a', round 2)`` or ``the head record``."""
         if self.first_broken is None:
-            return "the head record"
+            return self.place or "the head record"
         spend = f" (site {self.site!r}, round {self.round})" if self.site is not None else ""
         return f"entry {self.first_broken}{spend}"
 
@@ -556,8 +557,9 @@ def _claimed_site_round(kind: str, body) -> tuple[str | None, int | None]:
 
 
 def _fail(report: VerificationReport, seq: int | None, reason: str, site: str | None = None,
-          round_index: int | None = None) -> VerificationReport:
+          round_index: int | None = None, place: str | None = None) -> VerificationReport:
     report.ok = False
+    report.place = place
     report.first_broken = seq
     report.reason = reason
     report.site = site
@@ -566,7 +568,7 @@ def _fail(report: VerificationReport, seq: int | None, reason: str, site: str | 
 
 
 def verify_ledger(run_dir, *, registry: Mapping[str, bytes] | None = None, anchors: Sequence[SiteAnchor] = (),
-                  recompute_epsilon: bool = True) -> VerificationReport:
+                  releases: Sequence = (), recompute_epsilon: bool = True) -> VerificationReport:
     """Check a run's ledger; the report names the first entry whose chain link, signature or epsilon fails.
 
     Checks, per entry in order: the sequence number, the link to the previous hash, the hash of the
@@ -575,7 +577,10 @@ def verify_ledger(run_dir, *, registry: Mapping[str, bytes] | None = None, ancho
     cumulative epsilon within budget. Then every site anchor (:class:`SiteAnchor`, from each site's
     own state; needs ``registry``): the ledger must reach and match the entry each site last
     countersigned. Last the head record. What is caught without a registry or anchors: see the
-    module docstring; ``report.warnings`` repeats it for the checks that did not run.
+    module docstring; ``report.warnings`` repeats it for the checks that did not run. ``releases``
+    (:class:`~dp.ledger_signatures.ReleaseRecord`, from each site's own state): every round a site
+    released an update in and was not told it was dropped must hold a spend of that site, else a
+    warning (see :mod:`dp.ledger_signatures`, item 3).
 
     Raises :class:`LedgerError` when there is no ledger to check (missing file, not a ledger, another
     schema version, an unreadable genesis entry); every other fault is a failed report.
@@ -602,6 +607,7 @@ def verify_ledger(run_dir, *, registry: Mapping[str, bytes] | None = None, ancho
     prev = genesis_hash(run_id)
     events: dict[str, list[PrivacyEvent]] = {}
     site_events: dict[str, list] = {}
+    charged: set[tuple[str, int]] = set()  # (site, round) of every spend
     unsigned = 0
     for expected_seq, (seq, kind, body, prev_hash, digest) in enumerate(rows, start=1):
         if seq != expected_seq:
@@ -626,6 +632,8 @@ def verify_ledger(run_dir, *, registry: Mapping[str, bytes] | None = None, ancho
             except LedgerIntegrityError as exc:
                 return _fail(report, seq, str(exc), exc.site, exc.round)
             where = f"entry {seq} ({kind}, site {site!r}, round {event.round})"
+            if kind == "spend":
+                charged.add((site, event.round))
             try:
                 if kind == "spend":
                     stored = dict(parsed["cumulative"]["epsilon"])
@@ -679,12 +687,13 @@ def verify_ledger(run_dir, *, registry: Mapping[str, bytes] | None = None, ancho
     if damage is not None:
         return _fail(report, damage.seq, str(damage))
     for anchor in anchors:
+        place = f"the anchor of site {anchor.site!r} ({anchor.source})"
         if anchor.run_id != run_id:
             return _fail(report, None, f"the anchor {anchor.source} of site {anchor.site!r} belongs to run "
-                         f"{anchor.run_id!r}, not {run_id!r}")
+                         f"{anchor.run_id!r}, not {run_id!r}", anchor.site, place=place)
         why = anchor.check(registry)
         if why is not None:
-            return _fail(report, None, why)
+            return _fail(report, None, why, anchor.site, place=place)
         if anchor.seq > len(rows):
             return _fail(report, anchor.seq, f"the ledger was truncated: site {anchor.site!r} countersigned entry "
                          f"{anchor.seq} but the ledger ends at entry {len(rows)}", anchor.site)
@@ -692,6 +701,18 @@ def verify_ledger(run_dir, *, registry: Mapping[str, bytes] | None = None, ancho
             return _fail(report, anchor.seq, f"entry {anchor.seq} is not the entry site {anchor.site!r} "
                          "countersigned (the ledger was rewritten from there on)", anchor.site)
         report.anchors_checked.append(anchor.site)
+    for record in releases:
+        if record.run_id != run_id:
+            return _fail(report, None, f"the release record {record.source} of site {record.site!r} belongs to "
+                         f"run {record.run_id!r}, not {run_id!r}", record.site,
+                         place=f"the release record of site {record.site!r}")
+        for round_index in record.charged_rounds():
+            if (record.site, round_index) not in charged:
+                report.warnings.append(
+                    f"site {record.site!r} released a masked update in round {round_index} ({record.source}: "
+                    f"{record.rounds[round_index]}) and this ledger charges it no spend for that round: the update "
+                    "reached the coordinator too late, or the coordinator decoded it without recording the spend "
+                    "(the site's own ledger charges it either way)")
     head_path = run_dir / HEAD_FILE
     if not head_path.is_file():
         return _fail(report, None, f"{head_path} is missing: truncation cannot be ruled out")

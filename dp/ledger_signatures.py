@@ -28,6 +28,18 @@ signed entries in one transaction, then calls :meth:`LedgerSigner.record_anchor`
 and the site writes its anchor only for an entry whose hash it computed itself.
 A crash between the commit and the anchor leaves the anchor one round behind
 (never a false alarm).
+
+3. **Keep a release record** (``released.json`` beside the anchor,
+   :class:`ReleaseRecord`). A site notes every round in which its masked
+   update left it, and marks a round ``dropped`` when the coordinator told it
+   its update was not used. Given these records, ``verify_ledger`` warns about
+   every released, not-dropped round that the ledger does not charge to the
+   site: the coordinator either lost that update or decoded it without
+   recording the spend (it can obtain a site's self-mask shares from the other
+   sites without the site itself; see :mod:`simulation.flower.ledger_link`).
+   A warning, not a failure: a masked update that reached the coordinator after
+   its deadline is legitimately uncharged, and the site cannot tell the two
+   apart. The site's own ledger charges every release either way.
 """
 
 from __future__ import annotations
@@ -44,10 +56,12 @@ from .errors import LedgerError, LedgerIntegrityError
 from .ledger_format import canonical_json, chain_hash, write_private_atomic
 
 __all__ = ["SIGNED_KINDS", "ANCHOR_FILE", "EntryStatement", "SiteAnchor", "LedgerSigner",
-           "entry_site_and_round", "check_entry_signature", "load_anchors"]
+           "entry_site_and_round", "check_entry_signature", "load_anchors", "RELEASE_FILE", "ReleaseRecord",
+           "load_releases"]
 
 SIGNED_KINDS = ("spend", "site_level_spend")
 ANCHOR_FILE = "ledger.anchor.json"
+RELEASE_FILE = "released.json"
 _ENTRY_DOMAIN = b"secagg/ledger/v2/entry\x00"
 _ANCHOR_DOMAIN = b"secagg/ledger/v2/anchor\x00"
 
@@ -147,20 +161,29 @@ class SiteAnchor:
         return None
 
 
-def load_anchors(paths: Iterable) -> list[SiteAnchor]:
-    """Anchors from files or folders: a file; ``DIR/ledger.anchor.json``; or every ``DIR/*/ledger.anchor.json``."""
-    anchors = []
+def _evidence_folders(paths: Iterable) -> list[tuple[Path, Path | None]]:
+    """(folder, anchor file or None) per site folder named by ``paths``: a file (its folder), a folder holding
+    an anchor or a release record, or a folder of such folders. A path naming none raises :class:`LedgerError`."""
+    found: list[tuple[Path, Path | None]] = []
     for path in map(Path, paths):
         if path.is_file():
-            found = [path]
-        elif (path / ANCHOR_FILE).is_file():
-            found = [path / ANCHOR_FILE]
-        else:
-            found = sorted(path.glob(f"*/{ANCHOR_FILE}")) if path.is_dir() else []
-        if not found:
-            raise LedgerError(f"no site anchor ({ANCHOR_FILE}) at {path}")
-        anchors.extend(SiteAnchor.read(p) for p in found)
-    return anchors
+            found.append((path.parent, path))
+            continue
+        folders = [path] if any((path / f).is_file() for f in (ANCHOR_FILE, RELEASE_FILE)) else (
+            sorted(p for p in path.iterdir() if p.is_dir() and any((p / f).is_file() for f in (ANCHOR_FILE, RELEASE_FILE)))
+            if path.is_dir() else [])
+        if not folders:
+            raise LedgerError(f"no site anchor ({ANCHOR_FILE}) or release record ({RELEASE_FILE}) at {path}")
+        found.extend((f, f / ANCHOR_FILE if (f / ANCHOR_FILE).is_file() else None) for f in folders)
+    return found
+
+
+def load_anchors(paths: Iterable) -> list[SiteAnchor]:
+    """Anchors from files or folders: a file; ``DIR/ledger.anchor.json``; or every ``DIR/*/ledger.anchor.json``.
+
+    A site folder that holds only a release record (the site was never asked to sign) gives no anchor.
+    """
+    return [SiteAnchor.read(anchor) for _, anchor in _evidence_folders(paths) if anchor is not None]
 
 
 class LedgerSigner:
@@ -216,3 +239,59 @@ class LedgerSigner:
         self.anchor_path.parent.mkdir(parents=True, exist_ok=True)
         write_private_atomic(self.anchor_path, (json.dumps(anchor.to_dict(), indent=2, sort_keys=True) + "\n").encode())
         return anchor
+
+
+@dataclass(frozen=True)
+class ReleaseRecord:
+    """A site's own note of the rounds of one run in which its masked update left it.
+
+    ``rounds`` maps a round to ``"released"`` (the update left; its fate is unknown to the site),
+    ``"survivor"`` (the coordinator then asked the site to unmask with its update among the
+    survivors) or ``"dropped"`` (the coordinator told the site its update was not used). Kept
+    in the site's own state (unsigned: it is evidence for the site's own auditor, read from the
+    site's machine, never from the coordinator).
+    """
+
+    run_id: str
+    site: str
+    rounds: Mapping[int, str]
+    source: str = ""
+
+    STATES = ("released", "survivor", "dropped")
+
+    def charged_rounds(self) -> list[int]:
+        """The rounds the coordinator's ledger should charge to this site (every round not dropped)."""
+        return sorted(r for r, state in self.rounds.items() if state != "dropped")
+
+    def to_dict(self) -> dict:
+        return {"run_id": self.run_id, "site": self.site, "rounds": {str(r): s for r, s in sorted(self.rounds.items())}}
+
+    @classmethod
+    def read(cls, path) -> "ReleaseRecord":
+        path = Path(path)
+        try:
+            raw = json.loads(path.read_text())
+            rounds = {int(r): str(s) for r, s in dict(raw["rounds"]).items()}
+            if any(s not in cls.STATES for s in rounds.values()):
+                raise ValueError(f"a round state is not one of {cls.STATES}")
+            return cls(str(raw["run_id"]), str(raw["site"]), rounds, str(path))
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise LedgerIntegrityError(f"release record {path} does not parse ({type(exc).__name__}: {exc})") from None
+
+    def with_round(self, round_index: int, state: str) -> "ReleaseRecord":
+        """This record with ``round_index`` moved to ``state`` (``dropped``/``survivor`` override ``released``)."""
+        if state not in self.STATES:
+            raise ValueError(f"{state!r} is not one of {self.STATES}")
+        rounds = dict(self.rounds)
+        if state != "released" or round_index not in rounds:
+            rounds[int(round_index)] = state
+        return ReleaseRecord(self.run_id, self.site, rounds, self.source)
+
+    def write(self, path) -> None:
+        write_private_atomic(Path(path), (json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n").encode())
+
+
+def load_releases(paths: Iterable) -> list[ReleaseRecord]:
+    """The release records (``released.json``) in the site folders named by ``paths`` (as :func:`load_anchors`)."""
+    return [ReleaseRecord.read(folder / RELEASE_FILE) for folder, _ in _evidence_folders(paths)
+            if (folder / RELEASE_FILE).is_file()]

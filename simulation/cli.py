@@ -179,9 +179,9 @@ def _cmd_ledger_verify(args: argparse.Namespace) -> int:
     """Exit 0 when the ledger verifies; 1 (one line on stderr naming the entry) when it does not or is damaged."""
     from pathlib import Path
 
-    from dp.errors import LedgerError
+    from dp.errors import LedgerError, LedgerIntegrityError
     from dp.ledger import verify_ledger
-    from dp.ledger_signatures import load_anchors
+    from dp.ledger_signatures import load_anchors, load_releases
 
     from .identity import REGISTRY_FILE, SITES_DIR, load_registry
 
@@ -200,12 +200,16 @@ def _cmd_ledger_verify(args: argparse.Namespace) -> int:
     registry = load_registry(registry_path) if registry_path is not None else None
     try:
         anchors = load_anchors(args.anchors or [])
+        releases = load_releases(args.anchors or [])
+    except LedgerIntegrityError as exc:  # a damaged anchor or release record: evidence that fails, not a usage slip
+        print(f"ledger BROKEN: {' '.join(str(exc).split())}", file=sys.stderr)
+        return 1
     except LedgerError as exc:
         raise UsageError(f"secagg ledger verify: error: {' '.join(str(exc).split())}") from None
     if anchors and registry is None:
         raise UsageError("secagg ledger verify: error: --anchors needs a registry of site verify keys (--registry)")
     try:
-        report = verify_ledger(run_dir, registry=registry, anchors=anchors)
+        report = verify_ledger(run_dir, registry=registry, anchors=anchors, releases=releases)
     except LedgerError as exc:
         print(f"ledger BROKEN: {' '.join(str(exc).split())}", file=sys.stderr)
         return 1

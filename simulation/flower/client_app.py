@@ -81,13 +81,13 @@ import numpy as np
 
 import secagg
 from secagg import wire
-from secagg.messages import MaskedInputRequest
+from secagg.messages import MaskedInputRequest, UnmaskRequest
 
 from . import require_flwr
 from ..runstore import private_dir
 from .sealed_state import seal, unseal
 from .session_journal import claim_session
-from .ledger_link import (ANCHOR_RECORD, STATEMENT_RECORD, node_ledger_signer, remember_signed,
+from .ledger_link import (ANCHOR_RECORD, STATEMENT_RECORD, node_ledger_signer, note_release, remember_signed,
                           statement_from_record)
 from .transport import STAGE_OF, RoundSetup, hello_payload
 
@@ -370,6 +370,7 @@ def sign_ledger_entry(context: Context, statement) -> bytes:
     signature = signer.sign_entry(statement)
     remember_signed(signer, state_dir, setup.run_id)
     state["signed-kinds"] = " ".join(signed_kinds + [statement.kind])
+    state["signed-seq"] = max(int(state.get("signed-seq", 0)), int(statement.seq))
     context.state[_STATE] = state
     return signature
 
@@ -417,6 +418,47 @@ def ledger_query(message: Message, context: Context) -> Message:
             print(f"[secagg-node] refused to sign: {exc}", file=sys.stderr, flush=True)
             records[STATEMENT_RECORD] = ConfigRecord({"refusal": f"{type(exc).__name__}: {exc}"})
     return Message(RecordDict(records), reply_to=message)
+
+
+def _required_kinds(state) -> list[str]:
+    """The spend kinds this node must have signed before its update may be unmasked."""
+    return ["spend"] + (["site_level_spend"] if pickle.loads(bytes(state["ddp"])) is not None else [])
+
+
+def gate_unmask(context: Context, state, setup: RoundSetup, session, incoming) -> None:
+    """Before this node answers an unmask request that decodes its own update: it signed, and anchors.
+
+    The coordinator commits every released site's signed spend before it asks for any unmask
+    share (:class:`simulation.rounds.ReleaseCommitter`), so by the time a node is asked to unmask
+    a round in which its update is among the survivors, it has signed its spend entry (and the
+    site-level one under distributed DP) and computed the entry's chain hash itself. The node
+    refuses otherwise (:class:`dp.LedgerError`: the coordinator skipped its signature), and
+    anchors its entry *itself* now, instead of waiting for the coordinator to deliver the anchor:
+    a coordinator that withheld the last round's anchors could otherwise delete that round from
+    its ledger unseen (issue 15, attack review). A node listed as dropped (its masked input was
+    not used) has nothing to sign or anchor.
+    """
+    from dp.errors import LedgerError
+
+    state_dir = node_path(context, "state-dir", "node-state-root")
+    if not state["released"]:
+        return
+    if setup.client_id not in incoming.survivors:
+        if state_dir is not None and setup.client_id in incoming.dropped:
+            note_release(state_dir, setup.run_id, setup.site, setup.round_index, "dropped")
+        return
+    missing = [k for k in _required_kinds(state) if k not in str(state["signed-kinds"]).split()]
+    if missing:
+        raise LedgerError(f"this node unmasks round {setup.round_index} only after it signed its "
+                          f"{' and '.join(missing)} in the coordinator's ledger, and the coordinator asked for "
+                          "no such signature")
+    key = node_ledger_key(context, setup.site)
+    if state_dir is None or key is None:
+        return  # refused at setup already (a node keeps state and an identity); nothing to anchor into
+    signer = node_ledger_signer(setup.site, key.seed, state_dir, setup.run_id)
+    seq = int(state["signed-seq"])
+    signer.record_anchor(setup.run_id, seq, signer.signed_hashes()[(setup.run_id, seq)])
+    note_release(state_dir, setup.run_id, setup.site, setup.round_index, "survivor")
 
 
 # -- local work ----------------------------------------------------------------------
@@ -592,7 +634,7 @@ def _setup_round(message: Message, context: Context) -> Message:
         return _refuse(message, f"{type(exc).__name__}: {exc}")
     context.state[_STATE] = ConfigRecord({"session": sealed, "setup": pickle.dumps(setup),
                                           "ddp": pickle.dumps(ddp), "dropped": False, "released": False,
-                                          "signed-kinds": ""})
+                                          "signed-kinds": "", "signed-seq": 0})
     return _reply(message, wire=wire.encode(advertise))
 
 
@@ -628,6 +670,8 @@ def _step(message: Message, context: Context) -> Message:
         context.state[_STATE] = state
         return _vanish(context, message, setup.stage_timeout)
     try:
+        if isinstance(incoming, UnmaskRequest):
+            gate_unmask(context, state, setup, session, incoming)
         reply = session.handle(data)
         if isinstance(incoming, MaskedInputRequest) and reply is not None:
             # The masked update is about to leave this node: its spend is committed first.
@@ -641,6 +685,8 @@ def _step(message: Message, context: Context) -> Message:
                                    LedgerSigner(setup.site, key.seed, ledger.run_dir))
                 finally:
                     ledger.close()
+            if state_dir is not None:
+                note_release(state_dir, setup.run_id, setup.site, setup.round_index, "released")
             state["released"] = True
     except (secagg.ProtocolError, PrivacyError, ValueError) as exc:
         return _refuse(message, f"{type(exc).__name__}: {exc}")

@@ -21,13 +21,33 @@ before it commits; a missing, refused or invalid signature raises :class:`dp.Sit
 and nothing of the round is committed (the run stops before any unmasking; ``resume`` continues).
 One Flower round trip per released site and round, one after the other.
 
-How a node anchors the ledger. After the commit the coordinator owes each signer the chain hash
-of its entry: it attaches ``{"run-id", "seq", "hash"}`` (ConfigRecord ``"ledger-anchor"``) to the
-next message it sends that node - the round's next protocol message, the next round's setup, or
-a last ``query.ledger`` at the end of the run. The node anchors only an entry it signed and whose
-hash it computed itself, in ``STATE_DIR/anchors/RUN_ID/ledger.anchor.json``
-(:class:`~dp.ledger_signatures.SiteAnchor`, signed by the site); a node that missed the message
-keeps its previous anchor (one round behind, never a false alarm).
+How a node anchors the ledger. The coordinator commits every released site's signed spend before
+it sends any unmask request (:class:`~simulation.rounds.ReleaseCommitter` runs when the masked
+updates are in). So a node asked to unmask a round in which its own update is among the
+survivors has already signed its entry and computed the entry's chain hash itself; it refuses
+to unmask otherwise (:func:`simulation.flower.client_app.gate_unmask`) and, before it answers,
+anchors that entry in ``STATE_DIR/anchors/RUN_ID/ledger.anchor.json``
+(:class:`~dp.ledger_signatures.SiteAnchor`, signed by the site). The anchor no longer waits for
+the coordinator: when it did, a coordinator could withhold the last round's anchors and then
+delete that round unseen (found by the issue-15 attack review; tests/test_flower_withheld_anchor.py).
+The coordinator still sends ``{"run-id", "seq", "hash"}`` (ConfigRecord ``"ledger-anchor"``) with
+its next message to the node; the node takes it only for an entry it signed, and it is a no-op
+when the node has anchored that entry already.
+
+What is left, and what exposes it. A site's update is decoded once t sites reveal its self-mask
+shares; the site itself need not take part. So a coordinator can skip a site's signature, record
+no spend for it, and still decode its update from the other sites' shares (the site refuses its
+own unmask shares, which does not stop the round). The coordinator's ledger then under-reports
+that site, consistently with every anchor. Two things still hold: the site's own ledger
+(``STATE_DIR/ledger``) charged the spend before the update left, so its budget is enforced; and
+the node keeps a release record (``released.json`` beside its anchor,
+:class:`dp.ReleaseRecord`: ``released`` when its update leaves, ``survivor`` when it is asked to
+unmask with it, ``dropped`` when told it was not used), from which ``secagg ledger verify
+--anchors`` names every released, not-dropped round that the ledger does not charge to the site.
+That is a warning, not a failure, because an update that reached the coordinator after its
+deadline is legitimately uncharged and the site cannot tell the two apart. Closing the gap
+outright needs every node to check every survivor's signed spend before it reveals that
+survivor's self-mask share (the registry at every node, active mode); that is not built.
 """
 
 from __future__ import annotations
@@ -46,11 +66,12 @@ from flwr.app import ConfigRecord, Message, RecordDict  # noqa: E402
 
 from dp.errors import LedgerError, SiteSignatureError  # noqa: E402
 from dp.ledger_format import write_private_atomic  # noqa: E402
-from dp.ledger_signatures import SIGNED_KINDS, EntryStatement, LedgerSigner, check_entry_signature  # noqa: E402
+from dp.ledger_signatures import (RELEASE_FILE, SIGNED_KINDS, EntryStatement, LedgerSigner, ReleaseRecord,  # noqa: E402
+                                  check_entry_signature)
 
 __all__ = ["LEDGER", "STATEMENT_RECORD", "ANCHOR_RECORD", "ANCHORS_DIR", "statement_record", "statement_from_record",
            "anchor_record", "anchor_from_record", "RemoteLedgerSigner", "anchor_dir", "node_ledger_signer",
-           "remember_signed"]
+           "remember_signed", "note_release"]
 
 LEDGER = "query.ledger"
 STATEMENT_RECORD = "ledger"
@@ -171,3 +192,15 @@ def remember_signed(signer: LedgerSigner, state_dir, run_id: str) -> None:
     folder = private_dir(anchor_dir(state_dir, run_id))
     hashes = {str(seq): digest for (run, seq), digest in sorted(signer.signed_hashes().items()) if run == run_id}
     write_private_atomic(folder / _SIGNED_FILE, (json.dumps(hashes, indent=2, sort_keys=True) + "\n").encode())
+
+
+def note_release(state_dir, run_id: str, site: str, round_index: int, state: str) -> None:
+    """Record in the node's own state (0600) that its masked update of ``round_index`` left it (``released``),
+    was then to be unmasked (``survivor``) or was declared unused (``dropped``): see
+    :class:`dp.ReleaseRecord`. ``secagg ledger verify --anchors`` reads it beside the anchor."""
+    from ..runstore import private_dir
+
+    folder = private_dir(anchor_dir(state_dir, run_id))
+    path = folder / RELEASE_FILE
+    record = ReleaseRecord.read(path) if path.is_file() else ReleaseRecord(run_id, site, {})
+    record.with_round(round_index, state).write(path)
