@@ -400,6 +400,21 @@ def test_configs_that_would_leak_are_refused():
     assert isinstance(params, HEParameters)
 
 
+def test_an_he_session_above_the_documented_size_is_refused_before_any_key_exists():
+    """secagg/he/config.py: ciphertexts are held whole, so m above 2^24 is refused at configuration."""
+    from secagg.he import HE_MAX_VECTOR_LENGTH
+
+    assert HE_MAX_VECTOR_LENGTH == 2**24
+    params = find_he_parameters(vector_length=10, max_summands=3)
+    base = dict(session_id=random_bytes(32), participants=(1, 2, 3), threshold=2, key_holder=1, params=params)
+    assert HESessionConfig(**base, vector_length=HE_MAX_VECTOR_LENGTH).vector_length == 2**24
+    with pytest.raises(InvalidInputError, match=r"at most 16,777,216 values.*use the masking path"):
+        HESessionConfig(**base, vector_length=50_000_000)
+    for bad in (0, -1, True, 2.5):
+        with pytest.raises(InvalidInputError):
+            HESessionConfig(**base, vector_length=bad)
+
+
 # -- fuzz: hostile upload bytes never crash the coordinator ------------------------------------
 
 

@@ -32,7 +32,7 @@ that needs CKKS raises :class:`HEUnavailableError` naming ``pip install
 
 from .ckks import CKKSContext, require_tenseal, tenseal_available
 from .client import HEClientSession, HEClientState
-from .config import HESessionConfig
+from .config import HE_MAX_VECTOR_LENGTH, HESessionConfig
 from .errors import HEUnavailableError, KeyHolderUnavailableError, SecretKeyUnavailableError
 from .keyschedule import context_id
 from .local import HELocalResult, run_local_he
@@ -96,7 +96,7 @@ masking unless a reason specific to the deployment requires HE.
 __all__ = [
     "THREAT_MODEL",
     # sessions
-    "HEClientSession", "HEClientState", "HEServerSession", "HEServerStage", "HESessionConfig",
+    "HEClientSession", "HEClientState", "HEServerSession", "HEServerStage", "HESessionConfig", "HE_MAX_VECTOR_LENGTH",
     # in-process runner
     "run_local_he", "HELocalResult", "HE_STAGES", "HE_ANSWER_STAGE",
     # parameters and CKKS

@@ -13,7 +13,7 @@ decrypts only sums of at least ``t`` distinct contributions (in active mode:
 number of sites that might collude with the coordinator plus one, since a
 sum over ``t`` sites of which ``t - 1`` collude reveals the last one.
 
-Memory at large m (no refusal below ``vector_length`` = 2^31; plan for it).
+Memory at large m, and the refusal above ``HE_MAX_VECTOR_LENGTH`` = 2^24 (16,777,216).
 Measured 2026-11-29 on one machine (benchmarks/test_bench_stream.py, each
 party in a fresh process, peak RSS above its baseline, n = 10, default
 parameters, N = 8192, 48-bit prime) at m = 1,000,000: a site's encoding and
@@ -24,6 +24,13 @@ cost grows about linearly. Extrapolated linearly, NOT measured, to
 m = 50,000,000: a site ~3.1 GB, the coordinator ~5.6 GB plus 1.4 GB per upload
 it buffers, the key holder ~1.6 GB; the masking path needs about 0.4 GB on
 each side at that m (:mod:`secagg.client`, :mod:`secagg.server`).
+
+Hence the limit: a session with ``vector_length`` above 2^24 is refused at
+configuration (:class:`~secagg.errors.InvalidInputError` naming the limit and
+the masking path), before any key or ciphertext exists. At 2^24 the same linear
+extrapolation gives about 1.0 GB for a site, 1.9 GB for the coordinator plus
+0.46 GB per buffered upload, and 0.5 GB for the key holder: what a hospital
+server holds; above it, use the masking path, which streams in 1 MiB chunks.
 """
 
 from __future__ import annotations
@@ -37,10 +44,10 @@ from ..errors import InvalidInputError
 from ..messages import FrozenMap
 from .params import HEParameters
 
-__all__ = ["HESessionConfig"]
+__all__ = ["HESessionConfig", "HE_MAX_VECTOR_LENGTH"]
 
 _MAX_ID = 2**32 - 1
-_MAX_VECTOR = 2**31
+HE_MAX_VECTOR_LENGTH = 2**24  # see the module docstring: memory grows ~linearly in m (ciphertexts are not streamed)
 
 
 @dataclass(frozen=True)
@@ -88,8 +95,13 @@ class HESessionConfig:
                 f"threshold must be an int in [2, {n}]; got {self.threshold!r} (t = 1 would let the key "
                 "holder decrypt a single site's update)"
             )
-        if not isinstance(self.vector_length, int) or not 1 <= self.vector_length <= _MAX_VECTOR:
-            raise InvalidInputError(f"vector_length must be an int in [1, 2^31]; got {self.vector_length!r}")
+        if not isinstance(self.vector_length, int) or isinstance(self.vector_length, bool) or self.vector_length < 1:
+            raise InvalidInputError(f"vector_length must be a positive int; got {self.vector_length!r}")
+        if self.vector_length > HE_MAX_VECTOR_LENGTH:
+            raise InvalidInputError(
+                f"the HE path takes at most {HE_MAX_VECTOR_LENGTH:,} values per update (2^24; its ciphertexts are "
+                f"held whole, about 1.9 GB at the coordinator at that size); got {self.vector_length:,}: use the "
+                "masking path (mode secagg), which streams large updates in 1 MiB chunks")
         if self.key_holder not in self.participants:
             raise InvalidInputError(f"key holder {self.key_holder!r} is not a participant")
         if not isinstance(self.params, HEParameters):
