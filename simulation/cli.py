@@ -223,6 +223,11 @@ def _cmd_ledger_verify(args: argparse.Namespace) -> int:
             f"{len(inside_keys)} site signing key(s) are inside the run directory ({inside_keys[0]}, ...): whoever "
             "can write it can re-sign a cheaper history, so these signatures prove nothing against its owner; "
             "they bind only where each site keeps its key on its own machine (the Flower deployment)")
+    if report.ok and registry_path is not None and not args.registry and report.signatures_checked:
+        report.warnings.append(
+            f"the {report.signatures_checked} site signatures were checked against the registry copy inside the run "
+            "directory: whoever can write the directory can replace it and re-sign; pass --registry with the "
+            "consortium's own copy")
     if report.ok and any(Path(a.source).resolve().is_relative_to(resolved) for a in anchors):
         report.warnings.append("some --anchors lie inside the run directory: its owner can rewrite them; copy "
                                "each site's anchor out of the run directory before auditing it")

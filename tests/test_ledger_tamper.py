@@ -109,6 +109,7 @@ def test_default_registry_is_the_run_directorys_and_says_so(run_dir, capsys):
     assert code == 0
     assert f"registry: {run_dir / 'registry.json'}" in out and "only as trustworthy as the directory" in out
     assert "no site anchors" in out
+    assert "checked against the registry copy inside the run directory" in out  # a warning, not only a note
 
 
 def test_each_site_keeps_its_key_and_anchor_private(run_dir):
