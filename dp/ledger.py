@@ -53,8 +53,11 @@ survives a crash or SIGKILL; an interrupted commit leaves no partial round.
 Triggers refuse UPDATE and DELETE on entries (a guard against mistakes; a
 deliberate edit with another tool is caught by verification instead).
 
-Schema. ``secagg-ledger-v2`` (signed spends, unit and adjacency). A ledger of
-another schema version (v1: unsigned) is refused with a message naming it.
+Schema. ``secagg-ledger-v3`` (signed spends, unit and adjacency, each entry's
+kind inside its hash). A ledger of another schema version (v1: unsigned; v2:
+kind outside the hash) is refused with a message naming it. Opening a ledger
+(:meth:`PrivacyLedger.open`, so also every resume) checks the whole hash chain
+first: a ledger whose chain does not hold is never used to decide a budget.
 """
 
 from __future__ import annotations
@@ -67,10 +70,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
-from .accounting import DEFAULT_ACCOUNTANTS, EpsilonReport, accountant_version, compute_epsilon
+from .accounting import ACCOUNTANTS, DEFAULT_ACCOUNTANTS, EpsilonReport, accountant_version, compute_epsilon
 from .errors import BudgetExceededError, InvalidPrivacyParameterError, LedgerError, LedgerIntegrityError
 from .events import LEGACY_UNIT, PrivacyEvent, validate_delta
-from .ledger_format import SCHEMA_VERSION, canonical_json, chain_hash, genesis_hash, write_private_atomic
+from .ledger_format import KINDS, SCHEMA_VERSION, canonical_json, chain_hash, genesis_hash, write_private_atomic
 from .ledger_signatures import (SIGNED_KINDS, EntryStatement, SiteAnchor, check_entry_signature,
                                 entry_site_and_round)
 
@@ -130,10 +133,50 @@ def _scan_rows(conn: sqlite3.Connection) -> tuple[list[tuple], LedgerIntegrityEr
         return rows, LedgerIntegrityError(f"entry {seq} cannot be read: the ledger file is damaged ({exc})", seq=seq)
 
 
+_ROUND_KEYS = {"round", "sites", "skipped", "extra"}
+
+
+def _round_record_mismatch(body: dict, spends: list[tuple[int, str, int]]) -> str | None:
+    """Why a round record does not close ``spends`` (the spends since the previous record), or None.
+
+    :meth:`PrivacyLedger.commit_round` writes a round's spends and then its record, listing the
+    sites that spent, in one transaction. So a record whose shape is not a round record's (a
+    relabelled spend), whose round differs from its spends', or whose site list differs from the
+    sites of the spends just before it, was edited, or spends were removed or added around it.
+    """
+    if not set(body) <= _ROUND_KEYS or "round" not in body or "sites" not in body:
+        return f"its keys {sorted(body)[:6]} are not a round record's ({', '.join(sorted(_ROUND_KEYS))})"
+    round_index, sites = body["round"], body["sites"]
+    if not isinstance(round_index, int) or isinstance(round_index, bool) or not isinstance(sites, list):
+        return "its round or site list is malformed"
+    if any(r != round_index for _, _, r in spends):
+        return f"it closes round {round_index} but the spends before it are of rounds {sorted({r for *_, r in spends})}"
+    spent = sorted({site for _, site, _ in spends})
+    if sorted(sites) != spent:
+        return f"it lists the sites {sorted(sites)} but the spends of round {round_index} before it charge {spent}"
+    return None
+
+
+def _check_chain(conn: sqlite3.Connection, run_id: str) -> None:
+    """Every entry's number, link, kind and hash (cheap: one SHA-256 per entry); raises naming the first bad one."""
+    rows, damage = _scan_rows(conn)
+    if damage is not None:
+        raise damage
+    prev = genesis_hash(run_id)
+    for expected, (seq, kind, body, prev_hash, digest) in enumerate(rows, start=1):
+        if (seq != expected or prev_hash != prev or kind not in KINDS or (seq == 1) != (kind == "genesis")
+                or not isinstance(body, str) or not isinstance(prev_hash, str)
+                or chain_hash(prev_hash, kind, body) != digest):
+            raise LedgerIntegrityError(f"entry {expected} breaks the ledger's hash chain (altered, relabelled or "
+                                       "reordered): run `secagg ledger verify` on it", seq=expected)
+        _decode(seq, kind, body)  # an entry whose own hash was recomputed is named for what is wrong with it
+        prev = digest
+
+
 def _decode(seq: int, kind: str, text) -> dict:
     try:
         body = json.loads(text)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, RecursionError):
         raise LedgerIntegrityError(f"entry {seq} ({kind}) is not valid JSON", seq=seq) from None
     if not isinstance(body, dict):
         raise LedgerIntegrityError(f"entry {seq} ({kind}) is not a JSON object", seq=seq)
@@ -245,7 +288,8 @@ def _open_checked(run_dir) -> tuple[sqlite3.Connection, dict]:
     if schema[0] != _SCHEMA_VERSION:
         conn.close()
         raise LedgerError(f"{path} is a ledger of schema {schema[0]!r}; this secagg reads {_SCHEMA_VERSION!r} only "
-                          "(v1 ledgers hold unsigned spends: read them with the secagg release that wrote them)")
+                          "(v1 ledgers hold unsigned spends, v2 ledgers keep each entry's kind outside its hash: read them with "
+                          "the secagg release that wrote them)")
     if row is None:
         conn.close()
         raise LedgerIntegrityError(f"{path}: entry 1 (the genesis entry) is missing", seq=1)
@@ -353,11 +397,14 @@ class PrivacyLedger:
     @classmethod
     def open(cls, run_dir) -> "PrivacyLedger":
         """Open an existing ledger; a missing, foreign or damaged file raises :class:`LedgerError`
-        (:class:`LedgerIntegrityError` naming the entry when an entry cannot be read)."""
+        (:class:`LedgerIntegrityError` naming the entry when an entry cannot be read, or when the
+        hash chain does not hold: a relabelled, edited or reordered entry is never used to decide a
+        budget; signatures and epsilons are checked by :func:`verify_ledger`)."""
         conn, meta = _open_checked(run_dir)
         try:
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=FULL")
+            _check_chain(conn, str(meta["run_id"]))
             return cls(Path(run_dir), conn, meta)
         except (LedgerError, sqlite3.Error) as exc:
             conn.close()
@@ -521,7 +568,7 @@ class PrivacyLedger:
                 body = statement.signed_body(signer.sign_entry(statement))
                 last_signed[statement.site] = count
             text = canonical_json(body)
-            digest = chain_hash(prev, text)
+            digest = chain_hash(prev, kind, text)
             records.append((count, kind, text, prev, digest))
             prev = digest
         try:
@@ -602,12 +649,18 @@ def verify_ledger(run_dir, *, registry: Mapping[str, bytes] | None = None, ancho
         budgets = {str(k): float(v) for k, v in dict(meta["budgets"]).items()}
         accountants = tuple(meta["accountants"])
         site_level = meta.get("site_level")
-    except (TypeError, ValueError, AttributeError) as exc:
+        if not 0.0 < delta < 1.0:
+            raise ValueError(f"delta {delta} is outside (0, 1)")
+        unknown = [a for a in accountants if a not in ACCOUNTANTS]
+        if not accountants or unknown:
+            raise ValueError(f"unknown accountant(s) {unknown} (known: {', '.join(ACCOUNTANTS)})")
+    except (TypeError, ValueError, AttributeError, OverflowError) as exc:
         return _fail(report, 1, f"entry 1 (genesis) holds invalid parameters: {exc}")
     prev = genesis_hash(run_id)
     events: dict[str, list[PrivacyEvent]] = {}
     site_events: dict[str, list] = {}
     charged: set[tuple[str, int]] = set()  # (site, round) of every spend
+    round_spends: list[tuple[int, str, int]] = []  # (seq, site, round) of the spends since the last round record
     unsigned = 0
     for expected_seq, (seq, kind, body, prev_hash, digest) in enumerate(rows, start=1):
         if seq != expected_seq:
@@ -615,17 +668,32 @@ def verify_ledger(run_dir, *, registry: Mapping[str, bytes] | None = None, ancho
         if prev_hash != prev:
             return _fail(report, seq, f"entry {seq} does not link to entry {seq - 1} (reordered or altered)",
                          *_claimed_site_round(kind, body))
-        if not isinstance(body, str) or chain_hash(prev_hash, body) != digest:
-            return _fail(report, seq, f"entry {seq} was altered: its hash does not match its content",
+        if kind not in KINDS:
+            return _fail(report, seq, f"entry {seq} has the unknown kind {str(kind)[:40]!r} (relabelled?)")
+        if (seq == 1) != (kind == "genesis"):
+            return _fail(report, seq, f"entry {seq} is a {kind} entry where " +
+                         ("the genesis entry must be" if seq == 1 else "only entry 1 may be the genesis"))
+        if not isinstance(body, str) or not isinstance(prev_hash, str) or chain_hash(prev_hash, kind, body) != digest:
+            return _fail(report, seq, f"entry {seq} was altered: its hash does not match its kind and content",
                          *_claimed_site_round(kind, body))
         try:
             parsed = _decode(seq, kind, body)
+            canonical = canonical_json(parsed)
         except LedgerIntegrityError as exc:
             return _fail(report, seq, str(exc))
-        if canonical_json(parsed) != body:
+        except (ValueError, RecursionError):
+            return _fail(report, seq, f"entry {seq} holds a value canonical JSON cannot hold (NaN, infinity or "
+                         "nesting too deep)")
+        if canonical != body:
             return _fail(report, seq, f"entry {seq} is not in canonical form")
         if seq == 1 and kind != "genesis":
             return _fail(report, 1, "the first entry is not the genesis entry")
+        if kind == "round":
+            # A round record closes the spends committed with it (one transaction): same round, same sites.
+            why = _round_record_mismatch(parsed, round_spends)
+            if why is not None:
+                return _fail(report, seq, f"entry {seq} (round record): {why}")
+            round_spends = []
         if kind in SIGNED_KINDS:
             try:
                 site, event = _spend_event(seq, kind, parsed)
@@ -634,6 +702,7 @@ def verify_ledger(run_dir, *, registry: Mapping[str, bytes] | None = None, ancho
             where = f"entry {seq} ({kind}, site {site!r}, round {event.round})"
             if kind == "spend":
                 charged.add((site, event.round))
+                round_spends.append((seq, site, event.round))
             try:
                 if kind == "spend":
                     stored = dict(parsed["cumulative"]["epsilon"])
@@ -686,6 +755,10 @@ def verify_ledger(run_dir, *, registry: Mapping[str, bytes] | None = None, ancho
         prev = digest
     if damage is not None:
         return _fail(report, damage.seq, str(damage))
+    if round_spends:
+        return _fail(report, round_spends[0][0], f"entries {round_spends[0][0]}-{round_spends[-1][0]} are spends that "
+                     "no round record closes (a round is committed in one transaction: its record was removed)",
+                     round_spends[0][1], round_spends[0][2])
     for anchor in anchors:
         place = f"the anchor of site {anchor.site!r} ({anchor.source})"
         if anchor.run_id != run_id:
@@ -719,7 +792,7 @@ def verify_ledger(run_dir, *, registry: Mapping[str, bytes] | None = None, ancho
     try:
         head = json.loads(head_path.read_text())
         head_count, head_hash = int(head["entries"]), str(head["head"])
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, OverflowError, RecursionError) as exc:
         return _fail(report, None, f"{head_path} does not parse ({type(exc).__name__})")
     if head.get("run_id") != run_id:
         return _fail(report, None, f"{head_path} belongs to run {head.get('run_id')!r}, not {run_id!r}")

@@ -4,8 +4,14 @@ One job: the bytes every party (the coordinator that writes, the sites that
 sign, the auditor that verifies) must compute identically.
 
 * ``canonical_json``: sorted keys, no whitespace, ASCII, no NaN/inf.
-* ``hash_0 = SHA-256("secagg/ledger/v2" || 0x00 || run_id)``;
-  ``hash_i = SHA-256(hash_{i-1} || canonical_json(body_i))``.
+* ``hash_0 = SHA-256("secagg/ledger/v3" || 0x00 || run_id)``;
+  ``hash_i = SHA-256(hash_{i-1} || kind_i || 0x00 || canonical_json(body_i))``.
+
+The entry's kind is inside the hash (schema v3). In v2 it was a bare SQLite
+column outside it, so relabelling a ``spend`` row as ``round`` or ``genesis``
+hid it from signature checks, epsilon re-derivation and the budget without
+touching a single hash (found by the issue-15 attack review). A kind is one of
+:data:`KINDS`.
 """
 
 from __future__ import annotations
@@ -15,9 +21,10 @@ import json
 import os
 from pathlib import Path
 
-__all__ = ["SCHEMA_VERSION", "canonical_json", "genesis_hash", "chain_hash", "write_private_atomic"]
+__all__ = ["SCHEMA_VERSION", "KINDS", "canonical_json", "genesis_hash", "chain_hash", "write_private_atomic"]
 
-SCHEMA_VERSION = "secagg-ledger-v2"
+SCHEMA_VERSION = "secagg-ledger-v3"
+KINDS = ("genesis", "spend", "site_level_spend", "round")
 
 
 def canonical_json(value) -> str:
@@ -26,11 +33,14 @@ def canonical_json(value) -> str:
 
 
 def genesis_hash(run_id: str) -> str:
-    return hashlib.sha256(f"secagg/ledger/v2\x00{run_id}".encode()).hexdigest()
+    return hashlib.sha256(f"secagg/ledger/v3\x00{run_id}".encode()).hexdigest()
 
 
-def chain_hash(prev_hash: str, body: str) -> str:
-    return hashlib.sha256(bytes.fromhex(prev_hash) + body.encode()).hexdigest()
+def chain_hash(prev_hash: str, kind: str, body: str) -> str:
+    """The entry's hash: its predecessor's hash, its kind and its canonical body (``ValueError`` for a bad kind)."""
+    if kind not in KINDS:
+        raise ValueError(f"{kind!r} is not a ledger entry kind ({', '.join(KINDS)})")
+    return hashlib.sha256(bytes.fromhex(prev_hash) + kind.encode() + b"\x00" + body.encode()).hexdigest()
 
 
 def write_private_atomic(path: Path, data: bytes) -> None:

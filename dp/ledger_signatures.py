@@ -220,7 +220,7 @@ class LedgerSigner:
             self._approve(statement)
         signature = sign(self._seed, statement.message())
         self._signed[(statement.run_id, statement.seq)] = chain_hash(
-            statement.prev_hash, canonical_json(statement.signed_body(signature)))
+            statement.prev_hash, statement.kind, canonical_json(statement.signed_body(signature)))
         return signature
 
     def anchor(self) -> SiteAnchor | None:

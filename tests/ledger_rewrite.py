@@ -39,7 +39,7 @@ def rewrite_ledger(directory, rows) -> None:
     prev = genesis_hash(run_id)
     for seq, (kind, body) in enumerate(rows, start=1):
         text = canonical_json(body)
-        digest = chain_hash(prev, text)
+        digest = chain_hash(prev, kind, text)
         conn.execute("INSERT INTO entries VALUES (?, ?, ?, ?, ?)", (seq, kind, text, prev, digest))
         prev = digest
     conn.execute("COMMIT")

@@ -120,7 +120,7 @@ def test_edit_with_rehashed_chain_detected_by_epsilon_recomputation(run_dir):
         if seq == 2:
             parsed["event"]["steps"] = 5  # claim less spend
         text = canonical_json(parsed)
-        digest = chain_hash(prev, text)
+        digest = chain_hash(prev, kind, text)
         conn.execute("UPDATE entries SET body = ?, prev_hash = ?, hash = ? WHERE seq = ?", (text, prev, digest, seq))
         prev = digest
     (Path(run_dir) / HEAD_FILE).write_text(json.dumps({"run_id": "r1", "entries": len(rows), "head": prev}))
@@ -276,7 +276,7 @@ def test_old_schema_is_refused_naming_its_version(run_dir):
     conn = sqlite3.connect(Path(run_dir) / LEDGER_FILE, isolation_level=None)
     conn.execute("UPDATE meta SET value = 'secagg-ledger-v1' WHERE key = 'schema'")
     conn.close()
-    with pytest.raises(LedgerError, match="'secagg-ledger-v1'.*'secagg-ledger-v2'"):
+    with pytest.raises(LedgerError, match="'secagg-ledger-v1'.*'secagg-ledger-v3'"):
         PrivacyLedger.open(run_dir)
     with pytest.raises(LedgerError, match="secagg-ledger-v1"):
         verify_ledger(run_dir)

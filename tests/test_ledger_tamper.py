@@ -232,7 +232,7 @@ def test_invalid_json_in_an_entry(run_dir, auditor, capsys):
     conn.execute("DROP TRIGGER entries_no_update")
     seq, prev = conn.execute("SELECT seq, prev_hash FROM entries WHERE kind='spend' ORDER BY seq LIMIT 1").fetchone()
     text = '{"event": {"site": "site-1"'
-    conn.execute("UPDATE entries SET body = ?, hash = ? WHERE seq = ?", (text, chain_hash(prev, text), seq))
+    conn.execute("UPDATE entries SET body = ?, hash = ? WHERE seq = ?", (text, chain_hash(prev, "spend", text), seq))
     conn.close()
     code, _, err = verify(run_dir, auditor, capsys=capsys)
     assert_broken(code, err, f"entry {seq}", "not valid JSON")
@@ -289,7 +289,7 @@ def test_other_schema_version(run_dir, auditor, capsys):
     conn.execute("UPDATE meta SET value = 'secagg-ledger-v1' WHERE key = 'schema'")
     conn.close()
     code, _, err = verify(run_dir, auditor, capsys=capsys)
-    assert_broken(code, err, "'secagg-ledger-v1'", "'secagg-ledger-v2'")
+    assert_broken(code, err, "'secagg-ledger-v1'", "'secagg-ledger-v3'")
 
 
 def test_head_record_that_does_not_parse(run_dir, auditor, capsys):
@@ -307,3 +307,114 @@ def test_cli_in_a_subprocess_has_no_traceback(run_dir, auditor):
                             capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and "ledger BROKEN at entry 2" in result.stderr
+
+
+# -- the attack review of issue 15, second round (/work/notes/attack15b): the kind column, damage ------
+
+
+def _relabel(run_dir, where: str, kind: str = "genesis") -> list[int]:
+    """Change the ``kind`` column of some rows with one SQL UPDATE: no rehash, no key, head untouched."""
+    conn = sqlite3.connect(run_dir / LEDGER_FILE, isolation_level=None)
+    try:
+        seqs = [s for (s,) in conn.execute(f"SELECT seq FROM entries WHERE {where} ORDER BY seq")]
+        conn.execute("DROP TRIGGER IF EXISTS entries_no_update")
+        conn.execute(f"UPDATE entries SET kind=? WHERE {where}", (kind,))
+    finally:
+        conn.close()
+    return seqs
+
+
+@pytest.mark.parametrize("kind", ["genesis", "round", "note"])
+def test_relabelling_every_spend_is_caught_at_the_first(run_dir, auditor, capsys, kind):
+    """Schema v2 kept the kind outside the hash: this hid every spend from verify, show and the budget."""
+    seqs = _relabel(run_dir, "kind='spend'", kind)
+    assert len(seqs) == 9
+    code, _, err = verify(run_dir, auditor, capsys=capsys)
+    assert_broken(code, err, f"entry {seqs[0]}")
+    from dp import LedgerIntegrityError, PrivacyLedger
+
+    with pytest.raises(LedgerIntegrityError, match=f"entry {seqs[0]} breaks the ledger's hash chain"):
+        PrivacyLedger.open(run_dir)  # so a resume never takes its budget back from a relabelled ledger
+
+
+def test_relabelling_the_last_rounds_spends_is_caught(run_dir, auditor, capsys):
+    last = max(seq for seq, (kind, _) in enumerate(_rows(run_dir), start=1) if kind == "spend")
+    seqs = _relabel(run_dir, f"kind='spend' AND seq > {last - 3}", "round")
+    assert len(seqs) == 3
+    code, _, err = verify(run_dir, auditor, capsys=capsys)
+    assert_broken(code, err, f"entry {seqs[0]}")
+
+
+def test_relabelled_spends_with_the_chain_rehashed_are_caught_without_anchors(run_dir, auditor, capsys):
+    """The public formula (now with the kind) recomputed and the head rewritten: a spend body is not a round record."""
+    rows = _rows(run_dir)
+    last = max(i for i, (kind, _) in enumerate(rows) if kind == "spend")
+    rows[last] = ("round", rows[last][1])
+    _rewrite(run_dir, rows)
+    code, _, err = verify(run_dir, auditor, anchors=False, capsys=capsys)
+    assert_broken(code, err, f"entry {last + 1} (round record)", "are not a round record's")
+
+
+def test_a_spend_deleted_with_its_round_record_kept_is_caught_without_anchors(run_dir, auditor, capsys):
+    rows = _rows(run_dir)
+    last = max(i for i, (kind, _) in enumerate(rows) if kind == "spend")
+    del rows[last]
+    _rewrite(run_dir, rows)
+    code, _, err = verify(run_dir, auditor, anchors=False, capsys=capsys)
+    assert_broken(code, err, "(round record)", "lists the sites")
+
+
+def test_a_trailing_round_record_deleted_is_caught_without_anchors(run_dir, auditor, capsys):
+    rows = _rows(run_dir)
+    assert rows[-1][0] == "round"
+    _rewrite(run_dir, rows[:-1])
+    code, _, err = verify(run_dir, auditor, anchors=False, capsys=capsys)
+    assert_broken(code, err, "no round record closes")
+
+
+def _rewrite_raw(run_dir, seq_to_edit, edit):
+    """Rehash the chain with entry ``seq_to_edit``'s raw body text replaced by ``edit(text)``; new head."""
+    from dp.ledger_format import genesis_hash
+
+    conn = sqlite3.connect(run_dir / LEDGER_FILE, isolation_level=None)
+    rows = conn.execute("SELECT seq, kind, body FROM entries ORDER BY seq").fetchall()
+    conn.execute("DROP TRIGGER IF EXISTS entries_no_update")
+    conn.execute("DROP TRIGGER IF EXISTS entries_no_delete")
+    run_id = json.loads(rows[0][2])["run_id"]
+    prev = genesis_hash(run_id)
+    conn.execute("BEGIN")
+    conn.execute("DELETE FROM entries")
+    for seq, kind, body in rows:
+        if seq == seq_to_edit:
+            body = edit(body)
+        digest = chain_hash(prev, kind, body)
+        conn.execute("INSERT INTO entries VALUES (?, ?, ?, ?, ?)", (seq, kind, body, prev, digest))
+        prev = digest
+    conn.execute("COMMIT")
+    conn.close()
+    (run_dir / HEAD_FILE).write_text(json.dumps({"run_id": run_id, "entries": len(rows), "head": prev}))
+
+
+@pytest.mark.parametrize("payload", ["NaN", "[" * 100_000 + "]" * 100_000], ids=["nan", "deep"])
+def test_a_body_json_reads_but_canonical_json_cannot_is_named(run_dir, auditor, capsys, payload):
+    last = len(_rows(run_dir))
+    _rewrite_raw(run_dir, last, lambda body: body[:-1] + ',"z":' + payload + "}")
+    code, _, err = verify(run_dir, auditor, capsys=capsys)
+    assert_broken(code, err, f"entry {last}")
+
+
+def test_an_infinite_entry_count_in_the_head_record_is_named(run_dir, auditor, capsys):
+    head = json.loads((run_dir / HEAD_FILE).read_text())
+    (run_dir / HEAD_FILE).write_text(json.dumps({**head, "entries": float("inf")}))
+    code, _, err = verify(run_dir, auditor, capsys=capsys)
+    assert_broken(code, err, "head record")
+
+
+@pytest.mark.parametrize("key,value", [("accountants", ["bogus"]), ("delta", 5)])
+def test_invalid_genesis_parameters_without_a_registry_name_entry_1(run_dir, capsys, key, value):
+    rows = _rows(run_dir)
+    rows[0][1][key] = value
+    _rewrite(run_dir, rows)
+    (run_dir / "registry.json").unlink()  # a ledger checked on its own (no registry to hand)
+    code, _, err = verify(run_dir, capsys=capsys)
+    assert_broken(code, err, "entry 1")

@@ -265,7 +265,7 @@ def test_tiny_run_with_distributed_dp(tmp_path, cache_dir):
 
     prev = conn.execute("SELECT prev_hash FROM entries WHERE seq = ?", (seq,)).fetchone()[0]
     text = canonical_json(data)
-    conn.execute("UPDATE entries SET body = ?, hash = ? WHERE seq = ?", (text, chain_hash(prev, text), seq))
+    conn.execute("UPDATE entries SET body = ?, hash = ? WHERE seq = ?", (text, chain_hash(prev, "site_level_spend", text), seq))
     broken = verify_ledger(out)
     assert not broken.ok and broken.first_broken is not None
 

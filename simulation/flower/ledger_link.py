@@ -4,7 +4,7 @@ Threat model: as :mod:`dp.ledger_signatures` - the coordinator writes its ledger
 directory and can rewrite every byte there, but it cannot sign for a site (the site's Ed25519 key
 never leaves the node) and it cannot rewrite what a node keeps in its own state directory. The
 statements, signatures and anchor files are exactly the in-process simulation's (ledger schema
-``secagg-ledger-v2``), so ``secagg ledger verify RUN_DIR --registry R --anchors ...`` checks a
+``secagg-ledger-v3``), so ``secagg ledger verify RUN_DIR --registry R --anchors ...`` checks a
 Flower coordinator's ledger with the same code.
 
 How a spend gets its site's signature. A site's spend entry is signed over its place in the chain
