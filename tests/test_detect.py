@@ -441,9 +441,10 @@ def test_detect_prepare_maps_back_onto_the_raw_scan(journey, tmp_path):
     physical = record["prepared_grid"]["lesion_volume_ml"] * abs(np.linalg.det(transform[:3, :3]))
     assert record["lesion_volume_ml"] == pytest.approx(physical, rel=0.15), (record["lesion_volume_ml"], physical)
     # Overlap: the truth pushed onto the prepared grid (scipy, by T) meets the model's prepared-grid segmentation;
-    # on the raw grid the mapped segmentation keeps at least 80 % of that Dice. (Measured: 0.42 on both grids;
-    # mapped with T un-inverted 0.0, without the registration 0.12.) The tiny model is weak, so its Dice with the
-    # truth is only required to be positive; the mapping is what is tested here.
+    # on the raw grid the mapped segmentation keeps at least 80 % of that Dice. (Measured in two runs: 0.28 and
+    # 0.42, equal on both grids; mapped with T un-inverted 0.0, without the registration 0.04 and 0.12; volume
+    # 17.1 mL raw vs 16.8 mL from the grid.) The tiny model is weak (truth: 88 mL), so its Dice with the truth is
+    # only required to be positive; the mapping is what is tested here.
     forward = np.linalg.inv(raw.affine) @ transform @ reference.affine
     truth_grid = ndimage.affine_transform(truth.astype(np.float32), forward[:3, :3], offset=forward[:3, 3],
                                           output_shape=reference.shape, order=1, prefilter=False) >= 0.5
@@ -457,8 +458,9 @@ def test_ground_truth_lesion_survives_prepare_and_back(journey):
     """The mapping alone, on the truth: the raw scan's lesion mask pushed onto the prepared grid by the
     recorded transform (scipy, independent of the code under test) lands on the prepared scan's bright lesion
     (prepare resampled the scan with this transform), and `to_source_space` brings it back onto the raw grid:
-    Dice >= 0.9 and volume within 5 % of the truth. (Measured: Dice 0.997, volume +0.3 %; mapped back with the
-    transform un-inverted: Dice 0.05; without it: 0.34.)"""
+    Dice >= 0.9 and volume within 5 % of the truth. (Measured: Dice 0.997, 88.45 vs 88.18 mL (+0.3 %); mapped
+    back with the transform un-inverted: Dice 0.05, +51 %; without it: Dice 0.34, +22 %. The pushed truth's mean
+    on the prepared scan is 1.40 x the brain's median; 1.10 if the registration were ignored, 0.41 if inverted.)"""
     from scipy import ndimage
 
     from models.prepare import to_source_space
@@ -472,7 +474,7 @@ def test_ground_truth_lesion_survives_prepare_and_back(journey):
     pushed = ndimage.affine_transform(truth.astype(np.float32), forward[:3, :3], offset=forward[:3, 3],
                                       output_shape=reference.shape, order=1, prefilter=False) >= 0.5
     scan = reference.get_fdata()
-    assert scan[pushed].mean() > 1.3 * np.median(scan[(scan > 0) & ~pushed])  # the tumour, where prepare put it
+    assert scan[pushed].mean() > 1.25 * np.median(scan[(scan > 0) & ~pushed])  # the tumour, where prepare put it
     back = to_source_space(pushed.astype(np.float32), reference.affine, raw.affine, raw.shape, transform,
                            nearest=True) > 0.5
     dice = _dice(back, truth)
