@@ -387,6 +387,13 @@ def test_detect_cli_bad_inputs_are_one_line_errors(finished_run, tmp_path):
         lines = stderr.strip().splitlines()
         assert code == 2 and len(lines) == 1 and message in lines[0], (args, stderr)
     assert not (tmp_path / "o" / "prepared").exists()  # the T1w was refused before any preparation
+    for name, blob, message in (("junk_FLAIR.nii.gz", b"not a NIfTI file", "not a readable NIfTI file"),
+                                 ("cut_FLAIR.nii.gz", Path(scan).read_bytes()[:20000], "truncated or corrupt")):
+        (tmp_path / name).write_bytes(blob)  # --prepare reads it with the same bounded, typed reader
+        code, _, stderr = secagg_cli("detect", str(tmp_path / "model.secagg"), str(tmp_path / name), "--prepare",
+                                     "--out", str(tmp_path / "o2"))
+        lines = stderr.strip().splitlines()
+        assert code == 2 and len(lines) == 1 and message in lines[0], (name, stderr)
 
 
 @pytest.mark.slow
