@@ -94,10 +94,12 @@ _LAZY: dict[str, str] = {
     "check_scan": "detect",
     "check_scans": "detect",
     "detect_scan": "detect",
+    "detect_raw_scan": "detect",
     "lesion_volume_ml": "detect",
     "PrepareOptions": "prepare",
     "prepare_scan": "prepare",
     "prepare_dataset": "prepare",
+    "to_source_space": "prepare",
     "training_patients": "dataset",
     # synthetic cohorts
     "generate_cohort": "synth",
@@ -201,7 +203,8 @@ if TYPE_CHECKING:  # static analysers see the real names
     )
     from .bids_synth import write_bids_cohort
     from .cache import PreprocessCache
-    from .detect import DetectionResult, ScanMismatchError, check_scan, check_scans, detect_scan, lesion_volume_ml
+    from .detect import (DetectionResult, ScanMismatchError, check_scan, check_scans, detect_raw_scan, detect_scan,
+                         lesion_volume_ml)
     from .dataset import (
         HealthySplit,
         SiteData,
@@ -217,7 +220,7 @@ if TYPE_CHECKING:  # static analysers see the real names
     from .evaluation import DetectionMetrics, DetectionReport, MethodReport, evaluate, score_examples
     from .figures import plot_detection, plot_detection_examples, plot_site_examples
     from .manifest import CohortManifest, SiteProfile, SubjectRecord
-    from .prepare import PrepareOptions, prepare_dataset, prepare_scan
+    from .prepare import PrepareOptions, prepare_dataset, prepare_scan, to_source_space
     from .modelfile import ModelFile, ModelFileError, load_model_file, save_model_file
     from .metrics import RankingCurve, auprc, auroc, best_dice, dice, ranking_curve, threshold_at_fpr
     from .nifti import NiftiHeader, NiftiVolume, VolumeLimits, load_mask, load_nifti, read_nifti_header, save_nifti

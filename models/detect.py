@@ -29,6 +29,19 @@ For one scan, :func:`detect_scan`:
 Only the axial slab the model was trained on (``PreprocessConfig.slice_range``
 of the brain's height) is scored; outside it the maps are 0 and the JSON
 gives the slab's extent.
+
+**A raw scan** (``secagg detect --prepare``, :func:`detect_raw_scan`) is first
+prepared (:func:`models.prepare.prepare_scan`: RAS, N4, affine registration to
+MNI152, skull stripping, normalisation) into ``OUT/prepared/``, and detected
+there as above: ``OUT/prepared/STEM_anomaly.nii.gz`` and ``_segmentation.nii.gz``
+overlay the prepared scan (kept: they cost nothing more and show what the
+model saw, with the montage). Both maps are then taken back to the raw scan's
+own stored grid through the inverse of the recorded transform chain
+(:func:`models.prepare.to_source_space`: trilinear for the anomaly map, nearest
+neighbour for the segmentation) and written into ``OUT/`` with the raw scan's
+affine, shape and header, so they overlay the scan the radiologist has. The
+JSON's ``space`` says which grid each file is on, and ``lesion_volume_ml`` is
+counted on the raw grid with the raw header's voxel volume.
 """
 
 from __future__ import annotations
@@ -44,11 +57,17 @@ import numpy as np
 from .errors import DatasetError, ModelsError
 from .nifti import load_nifti, nifti_stem
 
-__all__ = ["ScanMismatchError", "DetectionResult", "check_scan", "lesion_volume_ml", "detect_scan", "check_scans", "write_report"]
+__all__ = ["ScanMismatchError", "DetectionResult", "check_scan", "lesion_volume_ml", "detect_scan", "check_scans",
+           "check_modality", "prepare_for_detection", "detect_raw_scan", "write_report", "INPUT_SPACE",
+           "PREPARED_SPACE"]
 
 MAX_COARSENING = 1.5
 MAX_OBLIQUE_DEG = 20.0
 MIN_ZERO_FRACTION = 0.2
+#: The ``space`` of a file in the JSON record: the grid, affine and header of the scan given to ``detect``.
+INPUT_SPACE = "input scan (its own affine, shape and header)"
+#: ... or of the prepared scan (``detect --prepare``: MNI152 2009, 2 mm, when registered).
+PREPARED_SPACE = "prepared scan (OUT/prepared/, MNI152 2009 2 mm when registered)"
 _BIDS_SUFFIX = re.compile(r"^sub-[A-Za-z0-9]+(?:_[a-z]+-[A-Za-z0-9]+)*_([A-Za-z0-9]+)$")
 
 
@@ -72,16 +91,23 @@ def lesion_volume_ml(mask: np.ndarray, affine: np.ndarray) -> float:
     return float(np.count_nonzero(mask)) * abs(float(np.linalg.det(np.asarray(affine)[:3, :3]))) / 1000.0
 
 
+def check_modality(path: str | Path, model) -> None:
+    """Refuse a BIDS-named scan whose suffix (``sub-01_T1w``) is not the model's modality (``FLAIR``).
+
+    Read from the name alone, so ``detect --prepare`` refuses before spending time on preparation.
+    """
+    match = _BIDS_SUFFIX.match(nifti_stem(path))
+    if match and match.group(1) != model.modality:
+        raise ScanMismatchError(f"{path}: a {match.group(1)} scan; this model was trained on {model.modality} "
+                                "(wrong modality)")
+
+
 def check_scan(path: Path, image, model) -> None:
     """Refuse a scan the model's preprocessing does not fit (rules in the module docstring).
 
     ``image`` is the nibabel image as stored, ``model`` a :class:`~models.modelfile.ModelFile`.
     """
-    stem = nifti_stem(path)
-    match = _BIDS_SUFFIX.match(stem)
-    if match and match.group(1) != model.modality:
-        raise ScanMismatchError(f"{path}: a {match.group(1)} scan; this model was trained on {model.modality} "
-                                "(wrong modality)")
+    check_modality(path, model)
     affine = np.asarray(image.affine, dtype=np.float64)
     voxel = np.linalg.norm(affine[:3, :3], axis=0)
     grid = max(model.preprocess.pixel_spacing_mm, model.preprocess.plane_spacing_mm)
@@ -227,17 +253,17 @@ def detect_scan(model, scan: str | Path, out_dir: str | Path, *, reconstruct=Non
         "lesion_volume_ml_model_grid": lesion_volume_ml(detection, sliced.grid_affine),
         "scored_slab_z_mm": [float(z[0]), float(z[1])],
         "threshold": {"value": threshold, **{k: v for k, v in model.threshold.items() if k != "value"}},
+        "space": {"anomaly_map": INPUT_SPACE, "segmentation": INPUT_SPACE},
     }
     return DetectionResult(scan, anomaly_path, seg_path, montage, record)
 
 
-def prepare_for_detection(scans, out_dir: str | Path, options=None) -> dict[Path, Path]:
-    """Run :func:`models.prepare.prepare_scan` on each raw scan (``detect --prepare``); returns raw -> prepared.
+def prepare_for_detection(scans, out_dir: str | Path, options=None) -> dict[Path, tuple[Path, dict]]:
+    """Run :func:`models.prepare.prepare_scan` on each raw scan (``detect --prepare``); returns raw ->
+    (prepared scan, its sidecar).
 
     The prepared scans go to ``out_dir/prepared/STEM.nii.gz`` with their JSON sidecars (steps, input
     SHA-256, the fitted transform), keeping the stem so the modality check still reads the BIDS suffix.
-    Detection then runs on the prepared scan, so its maps lie on the prepared (MNI152, 2 mm) grid and
-    overlay the prepared scan, not the raw one: the raw scan's grid differs by the registration.
     """
     from .prepare import PrepareOptions, prepare_scan
 
@@ -246,9 +272,50 @@ def prepare_for_detection(scans, out_dir: str | Path, options=None) -> dict[Path
     prepared = {}
     for scan in scans:
         dst = folder / f"{nifti_stem(Path(scan))}.nii.gz"
-        prepare_scan(scan, dst, options or PrepareOptions())
-        prepared[Path(scan)] = dst
+        prepared[Path(scan)] = (dst, prepare_scan(scan, dst, options or PrepareOptions()))
     return prepared
+
+
+def detect_raw_scan(model, raw_scan: str | Path, prepared_scan: str | Path, sidecar: dict, out_dir: str | Path, *,
+                    reconstruct=None) -> DetectionResult:
+    """Detect on ``prepared_scan`` (maps into ``out_dir/prepared/``) and write both maps back on the raw
+    scan's own grid into ``out_dir`` (module docstring); returns the raw-space result.
+
+    ``sidecar`` is :func:`models.prepare.prepare_scan`'s record for ``raw_scan``; its
+    ``transform_template_to_source_ras`` (``None`` without registration) is inverted to map back.
+    """
+    import nibabel as nib
+
+    from .nifti import read_nifti_image
+    from .prepare import to_source_space
+
+    raw_scan, out = Path(raw_scan), Path(out_dir)
+    on_grid = detect_scan(model, prepared_scan, out / "prepared", reconstruct=reconstruct)
+    raw = read_nifti_image(raw_scan)
+    transform = sidecar.get("transform_template_to_source_ras")
+    maps = {}
+    for name, path, nearest in (("anomaly", on_grid.anomaly_map, False), ("segmentation", on_grid.segmentation, True)):
+        grid = nib.load(str(path))
+        maps[name] = to_source_space(np.asarray(grid.dataobj, dtype=np.float32), grid.affine, raw.affine,
+                                     raw.shape[:3], transform, nearest=nearest)
+    seg = maps["segmentation"] > 0.5
+    stem = nifti_stem(raw_scan)
+    anomaly_path = _save_like(out / f"{stem}_anomaly.nii.gz", maps["anomaly"], raw, np.float32)
+    seg_path = _save_like(out / f"{stem}_segmentation.nii.gz", seg.astype(np.uint8), raw, np.uint8)
+    record = dict(on_grid.record)
+    record.update({
+        "prepared_from": str(raw_scan),
+        "anomaly_map": str(anomaly_path),
+        "segmentation": str(seg_path),
+        "shape": list(raw.shape[:3]),
+        "lesion_volume_ml": lesion_volume_ml(seg, raw.affine),
+        "transform_template_to_source_ras": transform,
+        "space": {"anomaly_map": INPUT_SPACE, "segmentation": INPUT_SPACE, "montage": PREPARED_SPACE,
+                  "scored_slab_z_mm": PREPARED_SPACE},
+        "prepared_grid": {"anomaly_map": str(on_grid.anomaly_map), "segmentation": str(on_grid.segmentation),
+                          "space": PREPARED_SPACE, "lesion_volume_ml": on_grid.record["lesion_volume_ml"]},
+    })
+    return DetectionResult(raw_scan, anomaly_path, seg_path, on_grid.montage, record)
 
 
 def write_report(path: str | Path, model, results: list[DetectionResult]) -> Path:

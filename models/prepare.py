@@ -13,9 +13,20 @@ Steps for one scan (:func:`prepare_scan`), each optional and recorded in a JSON 
 5. **normalise**: divide by the median of the brain voxels (as :mod:`models.preprocess`).
 
 The sidecar ``OUT.json`` records the steps, the input's SHA-256, the fitted transform (a
-4x4 matrix mapping template RAS mm to the input's RAS mm) and the seconds per step.
+4x4 matrix ``T`` mapping template RAS mm to the input's RAS mm) and the seconds per step.
+
 :func:`prepare_dataset` runs many scans on ``workers`` processes and skips a scan whose
 output and sidecar exist for the same input digest and options (resumable).
+
+**Back to the input's space** (:func:`to_source_space`, used by ``secagg detect --prepare``): a map
+on the prepared grid (affine ``P``) is resampled onto the input scan's own stored grid (affine
+``A``; shape and storage order as on disk) by the inverse of the recorded chain. Reorientation
+changes only the storage order, never a voxel's world position, so it is undone by building the
+output on ``A`` directly. Registration is undone with ``T``: input voxel ``v`` lies at input RAS
+``A v``, that is at template RAS ``T^-1 A v``, so it is read at prepared voxel ``P^-1 T^-1 A v``
+(SimpleITK ``Resample``: linear for anomaly maps, nearest neighbour for segmentations, 0 outside
+the prepared grid). Without registration ``T`` is the identity. N4, skull stripping and
+normalisation move no voxel.
 """
 
 from __future__ import annotations
@@ -32,7 +43,7 @@ import numpy as np
 from .errors import ConfigError, DatasetError
 from .nifti import is_nifti_path
 
-__all__ = ["PrepareOptions", "prepare_scan", "plan_prepare", "prepare_dataset", "SIDECAR_VERSION"]
+__all__ = ["PrepareOptions", "prepare_scan", "plan_prepare", "prepare_dataset", "to_source_space", "SIDECAR_VERSION"]
 
 SIDECAR_VERSION = 1
 _LPS = np.diag([-1.0, -1.0, 1.0])  # ITK's physical space is LPS; nibabel's is RAS
@@ -135,6 +146,40 @@ def _transform_matrix(transform) -> np.ndarray:
     lps[:3, 3] = t + c - a @ c
     flip = np.diag([-1.0, -1.0, 1.0, 1.0])
     return flip @ lps @ flip
+
+
+def _itk_affine(ras: np.ndarray):
+    """The ITK transform (LPS -> LPS) of a 4x4 RAS -> RAS matrix (inverse of :func:`_transform_matrix`)."""
+    sitk = _sitk()
+    flip = np.diag([-1.0, -1.0, 1.0, 1.0])
+    lps = flip @ ras @ flip
+    transform = sitk.AffineTransform(3)
+    transform.SetMatrix(tuple(float(v) for v in lps[:3, :3].ravel()))
+    transform.SetTranslation(tuple(float(v) for v in lps[:3, 3]))
+    return transform
+
+
+def to_source_space(data: np.ndarray, grid_affine: np.ndarray, source_affine: np.ndarray, source_shape,
+                    transform: np.ndarray | None, *, nearest: bool = False) -> np.ndarray:
+    """Resample ``data`` (on the prepared grid, affine ``grid_affine``) onto the input scan's stored grid.
+
+    ``source_affine`` and ``source_shape`` are the input's as stored on disk (not reoriented);
+    ``transform`` is the sidecar's ``transform_template_to_source_ras`` (``None``: no registration,
+    the identity). Returns a float32 array of ``source_shape`` in the input's storage order: the
+    value at input voxel ``v`` is ``data`` read at ``grid_affine^-1 transform^-1 source_affine v``,
+    trilinearly, or by nearest neighbour when ``nearest`` (segmentations), 0 outside the grid.
+    """
+    sitk = _sitk()
+    matrix = np.eye(4) if transform is None else np.asarray(transform, dtype=np.float64)
+    if matrix.shape != (4, 4) or not np.all(np.isfinite(matrix)) or abs(np.linalg.det(matrix[:3, :3])) < 1e-6:
+        raise DatasetError("the recorded transform is not a finite, invertible 4x4 matrix")
+    shape = tuple(int(n) for n in source_shape[:3])
+    reference = _to_sitk(np.zeros(shape, dtype=np.float32), np.asarray(source_affine, dtype=np.float64))
+    moving = _to_sitk(data, np.asarray(grid_affine, dtype=np.float64))
+    # ITK's Resample reads the moving image at transform(reference point): input RAS -> template RAS = T^-1.
+    inverse = _itk_affine(np.linalg.inv(matrix))
+    interpolator = sitk.sitkNearestNeighbor if nearest else sitk.sitkLinear
+    return _from_sitk(sitk.Resample(moving, reference, inverse, interpolator, 0.0, sitk.sitkFloat32))
 
 
 def _sha256(path: Path) -> str:

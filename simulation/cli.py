@@ -454,23 +454,24 @@ def _load_detect_model(source: str):
 def _cmd_detect(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from models.detect import check_scans, detect_scan, prepare_for_detection, write_report
+    from models.detect import (check_modality, check_scans, detect_raw_scan, detect_scan, prepare_for_detection,
+                               write_report)
     from models.scoring import as_reconstruct_fn
 
     model = _load_detect_model(args.model)
     scans = [Path(s) for s in args.scans]
-    prepared = {}
     if args.prepare:
         check_scans(model, [], names=scans)  # colliding names are refused before anything is written
+        for scan in scans:
+            check_modality(scan, model)  # a T1w is refused before minutes of preparation
         prepared = prepare_for_detection(scans, args.out)
-        scans = [prepared[s] for s in scans]
-    check_scans(model, scans)  # every scan is checked before any output is written
-    reconstruct = as_reconstruct_fn(model.build_model())
-    results = [detect_scan(model, scan, args.out, reconstruct=reconstruct) for scan in scans]
-    for raw, result in zip(args.scans, results):
-        if args.prepare:
-            result.record["prepared_from"] = str(raw)
-            result.record["grid"] = "prepared scan (MNI152 2 mm when registered): the maps overlay it, not the raw scan"
+        check_scans(model, [p for p, _ in prepared.values()])  # every scan is checked before any map is written
+        reconstruct = as_reconstruct_fn(model.build_model())
+        results = [detect_raw_scan(model, raw, *prepared[raw], args.out, reconstruct=reconstruct) for raw in scans]
+    else:
+        check_scans(model, scans)  # every scan is checked before any output is written
+        reconstruct = as_reconstruct_fn(model.build_model())
+        results = [detect_scan(model, scan, args.out, reconstruct=reconstruct) for scan in scans]
     report = write_report(Path(args.out) / "detections.json", model, results)
     if args.json:
         print(report.read_text())
@@ -953,7 +954,8 @@ def build_parser() -> argparse.ArgumentParser:
             "--out STEM_anomaly.nii.gz (score map) and STEM_segmentation.nii.gz (score > threshold), both with\n"
             "the input's affine, shape and header so they overlay it in any viewer, STEM_montage.png, and one\n"
             "detections.json (per-scan scores, lesion volume in mL, the threshold and where it came from).\n"
-            "MODEL is an exported model file or a run directory."
+            "MODEL is an exported model file or a run directory. With --prepare a raw scan is prepared first\n"
+            "and both maps are mapped back onto its own grid (the JSON's `space` names each file's grid)."
         ),
         epilog=("Examples:\n  secagg detect model.secagg scan.nii.gz --out results/\n"
                 "  secagg detect model.secagg raw/sub-07_FLAIR.nii.gz --prepare --out results/\n"
@@ -964,8 +966,8 @@ def build_parser() -> argparse.ArgumentParser:
     detect.add_argument("--out", required=True, help="output directory")
     detect.add_argument("--prepare", action="store_true",
                         help="run `secagg data prepare` (RAS, N4, MNI152 registration, skull stripping, "
-                             "normalisation) on each raw scan first, into OUT/prepared/; the maps then overlay "
-                             "the prepared scan")
+                             "normalisation) on each raw scan first, into OUT/prepared/ (maps on that grid there "
+                             "too); the maps in OUT/ are mapped back onto the raw scan's own grid and header")
     detect.add_argument("--json", action="store_true", help="print detections.json")
     detect.set_defaults(func=_cmd_detect)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import struct
 import subprocess
@@ -230,18 +231,97 @@ def secagg_cli(*args, timeout=900, cwd=ROOT):
     return proc.returncode, proc.stdout, proc.stderr
 
 
+JOURNEY = "**From a BIDS folder to an anomaly map you open in a viewer.**"
+RAW_SCAN = "raw/sub-07_FLAIR.nii.gz"  # the README's raw scanner scan; the journey fixture writes it
+TRUTH = "truth/sub-07_lesion.nii.gz"  # its lesion mask, on its grid (not part of the README)
+THETA = np.deg2rad(12.0)
+DISTORTION = np.array([[np.cos(THETA), -np.sin(THETA), 0, 8.0], [np.sin(THETA), np.cos(THETA), 0, -6.0],
+                       [0, 0, 1, 4.0], [0, 0, 0, 1]])  # 12 degrees about z, 10.8 mm shift
+
+
+def readme_journey() -> list[list[str]]:
+    """The `secagg ...` command lines of the README's researcher journey (its first bash block), comments cut."""
+    text = (ROOT / "README.md").read_text()
+    start = text.index("```bash\n", text.index(JOURNEY)) + len("```bash\n")
+    block = text[start : text.index("```", start)]
+    return [shlex.split(line.split("  #")[0]) for line in block.splitlines() if line.startswith("secagg ")]
+
+
+def _option(command: list[str], name: str) -> str:
+    return command[command.index(name) + 1]
+
+
+def _lesion_volumes(data: Path) -> dict[str, float]:
+    patients = [line.split("\t")[0] for line in (data / "participants.tsv").read_text().splitlines()[1:]
+                if "\tpatient\t" in line]
+    return {p: lesion_volume_ml(np.asarray(nib.load(
+        data / f"derivatives/lesions/{p}/anat/{p}_desc-lesion_mask.nii.gz").dataobj) > 0,
+        nib.load(data / f"{p}/anat/{p}_FLAIR.nii.gz").affine) for p in patients}
+
+
+def _write_raw_scan(data: Path, base: Path) -> None:
+    """RAW_SCAN: the synthetic patient with the largest lesion as a scanner gives it - moved by DISTORTION,
+    a smooth bias field (x0.75-1.4), no skull stripping (tissue-like background), stored LPS as the cohort
+    is - and TRUTH, its lesion mask on the same grid."""
+    volumes = _lesion_volumes(data)
+    patient = max(volumes, key=volumes.get)
+    image = nib.load(data / f"{patient}/anat/{patient}_FLAIR.nii.gz")
+    mask = nib.load(data / f"derivatives/lesions/{patient}/anat/{patient}_desc-lesion_mask.nii.gz")
+    values = np.asarray(image.dataobj, dtype=np.float32)
+    affine = DISTORTION @ image.affine
+    world = nib.affines.apply_affine(affine, np.indices(values.shape).reshape(3, -1).T)
+    bias = np.exp(0.2 * np.sin(world[:, 0] / 60.0) + 0.15 * np.cos(world[:, 1] / 80.0)).reshape(values.shape)
+    raw = np.where(values > 0, values * bias, 0.05 * float(values.max()))
+    save_nifti(base / RAW_SCAN, raw.astype(np.float32), affine)
+    save_nifti(base / TRUTH, (np.asarray(mask.dataobj) > 0).astype(np.uint8), affine)
+
+
 @pytest.fixture(scope="module")
-def finished_run(tmp_path_factory):
-    """A --tiny run on a two-site synthetic BIDS cohort."""
-    base = tmp_path_factory.mktemp("detect")
-    data = base / "bids"
-    code, _, stderr = secagg_cli("data", "synth", "--out", str(data), "--layout", "bids", "--sites", "2")
-    assert code == 0, stderr[-2000:]
-    run = base / "run"
-    code, _, stderr = secagg_cli("simulate", "--tiny", "--data", str(data), "--out", str(run),
-                                 "--cache-dir", str(base / "cache"), "--json")
-    assert code == 0, stderr[-2000:]
-    return data, run
+def journey(tmp_path_factory):
+    """The README's researcher journey, every `secagg` line run as written (in a fresh folder, tiny scale):
+    BIDS synth -> simulate -> export -> detect -> data prepare -> detect --prepare. Before the first line
+    naming RAW_SCAN, the raw scan is made from the synthetic cohort (:func:`_write_raw_scan`)."""
+    base = tmp_path_factory.mktemp("journey")
+    commands = readme_journey()
+    steps = [tuple(c[1:3]) if c[1] == "data" else (c[1], "--prepare" in c) for c in commands]
+    assert steps == [("data", "synth"), ("simulate", False), ("export", False), ("detect", False),
+                     ("data", "prepare"), ("detect", True)], steps
+    for command in commands:
+        if RAW_SCAN in command and not (base / RAW_SCAN).exists():
+            _write_raw_scan(base / _option(commands[0], "--out"), base)
+        code, _, stderr = secagg_cli(*command[1:], cwd=base)
+        assert code == 0, (command, stderr[-2000:])
+    return base, commands
+
+
+@pytest.fixture(scope="module")
+def finished_run(journey):
+    """A --tiny run on a two-site synthetic BIDS cohort: the journey's."""
+    base, commands = journey
+    return base / _option(commands[0], "--out"), base / _option(commands[1], "--out")
+
+
+@pytest.mark.slow
+def test_readme_journey_ends_in_maps_that_overlay_the_scans(journey):
+    """Each step of the README's journey left what the README says: the model file, maps with the
+    scanned input's affine and shape (raw scan included), the prepared scan and its sidecar."""
+    base, commands = journey
+    assert (base / _option(commands[2], "--out")).read_bytes()[8:9] == b"{"  # the exported safetensors file
+    for command in (commands[3], commands[5]):
+        scan, out = base / command[3], base / _option(command, "--out")
+        stem = scan.name[: -len(".nii.gz")]
+        source = nib.load(scan)
+        for suffix in ("anomaly", "segmentation"):
+            image = nib.load(out / f"{stem}_{suffix}.nii.gz")
+            assert image.shape == source.shape and np.array_equal(image.affine, source.affine), (command, suffix)
+    prepared = base / _option(commands[4], "--out")
+    from nilearn.datasets import load_mni152_template
+
+    template, image = load_mni152_template(resolution=2), nib.load(prepared / "sub-07_FLAIR.nii.gz")
+    assert image.shape == template.shape and np.allclose(image.affine, template.affine)  # MNI152, 2 mm
+    assert json.loads((prepared / "sub-07_FLAIR.json").read_text())["transform_template_to_source_ras"]
+    report = json.loads((base / "results" / "detections.json").read_text())
+    assert [Path(r["anomaly_map"]).name for r in report["scans"]] == ["sub-07_FLAIR_anomaly.nii.gz"]
 
 
 @pytest.mark.slow
@@ -298,6 +378,7 @@ def test_detect_cli_bad_inputs_are_one_line_errors(finished_run, tmp_path):
         (("detect", str(tmp_path / "cut.secagg"), scan), "truncated"),
         (("detect", str(tmp_path / "future.secagg"), scan), "newer secagg"),
         (("detect", str(tmp_path / "model.secagg"), str(t1w)), "wrong modality"),
+        (("detect", str(tmp_path / "model.secagg"), str(t1w), "--prepare"), "wrong modality"),  # before preparing
         (("detect", str(tmp_path / "model.secagg"), str(tmp_path / "nope.nii.gz")), "does not exist"),
         (("export", str(tmp_path), "--out", str(tmp_path / "x.secagg")), "not a run directory"),
     ]
@@ -305,31 +386,108 @@ def test_detect_cli_bad_inputs_are_one_line_errors(finished_run, tmp_path):
         code, _, stderr = secagg_cli(*args, "--out", str(tmp_path / "o")) if args[0] == "detect" else secagg_cli(*args)
         lines = stderr.strip().splitlines()
         assert code == 2 and len(lines) == 1 and message in lines[0], (args, stderr)
+    assert not (tmp_path / "o" / "prepared").exists()  # the T1w was refused before any preparation
+    for name, blob, message in (("junk_FLAIR.nii.gz", b"not a NIfTI file", "not a readable NIfTI file"),
+                                 ("cut_FLAIR.nii.gz", Path(scan).read_bytes()[:20000], "truncated or corrupt")):
+        (tmp_path / name).write_bytes(blob)  # --prepare reads it with the same bounded, typed reader
+        code, _, stderr = secagg_cli("detect", str(tmp_path / "model.secagg"), str(tmp_path / name), "--prepare",
+                                     "--out", str(tmp_path / "o2"))
+        lines = stderr.strip().splitlines()
+        assert code == 2 and len(lines) == 1 and message in lines[0], (name, stderr)
 
 
 @pytest.mark.slow
-def test_detect_prepare_runs_prepare_first_on_a_raw_scan(finished_run, tmp_path):
-    """A raw-looking scan (rotated 8 degrees, skull/background not stripped) is refused as is; with
-    --prepare it is prepared into OUT/prepared/ first and the maps overlay the prepared scan exactly."""
-    data, run = finished_run
-    patient = next(line.split("\t")[0] for line in (data / "participants.tsv").read_text().splitlines()[1:]
-                   if "\tpatient\t" in line)
-    image = nib.load(data / f"{patient}/anat/{patient}_FLAIR.nii.gz")
-    values = np.asarray(image.dataobj, dtype=np.float32)
-    raw = np.where(values > 0, values, 0.05 * float(values.max()))  # no skull stripping: background is tissue-like
-    theta = np.deg2rad(8.0)
-    rotation = np.array([[np.cos(theta), -np.sin(theta), 0, 4.0], [np.sin(theta), np.cos(theta), 0, -3.0],
-                         [0, 0, 1, 0], [0, 0, 0, 1]])
-    scan = save_nifti(tmp_path / "raw" / f"{patient}_FLAIR.nii.gz", raw.astype(np.float32), rotation @ image.affine)
-    code, _, stderr = secagg_cli("detect", str(run), str(scan), "--out", str(tmp_path / "plain"))
+def test_detect_prepare_maps_back_onto_the_raw_scan(journey, tmp_path):
+    """The journey's raw scan is refused as is; `detect --prepare` prepared it into results/prepared/ (maps
+    there overlay the prepared scan) and wrote maps on the raw scan's own grid: the same affine, shape and
+    header, equal to the prepared-grid maps resampled independently (scipy) through the inverse of the
+    recorded transform, keeping the overlap the model achieved with the true lesion."""
+    from scipy import ndimage
+
+    base, commands = journey
+    model = base / commands[5][2]
+    code, _, stderr = secagg_cli("detect", str(model), str(base / RAW_SCAN), "--out", str(tmp_path / "plain"))
     assert code == 2 and "not skull-stripped" in stderr and stderr.count("\n") == 1, stderr
-    code, stdout, stderr = secagg_cli("detect", str(run), str(scan), "--prepare", "--out", str(tmp_path / "out"),
-                                      "--json", cwd=tmp_path)
-    assert code == 0, stderr[-2000:]
-    record = json.loads(stdout)["scans"][0]
-    prepared = tmp_path / "out" / "prepared" / f"{patient}_FLAIR.nii.gz"
-    assert record["prepared_from"] == str(scan) and record["scan"] == str(prepared)
-    sidecar = json.loads((tmp_path / "out" / "prepared" / f"{patient}_FLAIR.json").read_text())
+    out = base / _option(commands[5], "--out")
+    record = next(r for r in json.loads((out / "detections.json").read_text())["scans"]
+                  if r.get("prepared_from") == RAW_SCAN)
+    prepared = out / "prepared" / "sub-07_FLAIR.nii.gz"
+    assert record["scan"] == str(prepared.relative_to(base))
+    sidecar = json.loads((out / "prepared" / "sub-07_FLAIR.json").read_text())
     assert sidecar["steps"] == ["reorient", "n4", "register", "skull_strip", "normalise"]
-    seg, reference = nib.load(record["segmentation"]), nib.load(prepared)
-    assert seg.shape == reference.shape and np.array_equal(seg.affine, reference.affine)
+    transform = np.array(sidecar["transform_template_to_source_ras"])
+    assert np.array_equal(np.array(record["transform_template_to_source_ras"]), transform)
+    raw, truth = nib.load(base / RAW_SCAN), np.asarray(nib.load(base / TRUTH).dataobj) > 0
+    assert not nib.aff2axcodes(raw.affine) == ("R", "A", "S")  # stored LPS: the storage order is undone too
+    # Prepared-grid maps overlay the prepared scan.
+    reference = nib.load(prepared)
+    grid = {}
+    for key in ("anomaly_map", "segmentation"):
+        image = nib.load(base / record["prepared_grid"][key])
+        assert image.shape == reference.shape and np.array_equal(image.affine, reference.affine)
+        grid[key] = np.asarray(image.dataobj, dtype=np.float32)
+        assert record["space"][key] == "input scan (its own affine, shape and header)"
+    # Raw-grid maps: the raw scan's affine, shape and header fields; data types float32 / uint8.
+    maps = {}
+    for key, dtype in (("anomaly_map", np.float32), ("segmentation", np.uint8)):
+        image = nib.load(base / record[key])
+        assert image.shape == raw.shape and np.array_equal(image.affine, raw.affine)
+        assert np.array_equal(image.header.get_qform(), raw.header.get_qform())
+        assert np.array_equal(image.header.get_zooms(), raw.header.get_zooms())
+        assert image.get_data_dtype() == dtype
+        maps[key] = np.asarray(image.dataobj)
+    # Independent resampling: raw voxel v is read at prepared voxel P^-1 T^-1 A v.
+    index = np.linalg.inv(reference.affine) @ np.linalg.inv(transform) @ raw.affine
+    expected = ndimage.affine_transform(grid["anomaly_map"], index[:3, :3], offset=index[:3, 3],
+                                        output_shape=raw.shape, order=1, mode="constant", cval=0.0, prefilter=False)
+    assert maps["anomaly_map"].max() > 0
+    np.testing.assert_allclose(maps["anomaly_map"], expected, atol=1e-4 * float(expected.max()))
+    seg = maps["segmentation"] > 0
+    assert record["lesion_volume_ml"] == pytest.approx(lesion_volume_ml(seg, raw.affine), rel=1e-12)
+    # Volume: the prepared-grid volume in template mm^3 times |det T| (template -> raw mm^3), within 15 %.
+    physical = record["prepared_grid"]["lesion_volume_ml"] * abs(np.linalg.det(transform[:3, :3]))
+    assert record["lesion_volume_ml"] == pytest.approx(physical, rel=0.15), (record["lesion_volume_ml"], physical)
+    # Overlap: the truth pushed onto the prepared grid (scipy, by T) meets the model's prepared-grid segmentation;
+    # on the raw grid the mapped segmentation keeps at least 80 % of that Dice. (Measured in two runs: 0.28 and
+    # 0.42, equal on both grids; mapped with T un-inverted 0.0, without the registration 0.04 and 0.12; volume
+    # 17.1 mL raw vs 16.8 mL from the grid.) The tiny model is weak (truth: 88 mL), so its Dice with the truth is
+    # only required to be positive; the mapping is what is tested here.
+    forward = np.linalg.inv(raw.affine) @ transform @ reference.affine
+    truth_grid = ndimage.affine_transform(truth.astype(np.float32), forward[:3, :3], offset=forward[:3, 3],
+                                          output_shape=reference.shape, order=1, prefilter=False) >= 0.5
+    grid_dice = _dice(grid["segmentation"] > 0, truth_grid)
+    raw_dice = _dice(seg, truth)
+    assert grid_dice > 0 and raw_dice >= 0.8 * grid_dice, (grid_dice, raw_dice)
+
+
+@pytest.mark.slow
+def test_ground_truth_lesion_survives_prepare_and_back(journey):
+    """The mapping alone, on the truth: the raw scan's lesion mask pushed onto the prepared grid by the
+    recorded transform (scipy, independent of the code under test) lands on the prepared scan's bright lesion
+    (prepare resampled the scan with this transform), and `to_source_space` brings it back onto the raw grid:
+    Dice >= 0.9 and volume within 5 % of the truth. (Measured: Dice 0.997, 88.45 vs 88.18 mL (+0.3 %); mapped
+    back with the transform un-inverted: Dice 0.05, +51 %; without it: Dice 0.34, +22 %. The pushed truth's mean
+    on the prepared scan is 1.40 x the brain's median; 1.10 if the registration were ignored, 0.41 if inverted.)"""
+    from scipy import ndimage
+
+    from models.prepare import to_source_space
+
+    base, commands = journey
+    prepared = base / _option(commands[4], "--out")
+    transform = np.array(json.loads((prepared / "sub-07_FLAIR.json").read_text())["transform_template_to_source_ras"])
+    reference = nib.load(prepared / "sub-07_FLAIR.nii.gz")
+    raw, truth = nib.load(base / RAW_SCAN), np.asarray(nib.load(base / TRUTH).dataobj) > 0
+    forward = np.linalg.inv(raw.affine) @ transform @ reference.affine
+    pushed = ndimage.affine_transform(truth.astype(np.float32), forward[:3, :3], offset=forward[:3, 3],
+                                      output_shape=reference.shape, order=1, prefilter=False) >= 0.5
+    scan = reference.get_fdata()
+    assert scan[pushed].mean() > 1.25 * np.median(scan[(scan > 0) & ~pushed])  # the tumour, where prepare put it
+    back = to_source_space(pushed.astype(np.float32), reference.affine, raw.affine, raw.shape, transform,
+                           nearest=True) > 0.5
+    dice = _dice(back, truth)
+    volume, truth_ml = lesion_volume_ml(back, raw.affine), lesion_volume_ml(truth, raw.affine)
+    assert dice >= 0.9 and abs(volume - truth_ml) <= 0.05 * truth_ml, (dice, volume, truth_ml)
+
+
+def _dice(a: np.ndarray, b: np.ndarray) -> float:
+    return 2.0 * np.count_nonzero(a & b) / max(np.count_nonzero(a) + np.count_nonzero(b), 1)
