@@ -587,9 +587,12 @@ def build_dpia(run_dir, org: dict | None = None, *, today: str | None = None) ->
          _num(privacy.get("clipping_norm", cfg.get("max_grad_norm")))),
         ("DP-SGD normaliser", privacy.get("public_normaliser", "n/a") + " - a public quantity, never a site's "
                                                                          "private count"),
-        ("Released outside the ledger", "nothing: FedAvg weights are public (declared before training); "
-                                        "training losses and clip counts stay at the sites; record counts are "
-                                        "not published"),
+        ("Released outside the ledger", "from training, nothing: FedAvg weights are public (declared before "
+                                        "training); training losses and clip counts stay at the sites; record "
+                                        "counts are not published. NOT covered by the ledger: the evaluation "
+                                        "(detection threshold, accuracy metrics and figures), computed without DP "
+                                        "on the sites' held-out validation and test scans by whoever holds them "
+                                        "(in a simulation, the simulator); it holds no counts"),
         ("DP-SGD steps released per site", ", ".join(f"{s}: {steps[s]}" for s in sites)
          + f" (planned {total_steps_cfg})"),
         ("Accountants (library versions)", ", ".join(f"{a} ({led['libraries'].get(a, '?')})" for a in led["accountants"])),

@@ -588,7 +588,7 @@ def _finish(config, cohort, sites, coordinator, store, protocol, calibration, sh
     sigma = calibration.noise_multiplier
     total_steps = config.rounds * config.local_steps
     log("evaluating on the pooled pathological test set "
-        f"({len(cohort.pathology)} volumes; threshold fixed on {len(cohort.val)} healthy validation volumes)")
+        "(threshold fixed on the pooled healthy validation volumes; counts in the site-local folder)")
     federated_shared_only = set(shared_names) != {n for n, _ in reference.named_parameters()}
     results = {}
     if federated_shared_only:
@@ -655,6 +655,7 @@ def _finish(config, cohort, sites, coordinator, store, protocol, calibration, sh
         "privacy": privacy_summary(config, sigma, metrics, verification.ok),
         "detection": results,
         "detection_threshold": _threshold_record(federated_report, first_site),
+        "evaluation_privacy": EVALUATION_PRIVACY,
         "figures": figures,
         "baselines_note": "RESEARCH-ONLY comparisons: local/central baselines are counterfactual models the "
                           "simulator (which holds every site's data) trains with the same noise multiplier, "
@@ -668,14 +669,35 @@ def _finish(config, cohort, sites, coordinator, store, protocol, calibration, sh
     from .runstore import atomic_write_json
 
     atomic_write_json(store.summary_path, summary)
+    _write_evaluation_counts(store, cohort, federated_report)
     return summary
+
+
+EVALUATION_PRIVACY = (
+    "NOT differentially private and not in the ledger: the detection threshold (fixed on the sites' healthy "
+    "validation scans), the accuracy metrics and figures (on their pathological test scans) are computed by the "
+    "party that holds those held-out scans - here the simulator, which holds every site's data. They carry no "
+    "count of patients, volumes or voxels (those stay in site-local/evaluation_counts.json), but each value "
+    "depends on every held-out scan. A deployment computes them where the test data lives or keeps them private.")
+
+
+def _write_evaluation_counts(store, cohort, report) -> None:
+    """Exact counts behind the evaluation, for the simulator only (site-local, 0600)."""
+    local = store.root / SITE_LOCAL_DIR
+    local.mkdir(mode=0o700, exist_ok=True)
+    from .runstore import atomic_write_json
+
+    atomic_write_json(local / "evaluation_counts.json", {
+        "site_local": SITE_LOCAL_LABEL, "pathological_test_volumes": len(cohort.pathology),
+        "healthy_validation_volumes": report.n_healthy_volumes, "threshold_voxels": report.model.threshold.n_voxels})
 
 
 def _threshold_record(report, site_model) -> dict:
     """The federated model's detection threshold as ``secagg export`` / ``detect`` use it."""
     threshold = report.model.threshold
+    # No count of volumes or voxels here (exact counts of a site's patients; issue-15 review): the
+    # simulator keeps them in site-local/evaluation_counts.json.
     return {"value": threshold.value, "target_fpr": threshold.target_fpr, "achieved_fpr": threshold.achieved_fpr,
-            "n_voxels": threshold.n_voxels, "healthy_volumes": report.n_healthy_volumes,
             "median_size": report.median_size,
             "site_model": site_model,  # FedDis: whose local appearance/decoder parts complete the global model
             "source": "(1 - fpr) quantile of the federated model's median-filtered residuals over the brain voxels "

@@ -35,7 +35,8 @@ def _seeded(name):
 
 
 def _run(out, cache_dir, monkeypatch, *, drop_patient=None, **overrides):
-    """A tiny in-process run; ``drop_patient`` = site whose last training patient is removed."""
+    """A tiny in-process run; ``drop_patient`` = site whose last training patient is removed, and one of
+    its healthy validation patients too (the detection threshold is fixed on those)."""
     from simulation import coordinator as coordinator_module
     from simulation import simulate as simulate_module
     from simulation.config import load_config
@@ -56,6 +57,8 @@ def _run(out, cache_dir, monkeypatch, *, drop_patient=None, **overrides):
             keep = ids != ids.max()
             cohort.train[drop_patient] = cohort.train[drop_patient][keep]
             cohort.patients[drop_patient] = ids[keep]
+            site_volumes = {id(v) for v in cohort.examples[drop_patient].healthy}
+            del cohort.val[next(i for i, v in enumerate(cohort.val) if id(v) in site_volumes)]
         return cohort
 
     monkeypatch.setattr(coordinator_module.Coordinator, "finish_round", spy_finish)
@@ -90,6 +93,12 @@ def test_one_patient_more_or_less_changes_only_the_noised_aggregates(neighbourin
     # summary.json: identical but for what is computed from the released (noised) model, and times.
     released_model = {"detection", "detection_threshold", "figures", "seconds"}
     assert _strip(summary_a, released_model) == _strip(summary_b, released_model)
+    # The evaluation (threshold and accuracy, on held-out scans) is labelled as outside the ledger, and holds
+    # no count of patients, volumes or voxels: only values that a patient changes by a small amount.
+    assert "NOT differentially private" in summary_a["evaluation_privacy"]
+    for key in ("healthy_volumes", "n_voxels"):
+        assert key not in summary_a["detection_threshold"] and key not in summary_b["detection_threshold"]
+    assert set(summary_a["detection_threshold"]) == set(summary_b["detection_threshold"])
     assert all(set(facts) >= {"public_weight"} and "training_slices" not in facts
                for facts in summary_a["sites"].values())
     # Every decoded value: the FedAvg weight sums are public functions of who survived ...
@@ -226,4 +235,4 @@ def test_ledger_show_and_dpia_name_unit_and_adjacency(neighbouring_runs, capsys)
     md = render_dpia(build_dpia(base / "full"), "md")
     assert "patient-level, add/remove one patient" in md
     assert "held at the site (not released)" in md and "Training slices" not in md
-    assert "Released outside the ledger" in md
+    assert "Released outside the ledger" in md and "NOT covered by the ledger: the evaluation" in md
