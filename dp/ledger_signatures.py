@@ -47,7 +47,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Mapping
+from typing import Callable, Iterable, Mapping, Sequence
 
 from secagg.crypto import sign, verify_signature
 from secagg.errors import InvalidInputError, VerificationError
@@ -231,6 +231,32 @@ class LedgerSigner:
         if self._signed.get((run_id, seq)) != digest:
             raise LedgerError(f"site {self.site!r} did not sign entry {seq} with chain hash {digest[:16]}...; "
                               "it anchors only what it signed")
+        return self._write_anchor(run_id, seq, digest)
+
+    def record_chain_anchor(self, run_id: str, chain: Sequence) -> SiteAnchor:
+        """Anchor the last entry of ``chain`` (:class:`dp.round_chain.ChainEntry`, in order), at a hash computed here.
+
+        The rule of :meth:`record_anchor` carried along the chain: some entry of ``chain`` is one this
+        signer signed, with the chain hash it computed then, and every later entry links to the one
+        before it by a hash this signer recomputes from the entry's content. So the anchored hash
+        commits to the signer's own entry and to every entry shown after it (a Flower node anchors
+        the round's last spend this way before it unmasks: :mod:`dp.round_chain`).
+        """
+        if not chain:
+            raise LedgerError(f"site {self.site!r} anchors no empty chain")
+        start = next((i for i, e in enumerate(chain) if self._signed.get((run_id, e.seq)) == e.digest()), None)
+        if start is None:
+            raise LedgerError(f"site {self.site!r} signed no entry of the chain shown (with that chain hash); "
+                              "it anchors only what links to an entry it signed")
+        digest = chain[start].digest()
+        for before, entry in zip(chain[start:], chain[start + 1:]):
+            if entry.seq != before.seq + 1 or entry.prev_hash != digest:
+                raise LedgerError(f"entry {entry.seq} does not link to entry {before.seq}: site {self.site!r} "
+                                  "anchors no broken chain")
+            digest = entry.digest()
+        return self._write_anchor(run_id, chain[-1].seq, digest)
+
+    def _write_anchor(self, run_id: str, seq: int, digest: str) -> SiteAnchor:
         current = self.anchor()
         if current is not None and current.run_id == run_id and current.seq >= seq:
             return current

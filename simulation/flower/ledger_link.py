@@ -69,13 +69,15 @@ from dp.ledger_format import write_private_atomic  # noqa: E402
 from dp.ledger_signatures import (RELEASE_FILE, SIGNED_KINDS, EntryStatement, LedgerSigner, ReleaseRecord,  # noqa: E402
                                   check_entry_signature)
 
-__all__ = ["LEDGER", "STATEMENT_RECORD", "ANCHOR_RECORD", "ANCHORS_DIR", "statement_record", "statement_from_record",
-           "anchor_record", "anchor_from_record", "RemoteLedgerSigner", "anchor_dir", "node_ledger_signer",
-           "remember_signed", "note_release"]
+__all__ = ["LEDGER", "STATEMENT_RECORD", "ANCHOR_RECORD", "ROUND_CHAIN_RECORD", "ANCHORS_DIR", "statement_record",
+           "statement_from_record", "anchor_record", "anchor_from_record", "round_chain_record",
+           "round_chain_from_record", "RemoteLedgerSigner", "anchor_dir", "node_ledger_signer", "remember_signed",
+           "note_release"]
 
 LEDGER = "query.ledger"
 STATEMENT_RECORD = "ledger"
 ANCHOR_RECORD = "ledger-anchor"
+ROUND_CHAIN_RECORD = "ledger-round"  # beside an UnmaskRequest: the round's committed spends (dp.round_chain)
 ANCHORS_DIR = "anchors"  # STATE_DIR/anchors/RUN_ID/ledger.anchor.json: a node's anchors of a coordinator's ledger
 _SIGNED_FILE = "signed.json"
 
@@ -108,6 +110,31 @@ def anchor_from_record(record) -> tuple[str, int, str]:
         return str(record["run-id"]), int(record["seq"]), str(record["hash"])
     except (KeyError, TypeError, ValueError) as exc:
         raise secagg.MalformedMessageError(f"malformed ledger anchor: {type(exc).__name__}: {exc}") from None
+
+
+def round_chain_record(run_id: str, round_index: int, chain) -> ConfigRecord:
+    """The round's committed spends (:class:`dp.ChainEntry`, in chain order) as a Flower ConfigRecord."""
+    return ConfigRecord({"run-id": run_id, "round": int(round_index), "seqs": [int(e.seq) for e in chain],
+                         "prev-hashes": [str(e.prev_hash) for e in chain], "kinds": [str(e.kind) for e in chain],
+                         "bodies": [json.dumps(dict(e.body), sort_keys=True) for e in chain]})
+
+
+def round_chain_from_record(record) -> tuple[str, int, list]:
+    """(run id, round, [:class:`dp.ChainEntry`]) of a received record (:class:`secagg.MalformedMessageError`)."""
+    from dp import ChainEntry
+
+    try:
+        seqs, prevs, kinds, bodies = (list(record[k]) for k in ("seqs", "prev-hashes", "kinds", "bodies"))
+        if not len(seqs) == len(prevs) == len(kinds) == len(bodies):
+            raise ValueError("the entry fields differ in length")
+        chain = [ChainEntry(int(q), str(p), str(k), json.loads(str(b))) for q, p, k, b in zip(seqs, prevs, kinds, bodies)]
+        if not all(isinstance(e.body, dict) for e in chain):
+            raise ValueError("an entry body is not a JSON object")
+        for entry in chain:
+            bytes.fromhex(entry.prev_hash)
+        return str(record["run-id"]), int(record["round"]), chain
+    except (KeyError, TypeError, ValueError) as exc:
+        raise secagg.MalformedMessageError(f"malformed ledger chain: {type(exc).__name__}: {exc}") from None
 
 
 class RemoteLedgerSigner:
