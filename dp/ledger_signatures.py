@@ -27,7 +27,11 @@ hook), signs, and remembers the entry's chain hash. The coordinator appends the
 signed entries in one transaction, then calls :meth:`LedgerSigner.record_anchor`,
 and the site writes its anchor only for an entry whose hash it computed itself.
 A crash between the commit and the anchor leaves the anchor one round behind
-(never a false alarm).
+(never a false alarm). A Flower node anchors further: before it unmasks, it is
+shown the round's committed spends, checks that they charge every survivor
+(:mod:`dp.round_chain`) and anchors the chain's last entry
+(:meth:`LedgerSigner.record_chain_anchor`), whose hash commits to its own entry
+and to every spend after it.
 
 3. **Keep a release record** (``released.json`` beside the anchor,
    :class:`ReleaseRecord`). A site notes every round in which its masked
@@ -35,8 +39,8 @@ A crash between the commit and the anchor leaves the anchor one round behind
    its update was not used. Given these records, ``verify_ledger`` warns about
    every released, not-dropped round that the ledger does not charge to the
    site: the coordinator either lost that update or decoded it without
-   recording the spend (it can obtain a site's self-mask shares from the other
-   sites without the site itself; see :mod:`simulation.flower.ledger_link`).
+   recording the spend (where the other sites cannot check the client-id -> site
+   map; see :mod:`dp.round_chain` for what is left of that).
    A warning, not a failure: a masked update that reached the coordinator after
    its deadline is legitimately uncharged, and the site cannot tell the two
    apart. The site's own ledger charges every release either way.

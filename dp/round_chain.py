@@ -54,17 +54,19 @@ up to L, an anchor at L fixes the content of entries 1..L (up to a SHA-256 colli
 
 The residual: passive mode without a registry at the sites. Then the client-id -> site map and
 the survivor set come from the coordinator unauthenticated (passive secagg has no consistency
-check, so it may show different sites different survivor sets), and the sites check no
+check, so it may show different sites different survivor sets and maps), and the sites check no
 signature. The coordinator *can* have a site accept a forged signature (caught at audit, as
-above), and it *can* label a decoded client as another site whose genuine signed spend is in
-the chain while that other site's update is left out of the sum, so that the decoded site goes
+above). It *can* also label a decoded client as another released site whose genuine signed spend
+is in the chain while that site's own update is left out of the sum, so that the decoded site goes
 uncharged in its copy of the ledger while every check and anchor holds. Its victim is then the
-witness: it signed no spend for that round, so it refuses to reveal, and its release record
-keeps the round ``released``, which ``ledger verify --anchors`` reports as an uncharged release
-(a warning: a late update is uncharged legitimately too); its own ledger charged the spend before
-the update left. It *cannot*, even then, delete or alter any entry a site anchored, nor charge
-more decoded updates to fewer genuine signed spends than there are survivors in a site's view.
-Active mode with the registry at every site leaves it none of this.
+witness: it signed no spend for that round, so it refuses to reveal, and its release record keeps
+the round ``released``, which ``ledger verify --anchors`` reports as an uncharged release (a
+warning: a late update is uncharged legitimately too); its own ledger charged the spend before the
+update left. It *cannot*, even then, delete or alter any entry a site anchored without the audit
+failing, nor have an honest site reveal shares for more survivors than the chain shown to that
+site holds spends of distinct sites - each of which must carry its registered site's signature at
+audit, and a site signs only its own release of that round. Active mode with the registry at
+every site leaves it none of this.
 """
 
 from __future__ import annotations

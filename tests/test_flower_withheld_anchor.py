@@ -283,3 +283,41 @@ def test_a_damaged_anchor_file_is_a_broken_ledger_not_a_usage_error(tmp_path, ca
     (folder / "ledger.anchor.json").write_text(json.dumps(forged))
     code, _, err = _verify(capsys, run_dir, "--registry", registry, "--anchors", folder)
     assert code == 1 and "BROKEN at the anchor of site 'site-2'" in err, err
+
+
+class _SwapNames(InMemoryGrid):
+    """Tells site-3's node that client 1 is site-2 and client 2 is site-1 (the client-id -> site map)."""
+
+    def send_and_receive(self, messages, *, timeout=None):
+        messages = list(messages)
+        for m in messages:
+            if m.metadata.dst_node_id == 102 and m.metadata.message_type == "train":
+                record = m.content.config_records["session"]
+                names = list(record["site-names"])
+                names[0], names[1] = names[1], names[0]
+                record["site-names"] = names
+        return super().send_and_receive(messages, timeout=timeout)
+
+
+@pytest.mark.parametrize("active", [True, False])
+def test_the_client_to_site_map_is_checked_against_the_registry_in_active_mode_only(tmp_path, active):
+    """What the passive-mode residual rests on: a node without a registry takes the coordinator's map."""
+    from simulation.identity import add_to_registry, write_identity
+
+    registry, states, nodes = _consortium(tmp_path)
+    if active:
+        keys = {site: write_identity(tmp_path / "keys", site) for site in SITES}
+        registry.unlink()
+        for site, identity in keys.items():
+            add_to_registry(registry, identity)
+        for node in nodes.values():
+            node |= {"signing-key": str(keys[node["site"]].signing_key_path), "registry": str(registry)}
+    run_dir = tmp_path / "run"
+    _federate(_SwapNames(client_app.app, nodes, DEFAULTS | RUN), run_dir, rounds=1, active=active,
+              registry=str(registry))
+    record = json.loads((run_dir / "metrics.jsonl").read_text())
+    if active:
+        assert "verify key of site 'site-2' (client 1) differs from the registry's" in record["refusals"]["site-3"]
+        assert record["included"] == ["site-1", "site-2"]
+    else:  # the lie goes unnoticed: the same sites are charged, so every chain check passes
+        assert record["refusals"] == {} and record["included"] == list(SITES)

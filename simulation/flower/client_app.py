@@ -24,9 +24,10 @@ from the setup and refuses one whose bound differs from the coordinator's.
 spends with the site's Ed25519 key (:func:`node_ledger_key`), as the in-process
 simulation's sites sign theirs, so ``secagg ledger verify STATE_DIR/ledger
 --registry REG`` checks it; and it signs the spend entries the coordinator
-records for its site (``query.ledger``, :func:`sign_ledger_entry`) and anchors
-them in ``STATE_DIR/anchors/RUN_ID/`` (:func:`take_anchor`,
-:mod:`.ledger_link`). Its ledger accounts at the run's privacy unit (patient by
+records for its site (``query.ledger``, :func:`sign_ledger_entry`); before it
+reveals any unmask share it checks that the round's committed spends charge
+every survivor and anchors the last of them in ``STATE_DIR/anchors/RUN_ID/``
+(:func:`gate_unmask`, :func:`take_anchor`, :mod:`.ledger_link`). Its ledger accounts at the run's privacy unit (patient by
 default) and refuses a run of another unit.
 
 Node configuration (``flower-supernode --node-config``):
