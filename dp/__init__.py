@@ -6,7 +6,8 @@
   PLD side by side; the reported bound is the tightest valid upper bound.
 * :mod:`dp.calibration` - the noise multiplier for a target epsilon over the whole run.
 * :mod:`dp.ledger` - the append-only, hash-chained SQLite ledger and its verification;
-  :mod:`dp.ledger_signatures` - the sites' signatures on their spends and their anchors of the head.
+  :mod:`dp.ledger_signatures` - the sites' signatures on their spends and their anchors of the head;
+  :mod:`dp.round_chain` - what a site checks of a round's committed spends before it helps unmask.
 * :mod:`dp.training` - local DP-SGD with Opacus (CSPRNG sampling and noise by default), at
   patient level by default: Poisson-sampled patients, each patient's summed per-slice gradient
   clipped to C, a public normaliser.
@@ -56,6 +57,7 @@ from .distributed import calibrate as calibrate_distributed
 from .events import NEIGHBOURING_RELATIONS, PRIVACY_UNITS, PrivacyEvent, describe_guarantee
 from .ledger import BudgetDecision, LedgerEntry, PrivacyLedger, VerificationReport, verify_ledger
 from .ledger_signatures import EntryStatement, LedgerSigner, ReleaseRecord, SiteAnchor, load_anchors, load_releases
+from .round_chain import ChainEntry, check_round_chain, round_chain
 from .training import (
     AuditCanaries,
     DpSgdConfig,
@@ -76,6 +78,7 @@ __all__ = [
     "Calibration", "calibrate_noise",
     "PrivacyLedger", "LedgerEntry", "BudgetDecision", "VerificationReport", "verify_ledger",
     "LedgerSigner", "SiteAnchor", "EntryStatement", "load_anchors", "ReleaseRecord", "load_releases",
+    "ChainEntry", "round_chain", "check_round_chain",
     "DpSgdConfig", "LocalTrainingResult", "train_dp_sgd", "train_non_private", "make_private_compatible",
     "csprng_gaussian", "csprng_poisson_mask", "clipped_patient_sum", "patient_groups", "AuditCanaries",
     "DistributedDpConfig", "CalibratedDistributedDp", "DistributedDpEvent", "PrivatizedUpdate",

@@ -27,7 +27,11 @@ hook), signs, and remembers the entry's chain hash. The coordinator appends the
 signed entries in one transaction, then calls :meth:`LedgerSigner.record_anchor`,
 and the site writes its anchor only for an entry whose hash it computed itself.
 A crash between the commit and the anchor leaves the anchor one round behind
-(never a false alarm).
+(never a false alarm). A Flower node anchors further: before it unmasks, it is
+shown the round's committed spends, checks that they charge every survivor
+(:mod:`dp.round_chain`) and anchors the chain's last entry
+(:meth:`LedgerSigner.record_chain_anchor`), whose hash commits to its own entry
+and to every spend after it.
 
 3. **Keep a release record** (``released.json`` beside the anchor,
    :class:`ReleaseRecord`). A site notes every round in which its masked
@@ -35,8 +39,8 @@ A crash between the commit and the anchor leaves the anchor one round behind
    its update was not used. Given these records, ``verify_ledger`` warns about
    every released, not-dropped round that the ledger does not charge to the
    site: the coordinator either lost that update or decoded it without
-   recording the spend (it can obtain a site's self-mask shares from the other
-   sites without the site itself; see :mod:`simulation.flower.ledger_link`).
+   recording the spend (where the other sites cannot check the client-id -> site
+   map; see :mod:`dp.round_chain` for what is left of that).
    A warning, not a failure: a masked update that reached the coordinator after
    its deadline is legitimately uncharged, and the site cannot tell the two
    apart. The site's own ledger charges every release either way.
@@ -47,7 +51,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Mapping
+from typing import Callable, Iterable, Mapping, Sequence
 
 from secagg.crypto import sign, verify_signature
 from secagg.errors import InvalidInputError, VerificationError
@@ -231,6 +235,32 @@ class LedgerSigner:
         if self._signed.get((run_id, seq)) != digest:
             raise LedgerError(f"site {self.site!r} did not sign entry {seq} with chain hash {digest[:16]}...; "
                               "it anchors only what it signed")
+        return self._write_anchor(run_id, seq, digest)
+
+    def record_chain_anchor(self, run_id: str, chain: Sequence) -> SiteAnchor:
+        """Anchor the last entry of ``chain`` (:class:`dp.round_chain.ChainEntry`, in order), at a hash computed here.
+
+        The rule of :meth:`record_anchor` carried along the chain: some entry of ``chain`` is one this
+        signer signed, with the chain hash it computed then, and every later entry links to the one
+        before it by a hash this signer recomputes from the entry's content. So the anchored hash
+        commits to the signer's own entry and to every entry shown after it (a Flower node anchors
+        the round's last spend this way before it unmasks: :mod:`dp.round_chain`).
+        """
+        if not chain:
+            raise LedgerError(f"site {self.site!r} anchors no empty chain")
+        start = next((i for i, e in enumerate(chain) if self._signed.get((run_id, e.seq)) == e.digest()), None)
+        if start is None:
+            raise LedgerError(f"site {self.site!r} signed no entry of the chain shown (with that chain hash); "
+                              "it anchors only what links to an entry it signed")
+        digest = chain[start].digest()
+        for before, entry in zip(chain[start:], chain[start + 1:]):
+            if entry.seq != before.seq + 1 or entry.prev_hash != digest:
+                raise LedgerError(f"entry {entry.seq} does not link to entry {before.seq}: site {self.site!r} "
+                                  "anchors no broken chain")
+            digest = entry.digest()
+        return self._write_anchor(run_id, chain[-1].seq, digest)
+
+    def _write_anchor(self, run_id: str, seq: int, digest: str) -> SiteAnchor:
         current = self.anchor()
         if current is not None and current.run_id == run_id and current.seq >= seq:
             return current

@@ -170,6 +170,41 @@ def test_a_rewritten_coordinator_ledger_fails_against_a_nodes_anchor(copies, cap
     assert code == 1 and "truncated" in err and "site 'site-1'" in err
 
 
+def test_every_node_anchors_the_last_spend_of_the_last_round(federated):
+    """A node anchors the last entry of the round's chain it checked before unmasking, not only its own."""
+    _, _, states, run_dir, _ = federated
+    ledger = PrivacyLedger.open(run_dir)
+    try:
+        entries = ledger.entries()
+    finally:
+        ledger.close()
+    last = max(e.seq for e in entries if e.kind == "spend")
+    assert entries[last].kind == "round" and entries[last].body["round"] == 1  # the last round's last spend
+    for site in SITES:
+        anchor = json.loads((states[site] / ANCHORS_DIR / ledger.run_id / "ledger.anchor.json").read_text())
+        assert (anchor["seq"], anchor["hash"]) == (last, entries[last - 1].hash)
+
+
+@pytest.mark.parametrize("deleted", SITES)
+def test_deleting_any_sites_last_spend_breaks_every_other_nodes_anchor(copies, capsys, deleted):
+    """One honest node's anchor covers every survivor's spend of the round it unmasked, so the deletion
+    of another site's spend (the chain rehashed, the head rewritten) fails against it."""
+    registry, states, run_dir = copies
+    run_id = _run_id(run_dir)
+    rows = ledger_rows(run_dir)
+    seq = max(seq for seq, body in spend_rows(rows) if body["event"]["site"] == deleted)
+    rewrite_ledger(run_dir, rows[: seq - 1] + rows[seq:])
+    code, _, err = _verify(capsys, run_dir, "--registry", registry)
+    # The spends after a deleted one no longer verify (a signature covers the previous hash); the
+    # round's last spend (site-3's) has none after it: there only an anchor sees the deletion.
+    assert code == (0 if deleted == "site-3" else 1), err
+    for other in (s for s in SITES if s != deleted):
+        code, _, err = _verify(capsys, run_dir, "--registry", registry, "--anchors", states[other] / ANCHORS_DIR / run_id)
+        assert code == 1, err
+        if deleted == "site-3":  # before, site-1's and site-2's anchors stopped at their own entries
+            assert f"not the entry site {other!r} countersigned" in err, err
+
+
 def test_an_edited_coordinator_spend_fails_its_sites_signature(copies, capsys):
     registry, _, run_dir = copies
     rows = ledger_rows(run_dir)

@@ -24,9 +24,10 @@ from the setup and refuses one whose bound differs from the coordinator's.
 spends with the site's Ed25519 key (:func:`node_ledger_key`), as the in-process
 simulation's sites sign theirs, so ``secagg ledger verify STATE_DIR/ledger
 --registry REG`` checks it; and it signs the spend entries the coordinator
-records for its site (``query.ledger``, :func:`sign_ledger_entry`) and anchors
-them in ``STATE_DIR/anchors/RUN_ID/`` (:func:`take_anchor`,
-:mod:`.ledger_link`). Its ledger accounts at the run's privacy unit (patient by
+records for its site (``query.ledger``, :func:`sign_ledger_entry`); before it
+reveals any unmask share it checks that the round's committed spends charge
+every survivor and anchors the last of them in ``STATE_DIR/anchors/RUN_ID/``
+(:func:`gate_unmask`, :func:`take_anchor`, :mod:`.ledger_link`). Its ledger accounts at the run's privacy unit (patient by
 default) and refuses a run of another unit.
 
 Node configuration (``flower-supernode --node-config``):
@@ -87,8 +88,8 @@ from . import require_flwr
 from ..runstore import private_dir
 from .sealed_state import seal, unseal
 from .session_journal import claim_session
-from .ledger_link import (ANCHOR_RECORD, STATEMENT_RECORD, node_ledger_signer, note_release, remember_signed,
-                          statement_from_record)
+from .ledger_link import (ANCHOR_RECORD, ROUND_CHAIN_RECORD, STATEMENT_RECORD, node_ledger_signer, note_release,
+                          remember_signed, round_chain_from_record, statement_from_record)
 from .transport import STAGE_OF, RoundSetup, hello_payload
 
 require_flwr()
@@ -371,6 +372,7 @@ def sign_ledger_entry(context: Context, statement) -> bytes:
     remember_signed(signer, state_dir, setup.run_id)
     state["signed-kinds"] = " ".join(signed_kinds + [statement.kind])
     state["signed-seq"] = max(int(state.get("signed-seq", 0)), int(statement.seq))
+    state["signed-seqs"] = " ".join(str(state.get("signed-seqs", "")).split() + [str(int(statement.seq))])
     context.state[_STATE] = state
     return signature
 
@@ -425,28 +427,38 @@ def _required_kinds(state) -> list[str]:
     return ["spend"] + (["site_level_spend"] if pickle.loads(bytes(state["ddp"])) is not None else [])
 
 
-def gate_unmask(context: Context, state, setup: RoundSetup, session, incoming) -> None:
-    """Before this node answers an unmask request that decodes its own update: it signed, and anchors.
+def gate_unmask(context: Context, state, setup: RoundSetup, incoming, chain_record) -> None:
+    """Before this node reveals any share of a round: every survivor's spend is in the coordinator's ledger.
 
-    The coordinator commits every released site's signed spend before it asks for any unmask
-    share (:class:`simulation.rounds.ReleaseCommitter`), so by the time a node is asked to unmask
-    a round in which its update is among the survivors, it has signed its spend entry (and the
-    site-level one under distributed DP) and computed the entry's chain hash itself. The node
-    refuses otherwise (:class:`dp.LedgerError`: the coordinator skipped its signature), and
-    anchors its entry *itself* now, instead of waiting for the coordinator to deliver the anchor:
-    a coordinator that withheld the last round's anchors could otherwise delete that round from
-    its ledger unseen (issue 15, attack review). A node listed as dropped (its masked input was
-    not used) has nothing to sign or anchor.
+    A survivor's update is decoded from the self-mask shares of t *other* sites, so checking only
+    its own spend would let a coordinator decode a site it never charged (issue 15). The unmask
+    request carries the round's committed spends in chain order (``chain_record``, ConfigRecord
+    "ledger-round", :mod:`.ledger_link`). Before it answers, a node whose update is among the
+    survivors checks (:func:`dp.check_round_chain`; the argument is in :mod:`dp.round_chain`):
+
+    1. the entries form one chain (each ``prev_hash`` is the hash the node computes for the entry
+       before it) of this run and round, spends only;
+    2. every entry it signed this round is in it, with the chain hash it computed when signing
+       (and it signed its ``spend``, and its ``site_level_spend`` under distributed DP);
+    3. every survivor's site - per the setup's client-id -> site map, which in active mode the
+       node checked against its registry (:func:`simulation.identity.check_session_keys`) - has
+       a ``spend`` (and a ``site_level_spend`` under distributed DP), no site twice;
+    4. with a registry (node config ``registry``), every entry carries its site's valid signature.
+
+    Then it anchors the *last* entry of that chain in ``STATE_DIR/anchors/RUN_ID`` at the hash it
+    computed (:meth:`dp.LedgerSigner.record_chain_anchor`), so deleting or altering any survivor's
+    spend breaks this node's anchor; and it notes the round ``survivor`` in its release record.
+    Any failure raises :class:`dp.LedgerError`: the node reveals nothing and the release record
+    keeps ``released``. A request that lists this node as dropped although its masked update left
+    it is refused by its session (secagg never asks that), so it changes nothing in the record
+    either: a coordinator cannot erase the record of a release by calling it a dropout.
     """
+    from dp import check_round_chain
     from dp.errors import LedgerError
 
+    if not state["released"] or setup.client_id not in incoming.survivors:
+        return  # nothing of this node's was released, or the session refuses the request itself
     state_dir = node_path(context, "state-dir", "node-state-root")
-    if not state["released"]:
-        return
-    if setup.client_id not in incoming.survivors:
-        if state_dir is not None and setup.client_id in incoming.dropped:
-            note_release(state_dir, setup.run_id, setup.site, setup.round_index, "dropped")
-        return
     missing = [k for k in _required_kinds(state) if k not in str(state["signed-kinds"]).split()]
     if missing:
         raise LedgerError(f"this node unmasks round {setup.round_index} only after it signed its "
@@ -454,10 +466,32 @@ def gate_unmask(context: Context, state, setup: RoundSetup, session, incoming) -
                           "no such signature")
     key = node_ledger_key(context, setup.site)
     if state_dir is None or key is None:
-        return  # refused at setup already (a node keeps state and an identity); nothing to anchor into
+        raise LedgerError("this node keeps no state-dir or identity: it cannot anchor, so it does not unmask")
+    if chain_record is None:
+        raise LedgerError(f"the unmask request of round {setup.round_index} carries no committed spends "
+                          "(ConfigRecord 'ledger-round'): this node reveals no share without seeing every "
+                          "survivor charged")
+    run_id, round_index, chain = round_chain_from_record(chain_record)
+    if (run_id, round_index) != (setup.run_id, setup.round_index):
+        raise LedgerError(f"the spends shown are of round {round_index} of run {run_id}; this is round "
+                          f"{setup.round_index} of run {setup.run_id}")
+    sites = setup.sites_by_client
+    unknown = sorted(set(incoming.survivors) - set(sites))
+    if unknown:
+        raise LedgerError(f"survivor client {unknown[0]} is not a participant of the round's setup")
     signer = node_ledger_signer(setup.site, key.seed, state_dir, setup.run_id)
-    seq = int(state["signed-seq"])
-    signer.record_anchor(setup.run_id, seq, signer.signed_hashes()[(setup.run_id, seq)])
+    signed = signer.signed_hashes()
+    own = {int(q): signed.get((setup.run_id, int(q)), "") for q in str(state.get("signed-seqs", "")).split()}
+    registry_path = context.node_config.get("registry")
+    registry = None
+    if registry_path:
+        from ..identity import load_registry
+
+        registry = load_registry(str(registry_path))
+    check_round_chain(chain, run_id=setup.run_id, round_index=setup.round_index, own=own,
+                      survivor_sites=[sites[c] for c in sorted(incoming.survivors)],
+                      site_level=pickle.loads(bytes(state["ddp"])) is not None, registry=registry)
+    signer.record_chain_anchor(setup.run_id, chain)
     note_release(state_dir, setup.run_id, setup.site, setup.round_index, "survivor")
 
 
@@ -634,7 +668,7 @@ def _setup_round(message: Message, context: Context) -> Message:
         return _refuse(message, f"{type(exc).__name__}: {exc}")
     context.state[_STATE] = ConfigRecord({"session": sealed, "setup": pickle.dumps(setup),
                                           "ddp": pickle.dumps(ddp), "dropped": False, "released": False,
-                                          "signed-kinds": "", "signed-seq": 0})
+                                          "signed-kinds": "", "signed-seq": 0, "signed-seqs": ""})
     return _reply(message, wire=wire.encode(advertise))
 
 
@@ -671,7 +705,7 @@ def _step(message: Message, context: Context) -> Message:
         return _vanish(context, message, setup.stage_timeout)
     try:
         if isinstance(incoming, UnmaskRequest):
-            gate_unmask(context, state, setup, session, incoming)
+            gate_unmask(context, state, setup, incoming, message.content.config_records.get(ROUND_CHAIN_RECORD))
         reply = session.handle(data)
         if isinstance(incoming, MaskedInputRequest) and reply is not None:
             # The masked update is about to leave this node: its spend is committed first.

@@ -18,7 +18,8 @@ site's public FedAvg weight; a node weights its update by that public weight,
 never by its record count.
 
 Every released site signs its spend entry in the coordinator's ledger on its own node, and
-anchors it in its own state (:mod:`.ledger_link`). No wall time of a round is kept on the
+anchors it in its own state (:mod:`.ledger_link`). Each unmask request carries the round's
+committed spends, which a node checks before it reveals any share (:mod:`dp.round_chain`). No wall time of a round is kept on the
 coordinator (:meth:`~simulation.rounds.Fleet.keep_timings` drops them): how long the nodes take
 to train reveals how much data they hold.
 """
@@ -28,6 +29,7 @@ from __future__ import annotations
 from typing import Callable, Mapping
 
 import secagg
+from dp import round_chain
 
 from ..engine import run_masked_round
 from ..rounds import Fleet, FleetRound, RoundPlan, RunContext
@@ -114,7 +116,9 @@ class FlowerFleet(Fleet):
         node_of = {ctx.site_ids[n]: self.node_of[n] for n in plan.participants}
         transport = FlowerTransport(self.grid, node_of, self.stage_timeout, group_id=str(plan.round_index),
                                     log=self.log, owed=self.owed_anchors,
-                                    site_of={ctx.site_ids[n]: n for n in plan.participants})
+                                    site_of={ctx.site_ids[n]: n for n in plan.participants},
+                                    round_chain=lambda: (ctx.ledger.run_id, plan.round_index,
+                                                         round_chain(ctx.ledger.entries(), plan.round_index)))
         setup = {ctx.site_ids[n]: RecordDict({"session": self._setup(ctx, plan, session, n).to_record(),
                                               "global": global_arrays})
                  for n in plan.participants}

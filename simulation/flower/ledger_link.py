@@ -21,33 +21,47 @@ before it commits; a missing, refused or invalid signature raises :class:`dp.Sit
 and nothing of the round is committed (the run stops before any unmasking; ``resume`` continues).
 One Flower round trip per released site and round, one after the other.
 
-How a node anchors the ledger. The coordinator commits every released site's signed spend before
-it sends any unmask request (:class:`~simulation.rounds.ReleaseCommitter` runs when the masked
-updates are in). So a node asked to unmask a round in which its own update is among the
-survivors has already signed its entry and computed the entry's chain hash itself; it refuses
-to unmask otherwise (:func:`simulation.flower.client_app.gate_unmask`) and, before it answers,
-anchors that entry in ``STATE_DIR/anchors/RUN_ID/ledger.anchor.json``
-(:class:`~dp.ledger_signatures.SiteAnchor`, signed by the site). The anchor no longer waits for
-the coordinator: when it did, a coordinator could withhold the last round's anchors and then
-delete that round unseen (found by the issue-15 attack review; tests/test_flower_withheld_anchor.py).
-The coordinator still sends ``{"run-id", "seq", "hash"}`` (ConfigRecord ``"ledger-anchor"``) with
-its next message to the node; the node takes it only for an entry it signed, and it is a no-op
-when the node has anchored that entry already.
+How a node checks that every update it helps decode is charged, and anchors the ledger. A
+site's update is decoded once t sites reveal its self-mask shares; the site itself need not take
+part. So checking only its own spend is not enough: a coordinator could skip a site's signature,
+record no spend for it, and decode its update from the other sites' shares. The coordinator
+commits every released site's signed spend before it sends any unmask request
+(:class:`~simulation.rounds.ReleaseCommitter` runs when the masked updates are in), and each
+unmask request carries the round's committed spend entries in chain order (ConfigRecord
+``"ledger-round"``: run id, round, and per entry its seq, prev-hash, kind and JSON body with the
+site's signature; :func:`round_chain_record`; beside secagg's wire bytes, never inside them).
+Before it reveals any share, a node whose update is among the survivors checks
+(:func:`simulation.flower.client_app.gate_unmask`, :func:`dp.check_round_chain`) that the
+entries are one chain of this run and round, that its own signed entries are in it with the
+hashes it computed when signing, that every survivor's site has its spend (and its site-level
+spend under distributed DP), and - with a registry at the node - every signature. Then it
+anchors the chain's *last* entry in ``STATE_DIR/anchors/RUN_ID/ledger.anchor.json``
+(:class:`~dp.ledger_signatures.SiteAnchor`, signed by the site; at the hash it computed itself,
+:meth:`dp.LedgerSigner.record_chain_anchor`), so deleting or altering *any* survivor's spend
+breaks *this* node's anchor. A failed check is a typed refusal and the node reveals nothing.
+The anchor does not wait for the coordinator: when it did, a coordinator could withhold the last
+round's anchors and then delete that round unseen (found by the issue-15 attack review;
+tests/test_flower_withheld_anchor.py). The coordinator still sends ``{"run-id", "seq", "hash"}``
+(ConfigRecord ``"ledger-anchor"``) with its next message to the node; the node takes it only for
+an entry it signed (a node gone before unmasking gets its anchor so), and it is a no-op when the
+node has anchored that entry, or a later one, already.
 
-What is left, and what exposes it. A site's update is decoded once t sites reveal its self-mask
-shares; the site itself need not take part. So a coordinator can skip a site's signature, record
-no spend for it, and still decode its update from the other sites' shares (the site refuses its
-own unmask shares, which does not stop the round). The coordinator's ledger then under-reports
-that site, consistently with every anchor. Two things still hold: the site's own ledger
-(``STATE_DIR/ledger``) charged the spend before the update left, so its budget is enforced; and
-the node keeps a release record (``released.json`` beside its anchor,
-:class:`dp.ReleaseRecord`: ``released`` when its update leaves, ``survivor`` when it is asked to
-unmask with it, ``dropped`` when told it was not used), from which ``secagg ledger verify
---anchors`` names every released, not-dropped round that the ledger does not charge to the site.
-That is a warning, not a failure, because an update that reached the coordinator after its
-deadline is legitimately uncharged and the site cannot tell the two apart. Closing the gap
-outright needs every node to check every survivor's signed spend before it reveals that
-survivor's self-mask share (the registry at every node, active mode); that is not built.
+What is left, and what exposes it. The security argument, and its residual, are in
+:mod:`dp.round_chain`. In short: with the registry at every node (active mode) a coordinator can
+no longer decode a site it did not charge in its ledger without ``secagg ledger verify RUN_DIR
+--registry R --anchors ...`` failing. In passive mode without a registry at the nodes, the nodes
+take the client-id -> site map from the coordinator and check no signature: a forged signature
+they anchor still fails the audit with the registry, but the coordinator can name a decoded
+client as another released site (whose update it leaves out) so that the decoded site goes
+uncharged. Its victim's node is then the witness: it signed nothing that round and refuses to
+reveal; its own ledger (``STATE_DIR/ledger``) charged the spend before the update left, and its
+release record (``released.json`` beside its anchor, :class:`dp.ReleaseRecord`: ``released``
+when its update leaves, ``survivor`` once it passed the checks above) makes ``secagg ledger
+verify --anchors`` name every released round that the ledger does not charge to the site - a
+warning, not a failure, since an update that reached the coordinator after its deadline is
+legitimately uncharged and the site cannot tell the two apart. A Flower node no longer marks a
+round ``dropped`` when an unmask request calls it a dropout (secagg refuses such a request from
+a client whose masked update left it), so a coordinator cannot erase that record so.
 """
 
 from __future__ import annotations
@@ -69,13 +83,15 @@ from dp.ledger_format import write_private_atomic  # noqa: E402
 from dp.ledger_signatures import (RELEASE_FILE, SIGNED_KINDS, EntryStatement, LedgerSigner, ReleaseRecord,  # noqa: E402
                                   check_entry_signature)
 
-__all__ = ["LEDGER", "STATEMENT_RECORD", "ANCHOR_RECORD", "ANCHORS_DIR", "statement_record", "statement_from_record",
-           "anchor_record", "anchor_from_record", "RemoteLedgerSigner", "anchor_dir", "node_ledger_signer",
-           "remember_signed", "note_release"]
+__all__ = ["LEDGER", "STATEMENT_RECORD", "ANCHOR_RECORD", "ROUND_CHAIN_RECORD", "ANCHORS_DIR", "statement_record",
+           "statement_from_record", "anchor_record", "anchor_from_record", "round_chain_record",
+           "round_chain_from_record", "RemoteLedgerSigner", "anchor_dir", "node_ledger_signer", "remember_signed",
+           "note_release"]
 
 LEDGER = "query.ledger"
 STATEMENT_RECORD = "ledger"
 ANCHOR_RECORD = "ledger-anchor"
+ROUND_CHAIN_RECORD = "ledger-round"  # beside an UnmaskRequest: the round's committed spends (dp.round_chain)
 ANCHORS_DIR = "anchors"  # STATE_DIR/anchors/RUN_ID/ledger.anchor.json: a node's anchors of a coordinator's ledger
 _SIGNED_FILE = "signed.json"
 
@@ -108,6 +124,31 @@ def anchor_from_record(record) -> tuple[str, int, str]:
         return str(record["run-id"]), int(record["seq"]), str(record["hash"])
     except (KeyError, TypeError, ValueError) as exc:
         raise secagg.MalformedMessageError(f"malformed ledger anchor: {type(exc).__name__}: {exc}") from None
+
+
+def round_chain_record(run_id: str, round_index: int, chain) -> ConfigRecord:
+    """The round's committed spends (:class:`dp.ChainEntry`, in chain order) as a Flower ConfigRecord."""
+    return ConfigRecord({"run-id": run_id, "round": int(round_index), "seqs": [int(e.seq) for e in chain],
+                         "prev-hashes": [str(e.prev_hash) for e in chain], "kinds": [str(e.kind) for e in chain],
+                         "bodies": [json.dumps(dict(e.body), sort_keys=True) for e in chain]})
+
+
+def round_chain_from_record(record) -> tuple[str, int, list]:
+    """(run id, round, [:class:`dp.ChainEntry`]) of a received record (:class:`secagg.MalformedMessageError`)."""
+    from dp import ChainEntry
+
+    try:
+        seqs, prevs, kinds, bodies = (list(record[k]) for k in ("seqs", "prev-hashes", "kinds", "bodies"))
+        if not len(seqs) == len(prevs) == len(kinds) == len(bodies):
+            raise ValueError("the entry fields differ in length")
+        chain = [ChainEntry(int(q), str(p), str(k), json.loads(str(b))) for q, p, k, b in zip(seqs, prevs, kinds, bodies)]
+        if not all(isinstance(e.body, dict) for e in chain):
+            raise ValueError("an entry body is not a JSON object")
+        for entry in chain:
+            bytes.fromhex(entry.prev_hash)
+        return str(record["run-id"]), int(record["round"]), chain
+    except (KeyError, TypeError, ValueError) as exc:
+        raise secagg.MalformedMessageError(f"malformed ledger chain: {type(exc).__name__}: {exc}") from None
 
 
 class RemoteLedgerSigner:

@@ -22,6 +22,8 @@ Message types (Flower requires ``train``/``evaluate``/``query`` categories):
 * ``query.ledger`` a spend entry for the node's site to sign (``ConfigRecord`` "ledger"); reply
   ``{"signature": bytes}`` or ``{"refusal": str}`` (:mod:`.ledger_link`). Any message to a node
   may also carry ``ConfigRecord`` "ledger-anchor": the chain hash of the node's last signed entry.
+  An unmask request also carries ``ConfigRecord`` "ledger-round": the round's committed spend
+  entries in chain order, which the node checks before it reveals a share (:mod:`dp.round_chain`).
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from typing import Callable, Mapping
 
 import secagg
 from secagg import wire
+from secagg.messages import UnmaskRequest
 
 __all__ = ["FlowerTransport", "BatchingCoordinator", "ClientProxy", "RoundSetup", "STAGE_OF", "HELLO", "SETUP",
            "STEP", "hello_payload"]
@@ -207,8 +210,12 @@ class FlowerTransport:
 
     def __init__(self, grid, node_of: Mapping[int, int], stage_timeout: float, group_id: str,
                  log: Callable[[str], None] = lambda line: None, owed: dict | None = None,
-                 site_of: Mapping[int, str] | None = None) -> None:
+                 site_of: Mapping[int, str] | None = None,
+                 round_chain: Callable[[], tuple] | None = None) -> None:
         self.grid = grid
+        # () -> (run id, round, [dp.ChainEntry]): the round's committed spends, read when the unmask
+        # requests leave (after the spend is committed); they ride beside each request.
+        self.round_chain = round_chain
         self.node_of = dict(node_of)  # client id -> Flower node id
         # site -> the ledger anchor the coordinator owes that node (simulation.flower.ledger_link): it
         # rides on the next message to the node and is forgotten once the node has answered.
@@ -284,6 +291,12 @@ class FlowerTransport:
         if self.pending is not None:
             stage, contents = self.pending
             self.pending = None
+            if stage == STAGE_OF[UnmaskRequest] and self.round_chain is not None:
+                from .ledger_link import ROUND_CHAIN_RECORD, round_chain_record
+
+                run_id, round_index, chain = self.round_chain()
+                for content in contents.values():
+                    content[ROUND_CHAIN_RECORD] = round_chain_record(run_id, round_index, chain)
             self.exchange(stage, STEP, contents)
 
 
