@@ -1,6 +1,14 @@
 """Canonical binary building blocks shared by the wire formats (masking and HE).
 
-Big-endian u8/u32 integers, fixed-size fields, optional signatures (flag byte
+:class:`Framing` is the header both formats put before a message body::
+
+    magic 2B | version u8 | type u8 | session 32B | party u32
+
+(``party`` is the sender of a :class:`~secagg.messagebase.FromParty` message
+and the recipient of a :class:`~secagg.messagebase.ToParty` one); each format
+has its own magic, so the two can never be confused.
+
+Body fields: big-endian u8/u32 integers, fixed-size fields, optional signatures (flag byte
 then 64 bytes), length-prefixed blobs with a size limit, strictly increasing
 id sets and id-keyed maps. Every reader method checks lengths against the
 bytes that remain *before* allocating anything and raises
@@ -12,16 +20,75 @@ never crashes on hostile input.
 from __future__ import annotations
 
 import struct
+from typing import Callable, Mapping
 
 from .errors import MalformedMessageError
-from .messages import FrozenMap
+from .messagebase import FromParty, FrozenMap
 from .shamir import PRIME, SHARE_BYTES
 
-__all__ = ["Writer", "Reader", "SIGNATURE_BYTES", "MAX_U32"]
+__all__ = ["Framing", "Writer", "Reader", "SESSION_BYTES", "SIGNATURE_BYTES", "MAX_U32"]
 
+SESSION_BYTES = 32
 SIGNATURE_BYTES = 64
 MAX_U32 = 2**32 - 1
 _U32 = struct.Struct(">I")
+_HEADER = struct.Struct(">2sBB32sI")
+
+
+class Framing:
+    """One wire format's header: its magic, its version and its message-type numbers.
+
+    Args:
+        magic: the 2 bytes every message of the format starts with.
+        version: the one version this library speaks.
+        types: message class -> type byte.
+        noun / label: how errors name the format ("a secagg message", "";
+            "an HE message", "HE ").
+    """
+
+    def __init__(self, magic: bytes, version: int, types: Mapping[type, int], *, noun: str, label: str) -> None:
+        self.magic, self.version, self.types = magic, version, dict(types)
+        self.noun, self.label = noun, label
+
+    @staticmethod
+    def header_bytes() -> int:
+        """Size of the fixed message header in bytes."""
+        return _HEADER.size
+
+    def writer(self, message) -> "Writer":
+        """A :class:`Writer` holding the header of ``message``, or :class:`MalformedMessageError`."""
+        kind = self.types.get(type(message))
+        if kind is None:
+            raise MalformedMessageError(f"cannot encode {type(message).__name__}: not {self.noun}")
+        w = Writer()
+        w.parts.append(self.magic + bytes((self.version, kind)))
+        w.fixed(message.session, SESSION_BYTES, "session")
+        w.u32(message.sender if isinstance(message, FromParty) else message.recipient, "party id")
+        return w
+
+    def reader(self, data: bytes) -> tuple["Reader", int, bytes, int]:
+        """``(reader at the body, type byte, session, party)``; wrong magic or version raise."""
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise MalformedMessageError(f"expected bytes; got {type(data).__name__}")
+        r = Reader(bytes(data))
+        magic, version, kind, session, party = _HEADER.unpack(r.take(_HEADER.size, "header"))
+        if magic != self.magic:
+            raise MalformedMessageError(f"not {self.noun}: magic {magic!r}, expected {self.magic!r}")
+        if version != self.version:
+            raise MalformedMessageError(
+                f"unsupported {self.label}wire version {version}; this library speaks {self.version}"
+            )
+        return r, kind, session, party
+
+    def unknown(self, kind: int) -> MalformedMessageError:
+        return MalformedMessageError(f"unknown {self.label}message type {kind}")
+
+    @staticmethod
+    def finish(r: "Reader", message):
+        """``message``, if the reader consumed every byte (a canonical encoding has none left)."""
+        if r.remaining():
+            raise MalformedMessageError(f"{r.remaining()} trailing bytes after a {type(message).__name__}")
+        return message
 
 
 class Writer:
@@ -75,20 +142,23 @@ class Writer:
         for value in ordered:
             self.u32(value, "id")
 
-    def blob_map(self, mapping, limit: int, what: str) -> None:
+    def map(self, mapping, write_value: Callable[[int, object], None]) -> None:
+        """u32 count, then per entry its u32 id and ``write_value(id, value)``, ids increasing."""
         self.u32(len(mapping))
         for key in sorted(mapping):
             self.u32(key, "id")
-            self.blob(bytes(mapping[key]), limit, f"{what} for id {key}")
+            write_value(key, mapping[key])
+
+    def blob_map(self, mapping, limit: int, what: str) -> None:
+        self.map(mapping, lambda key, value: self.blob(bytes(value), limit, f"{what} for id {key}"))
 
     def share_map(self, mapping) -> None:
-        self.u32(len(mapping))
-        for key in sorted(mapping):
-            value = mapping[key]
-            if not 0 <= value < PRIME:
-                raise MalformedMessageError(f"share for id {key} is not a field element")
-            self.u32(key, "id")
-            self.parts.append(value.to_bytes(SHARE_BYTES, "big"))
+        self.map(mapping, self._share)
+
+    def _share(self, key: int, value: int) -> None:
+        if not 0 <= value < PRIME:
+            raise MalformedMessageError(f"share for id {key} is not a field element")
+        self.parts.append(value.to_bytes(SHARE_BYTES, "big"))
 
     def getvalue(self) -> bytes:
         return b"".join(self.parts)
@@ -105,23 +175,19 @@ class Reader:
         return len(self.data) - self.pos
 
     def take(self, size: int, what: str) -> bytes:
-        if size < 0 or self.remaining() < size:
-            raise MalformedMessageError(
-                f"truncated message: expected {size} bytes of {what} at offset {self.pos}, "
-                f"{self.remaining()} remain"
-            )
-        chunk = bytes(self.data[self.pos : self.pos + size])
-        self.pos += size
-        return chunk
+        return bytes(self._span(size, what))
 
     def view(self, size: int, what: str) -> memoryview:
         """Like :meth:`take`, but a read-only view into the message (no copy: for large vectors)."""
+        return self._span(size, what).toreadonly()
+
+    def _span(self, size: int, what: str) -> memoryview:
         if size < 0 or self.remaining() < size:
             raise MalformedMessageError(
                 f"truncated message: expected {size} bytes of {what} at offset {self.pos}, "
                 f"{self.remaining()} remain"
             )
-        chunk = self.data[self.pos : self.pos + size].toreadonly()
+        chunk = self.data[self.pos : self.pos + size]
         self.pos += size
         return chunk
 
@@ -171,19 +237,22 @@ class Reader:
     def blobs(self, limit: int, what: str) -> tuple:
         return tuple(self.blob(limit, what) for _ in range(self.count(4, what)))
 
-    def blob_map(self, limit: int, what: str) -> FrozenMap:
+    def map(self, min_entry_bytes: int, what: str, read_value: Callable[[int], object]) -> FrozenMap:
+        """The reverse of :meth:`Writer.map`; ``min_entry_bytes`` (id included) bounds the count."""
         out, previous = {}, None
-        for _ in range(self.count(8, what)):
+        for _ in range(self.count(min_entry_bytes, what)):
             previous = self.key(previous, what)
-            out[previous] = self.blob(limit, what)
+            out[previous] = read_value(previous)
         return FrozenMap(out)
 
+    def blob_map(self, limit: int, what: str) -> FrozenMap:
+        return self.map(8, what, lambda _: self.blob(limit, what))
+
     def share_map(self, what: str) -> FrozenMap:
-        out, previous = {}, None
-        for _ in range(self.count(4 + SHARE_BYTES, what)):
-            previous = self.key(previous, what)
-            value = int.from_bytes(self.take(SHARE_BYTES, what), "big")
-            if value >= PRIME:
-                raise MalformedMessageError(f"{what} value for id {previous} is not a field element")
-            out[previous] = value
-        return FrozenMap(out)
+        return self.map(4 + SHARE_BYTES, what, lambda key: self._share(key, what))
+
+    def _share(self, key: int, what: str) -> int:
+        value = int.from_bytes(self.take(SHARE_BYTES, what), "big")
+        if value >= PRIME:
+            raise MalformedMessageError(f"{what} value for id {key} is not a field element")
+        return value

@@ -31,95 +31,45 @@ allocated, so a hostile length field cannot exhaust memory.
 
 from __future__ import annotations
 
-import struct
-
-from .codec import Reader, Writer
+from . import messages as msg
+from .codec import SIGNATURE_BYTES, Framing, Reader, Writer
 from .errors import MalformedMessageError
-from .messages import (
-    AdvertisedKeys,
-    AdvertiseKeys,
-    ConsistencyRequest,
-    ConsistencySignature,
-    FrozenMap,
-    KeyDirectory,
-    MaskedInput,
-    MaskedInputRequest,
-    Message,
-    ShareKeys,
-    UnmaskRequest,
-    UnmaskResponse,
-)
 
 __all__ = ["WIRE_VERSION", "MAX_BLOB_BYTES", "encode", "decode", "header_bytes"]
 
-MAGIC = b"SA"
 WIRE_VERSION = 2  # v2: MaskedInput and UnmaskResponse carry a signature field (active mode)
-SESSION_BYTES = 32
 KEY_BYTES = 32
-SIGNATURE_BYTES = 64
 MAX_BLOB_BYTES = 4096  # ciphertexts of share bundles are ~114 bytes
-_HEADER = struct.Struct(">2sBB32sI")
-_MAX_U32 = 2**32 - 1
 
-_TYPES: dict[type, int] = {
-    AdvertiseKeys: 1,
-    KeyDirectory: 2,
-    ShareKeys: 3,
-    MaskedInputRequest: 4,
-    MaskedInput: 5,
-    ConsistencyRequest: 6,
-    ConsistencySignature: 7,
-    UnmaskRequest: 8,
-    UnmaskResponse: 9,
-}
-_PARTY_FIELD = {
-    AdvertiseKeys: "sender",
-    ShareKeys: "sender",
-    MaskedInput: "sender",
-    ConsistencySignature: "sender",
-    UnmaskResponse: "sender",
-    KeyDirectory: "recipient",
-    MaskedInputRequest: "recipient",
-    ConsistencyRequest: "recipient",
-    UnmaskRequest: "recipient",
-}
+FRAMING = Framing(b"SA", WIRE_VERSION, {
+    msg.AdvertiseKeys: 1,
+    msg.KeyDirectory: 2,
+    msg.ShareKeys: 3,
+    msg.MaskedInputRequest: 4,
+    msg.MaskedInput: 5,
+    msg.ConsistencyRequest: 6,
+    msg.ConsistencySignature: 7,
+    msg.UnmaskRequest: 8,
+    msg.UnmaskResponse: 9,
+}, noun="a secagg message", label="")
 
 
-def header_bytes() -> int:
-    """Size of the fixed message header in bytes."""
-    return _HEADER.size
+header_bytes = FRAMING.header_bytes
 
 
 # --- writing ------------------------------------------------------------------
 
 
-def encode(message: Message) -> bytes:
+def encode(message: msg.Message) -> bytes:
     """Canonical wire bytes of ``message``."""
-    kind = _TYPES.get(type(message))
-    if kind is None:
-        raise MalformedMessageError(f"cannot encode {type(message).__name__}: not a protocol message")
-    w = Writer()
-    party = getattr(message, _PARTY_FIELD[type(message)])
-    if len(message.session) != SESSION_BYTES:
-        raise MalformedMessageError(f"session must be {SESSION_BYTES} bytes; got {len(message.session)}")
-    if not 0 <= party <= _MAX_U32:
-        raise MalformedMessageError(f"party id {party} does not fit in u32")
-    w.parts.append(_HEADER.pack(MAGIC, WIRE_VERSION, kind, bytes(message.session), party))
-    if isinstance(message, AdvertiseKeys):
-        w.fixed(message.encryption_key, KEY_BYTES, "encryption_key")
-        w.fixed(message.masking_key, KEY_BYTES, "masking_key")
-        w.signature(message.signature)
-    elif isinstance(message, KeyDirectory):
-        w.u32(len(message.keys))
-        for key in sorted(message.keys):
-            entry = message.keys[key]
-            w.u32(key, "id")
-            w.fixed(entry.encryption_key, KEY_BYTES, "encryption_key")
-            w.fixed(entry.masking_key, KEY_BYTES, "masking_key")
-            w.signature(entry.signature)
-    elif isinstance(message, (ShareKeys, MaskedInputRequest)):
+    w = FRAMING.writer(message)
+    if isinstance(message, msg.AdvertiseKeys):
+        _write_keys(w, message.keys)
+    elif isinstance(message, msg.KeyDirectory):
+        w.map(message.keys, lambda _, keys: _write_keys(w, keys))
+    elif isinstance(message, (msg.ShareKeys, msg.MaskedInputRequest)):
         w.blob_map(message.ciphertexts, MAX_BLOB_BYTES, "ciphertexts")
-    elif isinstance(message, MaskedInput):
+    elif isinstance(message, msg.MaskedInput):
         if message.bit_width not in (32, 64):
             raise MalformedMessageError(f"bit width must be 32 or 64; got {message.bit_width}")
         word = message.bit_width // 8
@@ -129,73 +79,67 @@ def encode(message: Message) -> bytes:
         w.u32(len(message.data) // word)
         w.words(message.data)  # one copy, into the joined message
         w.signature(message.signature)
-    elif isinstance(message, ConsistencyRequest):
+    elif isinstance(message, msg.ConsistencyRequest):
         w.ids(message.survivors)
-    elif isinstance(message, ConsistencySignature):
+    elif isinstance(message, msg.ConsistencySignature):
         w.fixed(message.signature, SIGNATURE_BYTES, "signature")
-    elif isinstance(message, UnmaskRequest):
+    elif isinstance(message, msg.UnmaskRequest):
         w.ids(message.survivors)
         w.ids(message.dropped)
         w.blob_map(message.signatures, MAX_BLOB_BYTES, "signatures")
-    elif isinstance(message, UnmaskResponse):
+    elif isinstance(message, msg.UnmaskResponse):
         w.share_map(message.self_mask_shares)
         w.share_map(message.key_shares)
         w.signature(message.signature)
     return w.getvalue()
 
 
+def _write_keys(w: Writer, keys: msg.AdvertisedKeys) -> None:
+    """key32 encryption key, key32 masking key, sig: AdvertiseKeys and every KeyDirectory entry."""
+    w.fixed(keys.encryption_key, KEY_BYTES, "encryption_key")
+    w.fixed(keys.masking_key, KEY_BYTES, "masking_key")
+    w.signature(keys.signature)
+
+
 # --- reading ------------------------------------------------------------------
 
 
-def decode(data: bytes) -> Message:
+def decode(data: bytes) -> msg.Message:
     """Parse wire bytes into a message, or raise :class:`MalformedMessageError`."""
-    if not isinstance(data, (bytes, bytearray, memoryview)):
-        raise MalformedMessageError(f"expected bytes; got {type(data).__name__}")
-    r = Reader(bytes(data))
-    magic, version, kind, session, party = _HEADER.unpack(r.take(_HEADER.size, "header"))
-    if magic != MAGIC:
-        raise MalformedMessageError(f"not a secagg message: magic {magic!r}, expected {MAGIC!r}")
-    if version != WIRE_VERSION:
-        raise MalformedMessageError(f"unsupported wire version {version}; this library speaks {WIRE_VERSION}")
+    r, kind, session, party = FRAMING.reader(data)
     if kind == 1:
-        message: Message = AdvertiseKeys(
-            session, party, r.take(KEY_BYTES, "encryption_key"), r.take(KEY_BYTES, "masking_key"),
-            r.signature("signature"),
-        )
+        keys = _read_keys(r)
+        message: msg.Message = msg.AdvertiseKeys(session, party, keys.encryption_key, keys.masking_key, keys.signature)
     elif kind == 2:
-        n = r.count(4 + 2 * KEY_BYTES + 1, "key directory")
-        keys, previous = {}, None
-        for _ in range(n):
-            previous = r.key(previous, "key directory")
-            keys[previous] = AdvertisedKeys(
-                r.take(KEY_BYTES, "encryption_key"), r.take(KEY_BYTES, "masking_key"), r.signature("signature")
-            )
-        message = KeyDirectory(session, party, FrozenMap(keys))
+        directory = r.map(4 + 2 * KEY_BYTES + 1, "key directory", lambda _: _read_keys(r))
+        message = msg.KeyDirectory(session, party, directory)
     elif kind == 3:
-        message = ShareKeys(session, party, r.blob_map(MAX_BLOB_BYTES, "ciphertexts"))
+        message = msg.ShareKeys(session, party, r.blob_map(MAX_BLOB_BYTES, "ciphertexts"))
     elif kind == 4:
-        message = MaskedInputRequest(session, party, r.blob_map(MAX_BLOB_BYTES, "ciphertexts"))
+        message = msg.MaskedInputRequest(session, party, r.blob_map(MAX_BLOB_BYTES, "ciphertexts"))
     elif kind == 5:
         bit_width = r.u8("bit width")
         if bit_width not in (32, 64):
             raise MalformedMessageError(f"bit width must be 32 or 64; got {bit_width}")
         count = r.u32("vector length")
         data = r.view(count * (bit_width // 8), "masked vector")  # a view: no second copy of m words
-        message = MaskedInput(session, party, bit_width, data, r.signature("signature"))
+        message = msg.MaskedInput(session, party, bit_width, data, r.signature("signature"))
     elif kind == 6:
-        message = ConsistencyRequest(session, party, r.ids("survivors"))
+        message = msg.ConsistencyRequest(session, party, r.ids("survivors"))
     elif kind == 7:
-        message = ConsistencySignature(session, party, r.take(SIGNATURE_BYTES, "signature"))
+        message = msg.ConsistencySignature(session, party, r.take(SIGNATURE_BYTES, "signature"))
     elif kind == 8:
         survivors = r.ids("survivors")
         dropped = r.ids("dropped")
-        message = UnmaskRequest(session, party, survivors, dropped, r.blob_map(MAX_BLOB_BYTES, "signatures"))
+        message = msg.UnmaskRequest(session, party, survivors, dropped, r.blob_map(MAX_BLOB_BYTES, "signatures"))
     elif kind == 9:
-        message = UnmaskResponse(
+        message = msg.UnmaskResponse(
             session, party, r.share_map("self_mask_shares"), r.share_map("key_shares"), r.signature("signature")
         )
     else:
-        raise MalformedMessageError(f"unknown message type {kind}")
-    if r.remaining():
-        raise MalformedMessageError(f"{r.remaining()} trailing bytes after a {type(message).__name__}")
-    return message
+        raise FRAMING.unknown(kind)
+    return FRAMING.finish(r, message)
+
+
+def _read_keys(r: Reader) -> msg.AdvertisedKeys:
+    return msg.AdvertisedKeys(r.take(KEY_BYTES, "encryption_key"), r.take(KEY_BYTES, "masking_key"), r.signature())

@@ -32,111 +32,58 @@ allocated.
 
 from __future__ import annotations
 
-import struct
-
-from ..codec import Reader, Writer
+from ..codec import Framing, Reader, Writer
 from ..errors import MalformedMessageError
-from ..messages import FrozenMap
-from .messages import (
-    HEAdvertise,
-    HEAdvertisedKey,
-    HEContextBundle,
-    HEContextDelivery,
-    HEContribution,
-    HEDecryptedSum,
-    HEDecryptRequest,
-    HEEncryptedInput,
-    HEKeyDirectory,
-    HEMessage,
-)
+from . import messages as msg
 
 __all__ = ["HE_WIRE_VERSION", "MAX_CIPHERTEXT_BYTES", "MAX_CONTEXT_BYTES", "encode", "decode", "header_bytes"]
 
-MAGIC = b"HE"
 HE_WIRE_VERSION = 1
-SESSION_BYTES = 32
 KEY_BYTES = 32
 DIGEST_BYTES = 32
-SIGNATURE_BYTES = 64
 #: Largest serialised ciphertext on the wire (N = 32768, one 60-bit prime, plus framing).
 MAX_CIPHERTEXT_BYTES = 1 << 20
 #: Largest public or sealed context on the wire.
 MAX_CONTEXT_BYTES = 8 << 20
-_HEADER = struct.Struct(">2sBB32sI")
 
-_TYPES: dict[type, int] = {
-    HEAdvertise: 1,
-    HEKeyDirectory: 2,
-    HEContextBundle: 3,
-    HEContextDelivery: 4,
-    HEEncryptedInput: 5,
-    HEDecryptRequest: 6,
-    HEDecryptedSum: 7,
-}
-_PARTY_FIELD = {
-    HEAdvertise: "sender",
-    HEContextBundle: "sender",
-    HEEncryptedInput: "sender",
-    HEDecryptedSum: "sender",
-    HEKeyDirectory: "recipient",
-    HEContextDelivery: "recipient",
-    HEDecryptRequest: "recipient",
-}
+FRAMING = Framing(b"HE", HE_WIRE_VERSION, {
+    msg.HEAdvertise: 1,
+    msg.HEKeyDirectory: 2,
+    msg.HEContextBundle: 3,
+    msg.HEContextDelivery: 4,
+    msg.HEEncryptedInput: 5,
+    msg.HEDecryptRequest: 6,
+    msg.HEDecryptedSum: 7,
+}, noun="an HE message", label="HE ")
 
 
-def header_bytes() -> int:
-    return _HEADER.size
+header_bytes = FRAMING.header_bytes
 
 
-def encode(message: HEMessage) -> bytes:
+def encode(message: msg.HEMessage) -> bytes:
     """Canonical wire bytes of an HE message."""
-    kind = _TYPES.get(type(message))
-    if kind is None:
-        raise MalformedMessageError(f"cannot encode {type(message).__name__}: not an HE message")
-    session = message.session
-    if not isinstance(session, (bytes, bytearray)) or len(session) != SESSION_BYTES:
-        raise MalformedMessageError(f"session must be {SESSION_BYTES} bytes")
-    party = getattr(message, _PARTY_FIELD[type(message)])
-    w = Writer()
-    w.parts.append(MAGIC + bytes((HE_WIRE_VERSION, kind)) + bytes(session))
-    w.u32(party, "party id")
-    if isinstance(message, HEAdvertise):
-        w.fixed(message.public_key, KEY_BYTES, "public_key")
-        w.signature(message.signature)
-    elif isinstance(message, HEKeyDirectory):
-        w.u32(len(message.keys))
-        for site in message.keys:
-            entry = message.keys[site]
-            w.u32(site, "id")
-            w.fixed(entry.public_key, KEY_BYTES, "public_key")
-            w.signature(entry.signature)
-    elif isinstance(message, HEContextBundle):
+    w = FRAMING.writer(message)
+    if isinstance(message, msg.HEAdvertise):
+        _write_key(w, message.key)
+    elif isinstance(message, msg.HEKeyDirectory):
+        w.map(message.keys, lambda _, key: _write_key(w, key))
+    elif isinstance(message, msg.HEContextBundle):
         w.blob(message.public_context, MAX_CONTEXT_BYTES, "public context")
-        w.u32(len(message.sealed))
-        for site in message.sealed:
-            w.u32(site, "id")
-            w.blob(message.sealed[site], MAX_CONTEXT_BYTES, "sealed context")
+        w.map(message.sealed, lambda _, sealed: w.blob(sealed, MAX_CONTEXT_BYTES, "sealed context"))
         w.signature(message.signature)
-    elif isinstance(message, HEContextDelivery):
-        w.fixed(message.holder_key.public_key, KEY_BYTES, "holder public_key")
-        w.signature(message.holder_key.signature)
+    elif isinstance(message, msg.HEContextDelivery):
+        _write_key(w, message.holder_key, "holder public_key")
         w.blob(message.public_context, MAX_CONTEXT_BYTES, "public context")
         w.blob(message.sealed, MAX_CONTEXT_BYTES, "sealed context")
-    elif isinstance(message, HEEncryptedInput):
+    elif isinstance(message, msg.HEEncryptedInput):
         w.fixed(message.context_id, DIGEST_BYTES, "context_id")
-        w.blobs(message.chunks, MAX_CIPHERTEXT_BYTES, "ciphertext")
-        w.signature(message.signature)
-    elif isinstance(message, HEDecryptRequest):
+        _write_contribution(w, message.contribution)
+    elif isinstance(message, msg.HEDecryptRequest):
         w.fixed(message.context_id, DIGEST_BYTES, "context_id")
         w.ids(message.survivors)
         w.blobs(message.summed, MAX_CIPHERTEXT_BYTES, "ciphertext")
-        w.u32(len(message.contributions))
-        for site in message.contributions:
-            entry = message.contributions[site]
-            w.u32(site, "id")
-            w.blobs(entry.chunks, MAX_CIPHERTEXT_BYTES, "ciphertext")
-            w.signature(entry.signature)
-    elif isinstance(message, HEDecryptedSum):
+        w.map(message.contributions, lambda _, contribution: _write_contribution(w, contribution))
+    elif isinstance(message, msg.HEDecryptedSum):
         w.ids(message.survivors)
         data = message.data
         if not isinstance(data, (bytes, bytearray)) or len(data) % 8:
@@ -147,57 +94,58 @@ def encode(message: HEMessage) -> bytes:
     return w.getvalue()
 
 
-def decode(data: bytes) -> HEMessage:
+def _write_key(w: Writer, key: msg.HEAdvertisedKey, what: str = "public_key") -> None:
+    """key32, sig: HEAdvertise, every HEKeyDirectory entry, the key holder's key in HEContextDelivery."""
+    w.fixed(key.public_key, KEY_BYTES, what)
+    w.signature(key.signature)
+
+
+def _write_contribution(w: Writer, contribution: msg.HEContribution) -> None:
+    """blobs, sig: HEEncryptedInput's body after the context id, and every contribution relayed."""
+    w.blobs(contribution.chunks, MAX_CIPHERTEXT_BYTES, "ciphertext")
+    w.signature(contribution.signature)
+
+
+def decode(data: bytes) -> msg.HEMessage:
     """Parse wire bytes into an HE message, or raise :class:`MalformedMessageError`."""
-    if not isinstance(data, (bytes, bytearray, memoryview)):
-        raise MalformedMessageError(f"expected bytes; got {type(data).__name__}")
-    r = Reader(bytes(data))
-    magic, version, kind, session, party = _HEADER.unpack(r.take(_HEADER.size, "header"))
-    if magic != MAGIC:
-        raise MalformedMessageError(f"not an HE message: magic {magic!r}, expected {MAGIC!r}")
-    if version != HE_WIRE_VERSION:
-        raise MalformedMessageError(f"unsupported HE wire version {version}; this library speaks {HE_WIRE_VERSION}")
-    message: HEMessage
+    r, kind, session, party = FRAMING.reader(data)
+    message: msg.HEMessage
     if kind == 1:
-        message = HEAdvertise(session, party, r.take(KEY_BYTES, "public_key"), r.signature())
+        key = _read_key(r)
+        message = msg.HEAdvertise(session, party, key.public_key, key.signature)
     elif kind == 2:
-        keys, previous = {}, None
-        for _ in range(r.count(4 + KEY_BYTES + 1, "key directory")):
-            previous = r.key(previous, "key directory")
-            keys[previous] = HEAdvertisedKey(r.take(KEY_BYTES, "public_key"), r.signature())
-        message = HEKeyDirectory(session, party, FrozenMap(keys))
+        message = msg.HEKeyDirectory(session, party, r.map(4 + KEY_BYTES + 1, "key directory", lambda _: _read_key(r)))
     elif kind == 3:
         public = r.blob(MAX_CONTEXT_BYTES, "public context")
-        sealed, previous = {}, None
-        for _ in range(r.count(8, "sealed contexts")):
-            previous = r.key(previous, "sealed contexts")
-            sealed[previous] = r.blob(MAX_CONTEXT_BYTES, "sealed context")
-        message = HEContextBundle(session, party, public, FrozenMap(sealed), r.signature())
+        sealed = r.map(8, "sealed contexts", lambda _: r.blob(MAX_CONTEXT_BYTES, "sealed context"))
+        message = msg.HEContextBundle(session, party, public, sealed, r.signature())
     elif kind == 4:
-        holder = HEAdvertisedKey(r.take(KEY_BYTES, "holder public_key"), r.signature("holder signature"))
+        holder = _read_key(r, "holder public_key", "holder signature")
         public = r.blob(MAX_CONTEXT_BYTES, "public context")
-        message = HEContextDelivery(session, party, holder, public, r.blob(MAX_CONTEXT_BYTES, "sealed context"))
+        message = msg.HEContextDelivery(session, party, holder, public, r.blob(MAX_CONTEXT_BYTES, "sealed context"))
     elif kind == 5:
         context = r.take(DIGEST_BYTES, "context_id")
-        chunks = r.blobs(MAX_CIPHERTEXT_BYTES, "ciphertext")
-        message = HEEncryptedInput(session, party, context, chunks, r.signature())
+        upload = _read_contribution(r)
+        message = msg.HEEncryptedInput(session, party, context, upload.chunks, upload.signature)
     elif kind == 6:
         context = r.take(DIGEST_BYTES, "context_id")
         survivors = r.ids("survivors")
         summed = r.blobs(MAX_CIPHERTEXT_BYTES, "ciphertext")
-        contributions, previous = {}, None
-        for _ in range(r.count(4 + 4 + 1, "contributions")):
-            previous = r.key(previous, "contributions")
-            chunks = r.blobs(MAX_CIPHERTEXT_BYTES, "ciphertext")
-            contributions[previous] = HEContribution(chunks, r.signature())
-        message = HEDecryptRequest(session, party, context, survivors, summed, FrozenMap(contributions))
+        contributions = r.map(4 + 4 + 1, "contributions", lambda _: _read_contribution(r))
+        message = msg.HEDecryptRequest(session, party, context, survivors, summed, contributions)
     elif kind == 7:
         survivors = r.ids("survivors")
         count = r.count(8, "decrypted sum")
         values = r.take(8 * count, "decrypted sum")
-        message = HEDecryptedSum(session, party, survivors, values, r.signature())
+        message = msg.HEDecryptedSum(session, party, survivors, values, r.signature())
     else:
-        raise MalformedMessageError(f"unknown HE message type {kind}")
-    if r.remaining():
-        raise MalformedMessageError(f"{r.remaining()} trailing bytes after a {type(message).__name__}")
-    return message
+        raise FRAMING.unknown(kind)
+    return FRAMING.finish(r, message)
+
+
+def _read_key(r: Reader, what: str = "public_key", signature: str = "signature") -> msg.HEAdvertisedKey:
+    return msg.HEAdvertisedKey(r.take(KEY_BYTES, what), r.signature(signature))
+
+
+def _read_contribution(r: Reader) -> msg.HEContribution:
+    return msg.HEContribution(r.blobs(MAX_CIPHERTEXT_BYTES, "ciphertext"), r.signature())
