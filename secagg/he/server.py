@@ -40,16 +40,7 @@ from .ckks import CKKSContext
 from .config import HESessionConfig
 from .errors import KeyHolderUnavailableError
 from .keyschedule import advertise_payload, bundle_payload, ciphertext_digest, context_id, input_payload, sum_payload
-from .messages import (
-    HEAdvertise,
-    HEContextBundle,
-    HEContextDelivery,
-    HEContribution,
-    HEDecryptedSum,
-    HEDecryptRequest,
-    HEEncryptedInput,
-    HEKeyDirectory,
-)
+from . import messages as msg
 from .transitions import COORDINATOR, HEServerStage
 
 __all__ = ["HEServerSession", "HEServerStage"]
@@ -73,11 +64,11 @@ class HEServerSession(StagedServer):
     def __init__(self, config: HESessionConfig) -> None:
         super().__init__(config)
         self._holder = config.key_holder
-        self._keys: dict[int, HEAdvertise] = {}  # U1
+        self._keys: dict[int, msg.HEAdvertise] = {}  # U1
         self._context: CKKSContext | None = None
         self._context_id: bytes | None = None
         self._sum: list | None = None  # semi-honest: running homomorphic sum
-        self._contributions: dict[int, HEContribution] = {}  # active: signed uploads
+        self._contributions: dict[int, msg.HEContribution] = {}  # active: signed uploads
 
     def _transitions(self) -> Transitions:
         return COORDINATOR
@@ -103,7 +94,7 @@ class HEServerSession(StagedServer):
         except VerificationError:
             raise VerificationError(f"{what} of site {signer} carries an invalid signature") from None
 
-    def _validate_advertise(self, message: HEAdvertise) -> tuple[HEAdvertise, None]:
+    def _validate_advertise(self, message: msg.HEAdvertise) -> tuple[msg.HEAdvertise, None]:
         for other in self._received.values():
             if constant_time_equal(other.public_key, message.public_key):
                 raise VerificationError(f"site {message.sender} advertises a public key already in use")
@@ -111,7 +102,7 @@ class HEServerSession(StagedServer):
                      message.signature, "round-0 key")
         return message, None
 
-    def _validate_context(self, message: HEContextBundle) -> tuple[HEContextBundle, Commit]:
+    def _validate_context(self, message: msg.HEContextBundle) -> tuple[msg.HEContextBundle, Commit]:
         expected = set(self._keys) - {self._holder}
         got = set(message.sealed)
         if got != expected:
@@ -132,7 +123,7 @@ class HEServerSession(StagedServer):
 
         return message, commit
 
-    def _validate_upload(self, message: HEEncryptedInput) -> tuple[HEEncryptedInput, Commit]:
+    def _validate_upload(self, message: msg.HEEncryptedInput) -> tuple[msg.HEEncryptedInput, Commit]:
         context, cid = self._context, self._context_id
         if not constant_time_equal(message.context_id, cid):
             raise SessionMismatchError(f"site {message.sender} encrypted under another CKKS context")
@@ -150,7 +141,7 @@ class HEServerSession(StagedServer):
                 self._sum = new_sum
         return message, commit
 
-    def _validate_decrypt(self, message: HEDecryptedSum) -> tuple[HEDecryptedSum, None]:
+    def _validate_decrypt(self, message: msg.HEDecryptedSum) -> tuple[msg.HEDecryptedSum, None]:
         if message.survivors != self._survivors:
             raise VerificationError("the decrypted sum covers another set of sites than the one requested")
         values = message.values
@@ -176,7 +167,8 @@ class HEServerSession(StagedServer):
         def commit() -> None:
             self._keys, self._eligible = answered, frozenset({self._holder})
 
-        return {self._holder: HEKeyDirectory(self._fp, self._holder, {u: m.key for u, m in answered.items()})}, commit
+        keys = {u: advertised.key for u, advertised in answered.items()}
+        return {self._holder: msg.HEKeyDirectory(self._fp, self._holder, keys)}, commit
 
     def _close_context(self, answered: dict) -> tuple[dict, Commit]:
         bundle = answered.get(self._holder)
@@ -184,7 +176,7 @@ class HEServerSession(StagedServer):
             raise KeyHolderUnavailableError(f"the key holder (site {self._holder}) sent no CKKS context")
         holder_key = self._keys[self._holder].key
         out = {
-            u: HEContextDelivery(self._fp, u, holder_key, bundle.public_context, bundle.sealed.get(u, b""))
+            u: msg.HEContextDelivery(self._fp, u, holder_key, bundle.public_context, bundle.sealed.get(u, b""))
             for u in self._keys
         }
 
@@ -197,9 +189,9 @@ class HEServerSession(StagedServer):
         survivors = frozenset(answered)
         cid = self._context_id
         if self.config.active:
-            request = HEDecryptRequest(self._fp, self._holder, cid, survivors, contributions=self._contributions)
+            request = msg.HEDecryptRequest(self._fp, self._holder, cid, survivors, contributions=self._contributions)
         else:
-            request = HEDecryptRequest(self._fp, self._holder, cid, survivors,
+            request = msg.HEDecryptRequest(self._fp, self._holder, cid, survivors,
                                        summed=self._context.serialize(self._sum))
 
         def commit() -> None:
@@ -223,10 +215,10 @@ class HEServerSession(StagedServer):
         return {}, commit
 
     _VALIDATORS = {
-        HEAdvertise: _validate_advertise,
-        HEContextBundle: _validate_context,
-        HEEncryptedInput: _validate_upload,
-        HEDecryptedSum: _validate_decrypt,
+        msg.HEAdvertise: _validate_advertise,
+        msg.HEContextBundle: _validate_context,
+        msg.HEEncryptedInput: _validate_upload,
+        msg.HEDecryptedSum: _validate_decrypt,
     }
     _CLOSERS = {
         HEServerStage.ADVERTISE: _close_advertise,
