@@ -48,37 +48,14 @@ from __future__ import annotations
 
 import numpy as np
 
+from . import messages as msg
 from . import shamir, wire
 from .config import SessionConfig
-from .crypto import (
-    X25519KeyPair,
-    aead_decrypt,
-    aead_encrypt,
-    constant_time_equal,
-    random_bytes,
-    sign,
-    verify_signature,
-)
+from .crypto import X25519KeyPair, aead_decrypt, aead_encrypt, constant_time_equal, random_bytes, sign, verify_signature
 from .encoding import ring_dtype
-from .errors import (
-    InvalidInputError,
-    LocalProtocolError,
-    ThresholdNotMetError,
-    UnsafeRequestError,
-    VerificationError,
-)
-from .keyschedule import (
-    SHARE_BUNDLE,
-    advertise_payload,
-    consistency_payload,
-    masked_input_payload,
-    pairwise_mask_key,
-    self_mask_key,
-    share_associated_data,
-    share_encryption_key,
-    unmask_response_payload,
-)
-from . import messages as msg
+from .errors import InvalidInputError, LocalProtocolError, ThresholdNotMetError, UnsafeRequestError, VerificationError
+from .keyschedule import (SHARE_BUNDLE, advertise_payload, consistency_payload, masked_input_payload, pairwise_mask_key,
+                          self_mask_key, share_associated_data, share_encryption_key, unmask_response_payload)
 from .prg import apply_masks
 from .session import Commit, StagedClient
 from .tables import Transitions
@@ -87,7 +64,7 @@ from .transitions import CLIENT_ACTIVE, CLIENT_PASSIVE, ClientState
 __all__ = ["ClientSession", "ClientState"]
 
 
-class ClientSession(StagedClient):
+class ClientSession(StagedClient, party="client", decode=wire.decode):
     """One client's run of one aggregation session.
 
     Its rounds are :data:`secagg.transitions.CLIENT_PASSIVE` or
@@ -98,21 +75,14 @@ class ClientSession(StagedClient):
     Args:
         config: the agreed :class:`SessionConfig`.
         client_id: this client's id (one of ``config.participants``).
-        signing_key: 32-byte Ed25519 seed of the client's long-term identity
-            (required in active mode; its verify key must be in ``config.verify_keys``).
-        masked_input: optionally, the encoded input (see :meth:`provide_input`).
+        signing_key / masked_input: as in :class:`secagg.session.StagedClient`.
     """
-
-    _PARTY = "client"
-    _decode = staticmethod(wire.decode)
 
     def __init__(self, config: SessionConfig, client_id: int, *, signing_key: bytes | None = None,
                  masked_input: np.ndarray | None = None) -> None:
         super().__init__(config, client_id, signing_key=signing_key, masked_input=masked_input)
 
-    @property
-    def client_id(self) -> int:
-        return self._id
+    client_id = StagedClient.party_id
 
     def _transitions(self) -> Transitions:
         return CLIENT_ACTIVE if self.config.active else CLIENT_PASSIVE

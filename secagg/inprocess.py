@@ -1,7 +1,8 @@
 """The skeleton both in-process runners share: :func:`secagg.run_local` and :func:`secagg.he.run_local_he`.
 
-A runner checks its inputs (:func:`check_run_inputs`), agrees a session
-configuration, and hands the sessions to :func:`run_in_process`, which
+A runner checks its inputs (:func:`check_run_inputs`), builds its session
+configuration from the fields both paths share (:func:`session_terms`, which
+also makes the parties' signing identities in active mode) and its own, and hands the sessions to :func:`run_in_process`, which
 creates one client (site) session per participant and the server
 (coordinator) session, moves *wire bytes* between them with
 :func:`secagg.exchange.run_exchange`, and returns the server and what the
@@ -17,11 +18,13 @@ from typing import Callable, Mapping
 
 import numpy as np
 
+from .config import new_session_id
+from .crypto import SigningKeyPair
 from .encoding import check_finite_vector
 from .errors import InvalidInputError
 from .exchange import run_exchange, validate_dropouts, validate_updates
 
-__all__ = ["InProcessResult", "check_run_inputs", "run_in_process"]
+__all__ = ["InProcessResult", "check_run_inputs", "session_terms", "run_in_process"]
 
 
 @dataclass(frozen=True)
@@ -64,6 +67,18 @@ def check_run_inputs(updates: Mapping[int, np.ndarray], dropouts: Mapping[str, o
     silent_from = validate_dropouts(dropouts, ids, stages, party=party)
     vectors = {i: check_finite_vector(updates[i], length=length, name=f"update of {party} {i}") for i in ids}
     return ids, length, silent_from, vectors
+
+
+def session_terms(ids: list[int], length: int, *, threshold: int, active: bool,
+                  session_id: bytes | None) -> tuple[dict[int, SigningKeyPair], dict]:
+    """``(identities, fields)``: a fresh Ed25519 identity per party in active mode (none otherwise),
+    and the configuration fields both paths share (``session_id``, fresh when ``None``;
+    ``participants``, ``threshold``, ``vector_length``, ``active``, ``verify_keys``)."""
+    identities = {i: SigningKeyPair.generate() for i in ids} if active else {}
+    fields = {"session_id": session_id or new_session_id(), "participants": tuple(ids), "threshold": threshold,
+              "vector_length": length, "active": active,
+              "verify_keys": {i: k.verify_key for i, k in identities.items()}}
+    return identities, fields
 
 
 def run_in_process(config, client_session: type, server_session: type, *, identities: Mapping,

@@ -19,10 +19,9 @@ import numpy as np
 
 from . import wire
 from .client import ClientSession
-from .config import SessionConfig, new_session_id
-from .crypto import SigningKeyPair
+from .config import SessionConfig
 from .encoding import FixedPointEncoder
-from .inprocess import InProcessResult, check_run_inputs, run_in_process
+from .inprocess import InProcessResult, check_run_inputs, run_in_process, session_terms
 from .server import ServerSession
 from .transitions import ANSWER_STAGE, STAGES
 
@@ -86,18 +85,8 @@ def run_local(
     encoder = FixedPointEncoder.create(
         clip=clip, max_summands=len(ids), resolution=resolution, bit_width=bit_width
     )
-    identities = {i: SigningKeyPair.generate() for i in ids} if active else {}
-    config = SessionConfig(
-        session_id=session_id or new_session_id(),
-        participants=tuple(ids),
-        threshold=threshold,
-        vector_length=length,
-        bit_width=encoder.bit_width,
-        degree=neighbors,
-        active=active,
-        verify_keys={i: k.verify_key for i, k in identities.items()},
-        max_corrupt=max_corrupt,
-    )
+    identities, agreed = session_terms(ids, length, threshold=threshold, active=active, session_id=session_id)
+    config = SessionConfig(**agreed, bit_width=encoder.bit_width, degree=neighbors, max_corrupt=max_corrupt)
     clipped: dict[int, int] = {}
 
     def encoded_input(i: int) -> np.ndarray:

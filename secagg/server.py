@@ -34,21 +34,14 @@ from __future__ import annotations
 
 import numpy as np
 
+from . import messages as msg
 from . import shamir, wire
 from .config import SessionConfig
 from .crypto import AEAD_OVERHEAD, constant_time_equal, verify_signature, x25519_public_key
 from .encoding import ring_dtype
 from .errors import InvalidInputError, ReconstructionError, ThresholdNotMetError, VerificationError
-from .keyschedule import (
-    SHARE_BUNDLE,
-    advertise_payload,
-    consistency_payload,
-    masked_input_payload,
-    pairwise_mask_key,
-    self_mask_key,
-    unmask_response_payload,
-)
-from . import messages as msg
+from .keyschedule import (SHARE_BUNDLE, advertise_payload, consistency_payload, masked_input_payload, pairwise_mask_key,
+                          self_mask_key, unmask_response_payload)
 from .prg import apply_masks
 from .session import AggregateResult, Commit, StagedServer
 from .tables import Transitions
@@ -59,7 +52,7 @@ __all__ = ["ServerSession", "ServerStage", "AggregateResult", "SHARE_CIPHERTEXT_
 SHARE_CIPHERTEXT_BYTES = SHARE_BUNDLE.size + AEAD_OVERHEAD
 
 
-class ServerSession(StagedServer):
+class ServerSession(StagedServer, party="client", decode=wire.decode):
     """The coordinator's run of one aggregation session.
 
     Its stages are :data:`secagg.transitions.SERVER_PASSIVE` or
@@ -68,9 +61,7 @@ class ServerSession(StagedServer):
     commits the transitions; the validators and closers below only compute.
     """
 
-    _PARTY = "client"
     _NOT_ELIGIBLE = "unknown id, or it dropped out of an earlier round"
-    _decode = staticmethod(wire.decode)
     _THRESHOLD_STAGES = frozenset(SERVER_ACTIVE.states)  # every stage needs t answers
 
     def __init__(self, config: SessionConfig) -> None:

@@ -48,44 +48,23 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..crypto import (
-    X25519KeyPair,
-    aead_decrypt,
-    aead_encrypt,
-    constant_time_equal,
-    sign,
-    verify_signature,
-)
-from ..errors import (
-    InvalidInputError,
-    LocalProtocolError,
-    SessionMismatchError,
-    ThresholdNotMetError,
-    UnsafeRequestError,
-    VerificationError,
-)
+from ..crypto import X25519KeyPair, aead_decrypt, aead_encrypt, constant_time_equal, sign, verify_signature
+from ..errors import (InvalidInputError, LocalProtocolError, SessionMismatchError, ThresholdNotMetError,
+                      UnsafeRequestError, VerificationError)
 from ..session import Commit, EndsSession, StagedClient
 from ..tables import Transitions
+from . import messages as msg
 from . import wire
 from .ckks import CKKSContext
 from .config import HESessionConfig
-from .keyschedule import (
-    advertise_payload,
-    bundle_payload,
-    ciphertext_digest,
-    context_id,
-    input_payload,
-    seal_associated_data,
-    seal_key,
-    sum_payload,
-)
-from . import messages as msg
+from .keyschedule import (advertise_payload, bundle_payload, ciphertext_digest, context_id, input_payload,
+                          seal_associated_data, seal_key, sum_payload)
 from .transitions import KEY_HOLDER, SITE, HEClientState
 
 __all__ = ["HEClientSession", "HEClientState"]
 
 
-class HEClientSession(StagedClient):
+class HEClientSession(StagedClient, party="site", decode=wire.decode):
     """One site's run of one HE aggregation session.
 
     Its rounds are :data:`secagg.he.transitions.KEY_HOLDER` or
@@ -97,20 +76,14 @@ class HEClientSession(StagedClient):
         config: the agreed :class:`HESessionConfig`.
         site_id: this site's id (one of ``config.participants``); the site is the key
             holder iff ``site_id == config.key_holder``.
-        signing_key: 32-byte Ed25519 seed of the site's long-term identity (active mode).
-        masked_input: optionally, the encoded input (see :meth:`provide_input`).
+        signing_key / masked_input: as in :class:`secagg.session.StagedClient`.
     """
-
-    _PARTY = "site"
-    _decode = staticmethod(wire.decode)
 
     def __init__(self, config: HESessionConfig, site_id: int, *, signing_key: bytes | None = None,
                  masked_input: np.ndarray | None = None) -> None:
         super().__init__(config, site_id, signing_key=signing_key, masked_input=masked_input)
 
-    @property
-    def site_id(self) -> int:
-        return self._id
+    site_id = StagedClient.party_id
 
     @property
     def is_key_holder(self) -> bool:

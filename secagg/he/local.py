@@ -22,11 +22,9 @@ from typing import Callable, Mapping
 
 import numpy as np
 
-from ..config import new_session_id
-from ..crypto import SigningKeyPair
 from ..encoding import weighted_mean, weighted_vector
 from ..errors import InvalidInputError
-from ..inprocess import InProcessResult, check_run_inputs, run_in_process
+from ..inprocess import InProcessResult, check_run_inputs, run_in_process, session_terms
 from . import wire
 from .ckks import CKKSContext
 from .client import HEClientSession
@@ -112,17 +110,8 @@ def run_local_he(
     if params is None:
         params = find_he_parameters(vector_length=length, max_summands=len(ids), clip=clip, resolution=resolution)
     encoder = params.encoder
-    identities = {i: SigningKeyPair.generate() for i in ids} if active else {}
-    config = HESessionConfig(
-        session_id=session_id or new_session_id(),
-        participants=tuple(ids),
-        threshold=threshold,
-        vector_length=length,
-        key_holder=ids[0] if key_holder is None else key_holder,
-        params=params,
-        active=active,
-        verify_keys={i: k.verify_key for i, k in identities.items()},
-    )
+    identities, agreed = session_terms(ids, length, threshold=threshold, active=active, session_id=session_id)
+    config = HESessionConfig(**agreed, key_holder=ids[0] if key_holder is None else key_holder, params=params)
     server, reported = run_in_process(
         config, HEClientSession, HEServerSession, identities=identities,
         encoded_input=lambda i: encoder.encode(vectors.pop(i)).ring, encode=wire.encode, stages=HE_STAGES,

@@ -35,18 +35,18 @@ from ..crypto import AEAD_OVERHEAD, constant_time_equal, verify_signature
 from ..errors import MalformedMessageError, SessionMismatchError, VerificationError
 from ..session import AggregateResult, Commit, StagedServer
 from ..tables import Transitions
+from . import messages as msg
 from . import wire
 from .ckks import CKKSContext
 from .config import HESessionConfig
 from .errors import KeyHolderUnavailableError
 from .keyschedule import advertise_payload, bundle_payload, ciphertext_digest, context_id, input_payload, sum_payload
-from . import messages as msg
 from .transitions import COORDINATOR, HEServerStage
 
 __all__ = ["HEServerSession", "HEServerStage"]
 
 
-class HEServerSession(StagedServer):
+class HEServerSession(StagedServer, party="site", decode=wire.decode):
     """The coordinator's run of one HE aggregation session.
 
     Its stages are :data:`secagg.he.transitions.COORDINATOR`;
@@ -55,9 +55,7 @@ class HEServerSession(StagedServer):
     validators and closers below only compute.
     """
 
-    _PARTY = "site"
     _NOT_ELIGIBLE = "unknown id, not the key holder, or dropped out of an earlier round"
-    _decode = staticmethod(wire.decode)
     #: Stages that close only with t answers; the others wait for the key holder alone.
     _THRESHOLD_STAGES = frozenset({HEServerStage.ADVERTISE, HEServerStage.UPLOAD})
 
