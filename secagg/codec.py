@@ -1,14 +1,10 @@
 """Canonical binary building blocks shared by the wire formats (masking and HE).
 
-:class:`Framing` is the header both formats put before a message body::
+A :class:`Writer` method and the :class:`Reader` method of the same name take
+the same arguments after the value (a ``Reader`` returns the value), so a
+field of a message body is one pair of them (:mod:`secagg.wireformat`).
 
-    magic 2B | version u8 | type u8 | session 32B | party u32
-
-(``party`` is the sender of a :class:`~secagg.messagebase.FromParty` message
-and the recipient of a :class:`~secagg.messagebase.ToParty` one); each format
-has its own magic, so the two can never be confused.
-
-Body fields: big-endian u8/u32 integers, fixed-size fields, optional signatures (flag byte
+Big-endian u8/u32 integers, fixed-size fields, optional signatures (flag byte
 then 64 bytes), length-prefixed blobs with a size limit, strictly increasing
 id sets and id-keyed maps. Every reader method checks lengths against the
 bytes that remain *before* allocating anything and raises
@@ -20,75 +16,17 @@ never crashes on hostile input.
 from __future__ import annotations
 
 import struct
-from typing import Callable, Mapping
+from typing import Callable
 
 from .errors import MalformedMessageError
-from .messagebase import FromParty, FrozenMap
+from .messagebase import FrozenMap
 from .shamir import PRIME, SHARE_BYTES
 
-__all__ = ["Framing", "Writer", "Reader", "SESSION_BYTES", "SIGNATURE_BYTES", "MAX_U32"]
+__all__ = ["Writer", "Reader", "SIGNATURE_BYTES", "MAX_U32"]
 
-SESSION_BYTES = 32
 SIGNATURE_BYTES = 64
 MAX_U32 = 2**32 - 1
 _U32 = struct.Struct(">I")
-_HEADER = struct.Struct(">2sBB32sI")
-
-
-class Framing:
-    """One wire format's header: its magic, its version and its message-type numbers.
-
-    Args:
-        magic: the 2 bytes every message of the format starts with.
-        version: the one version this library speaks.
-        types: message class -> type byte.
-        noun / label: how errors name the format ("a secagg message", "";
-            "an HE message", "HE ").
-    """
-
-    def __init__(self, magic: bytes, version: int, types: Mapping[type, int], *, noun: str, label: str) -> None:
-        self.magic, self.version, self.types = magic, version, dict(types)
-        self.noun, self.label = noun, label
-
-    @staticmethod
-    def header_bytes() -> int:
-        """Size of the fixed message header in bytes."""
-        return _HEADER.size
-
-    def writer(self, message) -> "Writer":
-        """A :class:`Writer` holding the header of ``message``, or :class:`MalformedMessageError`."""
-        kind = self.types.get(type(message))
-        if kind is None:
-            raise MalformedMessageError(f"cannot encode {type(message).__name__}: not {self.noun}")
-        w = Writer()
-        w.parts.append(self.magic + bytes((self.version, kind)))
-        w.fixed(message.session, SESSION_BYTES, "session")
-        w.u32(message.sender if isinstance(message, FromParty) else message.recipient, "party id")
-        return w
-
-    def reader(self, data: bytes) -> tuple["Reader", int, bytes, int]:
-        """``(reader at the body, type byte, session, party)``; wrong magic or version raise."""
-        if not isinstance(data, (bytes, bytearray, memoryview)):
-            raise MalformedMessageError(f"expected bytes; got {type(data).__name__}")
-        r = Reader(bytes(data))
-        magic, version, kind, session, party = _HEADER.unpack(r.take(_HEADER.size, "header"))
-        if magic != self.magic:
-            raise MalformedMessageError(f"not {self.noun}: magic {magic!r}, expected {self.magic!r}")
-        if version != self.version:
-            raise MalformedMessageError(
-                f"unsupported {self.label}wire version {version}; this library speaks {self.version}"
-            )
-        return r, kind, session, party
-
-    def unknown(self, kind: int) -> MalformedMessageError:
-        return MalformedMessageError(f"unknown {self.label}message type {kind}")
-
-    @staticmethod
-    def finish(r: "Reader", message):
-        """``message``, if the reader consumed every byte (a canonical encoding has none left)."""
-        if r.remaining():
-            raise MalformedMessageError(f"{r.remaining()} trailing bytes after a {type(message).__name__}")
-        return message
 
 
 class Writer:
@@ -111,11 +49,11 @@ class Writer:
             raise MalformedMessageError(f"{what} must be {size} bytes; got {got}")
         self.parts.append(bytes(value))
 
-    def signature(self, value: bytes) -> None:
+    def signature(self, value: bytes, what: str = "signature") -> None:
         """An optional Ed25519 signature: flag 0, or flag 1 and 64 bytes."""
         if value:
             self.u8(1)
-            self.fixed(value, SIGNATURE_BYTES, "signature")
+            self.fixed(value, SIGNATURE_BYTES, what)
         else:
             self.u8(0)
 
@@ -136,11 +74,11 @@ class Writer:
         for value in values:
             self.blob(value, limit, what)
 
-    def ids(self, values) -> None:
+    def ids(self, values, what: str) -> None:
         ordered = sorted(values)
         self.u32(len(ordered))
         for value in ordered:
-            self.u32(value, "id")
+            self.u32(value, f"{what} id")
 
     def map(self, mapping, write_value: Callable[[int, object], None]) -> None:
         """u32 count, then per entry its u32 id and ``write_value(id, value)``, ids increasing."""
@@ -152,12 +90,12 @@ class Writer:
     def blob_map(self, mapping, limit: int, what: str) -> None:
         self.map(mapping, lambda key, value: self.blob(bytes(value), limit, f"{what} for id {key}"))
 
-    def share_map(self, mapping) -> None:
-        self.map(mapping, self._share)
+    def share_map(self, mapping, what: str) -> None:
+        self.map(mapping, lambda key, value: self._share(key, value, what))
 
-    def _share(self, key: int, value: int) -> None:
+    def _share(self, key: int, value: int, what: str) -> None:
         if not 0 <= value < PRIME:
-            raise MalformedMessageError(f"share for id {key} is not a field element")
+            raise MalformedMessageError(f"{what} value for id {key} is not a field element")
         self.parts.append(value.to_bytes(SHARE_BYTES, "big"))
 
     def getvalue(self) -> bytes:
@@ -176,6 +114,8 @@ class Reader:
 
     def take(self, size: int, what: str) -> bytes:
         return bytes(self._span(size, what))
+
+    fixed = take  # the reverse of Writer.fixed
 
     def view(self, size: int, what: str) -> memoryview:
         """Like :meth:`take`, but a read-only view into the message (no copy: for large vectors)."""

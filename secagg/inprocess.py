@@ -2,11 +2,11 @@
 
 A runner checks its inputs (:func:`check_run_inputs`), builds its session
 configuration from the fields both paths share (:func:`session_terms`, which
-also makes the parties' signing identities in active mode) and its own, and hands the sessions to :func:`run_in_process`, which
-creates one client (site) session per participant and the server
-(coordinator) session, moves *wire bytes* between them with
-:func:`secagg.exchange.run_exchange`, and returns the server and what the
-exchange recorded. The two paths differ only in their encoder, their
+also makes the parties' signing identities in active mode) and its own, and
+hands it to :func:`run_in_process`, which creates one client (site) session
+per participant and the server (coordinator) session, moves *wire bytes*
+between them with :func:`secagg.exchange.run_exchange`, and returns the
+server and what the exchange recorded. The two paths differ only in their encoder, their
 configuration and their session classes; the fields every result reports
 are in :class:`InProcessResult`.
 """

@@ -32,8 +32,9 @@ allocated, so a hostile length field cannot exhaust memory.
 from __future__ import annotations
 
 from . import messages as msg
-from .codec import SIGNATURE_BYTES, Framing, Reader, Writer
+from .codec import SIGNATURE_BYTES, Reader, Writer
 from .errors import MalformedMessageError
+from .wireformat import Field, IdMap, Record, WireFormat, blob_map, fixed, ids, share_map, signature
 
 __all__ = ["WIRE_VERSION", "MAX_BLOB_BYTES", "encode", "decode", "header_bytes"]
 
@@ -41,105 +42,45 @@ WIRE_VERSION = 2  # v2: MaskedInput and UnmaskResponse carry a signature field (
 KEY_BYTES = 32
 MAX_BLOB_BYTES = 4096  # ciphertexts of share bundles are ~114 bytes
 
-FRAMING = Framing(b"SA", WIRE_VERSION, {
-    msg.AdvertiseKeys: 1,
-    msg.KeyDirectory: 2,
-    msg.ShareKeys: 3,
-    msg.MaskedInputRequest: 4,
-    msg.MaskedInput: 5,
-    msg.ConsistencyRequest: 6,
-    msg.ConsistencySignature: 7,
-    msg.UnmaskRequest: 8,
-    msg.UnmaskResponse: 9,
+
+def _write_vector(w: Writer, value: tuple) -> None:
+    bit_width, data = value
+    if bit_width not in (32, 64):
+        raise MalformedMessageError(f"bit width must be 32 or 64; got {bit_width}")
+    word = bit_width // 8
+    if len(data) % word:
+        raise MalformedMessageError("masked vector bytes are not a whole number of words")
+    w.u8(bit_width)
+    w.u32(len(data) // word)
+    w.words(data)  # one copy, into the joined message
+
+
+def _read_vector(r: Reader) -> tuple:
+    bit_width = r.u8("bit width")
+    if bit_width not in (32, 64):
+        raise MalformedMessageError(f"bit width must be 32 or 64; got {bit_width}")
+    count = r.u32("vector length")
+    return bit_width, r.view(count * (bit_width // 8), "masked vector")  # a view: no second copy of m words
+
+
+SIG = ("signature", signature())
+#: AdvertiseKeys, and every entry of a KeyDirectory.
+KEYS = (("encryption_key", fixed(KEY_BYTES, "encryption_key")), ("masking_key", fixed(KEY_BYTES, "masking_key")), SIG)
+CIPHERTEXTS = (("ciphertexts", blob_map(MAX_BLOB_BYTES, "ciphertexts")),)
+
+FORMAT = WireFormat(b"SA", WIRE_VERSION, {
+    msg.AdvertiseKeys: (1, KEYS),
+    msg.KeyDirectory: (2, [("keys", IdMap(Record(msg.AdvertisedKeys, KEYS), 4 + 2 * KEY_BYTES + 1, "key directory"))]),
+    msg.ShareKeys: (3, CIPHERTEXTS),
+    msg.MaskedInputRequest: (4, CIPHERTEXTS),
+    msg.MaskedInput: (5, [(("bit_width", "data"), Field(_write_vector, _read_vector)), SIG]),
+    msg.ConsistencyRequest: (6, [("survivors", ids("survivors"))]),
+    msg.ConsistencySignature: (7, [("signature", fixed(SIGNATURE_BYTES, "signature"))]),
+    msg.UnmaskRequest: (8, [("survivors", ids("survivors")), ("dropped", ids("dropped")),
+                            ("signatures", blob_map(MAX_BLOB_BYTES, "signatures"))]),
+    msg.UnmaskResponse: (9, [("self_mask_shares", share_map("self_mask_shares")),
+                             ("key_shares", share_map("key_shares")), SIG]),
 }, noun="a secagg message", label="")
 
-
-header_bytes = FRAMING.header_bytes
-
-
-# --- writing ------------------------------------------------------------------
-
-
-def encode(message: msg.Message) -> bytes:
-    """Canonical wire bytes of ``message``."""
-    w = FRAMING.writer(message)
-    if isinstance(message, msg.AdvertiseKeys):
-        _write_keys(w, message.keys)
-    elif isinstance(message, msg.KeyDirectory):
-        w.map(message.keys, lambda _, keys: _write_keys(w, keys))
-    elif isinstance(message, (msg.ShareKeys, msg.MaskedInputRequest)):
-        w.blob_map(message.ciphertexts, MAX_BLOB_BYTES, "ciphertexts")
-    elif isinstance(message, msg.MaskedInput):
-        if message.bit_width not in (32, 64):
-            raise MalformedMessageError(f"bit width must be 32 or 64; got {message.bit_width}")
-        word = message.bit_width // 8
-        if len(message.data) % word:
-            raise MalformedMessageError("masked vector bytes are not a whole number of words")
-        w.u8(message.bit_width)
-        w.u32(len(message.data) // word)
-        w.words(message.data)  # one copy, into the joined message
-        w.signature(message.signature)
-    elif isinstance(message, msg.ConsistencyRequest):
-        w.ids(message.survivors)
-    elif isinstance(message, msg.ConsistencySignature):
-        w.fixed(message.signature, SIGNATURE_BYTES, "signature")
-    elif isinstance(message, msg.UnmaskRequest):
-        w.ids(message.survivors)
-        w.ids(message.dropped)
-        w.blob_map(message.signatures, MAX_BLOB_BYTES, "signatures")
-    elif isinstance(message, msg.UnmaskResponse):
-        w.share_map(message.self_mask_shares)
-        w.share_map(message.key_shares)
-        w.signature(message.signature)
-    return w.getvalue()
-
-
-def _write_keys(w: Writer, keys: msg.AdvertisedKeys) -> None:
-    """key32 encryption key, key32 masking key, sig: AdvertiseKeys and every KeyDirectory entry."""
-    w.fixed(keys.encryption_key, KEY_BYTES, "encryption_key")
-    w.fixed(keys.masking_key, KEY_BYTES, "masking_key")
-    w.signature(keys.signature)
-
-
-# --- reading ------------------------------------------------------------------
-
-
-def decode(data: bytes) -> msg.Message:
-    """Parse wire bytes into a message, or raise :class:`MalformedMessageError`."""
-    r, kind, session, party = FRAMING.reader(data)
-    if kind == 1:
-        keys = _read_keys(r)
-        message: msg.Message = msg.AdvertiseKeys(session, party, keys.encryption_key, keys.masking_key, keys.signature)
-    elif kind == 2:
-        directory = r.map(4 + 2 * KEY_BYTES + 1, "key directory", lambda _: _read_keys(r))
-        message = msg.KeyDirectory(session, party, directory)
-    elif kind == 3:
-        message = msg.ShareKeys(session, party, r.blob_map(MAX_BLOB_BYTES, "ciphertexts"))
-    elif kind == 4:
-        message = msg.MaskedInputRequest(session, party, r.blob_map(MAX_BLOB_BYTES, "ciphertexts"))
-    elif kind == 5:
-        bit_width = r.u8("bit width")
-        if bit_width not in (32, 64):
-            raise MalformedMessageError(f"bit width must be 32 or 64; got {bit_width}")
-        count = r.u32("vector length")
-        data = r.view(count * (bit_width // 8), "masked vector")  # a view: no second copy of m words
-        message = msg.MaskedInput(session, party, bit_width, data, r.signature("signature"))
-    elif kind == 6:
-        message = msg.ConsistencyRequest(session, party, r.ids("survivors"))
-    elif kind == 7:
-        message = msg.ConsistencySignature(session, party, r.take(SIGNATURE_BYTES, "signature"))
-    elif kind == 8:
-        survivors = r.ids("survivors")
-        dropped = r.ids("dropped")
-        message = msg.UnmaskRequest(session, party, survivors, dropped, r.blob_map(MAX_BLOB_BYTES, "signatures"))
-    elif kind == 9:
-        message = msg.UnmaskResponse(
-            session, party, r.share_map("self_mask_shares"), r.share_map("key_shares"), r.signature("signature")
-        )
-    else:
-        raise FRAMING.unknown(kind)
-    return FRAMING.finish(r, message)
-
-
-def _read_keys(r: Reader) -> msg.AdvertisedKeys:
-    return msg.AdvertisedKeys(r.take(KEY_BYTES, "encryption_key"), r.take(KEY_BYTES, "masking_key"), r.signature())
+#: Canonical wire bytes of a message; a message from wire bytes (or MalformedMessageError); the header size.
+encode, decode, header_bytes = FORMAT.encode, FORMAT.decode, FORMAT.header_bytes

@@ -32,8 +32,9 @@ allocated.
 
 from __future__ import annotations
 
-from ..codec import Framing, Reader, Writer
+from ..codec import Reader, Writer
 from ..errors import MalformedMessageError
+from ..wireformat import Field, IdMap, Record, WireFormat, blob, blobs, fixed, ids, signature
 from . import messages as msg
 
 __all__ = ["HE_WIRE_VERSION", "MAX_CIPHERTEXT_BYTES", "MAX_CONTEXT_BYTES", "encode", "decode", "header_bytes"]
@@ -46,106 +47,41 @@ MAX_CIPHERTEXT_BYTES = 1 << 20
 #: Largest public or sealed context on the wire.
 MAX_CONTEXT_BYTES = 8 << 20
 
-FRAMING = Framing(b"HE", HE_WIRE_VERSION, {
-    msg.HEAdvertise: 1,
-    msg.HEKeyDirectory: 2,
-    msg.HEContextBundle: 3,
-    msg.HEContextDelivery: 4,
-    msg.HEEncryptedInput: 5,
-    msg.HEDecryptRequest: 6,
-    msg.HEDecryptedSum: 7,
+
+def _write_sum(w: Writer, data: bytes) -> None:
+    if not isinstance(data, (bytes, bytearray)) or len(data) % 8:
+        raise MalformedMessageError("decrypted sum must be whole int64 words")
+    w.u32(len(data) // 8, "vector length")
+    w.parts.append(bytes(data))
+
+
+def _read_sum(r: Reader) -> bytes:
+    return r.take(8 * r.count(8, "decrypted sum"), "decrypted sum")
+
+
+SIG = ("signature", signature())
+#: HEAdvertise, and every entry of an HEKeyDirectory.
+KEY = (("public_key", fixed(KEY_BYTES, "public_key")), SIG)
+#: The key holder's key inside an HEContextDelivery.
+HOLDER_KEY = (("public_key", fixed(KEY_BYTES, "holder public_key")), ("signature", signature("holder signature")))
+CONTEXT_ID = ("context_id", fixed(DIGEST_BYTES, "context_id"))
+CIPHERTEXTS = blobs(MAX_CIPHERTEXT_BYTES, "ciphertext")
+#: HEEncryptedInput after its context id, and every contribution relayed in an HEDecryptRequest.
+UPLOAD = (("chunks", CIPHERTEXTS), SIG)
+
+FORMAT = WireFormat(b"HE", HE_WIRE_VERSION, {
+    msg.HEAdvertise: (1, KEY),
+    msg.HEKeyDirectory: (2, [("keys", IdMap(Record(msg.HEAdvertisedKey, KEY), 4 + KEY_BYTES + 1, "key directory"))]),
+    msg.HEContextBundle: (3, [("public_context", blob(MAX_CONTEXT_BYTES, "public context")),
+                              ("sealed", IdMap(blob(MAX_CONTEXT_BYTES, "sealed context"), 8, "sealed contexts")), SIG]),
+    msg.HEContextDelivery: (4, [("holder_key", Record(msg.HEAdvertisedKey, HOLDER_KEY)),
+                                ("public_context", blob(MAX_CONTEXT_BYTES, "public context")),
+                                ("sealed", blob(MAX_CONTEXT_BYTES, "sealed context"))]),
+    msg.HEEncryptedInput: (5, [CONTEXT_ID, *UPLOAD]),
+    msg.HEDecryptRequest: (6, [CONTEXT_ID, ("survivors", ids("survivors")), ("summed", CIPHERTEXTS), (
+        "contributions", IdMap(Record(msg.HEContribution, UPLOAD), 4 + 4 + 1, "contributions"))]),
+    msg.HEDecryptedSum: (7, [("survivors", ids("survivors")), ("data", Field(_write_sum, _read_sum)), SIG]),
 }, noun="an HE message", label="HE ")
 
-
-header_bytes = FRAMING.header_bytes
-
-
-def encode(message: msg.HEMessage) -> bytes:
-    """Canonical wire bytes of an HE message."""
-    w = FRAMING.writer(message)
-    if isinstance(message, msg.HEAdvertise):
-        _write_key(w, message.key)
-    elif isinstance(message, msg.HEKeyDirectory):
-        w.map(message.keys, lambda _, key: _write_key(w, key))
-    elif isinstance(message, msg.HEContextBundle):
-        w.blob(message.public_context, MAX_CONTEXT_BYTES, "public context")
-        w.map(message.sealed, lambda _, sealed: w.blob(sealed, MAX_CONTEXT_BYTES, "sealed context"))
-        w.signature(message.signature)
-    elif isinstance(message, msg.HEContextDelivery):
-        _write_key(w, message.holder_key, "holder public_key")
-        w.blob(message.public_context, MAX_CONTEXT_BYTES, "public context")
-        w.blob(message.sealed, MAX_CONTEXT_BYTES, "sealed context")
-    elif isinstance(message, msg.HEEncryptedInput):
-        w.fixed(message.context_id, DIGEST_BYTES, "context_id")
-        _write_contribution(w, message.contribution)
-    elif isinstance(message, msg.HEDecryptRequest):
-        w.fixed(message.context_id, DIGEST_BYTES, "context_id")
-        w.ids(message.survivors)
-        w.blobs(message.summed, MAX_CIPHERTEXT_BYTES, "ciphertext")
-        w.map(message.contributions, lambda _, contribution: _write_contribution(w, contribution))
-    elif isinstance(message, msg.HEDecryptedSum):
-        w.ids(message.survivors)
-        data = message.data
-        if not isinstance(data, (bytes, bytearray)) or len(data) % 8:
-            raise MalformedMessageError("decrypted sum must be whole int64 words")
-        w.u32(len(data) // 8, "vector length")
-        w.parts.append(bytes(data))
-        w.signature(message.signature)
-    return w.getvalue()
-
-
-def _write_key(w: Writer, key: msg.HEAdvertisedKey, what: str = "public_key") -> None:
-    """key32, sig: HEAdvertise, every HEKeyDirectory entry, the key holder's key in HEContextDelivery."""
-    w.fixed(key.public_key, KEY_BYTES, what)
-    w.signature(key.signature)
-
-
-def _write_contribution(w: Writer, contribution: msg.HEContribution) -> None:
-    """blobs, sig: HEEncryptedInput's body after the context id, and every contribution relayed."""
-    w.blobs(contribution.chunks, MAX_CIPHERTEXT_BYTES, "ciphertext")
-    w.signature(contribution.signature)
-
-
-def decode(data: bytes) -> msg.HEMessage:
-    """Parse wire bytes into an HE message, or raise :class:`MalformedMessageError`."""
-    r, kind, session, party = FRAMING.reader(data)
-    message: msg.HEMessage
-    if kind == 1:
-        key = _read_key(r)
-        message = msg.HEAdvertise(session, party, key.public_key, key.signature)
-    elif kind == 2:
-        message = msg.HEKeyDirectory(session, party, r.map(4 + KEY_BYTES + 1, "key directory", lambda _: _read_key(r)))
-    elif kind == 3:
-        public = r.blob(MAX_CONTEXT_BYTES, "public context")
-        sealed = r.map(8, "sealed contexts", lambda _: r.blob(MAX_CONTEXT_BYTES, "sealed context"))
-        message = msg.HEContextBundle(session, party, public, sealed, r.signature())
-    elif kind == 4:
-        holder = _read_key(r, "holder public_key", "holder signature")
-        public = r.blob(MAX_CONTEXT_BYTES, "public context")
-        message = msg.HEContextDelivery(session, party, holder, public, r.blob(MAX_CONTEXT_BYTES, "sealed context"))
-    elif kind == 5:
-        context = r.take(DIGEST_BYTES, "context_id")
-        upload = _read_contribution(r)
-        message = msg.HEEncryptedInput(session, party, context, upload.chunks, upload.signature)
-    elif kind == 6:
-        context = r.take(DIGEST_BYTES, "context_id")
-        survivors = r.ids("survivors")
-        summed = r.blobs(MAX_CIPHERTEXT_BYTES, "ciphertext")
-        contributions = r.map(4 + 4 + 1, "contributions", lambda _: _read_contribution(r))
-        message = msg.HEDecryptRequest(session, party, context, survivors, summed, contributions)
-    elif kind == 7:
-        survivors = r.ids("survivors")
-        count = r.count(8, "decrypted sum")
-        values = r.take(8 * count, "decrypted sum")
-        message = msg.HEDecryptedSum(session, party, survivors, values, r.signature())
-    else:
-        raise FRAMING.unknown(kind)
-    return FRAMING.finish(r, message)
-
-
-def _read_key(r: Reader, what: str = "public_key", signature: str = "signature") -> msg.HEAdvertisedKey:
-    return msg.HEAdvertisedKey(r.take(KEY_BYTES, what), r.signature(signature))
-
-
-def _read_contribution(r: Reader) -> msg.HEContribution:
-    return msg.HEContribution(r.blobs(MAX_CIPHERTEXT_BYTES, "ciphertext"), r.signature())
+#: Canonical wire bytes of an HE message; an HE message from wire bytes (or MalformedMessageError); the header size.
+encode, decode, header_bytes = FORMAT.encode, FORMAT.decode, FORMAT.header_bytes
