@@ -13,6 +13,11 @@ and :data:`ANSWER_STAGE`); :mod:`secagg.session` is the staged session
 skeleton (envelope checks, validate-then-commit, abort) shared with the HE
 path (:mod:`secagg.he`, its own tables in :mod:`secagg.he.transitions`);
 ``client.py`` and ``server.py`` hold only what the masking protocol computes.
+The other pieces both paths are built from are shared the same way:
+:mod:`secagg.messagebase` (frozen message envelopes), :mod:`secagg.wireformat`
+(a wire format as one layout table per path: ``wire.py``, ``he/wire.py``),
+:mod:`secagg.configbase` (participants, verify keys, fingerprint) and
+:mod:`secagg.inprocess` (the in-process runners' skeleton).
 
 This package depends only on numpy, PyNaCl and cryptography, and does no I/O.
 """

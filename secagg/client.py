@@ -48,47 +48,14 @@ from __future__ import annotations
 
 import numpy as np
 
+from . import messages as msg
 from . import shamir, wire
 from .config import SessionConfig
-from .crypto import (
-    X25519KeyPair,
-    aead_decrypt,
-    aead_encrypt,
-    constant_time_equal,
-    random_bytes,
-    sign,
-    verify_signature,
-)
+from .crypto import X25519KeyPair, aead_decrypt, aead_encrypt, constant_time_equal, random_bytes, sign, verify_signature
 from .encoding import ring_dtype
-from .errors import (
-    InvalidInputError,
-    LocalProtocolError,
-    ThresholdNotMetError,
-    UnsafeRequestError,
-    VerificationError,
-)
-from .keyschedule import (
-    SHARE_BUNDLE,
-    advertise_payload,
-    consistency_payload,
-    masked_input_payload,
-    pairwise_mask_key,
-    self_mask_key,
-    share_associated_data,
-    share_encryption_key,
-    unmask_response_payload,
-)
-from .messages import (
-    AdvertiseKeys,
-    ConsistencyRequest,
-    ConsistencySignature,
-    KeyDirectory,
-    MaskedInput,
-    MaskedInputRequest,
-    ShareKeys,
-    UnmaskRequest,
-    UnmaskResponse,
-)
+from .errors import InvalidInputError, LocalProtocolError, ThresholdNotMetError, UnsafeRequestError, VerificationError
+from .keyschedule import (SHARE_BUNDLE, advertise_payload, consistency_payload, masked_input_payload, pairwise_mask_key,
+                          self_mask_key, share_associated_data, share_encryption_key, unmask_response_payload)
 from .prg import apply_masks
 from .session import Commit, StagedClient
 from .tables import Transitions
@@ -97,7 +64,7 @@ from .transitions import CLIENT_ACTIVE, CLIENT_PASSIVE, ClientState
 __all__ = ["ClientSession", "ClientState"]
 
 
-class ClientSession(StagedClient):
+class ClientSession(StagedClient, party="client", decode=wire.decode):
     """One client's run of one aggregation session.
 
     Its rounds are :data:`secagg.transitions.CLIENT_PASSIVE` or
@@ -108,21 +75,14 @@ class ClientSession(StagedClient):
     Args:
         config: the agreed :class:`SessionConfig`.
         client_id: this client's id (one of ``config.participants``).
-        signing_key: 32-byte Ed25519 seed of the client's long-term identity
-            (required in active mode; its verify key must be in ``config.verify_keys``).
-        masked_input: optionally, the encoded input (see :meth:`provide_input`).
+        signing_key / masked_input: as in :class:`secagg.session.StagedClient`.
     """
-
-    _PARTY = "client"
-    _decode = staticmethod(wire.decode)
 
     def __init__(self, config: SessionConfig, client_id: int, *, signing_key: bytes | None = None,
                  masked_input: np.ndarray | None = None) -> None:
         super().__init__(config, client_id, signing_key=signing_key, masked_input=masked_input)
 
-    @property
-    def client_id(self) -> int:
-        return self._id
+    client_id = StagedClient.party_id
 
     def _transitions(self) -> Transitions:
         return CLIENT_ACTIVE if self.config.active else CLIENT_PASSIVE
@@ -158,16 +118,17 @@ class ClientSession(StagedClient):
             )
         return array.copy()
 
-    def advertise(self) -> AdvertiseKeys:
+    def advertise(self) -> msg.AdvertiseKeys:
         """Round 0: the client's public keys (signed in active mode)."""
         return super().advertise()
 
-    def _advertisement(self) -> AdvertiseKeys:
+    def _advertisement(self) -> msg.AdvertiseKeys:
         signature = b""
         if self.config.active:
             payload = advertise_payload(self._fp, self.client_id, self._encryption.public_key, self._masking.public_key)
             signature = sign(self._signing_key, payload)
-        return AdvertiseKeys(self._fp, self.client_id, self._encryption.public_key, self._masking.public_key, signature)
+        return msg.AdvertiseKeys(self._fp, self.client_id, self._encryption.public_key, self._masking.public_key,
+                                 signature)
 
     # -- message handlers: validate and compute; the returned commit only assigns ------
 
@@ -178,7 +139,7 @@ class ClientSession(StagedClient):
                 f"threshold is {self.config.threshold}"
             )
 
-    def _on_key_directory(self, message: KeyDirectory) -> tuple[ShareKeys, Commit]:
+    def _on_key_directory(self, message: msg.KeyDirectory) -> tuple[msg.ShareKeys, Commit]:
         keys = message.keys
         ids = set(keys)
         unknown = ids - self._closed
@@ -225,9 +186,9 @@ class ClientSession(StagedClient):
         def commit() -> None:
             self._directory, self._own_shares = keys, own_shares
 
-        return ShareKeys(self._fp, self.client_id, ciphertexts), commit
+        return msg.ShareKeys(self._fp, self.client_id, ciphertexts), commit
 
-    def _on_masked_input_request(self, message: MaskedInputRequest) -> tuple[MaskedInput, Commit]:
+    def _on_masked_input_request(self, message: msg.MaskedInputRequest) -> tuple[msg.MaskedInput, Commit]:
         if self._input is None:
             raise LocalProtocolError("provide_input() must be called before the masked-input round")
         senders = set(message.ciphertexts)
@@ -259,7 +220,7 @@ class ClientSession(StagedClient):
             # The input is spent: the unmasking round never needs it, so it is not kept.
             self._shares, self._input = received, None
 
-        return MaskedInput(self._fp, self.client_id, self.config.bit_width, data, signature), commit
+        return msg.MaskedInput(self._fp, self.client_id, self.config.bit_width, data, signature), commit
 
     def _mask(self, peers: list[int]) -> bytearray:
         """y = x + PRG(b_u) + sum_{v in peers} sign(u, v) PRG(s_uv) (mod 2^b), sign = + if u < v.
@@ -303,7 +264,7 @@ class ClientSession(StagedClient):
             )
         self._require_threshold(len(neighbour_survivors) + 1, "survived to the unmasking round")
 
-    def _on_consistency_request(self, message: ConsistencyRequest) -> tuple[ConsistencySignature, Commit]:
+    def _on_consistency_request(self, message: msg.ConsistencyRequest) -> tuple[msg.ConsistencySignature, Commit]:
         self._check_survivor_view(message.survivors)
         if len(message.survivors) < self.config.consistency_quorum:
             raise ThresholdNotMetError(
@@ -315,9 +276,9 @@ class ClientSession(StagedClient):
         def commit() -> None:
             self._signed_survivors = message.survivors
 
-        return ConsistencySignature(self._fp, self.client_id, signature), commit
+        return msg.ConsistencySignature(self._fp, self.client_id, signature), commit
 
-    def _on_unmask_request(self, message: UnmaskRequest) -> tuple[UnmaskResponse, Commit]:
+    def _on_unmask_request(self, message: msg.UnmaskRequest) -> tuple[msg.UnmaskResponse, Commit]:
         survivors, dropped = message.survivors, message.dropped
         overlap = survivors & dropped
         if overlap:
@@ -354,9 +315,9 @@ class ClientSession(StagedClient):
             self._shares = {}
             self._input = None
 
-        return UnmaskResponse(self._fp, self.client_id, self_mask_shares, key_shares, signature), commit
+        return msg.UnmaskResponse(self._fp, self.client_id, self_mask_shares, key_shares, signature), commit
 
-    def _verify_consistency(self, message: UnmaskRequest) -> None:
+    def _verify_consistency(self, message: msg.UnmaskRequest) -> None:
         """Active mode: U3 is the set this client signed, and Q participants signed it.
 
         Every signature is checked, whoever signed it: a quorum counted inside
@@ -383,8 +344,8 @@ class ClientSession(StagedClient):
             )
 
     _HANDLERS = {
-        KeyDirectory: _on_key_directory,
-        MaskedInputRequest: _on_masked_input_request,
-        ConsistencyRequest: _on_consistency_request,
-        UnmaskRequest: _on_unmask_request,
+        msg.KeyDirectory: _on_key_directory,
+        msg.MaskedInputRequest: _on_masked_input_request,
+        msg.ConsistencyRequest: _on_consistency_request,
+        msg.UnmaskRequest: _on_unmask_request,
     }

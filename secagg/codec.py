@@ -1,5 +1,9 @@
 """Canonical binary building blocks shared by the wire formats (masking and HE).
 
+A :class:`Writer` method and the :class:`Reader` method of the same name take
+the same arguments after the value (a ``Reader`` returns the value), so a
+field of a message body is one pair of them (:mod:`secagg.wireformat`).
+
 Big-endian u8/u32 integers, fixed-size fields, optional signatures (flag byte
 then 64 bytes), length-prefixed blobs with a size limit, strictly increasing
 id sets and id-keyed maps. Every reader method checks lengths against the
@@ -12,9 +16,10 @@ never crashes on hostile input.
 from __future__ import annotations
 
 import struct
+from typing import Callable
 
 from .errors import MalformedMessageError
-from .messages import FrozenMap
+from .messagebase import FrozenMap
 from .shamir import PRIME, SHARE_BYTES
 
 __all__ = ["Writer", "Reader", "SIGNATURE_BYTES", "MAX_U32"]
@@ -44,11 +49,11 @@ class Writer:
             raise MalformedMessageError(f"{what} must be {size} bytes; got {got}")
         self.parts.append(bytes(value))
 
-    def signature(self, value: bytes) -> None:
+    def signature(self, value: bytes, what: str = "signature") -> None:
         """An optional Ed25519 signature: flag 0, or flag 1 and 64 bytes."""
         if value:
             self.u8(1)
-            self.fixed(value, SIGNATURE_BYTES, "signature")
+            self.fixed(value, SIGNATURE_BYTES, what)
         else:
             self.u8(0)
 
@@ -69,26 +74,29 @@ class Writer:
         for value in values:
             self.blob(value, limit, what)
 
-    def ids(self, values) -> None:
+    def ids(self, values, what: str) -> None:
         ordered = sorted(values)
         self.u32(len(ordered))
         for value in ordered:
-            self.u32(value, "id")
+            self.u32(value, f"{what} id")
+
+    def map(self, mapping, write_value: Callable[[int, object], None]) -> None:
+        """u32 count, then per entry its u32 id and ``write_value(id, value)``, ids increasing."""
+        self.u32(len(mapping))
+        for key in sorted(mapping):
+            self.u32(key, "id")
+            write_value(key, mapping[key])
 
     def blob_map(self, mapping, limit: int, what: str) -> None:
-        self.u32(len(mapping))
-        for key in sorted(mapping):
-            self.u32(key, "id")
-            self.blob(bytes(mapping[key]), limit, f"{what} for id {key}")
+        self.map(mapping, lambda key, value: self.blob(bytes(value), limit, f"{what} for id {key}"))
 
-    def share_map(self, mapping) -> None:
-        self.u32(len(mapping))
-        for key in sorted(mapping):
-            value = mapping[key]
-            if not 0 <= value < PRIME:
-                raise MalformedMessageError(f"share for id {key} is not a field element")
-            self.u32(key, "id")
-            self.parts.append(value.to_bytes(SHARE_BYTES, "big"))
+    def share_map(self, mapping, what: str) -> None:
+        self.map(mapping, lambda key, value: self._share(key, value, what))
+
+    def _share(self, key: int, value: int, what: str) -> None:
+        if not 0 <= value < PRIME:
+            raise MalformedMessageError(f"{what} value for id {key} is not a field element")
+        self.parts.append(value.to_bytes(SHARE_BYTES, "big"))
 
     def getvalue(self) -> bytes:
         return b"".join(self.parts)
@@ -105,23 +113,21 @@ class Reader:
         return len(self.data) - self.pos
 
     def take(self, size: int, what: str) -> bytes:
-        if size < 0 or self.remaining() < size:
-            raise MalformedMessageError(
-                f"truncated message: expected {size} bytes of {what} at offset {self.pos}, "
-                f"{self.remaining()} remain"
-            )
-        chunk = bytes(self.data[self.pos : self.pos + size])
-        self.pos += size
-        return chunk
+        return bytes(self._span(size, what))
+
+    fixed = take  # the reverse of Writer.fixed
 
     def view(self, size: int, what: str) -> memoryview:
         """Like :meth:`take`, but a read-only view into the message (no copy: for large vectors)."""
+        return self._span(size, what).toreadonly()
+
+    def _span(self, size: int, what: str) -> memoryview:
         if size < 0 or self.remaining() < size:
             raise MalformedMessageError(
                 f"truncated message: expected {size} bytes of {what} at offset {self.pos}, "
                 f"{self.remaining()} remain"
             )
-        chunk = self.data[self.pos : self.pos + size].toreadonly()
+        chunk = self.data[self.pos : self.pos + size]
         self.pos += size
         return chunk
 
@@ -171,19 +177,22 @@ class Reader:
     def blobs(self, limit: int, what: str) -> tuple:
         return tuple(self.blob(limit, what) for _ in range(self.count(4, what)))
 
-    def blob_map(self, limit: int, what: str) -> FrozenMap:
+    def map(self, min_entry_bytes: int, what: str, read_value: Callable[[int], object]) -> FrozenMap:
+        """The reverse of :meth:`Writer.map`; ``min_entry_bytes`` (id included) bounds the count."""
         out, previous = {}, None
-        for _ in range(self.count(8, what)):
+        for _ in range(self.count(min_entry_bytes, what)):
             previous = self.key(previous, what)
-            out[previous] = self.blob(limit, what)
+            out[previous] = read_value(previous)
         return FrozenMap(out)
 
+    def blob_map(self, limit: int, what: str) -> FrozenMap:
+        return self.map(8, what, lambda _: self.blob(limit, what))
+
     def share_map(self, what: str) -> FrozenMap:
-        out, previous = {}, None
-        for _ in range(self.count(4 + SHARE_BYTES, what)):
-            previous = self.key(previous, what)
-            value = int.from_bytes(self.take(SHARE_BYTES, what), "big")
-            if value >= PRIME:
-                raise MalformedMessageError(f"{what} value for id {previous} is not a field element")
-            out[previous] = value
-        return FrozenMap(out)
+        return self.map(4 + SHARE_BYTES, what, lambda key: self._share(key, what))
+
+    def _share(self, key: int, what: str) -> int:
+        value = int.from_bytes(self.take(SHARE_BYTES, what), "big")
+        if value >= PRIME:
+            raise MalformedMessageError(f"{what} value for id {key} is not a field element")
+        return value

@@ -30,18 +30,18 @@ from __future__ import annotations
 
 import hashlib
 import struct
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cached_property
 
+from .configbase import ConfigBase
 from .crypto import random_bytes
 from .encoding import SUPPORTED_BIT_WIDTHS
 from .errors import InvalidInputError
 from .graph import complete_graph, harary_graph
-from .messages import FrozenMap
+from .messagebase import FrozenMap
 
 __all__ = ["SessionConfig", "new_session_id"]
 
-_MAX_ID = 2**32 - 1
 _MAX_VECTOR = 2**31  # words per masked vector (a u32 on the wire, with headroom)
 
 
@@ -51,7 +51,7 @@ def new_session_id() -> bytes:
 
 
 @dataclass(frozen=True)
-class SessionConfig:
+class SessionConfig(ConfigBase):
     """Everything the parties of one session must agree on.
 
     Attributes:
@@ -70,35 +70,20 @@ class SessionConfig:
             graph active mode also needs 2t - n > c.
     """
 
-    session_id: bytes
-    participants: tuple
-    threshold: int
-    vector_length: int
+    _PARTY = "client"
+
     bit_width: int = 32
     degree: int | None = None
     active: bool = False
-    verify_keys: FrozenMap = field(default_factory=FrozenMap)
+    verify_keys: FrozenMap = FrozenMap()
     max_corrupt: int = 0
 
     def __post_init__(self) -> None:
-        if not isinstance(self.session_id, bytes) or len(self.session_id) != 32:
-            raise InvalidInputError(f"session_id must be 32 bytes; got {self.session_id!r:.40}")
-        ids = list(self.participants)
-        if any(not isinstance(i, int) or isinstance(i, bool) for i in ids):
-            raise InvalidInputError(f"client ids must be ints; got {ids[:10]}")
-        if len(set(ids)) != len(ids):
-            dupes = sorted({i for i in ids if ids.count(i) > 1})
-            raise InvalidInputError(f"duplicate client ids: {dupes}")
-        if any(not 0 <= i <= _MAX_ID - 1 for i in ids):
-            raise InvalidInputError(f"client ids must be in [0, 2^32 - 1); got {sorted(ids)[:3]}...{sorted(ids)[-3:]}")
-        if len(ids) < 2:
-            raise InvalidInputError(f"secure aggregation needs at least 2 clients; got {len(ids)}")
-        object.__setattr__(self, "participants", tuple(sorted(ids)))
+        n = self._check_participants()
         if self.bit_width not in SUPPORTED_BIT_WIDTHS:
             raise InvalidInputError(f"bit_width must be one of {SUPPORTED_BIT_WIDTHS}; got {self.bit_width}")
         if not isinstance(self.vector_length, int) or not 1 <= self.vector_length <= _MAX_VECTOR:
             raise InvalidInputError(f"vector_length must be an int in [1, 2^31]; got {self.vector_length!r}")
-        n = len(ids)
         if self.degree is not None:
             if not isinstance(self.degree, int) or self.degree < 2 or self.degree % 2:
                 raise InvalidInputError(f"SecAgg+ degree must be an even int >= 2; got {self.degree!r}")
@@ -124,20 +109,7 @@ class SessionConfig:
                 f"active mode on the complete graph needs 2t - n > max_corrupt: t = {self.threshold}, n = {n}, "
                 f"max_corrupt = {c}; use t >= {(n + c) // 2 + 1}"
             )
-        keys = FrozenMap(self.verify_keys)
-        object.__setattr__(self, "verify_keys", keys)
-        if self.active:
-            missing = [i for i in ids if i not in keys]
-            if missing:
-                raise InvalidInputError(
-                    f"active mode needs an Ed25519 verify key for every participant; missing for {missing[:10]}"
-                )
-        if any(len(v) != 32 for v in keys.values()):
-            raise InvalidInputError("verify keys must be 32-byte Ed25519 public keys")
-
-    @property
-    def n(self) -> int:
-        return len(self.participants)
+        self._check_verify_keys()
 
     @property
     def consistency_quorum(self) -> int:
@@ -155,21 +127,10 @@ class SessionConfig:
 
     @cached_property
     def canonical_bytes(self) -> bytes:
-        """Canonical encoding of the configuration (input to the fingerprint)."""
-        parts = [
-            b"secagg/v2/config",
-            self.session_id,
-            struct.pack(">IIQBIBI", self.n, self.threshold, self.vector_length, self.bit_width,
-                        self.degree or 0, int(self.active), self.max_corrupt),
-            b"".join(struct.pack(">I", i) for i in self.participants),
-            b"".join(struct.pack(">I", i) + self.verify_keys[i] for i in self.verify_keys),
-        ]
-        return b"".join(parts)
-
-    @cached_property
-    def fingerprint(self) -> bytes:
-        """SHA-256 of :attr:`canonical_bytes`: the ``session`` field of every message."""
-        return hashlib.sha256(self.canonical_bytes).digest()
+        """Canonical encoding of the configuration (input to the fingerprint; layout in :mod:`secagg.configbase`)."""
+        fixed = struct.pack(">IIQBIBI", self.n, self.threshold, self.vector_length, self.bit_width,
+                            self.degree or 0, int(self.active), self.max_corrupt)
+        return self._canonical(b"secagg/v2/config", fixed)
 
     @cached_property
     def neighbors(self) -> dict:

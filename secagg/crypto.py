@@ -24,7 +24,8 @@ from __future__ import annotations
 
 import hmac
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
+from typing import Callable, ClassVar
 
 import nacl.bindings
 import nacl.exceptions
@@ -76,6 +77,29 @@ def _check_len(name: str, value: bytes, expected: int) -> bytes:
     return bytes(value)
 
 
+class _KeyPair:
+    """A fresh 32-byte secret and the public key derived from it; ``repr`` shows only the public key.
+
+    A subclass is a frozen dataclass of two fields, the secret then the public
+    key, and names the derivation in its bases: ``class X25519KeyPair(_KeyPair, derive=x25519_public_key)``.
+    """
+
+    _derive: ClassVar[Callable[[bytes], bytes]]
+
+    def __init_subclass__(cls, derive: Callable[[bytes], bytes], **kwargs) -> None:
+        super().__init_subclass__(**kwargs)
+        cls._derive = staticmethod(derive)
+
+    @classmethod
+    def generate(cls):
+        secret = random_bytes(KEY_BYTES)
+        return cls(secret, cls._derive(secret))
+
+    def __repr__(self) -> str:
+        public = fields(self)[1].name
+        return f"{type(self).__name__}({public}={getattr(self, public).hex()[:16]}...)"
+
+
 # --- X25519 -----------------------------------------------------------------
 
 
@@ -85,19 +109,11 @@ def x25519_public_key(secret_key: bytes) -> bytes:
 
 
 @dataclass(frozen=True, repr=False)
-class X25519KeyPair:
+class X25519KeyPair(_KeyPair, derive=x25519_public_key):
     """An X25519 key pair; ``repr`` never shows the secret key."""
 
     secret_key: bytes
     public_key: bytes
-
-    @classmethod
-    def generate(cls) -> "X25519KeyPair":
-        sk = random_bytes(KEY_BYTES)
-        return cls(sk, x25519_public_key(sk))
-
-    def __repr__(self) -> str:
-        return f"X25519KeyPair(public_key={self.public_key.hex()[:16]}...)"
 
 
 def x25519_shared_secret(secret_key: bytes, peer_public_key: bytes) -> bytes:
@@ -164,20 +180,16 @@ def aead_decrypt(key: bytes, ciphertext: bytes, associated_data: bytes) -> bytes
 # --- Ed25519 --------------------------------------------------------------------
 
 
+def _ed25519_verify_key(seed: bytes) -> bytes:
+    return bytes(nacl.signing.SigningKey(_check_len("Ed25519 seed", seed, KEY_BYTES)).verify_key)
+
+
 @dataclass(frozen=True, repr=False)
-class SigningKeyPair:
-    """A long-term Ed25519 identity of a site (used in active-adversary mode)."""
+class SigningKeyPair(_KeyPair, derive=_ed25519_verify_key):
+    """A long-term Ed25519 identity of a site (used in active-adversary mode); ``repr`` never shows the seed."""
 
     seed: bytes
     verify_key: bytes
-
-    @classmethod
-    def generate(cls) -> "SigningKeyPair":
-        seed = random_bytes(KEY_BYTES)
-        return cls(seed, bytes(nacl.signing.SigningKey(seed).verify_key))
-
-    def __repr__(self) -> str:
-        return f"SigningKeyPair(verify_key={self.verify_key.hex()[:16]}...)"
 
 
 def sign(seed: bytes, message: bytes) -> bytes:

@@ -18,12 +18,10 @@ from typing import Callable, Mapping
 import numpy as np
 
 from . import wire
-from .config import SessionConfig, new_session_id
-from .crypto import SigningKeyPair
-from .encoding import FixedPointEncoder, check_finite_vector
-from .errors import InvalidInputError
-from .exchange import run_exchange, validate_dropouts, validate_updates
 from .client import ClientSession
+from .config import SessionConfig
+from .encoding import FixedPointEncoder
+from .inprocess import InProcessResult, check_run_inputs, run_in_process, session_terms
 from .server import ServerSession
 from .transitions import ANSWER_STAGE, STAGES
 
@@ -31,32 +29,16 @@ __all__ = ["ANSWER_STAGE", "STAGES", "LocalResult", "run_local"]
 
 
 @dataclass(frozen=True)
-class LocalResult:
-    """Outcome of :func:`run_local`.
+class LocalResult(InProcessResult):
+    """Outcome of :func:`run_local`: the fields of :class:`~secagg.inprocess.InProcessResult`, and
 
     Attributes:
-        aggregate: float64 decoded sum of the included clients' clipped inputs.
-        survivors: ids whose inputs are in the sum (U3).
-        resolution: quantisation step; ``|aggregate - exact| <= len(survivors) * resolution``.
-        server_view: every message the server received, in wire form, in arrival order.
+        survivors: U3; ``|aggregate - exact| <= len(survivors) * resolution``.
         bit_width: ring width b used on the wire.
-        clipped: per client, how many coordinates were clipped.
-        refusals: per client, the error with which it refused a server message (if any).
-        bytes_up / bytes_down: wire bytes per stage, clients -> server and server -> clients.
-        seconds: wall time per stage (client and server work together).
         config: the session's public configuration.
     """
 
-    aggregate: np.ndarray
-    survivors: frozenset
-    resolution: float
-    server_view: list
     bit_width: int
-    clipped: Mapping[int, int]
-    refusals: Mapping[int, Exception]
-    bytes_up: Mapping[str, int]
-    bytes_down: Mapping[str, int]
-    seconds: Mapping[str, float]
     config: SessionConfig = field(repr=False)
 
 
@@ -99,52 +81,31 @@ def run_local(
         ProtocolError subclasses: invalid input, refusals (see above), or
         :class:`~secagg.errors.ThresholdNotMetError` when fewer than t remain.
     """
-    if refusals not in ("raise", "drop"):
-        raise InvalidInputError(f"refusals must be 'raise' or 'drop'; got {refusals!r}")
-    ids, length = validate_updates(updates)
-    silent_from = validate_dropouts(dropouts, ids, STAGES)
-    vectors = {i: check_finite_vector(updates[i], length=length, name=f"update of client {i}") for i in ids}
+    ids, length, silent_from, vectors = check_run_inputs(updates, dropouts, STAGES, refusals, party="client")
     encoder = FixedPointEncoder.create(
         clip=clip, max_summands=len(ids), resolution=resolution, bit_width=bit_width
     )
-    identities = {i: SigningKeyPair.generate() for i in ids} if active else {}
-    config = SessionConfig(
-        session_id=session_id or new_session_id(),
-        participants=tuple(ids),
-        threshold=threshold,
-        vector_length=length,
-        bit_width=encoder.bit_width,
-        degree=neighbors,
-        active=active,
-        verify_keys={i: k.verify_key for i, k in identities.items()},
-        max_corrupt=max_corrupt,
-    )
+    identities, agreed = session_terms(ids, length, threshold=threshold, active=active, session_id=session_id)
+    config = SessionConfig(**agreed, bit_width=encoder.bit_width, degree=neighbors, max_corrupt=max_corrupt)
     clipped: dict[int, int] = {}
-    clients: dict[int, ClientSession] = {}
-    for i in ids:
-        encoded = encoder.encode(vectors[i])
+
+    def encoded_input(i: int) -> np.ndarray:
+        encoded = encoder.encode(vectors.pop(i))  # one float vector at a time
         clipped[i] = encoded.clipped
-        clients[i] = ClientSession(
-            config, i, signing_key=identities[i].seed if active else None, masked_input=encoded.ring
-        )
-    del vectors
+        return encoded.ring
 
-    server = ServerSession(config)
-    record = run_exchange(server.receive, server.advance, clients, stages=STAGES, answer_stage=ANSWER_STAGE,
-                      encode=wire.encode, silent_from=silent_from,
-                      tamper=tamper, refusals="raise" if refusals == "raise" else "record")
-
+    server, reported = run_in_process(
+        config, ClientSession, ServerSession, identities=identities, encoded_input=encoded_input,
+        encode=wire.encode, stages=STAGES, answer_stage=ANSWER_STAGE, silent_from=silent_from, tamper=tamper,
+        refusals=refusals,
+    )
     result = server.result
     return LocalResult(
         aggregate=encoder.decode(result.ring_sum),
         survivors=result.survivors,
         resolution=encoder.resolution,
-        server_view=record.server_view,
         bit_width=config.bit_width,
         clipped=clipped,
-        refusals=record.refused,
-        bytes_up=record.bytes_up,
-        bytes_down=record.bytes_down,
-        seconds=record.seconds,
         config=config,
+        **reported,
     )

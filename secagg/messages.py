@@ -26,10 +26,12 @@ Rounds (``t`` = threshold, U1 ⊇ U2 ⊇ U3 ⊇ U4 ⊇ U5 the parties alive at e
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Iterator, Mapping, TypeVar, Union
+from dataclasses import dataclass
+from typing import Union
 
 import numpy as np
+
+from .messagebase import Frozen, FromParty, FrozenMap, ToParty
 
 __all__ = [
     "FrozenMap",
@@ -48,54 +50,9 @@ __all__ = [
     "Message",
 ]
 
-V = TypeVar("V")
-
-
-class FrozenMap(Mapping[int, V]):
-    """An immutable, hashable mapping from client ids to values, iterated in id order."""
-
-    __slots__ = ("_data", "_hash")
-
-    def __init__(self, items: Mapping[int, V] | None = None) -> None:
-        data = dict(items or {})
-        self._data = {k: data[k] for k in sorted(data)}
-        self._hash = None
-
-    def __getitem__(self, key: int) -> V:
-        return self._data[key]
-
-    def __iter__(self) -> Iterator[int]:
-        return iter(self._data)
-
-    def __len__(self) -> int:
-        return len(self._data)
-
-    def __hash__(self) -> int:
-        if self._hash is None:
-            self._hash = hash(tuple(self._data.items()))
-        return self._hash
-
-    def __eq__(self, other: object) -> bool:
-        if isinstance(other, FrozenMap):
-            return self._data == other._data
-        if isinstance(other, Mapping):
-            return self._data == dict(other)
-        return NotImplemented
-
-    def __repr__(self) -> str:
-        return f"FrozenMap({self._data!r})"
-
-
-def _frozen_map(value) -> FrozenMap:
-    return value if isinstance(value, FrozenMap) else FrozenMap(value)
-
-
-def _frozen_ids(value) -> frozenset:
-    return value if isinstance(value, frozenset) else frozenset(value)
-
 
 @dataclass(frozen=True)
-class AdvertisedKeys:
+class AdvertisedKeys(Frozen):
     """One client's round-0 public keys as the server relays them."""
 
     encryption_key: bytes
@@ -104,11 +61,9 @@ class AdvertisedKeys:
 
 
 @dataclass(frozen=True)
-class AdvertiseKeys:
+class AdvertiseKeys(FromParty):
     """Round 0, client -> server."""
 
-    session: bytes
-    sender: int
     encryption_key: bytes
     masking_key: bytes
     signature: bytes = b""
@@ -119,43 +74,28 @@ class AdvertiseKeys:
 
 
 @dataclass(frozen=True)
-class KeyDirectory:
+class KeyDirectory(ToParty):
     """After round 0, server -> client: keys of the client's closed neighbourhood in U1."""
 
-    session: bytes
-    recipient: int
-    keys: FrozenMap = field(default_factory=FrozenMap)
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "keys", _frozen_map(self.keys))
+    keys: FrozenMap = FrozenMap()
 
 
 @dataclass(frozen=True)
-class ShareKeys:
+class ShareKeys(FromParty):
     """Round 1, client -> server: recipient id -> encrypted shares."""
 
-    session: bytes
-    sender: int
-    ciphertexts: FrozenMap = field(default_factory=FrozenMap)
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "ciphertexts", _frozen_map(self.ciphertexts))
+    ciphertexts: FrozenMap = FrozenMap()
 
 
 @dataclass(frozen=True)
-class MaskedInputRequest:
+class MaskedInputRequest(ToParty):
     """After round 1, server -> client: sender id -> encrypted shares addressed to the recipient."""
 
-    session: bytes
-    recipient: int
-    ciphertexts: FrozenMap = field(default_factory=FrozenMap)
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "ciphertexts", _frozen_map(self.ciphertexts))
+    ciphertexts: FrozenMap = FrozenMap()
 
 
 @dataclass(frozen=True)
-class MaskedInput:
+class MaskedInput(FromParty):
     """Round 2, client -> server: the masked vector, little-endian b-bit words.
 
     ``data`` is bytes-like: a ``bytearray`` when a client makes the message
@@ -164,8 +104,6 @@ class MaskedInput:
     side holds a second copy of m words; all compare equal by content.
     """
 
-    session: bytes
-    sender: int
     bit_width: int
     data: bytes
     signature: bytes = b""  # active mode: Ed25519 over masked_input_payload (session, sender, SHA-256 of data)
@@ -178,28 +116,21 @@ class MaskedInput:
 
 
 @dataclass(frozen=True)
-class ConsistencyRequest:
+class ConsistencyRequest(ToParty):
     """Active mode, server -> client: U3, the clients whose masked input arrived."""
 
-    session: bytes
-    recipient: int
     survivors: frozenset = frozenset()
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "survivors", _frozen_ids(self.survivors))
 
 
 @dataclass(frozen=True)
-class ConsistencySignature:
+class ConsistencySignature(FromParty):
     """Active mode, client -> server: Ed25519 signature over (session, U3)."""
 
-    session: bytes
-    sender: int
     signature: bytes
 
 
 @dataclass(frozen=True)
-class UnmaskRequest:
+class UnmaskRequest(ToParty):
     """Server -> client, unmasking round.
 
     ``survivors`` = U3 (masked input arrived: reveal self-mask shares),
@@ -207,31 +138,18 @@ class UnmaskRequest:
     ``signatures`` (active mode) are the consistency signatures of U4 over U3.
     """
 
-    session: bytes
-    recipient: int
     survivors: frozenset = frozenset()
     dropped: frozenset = frozenset()
-    signatures: FrozenMap = field(default_factory=FrozenMap)
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "survivors", _frozen_ids(self.survivors))
-        object.__setattr__(self, "dropped", _frozen_ids(self.dropped))
-        object.__setattr__(self, "signatures", _frozen_map(self.signatures))
+    signatures: FrozenMap = FrozenMap()
 
 
 @dataclass(frozen=True)
-class UnmaskResponse:
+class UnmaskResponse(FromParty):
     """Round 4, client -> server: peer id -> Shamir share (a field element)."""
 
-    session: bytes
-    sender: int
-    self_mask_shares: FrozenMap = field(default_factory=FrozenMap)
-    key_shares: FrozenMap = field(default_factory=FrozenMap)
+    self_mask_shares: FrozenMap = FrozenMap()
+    key_shares: FrozenMap = FrozenMap()
     signature: bytes = b""  # active mode: Ed25519 over unmask_response_payload
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "self_mask_shares", _frozen_map(self.self_mask_shares))
-        object.__setattr__(self, "key_shares", _frozen_map(self.key_shares))
 
 
 ClientMessage = Union[AdvertiseKeys, ShareKeys, MaskedInput, ConsistencySignature, UnmaskResponse]

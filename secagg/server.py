@@ -34,31 +34,14 @@ from __future__ import annotations
 
 import numpy as np
 
+from . import messages as msg
 from . import shamir, wire
 from .config import SessionConfig
 from .crypto import AEAD_OVERHEAD, constant_time_equal, verify_signature, x25519_public_key
 from .encoding import ring_dtype
 from .errors import InvalidInputError, ReconstructionError, ThresholdNotMetError, VerificationError
-from .keyschedule import (
-    SHARE_BUNDLE,
-    advertise_payload,
-    consistency_payload,
-    masked_input_payload,
-    pairwise_mask_key,
-    self_mask_key,
-    unmask_response_payload,
-)
-from .messages import (
-    AdvertiseKeys,
-    ConsistencyRequest,
-    ConsistencySignature,
-    KeyDirectory,
-    MaskedInput,
-    MaskedInputRequest,
-    ShareKeys,
-    UnmaskRequest,
-    UnmaskResponse,
-)
+from .keyschedule import (SHARE_BUNDLE, advertise_payload, consistency_payload, masked_input_payload, pairwise_mask_key,
+                          self_mask_key, unmask_response_payload)
 from .prg import apply_masks
 from .session import AggregateResult, Commit, StagedServer
 from .tables import Transitions
@@ -69,7 +52,7 @@ __all__ = ["ServerSession", "ServerStage", "AggregateResult", "SHARE_CIPHERTEXT_
 SHARE_CIPHERTEXT_BYTES = SHARE_BUNDLE.size + AEAD_OVERHEAD
 
 
-class ServerSession(StagedServer):
+class ServerSession(StagedServer, party="client", decode=wire.decode):
     """The coordinator's run of one aggregation session.
 
     Its stages are :data:`secagg.transitions.SERVER_PASSIVE` or
@@ -78,15 +61,13 @@ class ServerSession(StagedServer):
     commits the transitions; the validators and closers below only compute.
     """
 
-    _PARTY = "client"
     _NOT_ELIGIBLE = "unknown id, or it dropped out of an earlier round"
-    _decode = staticmethod(wire.decode)
     _THRESHOLD_STAGES = frozenset(SERVER_ACTIVE.states)  # every stage needs t answers
 
     def __init__(self, config: SessionConfig) -> None:
         super().__init__(config)
         self._dtype = ring_dtype(config.bit_width)
-        self._keys: dict[int, AdvertiseKeys] = {}  # U1
+        self._keys: dict[int, msg.AdvertiseKeys] = {}  # U1
         self._share_senders: frozenset = frozenset()  # U2
         self._delivered: dict[int, frozenset] = {}  # u -> peers whose shares u received (and masked with)
         self._sum: np.ndarray | None = None
@@ -100,7 +81,7 @@ class ServerSession(StagedServer):
 
     # -- validators: check one client message; the commit only assigns --------------
 
-    def _validate_advertise(self, message: AdvertiseKeys) -> tuple[AdvertiseKeys, None]:
+    def _validate_advertise(self, message: msg.AdvertiseKeys) -> tuple[msg.AdvertiseKeys, None]:
         # Round 0 collects into _received; _keys is only filled when the round closes, so both are checked.
         for other in (*self._keys.values(), *self._received.values()):
             if {other.encryption_key, other.masking_key} & {message.encryption_key, message.masking_key}:
@@ -114,7 +95,7 @@ class ServerSession(StagedServer):
             raise VerificationError("round-0 signature present but the session is not in active mode")
         return message, None
 
-    def _validate_share(self, message: ShareKeys) -> tuple[ShareKeys, None]:
+    def _validate_share(self, message: msg.ShareKeys) -> tuple[msg.ShareKeys, None]:
         expected = (self.config.neighbors[message.sender] & set(self._keys))
         got = set(message.ciphertexts)
         if got != expected:
@@ -130,7 +111,7 @@ class ServerSession(StagedServer):
             )
         return message, None
 
-    def _validate_mask(self, message: MaskedInput) -> tuple[MaskedInput, Commit]:
+    def _validate_mask(self, message: msg.MaskedInput) -> tuple[msg.MaskedInput, Commit]:
         if message.bit_width != self.config.bit_width:
             raise InvalidInputError(
                 f"client {message.sender} sent a {message.bit_width}-bit vector; the session uses "
@@ -150,7 +131,7 @@ class ServerSession(StagedServer):
             else:
                 np.add(self._sum, vector, out=self._sum)
 
-        return MaskedInput(message.session, message.sender, message.bit_width, b"", message.signature), commit
+        return msg.MaskedInput(message.session, message.sender, message.bit_width, b"", message.signature), commit
 
     def _check_signature(self, message, payload: bytes) -> None:
         """Active mode: the message is signed by its sender for this session; otherwise it carries no signature."""
@@ -161,12 +142,12 @@ class ServerSession(StagedServer):
         elif message.signature:
             raise VerificationError(f"{type(message).__name__} carries a signature but the session is not in active mode")
 
-    def _validate_consistency(self, message: ConsistencySignature) -> tuple[ConsistencySignature, None]:
+    def _validate_consistency(self, message: msg.ConsistencySignature) -> tuple[msg.ConsistencySignature, None]:
         payload = consistency_payload(self._fp, self._survivors)
         verify_signature(self.config.verify_keys[message.sender], payload, message.signature)
         return message, None
 
-    def _validate_unmask(self, message: UnmaskResponse) -> tuple[UnmaskResponse, None]:
+    def _validate_unmask(self, message: msg.UnmaskResponse) -> tuple[msg.UnmaskResponse, None]:
         u = message.sender
         holds = self._delivered[u] | {u}
         dropped = self._share_senders - self._survivors
@@ -188,7 +169,7 @@ class ServerSession(StagedServer):
         out = {}
         for u in answered:
             closed = self.config.closed_neighborhood(u) & set(answered)
-            out[u] = KeyDirectory(self._fp, u, {v: answered[v].keys for v in closed})
+            out[u] = msg.KeyDirectory(self._fp, u, {v: answered[v].keys for v in closed})
 
         def commit() -> None:
             self._keys, self._eligible = answered, frozenset(answered)
@@ -201,7 +182,7 @@ class ServerSession(StagedServer):
         for u in answered:
             senders = self.config.neighbors[u] & share_senders
             delivered[u] = frozenset(senders)
-            out[u] = MaskedInputRequest(self._fp, u, {v: answered[v].ciphertexts[u] for v in senders})
+            out[u] = msg.MaskedInputRequest(self._fp, u, {v: answered[v].ciphertexts[u] for v in senders})
 
         def commit() -> None:
             self._share_senders, self._delivered, self._eligible = share_senders, delivered, share_senders
@@ -212,9 +193,9 @@ class ServerSession(StagedServer):
         survivors = frozenset(answered)
         dropped = self._share_senders - survivors
         if self.config.active:
-            out = {u: ConsistencyRequest(self._fp, u, survivors) for u in survivors}
+            out = {u: msg.ConsistencyRequest(self._fp, u, survivors) for u in survivors}
         else:
-            out = {u: UnmaskRequest(self._fp, u, survivors, dropped) for u in survivors}
+            out = {u: msg.UnmaskRequest(self._fp, u, survivors, dropped) for u in survivors}
 
         def commit() -> None:
             self._survivors = self._eligible = survivors
@@ -231,7 +212,7 @@ class ServerSession(StagedServer):
         signatures = {u: m.signature for u, m in answered.items()}
         recipients = frozenset(answered)
         dropped = self._share_senders - self._survivors
-        out = {u: UnmaskRequest(self._fp, u, self._survivors, dropped, signatures) for u in recipients}
+        out = {u: msg.UnmaskRequest(self._fp, u, self._survivors, dropped, signatures) for u in recipients}
 
         def commit() -> None:
             self._signatures, self._eligible = signatures, recipients
@@ -284,11 +265,11 @@ class ServerSession(StagedServer):
         return shamir.reconstruct(shares, self._t)
 
     _VALIDATORS = {
-        AdvertiseKeys: _validate_advertise,
-        ShareKeys: _validate_share,
-        MaskedInput: _validate_mask,
-        ConsistencySignature: _validate_consistency,
-        UnmaskResponse: _validate_unmask,
+        msg.AdvertiseKeys: _validate_advertise,
+        msg.ShareKeys: _validate_share,
+        msg.MaskedInput: _validate_mask,
+        msg.ConsistencySignature: _validate_consistency,
+        msg.UnmaskResponse: _validate_unmask,
     }
     _CLOSERS = {
         ServerStage.ADVERTISE: _close_advertise,

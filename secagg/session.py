@@ -39,13 +39,8 @@ import numpy as np
 
 from .crypto import constant_time_equal
 from .envelope import check_envelope
-from .errors import (
-    InvalidInputError,
-    LocalProtocolError,
-    SessionMismatchError,
-    ThresholdNotMetError,
-    UnexpectedMessageError,
-)
+from .errors import (InvalidInputError, LocalProtocolError, SessionMismatchError, ThresholdNotMetError,
+                     UnexpectedMessageError)
 from .tables import START, Transitions
 
 __all__ = [
@@ -79,14 +74,22 @@ Commit = Callable[[], None]
 
 
 class _Staged(abc.ABC):
-    """What both sides of both paths supply: the wire decoder, the role's table, and what abort forgets."""
+    """What both sides of both paths supply: the wire decoder, the role's table, and what abort forgets.
 
-    _PARTY: ClassVar[str]  # "client" or "site", for messages
+    A session class names its path in its bases: ``class ClientSession(StagedClient, party="client",
+    decode=wire.decode)``; ``party`` ("client" or "site") words the errors, ``decode`` is the path's
+    wire decoder (:func:`secagg.wire.decode` or :func:`secagg.he.wire.decode`).
+    """
 
-    @staticmethod
-    @abc.abstractmethod
-    def _decode(data: bytes):
-        """The path's wire decoder (:func:`secagg.wire.decode` or :func:`secagg.he.wire.decode`)."""
+    _PARTY: ClassVar[str]
+    _decode: ClassVar[Callable]
+
+    def __init_subclass__(cls, party: str | None = None, decode: Callable | None = None, **kwargs) -> None:
+        super().__init_subclass__(**kwargs)
+        if party is not None:
+            cls._PARTY = party
+        if decode is not None:
+            cls._decode = staticmethod(decode)
 
     @abc.abstractmethod
     def _transitions(self) -> Transitions:
@@ -100,9 +103,17 @@ class _Staged(abc.ABC):
 class StagedClient(_Staged):
     """The client side of a staged protocol (subclassed by each path).
 
+    Args:
+        config: the session's configuration (``participants``, ``active``, ``verify_keys``, ...).
+        party_id: this party's id (one of ``config.participants``); the subclass names it
+            ``client_id`` or ``site_id``.
+        signing_key: 32-byte Ed25519 seed of the party's long-term identity (required in
+            active mode; its verify key must be in ``config.verify_keys``).
+        masked_input: optionally, the encoded input (see :meth:`provide_input`).
+
     A subclass provides:
 
-    * ``_PARTY`` ("client" or "site", for messages) and ``_decode`` (its wire decoder);
+    * ``party`` and ``decode`` in its bases (see :class:`_Staged`);
     * ``_HANDLERS``: server message type -> ``handler(self, message) -> (reply, commit)``;
     * :meth:`_transitions` (its table), :meth:`_open` (fresh per-session keys),
       :meth:`_check_input`, :meth:`_advertisement` and :meth:`_forget`.
@@ -110,7 +121,8 @@ class StagedClient(_Staged):
 
     _HANDLERS: ClassVar[Mapping[type, Callable]]
 
-    def __init__(self, config, party_id: int, *, signing_key: bytes | None, masked_input: np.ndarray | None) -> None:
+    def __init__(self, config, party_id: int, *, signing_key: bytes | None = None,
+                 masked_input: np.ndarray | None = None) -> None:
         if party_id not in config.participants:
             raise InvalidInputError(f"{self._PARTY} id {party_id} is not a participant of this session")
         if config.active and signing_key is None:
@@ -138,6 +150,10 @@ class StagedClient(_Staged):
     @abc.abstractmethod
     def _advertisement(self):
         """Round 0: the message that opens the session (signed in active mode)."""
+
+    @property
+    def party_id(self) -> int:
+        return self._id
 
     # -- local API -------------------------------------------------------------------
 
@@ -207,7 +223,7 @@ class StagedServer(_Staged):
 
     A subclass provides:
 
-    * ``_PARTY`` and ``_decode``, and ``_NOT_ELIGIBLE`` (why a sender may not send, for messages);
+    * ``party`` and ``decode`` in its bases, and ``_NOT_ELIGIBLE`` (why a sender may not send, for messages);
     * ``_VALIDATORS``: client message type -> ``validator(self, message) -> (record, commit | None)``,
       where ``record`` is what the stage keeps of the message;
     * ``_CLOSERS``: stage -> ``closer(self, answered) -> ({recipient: message}, commit)``;

@@ -19,17 +19,7 @@ from __future__ import annotations
 
 import enum
 
-from .messages import (
-    AdvertiseKeys,
-    ConsistencyRequest,
-    ConsistencySignature,
-    KeyDirectory,
-    MaskedInput,
-    MaskedInputRequest,
-    ShareKeys,
-    UnmaskRequest,
-    UnmaskResponse,
-)
+from . import messages as msg
 from .tables import START, Transitions, answer_stages
 
 __all__ = [
@@ -64,39 +54,42 @@ class ServerStage(enum.Enum):
 C, S = ClientState, ServerStage
 
 # fmt: off
-#: Client, passive (semi-honest) mode: (state, server message) -> (next state, reply).
-CLIENT_PASSIVE = Transitions({
-    (C.INIT,       START):              (C.ADVERTISED, AdvertiseKeys),   # advertise()
-    (C.ADVERTISED, KeyDirectory):       (C.SHARED,     ShareKeys),
-    (C.SHARED,     MaskedInputRequest): (C.MASKED,     MaskedInput),
-    (C.MASKED,     UnmaskRequest):      (C.DONE,       UnmaskResponse),
-}, aborted=C.ABORTED, carries_input=MaskedInput)
+#: Client, rounds 0-2, the same in both modes: (state, server message) -> (next state, reply).
+_CLIENT_OPENING = {
+    (C.INIT,       START):                  (C.ADVERTISED, msg.AdvertiseKeys),   # advertise()
+    (C.ADVERTISED, msg.KeyDirectory):       (C.SHARED,     msg.ShareKeys),
+    (C.SHARED,     msg.MaskedInputRequest): (C.MASKED,     msg.MaskedInput),
+}
+
+#: Client, passive (semi-honest) mode: it unmasks as soon as it has masked.
+CLIENT_PASSIVE = Transitions({**_CLIENT_OPENING,
+    (C.MASKED,     msg.UnmaskRequest):      (C.DONE,       msg.UnmaskResponse),
+}, aborted=C.ABORTED, carries_input=msg.MaskedInput)
 
 #: Client, active mode: the consistency round sits between masking and unmasking.
-CLIENT_ACTIVE = Transitions({
-    (C.INIT,       START):              (C.ADVERTISED, AdvertiseKeys),   # advertise()
-    (C.ADVERTISED, KeyDirectory):       (C.SHARED,     ShareKeys),
-    (C.SHARED,     MaskedInputRequest): (C.MASKED,     MaskedInput),
-    (C.MASKED,     ConsistencyRequest): (C.SIGNED,     ConsistencySignature),
-    (C.SIGNED,     UnmaskRequest):      (C.DONE,       UnmaskResponse),
-}, aborted=C.ABORTED, carries_input=MaskedInput)
+CLIENT_ACTIVE = Transitions({**_CLIENT_OPENING,
+    (C.MASKED,     msg.ConsistencyRequest): (C.SIGNED,     msg.ConsistencySignature),
+    (C.SIGNED,     msg.UnmaskRequest):      (C.DONE,       msg.UnmaskResponse),
+}, aborted=C.ABORTED, carries_input=msg.MaskedInput)
 
-#: Server, passive mode: (stage, client message collected) -> (stage after advance(), message sent).
-SERVER_PASSIVE = Transitions({
-    (S.ADVERTISE,   AdvertiseKeys):        (S.SHARE,       KeyDirectory),
-    (S.SHARE,       ShareKeys):            (S.MASK,        MaskedInputRequest),
-    (S.MASK,        MaskedInput):          (S.UNMASK,      UnmaskRequest),
-    (S.UNMASK,      UnmaskResponse):       (S.DONE,        None),
-}, aborted=S.ABORTED, carries_input=MaskedInput)
+#: Server, rounds 0-1, the same in both modes: (stage, client message collected) -> (stage after advance(), sent).
+_SERVER_OPENING = {
+    (S.ADVERTISE,   msg.AdvertiseKeys):        (S.SHARE,       msg.KeyDirectory),
+    (S.SHARE,       msg.ShareKeys):            (S.MASK,        msg.MaskedInputRequest),
+}
+
+#: Server, passive mode: the unmasking request follows the masked inputs.
+SERVER_PASSIVE = Transitions({**_SERVER_OPENING,
+    (S.MASK,        msg.MaskedInput):          (S.UNMASK,      msg.UnmaskRequest),
+    (S.UNMASK,      msg.UnmaskResponse):       (S.DONE,        None),
+}, aborted=S.ABORTED, carries_input=msg.MaskedInput)
 
 #: Server, active mode: U3 goes out for signing before the unmasking request.
-SERVER_ACTIVE = Transitions({
-    (S.ADVERTISE,   AdvertiseKeys):        (S.SHARE,       KeyDirectory),
-    (S.SHARE,       ShareKeys):            (S.MASK,        MaskedInputRequest),
-    (S.MASK,        MaskedInput):          (S.CONSISTENCY, ConsistencyRequest),
-    (S.CONSISTENCY, ConsistencySignature): (S.UNMASK,      UnmaskRequest),
-    (S.UNMASK,      UnmaskResponse):       (S.DONE,        None),
-}, aborted=S.ABORTED, carries_input=MaskedInput)
+SERVER_ACTIVE = Transitions({**_SERVER_OPENING,
+    (S.MASK,        msg.MaskedInput):          (S.CONSISTENCY, msg.ConsistencyRequest),
+    (S.CONSISTENCY, msg.ConsistencySignature): (S.UNMASK,      msg.UnmaskRequest),
+    (S.UNMASK,      msg.UnmaskResponse):       (S.DONE,        None),
+}, aborted=S.ABORTED, carries_input=msg.MaskedInput)
 # fmt: on
 
 del C, S

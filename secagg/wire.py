@@ -31,171 +31,56 @@ allocated, so a hostile length field cannot exhaust memory.
 
 from __future__ import annotations
 
-import struct
-
-from .codec import Reader, Writer
+from . import messages as msg
+from .codec import SIGNATURE_BYTES, Reader, Writer
 from .errors import MalformedMessageError
-from .messages import (
-    AdvertisedKeys,
-    AdvertiseKeys,
-    ConsistencyRequest,
-    ConsistencySignature,
-    FrozenMap,
-    KeyDirectory,
-    MaskedInput,
-    MaskedInputRequest,
-    Message,
-    ShareKeys,
-    UnmaskRequest,
-    UnmaskResponse,
-)
+from .wireformat import Field, IdMap, Record, WireFormat, blob_map, fixed, ids, share_map, signature
 
 __all__ = ["WIRE_VERSION", "MAX_BLOB_BYTES", "encode", "decode", "header_bytes"]
 
-MAGIC = b"SA"
 WIRE_VERSION = 2  # v2: MaskedInput and UnmaskResponse carry a signature field (active mode)
-SESSION_BYTES = 32
 KEY_BYTES = 32
-SIGNATURE_BYTES = 64
 MAX_BLOB_BYTES = 4096  # ciphertexts of share bundles are ~114 bytes
-_HEADER = struct.Struct(">2sBB32sI")
-_MAX_U32 = 2**32 - 1
-
-_TYPES: dict[type, int] = {
-    AdvertiseKeys: 1,
-    KeyDirectory: 2,
-    ShareKeys: 3,
-    MaskedInputRequest: 4,
-    MaskedInput: 5,
-    ConsistencyRequest: 6,
-    ConsistencySignature: 7,
-    UnmaskRequest: 8,
-    UnmaskResponse: 9,
-}
-_PARTY_FIELD = {
-    AdvertiseKeys: "sender",
-    ShareKeys: "sender",
-    MaskedInput: "sender",
-    ConsistencySignature: "sender",
-    UnmaskResponse: "sender",
-    KeyDirectory: "recipient",
-    MaskedInputRequest: "recipient",
-    ConsistencyRequest: "recipient",
-    UnmaskRequest: "recipient",
-}
 
 
-def header_bytes() -> int:
-    """Size of the fixed message header in bytes."""
-    return _HEADER.size
+def _write_vector(w: Writer, value: tuple) -> None:
+    bit_width, data = value
+    if bit_width not in (32, 64):
+        raise MalformedMessageError(f"bit width must be 32 or 64; got {bit_width}")
+    word = bit_width // 8
+    if len(data) % word:
+        raise MalformedMessageError("masked vector bytes are not a whole number of words")
+    w.u8(bit_width)
+    w.u32(len(data) // word)
+    w.words(data)  # one copy, into the joined message
 
 
-# --- writing ------------------------------------------------------------------
+def _read_vector(r: Reader) -> tuple:
+    bit_width = r.u8("bit width")
+    if bit_width not in (32, 64):
+        raise MalformedMessageError(f"bit width must be 32 or 64; got {bit_width}")
+    count = r.u32("vector length")
+    return bit_width, r.view(count * (bit_width // 8), "masked vector")  # a view: no second copy of m words
 
 
-def encode(message: Message) -> bytes:
-    """Canonical wire bytes of ``message``."""
-    kind = _TYPES.get(type(message))
-    if kind is None:
-        raise MalformedMessageError(f"cannot encode {type(message).__name__}: not a protocol message")
-    w = Writer()
-    party = getattr(message, _PARTY_FIELD[type(message)])
-    if len(message.session) != SESSION_BYTES:
-        raise MalformedMessageError(f"session must be {SESSION_BYTES} bytes; got {len(message.session)}")
-    if not 0 <= party <= _MAX_U32:
-        raise MalformedMessageError(f"party id {party} does not fit in u32")
-    w.parts.append(_HEADER.pack(MAGIC, WIRE_VERSION, kind, bytes(message.session), party))
-    if isinstance(message, AdvertiseKeys):
-        w.fixed(message.encryption_key, KEY_BYTES, "encryption_key")
-        w.fixed(message.masking_key, KEY_BYTES, "masking_key")
-        w.signature(message.signature)
-    elif isinstance(message, KeyDirectory):
-        w.u32(len(message.keys))
-        for key in sorted(message.keys):
-            entry = message.keys[key]
-            w.u32(key, "id")
-            w.fixed(entry.encryption_key, KEY_BYTES, "encryption_key")
-            w.fixed(entry.masking_key, KEY_BYTES, "masking_key")
-            w.signature(entry.signature)
-    elif isinstance(message, (ShareKeys, MaskedInputRequest)):
-        w.blob_map(message.ciphertexts, MAX_BLOB_BYTES, "ciphertexts")
-    elif isinstance(message, MaskedInput):
-        if message.bit_width not in (32, 64):
-            raise MalformedMessageError(f"bit width must be 32 or 64; got {message.bit_width}")
-        word = message.bit_width // 8
-        if len(message.data) % word:
-            raise MalformedMessageError("masked vector bytes are not a whole number of words")
-        w.u8(message.bit_width)
-        w.u32(len(message.data) // word)
-        w.words(message.data)  # one copy, into the joined message
-        w.signature(message.signature)
-    elif isinstance(message, ConsistencyRequest):
-        w.ids(message.survivors)
-    elif isinstance(message, ConsistencySignature):
-        w.fixed(message.signature, SIGNATURE_BYTES, "signature")
-    elif isinstance(message, UnmaskRequest):
-        w.ids(message.survivors)
-        w.ids(message.dropped)
-        w.blob_map(message.signatures, MAX_BLOB_BYTES, "signatures")
-    elif isinstance(message, UnmaskResponse):
-        w.share_map(message.self_mask_shares)
-        w.share_map(message.key_shares)
-        w.signature(message.signature)
-    return w.getvalue()
+SIG = ("signature", signature())
+#: AdvertiseKeys, and every entry of a KeyDirectory.
+KEYS = (("encryption_key", fixed(KEY_BYTES, "encryption_key")), ("masking_key", fixed(KEY_BYTES, "masking_key")), SIG)
+CIPHERTEXTS = (("ciphertexts", blob_map(MAX_BLOB_BYTES, "ciphertexts")),)
 
+FORMAT = WireFormat(b"SA", WIRE_VERSION, {
+    msg.AdvertiseKeys: (1, KEYS),
+    msg.KeyDirectory: (2, [("keys", IdMap(Record(msg.AdvertisedKeys, KEYS), 4 + 2 * KEY_BYTES + 1, "key directory"))]),
+    msg.ShareKeys: (3, CIPHERTEXTS),
+    msg.MaskedInputRequest: (4, CIPHERTEXTS),
+    msg.MaskedInput: (5, [(("bit_width", "data"), Field(_write_vector, _read_vector)), SIG]),
+    msg.ConsistencyRequest: (6, [("survivors", ids("survivors"))]),
+    msg.ConsistencySignature: (7, [("signature", fixed(SIGNATURE_BYTES, "signature"))]),
+    msg.UnmaskRequest: (8, [("survivors", ids("survivors")), ("dropped", ids("dropped")),
+                            ("signatures", blob_map(MAX_BLOB_BYTES, "signatures"))]),
+    msg.UnmaskResponse: (9, [("self_mask_shares", share_map("self_mask_shares")),
+                             ("key_shares", share_map("key_shares")), SIG]),
+}, noun="a secagg message", label="")
 
-# --- reading ------------------------------------------------------------------
-
-
-def decode(data: bytes) -> Message:
-    """Parse wire bytes into a message, or raise :class:`MalformedMessageError`."""
-    if not isinstance(data, (bytes, bytearray, memoryview)):
-        raise MalformedMessageError(f"expected bytes; got {type(data).__name__}")
-    r = Reader(bytes(data))
-    magic, version, kind, session, party = _HEADER.unpack(r.take(_HEADER.size, "header"))
-    if magic != MAGIC:
-        raise MalformedMessageError(f"not a secagg message: magic {magic!r}, expected {MAGIC!r}")
-    if version != WIRE_VERSION:
-        raise MalformedMessageError(f"unsupported wire version {version}; this library speaks {WIRE_VERSION}")
-    if kind == 1:
-        message: Message = AdvertiseKeys(
-            session, party, r.take(KEY_BYTES, "encryption_key"), r.take(KEY_BYTES, "masking_key"),
-            r.signature("signature"),
-        )
-    elif kind == 2:
-        n = r.count(4 + 2 * KEY_BYTES + 1, "key directory")
-        keys, previous = {}, None
-        for _ in range(n):
-            previous = r.key(previous, "key directory")
-            keys[previous] = AdvertisedKeys(
-                r.take(KEY_BYTES, "encryption_key"), r.take(KEY_BYTES, "masking_key"), r.signature("signature")
-            )
-        message = KeyDirectory(session, party, FrozenMap(keys))
-    elif kind == 3:
-        message = ShareKeys(session, party, r.blob_map(MAX_BLOB_BYTES, "ciphertexts"))
-    elif kind == 4:
-        message = MaskedInputRequest(session, party, r.blob_map(MAX_BLOB_BYTES, "ciphertexts"))
-    elif kind == 5:
-        bit_width = r.u8("bit width")
-        if bit_width not in (32, 64):
-            raise MalformedMessageError(f"bit width must be 32 or 64; got {bit_width}")
-        count = r.u32("vector length")
-        data = r.view(count * (bit_width // 8), "masked vector")  # a view: no second copy of m words
-        message = MaskedInput(session, party, bit_width, data, r.signature("signature"))
-    elif kind == 6:
-        message = ConsistencyRequest(session, party, r.ids("survivors"))
-    elif kind == 7:
-        message = ConsistencySignature(session, party, r.take(SIGNATURE_BYTES, "signature"))
-    elif kind == 8:
-        survivors = r.ids("survivors")
-        dropped = r.ids("dropped")
-        message = UnmaskRequest(session, party, survivors, dropped, r.blob_map(MAX_BLOB_BYTES, "signatures"))
-    elif kind == 9:
-        message = UnmaskResponse(
-            session, party, r.share_map("self_mask_shares"), r.share_map("key_shares"), r.signature("signature")
-        )
-    else:
-        raise MalformedMessageError(f"unknown message type {kind}")
-    if r.remaining():
-        raise MalformedMessageError(f"{r.remaining()} trailing bytes after a {type(message).__name__}")
-    return message
+#: Canonical wire bytes of a message; a message from wire bytes (or MalformedMessageError); the header size.
+encode, decode, header_bytes = FORMAT.encode, FORMAT.decode, FORMAT.header_bytes

@@ -7,16 +7,8 @@ import pytest
 
 import secagg
 from secagg import run_local, wire
-from secagg.errors import (
-    InvalidInputError,
-    MalformedMessageError,
-    ProtocolError,
-    SessionMismatchError,
-    ThresholdNotMetError,
-    UnexpectedMessageError,
-    UnsafeRequestError,
-    VerificationError,
-)
+from secagg.errors import (InvalidInputError, MalformedMessageError, ProtocolError, SessionMismatchError,
+                           ThresholdNotMetError, UnexpectedMessageError, UnsafeRequestError, VerificationError)
 from secagg.messages import (
     AdvertisedKeys,
     ConsistencyRequest,

@@ -10,16 +10,9 @@ from hypothesis import strategies as st
 ts = pytest.importorskip("tenseal")
 
 from secagg.crypto import X25519KeyPair, aead_encrypt, random_bytes, sign  # noqa: E402
-from secagg.errors import (  # noqa: E402
-    InvalidInputError,
-    MalformedMessageError,
-    ProtocolError,
-    SessionMismatchError,
-    ThresholdNotMetError,
-    UnexpectedMessageError,
-    UnsafeRequestError,
-    VerificationError,
-)
+from secagg.errors import (InvalidInputError, MalformedMessageError, ProtocolError,  # noqa: E402
+                           SessionMismatchError, ThresholdNotMetError, UnexpectedMessageError, UnsafeRequestError,
+                           VerificationError)
 from secagg.he import (  # noqa: E402
     CKKSContext,
     HEAdvertisedKey,
@@ -43,6 +36,7 @@ from secagg.he.keyschedule import (  # noqa: E402
 )
 
 from .test_he_harness import HEDeployment  # noqa: E402
+from .wire_properties import mutated as mutated_bytes  # noqa: E402
 
 replace = dataclasses.replace
 
@@ -447,17 +441,11 @@ def _fresh_coordinator(config, advertised, bundle):
 def test_mutated_upload_bytes_raise_protocol_errors_only(fuzz_stage, data):
     config, advertised, bundle, encoded = fuzz_stage
     server = _fresh_coordinator(config, advertised, bundle)
-    mutated = bytearray(encoded)
     action = data.draw(st.sampled_from(["flip", "truncate", "insert", "flip-ciphertext"]))
-    if action == "flip":
-        i = data.draw(st.integers(0, len(mutated) - 1))
-        mutated[i] ^= data.draw(st.integers(1, 255))
-    elif action == "truncate":
-        mutated = mutated[: data.draw(st.integers(0, len(mutated) - 1))]
-    elif action == "insert":
-        i = data.draw(st.integers(0, len(mutated)))
-        mutated[i:i] = data.draw(st.binary(min_size=1, max_size=8))
+    if action != "flip-ciphertext":
+        mutated = bytearray(mutated_bytes(encoded, data, action, insert_max=8))
     else:
+        mutated = bytearray(encoded)
         for _ in range(data.draw(st.integers(1, 4))):
             i = data.draw(st.integers(120, len(mutated) - 70))
             mutated[i] ^= data.draw(st.integers(1, 255))

@@ -6,13 +6,15 @@ Pure Python: runs without TenSEAL (ciphertexts are opaque bytes on the wire).
 import struct
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 
 from secagg import wire as masking_wire
-from secagg.errors import MalformedMessageError, ProtocolError
+from secagg.errors import MalformedMessageError
 from secagg.he import messages as m
 from secagg.he import wire
+
+from .wire_properties import wire_property_tests
 
 FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -41,47 +43,8 @@ messages = st.one_of(
 )
 
 
-@FUZZ
-@given(messages)
-def test_roundtrip_is_exact_and_canonical(message):
-    data = wire.encode(message)
-    decoded = wire.decode(data)
-    assert decoded == message
-    assert type(decoded) is type(message)
-    assert wire.encode(decoded) == data
-
-
-@FUZZ
-@given(st.binary(max_size=400))
-def test_arbitrary_bytes_decode_or_raise_malformed(data):
-    try:
-        message = wire.decode(data)
-    except MalformedMessageError:
-        return
-    assert wire.encode(message) == data
-
-
-@FUZZ
-@given(messages, st.data())
-def test_mutated_messages_decode_canonically_or_raise(message, data):
-    encoded = bytearray(wire.encode(message))
-    action = data.draw(st.sampled_from(["flip", "truncate", "extend", "insert"]))
-    if action == "flip":
-        i = data.draw(st.integers(0, len(encoded) - 1))
-        encoded[i] ^= data.draw(st.integers(1, 255))
-    elif action == "truncate":
-        encoded = encoded[: data.draw(st.integers(0, len(encoded) - 1))]
-    elif action == "extend":
-        encoded += data.draw(st.binary(min_size=1, max_size=8))
-    else:
-        i = data.draw(st.integers(0, len(encoded)))
-        encoded[i:i] = data.draw(st.binary(min_size=1, max_size=4))
-    try:
-        decoded = wire.decode(bytes(encoded))
-    except ProtocolError as exc:
-        assert isinstance(exc, MalformedMessageError)
-        return
-    assert wire.encode(decoded) == bytes(encoded)
+(test_roundtrip_is_exact_and_canonical, test_arbitrary_bytes_decode_or_raise_malformed,
+ test_mutated_messages_decode_canonically_or_raise) = wire_property_tests(wire, messages, FUZZ)
 
 
 def _header(kind: int, version: int = wire.HE_WIRE_VERSION) -> bytes:

@@ -138,29 +138,27 @@ class CKKSContext:
     @classmethod
     def from_public_bytes(cls, data: bytes, params: HEParameters) -> "CKKSContext":
         """Load the coordinator's context; refuse anything that is not exactly a key-free context of ``params``."""
-        ctx = cls._load(data, params, "public context")
-        if ctx.is_private():
-            raise VerificationError("the public context carries a secret key; the coordinator must never hold one")
-        with _quiet():
-            canonical = ctx.serialize(**_PUBLIC)
-        if canonical != bytes(data):
-            raise VerificationError("the public context is not the canonical key-free serialisation")
-        return cls(ctx, params, canonical)
+        return cls._load(data, params, private=False, public_bytes=data)
 
     @classmethod
     def from_secret_bytes(cls, data: bytes, params: HEParameters, *, public_bytes: bytes) -> "CKKSContext":
         """Load a site's secret context and check that it matches the public context everyone else holds."""
-        ctx = cls._load(data, params, "secret context")
-        if not ctx.is_private():
-            raise VerificationError("the sealed context holds no secret key")
-        with _quiet():
-            public = ctx.serialize(**_PUBLIC)
-        if public != bytes(public_bytes):
-            raise VerificationError("the secret context does not match the public context of this session")
-        return cls(ctx, params, public)
+        return cls._load(data, params, private=True, public_bytes=public_bytes)
 
-    @staticmethod
-    def _load(data: bytes, params: HEParameters, what: str):
+    #: private -> (what the context is called, refusal when it holds the wrong kind of key,
+    #: refusal when its key-free serialisation is not ``public_bytes``).
+    _LOAD_REFUSALS = {
+        False: ("public context", "the public context carries a secret key; the coordinator must never hold one",
+                "the public context is not the canonical key-free serialisation"),
+        True: ("secret context", "the sealed context holds no secret key",
+               "the secret context does not match the public context of this session"),
+    }
+
+    @classmethod
+    def _load(cls, data: bytes, params: HEParameters, *, private: bool, public_bytes: bytes) -> "CKKSContext":
+        """Parse ``data`` as a context of ``params`` holding a secret key iff ``private``, whose
+        key-free serialisation is exactly ``public_bytes``."""
+        what, wrong_kind, mismatch = cls._LOAD_REFUSALS[private]
         ts = require_tenseal()
         if not isinstance(data, (bytes, bytearray)) or not data:
             raise MalformedMessageError(f"{what}: expected non-empty bytes")
@@ -178,7 +176,13 @@ class CKKSContext:
             )
         if not params.fits(data_prime):
             raise VerificationError(f"{what}: data prime {data_prime} too small for the agreed scale")
-        return ctx
+        if ctx.is_private() != private:
+            raise VerificationError(wrong_kind)
+        with _quiet():
+            public = ctx.serialize(**_PUBLIC)
+        if public != bytes(public_bytes):
+            raise VerificationError(mismatch)
+        return cls(ctx, params, public)
 
     # -- keys ----------------------------------------------------------------------
 

@@ -48,52 +48,23 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..crypto import (
-    X25519KeyPair,
-    aead_decrypt,
-    aead_encrypt,
-    constant_time_equal,
-    sign,
-    verify_signature,
-)
-from ..errors import (
-    InvalidInputError,
-    LocalProtocolError,
-    SessionMismatchError,
-    ThresholdNotMetError,
-    UnsafeRequestError,
-    VerificationError,
-)
+from ..crypto import X25519KeyPair, aead_decrypt, aead_encrypt, constant_time_equal, sign, verify_signature
+from ..errors import (InvalidInputError, LocalProtocolError, SessionMismatchError, ThresholdNotMetError,
+                      UnsafeRequestError, VerificationError)
 from ..session import Commit, EndsSession, StagedClient
 from ..tables import Transitions
+from . import messages as msg
 from . import wire
 from .ckks import CKKSContext
 from .config import HESessionConfig
-from .keyschedule import (
-    advertise_payload,
-    bundle_payload,
-    ciphertext_digest,
-    context_id,
-    input_payload,
-    seal_associated_data,
-    seal_key,
-    sum_payload,
-)
-from .messages import (
-    HEAdvertise,
-    HEContextBundle,
-    HEContextDelivery,
-    HEDecryptedSum,
-    HEDecryptRequest,
-    HEEncryptedInput,
-    HEKeyDirectory,
-)
+from .keyschedule import (advertise_payload, bundle_payload, ciphertext_digest, context_id, input_payload,
+                          seal_associated_data, seal_key, sum_payload)
 from .transitions import KEY_HOLDER, SITE, HEClientState
 
 __all__ = ["HEClientSession", "HEClientState"]
 
 
-class HEClientSession(StagedClient):
+class HEClientSession(StagedClient, party="site", decode=wire.decode):
     """One site's run of one HE aggregation session.
 
     Its rounds are :data:`secagg.he.transitions.KEY_HOLDER` or
@@ -105,20 +76,14 @@ class HEClientSession(StagedClient):
         config: the agreed :class:`HESessionConfig`.
         site_id: this site's id (one of ``config.participants``); the site is the key
             holder iff ``site_id == config.key_holder``.
-        signing_key: 32-byte Ed25519 seed of the site's long-term identity (active mode).
-        masked_input: optionally, the encoded input (see :meth:`provide_input`).
+        signing_key / masked_input: as in :class:`secagg.session.StagedClient`.
     """
-
-    _PARTY = "site"
-    _decode = staticmethod(wire.decode)
 
     def __init__(self, config: HESessionConfig, site_id: int, *, signing_key: bytes | None = None,
                  masked_input: np.ndarray | None = None) -> None:
         super().__init__(config, site_id, signing_key=signing_key, masked_input=masked_input)
 
-    @property
-    def site_id(self) -> int:
-        return self._id
+    site_id = StagedClient.party_id
 
     @property
     def is_key_holder(self) -> bool:
@@ -167,15 +132,15 @@ class HEClientSession(StagedClient):
             )
         return np.array(signed, dtype=np.int64)
 
-    def advertise(self) -> HEAdvertise:
+    def advertise(self) -> msg.HEAdvertise:
         """Round 0: this session's X25519 public key (signed in active mode)."""
         return super().advertise()
 
-    def _advertisement(self) -> HEAdvertise:
+    def _advertisement(self) -> msg.HEAdvertise:
         signature = b""
         if self.config.active:
             signature = sign(self._signing_key, advertise_payload(self._fp, self.site_id, self._keys.public_key))
-        return HEAdvertise(self._fp, self.site_id, self._keys.public_key, signature)
+        return msg.HEAdvertise(self._fp, self.site_id, self._keys.public_key, signature)
 
     # -- message handlers: validate and compute; the returned commit only assigns ------
 
@@ -187,7 +152,7 @@ class HEClientSession(StagedClient):
 
     # -- round 0 -> 1 (key holder) ------------------------------------------------------
 
-    def _on_key_directory(self, message: HEKeyDirectory) -> tuple[HEContextBundle, Commit]:
+    def _on_key_directory(self, message: msg.HEKeyDirectory) -> tuple[msg.HEContextBundle, Commit]:
         keys = message.keys
         unknown = set(keys) - set(self.config.participants)
         if unknown:
@@ -223,11 +188,11 @@ class HEClientSession(StagedClient):
             self._context, self._context_id = context, cid
             self._recipients = frozenset(keys)
 
-        return HEContextBundle(self._fp, self.site_id, context.public_bytes, sealed, signature), commit
+        return msg.HEContextBundle(self._fp, self.site_id, context.public_bytes, sealed, signature), commit
 
     # -- round 1 -> 2 (every site) -------------------------------------------------------
 
-    def _on_context_delivery(self, message: HEContextDelivery) -> tuple[HEEncryptedInput, Commit]:
+    def _on_context_delivery(self, message: msg.HEContextDelivery) -> tuple[msg.HEEncryptedInput, Commit]:
         if self._input is None:
             raise LocalProtocolError("provide_input() must be called before the upload round")
         holder = self.config.key_holder
@@ -262,11 +227,11 @@ class HEClientSession(StagedClient):
             if not self.is_key_holder:
                 self._forget()  # a non-holder site has no further use for the secret key
 
-        return HEEncryptedInput(self._fp, self.site_id, cid, chunks, signature), commit
+        return msg.HEEncryptedInput(self._fp, self.site_id, cid, chunks, signature), commit
 
     # -- round 2 -> 3 (key holder) ----------------------------------------------------------
 
-    def _on_decrypt_request(self, message: HEDecryptRequest) -> tuple[HEDecryptedSum, Commit]:
+    def _on_decrypt_request(self, message: msg.HEDecryptRequest) -> tuple[msg.HEDecryptedSum, Commit]:
         context, cid, config = self._context, self._context_id, self.config
         if not constant_time_equal(message.context_id, cid):
             raise SessionMismatchError("decryption request names another CKKS context")
@@ -320,10 +285,10 @@ class HEClientSession(StagedClient):
         if config.active:
             signature = sign(self._signing_key, sum_payload(self._fp, self.site_id, cid, survivors, data))
         # One decryption per session, ever: forget the key.
-        return HEDecryptedSum(self._fp, self.site_id, survivors, data, signature), self._forget
+        return msg.HEDecryptedSum(self._fp, self.site_id, survivors, data, signature), self._forget
 
     _HANDLERS = {
-        HEKeyDirectory: _on_key_directory,
-        HEContextDelivery: _on_context_delivery,
-        HEDecryptRequest: _on_decrypt_request,
+        msg.HEKeyDirectory: _on_key_directory,
+        msg.HEContextDelivery: _on_context_delivery,
+        msg.HEDecryptRequest: _on_decrypt_request,
     }

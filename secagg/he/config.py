@@ -35,23 +35,22 @@ server holds; above it, use the masking path, which streams in 1 MiB chunks.
 
 from __future__ import annotations
 
-import hashlib
 import struct
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cached_property
 
+from ..configbase import ConfigBase
 from ..errors import InvalidInputError
-from ..messages import FrozenMap
+from ..messagebase import FrozenMap
 from .params import HEParameters
 
 __all__ = ["HESessionConfig", "HE_MAX_VECTOR_LENGTH"]
 
-_MAX_ID = 2**32 - 1
 HE_MAX_VECTOR_LENGTH = 2**24  # see the module docstring: memory grows ~linearly in m (ciphertexts are not streamed)
 
 
 @dataclass(frozen=True)
-class HESessionConfig:
+class HESessionConfig(ConfigBase):
     """Everything the parties of one HE session must agree on.
 
     Attributes:
@@ -67,29 +66,15 @@ class HESessionConfig:
         verify_keys: long-term Ed25519 verify keys of every participant (active mode).
     """
 
-    session_id: bytes
-    participants: tuple
-    threshold: int
-    vector_length: int
+    _PARTY = "site"
+
     key_holder: int
     params: HEParameters
     active: bool = False
-    verify_keys: FrozenMap = field(default_factory=FrozenMap)
+    verify_keys: FrozenMap = FrozenMap()
 
     def __post_init__(self) -> None:
-        if not isinstance(self.session_id, bytes) or len(self.session_id) != 32:
-            raise InvalidInputError(f"session_id must be 32 bytes; got {self.session_id!r:.40}")
-        ids = list(self.participants)
-        if any(not isinstance(i, int) or isinstance(i, bool) for i in ids):
-            raise InvalidInputError(f"site ids must be ints; got {ids[:10]}")
-        if len(set(ids)) != len(ids):
-            raise InvalidInputError(f"duplicate site ids: {sorted({i for i in ids if ids.count(i) > 1})}")
-        if any(not 0 <= i < _MAX_ID for i in ids):
-            raise InvalidInputError("site ids must be in [0, 2^32 - 1)")
-        if len(ids) < 2:
-            raise InvalidInputError(f"aggregation needs at least 2 sites; got {len(ids)}")
-        object.__setattr__(self, "participants", tuple(sorted(ids)))
-        n = len(ids)
+        n = self._check_participants()
         if not isinstance(self.threshold, int) or isinstance(self.threshold, bool) or not 2 <= self.threshold <= n:
             raise InvalidInputError(
                 f"threshold must be an int in [2, {n}]; got {self.threshold!r} (t = 1 would let the key "
@@ -112,37 +97,13 @@ class HESessionConfig:
             )
         if not isinstance(self.active, bool):
             raise InvalidInputError(f"active must be a bool; got {self.active!r}")
-        keys = FrozenMap(self.verify_keys)
-        object.__setattr__(self, "verify_keys", keys)
-        if any(not isinstance(v, bytes) or len(v) != 32 for v in keys.values()):
-            raise InvalidInputError("verify keys must be 32-byte Ed25519 public keys")
-        if self.active:
-            missing = [i for i in ids if i not in keys]
-            if missing:
-                raise InvalidInputError(
-                    f"active mode needs an Ed25519 verify key for every participant; missing for {missing[:10]}"
-                )
-
-    @property
-    def n(self) -> int:
-        return len(self.participants)
+        self._check_verify_keys()
 
     @cached_property
     def canonical_bytes(self) -> bytes:
-        parts = [
-            b"secagg/v1/he-config",
-            self.session_id,
-            struct.pack(">IIQIB", self.n, self.threshold, self.vector_length, self.key_holder, int(self.active)),
-            b"".join(struct.pack(">I", i) for i in self.participants),
-            b"".join(struct.pack(">I", i) + self.verify_keys[i] for i in self.verify_keys),
-            self.params.canonical_bytes,
-        ]
-        return b"".join(parts)
-
-    @cached_property
-    def fingerprint(self) -> bytes:
-        """SHA-256 of :attr:`canonical_bytes`: the ``session`` field of every HE message."""
-        return hashlib.sha256(self.canonical_bytes).digest()
+        """Canonical encoding of the configuration, CKKS parameters last (layout in :mod:`secagg.configbase`)."""
+        fixed = struct.pack(">IIQIB", self.n, self.threshold, self.vector_length, self.key_holder, int(self.active))
+        return self._canonical(b"secagg/v1/he-config", fixed, self.params.canonical_bytes)
 
     @property
     def chunk_count(self) -> int:

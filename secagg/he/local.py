@@ -22,11 +22,9 @@ from typing import Callable, Mapping
 
 import numpy as np
 
-from ..config import new_session_id
-from ..crypto import SigningKeyPair
-from ..encoding import check_finite_vector, weighted_mean, weighted_vector
+from ..encoding import weighted_mean, weighted_vector
 from ..errors import InvalidInputError
-from ..exchange import run_exchange, validate_dropouts, validate_updates
+from ..inprocess import InProcessResult, check_run_inputs, run_in_process, session_terms
 from . import wire
 from .ckks import CKKSContext
 from .client import HEClientSession
@@ -39,36 +37,20 @@ __all__ = ["HE_STAGES", "HE_ANSWER_STAGE", "HELocalResult", "run_local_he"]
 
 
 @dataclass(frozen=True)
-class HELocalResult:
-    """Outcome of :func:`run_local_he`.
+class HELocalResult(InProcessResult):
+    """Outcome of :func:`run_local_he`: the fields of :class:`~secagg.inprocess.InProcessResult`, and
 
     Attributes:
-        aggregate: float64 decoded sum of the included sites' clipped (and, with
-            ``weights``, pre-weighted, weight slot appended) inputs.
-        survivors: ids whose inputs are in the sum (U2).
-        resolution: quantisation step; ``|aggregate - exact| < len(survivors) * resolution``.
-        server_view: every message the coordinator received, in wire form, in arrival order.
+        aggregate: with ``weights``, the sum of the pre-weighted inputs, weight slot appended.
+        survivors: U2; ``|aggregate - exact| < len(survivors) * resolution``.
         coordinator_context: the CKKS context the coordinator held (public: no secret key).
         mean / weight_sum: with ``weights``, the FedAvg mean and the summed normalised weight.
-        clipped: per site, how many coordinates were clipped.
-        refusals: per site, the error with which it refused a coordinator message (if any).
-        bytes_up / bytes_down: wire bytes per stage, sites -> coordinator and back.
-        seconds: wall time per stage (site and coordinator work together).
         config / params: the session's public configuration and CKKS parameters.
     """
 
-    aggregate: np.ndarray
-    survivors: frozenset
-    resolution: float
-    server_view: list
     coordinator_context: CKKSContext | None
     mean: np.ndarray | None
     weight_sum: float | None
-    clipped: Mapping[int, int]
-    refusals: Mapping[int, Exception]
-    bytes_up: Mapping[str, int]
-    bytes_down: Mapping[str, int]
-    seconds: Mapping[str, float]
     config: HESessionConfig = field(repr=False)
     params: HEParameters = field(repr=False)
 
@@ -117,11 +99,7 @@ def run_local_he(
         :class:`~secagg.errors.ThresholdNotMetError` when fewer than t remain or the key
         holder is gone.
     """
-    if refusals not in ("raise", "drop"):
-        raise InvalidInputError(f"refusals must be 'raise' or 'drop'; got {refusals!r}")
-    ids, length = validate_updates(updates, party="site")
-    silent = validate_dropouts(dropouts, ids, HE_STAGES, party="site")
-    vectors = {i: check_finite_vector(updates[i], length=length, name=f"update of site {i}") for i in ids}
+    ids, length, silent_from, vectors = check_run_inputs(updates, dropouts, HE_STAGES, refusals, party="site")
     clipped = {i: int(np.count_nonzero(np.abs(vectors[i]) > clip)) for i in ids}
     if weights is not None:
         if set(weights) != set(ids):
@@ -132,48 +110,26 @@ def run_local_he(
     if params is None:
         params = find_he_parameters(vector_length=length, max_summands=len(ids), clip=clip, resolution=resolution)
     encoder = params.encoder
-    holder = ids[0] if key_holder is None else key_holder
-    identities = {i: SigningKeyPair.generate() for i in ids} if active else {}
-    config = HESessionConfig(
-        session_id=session_id or new_session_id(),
-        participants=tuple(ids),
-        threshold=threshold,
-        vector_length=length,
-        key_holder=holder,
-        params=params,
-        active=active,
-        verify_keys={i: k.verify_key for i, k in identities.items()},
+    identities, agreed = session_terms(ids, length, threshold=threshold, active=active, session_id=session_id)
+    config = HESessionConfig(**agreed, key_holder=ids[0] if key_holder is None else key_holder, params=params)
+    server, reported = run_in_process(
+        config, HEClientSession, HEServerSession, identities=identities,
+        encoded_input=lambda i: encoder.encode(vectors.pop(i)).ring, encode=wire.encode, stages=HE_STAGES,
+        answer_stage=HE_ANSWER_STAGE, silent_from=silent_from, tamper=tamper, refusals=refusals,
     )
-    sites = {
-        i: HEClientSession(config, i, signing_key=identities[i].seed if active else None,
-                           masked_input=encoder.encode(vectors[i]).ring)
-        for i in ids
-    }
-    del vectors
-
-    server = HEServerSession(config)
-    record = run_exchange(server.receive, server.advance, sites, stages=HE_STAGES, answer_stage=HE_ANSWER_STAGE,
-                      encode=wire.encode, silent_from=silent,
-                      tamper=tamper, refusals="raise" if refusals == "raise" else "record")
-
-    result = server.result
-    aggregate = encoder.decode(result.ring_sum)
+    aggregate = encoder.decode(server.result.ring_sum)
     mean = weight_sum = None
     if weights is not None:
         mean, weight_sum = weighted_mean(aggregate, clip=clip)
     return HELocalResult(
         aggregate=aggregate,
-        survivors=result.survivors,
+        survivors=server.result.survivors,
         resolution=params.resolution,
-        server_view=record.server_view,
         coordinator_context=server.context,
         mean=mean,
         weight_sum=weight_sum,
         clipped=clipped,
-        refusals=record.refused,
-        bytes_up=record.bytes_up,
-        bytes_down=record.bytes_down,
-        seconds=record.seconds,
         config=config,
         params=params,
+        **reported,
     )

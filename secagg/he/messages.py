@@ -23,12 +23,12 @@ carry ``recipient``; every message carries ``session``, the fingerprint of the
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Union
 
 import numpy as np
 
-from ..messages import FrozenMap
+from ..messagebase import Frozen, FromParty, FrozenMap, ToParty
 
 __all__ = [
     "HEAdvertisedKey",
@@ -46,16 +46,8 @@ __all__ = [
 ]
 
 
-def _frozen_map(value) -> FrozenMap:
-    return value if isinstance(value, FrozenMap) else FrozenMap(value)
-
-
-def _blobs(value) -> tuple:
-    return tuple(bytes(v) if isinstance(v, (bytearray, memoryview)) else v for v in value)
-
-
 @dataclass(frozen=True)
-class HEAdvertisedKey:
+class HEAdvertisedKey(Frozen):
     """One site's round-0 X25519 key as the coordinator relays it."""
 
     public_key: bytes
@@ -63,11 +55,9 @@ class HEAdvertisedKey:
 
 
 @dataclass(frozen=True)
-class HEAdvertise:
+class HEAdvertise(FromParty):
     """Round 0, site -> coordinator."""
 
-    session: bytes
-    sender: int
     public_key: bytes
     signature: bytes = b""
 
@@ -77,54 +67,37 @@ class HEAdvertise:
 
 
 @dataclass(frozen=True)
-class HEKeyDirectory:
+class HEKeyDirectory(ToParty):
     """After round 0, coordinator -> key holder: site id -> advertised key (U1)."""
 
-    session: bytes
-    recipient: int
-    keys: FrozenMap = field(default_factory=FrozenMap)
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "keys", _frozen_map(self.keys))
+    keys: FrozenMap = FrozenMap()
 
 
 @dataclass(frozen=True)
-class HEContextBundle:
+class HEContextBundle(FromParty):
     """Round 1, key holder -> coordinator: public context and sealed secret contexts (site id -> AEAD blob)."""
 
-    session: bytes
-    sender: int
     public_context: bytes
-    sealed: FrozenMap = field(default_factory=FrozenMap)
+    sealed: FrozenMap = FrozenMap()
     signature: bytes = b""
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "sealed", _frozen_map(self.sealed))
 
 
 @dataclass(frozen=True)
-class HEContextDelivery:
+class HEContextDelivery(ToParty):
     """After round 1, coordinator -> site: the key holder's key, the public context, the sealed secret context."""
 
-    session: bytes
-    recipient: int
     holder_key: HEAdvertisedKey
     public_context: bytes
     sealed: bytes = b""
 
 
 @dataclass(frozen=True)
-class HEEncryptedInput:
+class HEEncryptedInput(FromParty):
     """Round 2, site -> coordinator: serialised CKKS ciphertexts of the encoded update."""
 
-    session: bytes
-    sender: int
     context_id: bytes
     chunks: tuple = ()
     signature: bytes = b""
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "chunks", _blobs(self.chunks))
 
     @property
     def contribution(self) -> "HEContribution":
@@ -132,18 +105,15 @@ class HEEncryptedInput:
 
 
 @dataclass(frozen=True)
-class HEContribution:
+class HEContribution(Frozen):
     """One site's ciphertexts and its signature, as relayed to the key holder (active mode)."""
 
     chunks: tuple = ()
     signature: bytes = b""
 
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "chunks", _blobs(self.chunks))
-
 
 @dataclass(frozen=True)
-class HEDecryptRequest:
+class HEDecryptRequest(ToParty):
     """After round 2, coordinator -> key holder.
 
     ``survivors`` = U2, the sites whose upload arrived. Semi-honest mode:
@@ -152,31 +122,19 @@ class HEDecryptRequest:
     ``summed`` is empty; the key holder verifies and sums them itself.
     """
 
-    session: bytes
-    recipient: int
     context_id: bytes
     survivors: frozenset = frozenset()
     summed: tuple = ()
-    contributions: FrozenMap = field(default_factory=FrozenMap)
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "survivors", frozenset(self.survivors))
-        object.__setattr__(self, "summed", _blobs(self.summed))
-        object.__setattr__(self, "contributions", _frozen_map(self.contributions))
+    contributions: FrozenMap = FrozenMap()
 
 
 @dataclass(frozen=True)
-class HEDecryptedSum:
+class HEDecryptedSum(FromParty):
     """Round 3, key holder -> coordinator: sum_{u in U2} k_u as little-endian int64 words."""
 
-    session: bytes
-    sender: int
     survivors: frozenset
     data: bytes
     signature: bytes = b""
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "survivors", frozenset(self.survivors))
 
     @property
     def values(self) -> np.ndarray:

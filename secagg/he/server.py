@@ -35,27 +35,18 @@ from ..crypto import AEAD_OVERHEAD, constant_time_equal, verify_signature
 from ..errors import MalformedMessageError, SessionMismatchError, VerificationError
 from ..session import AggregateResult, Commit, StagedServer
 from ..tables import Transitions
+from . import messages as msg
 from . import wire
 from .ckks import CKKSContext
 from .config import HESessionConfig
 from .errors import KeyHolderUnavailableError
 from .keyschedule import advertise_payload, bundle_payload, ciphertext_digest, context_id, input_payload, sum_payload
-from .messages import (
-    HEAdvertise,
-    HEContextBundle,
-    HEContextDelivery,
-    HEContribution,
-    HEDecryptedSum,
-    HEDecryptRequest,
-    HEEncryptedInput,
-    HEKeyDirectory,
-)
 from .transitions import COORDINATOR, HEServerStage
 
 __all__ = ["HEServerSession", "HEServerStage"]
 
 
-class HEServerSession(StagedServer):
+class HEServerSession(StagedServer, party="site", decode=wire.decode):
     """The coordinator's run of one HE aggregation session.
 
     Its stages are :data:`secagg.he.transitions.COORDINATOR`;
@@ -64,20 +55,18 @@ class HEServerSession(StagedServer):
     validators and closers below only compute.
     """
 
-    _PARTY = "site"
     _NOT_ELIGIBLE = "unknown id, not the key holder, or dropped out of an earlier round"
-    _decode = staticmethod(wire.decode)
     #: Stages that close only with t answers; the others wait for the key holder alone.
     _THRESHOLD_STAGES = frozenset({HEServerStage.ADVERTISE, HEServerStage.UPLOAD})
 
     def __init__(self, config: HESessionConfig) -> None:
         super().__init__(config)
         self._holder = config.key_holder
-        self._keys: dict[int, HEAdvertise] = {}  # U1
+        self._keys: dict[int, msg.HEAdvertise] = {}  # U1
         self._context: CKKSContext | None = None
         self._context_id: bytes | None = None
         self._sum: list | None = None  # semi-honest: running homomorphic sum
-        self._contributions: dict[int, HEContribution] = {}  # active: signed uploads
+        self._contributions: dict[int, msg.HEContribution] = {}  # active: signed uploads
 
     def _transitions(self) -> Transitions:
         return COORDINATOR
@@ -103,7 +92,7 @@ class HEServerSession(StagedServer):
         except VerificationError:
             raise VerificationError(f"{what} of site {signer} carries an invalid signature") from None
 
-    def _validate_advertise(self, message: HEAdvertise) -> tuple[HEAdvertise, None]:
+    def _validate_advertise(self, message: msg.HEAdvertise) -> tuple[msg.HEAdvertise, None]:
         for other in self._received.values():
             if constant_time_equal(other.public_key, message.public_key):
                 raise VerificationError(f"site {message.sender} advertises a public key already in use")
@@ -111,7 +100,7 @@ class HEServerSession(StagedServer):
                      message.signature, "round-0 key")
         return message, None
 
-    def _validate_context(self, message: HEContextBundle) -> tuple[HEContextBundle, Commit]:
+    def _validate_context(self, message: msg.HEContextBundle) -> tuple[msg.HEContextBundle, Commit]:
         expected = set(self._keys) - {self._holder}
         got = set(message.sealed)
         if got != expected:
@@ -132,7 +121,7 @@ class HEServerSession(StagedServer):
 
         return message, commit
 
-    def _validate_upload(self, message: HEEncryptedInput) -> tuple[HEEncryptedInput, Commit]:
+    def _validate_upload(self, message: msg.HEEncryptedInput) -> tuple[msg.HEEncryptedInput, Commit]:
         context, cid = self._context, self._context_id
         if not constant_time_equal(message.context_id, cid):
             raise SessionMismatchError(f"site {message.sender} encrypted under another CKKS context")
@@ -150,7 +139,7 @@ class HEServerSession(StagedServer):
                 self._sum = new_sum
         return message, commit
 
-    def _validate_decrypt(self, message: HEDecryptedSum) -> tuple[HEDecryptedSum, None]:
+    def _validate_decrypt(self, message: msg.HEDecryptedSum) -> tuple[msg.HEDecryptedSum, None]:
         if message.survivors != self._survivors:
             raise VerificationError("the decrypted sum covers another set of sites than the one requested")
         values = message.values
@@ -176,7 +165,8 @@ class HEServerSession(StagedServer):
         def commit() -> None:
             self._keys, self._eligible = answered, frozenset({self._holder})
 
-        return {self._holder: HEKeyDirectory(self._fp, self._holder, {u: m.key for u, m in answered.items()})}, commit
+        keys = {u: advertised.key for u, advertised in answered.items()}
+        return {self._holder: msg.HEKeyDirectory(self._fp, self._holder, keys)}, commit
 
     def _close_context(self, answered: dict) -> tuple[dict, Commit]:
         bundle = answered.get(self._holder)
@@ -184,7 +174,7 @@ class HEServerSession(StagedServer):
             raise KeyHolderUnavailableError(f"the key holder (site {self._holder}) sent no CKKS context")
         holder_key = self._keys[self._holder].key
         out = {
-            u: HEContextDelivery(self._fp, u, holder_key, bundle.public_context, bundle.sealed.get(u, b""))
+            u: msg.HEContextDelivery(self._fp, u, holder_key, bundle.public_context, bundle.sealed.get(u, b""))
             for u in self._keys
         }
 
@@ -197,9 +187,9 @@ class HEServerSession(StagedServer):
         survivors = frozenset(answered)
         cid = self._context_id
         if self.config.active:
-            request = HEDecryptRequest(self._fp, self._holder, cid, survivors, contributions=self._contributions)
+            request = msg.HEDecryptRequest(self._fp, self._holder, cid, survivors, contributions=self._contributions)
         else:
-            request = HEDecryptRequest(self._fp, self._holder, cid, survivors,
+            request = msg.HEDecryptRequest(self._fp, self._holder, cid, survivors,
                                        summed=self._context.serialize(self._sum))
 
         def commit() -> None:
@@ -223,10 +213,10 @@ class HEServerSession(StagedServer):
         return {}, commit
 
     _VALIDATORS = {
-        HEAdvertise: _validate_advertise,
-        HEContextBundle: _validate_context,
-        HEEncryptedInput: _validate_upload,
-        HEDecryptedSum: _validate_decrypt,
+        msg.HEAdvertise: _validate_advertise,
+        msg.HEContextBundle: _validate_context,
+        msg.HEEncryptedInput: _validate_upload,
+        msg.HEDecryptedSum: _validate_decrypt,
     }
     _CLOSERS = {
         HEServerStage.ADVERTISE: _close_advertise,

@@ -21,15 +21,7 @@ from __future__ import annotations
 import enum
 
 from ..tables import START, Transitions, answer_stages
-from .messages import (
-    HEAdvertise,
-    HEContextBundle,
-    HEContextDelivery,
-    HEDecryptedSum,
-    HEDecryptRequest,
-    HEEncryptedInput,
-    HEKeyDirectory,
-)
+from . import messages as msg
 
 __all__ = [
     "HEClientState", "HEServerStage", "KEY_HOLDER", "SITE", "COORDINATOR", "HE_STAGES", "HE_ANSWER_STAGE",
@@ -61,25 +53,25 @@ C, S = HEClientState, HEServerStage
 # fmt: off
 #: The key holder: (state, coordinator message) -> (next state, reply).
 KEY_HOLDER = Transitions({
-    (C.INIT,         START):             (C.ADVERTISED,   HEAdvertise),       # advertise()
-    (C.ADVERTISED,   HEKeyDirectory):    (C.CONTEXT_SENT, HEContextBundle),
-    (C.CONTEXT_SENT, HEContextDelivery): (C.UPLOADED,     HEEncryptedInput),
-    (C.UPLOADED,     HEDecryptRequest):  (C.DONE,         HEDecryptedSum),
-}, aborted=C.ABORTED, carries_input=HEEncryptedInput)
+    (C.INIT,         START):                 (C.ADVERTISED,   msg.HEAdvertise),       # advertise()
+    (C.ADVERTISED,   msg.HEKeyDirectory):    (C.CONTEXT_SENT, msg.HEContextBundle),
+    (C.CONTEXT_SENT, msg.HEContextDelivery): (C.UPLOADED,     msg.HEEncryptedInput),
+    (C.UPLOADED,     msg.HEDecryptRequest):  (C.DONE,         msg.HEDecryptedSum),
+}, aborted=C.ABORTED, carries_input=msg.HEEncryptedInput)
 
 #: Every other site: it forgets the secret key once it has uploaded.
 SITE = Transitions({
-    (C.INIT,         START):             (C.ADVERTISED,   HEAdvertise),       # advertise()
-    (C.ADVERTISED,   HEContextDelivery): (C.DONE,         HEEncryptedInput),
-}, aborted=C.ABORTED, carries_input=HEEncryptedInput)
+    (C.INIT,         START):                 (C.ADVERTISED,   msg.HEAdvertise),       # advertise()
+    (C.ADVERTISED,   msg.HEContextDelivery): (C.DONE,         msg.HEEncryptedInput),
+}, aborted=C.ABORTED, carries_input=msg.HEEncryptedInput)
 
 #: The coordinator: (stage, site message collected) -> (stage after advance(), message sent).
 COORDINATOR = Transitions({
-    (S.ADVERTISE,    HEAdvertise):       (S.CONTEXT,      HEKeyDirectory),    # to the key holder
-    (S.CONTEXT,      HEContextBundle):   (S.UPLOAD,       HEContextDelivery), # to every site of U1
-    (S.UPLOAD,       HEEncryptedInput):  (S.DECRYPT,      HEDecryptRequest),  # to the key holder
-    (S.DECRYPT,      HEDecryptedSum):    (S.DONE,         None),
-}, aborted=S.ABORTED, carries_input=HEEncryptedInput)
+    (S.ADVERTISE,    msg.HEAdvertise):       (S.CONTEXT,      msg.HEKeyDirectory),    # to the key holder
+    (S.CONTEXT,      msg.HEContextBundle):   (S.UPLOAD,       msg.HEContextDelivery), # to every site of U1
+    (S.UPLOAD,       msg.HEEncryptedInput):  (S.DECRYPT,      msg.HEDecryptRequest),  # to the key holder
+    (S.DECRYPT,      msg.HEDecryptedSum):    (S.DONE,         None),
+}, aborted=S.ABORTED, carries_input=msg.HEEncryptedInput)
 # fmt: on
 
 del C, S
