@@ -814,4 +814,10 @@ def verify_ledger(run_dir, *, registry: Mapping[str, bytes] | None = None, ancho
     if not anchors:
         report.warnings.append("no site anchors: deleting the last round(s) is caught only by the head record, "
                                "which whoever controls the run directory can rewrite")
+    else:
+        unanchored = sorted({site for site, _ in charged} - {anchor.site for anchor in anchors})
+        if unanchored:
+            report.warnings.append(
+                f"no anchor given for the site(s) {', '.join(unanchored)}: spends after the last entry that the "
+                "given anchors cover are protected only by the head record")
     return report

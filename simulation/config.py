@@ -232,6 +232,11 @@ class SimulationConfig:
                 if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not (
                         math.isfinite(weight) and weight > 0):
                     raise ConfigError(f"site_weights[{site!r}] must be a positive number; got {weight!r}")
+            if self.distributed_dp is not None:
+                # The distributed-DP path sums unweighted integer updates (each site's noise share is calibrated
+                # for one unit contribution), so declared weights would be silently ignored.
+                raise ConfigError("site_weights cannot be used with distributed_dp: its sums are unweighted "
+                                  "(every site counts once); drop site_weights or distributed_dp")
         if not isinstance(self.skip_invalid, bool):
             raise ConfigError(f"skip_invalid must be true or false; got {self.skip_invalid!r}")
         if self.volume_limits is not None:

@@ -418,3 +418,11 @@ def test_invalid_genesis_parameters_without_a_registry_name_entry_1(run_dir, cap
     (run_dir / "registry.json").unlink()  # a ledger checked on its own (no registry to hand)
     code, _, err = verify(run_dir, capsys=capsys)
     assert_broken(code, err, "entry 1")
+
+
+def test_anchors_of_only_some_sites_are_named_in_a_warning(run_dir, auditor, capsys):
+    code = main(["ledger", "verify", str(run_dir), "--registry", str(auditor / "registry.json"),
+                 "--anchors", str(auditor / "anchors" / "site-1")])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert "no anchor given for the site(s) site-2, site-3" in out

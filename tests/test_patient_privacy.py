@@ -221,6 +221,9 @@ def test_fedavg_weights_are_declared_public_numbers():
         config.public_weights(["site-1", "site-2", "site-3"])
     with pytest.raises(ConfigError, match="positive"):
         load_config(site_weights={"site-1": 0})
+    # Distributed DP sums unweighted updates: declared weights would be ignored while the summary said "declared".
+    with pytest.raises(ConfigError, match="site_weights cannot be used with distributed_dp"):
+        load_config(site_weights={"site-1": 2, "site-2": 1}, distributed_dp="skellam")
 
 
 def test_ledger_show_and_dpia_name_unit_and_adjacency(neighbouring_runs, capsys):
