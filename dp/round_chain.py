@@ -9,7 +9,7 @@ shown the round's committed spends and checks that every update it helps decode 
 What the coordinator sends (with each unmask request, beside the protocol message): the round's
 spend entries in chain order, each as :class:`ChainEntry` - sequence number, previous entry's
 chain hash, kind, and body including the charged site's signature - i.e. exactly the ledger rows
-(``dp.ledger`` stores ``canonical_json(body)`` and ``hash = chain_hash(prev_hash, that text)``).
+(``dp.ledger`` stores ``canonical_json(body)`` and ``hash = chain_hash(prev_hash, kind, that text)``).
 
 What the site checks (:func:`check_round_chain`), each failure a :class:`dp.LedgerError`:
 
@@ -93,7 +93,7 @@ class ChainEntry:
 
     def digest(self) -> str:
         """The entry's chain hash, computed by whoever holds it (dp's public chain formula)."""
-        return chain_hash(self.prev_hash, canonical_json(dict(self.body)))
+        return chain_hash(self.prev_hash, self.kind, canonical_json(dict(self.body)))
 
     def statement(self, run_id: str) -> EntryStatement:
         """What the charged site signed: the entry without its signature."""
