@@ -279,6 +279,26 @@ def _failure(value, complete: bool) -> str:
     return f"<= {value:.3g} (SecAgg+ parameter finder)"
 
 
+def _node_authentication_text(fact) -> str:
+    """The run's node-authentication settings as its summary recorded them (``run-config node-auth`` and the
+    registry's node keys); the SuperLink's own ``--enable-supernode-auth`` is not visible to the coordinator."""
+    if not isinstance(fact, dict):
+        return "not recorded for this run"
+    checked, unchecked = list(fact.get("sites_checked") or []), list(fact.get("sites_unchecked") or [])
+    unseen = ("; whether the SuperLink itself ran with --enable-supernode-auth (which makes that key proven) "
+              "is not recorded by the coordinator")
+    if fact.get("required"):
+        return ("ON, required by the run configuration (node-auth = true): every registered site's node had "
+                "to be known to the SuperLink under the Flower node key the consortium's registry binds to that "
+                f"site ({', '.join(checked)})" + unseen)
+    if checked:
+        return ("partial, not required by the run configuration (node-auth = false): the Flower node keys of "
+                f"{', '.join(checked)} were checked against the registry; "
+                + (f"those of {', '.join(unchecked)} were not" if unchecked else "every site had one") + unseen)
+    return ("OFF in the run configuration (node-auth = false, and the registry records no node keys): the "
+            "coordinator did not check which Flower node a site's name came from" + unseen)
+
+
 def _mode_text(mode: str, active: bool) -> str:
     adversary = "actively malicious coordinator (signatures + consistency check)" if active else \
         "honest-but-curious coordinator (semi-honest mode)"
@@ -695,6 +715,7 @@ def build_dpia(run_dir, org: dict | None = None, *, today: str | None = None) ->
             *([f"Site signatures on the coordinator's ledger: {deployment['ledger_signatures']}."]
               if deployment.get("ledger_signatures") else []),
             f"Site identities: {deployment.get('identities', 'n/a')}.",
+            f"Node authentication: {_node_authentication_text(deployment.get('node_authentication'))}.",
             "Node state at rest: during a round each node keeps its protocol session (private keys and its "
             "masked update) in Flower's node state sealed with XChaCha20-Poly1305 under a key that stays in the "
             "node's own state directory (STATE_DIR/state.key, 0600). Residual risk: whoever reads that state "

@@ -20,7 +20,14 @@ directory - a registry inside the run directory is only as trustworthy as the di
 
 Files: a signing key is 64 hex characters (the 32-byte Ed25519 seed) in a file
 only its owner may read (mode 0600; anything wider is refused, as ssh does);
-the registry is JSON ``{"site name": "64 hex characters of the verify key"}``.
+the registry is JSON ``{"site name": "64 hex characters of the verify key"}``. A site that also
+runs a Flower SuperNode has its node-authentication key (:mod:`simulation.node_keys`) recorded
+next to its verify key: ``{"site name": {"verify_key": "HEX", "node_key": "ecdsa-sha2-nistp384
+AAAA..."}}``. That binds the site's Flower identity to its site identity: the SuperLink admits
+exactly the registry's node keys (``secagg keys register-nodes``), and the coordinator registers a
+node as a site only if the SuperLink authenticated it under that site's node key. Both forms may
+be mixed in one file; :func:`load_registry` returns the verify keys, :func:`load_node_keys` the
+node keys.
 """
 
 from __future__ import annotations
@@ -35,11 +42,12 @@ from typing import Iterable, Mapping
 import secagg
 from secagg.crypto import KEY_BYTES, SigningKeyPair
 
+from .node_keys import NodeKey, NodeKeyError, parse_node_public_key, write_node_key
 from .runstore import private_dir
 
 __all__ = ["SiteIdentity", "write_identity", "load_signing_key", "load_registry", "add_to_registry",
            "check_session_keys", "IdentityError", "RunIdentities", "run_site_identities", "SITES_DIR",
-           "REGISTRY_FILE"]
+           "REGISTRY_FILE", "write_site_node_key", "load_node_keys", "add_node_key"]
 
 SITES_DIR = "sites"
 REGISTRY_FILE = "registry.json"
@@ -110,6 +118,17 @@ def load_signing_key(path) -> SigningKeyPair:
 
 def load_registry(path) -> dict[str, bytes]:
     """The consortium's registry: site name -> 32-byte Ed25519 verify key."""
+    return {site: verify for site, (verify, _) in _read_registry(path).items()}
+
+
+def load_node_keys(path) -> dict[str, str]:
+    """The Flower node keys the registry records: site name -> OpenSSH public-key line (sites without
+    one are absent)."""
+    return {site: node for site, (_, node) in _read_registry(path).items() if node is not None}
+
+
+def _read_registry(path) -> dict[str, tuple[bytes, str | None]]:
+    """site -> (verify key, node key line or None), every entry checked."""
     path = Path(path)
     if path.exists() and not path.is_file():  # a FIFO or device would block or never end
         raise IdentityError(f"registry {path} is not a regular file")
@@ -121,34 +140,100 @@ def load_registry(path) -> dict[str, bytes]:
         raise IdentityError(f"registry {path} is not valid JSON: {exc}") from None
     if not isinstance(raw, dict) or not raw:
         raise IdentityError(f"registry {path} must map site names to hex verify keys")
-    registry: dict[str, bytes] = {}
-    for site, key in raw.items():
+    registry: dict[str, tuple[bytes, str | None]] = {}
+    for site, entry in raw.items():
         _check_site_name(site)
+        key, node = entry, None
+        if isinstance(entry, dict):
+            extra = sorted(set(entry) - {"verify_key", "node_key"})
+            if extra:
+                raise IdentityError(f"registry {path}: the entry of {site!r} has unknown fields {extra}")
+            key, node = entry.get("verify_key"), entry.get("node_key")
         try:
             value = bytes.fromhex(key) if isinstance(key, str) else b""
         except ValueError:
             value = b""
         if len(value) != KEY_BYTES:
             raise IdentityError(f"registry {path}: the key of {site!r} must be {2 * KEY_BYTES} hex characters")
-        registry[site] = value
-    if len(set(registry.values())) != len(registry):
+        if node is not None:
+            if not isinstance(node, str):
+                raise IdentityError(f"registry {path}: the node key of {site!r} must be one OpenSSH public-key line")
+            try:
+                parse_node_public_key(node)
+            except NodeKeyError as exc:
+                raise IdentityError(f"registry {path}: the node key of {site!r}: {exc}") from None
+            node = node.strip()
+        registry[site] = (value, node)
+    if len({verify for verify, _ in registry.values()}) != len(registry):
         raise IdentityError(f"registry {path}: two sites share one verify key")
+    nodes = [_node_key_identity(node) for _, node in registry.values() if node is not None]
+    if len(set(nodes)) != len(nodes):
+        raise IdentityError(f"registry {path}: two sites share one node key")
     return registry
 
 
-def add_to_registry(path, identity: SiteIdentity) -> dict[str, bytes]:
-    """Add (or confirm) a site's verify key in a registry file, written atomically."""
+def _node_key_identity(line: str) -> bytes:
+    from cryptography.hazmat.primitives import serialization
+
+    return parse_node_public_key(line).public_bytes(serialization.Encoding.DER,
+                                                    serialization.PublicFormat.SubjectPublicKeyInfo)
+
+
+def add_to_registry(path, identity: SiteIdentity, node_key: str | None = None) -> dict[str, bytes]:
+    """Add (or confirm) a site's verify key - and, with ``node_key``, its Flower node key - in a registry
+    file, written atomically. A site's recorded keys are never replaced by other ones."""
     from .runstore import atomic_write_bytes
 
     path = Path(path)
-    registry = load_registry(path) if path.exists() else {}
-    known = registry.get(identity.site)
-    if known is not None and known != identity.verify_key:
+    registry = _read_registry(path) if path.exists() else {}
+    known_verify, known_node = registry.get(identity.site, (None, None))
+    if known_verify is not None and known_verify != identity.verify_key:
         raise IdentityError(f"registry {path} already holds another key for {identity.site!r}")
-    registry[identity.site] = identity.verify_key
-    text = json.dumps({site: key.hex() for site, key in sorted(registry.items())}, indent=2) + "\n"
-    atomic_write_bytes(path, text.encode())
-    return registry
+    if node_key is not None:
+        node_key = node_key.strip()
+        try:
+            parse_node_public_key(node_key)
+        except NodeKeyError as exc:
+            raise IdentityError(f"node key of {identity.site!r}: {exc}") from None
+        if known_node is not None and _node_key_identity(known_node) != _node_key_identity(node_key):
+            raise IdentityError(f"registry {path} already holds another node key for {identity.site!r}")
+        mine = _node_key_identity(node_key)
+        for site, (_, other) in registry.items():
+            if site != identity.site and other is not None and _node_key_identity(other) == mine:
+                raise IdentityError(f"registry {path}: site {site!r} already has this node key")
+    registry[identity.site] = (identity.verify_key, node_key if node_key is not None else known_node)
+    entries = {site: key.hex() if node is None else {"verify_key": key.hex(), "node_key": node}
+               for site, (key, node) in sorted(registry.items())}
+    atomic_write_bytes(path, (json.dumps(entries, indent=2) + "\n").encode())
+    return {site: key for site, (key, _) in registry.items()}
+
+
+def add_node_key(directory, site: str, registry=None) -> NodeKey:
+    """Give an existing site identity (``DIRECTORY/SITE.ed25519``) its Flower node key, and with ``registry``
+    record it there next to the site's verify key, which must be that identity's."""
+    site = _check_site_name(site)
+    signing_key = Path(directory) / f"{site}.ed25519"
+    pair = load_signing_key(signing_key)  # the node key is bound to this identity: it must exist
+    if registry is not None and load_registry(registry).get(site) != pair.verify_key:
+        raise IdentityError(f"registry {registry} does not hold {signing_key}'s verify key for {site!r}: add the "
+                            "site with `secagg keys new` first")
+    node_key = write_site_node_key(directory, site)
+    if registry is not None:
+        add_to_registry(registry, SiteIdentity(site, signing_key, pair.verify_key), node_key.public_key)
+    return node_key
+
+
+def write_site_node_key(directory, site: str) -> NodeKey:
+    """Generate a site's Flower node key into ``DIRECTORY/SITE.flower-auth`` (0600) and ``.pub`` beside its
+    identity (:func:`simulation.node_keys.write_node_key`); never overwritten."""
+    site = _check_site_name(site)
+    directory = Path(directory)
+    if not directory.exists():
+        private_dir(directory)  # a new key directory is owner-only (0700) whatever the umask
+    try:
+        return write_node_key(directory, site)
+    except NodeKeyError as exc:
+        raise IdentityError(str(exc)) from None
 
 
 def check_session_keys(verify_keys: Mapping[int, bytes], sites: Mapping[int, str],

@@ -140,6 +140,14 @@ class Corpus:
         }[kind]
         return self.text(f"registry-{kind}.json", content)
 
+    def identity_dir(self, site: str) -> str:
+        """A directory holding a real identity of ``site`` (and no node key yet)."""
+        def make(path: Path) -> None:
+            from simulation.identity import write_identity
+
+            write_identity(path, site)
+        return self._once(f"identity-{site}", make)
+
     def keys_dir_with(self, site: str) -> str:
         def make(path: Path) -> None:
             path.mkdir()
@@ -294,6 +302,19 @@ CASES: list[Case] = [
     Case("keys-registry-directory", "keys new",
          lambda c: ["keys", "new", "--site", "site-7", "--out", str(c.root / "keys-dir"), "--registry",
                     c.directory()], 2),
+    # keys node-auth / register-nodes (Flower node keys)
+    Case("keys-node-auth-bad-site-name", "keys node-auth",
+         lambda c: ["keys", "node-auth", "--site", "../etc", "--out", c.missing()], 2, "site name"),
+    Case("keys-node-auth-no-identity", "keys node-auth",
+         lambda c: ["keys", "node-auth", "--site", "site-1", "--out", c.missing()], 2, "does not exist"),
+    Case("keys-node-auth-registry-garbage", "keys node-auth",
+         lambda c: ["keys", "node-auth", "--site", "site-1", "--out", c.identity_dir("site-1"), "--registry",
+                    c.registry("garbage")], 2, "registry"),
+    *[Case(f"keys-register-nodes-{kind}", "keys register-nodes",
+           lambda c, kind=kind: ["keys", "register-nodes", "--registry", c.registry(kind)], 2, "registry")
+      for kind in ("garbage", "duplicate-key", "empty")],
+    Case("keys-register-nodes-missing-registry", "keys register-nodes",
+         lambda c: ["keys", "register-nodes", "--registry", c.missing()], 2, "does not exist"),
     # ledger show / verify
     # a damaged ledger: bad input to `show` (2), a failed verification for `verify` (1, as documented there)
     *[Case(f"ledger-{sub}-{kind}", f"ledger {sub}", lambda c, sub=sub, kind=kind: ["ledger", sub, c.run_dir(kind)],

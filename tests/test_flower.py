@@ -11,7 +11,10 @@ dropped. Checked: the coordinator's run directory (metrics, ledger, checkpoint, 
 each node's own ledger, and the global model against the in-process engine run on the
 same inputs with the same dropout (and against the FedAvg computed in numpy), up to the
 fixed-point rounding. A third run trains with DP-SGD on real NIfTI data at the nodes,
-with one node whose own budget is too small: it refuses the round and spends nothing.
+with one node whose own budget is too small: it refuses the round and spends nothing. A
+fourth (one round, two sites) runs a SuperLink with Flower's SuperNode authentication and the
+registry's node keys: a stranger's node is refused by the SuperLink, and a node admitted under
+another site's key cannot register as site-2.
 
 Skipped when flwr (``pip install 'secagg[flower]'``) or its command-line tools are absent.
 Every wait is bounded; ports are picked free at run time, from a block of its own for each
@@ -124,6 +127,7 @@ class _Federation:
                                  "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
         self.procs: list[subprocess.Popen] = []
         self.port = None
+        self.output = ""
 
     def superlink(self, *extra: str) -> None:
         """A SuperLink serving its Fleet, Control and runtime APIs over TLS on one loopback port."""
@@ -136,14 +140,15 @@ class _Federation:
                     "--disable-runtime-dependency-installation", "--port", str(self.port), *extra], "superlink.log")
         _wait_port(self.port, 200)
 
-    def supernode(self, index: int, node_config: str) -> None:
-        self.start([_tool("flower-supernode"), "--root-certificates", str(self.certs.ca_cert),
-                    "--superlink", f"127.0.0.1:{self.port}", "--port", str(_free_port()),
-                    "--node-config", f"partition-id={index} {node_config}"], f"supernode-{index}.log")
+    def supernode(self, index: int, node_config: str, *extra: str) -> subprocess.Popen:
+        return self.start([_tool("flower-supernode"), "--root-certificates", str(self.certs.ca_cert),
+                           "--superlink", f"127.0.0.1:{self.port}", "--port", str(_free_port()),
+                           "--node-config", f"partition-id={index} {node_config}", *extra], f"supernode-{index}.log")
 
-    def start(self, args, log: str) -> None:
+    def start(self, args, log: str) -> subprocess.Popen:
         self.procs.append(subprocess.Popen(args, stdout=open(self.tmp_path / log, "w"), stderr=subprocess.STDOUT,
                                            env=self.env, cwd=self.tmp_path, start_new_session=True))
+        return self.procs[-1]
 
     def run(self, run_dir: Path, *options: str, **config) -> dict:
         """``flwr run`` the app; returns the coordinator's summary.json."""
@@ -155,6 +160,7 @@ class _Federation:
                                  timeout=480)
         except subprocess.TimeoutExpired as exc:
             pytest.fail(f"flwr run did not finish in 480 s:\n{exc.stdout}\n{self.logs()}")
+        self.output = run.stdout + run.stderr  # the ServerApp's log lines (--stream)
         summary = run_dir / "summary.json"
         assert summary.exists(), (f"the ServerApp wrote no summary (rc {run.returncode}):\n{run.stdout}\n"
                                   f"{run.stderr}\n{self.logs()}")
@@ -348,3 +354,48 @@ def test_dp_sgd_on_nifti_data_at_the_nodes_and_a_node_enforces_its_own_budget(fe
     finally:
         own.close()
     assert (run_dir / "checkpoints" / "global.pt").exists()
+
+
+def test_node_authentication_admits_only_the_registry_nodes_each_as_its_own_site(federation, tmp_path, monkeypatch):
+    """Issues 18 and 21: a SuperLink with ``--enable-supernode-auth`` admits exactly the registry's node keys
+    (``secagg keys register-nodes``). A stranger - a Flower key of its own, site-2's name and even site-2's
+    signing key - is refused by the SuperLink and never becomes a node; a node that the SuperLink does admit
+    (site-3's registered key) but that claims site-2 with site-2's signing key is left out by the coordinator,
+    because its Flower key is not site-2's. The registered sites' run completes."""
+    from dp import verify_ledger
+    from simulation.cli import main as secagg
+    from simulation.identity import load_registry
+    from simulation.node_keys import write_node_key
+
+    registry, keys = tmp_path / "registry.json", tmp_path / "keys"
+    for site in SITES:  # each site's Ed25519 identity and Flower node key, both in the registry
+        assert secagg(["keys", "new", "--site", site, "--out", str(keys / site), "--registry", str(registry)]) == 0
+    stranger_key = write_node_key(tmp_path, "stranger").private_key_path  # never registered
+    federation.superlink("--enable-supernode-auth")
+    monkeypatch.setenv("FLWR_HOME", str(federation.home))
+    assert secagg(["keys", "register-nodes", "--registry", str(registry), "--superlink", "loop"]) == 0
+
+    def node(index, state, site, key_of, signing_of):
+        return federation.supernode(index, f'site="{site}" state-dir="{tmp_path / state}" epsilon-budget=8.0 '
+                                           f'signing-key="{keys / signing_of / (signing_of + ".ed25519")}"',
+                                    "--auth-supernode-private-key", str(key_of))
+
+    for i, site in enumerate(("site-1", "site-2")):
+        node(i, f"node-{site}", site, keys / site / f"{site}.flower-auth", site)
+    impostor = node(2, "impostor", "site-2", keys / "site-3" / "site-3.flower-auth", "site-2")
+    stranger = node(3, "stranger", "site-2", stranger_key, "site-2")
+    run_dir = tmp_path / "run"
+    summary = federation.run(run_dir, update="synthetic", rounds=1, **{"num-sites": 2, "node-auth": True},
+                             registry=str(registry))
+    assert summary["rounds_completed"] == 1, federation.output[-3000:]
+    assert summary["deployment"]["node_authentication"] == {"required": True, "sites_checked": ["site-1", "site-2"],
+                                                           "sites_unchecked": []}
+    assert "but its Flower node key is not the one the registry holds for that site" in federation.output
+    # The spends are the real sites' own: each signed one in its own ledger; the impostor joined no session.
+    for site in ("site-1", "site-2"):
+        own = verify_ledger(tmp_path / f"node-{site}" / "ledger", registry=load_registry(registry))
+        assert own.ok and own.signatures_checked == 1, own
+    assert not (tmp_path / "impostor" / "ledger").exists() and impostor.poll() is None
+    # The SuperLink refused the stranger's node outright: its SuperNode could not activate and exited.
+    assert stranger.wait(timeout=60) != 0
+    assert "Failed to activate SuperNode" in (tmp_path / "supernode-3.log").read_text()

@@ -305,6 +305,89 @@ def test_with_a_registry_a_stranger_and_an_impostor_are_left_out_and_the_registe
     assert "node 104 left out: its site 'site-9' is not in the registry" in out
     for outsider in ("impostor", "stranger"):  # they joined no session
         assert not (tmp_path / outsider / "sessions.journal").exists()
+    # No node keys in the registry and no node-auth: the summary and the DPIA say node authentication was off.
+    assert summary["deployment"]["node_authentication"] == {"required": False, "sites_checked": [],
+                                                           "sites_unchecked": list(SITES)}
+    from simulation.dpia import write_dpia
+
+    path, _ = write_dpia(tmp_path / "run", fmt="md", out=tmp_path / "dpia.md")
+    assert "Node authentication: OFF in the run configuration (node-auth = false" in path.read_text()
     # Without a registry names are taken as given: the same fleet cannot run.
     with pytest.raises(ValueError, match="two nodes claim site 'site-2'"):
         _federate(InMemoryGrid(client_app.app, nodes, DEFAULTS | RUN), tmp_path / "run2", rounds=1)
+
+
+class _AuthenticatedGrid(InMemoryGrid):
+    """Reports, like flwr 1.42's SuperLink through ``Grid.get_nodes()``, the public key each node was
+    authenticated under (``NodeInfo.public_key``, the PEM bytes the SuperLink keeps)."""
+
+    def __init__(self, *args, flower_keys: dict[int, bytes]) -> None:
+        super().__init__(*args)
+        self.flower_keys = flower_keys
+
+    def get_nodes(self):
+        from flwr.proto.node_pb2 import NodeInfo
+
+        return [NodeInfo(node_id=node, public_key=self.flower_keys.get(node, b"")) for node in self.get_node_ids()]
+
+
+def test_a_node_registers_only_as_the_site_whose_flower_node_key_it_was_authenticated_under(tmp_path, capsys):
+    """Issue 21 "a site's name can be taken over": a node that holds site-2's signing key (stolen) but was
+    authenticated by the SuperLink under another node key is left out; the registered sites run, and the
+    summary and the DPIA state node authentication as the run configured it."""
+    from flwr.cli.supernode.register import try_load_public_key
+
+    from simulation.dpia import write_dpia
+    from simulation.identity import add_to_registry, write_identity, write_site_node_key
+
+    registry, partial = tmp_path / "registry.json", tmp_path / "partial.json"
+    nodes, flower_keys = _nodes(tmp_path), {}
+    for node, site in zip(sorted(nodes), SITES):
+        identity = write_identity(tmp_path / "keys", site)
+        nodes[node]["signing-key"] = str(identity.signing_key_path)
+        key = write_site_node_key(tmp_path / "keys", site)
+        add_to_registry(registry, identity, key.public_key)
+        add_to_registry(partial, identity, key.public_key if site != "site-3" else None)
+        flower_keys[node] = try_load_public_key(key.public_key_path)  # what the SuperLink keeps for the node
+    nodes[103] = {"partition-id": 3, "site": "site-2", "signing-key": str(tmp_path / "keys" / "site-2.ed25519"),
+                  "epsilon-budget": 8.0, "drop-sleep": 0.0}
+    flower_keys[103] = try_load_public_key(write_site_node_key(tmp_path / "impostor-key", "site-2").public_key_path)
+
+    def federate(run, registry_file, **config):  # each run on fresh node state: a node's ledger spans runs
+        fresh = {node: dict(c, **{"state-dir": str(tmp_path / run / "nodes" / str(node))}) for node, c in nodes.items()}
+        grid = _AuthenticatedGrid(client_app.app, fresh, DEFAULTS | RUN, flower_keys=flower_keys)
+        return _federate(grid, tmp_path / run / "coordinator", rounds=1, registry=str(registry_file), **config)
+
+    summary = federate("run", registry, **{"node-auth": True})
+    assert summary["rounds_completed"] == 1 and _metrics(tmp_path / "run" / "coordinator")[0]["included"] == list(SITES)
+    out = capsys.readouterr().out
+    assert ("node 103 left out: it claims site 'site-2' but its Flower node key is not the one the registry holds "
+            "for that site") in out
+    assert not (tmp_path / "run" / "nodes" / "103" / "ledger").exists()  # it joined no session
+    assert summary["deployment"]["node_authentication"] == {"required": True, "sites_checked": list(SITES),
+                                                           "sites_unchecked": []}
+    path, _ = write_dpia(tmp_path / "run" / "coordinator", fmt="md", out=tmp_path / "dpia.md")
+    assert "Node authentication: ON, required by the run configuration (node-auth = true)" in path.read_text()
+
+    # node-auth = true and a site without a node key in the registry: that site's node cannot register.
+    with pytest.raises(RuntimeError, match=r"2 of 3 sites registered"):
+        federate("run-required", partial, **{"node-auth": True, "node-wait": 1.0})
+    assert "it claims site 'site-3' but the registry holds no Flower node key for it" in capsys.readouterr().out
+    # Without node-auth the registry's node keys are still checked, and the DPIA says which were not.
+    summary = federate("run-partial", partial)
+    assert summary["rounds_completed"] == 1
+    assert summary["deployment"]["node_authentication"] == {"required": False, "sites_checked": ["site-1", "site-2"],
+                                                           "sites_unchecked": ["site-3"]}
+    path, _ = write_dpia(tmp_path / "run-partial" / "coordinator", fmt="md", out=tmp_path / "dpia-partial.md")
+    assert "Node authentication: partial, not required by the run configuration" in path.read_text()
+
+
+def test_node_auth_needs_a_registry_and_signed_registration(tmp_path):
+    from simulation.config import ConfigError
+    from simulation.flower.server_app import flower_config
+
+    base = DEFAULTS | RUN | {"out": str(tmp_path / "run"), "node-auth": True}
+    with pytest.raises(ConfigError, match="node-auth"):
+        flower_config(base)
+    with pytest.raises(ConfigError, match="node-auth"):
+        flower_config(base | {"registry": str(tmp_path / "registry.json"), "registration": "names"})

@@ -22,7 +22,14 @@ Run configuration (``[tool.flwr.app.config]`` of ``app/pyproject.toml``, or
   With it, only nodes that sign a fresh challenge with their site's registered key register
   (``_register``): a stranger or a node naming another site is left out, not fatal;
   ``registration = "names"`` takes the nodes' names as given instead (the coordinator's own
-  choice: the nodes' checks in active mode do not depend on it);
+  choice: the nodes' checks in active mode do not depend on it). Where the registry records a
+  site's Flower node key (``secagg keys new``), signed registration also requires the node's
+  Flower identity to be that key: the ServerApp reads, through ``Grid.get_nodes()``, the public key
+  the SuperLink authenticated each node under (flwr 1.42's ``NodeInfo.public_key``) and leaves out a
+  node whose key is not its claimed site's (:class:`NodeKeyBinding`); ``node-auth`` (default false)
+  requires a node key for every site. The SuperLink must run ``--enable-supernode-auth`` with
+  exactly the registry's keys (``secagg keys register-nodes``) for that key to be proven;
+  without it a SuperNode can claim any public key;
 * protocol: ``mode`` (``secagg`` or ``secagg+``), ``active`` (signed keys and the
   ConsistencyCheck round; every node checks the session against its own copy of the
   registry), ``threshold`` (0: the smallest safe t), ``update-clip``, ``dropout`` (expected per-stage dropout rate: the
@@ -73,6 +80,7 @@ app = ServerApp()
 DEFAULTS = {
     "num-sites": 3, "node-wait": 120.0, "stage-timeout": 60.0, "out": "", "resume": False,
     "mode": "secagg", "active": False, "registry": "", "registration": "signed",
+    "node-auth": False,
     "threshold": 0, "update-clip": 1.0, "dropout": 0.0, "corrupt-fraction": 0.0,
     "epsilon": 8.0, "delta": 1e-5, "secure-rng": True, "distributed-dp": "", "ddp-epsilon": 10.0,
     "ddp-clip": 1.0, "ddp-colluding": 0, "ddp-bits": 0, "budget-policy": "sit-out", "on-abort": "continue",
@@ -120,6 +128,9 @@ def flower_config(cfg: dict) -> SimulationConfig:
         raise ConfigError("set out=\"/path/to/run-dir\": the coordinator's run directory (ledger, checkpoints)")
     if config.active and not str(cfg["registry"]):
         raise ConfigError("active mode needs registry=\"FILE\": the consortium's verify keys (secagg keys new)")
+    if bool(cfg["node-auth"]) and (not str(cfg["registry"]) or str(cfg["registration"]) != "signed"):
+        raise ConfigError("node-auth = true needs registry=\"FILE\" with the sites' node keys and "
+                          "registration = \"signed\": the coordinator binds each node's Flower key to its site there")
     return config
 
 
@@ -135,13 +146,16 @@ def _wait_for_nodes(grid: Grid, count: int, timeout: float) -> list[int]:
 
 
 def _register(grid: Grid, nodes: list[int], timeout: float,
-              registry: dict[str, bytes] | None = None) -> dict[str, int]:
+              registry: dict[str, bytes] | None = None, binding: NodeKeyBinding | None = None) -> dict[str, int]:
     """Ask each node for its site's name: site -> Flower node id.
 
     With a ``registry``, each node must also sign a fresh challenge with the key registered for the
     site it names (:func:`.transport.hello_payload`): a node whose site is not in the registry, or
     that cannot sign for the site it claims, is left out (logged) and never aborts the registered
     sites' run. Without one, names are taken as given, and two nodes naming one site is an error.
+    With a ``binding`` (the registry's Flower node keys), a node is also left out unless the public
+    key the SuperLink authenticated it under (``Grid.get_nodes``) is the one the registry holds for
+    the site it claims (:meth:`NodeKeyBinding.refusal`).
     """
     import secrets
 
@@ -151,6 +165,7 @@ def _register(grid: Grid, nodes: list[int], timeout: float,
     content = RecordDict() if registry is None else RecordDict({"challenge": ConfigRecord({"nonce": challenge})})
     messages = [Message(content, dst_node_id=node, message_type=HELLO, group_id="hello", ttl=timeout + 60)
                 for node in nodes]
+    flower_keys = {} if binding is None else {int(info.node_id): bytes(info.public_key) for info in grid.get_nodes()}
     node_of: dict[str, int] = {}
     for reply in grid.send_and_receive(messages, timeout=timeout):
         node = reply.metadata.src_node_id
@@ -168,17 +183,49 @@ def _register(grid: Grid, nodes: list[int], timeout: float,
             except (secagg.ProtocolError, TypeError):
                 _log(f"node {node} left out: it claims site {site!r} but cannot sign with that site's key")
                 continue
+        if binding is not None:
+            refusal = binding.refusal(site, flower_keys.get(node, b""))
+            if refusal:
+                _log(f"node {node} left out: it claims site {site!r} but {refusal}")
+                continue
         if site in node_of:
             raise ValueError(f"two nodes claim site {site!r}; give each node its own site name")
         node_of[site] = node
     return node_of
 
 
-def _register_sites(grid: Grid, count: int, timeout: float, registry: dict[str, bytes] | None) -> dict[str, int]:
+class NodeKeyBinding:
+    """The registry's Flower node keys (:func:`simulation.identity.load_node_keys`): a node registers as
+    site S only if the SuperLink authenticated it under S's node key.
+
+    ``required`` (run config ``node-auth = true``): a site with no node key in the registry is refused
+    too. Without it, only sites whose registry entry names a node key are checked.
+    """
+
+    def __init__(self, node_keys: dict[str, str], required: bool) -> None:
+        self.node_keys = dict(node_keys)
+        self.required = required
+
+    def refusal(self, site: str, flower_key: bytes) -> str:
+        """Why a node that the SuperLink knows under ``flower_key`` cannot be ``site`` ("" if it can)."""
+        from ..node_keys import same_node_key
+
+        expected = self.node_keys.get(site)
+        if expected is None:
+            return "the registry holds no Flower node key for it (node-auth = true)" if self.required else ""
+        if not flower_key:
+            return "the SuperLink reports no authenticated Flower key for that node"
+        if not same_node_key(expected, flower_key):
+            return "its Flower node key is not the one the registry holds for that site"
+        return ""
+
+
+def _register_sites(grid: Grid, count: int, timeout: float, registry: dict[str, bytes] | None,
+                    binding: NodeKeyBinding | None = None) -> dict[str, int]:
     """Wait for ``count`` nodes and register them; with a registry, until ``count`` registered sites are in
     (nodes left out do not count, each node is asked once) or ``timeout`` passes."""
     nodes = _wait_for_nodes(grid, count, timeout)
-    node_of = _register(grid, nodes, timeout, registry)
+    node_of = _register(grid, nodes, timeout, registry, binding)
     if registry is None:
         return node_of
     asked, deadline = set(nodes), time.monotonic() + timeout
@@ -186,7 +233,7 @@ def _register_sites(grid: Grid, count: int, timeout: float, registry: dict[str, 
         time.sleep(0.5)
         new = sorted(set(grid.get_node_ids()) - asked)
         asked |= set(new)
-        for site, node in _register(grid, new, timeout, registry).items() if new else ():
+        for site, node in _register(grid, new, timeout, registry, binding).items() if new else ():
             if site in node_of:
                 raise ValueError(f"two nodes sign for site {site!r}: one key is on two nodes")
             node_of[site] = node
@@ -203,15 +250,17 @@ def run_federation(grid: Grid, cfg: dict) -> dict:
     from ..simulate import open_run, privacy_summary, public_site_facts
 
     config = flower_config(cfg)
-    consortium = None
+    consortium, binding = None, None
     if str(cfg["registry"]):
-        from ..identity import load_registry
+        from ..identity import load_node_keys, load_registry
 
         consortium = load_registry(str(cfg["registry"]))
+        if str(cfg["registration"]) == "signed":
+            binding = NodeKeyBinding(load_node_keys(str(cfg["registry"])), bool(cfg["node-auth"]))
     if str(cfg["registration"]) not in ("signed", "names"):
         raise ConfigError(f"registration must be 'signed' or 'names'; got {cfg['registration']!r}")
     node_of = _register_sites(grid, config.sites, float(cfg["node-wait"]),
-                              consortium if str(cfg["registration"]) == "signed" else None)
+                              consortium if str(cfg["registration"]) == "signed" else None, binding)
     if len(node_of) != config.sites:
         raise RuntimeError(f"{len(node_of)} of {config.sites} sites registered: {sorted(node_of)}")
     names = sorted(node_of)
@@ -282,6 +331,7 @@ def run_federation(grid: Grid, cfg: dict) -> dict:
                                      else "; not checked by the coordinator (no registry)")),
             "identities": "each site's Ed25519 key, checked against every node's own registry" if config.active
             else "none (passive mode)",
+            "node_authentication": _node_authentication_fact(binding, names),
         },
         "update": str(cfg["update"]),
     }
@@ -289,6 +339,15 @@ def run_federation(grid: Grid, cfg: dict) -> dict:
     _log(f"done: {summary['rounds_completed']}/{config.rounds} rounds completed; ledger verified: "
          f"{verification.ok}; run directory {run.store.root}")
     return summary
+
+
+def _node_authentication_fact(binding: NodeKeyBinding | None, names: list[str]) -> dict:
+    """What the run's configuration says about node authentication, for the summary and the DPIA: whether
+    ``node-auth`` required it, and which registered sites' Flower node keys were checked at registration.
+    Whether the SuperLink ran with ``--enable-supernode-auth`` is not visible to the coordinator."""
+    checked = [] if binding is None else sorted(site for site in names if site in binding.node_keys)
+    return {"required": bool(binding is not None and binding.required), "sites_checked": checked,
+            "sites_unchecked": sorted(set(names) - set(checked))}
 
 
 @app.main()

@@ -14,9 +14,14 @@ root, no ``--insecure``) and keep other local users from reading it, but they
 authenticate nothing beyond "the process that holds ``server.key`` on this host": the key
 file is protected only by its 0600 mode. They are *not* a deployment PKI. Between the
 coordinator and the hospitals, the SuperLink's certificate comes from the hospitals'
-PKI (with the SuperLink's real DNS name and an operated CA, revocation and rotation),
-and SuperNodes are additionally authenticated with ``--enable-supernode-auth``; never
-ship these files or copy this CA into a trust store.
+PKI (with the SuperLink's real DNS name and an operated CA, revocation and rotation).
+TLS authenticates only the SuperLink: the SuperNodes authenticate with their own keys
+(``flower-superlink --enable-supernode-auth``, which flwr allows only over TLS, and
+``flower-supernode --auth-supernode-private-key``), made beside each site's identity by
+``secagg keys new`` and registered from the consortium's registry by ``secagg keys
+register-nodes`` (:mod:`simulation.node_keys`; the app README's "Node authentication" section
+and ``tests/test_flower.py`` run it over these loopback certificates). Never ship these
+files or copy this CA into a trust store.
 
 **What Flower (checked against flwr 1.42) does with each file.** In flwr 1.42 the
 SuperLink serves its Fleet, Control and Runtime (ServerAppIo) APIs over HTTPS on one
