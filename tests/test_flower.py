@@ -356,7 +356,8 @@ def test_dp_sgd_on_nifti_data_at_the_nodes_and_a_node_enforces_its_own_budget(fe
     assert (run_dir / "checkpoints" / "global.pt").exists()
 
 
-def test_node_authentication_admits_only_the_registry_nodes_each_as_its_own_site(federation, tmp_path, monkeypatch):
+def test_node_authentication_admits_only_the_registry_nodes_each_as_its_own_site(federation, tmp_path, monkeypatch,
+                                                                                   capsys):
     """Issues 18 and 21: a SuperLink with ``--enable-supernode-auth`` admits exactly the registry's node keys
     (``secagg keys register-nodes``). A stranger - a Flower key of its own, site-2's name and even site-2's
     signing key - is refused by the SuperLink and never becomes a node; a node that the SuperLink does admit
@@ -399,3 +400,13 @@ def test_node_authentication_admits_only_the_registry_nodes_each_as_its_own_site
     # The SuperLink refused the stranger's node outright: its SuperNode could not activate and exited.
     assert stranger.wait(timeout=60) != 0
     assert "Failed to activate SuperNode" in (tmp_path / "supernode-3.log").read_text()
+    # register-nodes can run again; against a registry that no longer names site-3 it fails (exit 1) and
+    # names the node the SuperLink still admits, removing nothing.
+    assert secagg(["keys", "register-nodes", "--registry", str(registry), "--superlink", "loop"]) == 0
+    smaller = json.loads(registry.read_text())
+    del smaller["site-3"]
+    (tmp_path / "smaller.json").write_text(json.dumps(smaller))
+    capsys.readouterr()
+    assert secagg(["keys", "register-nodes", "--registry", str(tmp_path / "smaller.json"), "--superlink", "loop"]) == 1
+    assert "the SuperLink admits 1 node(s) whose key the registry does not name" in capsys.readouterr().err
+    assert secagg(["keys", "register-nodes", "--registry", str(registry), "--superlink", "loop"]) == 0

@@ -136,3 +136,25 @@ def test_register_nodes_needs_node_keys_in_the_registry(tmp_path, capsys):
     add_to_registry(registry, write_identity(tmp_path, "site-1"))
     assert main(["keys", "register-nodes", "--registry", str(registry)]) == 2
     assert "names no node keys" in capsys.readouterr().err
+
+
+def test_register_nodes_names_an_unknown_connection_and_an_unreachable_superlink(tmp_path, capsys, monkeypatch):
+    pytest.importorskip("flwr")
+    import socket
+
+    registry, out = tmp_path / "registry.json", tmp_path / "keys"
+    assert main(["keys", "new", "--site", "site-1", "--out", str(out), "--registry", str(registry)]) == 0
+    with socket.socket() as s:  # a loopback port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    home = tmp_path / "flwr-home"
+    home.mkdir()
+    (home / "config.toml").write_text(f'[superlink]\ndefault = "loop"\n\n[superlink.loop]\n'
+                                      f'address = "127.0.0.1:{port}"\ninsecure = true\n')
+    monkeypatch.setenv("FLWR_HOME", str(home))
+    capsys.readouterr()
+    assert main(["keys", "register-nodes", "--registry", str(registry), "--superlink", "nope"]) == 2
+    assert "'nope' not found" in capsys.readouterr().err
+    assert main(["keys", "register-nodes", "--registry", str(registry)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "FAILED" in err and "unavailable" in err and len(err.splitlines()) == 1

@@ -91,7 +91,7 @@ def register_node_keys(node_keys: Mapping[str, str], superlink: str | None = Non
             raise NodeRegistrationError(f"the SuperLink does not list the node keys of {missing} after registering "
                                         "them")
     except click.ClickException as exc:
-        raise NodeRegistrationError(f"the SuperLink refused: {exc.format_message()}") from None
+        raise NodeRegistrationError(f"the SuperLink's Control API: {exc.format_message()}") from None
     finally:
         client.close()
     return {site_of[key]: node for key, node in known.items()}
