@@ -285,8 +285,8 @@ def _node_authentication_text(fact) -> str:
     if not isinstance(fact, dict):
         return "not recorded for this run"
     checked, unchecked = list(fact.get("sites_checked") or []), list(fact.get("sites_unchecked") or [])
-    unseen = ("; whether the SuperLink itself ran with --enable-supernode-auth (which makes that key proven) "
-              "is not recorded by the coordinator")
+    unseen = ("; whether the SuperLink itself ran with --enable-supernode-auth (which keeps nodes with "
+              "unregistered keys out altogether) is not recorded by the coordinator")
     if fact.get("required"):
         return ("ON, required by the run configuration (node-auth = true): every registered site's node had "
                 "to be known to the SuperLink under the Flower node key the consortium's registry binds to that "
@@ -295,8 +295,8 @@ def _node_authentication_text(fact) -> str:
         return ("partial, not required by the run configuration (node-auth = false): the Flower node keys of "
                 f"{', '.join(checked)} were checked against the registry; "
                 + (f"those of {', '.join(unchecked)} were not" if unchecked else "every site had one") + unseen)
-    return ("OFF in the run configuration (node-auth = false, and the registry records no node keys): the "
-            "coordinator did not check which Flower node a site's name came from" + unseen)
+    return ("OFF in the run configuration (node-auth = false, and no site's Flower node key was checked at "
+            "registration): the coordinator did not check which Flower node a site's name came from" + unseen)
 
 
 def _mode_text(mode: str, active: bool) -> str:

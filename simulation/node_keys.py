@@ -20,8 +20,10 @@ node under S's registered node key (:func:`same_node_key`, used by the Flower Se
 **Threat model.** The node key proves "this SuperNode holds S's node key" to the SuperLink and,
 through the SuperLink's node list, to the coordinator. It is only as private as its file (mode
 0600, unencrypted: flwr cannot read an encrypted one); it does not protect against the site's own
-machine being taken over, and it authenticates nothing unless the SuperLink enforces it
-(``--enable-supernode-auth``): without that flag a SuperNode can claim any public key.
+machine being taken over. Without ``--enable-supernode-auth`` the SuperLink also admits any
+SuperNode that registers a key of its own (flwr 1.42's Fleet API checks, as read in its source,
+only that a node holds the key it presents), so strangers become nodes; the coordinator's binding
+still refuses them a registered site's name, but only the SuperLink flag keeps them out.
 """
 
 from __future__ import annotations

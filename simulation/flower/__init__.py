@@ -19,6 +19,9 @@ coordinator's ledger in its own state (:mod:`.ledger_link`). In active mode each
 signs with its own Ed25519 key and accepts a session only if every verify key
 in it matches its own copy of the consortium's registry
 (:mod:`simulation.identity`), so the coordinator cannot substitute identities.
+With Flower's SuperNode authentication, each node's Flower key is made beside its site identity
+and recorded in the registry (:mod:`simulation.node_keys`); the coordinator registers a node only
+as the site whose key the SuperLink authenticated it under (run config ``node-auth``).
 Tested (``tests/test_flower.py``) on Flower's deployment engine - a SuperLink
 and three SuperNodes on loopback over TLS, with certificates from :mod:`.tls`,
 in active mode - and on its simulation engine (Ray).

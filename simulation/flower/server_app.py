@@ -27,9 +27,9 @@ Run configuration (``[tool.flwr.app.config]`` of ``app/pyproject.toml``, or
   Flower identity to be that key: the ServerApp reads, through ``Grid.get_nodes()``, the public key
   the SuperLink authenticated each node under (flwr 1.42's ``NodeInfo.public_key``) and leaves out a
   node whose key is not its claimed site's (:class:`NodeKeyBinding`); ``node-auth`` (default false)
-  requires a node key for every site. The SuperLink must run ``--enable-supernode-auth`` with
-  exactly the registry's keys (``secagg keys register-nodes``) for that key to be proven;
-  without it a SuperNode can claim any public key;
+  requires a node key for every site. Run the SuperLink with ``--enable-supernode-auth`` and
+  exactly the registry's keys (``secagg keys register-nodes``) so that a stranger does not
+  become a node at all (this binding only refuses it a registered site's name);
 * protocol: ``mode`` (``secagg`` or ``secagg+``), ``active`` (signed keys and the
   ConsistencyCheck round; every node checks the session against its own copy of the
   registry), ``threshold`` (0: the smallest safe t), ``update-clip``, ``dropout`` (expected per-stage dropout rate: the
@@ -55,6 +55,8 @@ Run configuration (``[tool.flwr.app.config]`` of ``app/pyproject.toml``, or
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
+from typing import Mapping
 
 from . import require_flwr
 
@@ -194,6 +196,7 @@ def _register(grid: Grid, nodes: list[int], timeout: float,
     return node_of
 
 
+@dataclass(frozen=True)
 class NodeKeyBinding:
     """The registry's Flower node keys (:func:`simulation.identity.load_node_keys`): a node registers as
     site S only if the SuperLink authenticated it under S's node key.
@@ -202,9 +205,8 @@ class NodeKeyBinding:
     too. Without it, only sites whose registry entry names a node key are checked.
     """
 
-    def __init__(self, node_keys: dict[str, str], required: bool) -> None:
-        self.node_keys = dict(node_keys)
-        self.required = required
+    node_keys: Mapping[str, str]  # site -> OpenSSH public-key line
+    required: bool
 
     def refusal(self, site: str, flower_key: bytes) -> str:
         """Why a node that the SuperLink knows under ``flower_key`` cannot be ``site`` ("" if it can)."""
