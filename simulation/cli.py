@@ -1043,12 +1043,13 @@ def build_parser() -> argparse.ArgumentParser:
     prepare.add_argument("--json", action="store_true", help="print one JSON object")
     prepare.set_defaults(func=_cmd_data_prepare)
 
-    keys = sub.add_parser("keys", help="site identities for active mode across machines", formatter_class=_Formatter,
+    keys = sub.add_parser("keys", help="site identities and Flower node keys, and their registry",
+                          formatter_class=_Formatter,
                           epilog="Example:\n  secagg keys new --site site-1 --out /var/secagg/keys --registry registry.json")
     keys_sub = keys.add_subparsers(dest="keys_command", required=True, parser_class=_Parser)
     new_key = keys_sub.add_parser(
         "new", formatter_class=_Formatter,
-        help="generate a site's Ed25519 identity (and register its verify key)",
+        help="generate a site's Ed25519 identity and Flower node key (and register both)",
         description=(
             "Writes OUT/SITE.ed25519 (the signing key, mode 0600; never overwritten) and prints the verify key,\n"
             "and the node's Flower authentication key: OUT/SITE.flower-auth (mode 0600; the SuperNode's\n"
