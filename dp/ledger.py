@@ -780,6 +780,11 @@ def verify_ledger(run_dir, *, registry: Mapping[str, bytes] | None = None, ancho
                          f"run {record.run_id!r}, not {run_id!r}", record.site,
                          place=f"the release record of site {record.site!r}")
         for round_index in record.charged_rounds():
+            if (record.site, round_index) not in charged and record.rounds[round_index] == "survivor":
+                # The site passed the unmask gate: it signed its spend and saw it in the committed chain.
+                return _fail(report, None, f"site {record.site!r} unmasked round {round_index} as a survivor "
+                             f"({record.source}) but this ledger charges it no spend for that round",
+                             record.site, round_index, place=f"the release record of site {record.site!r}")
             if (record.site, round_index) not in charged:
                 report.warnings.append(
                     f"site {record.site!r} released a masked update in round {round_index} ({record.source}: "

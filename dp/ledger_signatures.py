@@ -220,6 +220,13 @@ class LedgerSigner:
         if statement.kind not in SIGNED_KINDS or statement.site != self.site:
             raise LedgerError(f"site {self.site!r} refuses to sign a {statement.kind} entry of site "
                               f"{statement.site!r}")
+        current = self.anchor()
+        if current is not None and current.run_id == statement.run_id and statement.seq <= current.seq:
+            # Entries at or below an anchored one are committed already: a statement there is a fork of the
+            # chain (issue-15 review: a coordinator had every site sign a fork below their anchors, which
+            # then stayed put, and decoded the round with nothing committed).
+            raise LedgerError(f"site {self.site!r} refuses to sign entry {statement.seq}: it anchored entry "
+                              f"{current.seq} of this run already (a fork of the committed chain)")
         if self._approve is not None:
             self._approve(statement)
         signature = sign(self._seed, statement.message())
@@ -258,6 +265,11 @@ class LedgerSigner:
                 raise LedgerError(f"entry {entry.seq} does not link to entry {before.seq}: site {self.site!r} "
                                   "anchors no broken chain")
             digest = entry.digest()
+        current = self.anchor()
+        if current is not None and current.run_id == run_id and (
+                chain[-1].seq < current.seq or (chain[-1].seq == current.seq and digest != current.hash)):
+            raise LedgerError(f"site {self.site!r} anchored entry {current.seq} already; a chain ending at entry "
+                              f"{chain[-1].seq} with another history is a fork: it anchors nothing older")
         return self._write_anchor(run_id, chain[-1].seq, digest)
 
     def _write_anchor(self, run_id: str, seq: int, digest: str) -> SiteAnchor:

@@ -143,7 +143,7 @@ def _read_json(path: Path, what: str, required: bool):
 
 def _read_run(run_dir: Path) -> dict:
     from dp.errors import LedgerError
-    from dp.ledger import LEDGER_FILE, PrivacyLedger, verify_ledger
+    from dp.ledger import LEDGER_FILE, PrivacyLedger
 
     if not run_dir.is_dir():
         raise DPIAError(f"{run_dir} is not a directory")
@@ -179,7 +179,11 @@ def _read_run(run_dir: Path) -> dict:
             }
     except LedgerError as exc:
         raise DPIAError(str(exc)) from None
-    verification = verify_ledger(run_dir)
+    from .ledger_check import verify_run_ledger
+
+    check = verify_run_ledger(run_dir)
+    verification = check.report
+    ledger_info["verification_scope"] = check.scope
     figures = sorted((run_dir / "plots").glob("*.png")) if (run_dir / "plots").is_dir() else []
     return {"config": config, "fingerprint": stored.get("fingerprint"), "summary": summary, "audit": audit,
             "metrics": metrics, "ledger": ledger_info, "verification": verification, "figures": figures}
@@ -617,7 +621,8 @@ def build_dpia(run_dir, org: dict | None = None, *, today: str | None = None) ->
          + f" (planned {total_steps_cfg})"),
         ("Accountants (library versions)", ", ".join(f"{a} ({led['libraries'].get(a, '?')})" for a in led["accountants"])),
         ("Ledger", f"{led['entries']} entries, hash chain "
-                   + ("verified, epsilons re-derived" if ver.ok else f"BROKEN: {ver.reason}")),
+                   + (f"verified ({led.get('verification_scope', 'scope not recorded')})" if ver.ok
+                      else f"BROKEN: {ver.reason}")),
         ("CSPRNG noise (secure_rng)", str(cfg.get("secure_rng"))),
     ]
     proto_rows = [

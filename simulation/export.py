@@ -40,7 +40,6 @@ def model_from_run(run_dir):
     """The run's federated model as a :class:`models.modelfile.ModelFile` (nothing written)."""
     import torch
 
-    from dp import verify_ledger
     from models import PreprocessConfig, create_model
     from models.modelfile import ModelFile
 
@@ -66,7 +65,10 @@ def model_from_run(run_dir):
                                     f"{sorted(unknown)[:3]}")
         for name, value in shared.items():
             params[name].copy_(value)
-    report = verify_ledger(run_dir)
+    from .ledger_check import verify_run_ledger
+
+    check = verify_run_ledger(run_dir)
+    report = check.report
     if not report.ok:
         raise RunDirectoryError(f"{run_dir}: the privacy ledger does not verify ({report.reason}); refusing to "
                                 "export a model whose privacy guarantee cannot be stated")
@@ -84,7 +86,7 @@ def model_from_run(run_dir):
         "sample_rate": privacy["sample_rate"],
         "clipping_norm": privacy["clipping_norm"],
         "site_level": privacy.get("site_level"),
-        "source": "privacy ledger of the run, re-derived and verified by dp.verify_ledger",
+        "source": f"privacy ledger of the run, verified by dp.verify_ledger: {check.scope}",
     }
     median = threshold.pop("median_size")
     modality = (config.bids or {}).get("suffix", "FLAIR")

@@ -341,6 +341,7 @@ def open_run(config: SimulationConfig, site_names, coordinator: Coordinator, wei
 
     restored = False
     if resume:
+        _verify_before_resume(out_dir)
         ledger = PrivacyLedger.open(out_dir)
         if set(ledger.budgets) != set(names):
             ledger.close()
@@ -671,6 +672,18 @@ def _finish(config, cohort, sites, coordinator, store, protocol, calibration, sh
     atomic_write_json(store.summary_path, summary)
     _write_evaluation_counts(store, cohort, federated_report)
     return summary
+
+
+def _verify_before_resume(out_dir) -> None:
+    """A resume decides budgets from the ledger: it verifies first, signatures and the sites' anchors included
+    (:func:`simulation.ledger_check.verify_run_ledger`). The sites also refuse to sign below their anchors
+    (:class:`dp.LedgerSigner`), so a truncated ledger cannot be continued either."""
+    from .ledger_check import verify_run_ledger
+
+    report = verify_run_ledger(out_dir).report
+    if not report.ok:
+        raise SimulationError(f"{out_dir}: the ledger does not verify ({report.where()}: {report.reason}); a resume "
+                              "would decide budgets from it - see `secagg ledger verify`")
 
 
 EVALUATION_PRIVACY = (
