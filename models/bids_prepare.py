@@ -178,7 +178,8 @@ def plan_bids(src_root: str | Path, out_root: str | Path, bids: BidsOptions | di
     src_root, out_root = Path(src_root), Path(out_root)
     datasets = find_bids_datasets(src_root)
     if datasets is None:
-        raise DatasetError(f"{src_root}: neither a BIDS dataset nor a folder of BIDS datasets (no {DATASET_DESCRIPTION})")
+        raise DatasetError(f"{src_root}: neither a BIDS dataset nor a folder of BIDS datasets "
+                           f"(no {DATASET_DESCRIPTION})")
     pairs, jobs = [], []
     for src in datasets:
         out = out_root if src == src_root else out_root / src.name

@@ -2,14 +2,16 @@
 the prepared images at the same paths, each derivatives/ mask pushed through its image's recorded
 transform (nearest neighbour, 0/1), participants.tsv and the other metadata carried over, typed errors.
 
-The input is a small copy of ``secagg data synth --layout bids --sites 2``: two healthy subjects per
-site and one tumour patient whose image and masks are moved by a known affine (8 degrees, 8 mm), as a
-scanner would store them; five scans, so the preparation stays short."""
+The README's two lines (the bash block after :data:`BLOCK`) run as written, in a fresh folder, on
+``hospital-bids``: a small copy of ``secagg data synth --layout bids --sites 2`` (two healthy subjects
+per site and one tumour patient whose image and masks are moved by a known affine, 8 degrees and 8 mm,
+as a scanner would store them; five scans, so the preparation stays short)."""
 
 from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -36,11 +38,22 @@ LESION = f"derivatives/lesions/{PATIENT}/anat/{PATIENT}_desc-lesion_mask.nii.gz"
 IMAGE = f"{PATIENT}/anat/{PATIENT}_FLAIR.nii.gz"
 
 
-def secagg_cli(*args, timeout=900):
+BLOCK = "**A raw BIDS dataset: prepare it, then train.**"
+
+
+def secagg_cli(*args, timeout=900, cwd=ROOT):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.run([sys.executable, "-m", "simulation.cli", *args], capture_output=True, text=True,
-                          timeout=timeout, env=env, cwd=ROOT)
+                          timeout=timeout, env=env, cwd=cwd)
     return proc.returncode, proc.stdout, proc.stderr
+
+
+def readme_lines() -> list[list[str]]:
+    """The `secagg ...` lines of the README's prepare-then-train block, comments cut."""
+    text = (ROOT / "README.md").read_text()
+    start = text.index("```bash\n", text.index(BLOCK)) + len("```bash\n")
+    block = text[start : text.index("```", start)]
+    return [shlex.split(line.split("  #")[0]) for line in block.splitlines() if line.startswith("secagg ")]
 
 
 def _subset(full: Path, out: Path) -> Path:
@@ -60,27 +73,34 @@ def _subset(full: Path, out: Path) -> Path:
         save_nifti(path, np.asarray(image.dataobj), DISTORTION @ image.affine)  # same voxels, moved in the world
     # The image's own BIDS sidecar: kept in the prepared one (the reader takes lesion_type from it first).
     (out / IMAGE.replace(".nii.gz", ".json")).write_text(json.dumps({"EchoTime": 0.125, "lesion_type": "glioma"}))
+    # Not carried over: another modality and sourcedata/.
+    shutil.copy(out / "sub-020001/anat/sub-020001_FLAIR.nii.gz", out / "sub-020001/anat/sub-020001_T1w.nii.gz")
+    (out / "sourcedata").mkdir()
+    (out / "sourcedata" / "scanner-export.txt").write_text("raw\n")
     return out
 
 
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory):
-    """(raw subset, prepared OUT, the prepare command's JSON): run once, as the README's lines run."""
+    """(raw input, prepared OUT, the README's lines, the folder they run in): the prepare line run as written."""
     base = tmp_path_factory.mktemp("bidsprep")
+    lines = readme_lines()
+    assert [c[1:3] for c in lines] == [["data", "prepare"], ["simulate", "--tiny"]], lines
+    prepare = lines[0]
     code, _, stderr = secagg_cli("data", "synth", "--out", str(base / "full"), "--layout", "bids", "--sites", "2",
                                  "--seed", "3", "--json")
     assert code == 0, stderr[-2000:]
-    raw = _subset(base / "full", base / "raw")
-    out = base / "prepared"
-    code, stdout, stderr = secagg_cli("data", "prepare", str(raw), "--out", str(out), "--workers", "2", "--json")
+    raw = _subset(base / "full", base / prepare[3])
+    code, stdout, stderr = secagg_cli(*prepare[1:], cwd=base)
     assert code == 0, stderr[-2000:]
-    return raw, out, json.loads(stdout)
+    return raw, base / prepare[prepare.index("--out") + 1], lines, base
 
 
 def test_prepare_writes_every_scan_and_mask_and_resumes(prepared):
-    raw, out, result = prepared
-    assert sorted(Path(p).name for p in result["prepared"]) == sorted(f"{s}_FLAIR.nii.gz" for s in KEEP)
-    assert result["masks"] == 6 and result["bids_datasets"] == [str(out)]  # 5 brain masks + 1 lesion mask
+    raw, out, _, _ = prepared
+    assert sorted(p.name for p in out.glob("sub-*/anat/*.nii.gz")) == sorted(f"{s}_FLAIR.nii.gz" for s in KEEP)
+    assert len(list(out.glob("derivatives/lesions/sub-*/anat/*_mask.nii.gz"))) == 6  # 5 brain masks + 1 lesion
+    assert not (out / "sourcedata").exists()  # nor the T1w (above)
     for subject in KEEP:
         image = nib.load(out / subject / "anat" / f"{subject}_FLAIR.nii.gz")
         for mask in sorted((out / "derivatives/lesions" / subject / "anat").glob("*.nii.gz")):
@@ -89,7 +109,7 @@ def test_prepare_writes_every_scan_and_mask_and_resumes(prepared):
     code, stdout, stderr = secagg_cli("data", "prepare", str(raw), "--out", str(out), "--json")
     again = json.loads(stdout)
     assert code == 0 and again["prepared"] == [] and len(again["skipped"]) == 5 and again["masks"] == 0, stderr
-    assert (out / "dataset_description.json").is_file()
+    assert again["bids_datasets"] == [str(out)] and (out / "dataset_description.json").is_file()
 
 
 def test_prepared_masks_land_on_the_lesion_binary(prepared):
@@ -98,7 +118,7 @@ def test_prepared_masks_land_on_the_lesion_binary(prepared):
     the prepared image; pushed without the transform it would not (the check has teeth)."""
     from scipy import ndimage
 
-    raw, out, _ = prepared
+    raw, out, _, _ = prepared
     mask_img, image_img = nib.load(out / LESION), nib.load(out / IMAGE)
     raw_mask_img, raw_image_img = nib.load(raw / LESION), nib.load(raw / IMAGE)
     assert mask_img.get_data_dtype() == np.uint8
@@ -139,7 +159,7 @@ def test_prepared_masks_land_on_the_lesion_binary(prepared):
 def test_participants_metadata_and_sidecars_survive(prepared):
     from importlib.metadata import version
 
-    raw, out, _ = prepared
+    raw, out, _, _ = prepared
     for name in ("participants.tsv", "participants.json", "README", "CHANGES"):
         assert (out / name).read_bytes() == (raw / name).read_bytes(), name
     header = (out / "participants.tsv").read_text().splitlines()[0].split("\t")
@@ -152,7 +172,8 @@ def test_participants_metadata_and_sidecars_survive(prepared):
     assert description["GeneratedBy"][1:] == source["GeneratedBy"]
     derived = json.loads((out / "derivatives/lesions/dataset_description.json").read_text())
     assert derived["DatasetType"] == "derivative" and derived["GeneratedBy"][0]["Name"] == "secagg data prepare"
-    assert (out / LESION.replace(".nii.gz", ".json")).read_bytes() == (raw / LESION.replace(".nii.gz", ".json")).read_bytes()
+    mask_sidecar = LESION.replace(".nii.gz", ".json")
+    assert (out / mask_sidecar).read_bytes() == (raw / mask_sidecar).read_bytes()
     sidecar = json.loads((out / IMAGE.replace(".nii.gz", ".json")).read_text())
     assert sidecar["EchoTime"] == 0.125 and sidecar["lesion_type"] == "glioma"  # the image's BIDS sidecar, kept
     assert sidecar["steps"] == ["reorient", "n4", "register", "skull_strip", "normalise"]
@@ -167,7 +188,7 @@ def test_participants_metadata_and_sidecars_survive(prepared):
 
 
 def test_prepared_bids_passes_the_bids_validator(prepared, tmp_path):
-    _, out, _ = prepared
+    _, out, _, _ = prepared
     report = validate_bids(out)
     assert report["issues"]["errors"] == [], json.dumps(report["issues"]["errors"])[:2000]
     broken = tmp_path / "broken"  # the validator is checking the prepared dataset: a misnamed copy fails
@@ -177,15 +198,15 @@ def test_prepared_bids_passes_the_bids_validator(prepared, tmp_path):
 
 
 @pytest.mark.slow
-def test_prepared_bids_trains_and_evaluates_through_simulate(prepared, tmp_path):
-    """The README's prepare-then-train lines, through the CLI."""
+def test_prepared_bids_trains_and_evaluates_through_simulate(prepared):
+    """The README's train line, as written, on what its prepare line wrote."""
     pytest.importorskip("torch")
-    _, out, _ = prepared
-    code, stdout, stderr = secagg_cli("simulate", "--tiny", "--data", str(out), "--out", str(tmp_path / "run"),
-                                      "--cache-dir", str(tmp_path / "cache"), "--json")
+    _, out, lines, base = prepared
+    code, _, stderr = secagg_cli(*lines[1][1:], cwd=base)
     assert code == 0, stderr[-2000:]
-    summary = json.loads(stdout)
-    assert sorted(summary["sites"]) == ["site-1", "site-2"] and summary["data"] == str(out)
+    summary = json.loads((base / lines[1][lines[1].index("--out") + 1] / "summary.json").read_text())
+    assert sorted(summary["sites"]) == ["site-1", "site-2"] and Path(summary["data"]) == Path(lines[1][4])
+    assert (base / summary["data"]).resolve() == out.resolve()
     assert summary["rounds_completed"] == 2 and summary["privacy"]["ledger_verified"]
     assert 0.0 <= summary["detection"]["federated"]["auroc"] <= 1.0
 
@@ -195,7 +216,7 @@ def test_an_interrupted_prepare_is_not_a_bids_dataset_until_a_rerun_finishes_it(
     what was done. Without registration the masks are the raw masks voxel for voxel (identity transform)."""
     from models.prepare import PrepareOptions, prepare_dataset
 
-    raw, _, _ = prepared
+    raw, _, _, _ = prepared
     out = tmp_path / "out"
     options = PrepareOptions(register=False, skull_strip=False)
     seen = []
@@ -211,7 +232,8 @@ def test_an_interrupted_prepare_is_not_a_bids_dataset_until_a_rerun_finishes_it(
         load_cohort(out, image_size=32)
     result = prepare_dataset(raw, out, options=options)
     assert len(result["skipped"]) == 1 and len(result["prepared"]) == 4
-    assert (out / "dataset_description.json").is_file() and sorted(load_cohort(out, image_size=32)) == ["site-1", "site-2"]
+    assert (out / "dataset_description.json").is_file()
+    assert sorted(load_cohort(out, image_size=32)) == ["site-1", "site-2"]
     pushed = nib.as_closest_canonical(nib.load(out / LESION))
     source = nib.as_closest_canonical(nib.load(raw / LESION))
     np.testing.assert_array_equal(np.asarray(pushed.dataobj), np.asarray(source.dataobj) > 0)
@@ -220,7 +242,7 @@ def test_an_interrupted_prepare_is_not_a_bids_dataset_until_a_rerun_finishes_it(
 
 @pytest.mark.parametrize("case", ["no-participants", "mask-without-image", "out-is-input", "foreign-out"])
 def test_bad_bids_input_is_one_typed_line_before_any_work(case, prepared, tmp_path):
-    raw, _, _ = prepared
+    raw, _, _, _ = prepared
     data = tmp_path / "data"
     shutil.copytree(raw, data)
     out = tmp_path / "out"
