@@ -22,7 +22,8 @@ derivatives pipelines are not carried over.
 **Refused before any work** (:class:`~models.errors.DatasetError`, one line): whatever the reader
 refuses (no ``participants.tsv``, a subject without a row, a bad name...), a file in
 ``derivatives/<pipeline>/`` named as a mask (``*_desc-lesion_mask``, ``*_desc-brain_mask``,
-``*_<SUFFIX>_mask``, ``*_<SUFFIX>_brainmask``) whose image does not exist, ``OUT`` equal to ``IN``,
+``*_<SUFFIX>_mask``, ``*_<SUFFIX>_brainmask``) whose image does not exist, a mask off its image's
+grid (from the headers; a junk header too), ``OUT`` equal to ``IN``,
 and an ``OUT`` that holds a BIDS dataset not written by ``secagg data prepare``.
 
 **Only a finished OUT is a BIDS dataset.** ``OUT/dataset_description.json``, which marks a folder
@@ -38,9 +39,11 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from .bids import DATASET_DESCRIPTION, BidsOptions, discover_bids, find_bids_datasets
 from .errors import DatasetError
-from .nifti import is_nifti_path, nifti_stem
+from .nifti import is_nifti_path, nifti_stem, read_nifti_header
 from .prepare import PrepareJob, PrepareOptions
 
 __all__ = ["GENERATOR_NAME", "BidsPreparePlan", "plan_bids"]
@@ -154,6 +157,22 @@ def _orphans(src: Path, options: BidsOptions, claimed: set[Path]) -> None:
         raise DatasetError(f"{path}: a mask without its image (no {image} in {src})")
 
 
+def _corners(header) -> np.ndarray:
+    """World positions (mm) of a grid's 8 corner voxels, in an order that ignores the storage order."""
+    index = np.array(np.meshgrid(*[[0, n - 1] for n in header.shape], indexing="ij")).reshape(3, -1)
+    world = (header.affine[:3, :3] @ index).T + header.affine[:3, 3]
+    return world[np.lexsort(np.round(world, 1).T[::-1])]
+
+
+def _check_grid(image: Path, mask: Path) -> None:
+    """A mask must lie on its image's grid (as the reader's ``load_mask`` requires), checked from the headers."""
+    a, b = read_nifti_header(image), read_nifti_header(mask, min_extent=1)
+    voxel = float(np.linalg.norm(a.affine[:3, :3], axis=0).min())
+    if sorted(a.shape) != sorted(b.shape) or np.abs(_corners(a) - _corners(b)).max() > max(1e-3, 0.01 * voxel):
+        raise DatasetError(f"{mask}: lies on a different grid than its image {image.name} "
+                           "(a mask must share its image's shape and affine)")
+
+
 def _check_out(src: Path, out: Path) -> None:
     src_r, out_r = src.resolve(), out.resolve()
     if out_r == src_r:
@@ -188,6 +207,9 @@ def plan_bids(src_root: str | Path, out_root: str | Path, bids: BidsOptions | di
         claimed = {m for s in scans for m in (s.lesion_mask, s.brain_mask) if m is not None}
         _orphans(src, options, claimed)
         for scan in scans:
+            for mask in (scan.lesion_mask, scan.brain_mask):
+                if mask is not None:
+                    _check_grid(scan.image, mask)
             masks = tuple((m, out / m.relative_to(src)) for m in (scan.lesion_mask, scan.brain_mask) if m is not None)
             extra = _read_json(scan.sidecar) if scan.sidecar is not None else None
             jobs.append(PrepareJob(scan.image, out / scan.image.relative_to(src), masks, extra))

@@ -240,7 +240,8 @@ def test_an_interrupted_prepare_is_not_a_bids_dataset_until_a_rerun_finishes_it(
     np.testing.assert_allclose(pushed.affine, source.affine, atol=1e-4)
 
 
-@pytest.mark.parametrize("case", ["no-participants", "mask-without-image", "out-is-input", "foreign-out"])
+@pytest.mark.parametrize("case", ["no-participants", "mask-without-image", "mask-off-grid", "out-is-input",
+                                  "foreign-out"])
 def test_bad_bids_input_is_one_typed_line_before_any_work(case, prepared, tmp_path):
     raw, _, _, _ = prepared
     data = tmp_path / "data"
@@ -251,6 +252,11 @@ def test_bad_bids_input_is_one_typed_line_before_any_work(case, prepared, tmp_pa
         (data / "participants.tsv").unlink()
     elif case == "mask-without-image":
         (data / IMAGE).unlink()
+    elif case == "mask-off-grid":
+        mask = nib.load(data / LESION)
+        shifted = mask.affine.copy()
+        shifted[:3, 3] += 6.0  # two voxels off
+        save_nifti(data / LESION, np.asarray(mask.dataobj), shifted)
     elif case == "out-is-input":
         out = data
     else:
@@ -262,9 +268,10 @@ def test_bad_bids_input_is_one_typed_line_before_any_work(case, prepared, tmp_pa
     assert len(lines) == 1 and lines[0].startswith("secagg data: error:"), stderr
     assert {"no-participants": "without participants.tsv",
             "mask-without-image": f"_mask.nii.gz: a mask without its image (no {IMAGE[:-3]}[.gz] in {data})",
+            "mask-off-grid": f"{PATIENT}_desc-lesion_mask.nii.gz: lies on a different grid than its image",
             "out-is-input": "is the input dataset itself",
             "foreign-out": "not written by secagg data prepare"}[case] in lines[0], lines[0]
-    if case in ("no-participants", "mask-without-image"):
+    if case in ("no-participants", "mask-without-image", "mask-off-grid"):
         assert not out.exists()  # refused before anything was written
     if before is not None:
         assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before  # untouched
