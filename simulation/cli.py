@@ -491,17 +491,20 @@ def _cmd_data_prepare(args: argparse.Namespace) -> int:
 
     options = PrepareOptions(reorient=not args.no_reorient, n4=not args.no_n4, register=not args.no_register,
                              skull_strip=not args.no_skull_strip, normalise=not args.no_normalise)
+    bids = _bids_flags(args)
     progress = Progress(enabled=not args.json)
     progress.log(f"preparing {args.input} -> {args.out} ({args.workers} worker(s))")
-    todo, _ = plan_prepare(args.input, args.out, options)
+    todo, _ = plan_prepare(args.input, args.out, options, bids=bids)  # every input checked before any work
     with progress.task("prepare", total=len(todo)) as advance:
         result = prepare_dataset(args.input, args.out, options=options, workers=args.workers,
-                                 progress=lambda name: advance())
+                                 progress=lambda name: advance(), bids=bids)
     if args.json:
         print(json.dumps(result | {"out": str(args.out)}, indent=2))
         return 0
-    print(f"prepared {len(result['prepared'])} scan(s), skipped {len(result['skipped'])} already done, into {args.out} "
-          "(one JSON sidecar per scan)")
+    print(f"prepared {len(result['prepared'])} scan(s) and {result['masks']} mask(s), skipped "
+          f"{len(result['skipped'])} already done, into {args.out} (one JSON sidecar per scan)")
+    for dataset in result["bids_datasets"]:
+        print(f"  BIDS dataset: {dataset} (secagg simulate --data {dataset} trains on it)")
     return 0
 
 
@@ -1029,17 +1032,27 @@ def build_parser() -> argparse.ArgumentParser:
             "step can be switched off; each output gets a JSON sidecar (steps, input SHA-256, the fitted\n"
             "transform, seconds). IN is a scan or a folder (searched recursively; masks and derivatives/ are\n"
             "skipped); outputs keep their relative paths. Resumable: a scan already prepared from the same\n"
-            "input with the same options is skipped."
+            "input with the same options is skipped.\n"
+            "A BIDS dataset (or a folder of them) gives a BIDS dataset that `secagg simulate --data` reads:\n"
+            "the images of the BIDS suffix at the same paths, their lesion and brain masks from\n"
+            "derivatives/<pipeline>/ moved by each image's recorded transform (nearest neighbour, 0/1),\n"
+            "participants.tsv and the other top-level files verbatim, and dataset_description.json\n"
+            "(DatasetType derivative, GeneratedBy secagg data prepare) written last."
         ),
         epilog=("Examples:\n  secagg data prepare raw/sub-01_FLAIR.nii.gz --out prepared/\n"
                 "  secagg data prepare /data/bids --out /data/bids-prepared --workers 4\n"
                 "  secagg data prepare raw/ --out prepared/ --no-n4 --json"),
     )
-    prepare.add_argument("input", help="a NIfTI scan or a folder of them")
+    prepare.add_argument("input", help="a NIfTI scan, a folder of them, or a BIDS dataset (or a folder of them)")
     prepare.add_argument("--out", required=True, help="output folder")
     prepare.add_argument("--workers", type=_positive(int, "workers"), default=1, help="processes (one scan each)")
     for step in ("reorient", "n4", "register", "skull-strip", "normalise"):
         prepare.add_argument(f"--no-{step}", action="store_true", help=f"skip the {step} step")
+    prepare.add_argument("--bids-suffix", help="BIDS input: modality suffix of the images prepared (default FLAIR)")
+    prepare.add_argument("--bids-group-column",
+                         help="BIDS input: participants.tsv column with healthy|control or patient (default group)")
+    prepare.add_argument("--bids-site-column", help="BIDS input: participants.tsv site column (default site)")
+    prepare.add_argument("--bids-pipeline", help="BIDS input: derivatives/<pipeline> holding the masks (default lesions)")
     prepare.add_argument("--json", action="store_true", help="print one JSON object")
     prepare.set_defaults(func=_cmd_data_prepare)
 

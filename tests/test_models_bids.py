@@ -354,7 +354,7 @@ def test_synthetic_bids_loads_like_the_site_layout(synthetic_bids, tmp_path):
         assert [v.lesion_voxels for v in a.pathology] == [v.lesion_voxels for v in b.pathology]
 
 
-def _bids_validator() -> list[str]:
+def bids_validator() -> list[str]:
     """The official (node) bids-validator: $BIDS_VALIDATOR, on PATH, or installed once into .cache/."""
     if os.environ.get("BIDS_VALIDATOR"):
         return [os.environ["BIDS_VALIDATOR"]]
@@ -372,20 +372,21 @@ def _bids_validator() -> list[str]:
     return [str(binary)]
 
 
-def _validate(root: Path) -> dict:
-    proc = subprocess.run([*_bids_validator(), str(root), "--json"], capture_output=True, text=True, timeout=300)
+def validate_bids(root: Path) -> dict:
+    """The official validator's JSON report on ``root`` (skips the test where node/npm are missing)."""
+    proc = subprocess.run([*bids_validator(), str(root), "--json"], capture_output=True, text=True, timeout=300)
     return json.loads(proc.stdout)
 
 
 def test_synthetic_bids_passes_the_bids_validator(synthetic_bids, tmp_path):
-    report = _validate(synthetic_bids)
+    report = validate_bids(synthetic_bids)
     assert report["issues"]["errors"] == [], json.dumps(report["issues"]["errors"])[:2000]
     # The validator is really checking: a misnamed copy fails it.
     broken = tmp_path / "broken"
     shutil.copytree(synthetic_bids, broken)
     first = sorted(broken.glob("sub-*/anat/*_FLAIR.nii.gz"))[0]
     first.rename(first.with_name(first.name.replace("_FLAIR", "_flair-x_FLAIR")))
-    assert _validate(broken)["issues"]["errors"] != []
+    assert validate_bids(broken)["issues"]["errors"] != []
 
 
 @pytest.mark.slow
