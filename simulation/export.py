@@ -3,7 +3,7 @@
 :func:`model_from_run` assembles what :mod:`models.modelfile` stores from the
 run directory: the global weights (``checkpoints/global.pt``; for FedDis
 models completed by the local appearance and decoder parts of the site whose
-personalised model was evaluated, ``checkpoints/site-NAME.pt``), the
+personalised model was evaluated, ``site-local/checkpoints/NAME.pt``), the
 architecture and preprocessing of ``config.json``, the detection threshold
 that the run fixed on its healthy validation volumes (``summary.json``), and
 the privacy guarantee: the guarantee's unit and delta from ``summary.json``,
@@ -55,7 +55,7 @@ def model_from_run(run_dir):
     model = create_model(config.model, image_size=config.image_size)
     site_model = threshold.get("site_model")
     if site_model:
-        model.load_state_dict(store.load_torch(f"site-{site_model}.pt"))
+        model.load_state_dict(store.load_site_model(site_model))
     shared = store.load_torch("global.pt")
     with torch.no_grad():
         params = dict(model.named_parameters())

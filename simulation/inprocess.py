@@ -155,9 +155,9 @@ class InProcessFleet(Fleet):
         return FleetRound(outcome=outcome, timings=timings)
 
     def save_checkpoints(self, store) -> None:
-        for name, site in self.sites.items():
-            store.save_torch(f"site-{name}.pt", site.model.state_dict())
+        for name, site in self.sites.items():  # into site-local/checkpoints/ (RunDirectory.save_site_model)
+            store.save_site_model(name, site.model.state_dict())
 
     def load_checkpoints(self, store) -> None:
         for name, site in self.sites.items():
-            site.model.load_state_dict(store.load_torch(f"site-{name}.pt"))
+            site.model.load_state_dict(store.load_site_model(name))

@@ -7,7 +7,8 @@ Layout::
       state.json           last completed round (rewritten atomically after each round)
       metrics.jsonl        one JSON line per round (appended and fsynced)
       ledger.sqlite        privacy ledger (dp.ledger) + ledger.head.json
-      checkpoints/         global.pt and site-NAME.pt (atomic: temp file, fsync, rename)
+      checkpoints/         global.pt (atomic: temp file, fsync, rename); each site's own model is in
+                           site-local/checkpoints/SITE.pt, never here
       plots/               PNG figures
       summary.json         final summary (written last)
 
@@ -210,6 +211,27 @@ class RunDirectory:
         buffer = io.BytesIO()
         torch.save(state, buffer)
         atomic_write_bytes(self.checkpoints / name, buffer.getvalue())
+
+    # A site's own model (global + its individual DP update; FedDis' local parts) is what secure aggregation
+    # hides from the coordinator: it is kept in the sites' folder, never in checkpoints/ (issue-15 review).
+    SITE_MODELS = ("site-local", "checkpoints")
+
+    def save_site_model(self, site: str, state: dict) -> None:
+        import io
+
+        import torch
+
+        buffer = io.BytesIO()
+        torch.save(state, buffer)
+        atomic_write_bytes(private_dir(self.root.joinpath(*self.SITE_MODELS)) / f"{site}.pt", buffer.getvalue())
+
+    def load_site_model(self, site: str) -> dict:
+        import torch
+
+        path = self.root.joinpath(*self.SITE_MODELS) / f"{site}.pt"
+        if not path.is_file():  # a run directory written before the site models moved out of checkpoints/
+            return self.load_torch(f"site-{site}.pt")
+        return torch.load(path, map_location="cpu", weights_only=True)
 
     def load_torch(self, name: str) -> dict:
         import torch

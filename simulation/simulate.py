@@ -38,7 +38,7 @@ from .dropout import NoDropout, ProbabilisticDropout, load_schedule
 from .inprocess import SITE_LOCAL_DIR, SITE_LOCAL_LABEL, InProcessFleet
 from .progress import Progress
 from .rounds import RunContext, run_rounds
-from .runstore import RunDirectory, RunDirectoryError, private_umask
+from .runstore import RunDirectory, RunDirectoryError, private_dir, private_umask
 from .site import Site
 
 __all__ = ["run_simulation", "protocol_parameters", "open_run", "dp_sgd_config", "OpenRun", "privacy_summary",
@@ -644,7 +644,9 @@ def _finish(config, cohort, sites, coordinator, store, protocol, calibration, sh
         "sites": public_site_facts(config, cohort.site_names),
         # Input files left out by --skip-invalid: the count only; which files (paths can name
         # subjects) is in the run's site-local folder.
-        "skipped_files": {"count": len(cohort.skipped), "files_listed_in": f"{SITE_LOCAL_DIR}/skipped_files.json"},
+        "skipped_files": {"count": len(cohort.skipped), "files_listed_in": f"{SITE_LOCAL_DIR}/skipped_files.json",
+                          "release": "outside the ledger, public by declaration: how many input files were "
+                                     "unreadable or out of bounds (issue 18 asks for it), not a count of patients"},
         "rounds_planned": config.rounds,
         "rounds_completed": len(completed),
         "rounds_aborted": [m["round"] for m in metrics if m["status"] == "aborted"],
@@ -662,8 +664,8 @@ def _finish(config, cohort, sites, coordinator, store, protocol, calibration, sh
                           "simulator (which holds every site's data) trains with the same noise multiplier, "
                           "privacy unit and steps; a deployment never trains or releases them, and they are not "
                           "in the ledger",
-        "seconds": round(time.perf_counter() - started, 1),
     }
+    seconds = round(time.perf_counter() - started, 1)  # a wall time grows with data size: kept site-local
     if seeded is not None:  # secagg experiment: the DP noise and sampling were seeded (not a guarantee)
         summary["seeded_noise"] = seeded
         summary["privacy"]["seeded_noise"] = seeded["label"]
@@ -671,6 +673,9 @@ def _finish(config, cohort, sites, coordinator, store, protocol, calibration, sh
 
     atomic_write_json(store.summary_path, summary)
     _write_evaluation_counts(store, cohort, federated_report)
+    atomic_write_json(private_dir(store.root / SITE_LOCAL_DIR) / "run_time.json",
+                      {"site_local": SITE_LOCAL_LABEL, "seconds": seconds})
+    log(f"finished in {seconds} s (kept in {SITE_LOCAL_DIR}/run_time.json, not in summary.json)")
     return summary
 
 
@@ -842,5 +847,4 @@ def format_summary(summary: dict) -> str:
     lines.append(f"   scale: {summary['scale']} cohort, {summary['model']} at {summary['image_size']}x"
                  f"{summary['image_size']}; the study-sized run is `secagg simulate --preset study` "
                  "(see README; GPU-class budget)")
-    lines.append(f"   finished in {summary['seconds']} s")
     return "\n".join(lines)

@@ -106,6 +106,10 @@ def test_one_patient_more_or_less_changes_only_the_noised_aggregates(neighbourin
     assert [sorted(d.included) for d in decoded_a] == [sorted(d.included) for d in decoded_b]
     # ... and only the noised aggregates differ (site-1 trained on one patient fewer).
     assert all(not np.array_equal(a.mean_update, b.mean_update) for a, b in zip(decoded_a, decoded_b))
+    # Each site's own trained model (global + its DP update) stays in the sites' folder, not in checkpoints/.
+    assert not list((base / "full" / "checkpoints").glob("site-*.pt"))
+    assert sorted(p.name for p in (base / "full" / "site-local" / "checkpoints").glob("*.pt")) == [
+        "site-1.pt", "site-2.pt", "site-3.pt"]
     # The site keeps its own statistics, labelled, outside the coordinator's files.
     local = [json.loads(line) for line in (base / "full" / "site-local" / "site-1.jsonl").read_text().splitlines()]
     assert local and all(r["site_local"].startswith("SITE-LOCAL") and "mean_loss" in r for r in local)
