@@ -6,7 +6,8 @@ malicious-coordinator attack), ``params`` (the SecAgg+ parameter finder),
 and ``ledger verify`` (the run's privacy ledger), ``dpia`` (a Data Protection Impact Assessment
 drawn from a run directory), ``audit`` (an empirical lower bound on epsilon),
 ``keys new`` / ``keys node-auth`` / ``keys register-nodes`` (a site's Ed25519 identity and its Flower
-node key; registering the registry's node keys with a SuperLink), ``export`` (a run's model as
+node key; registering the registry's node keys with a SuperLink), ``flower app-path|certs|check``
+(the installed Flower app folder, loopback certificates, whether a Flower run finished), ``export`` (a run's model as
 one self-describing file), ``detect`` (NIfTI anomaly maps of new scans) and ``experiment`` (a multi-seed
 comparison of federated, local, central and non-private training, with seeded - labelled - noise).
 Exit codes: 0 success, 2 bad input (a one-line error on stderr), 1 a failed
@@ -572,6 +573,45 @@ def _cmd_keys_register_nodes(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_flower_app_path(args: argparse.Namespace) -> int:
+    from .flower.deploy import app_path
+
+    print(app_path())
+    return 0
+
+
+def _cmd_flower_certs(args: argparse.Namespace) -> int:
+    from .flower.tls import write_loopback_certificates
+
+    paths = write_loopback_certificates(args.out, days=args.days)
+    if args.json:
+        print(json.dumps({"ca_cert": str(paths.ca_cert), "server_cert": str(paths.server_cert),
+                          "server_key": str(paths.server_key)}, indent=2))
+        return 0
+    print(f"wrote {paths.ca_cert}, {paths.server_cert} and {paths.server_key} (mode 0600): a throwaway loopback "
+          "CA and server certificate for tests and demos, not a deployment PKI")
+    return 0
+
+
+def _cmd_flower_check(args: argparse.Namespace) -> int:
+    """Exit 0 when the Flower run directory holds a finished run, 1 (one line on stderr) when it does not."""
+    from .flower.deploy import run_outcome
+
+    outcome = run_outcome(args.run_dir)
+    if args.json:
+        print(json.dumps({"ok": outcome.ok, "reason": outcome.reason, "rounds_completed": outcome.rounds_completed,
+                          "rounds_planned": outcome.rounds_planned, "run_id": outcome.run_id}, indent=2))
+    elif args.run_id:
+        if outcome.ok:
+            print(outcome.run_id)
+    elif outcome.ok:
+        print(f"run OK: {outcome.reason}; ledger run id {outcome.run_id} (the nodes' anchors: "
+              f"STATE_DIR/anchors/{outcome.run_id})")
+    if not outcome.ok:
+        print(f"run FAILED: {outcome.reason}", file=sys.stderr)
+    return 0 if outcome.ok else 1
+
+
 def _cmd_dpia(args: argparse.Namespace) -> int:
     from .dpia import write_dpia
 
@@ -1113,6 +1153,40 @@ def build_parser() -> argparse.ArgumentParser:
                                 "(default: its default connection)")
     register_nodes.add_argument("--json", action="store_true", help="print one JSON object")
     register_nodes.set_defaults(func=_cmd_keys_register_nodes)
+
+    flower = sub.add_parser(
+        "flower", help="what a Flower deployment needs: the app folder, loopback certificates, the run's outcome",
+        formatter_class=_Formatter,
+        description=("The Flower engine's app folder ships inside the installed package: `flwr run \"$(secagg flower\n"
+                     "app-path)\" ...` needs no source checkout. Its deploy-local.sh runs the whole guide on one\n"
+                     "machine."),
+        epilog=("Examples:\n  secagg flower app-path\n  secagg flower certs --out ~/secagg/certs\n"
+                "  secagg flower check ~/secagg/run"),
+    )
+    flower_sub = flower.add_subparsers(dest="flower_command", required=True, parser_class=_Parser)
+    app_path = flower_sub.add_parser("app-path", formatter_class=_Formatter,
+                                     help="print the installed Flower app folder (what `flwr run` takes)")
+    app_path.set_defaults(func=_cmd_flower_app_path)
+    certs = flower_sub.add_parser(
+        "certs", formatter_class=_Formatter,
+        help="write a throwaway CA and a loopback server certificate (tests and demos on one machine)",
+        description=("Writes OUT/ca.pem, OUT/server.pem and OUT/server.key (0600; OUT created 0700) for a SuperLink\n"
+                     "on 127.0.0.1/::1/localhost. The CA's private key is never written. Not a deployment PKI."))
+    certs.add_argument("--out", required=True, help="directory for the PEM files")
+    certs.add_argument("--days", type=_positive(int, "days"), default=30, help="validity in days")
+    certs.add_argument("--json", action="store_true", help="print one JSON object")
+    certs.set_defaults(func=_cmd_flower_certs)
+    check = flower_sub.add_parser(
+        "check", formatter_class=_Formatter,
+        help="exit 0 when a Flower run directory holds a finished run, 1 when it does not",
+        description=("`flwr run` exits 0 even when the ServerApp failed. The ServerApp writes summary.json last:\n"
+                     "this exits 1 (one line naming why) when it is missing or records fewer completed rounds\n"
+                     "than planned."))
+    check.add_argument("run_dir", help="the run directory (`out` of the run config)")
+    check.add_argument("--run-id", action="store_true",
+                       help="print only the ledger's run id (the folder of the nodes' anchors) when the run finished")
+    check.add_argument("--json", action="store_true", help="print one JSON object")
+    check.set_defaults(func=_cmd_flower_check)
 
     dpia = sub.add_parser(
         "dpia", help="a Data Protection Impact Assessment (GDPR Art. 35) drawn from a run directory",

@@ -1,0 +1,212 @@
+"""Issue 21: a deployment that works from the guide as written.
+
+* The Flower app folder ships in the package (``secagg flower app-path``; ``package-data``).
+* ``secagg flower check`` says whether a Flower run directory holds a finished run: ``flwr run``
+  exits 0 on a failed run, so this is what a script can rely on.
+* ``simulation/flower/app/deploy-local.sh`` - the guide as a script - end to end with real
+  processes (a SuperLink and three SuperNodes over loopback TLS): exit 0, both sides' ledgers,
+  the DPIA, owner-only modes of what the run wrote; and a non-zero exit when the run fails
+  (``num-sites`` larger than the nodes started).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import os
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from simulation.cli import main
+from simulation.flower.deploy import APP_FILES, app_path, run_outcome
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+SCRIPT = ROOT / "simulation" / "flower" / "app" / "deploy-local.sh"
+
+
+# -- the app folder ships with the package ------------------------------------------------
+
+
+def test_app_path_is_the_app_folder_with_its_pyproject(capsys):
+    folder = app_path()
+    assert main(["flower", "app-path"]) == 0
+    assert capsys.readouterr().out.strip() == str(folder)
+    app = tomllib.loads((folder / "pyproject.toml").read_text())
+    assert app["tool"]["flwr"]["app"]["components"] == {"serverapp": "simulation.flower.server_app:app",
+                                                        "clientapp": "simulation.flower.client_app:app"}
+    for name in APP_FILES:
+        assert (folder / name).is_file(), name
+
+
+def test_the_wheel_config_ships_every_file_of_the_app_folder():
+    """Every file of the app folder matches a ``package-data`` pattern of the ``simulation`` package, and the
+    package finder includes ``simulation``: a non-editable install has ``flwr run "$(secagg flower app-path)"``."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    setuptools = project["tool"]["setuptools"]
+    assert any(fnmatch.fnmatch("simulation.flower", pattern) for pattern in setuptools["packages"]["find"]["include"])
+    patterns = setuptools["package-data"]["simulation"]
+    base = ROOT / "simulation"
+    files = [p.relative_to(base).as_posix() for p in app_path().iterdir() if p.is_file()
+             and not p.name.startswith(".")]
+    assert set(APP_FILES) <= {Path(f).name for f in files}
+    unshipped = [f for f in files if not any(fnmatch.fnmatch(f, pattern) for pattern in patterns)]
+    assert not unshipped, unshipped
+
+
+def test_the_script_is_executable():
+    assert SCRIPT.stat().st_mode & stat.S_IXUSR
+
+
+# -- secagg flower check -------------------------------------------------------------------
+
+
+def _summary(run_dir: Path, completed: int, planned: int, **extra) -> None:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "summary.json").write_text(json.dumps({"engine": "flower", "rounds_completed": completed,
+                                                      "rounds_planned": planned} | extra))
+
+
+def test_check_fails_without_a_summary(tmp_path, capsys):
+    assert main(["flower", "check", str(tmp_path / "never")]) == 1
+    assert "never opened its run directory" in capsys.readouterr().err
+    started = tmp_path / "started"
+    started.mkdir()
+    (started / "config.json").write_text("{}")
+    assert main(["flower", "check", str(started)]) == 1
+    err = capsys.readouterr().err
+    assert "started but did not finish" in err and len(err.strip().splitlines()) == 1
+
+
+def test_check_fails_on_a_run_that_stopped_early(tmp_path, capsys):
+    _summary(tmp_path, 1, 2, stopped="budget exhausted", rounds_aborted=[1])
+    assert main(["flower", "check", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert "1 of 2 rounds completed" in err and "budget exhausted" in err and "[1]" in err
+
+
+def test_check_fails_on_a_summary_of_another_engine(tmp_path):
+    _summary(tmp_path, 2, 2, engine="in-process")
+    assert not run_outcome(tmp_path).ok
+
+
+def test_check_passes_a_finished_run_and_names_its_ledger_run_id(tmp_path, capsys):
+    from dp import PrivacyLedger
+
+    PrivacyLedger.create(tmp_path, run_id="the-run", delta=1e-5, budgets={"site-1": 8.0}).close()
+    _summary(tmp_path, 2, 2)
+    assert main(["flower", "check", str(tmp_path), "--run-id"]) == 0
+    assert capsys.readouterr().out.strip() == "the-run"
+    assert main(["flower", "check", str(tmp_path), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["run_id"] == "the-run"
+
+
+# -- the guide as a script, with real processes -------------------------------------------
+
+# Ports: a block per pytest-xdist worker in 15000-19999, below tests/test_flower.py's blocks (20000 and up)
+# and Linux's ephemeral range (32768 and up), so neither the kernel nor that file hands them out meanwhile.
+_PORT_BASE, _PORT_BLOCK = 15_000, 200
+
+
+def _free_ports(count: int) -> int:
+    """The first of ``count`` consecutive loopback ports that all bind now."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
+    index = int(worker[2:]) if worker[2:].isdigit() else 0
+    first = _PORT_BASE + (index % 25) * _PORT_BLOCK
+    for start in range(first + os.getpid() % 50, first + _PORT_BLOCK - count):
+        sockets = []
+        try:
+            for port in range(start, start + count):
+                s = socket.socket()
+                sockets.append(s)
+                s.bind(("127.0.0.1", port))
+            return start
+        except OSError:
+            continue
+        finally:
+            for s in sockets:
+                s.close()
+    raise RuntimeError(f"no {count} free consecutive loopback ports in {first}-{first + _PORT_BLOCK - 1}")
+
+
+# Small and quick: synthetic updates (fixed floats; DP-SGD on real NIfTI data is tests/test_flower.py's),
+# 16 x 16 slices; the stage timeout leaves room for a loaded machine.
+_QUICK = 'update="synthetic" image-size=16 local-steps=2 sample-rate=0.25 stage-timeout=60.0 node-wait=60.0'
+
+
+def _deploy(directory: Path, *options: str, timeout: float = 540) -> subprocess.CompletedProcess:
+    """Run the script as a user would: ``secagg`` and Flower's commands on PATH, this checkout's code."""
+    for tool in ("flower-superlink", "flower-supernode", "flwr"):
+        if not (BIN / tool).exists():
+            pytest.skip(f"{tool} not found beside {sys.executable} (pip install 'secagg[flower]')")
+    shim = directory.parent / "bin"
+    shim.mkdir(exist_ok=True)
+    (shim / "secagg").write_text(f'#!/bin/sh\nexec "{sys.executable}" -m simulation.cli "$@"\n')
+    os.chmod(shim / "secagg", 0o700)
+    env = os.environ | {"PATH": f"{shim}{os.pathsep}{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+                        "PYTHONPATH": str(ROOT), "TMPDIR": str(directory.parent)}
+    proc = subprocess.Popen(["bash", str(SCRIPT), "--dir", str(directory), "--port", str(_free_ports(4)), *options],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=directory.parent,
+                            start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGTERM)  # the script's trap stops the SuperLink and SuperNodes
+        out, err = proc.communicate(timeout=60)
+        pytest.fail(f"deploy-local.sh did not finish in {timeout} s:\n{out[-3000:]}\n{err[-3000:]}")
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+def _private(root: Path) -> dict:
+    """Everything under root that is not owner-only (0700 directories, 0600 files)."""
+    wrong = {}
+    for path in [root, *root.rglob("*")]:
+        if path.is_symlink():
+            continue
+        mode = stat.S_IMODE(path.lstat().st_mode)
+        if mode != (0o700 if path.is_dir() else 0o600):
+            wrong[str(path)] = oct(mode)
+    return wrong
+
+
+@pytest.mark.slow
+def test_the_script_takes_a_new_user_to_a_verified_run_and_its_dpia(tmp_path):
+    directory = tmp_path / "deploy"
+    proc = _deploy(directory, "--rounds", "2", "--run-config", _QUICK)
+    logs = "\n".join(f"--- {p.name}\n{p.read_text()[-2000:]}" for p in sorted((directory / "logs").glob("*.log")))
+    assert proc.returncode == 0, f"{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}\n{logs}"
+    steps = [line for line in proc.stdout.splitlines() if line.startswith("== ")]
+    assert [s.split()[1] for s in steps] == [f"{i}/8" for i in range(1, 9)]
+    summary = json.loads((directory / "run" / "summary.json").read_text())
+    assert (summary["rounds_completed"], summary["rounds_planned"]) == (2, 2)
+    # Both sides' ledgers verified: the coordinator's with the three nodes' anchors, then each node's own.
+    assert proc.stdout.count("ledger OK") == 4
+    assert "3 site anchors matched" in proc.stdout
+    for site in ("site-1", "site-2", "site-3"):
+        assert (directory / "nodes" / site / "ledger" / "ledger.sqlite").is_file()
+    assert (directory / "run" / "dpia.md").is_file()
+    # Least privilege: what the run wrote on both sides is owner-only.
+    for part in ("run", "nodes"):
+        assert not _private(directory / part), _private(directory / part)
+    # Flower's own files (the installed app bundle) stayed under the directory too.
+    assert list((directory / "flwr-home" / "apps").glob("secagg.secagg-flower.*"))
+
+
+@pytest.mark.slow
+def test_the_script_exits_non_zero_when_the_run_fails(tmp_path):
+    """Two nodes for a run that waits for three: the ServerApp gives up after node-wait; ``flwr run`` exits 0,
+    the script does not."""
+    directory = tmp_path / "deploy"
+    proc = _deploy(directory, "--sites", "2", "--num-sites", "3", "--rounds", "1",
+                   "--run-config", _QUICK.replace("node-wait=60.0", "node-wait=3.0"))
+    assert proc.returncode == 1, f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    assert "the run failed" in proc.stderr
+    assert "run FAILED" in proc.stderr
+    assert not (directory / "run" / "dpia.md").exists()
