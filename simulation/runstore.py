@@ -33,7 +33,8 @@ import os
 from pathlib import Path
 
 __all__ = ["RunDirectory", "atomic_write_bytes", "atomic_write_json", "RunDirectoryError", "private_dir",
-           "private_umask", "PRIVATE_DIR_MODE", "PRIVATE_FILE_MODE"]
+           "private_umask", "PRIVATE_DIR_MODE", "PRIVATE_FILE_MODE", "InsecurePermissionsError",
+           "require_private_dir"]
 
 #: Modes of everything a run writes: only the owner may read, write or list.
 PRIVATE_DIR_MODE, PRIVATE_FILE_MODE = 0o700, 0o600
@@ -41,6 +42,10 @@ PRIVATE_DIR_MODE, PRIVATE_FILE_MODE = 0o700, 0o600
 
 class RunDirectoryError(ValueError):
     """The run directory cannot be used (belongs to another configuration, missing state, ...)."""
+
+
+class InsecurePermissionsError(RunDirectoryError):
+    """A directory that must be its owner's alone is open to group or others, or owned by another user."""
 
 
 def _fsync_dir(path: Path) -> None:
@@ -68,6 +73,35 @@ def private_dir(path) -> Path:
     if not path.is_dir():
         raise RunDirectoryError(f"{path} is not a directory")
     os.chmod(path, PRIVATE_DIR_MODE)
+    return path
+
+
+def require_private_dir(path, what: str) -> Path:
+    """``path`` as a directory only its owner (this process's user) can access; created 0700 when missing.
+
+    Unlike :func:`private_dir`, an existing directory is never narrowed: one that group or others can
+    access (or that another user owns) is refused, as ssh refuses a readable key. Whatever it held may
+    already have been read or replaced, so the operator decides (``chmod 700``, or a fresh directory).
+    A symbolic link is followed: the directory it names is what counts.
+
+    Raises:
+        InsecurePermissionsError: naming ``what``, the path and its mode.
+    """
+    import stat
+
+    path = Path(path)
+    if not path.exists():
+        return private_dir(path)
+    info = path.stat()
+    if not stat.S_ISDIR(info.st_mode):
+        raise RunDirectoryError(f"{what} {path} is not a directory")
+    mode = stat.S_IMODE(info.st_mode)
+    if info.st_uid != os.getuid():
+        raise InsecurePermissionsError(f"{what} {path} belongs to user id {info.st_uid}, not to this user "
+                                       f"({os.getuid()}); use a directory of your own")
+    if mode & 0o077:
+        raise InsecurePermissionsError(f"{what} {path} has mode {mode:04o}; only its owner may access it: "
+                                       f"chmod 700 {path}")
     return path
 
 

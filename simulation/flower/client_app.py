@@ -85,7 +85,7 @@ from secagg import wire
 from secagg.messages import MaskedInputRequest, UnmaskRequest
 
 from . import require_flwr
-from ..runstore import private_dir
+from ..runstore import private_dir, require_private_dir
 from .sealed_state import seal, unseal
 from .session_journal import claim_session
 from .ledger_link import (ANCHOR_RECORD, ROUND_CHAIN_RECORD, STATEMENT_RECORD, node_ledger_signer, note_release,
@@ -97,7 +97,7 @@ require_flwr()
 from flwr.app import ConfigRecord, Context, Message, RecordDict  # noqa: E402
 from flwr.clientapp import ClientApp  # noqa: E402
 
-__all__ = ["app", "synthetic_update", "site_name", "node_setting", "node_path", "node_ledger_key", "check_budget",
+__all__ = ["app", "synthetic_update", "site_name", "node_setting", "node_path", "node_state_dir", "node_ledger_key", "check_budget",
            "commit_release", "sign_ledger_entry", "take_anchor", "node_signing_key"]
 
 app = ClientApp()
@@ -145,6 +145,18 @@ def node_path(context: Context, key: str, run_key: str) -> Path | None:
         return Path(str(context.node_config[key]))
     root = context.run_config.get(run_key) if _simulated(context) else None
     return Path(str(root)) / site_name(context) if root else None
+
+
+def node_state_dir(context: Context) -> Path | None:
+    """The node's ``state-dir`` (simulated: ``node-state-root/<site>``), or None without one.
+
+    Least privilege (issue 21): it is created 0700 when missing, and an existing one that group or others
+    can access, or that another user owns, is refused
+    (:class:`~simulation.runstore.InsecurePermissionsError`, naming the path and its mode): it holds the
+    node's sealing key, its ledger and usually its signing key.
+    """
+    state_dir = node_path(context, "state-dir", "node-state-root")
+    return None if state_dir is None else require_private_dir(state_dir, "the node's state-dir")
 
 
 def _drop_point(context: Context):
@@ -227,7 +239,7 @@ def node_ledger_key(context: Context, site: str):
     key_path = context.node_config.get("signing-key")
     if key_path:
         return load_signing_key(str(key_path))
-    state_dir = node_path(context, "state-dir", "node-state-root")
+    state_dir = node_state_dir(context)
     if state_dir is None:
         return None
     path = state_dir / f"{site}.ed25519"
@@ -250,7 +262,7 @@ def _ledger(context: Context, setup: RoundSetup):
     """
     from dp import PrivacyLedger
 
-    state_dir = node_path(context, "state-dir", "node-state-root")
+    state_dir = node_state_dir(context)
     if state_dir is None:
         return None
     budget = node_setting(context, "epsilon-budget", "node-epsilon-budget")
@@ -362,7 +374,7 @@ def sign_ledger_entry(context: Context, statement) -> bytes:
     key = node_ledger_key(context, setup.site)
     if key is None:
         raise secagg.InvalidInputError("this node has no identity to sign with (no signing-key, no state-dir)")
-    state_dir = node_path(context, "state-dir", "node-state-root")
+    state_dir = node_state_dir(context)
     if state_dir is None:
         from dp import LedgerSigner
 
@@ -393,12 +405,12 @@ def take_anchor(message: Message, context: Context) -> ConfigRecord | None:
         return None
     try:
         run_id, seq, digest = anchor_from_record(record)
-        state_dir = node_path(context, "state-dir", "node-state-root")
+        state_dir = node_state_dir(context)
         key = node_ledger_key(context, site_name(context))
         if state_dir is None or key is None:
             raise LedgerError("this node keeps no state-dir: it anchors nothing")
         node_ledger_signer(site_name(context), key.seed, state_dir, run_id).record_anchor(run_id, seq, digest)
-    except (LedgerError, secagg.ProtocolError) as exc:
+    except (LedgerError, secagg.ProtocolError, ValueError) as exc:
         print(f"[secagg-node] ledger anchor not taken: {exc}", file=sys.stderr, flush=True)
         return ConfigRecord({"refusal": str(exc)})
     return ConfigRecord({"anchored": seq})
@@ -416,7 +428,7 @@ def ledger_query(message: Message, context: Context) -> Message:
         try:
             signature = sign_ledger_entry(context, statement_from_record(request))
             records[STATEMENT_RECORD] = ConfigRecord({"signature": signature})
-        except (PrivacyError, secagg.ProtocolError) as exc:
+        except (PrivacyError, secagg.ProtocolError, ValueError) as exc:
             print(f"[secagg-node] refused to sign: {exc}", file=sys.stderr, flush=True)
             records[STATEMENT_RECORD] = ConfigRecord({"refusal": f"{type(exc).__name__}: {exc}"})
     return Message(RecordDict(records), reply_to=message)
@@ -458,7 +470,7 @@ def gate_unmask(context: Context, state, setup: RoundSetup, incoming, chain_reco
 
     if not state["released"] or setup.client_id not in incoming.survivors:
         return  # nothing of this node's was released, or the session refuses the request itself
-    state_dir = node_path(context, "state-dir", "node-state-root")
+    state_dir = node_state_dir(context)
     missing = [k for k in _required_kinds(state) if k not in str(state["signed-kinds"]).split()]
     if missing:
         raise LedgerError(f"this node unmasks round {setup.round_index} only after it signed its "
@@ -512,7 +524,7 @@ def _local_update(setup: RoundSetup, context: Context, global_arrays) -> np.ndar
     data_dir = node_path(context, "data", "node-data-root")
     if data_dir is None:
         raise secagg.InvalidInputError("this node has no data: start it with --node-config 'data=/path/to/site'")
-    state_dir = node_path(context, "state-dir", "node-state-root")
+    state_dir = node_state_dir(context)
     try:
         site_data = models.load_site(data_dir, image_size=setup.image_size,
                                      cache_dir=None if state_dir is None else state_dir / "preprocessed")
@@ -629,7 +641,7 @@ def _setup_round(message: Message, context: Context) -> Message:
         if node_ledger_key(context, setup.site) is None:
             return _refuse(message, "this node has no identity to sign its ledger spends with: start it with a "
                                     "state-dir (it creates STATE_DIR/SITE.ed25519) or a signing-key")
-        if node_path(context, "state-dir", "node-state-root") is None:
+        if node_state_dir(context) is None:
             # Its session (private keys) is kept sealed under a key in the state-dir, never in the clear.
             return _refuse(message, "this node has no state-dir: it keeps its session sealed under "
                                     "STATE_DIR/state.key and its journal and ledger there (--node-config "
@@ -658,7 +670,7 @@ def _setup_round(message: Message, context: Context) -> Message:
             ring, _ = encode_update(vector, setup.public_weight, _encoder(setup), setup.weight_bound)
     except (secagg.ProtocolError, PrivacyError, ValueError) as exc:
         return _refuse(message, f"{type(exc).__name__}: {exc}")
-    state_dir = node_path(context, "state-dir", "node-state-root")
+    state_dir = node_state_dir(context)
     try:
         claim_session(state_dir, setup.session.fingerprint)  # durable, before any key leaves
         session = secagg.ClientSession(setup.session, setup.client_id, masked_input=ring, signing_key=signing_key)
@@ -687,10 +699,10 @@ def _step(message: Message, context: Context) -> Message:
     # Both were written by this node itself into its own state, never received from the network; the
     # session was sealed under the node's state key, so a state altered outside the node is refused.
     setup: RoundSetup = pickle.loads(bytes(state["setup"]))
-    state_dir = node_path(context, "state-dir", "node-state-root")
     try:
+        state_dir = node_state_dir(context)
         session = pickle.loads(unseal(state_dir, setup.site, context.run_id, bytes(state["session"])))
-    except (TypeError, secagg.ProtocolError) as exc:
+    except (TypeError, ValueError, secagg.ProtocolError) as exc:
         return _refuse(message, f"this node's sealed session does not open: {type(exc).__name__}: {exc}")
     try:
         data = bytes(message.content.config_records["secagg"]["wire"])
