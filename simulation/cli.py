@@ -514,9 +514,17 @@ def _cmd_keys_new(args: argparse.Namespace) -> int:
 
     from .identity import add_to_registry, load_registry, write_identity, write_site_node_key
 
+    passphrase = None
+    if args.passphrase_env:
+        from .passphrase import PassphraseError, passphrase_from_env
+
+        try:
+            passphrase = passphrase_from_env(args.passphrase_env)
+        except PassphraseError as exc:
+            raise UsageError(f"secagg keys new: error: {exc}; set it there (never on the command line)") from None
     if args.registry and Path(args.registry).exists():
         load_registry(args.registry)  # a broken registry is refused before any key is made
-    identity = write_identity(args.out, args.site)
+    identity = write_identity(args.out, args.site, passphrase=passphrase)
     node_key = write_site_node_key(args.out, args.site)
     registry = add_to_registry(args.registry, identity, node_key.public_key) if args.registry else None
     if args.json:
@@ -524,7 +532,9 @@ def _cmd_keys_new(args: argparse.Namespace) -> int:
                          | {"registry": args.registry, "registered_sites": sorted(registry) if registry else None},
                          indent=2))
         return 0
-    print(f"wrote {identity.signing_key_path} (mode 0600: this site's signing key; it never leaves this machine)")
+    print(f"wrote {identity.signing_key_path} (mode 0600: this site's signing key; it never leaves this machine"
+          + (f"; encrypted under the passphrase in ${args.passphrase_env}, which the node needs in the same variable "
+             "or the one its --node-config 'passphrase-env' names)" if passphrase else ")"))
     print(f"verify key of {identity.site}: {identity.verify_key.hex()}")
     _print_node_key(node_key)
     if args.registry:
@@ -1119,6 +1129,9 @@ def build_parser() -> argparse.ArgumentParser:
     new_key.add_argument("--out", required=True, help="directory for the signing key and the node key")
     new_key.add_argument("--registry",
                          help="a registry JSON file to add the verify key and node key to (created if missing)")
+    new_key.add_argument("--passphrase-env", metavar="VAR",
+                         help="encrypt the signing key under the passphrase held by environment variable VAR "
+                              "(Argon2id + XSalsa20-Poly1305); a passphrase is never taken on the command line")
     new_key.add_argument("--json", action="store_true", help="print one JSON object")
     new_key.set_defaults(func=_cmd_keys_new)
     node_auth = keys_sub.add_parser(

@@ -18,8 +18,9 @@ signing key and its ledger anchor (:mod:`dp.ledger_signatures`), and ``RUN_DIR/r
 the verify keys (public), also returned so that the caller can keep a copy outside the run
 directory - a registry inside the run directory is only as trustworthy as the directory.
 
-Files: a signing key is 64 hex characters (the 32-byte Ed25519 seed) in a file
-only its owner may read (mode 0600; anything wider is refused, as ssh does);
+Files: a signing key is 64 hex characters (the 32-byte Ed25519 seed), or that seed encrypted under a
+passphrase (:mod:`simulation.passphrase`), in a file only its owner may read (mode 0600; anything
+wider is refused, as ssh does);
 the registry is JSON ``{"site name": "64 hex characters of the verify key"}``. A site that also
 runs a Flower SuperNode has its node-authentication key (:mod:`simulation.node_keys`) recorded
 next to its verify key: ``{"site name": {"verify_key": "HEX", "node_key": "ecdsa-sha2-nistp384
@@ -75,8 +76,12 @@ def _check_site_name(site: str) -> str:
     return site
 
 
-def write_identity(directory, site: str) -> SiteIdentity:
-    """Generate a site's Ed25519 identity into ``DIRECTORY/SITE.ed25519`` (mode 0600; never overwritten)."""
+def write_identity(directory, site: str, *, passphrase: bytes | None = None) -> SiteIdentity:
+    """Generate a site's Ed25519 identity into ``DIRECTORY/SITE.ed25519`` (mode 0600; never overwritten).
+
+    With a ``passphrase`` the file holds the seed encrypted under it (:mod:`simulation.passphrase`:
+    Argon2id, then XSalsa20-Poly1305); :func:`load_signing_key` then needs the passphrase.
+    """
     site = _check_site_name(site)
     directory = Path(directory)
     if not directory.exists():
@@ -88,15 +93,33 @@ def write_identity(directory, site: str) -> SiteIdentity:
     except FileExistsError:
         raise IdentityError(f"{path} already exists; a site keeps one identity (remove it deliberately to "
                             "replace it, then update the registry)") from None
+    if passphrase is not None:
+        from .passphrase import seal_seed
+
+        try:
+            text = seal_seed(pair.seed, passphrase)
+        except BaseException:
+            os.close(fd)
+            path.unlink()
+            raise
+    else:
+        text = pair.seed.hex() + "\n"
     with os.fdopen(fd, "w") as f:
-        f.write(pair.seed.hex() + "\n")
+        f.write(text)
         f.flush()
         os.fsync(f.fileno())
     return SiteIdentity(site, path, pair.verify_key)
 
 
-def load_signing_key(path) -> SigningKeyPair:
-    """Read a signing key written by :func:`write_identity`; refuses files others may read."""
+def load_signing_key(path, *, passphrase_env: str | None = None) -> SigningKeyPair:
+    """Read a signing key written by :func:`write_identity`; refuses files others may read.
+
+    A passphrase-protected key is opened with the passphrase in the environment variable
+    ``passphrase_env`` (default ``SECAGG_KEY_PASSPHRASE``); without it, or with a wrong one, a
+    :class:`~simulation.passphrase.PassphraseError` (one line naming the file and the variable).
+    """
+    from .passphrase import DEFAULT_PASSPHRASE_ENV, PassphraseError, is_sealed, open_seed, passphrase_from_env
+
     path = Path(path)
     try:
         mode = stat.S_IMODE(path.stat().st_mode)
@@ -105,10 +128,19 @@ def load_signing_key(path) -> SigningKeyPair:
     if mode & 0o077:
         raise IdentityError(f"signing key {path} has mode {mode:04o}; only its owner may read it: chmod 600 {path}")
     text = path.read_text().strip()
-    try:
-        seed = bytes.fromhex(text)
-    except ValueError:
-        seed = b""
+    if is_sealed(text):
+        variable = passphrase_env or DEFAULT_PASSPHRASE_ENV
+        try:
+            passphrase = passphrase_from_env(variable)
+        except PassphraseError:
+            raise PassphraseError(f"signing key {path} is protected by a passphrase: put it in the environment "
+                                  f"variable {variable}") from None
+        seed = open_seed(text, passphrase, f"signing key {path}")
+    else:
+        try:
+            seed = bytes.fromhex(text)
+        except ValueError:
+            seed = b""
     if len(seed) != KEY_BYTES:
         raise IdentityError(f"signing key {path} must hold {2 * KEY_BYTES} hex characters; it does not")
     import nacl.signing

@@ -238,7 +238,7 @@ def node_ledger_key(context: Context, site: str):
 
     key_path = context.node_config.get("signing-key")
     if key_path:
-        return load_signing_key(str(key_path))
+        return load_signing_key(str(key_path), passphrase_env=_passphrase_env(context))
     state_dir = node_state_dir(context)
     if state_dir is None:
         return None
@@ -249,7 +249,14 @@ def node_ledger_key(context: Context, site: str):
         print(f"[secagg-node] created this site's ledger identity {path} (mode 0600); its verify key "
               f"{identity.verify_key.hex()} must be in the consortium's registry under {site!r}",
               file=sys.stderr, flush=True)
-    return load_signing_key(path)
+    return load_signing_key(path, passphrase_env=_passphrase_env(context))
+
+
+def _passphrase_env(context: Context) -> str | None:
+    """The environment variable holding the passphrase of a protected signing key (node config
+    ``passphrase-env``; default ``SECAGG_KEY_PASSPHRASE``). Only a name travels in the config, never a
+    passphrase: the SuperNode's environment passes on to the ClientApp processes it starts."""
+    return str(context.node_config.get("passphrase-env") or "") or None
 
 
 def _ledger(context: Context, setup: RoundSetup):
@@ -566,7 +573,7 @@ def node_signing_key(context: Context, setup: RoundSetup) -> bytes | None:
     if not key_path or not registry_path:
         raise secagg.InvalidInputError("active mode: start this node with --node-config "
                                        "'signing-key=\"FILE\" registry=\"FILE\"' (see `secagg keys new`)")
-    identity = load_signing_key(str(key_path))
+    identity = load_signing_key(str(key_path), passphrase_env=_passphrase_env(context))
     registry = load_registry(str(registry_path))
     if registry.get(setup.site) != identity.verify_key:
         raise secagg.InvalidInputError(f"this node's signing key is not site {setup.site!r}'s key in its registry")
