@@ -392,6 +392,47 @@ def _wp248(run: dict) -> list[tuple[str, str, str]]:
     ]
 
 
+
+def _transport_text(deployment: dict) -> str:
+    """The run's transport as recorded (``deployment.tls``, observed by the ServerApp), never assumed."""
+    tls = deployment.get("tls", "absent")
+    observed = deployment.get("tls_observed")
+    if tls is True:
+        text = "Transport: TLS ON between the SuperLink and every party (Fleet, Control and runtime APIs over HTTPS)"
+    elif tls is False:
+        text = ("Transport: TLS OFF - the SuperLink served its APIs in plain HTTP: anyone on the network path reads "
+                "and can alter the protocol messages and the run's control traffic. Not acceptable outside loopback")
+    elif tls is None:
+        text = "Transport: TLS not observed by this run (it did not run under Flower's flwr-serverapp)"
+    else:
+        text = "Transport: not recorded by this run (a summary from an older secagg)"
+    return text + (f" ({observed})." if observed else ".") + " Only protocol messages (wire bytes) travel."
+
+
+def _deployment_fact_lines(deployment: dict) -> list[str]:
+    """Active mode, registry and registration, and where the ledgers and keys live, as the run recorded them."""
+    if "active_mode" not in deployment:
+        return []
+    lines = [
+        "Active mode (signed keys and the ConsistencyCheck round against a malicious coordinator): "
+        + ("ON" if deployment["active_mode"] else "OFF (passive: the coordinator is trusted to follow the protocol)")
+        + ".",
+        f"Registry of the sites' verify keys at the coordinator: {deployment.get('registry') or 'none'}; "
+        f"registration: {deployment.get('registration', 'n/a')}.",
+        f"The coordinator's privacy ledger: {deployment.get('coordinator_ledger', 'n/a')}.",
+    ]
+    for site, node in sorted((deployment.get("nodes") or {}).items()):
+        if not node.get("reported"):
+            lines.append(f"{site}: its node reported no deployment facts (an older secagg).")
+            continue
+        key = node.get("signing_key") or "none"
+        lines.append(f"{site} (as its node reported at registration): own ledger {node.get('ledger') or 'none'}; "
+                     f"signing key {key}"
+                     + (" (passphrase-protected)" if node.get("key_protected") else
+                        " (not passphrase-protected: a copy of the disk holds the key)" if key != "none" else "")
+                     + f"; its own registry copy {node.get('registry') or 'none'}.")
+    return lines
+
 def _risks(run: dict, proto: dict, max_eps: float | None) -> tuple[list, list]:
     """CNIL risk families and model-specific risks: (name, severity, likelihood, rationale, measures).
 
@@ -559,8 +600,9 @@ def build_dpia(run_dir, org: dict | None = None, *, today: str | None = None) ->
                               f"brain-MRI slices (anomaly detection)"),
             ("Data used in this run", summary.get("data") if flower else
              summary.get("scale", "n/a") + (" (synthetic cohort)" if cfg.get("data") is None else "")),
-            ("Engine", "Flower deployment: a coordinator ServerApp and one SuperNode per site, each on its "
-                       "own machine" if flower else "one-machine simulation of all sites (research)"),
+            ("Engine", "Flower deployment: a coordinator ServerApp and one SuperNode per site (whether each "
+                       "runs on its own machine is not recorded by the run)" if flower
+             else "one-machine simulation of all sites (research)"),
             ("Rounds", f"{summary.get('rounds_completed', 'n/a')} completed of {cfg.get('rounds')} planned"),
             ("Aggregation protocol", _mode_text(mode, proto["active"])),
         ]),
@@ -714,8 +756,8 @@ def build_dpia(run_dir, org: dict | None = None, *, today: str | None = None) ->
         deployment = summary.get("deployment") or {}
         blocks.append(_p("Deployment (Flower):"))
         blocks.append(_list([
-            "Transport: Flower's SuperLink serves the sites over TLS where the consortium configures it "
-            "(certificates from its PKI); only protocol messages (wire bytes) travel.",
+            _transport_text(deployment),
+            *_deployment_fact_lines(deployment),
             f"Each site's own privacy accounting: {deployment.get('node_ledgers', 'n/a')}.",
             *([f"Site signatures on the coordinator's ledger: {deployment['ledger_signatures']}."]
               if deployment.get("ledger_signatures") else []),

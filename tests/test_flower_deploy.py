@@ -141,7 +141,7 @@ def _free_ports(count: int) -> int:
 _QUICK = 'update="synthetic" image-size=16 local-steps=2 sample-rate=0.25 stage-timeout=60.0 node-wait=60.0'
 
 
-def _deploy(directory: Path, *options: str, timeout: float = 540) -> subprocess.CompletedProcess:
+def _deploy(directory: Path, *options: str, timeout: float = 1200) -> subprocess.CompletedProcess:
     """Run the script as a user would: ``secagg`` and Flower's commands on PATH, this checkout's code."""
     for tool in ("flower-superlink", "flower-supernode", "flwr"):
         if not (BIN / tool).exists():

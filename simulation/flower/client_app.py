@@ -90,7 +90,7 @@ from .sealed_state import seal, unseal
 from .session_journal import claim_session
 from .ledger_link import (ANCHOR_RECORD, ROUND_CHAIN_RECORD, STATEMENT_RECORD, node_ledger_signer, note_release,
                           remember_signed, round_chain_from_record, statement_from_record)
-from .transport import STAGE_OF, RoundSetup, hello_payload
+from .transport import FACTS_RECORD, STAGE_OF, RoundSetup, hello_payload
 
 require_flwr()
 
@@ -98,7 +98,7 @@ from flwr.app import ConfigRecord, Context, Message, RecordDict  # noqa: E402
 from flwr.clientapp import ClientApp  # noqa: E402
 
 __all__ = ["app", "synthetic_update", "site_name", "node_setting", "node_path", "node_state_dir", "node_ledger_key", "check_budget",
-           "commit_release", "sign_ledger_entry", "take_anchor", "node_signing_key"]
+           "commit_release", "sign_ledger_entry", "take_anchor", "node_signing_key", "node_facts"]
 
 app = ClientApp()
 
@@ -210,7 +210,24 @@ def hello(message: Message, context: Context) -> Message:
             from secagg.crypto import sign
 
             answer["signature"] = sign(key.seed, hello_payload(bytes(challenge["nonce"]), site))
-    return Message(RecordDict({"site": ConfigRecord(answer)}), reply_to=message)
+    return Message(RecordDict({"site": ConfigRecord(answer), FACTS_RECORD: ConfigRecord(node_facts(context, site))}),
+                   reply_to=message)
+
+
+def node_facts(context: Context, site: str) -> dict:
+    """Where this node keeps its ledger and its signing key, and whether the key is passphrase-protected,
+    as its operator configured it: the coordinator records them in the run's summary and the DPIA
+    states them as reported by the node. Paths only, never a key or a passphrase."""
+    from ..passphrase import is_sealed
+
+    state = node_path(context, "state-dir", "node-state-root")
+    key_path = context.node_config.get("signing-key") or (state / f"{site}.ed25519" if state is not None else "")
+    try:
+        protected = bool(key_path) and is_sealed(Path(str(key_path)).read_text()[:64])
+    except (OSError, UnicodeDecodeError):
+        protected = False
+    return {"ledger": str(state / "ledger") if state is not None else "", "signing-key": str(key_path),
+            "key-protected": protected, "registry": str(context.node_config.get("registry") or "")}
 
 
 # -- the node's own privacy ledger ------------------------------------------------------

@@ -4,6 +4,10 @@
   ClientApp, ``README.md``, ``deploy-local.sh``) as installed: it ships inside the ``simulation``
   package (``package-data`` in the project's ``pyproject.toml``), so ``flwr run "$(secagg flower
   app-path)"`` works from a wheel, without a source checkout.
+* :func:`transport_security` and :func:`deployment_facts` - the deployment as it was, for the run's
+  ``summary.json`` and its DPIA: whether TLS was on (read from the command line Flower started the
+  ServerApp process with), active mode, the registry, where the coordinator's ledger lives, and
+  where each node keeps its ledger and signing key (as the node reported it at registration).
 * :func:`run_outcome` - whether a Flower run directory holds a finished run. ``flwr run`` exits 0
   even when the ServerApp raised (Flower records the run as failed, the CLI does not report it), so
   a deployment script cannot use its exit code; the ServerApp writes ``summary.json`` last, after
@@ -16,7 +20,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["app_path", "RunOutcome", "run_outcome", "APP_FILES"]
+__all__ = ["app_path", "RunOutcome", "run_outcome", "APP_FILES", "transport_security", "deployment_facts"]
 
 #: The files of the app folder that a deployment uses (all shipped in the wheel).
 APP_FILES = ("pyproject.toml", "README.md", "deploy-local.sh")
@@ -77,3 +81,51 @@ def run_outcome(run_dir) -> RunOutcome:
     except LedgerError as exc:
         return RunOutcome(False, f"{run_dir}: its ledger does not open: {exc}", completed, planned)
     return RunOutcome(True, f"{run_dir}: {completed} of {planned} rounds completed", completed, planned, run_id)
+
+
+def transport_security(argv) -> dict:
+    """Whether the SuperLink's APIs ran over TLS, read from this ServerApp process's command line.
+
+    In flwr 1.42 the SuperLink serves its Fleet, Control and runtime APIs on one port, over HTTPS
+    unless it was started with ``--insecure``; its SuperExec then starts ``flwr-serverapp`` with
+    ``--insecure`` too (otherwise with ``--root-certificates`` or the system roots), and a SuperNode
+    cannot connect to an HTTPS port in plain HTTP. So the ServerApp's own flags tell TLS on or off.
+    Outside ``flwr-serverapp`` (in-process tests, the simulation engine) nothing is observed: ``None``.
+    """
+    argv = list(argv or [])
+    if not argv or Path(argv[0]).name != "flwr-serverapp":
+        return {"tls": None, "observed": "not observed: the ServerApp did not run as flwr-serverapp "
+                                         "(in-process or Flower's simulation engine)"}
+    if "--insecure" in argv:
+        return {"tls": False, "observed": "flwr-serverapp was started with --insecure: the SuperLink served its "
+                                          "Fleet, Control and runtime APIs without TLS"}
+    pinned = "--root-certificates" in argv
+    return {"tls": True, "observed": "flwr-serverapp was started without --insecure"
+                                     + (" and with --root-certificates" if pinned else "")
+                                     + ": the SuperLink served its Fleet, Control and runtime APIs over HTTPS"}
+
+
+def deployment_facts(cfg: dict, transport: dict, nodes: dict) -> dict:
+    """The deployment facts of a run for ``summary.json`` (``deployment``): read from the run config
+    ``cfg``, the observed ``transport`` (:func:`transport_security`) and what each registered node
+    reported (``nodes``: site -> ``client_app.node_facts``); nothing assumed."""
+    def node(facts: dict) -> dict:
+        if not facts:
+            return {"reported": False}
+        return {"reported": True, "ledger": str(facts.get("ledger") or "") or None,
+                "signing_key": str(facts.get("signing-key") or "") or None,
+                "key_protected": bool(facts.get("key-protected")),
+                "registry": str(facts.get("registry") or "") or None}
+
+    registry = str(cfg.get("registry") or "")
+    return {
+        "tls": transport["tls"],
+        "tls_observed": transport["observed"],
+        "active_mode": bool(cfg.get("active")),
+        "registry": registry or None,
+        "registration": ("names as given (no registry)" if not registry else
+                         "names as given (registration = names)" if str(cfg.get("registration")) == "names" else
+                         "a node registers only by signing a fresh challenge with its site's registered key"),
+        "coordinator_ledger": str(Path(str(cfg["out"])).resolve() / "ledger.sqlite"),
+        "nodes": {site: node(facts) for site, facts in sorted(nodes.items())},
+    }

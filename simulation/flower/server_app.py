@@ -54,6 +54,7 @@ Run configuration (``[tool.flwr.app.config]`` of ``app/pyproject.toml``, or
 
 from __future__ import annotations
 
+import sys
 import time
 from dataclasses import dataclass
 from typing import Mapping
@@ -73,7 +74,8 @@ from ..dropout import NoDropout  # noqa: E402
 from ..rounds import run_rounds  # noqa: E402
 from ..runstore import atomic_write_json  # noqa: E402
 from .fleet import FlowerFleet  # noqa: E402
-from .transport import HELLO, hello_payload  # noqa: E402
+from .deploy import deployment_facts, transport_security  # noqa: E402
+from .transport import FACTS_RECORD, HELLO, hello_payload  # noqa: E402
 
 __all__ = ["app", "run_federation", "flower_config", "DEFAULTS"]
 
@@ -148,7 +150,8 @@ def _wait_for_nodes(grid: Grid, count: int, timeout: float) -> list[int]:
 
 
 def _register(grid: Grid, nodes: list[int], timeout: float,
-              registry: dict[str, bytes] | None = None, binding: NodeKeyBinding | None = None) -> dict[str, int]:
+              registry: dict[str, bytes] | None = None, binding: NodeKeyBinding | None = None,
+              facts: dict | None = None) -> dict[str, int]:
     """Ask each node for its site's name: site -> Flower node id.
 
     With a ``registry``, each node must also sign a fresh challenge with the key registered for the
@@ -193,6 +196,8 @@ def _register(grid: Grid, nodes: list[int], timeout: float,
         if site in node_of:
             raise ValueError(f"two nodes claim site {site!r}; give each node its own site name")
         node_of[site] = node
+        if facts is not None and FACTS_RECORD in reply.content.config_records:
+            facts[site] = dict(reply.content.config_records[FACTS_RECORD])
     return node_of
 
 
@@ -223,11 +228,12 @@ class NodeKeyBinding:
 
 
 def _register_sites(grid: Grid, count: int, timeout: float, registry: dict[str, bytes] | None,
-                    binding: NodeKeyBinding | None = None) -> dict[str, int]:
+                    binding: NodeKeyBinding | None = None, facts: dict | None = None) -> dict[str, int]:
     """Wait for ``count`` nodes and register them; with a registry, until ``count`` registered sites are in
-    (nodes left out do not count, each node is asked once) or ``timeout`` passes."""
+    (nodes left out do not count, each node is asked once) or ``timeout`` passes. ``facts`` collects what
+    each registered node reports of its deployment (``client_app.node_facts``)."""
     nodes = _wait_for_nodes(grid, count, timeout)
-    node_of = _register(grid, nodes, timeout, registry, binding)
+    node_of = _register(grid, nodes, timeout, registry, binding, facts)
     if registry is None:
         return node_of
     asked, deadline = set(nodes), time.monotonic() + timeout
@@ -235,7 +241,7 @@ def _register_sites(grid: Grid, count: int, timeout: float, registry: dict[str, 
         time.sleep(0.5)
         new = sorted(set(grid.get_node_ids()) - asked)
         asked |= set(new)
-        for site, node in _register(grid, new, timeout, registry, binding).items() if new else ():
+        for site, node in _register(grid, new, timeout, registry, binding, facts).items() if new else ():
             if site in node_of:
                 raise ValueError(f"two nodes sign for site {site!r}: one key is on two nodes")
             node_of[site] = node
@@ -261,8 +267,9 @@ def run_federation(grid: Grid, cfg: dict) -> dict:
             binding = NodeKeyBinding(load_node_keys(str(cfg["registry"])), bool(cfg["node-auth"]))
     if str(cfg["registration"]) not in ("signed", "names"):
         raise ConfigError(f"registration must be 'signed' or 'names'; got {cfg['registration']!r}")
+    reported: dict[str, dict] = {}
     node_of = _register_sites(grid, config.sites, float(cfg["node-wait"]),
-                              consortium if str(cfg["registration"]) == "signed" else None, binding)
+                              consortium if str(cfg["registration"]) == "signed" else None, binding, reported)
     if len(node_of) != config.sites:
         raise RuntimeError(f"{len(node_of)} of {config.sites} sites registered: {sorted(node_of)}")
     names = sorted(node_of)
@@ -334,7 +341,7 @@ def run_federation(grid: Grid, cfg: dict) -> dict:
             "identities": "each site's Ed25519 key, checked against every node's own registry" if config.active
             else "none (passive mode)",
             "node_authentication": _node_authentication_fact(binding, names),
-        },
+        } | deployment_facts(cfg, transport_security(sys.argv), {site: reported.get(site, {}) for site in names}),
         "update": str(cfg["update"]),
     }
     atomic_write_json(run.store.summary_path, summary)

@@ -38,11 +38,13 @@ from secagg import wire
 from secagg.messages import UnmaskRequest
 
 __all__ = ["FlowerTransport", "BatchingCoordinator", "ClientProxy", "RoundSetup", "STAGE_OF", "HELLO", "SETUP",
-           "STEP", "hello_payload"]
+           "STEP", "hello_payload", "FACTS_RECORD"]
 
 HELLO = "query.hello"
 SETUP = "train"
 STEP = "query.secagg"
+#: The record of a hello reply holding the node's deployment facts (``client_app.node_facts``).
+FACTS_RECORD = "deployment"
 
 def hello_payload(challenge: bytes, site: str) -> bytes:
     """What a node signs to register as ``site``: the coordinator's fresh ``challenge`` and the site's name.
