@@ -315,6 +315,20 @@ CASES: list[Case] = [
       for kind in ("garbage", "duplicate-key", "empty")],
     Case("keys-register-nodes-missing-registry", "keys register-nodes",
          lambda c: ["keys", "register-nodes", "--registry", c.missing()], 2, "does not exist"),
+    Case("keys-passphrase-env-unset", "keys new",
+         lambda c: ["keys", "new", "--site", "site-6", "--out", str(c.root / "keys-pw"), "--passphrase-env",
+                    "SECAGG_TEST_UNSET_PASSPHRASE_VARIABLE"], 2, "holds no passphrase"),
+    # flower app-path / certs / check
+    Case("flower-app-path-extra-argument", "flower app-path", lambda c: ["flower", "app-path", "extra"], 2,
+         "unrecognized arguments"),
+    Case("flower-certs-out-is-a-file", "flower certs", lambda c: ["flower", "certs", "--out", c.binary()], 2),
+    Case("flower-certs-zero-days", "flower certs",
+         lambda c: ["flower", "certs", "--out", str(c.root / "certs"), "--days", "0"], 2, "days"),
+    # a run that did not finish is a failed check (1), as documented for `flower check`
+    Case("flower-check-missing", "flower check", lambda c: ["flower", "check", c.missing()], 1, "run FAILED"),
+    Case("flower-check-a-file", "flower check", lambda c: ["flower", "check", c.binary()], 1, "run FAILED"),
+    Case("flower-check-empty-run", "flower check", lambda c: ["flower", "check", c.run_dir("empty")], 1,
+         "run FAILED"),
     # ledger show / verify
     # a damaged ledger: bad input to `show` (2), a failed verification for `verify` (1, as documented there)
     *[Case(f"ledger-{sub}-{kind}", f"ledger {sub}", lambda c, sub=sub, kind=kind: ["ledger", sub, c.run_dir(kind)],

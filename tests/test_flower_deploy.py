@@ -65,6 +65,33 @@ def test_the_script_is_executable():
     assert SCRIPT.stat().st_mode & stat.S_IXUSR
 
 
+def _script(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["bash", str(SCRIPT), *args], capture_output=True, text=True, timeout=60)
+
+
+def test_the_script_refuses_a_directory_that_is_not_empty(tmp_path):
+    """A node's ledger in a reused directory would carry its spent budget into the new run."""
+    (tmp_path / "nodes").mkdir()
+    proc = _script("--dir", str(tmp_path))
+    assert proc.returncode == 2 and "is not empty" in proc.stderr and not proc.stdout
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["nodes"]
+
+
+@pytest.mark.parametrize("args", [["--bogus"], ["--sites", "three"], ["--rounds", "-1"], ["--dir"]])
+def test_the_script_refuses_bad_options_before_doing_anything(tmp_path, args):
+    proc = _script(*args)
+    assert proc.returncode != 0 and proc.stderr.strip() and not proc.stdout
+
+
+def test_the_script_help_lists_every_option():
+    proc = _script("--help")
+    assert proc.returncode == 0
+    options = {"--dir", "--active", "--sites", "--num-sites", "--rounds", "--port", "--epsilon-budget", "--insecure",
+               "--run-config"}
+    assert all(option in proc.stdout for option in options)
+    assert all(f"{option})" in SCRIPT.read_text() for option in options)  # and the script parses each
+
+
 # -- secagg flower check -------------------------------------------------------------------
 
 
