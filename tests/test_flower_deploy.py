@@ -205,8 +205,9 @@ def _private(root: Path) -> dict:
 
 @pytest.mark.slow
 def test_the_script_takes_a_new_user_to_a_verified_run_and_its_dpia(tmp_path):
+    """Active mode (its one set of paths: each node's key in its state-dir, one registry), over TLS."""
     directory = tmp_path / "deploy"
-    proc = _deploy(directory, "--rounds", "2", "--run-config", _QUICK)
+    proc = _deploy(directory, "--active", "--rounds", "2", "--run-config", _QUICK)
     logs = "\n".join(f"--- {p.name}\n{p.read_text()[-2000:]}" for p in sorted((directory / "logs").glob("*.log")))
     assert proc.returncode == 0, f"{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}\n{logs}"
     steps = [line for line in proc.stdout.splitlines() if line.startswith("== ")]
@@ -218,7 +219,15 @@ def test_the_script_takes_a_new_user_to_a_verified_run_and_its_dpia(tmp_path):
     assert "3 site anchors matched" in proc.stdout
     for site in ("site-1", "site-2", "site-3"):
         assert (directory / "nodes" / site / "ledger" / "ledger.sqlite").is_file()
-    assert (directory / "run" / "dpia.md").is_file()
+    assert summary["active"] is True
+    # The DPIA states what the run observed: TLS from flwr-serverapp's real command line, active mode, and
+    # each node's ledger and key where the script put them.
+    dpia = " ".join((directory / "run" / "dpia.md").read_text().split())
+    assert "Transport: TLS ON" in dpia and "with --root-certificates" in dpia
+    assert "against a malicious coordinator): ON" in dpia
+    for site in ("site-1", "site-2", "site-3"):
+        assert (f"{site} (as its node reported at registration): own ledger {directory / 'nodes' / site / 'ledger'}; "
+                f"signing key {directory / 'nodes' / site / (site + '.ed25519')}") in dpia
     # Least privilege: what the run wrote on both sides is owner-only.
     for part in ("run", "nodes"):
         assert not _private(directory / part), _private(directory / part)
