@@ -238,11 +238,12 @@ def test_the_script_takes_a_new_user_to_a_verified_run_and_its_dpia(tmp_path):
 @pytest.mark.slow
 def test_the_script_exits_non_zero_when_the_run_fails(tmp_path):
     """Two nodes for a run that waits for three: the ServerApp gives up after node-wait; ``flwr run`` exits 0,
-    the script does not."""
+    the script does not. Without TLS (``--insecure``): the nodes and the CLI still reach the SuperLink."""
     directory = tmp_path / "deploy"
-    proc = _deploy(directory, "--sites", "2", "--num-sites", "3", "--rounds", "1",
+    proc = _deploy(directory, "--insecure", "--sites", "2", "--num-sites", "3", "--rounds", "1",
                    "--run-config", _QUICK.replace("node-wait=60.0", "node-wait=3.0"))
     assert proc.returncode == 1, f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    assert "only 2 of 3 nodes connected" in proc.stdout  # the ServerApp's own reason, streamed by `flwr run`
     assert "the run failed" in proc.stderr
     assert "run FAILED" in proc.stderr
     assert not (directory / "run" / "dpia.md").exists()
