@@ -39,7 +39,11 @@ under a key kept in the node's own state directory (:mod:`.sealed_state`).
 
 Nothing outside this package imports ``flwr``; install it with
 ``pip install 'secagg[flower]'``. The Flower app directory (``app/``) holds
-the ``pyproject.toml`` that ``flwr run`` needs and documents the commands.
+the ``pyproject.toml`` that ``flwr run`` needs, documents the commands, and
+holds ``deploy-local.sh``, the guide as one script; it ships in the wheel
+(:func:`.deploy.app_path`, ``secagg flower app-path``). :mod:`.deploy` also
+says whether a run finished (``flwr run`` exits 0 on a failed run) and records
+the deployment facts the DPIA states.
 """
 
 from __future__ import annotations

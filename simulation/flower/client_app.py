@@ -57,6 +57,11 @@ Node configuration (``flower-supernode --node-config``):
   tolerate; a coordinator offering a smaller ``max_corrupt`` (a smaller quorum)
   is refused, and so is a graph degree and threshold whose malicious-server failure bound with that many
   colluders exceeds 2^-``security-bits`` (default 40), recomputed by the node.
+* ``passphrase-env`` (str): the environment variable holding the passphrase of a passphrase-protected
+  signing key (default ``SECAGG_KEY_PASSPHRASE``; :mod:`simulation.passphrase`). The SuperNode's
+  environment passes on to its ClientApp processes; the passphrase itself never goes in a config.
+* The ``state-dir`` must be its owner's alone: one that group or others can access, or that another
+  user owns, is refused (:func:`node_state_dir`), as are key files with a wider mode than 0600.
 * ``allow-insecure-rng`` (bool, default false): accept a run whose DP noise
   comes from a non-cryptographic generator (reproducible experiments only).
 * ``drop`` (str, tests and demos): ``"ROUND:STAGE"`` (stages ``advertise share
