@@ -77,7 +77,9 @@ def test_the_script_refuses_a_directory_that_is_not_empty(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["nodes"]
 
 
-@pytest.mark.parametrize("args", [["--bogus"], ["--sites", "three"], ["--rounds", "-1"], ["--dir"]])
+@pytest.mark.parametrize("args", [["--bogus"], ["--sites", "three"], ["--rounds", "-1"], ["--dir"],
+                                  ["--passphrase-env", "SECAGG_TEST_UNSET_PASSPHRASE_VARIABLE"],
+                                  ["--passphrase-env", "1-not-a-name"]])
 def test_the_script_refuses_bad_options_before_doing_anything(tmp_path, args):
     proc = _script(*args)
     assert proc.returncode != 0 and proc.stderr.strip() and not proc.stdout
@@ -87,7 +89,7 @@ def test_the_script_help_lists_every_option():
     proc = _script("--help")
     assert proc.returncode == 0
     options = {"--dir", "--active", "--sites", "--num-sites", "--rounds", "--port", "--epsilon-budget", "--insecure",
-               "--run-config"}
+               "--passphrase-env", "--run-config"}
     assert all(option in proc.stdout for option in options)
     assert all(f"{option})" in SCRIPT.read_text() for option in options)  # and the script parses each
 
@@ -168,7 +170,7 @@ def _free_ports(count: int) -> int:
 _QUICK = 'update="synthetic" image-size=16 local-steps=2 sample-rate=0.25 stage-timeout=60.0 node-wait=60.0'
 
 
-def _deploy(directory: Path, *options: str, timeout: float = 1200) -> subprocess.CompletedProcess:
+def _deploy(directory: Path, *options: str, timeout: float = 1200, **env: str) -> subprocess.CompletedProcess:
     """Run the script as a user would: ``secagg`` and Flower's commands on PATH, this checkout's code."""
     for tool in ("flower-superlink", "flower-supernode", "flwr"):
         if not (BIN / tool).exists():
@@ -178,7 +180,7 @@ def _deploy(directory: Path, *options: str, timeout: float = 1200) -> subprocess
     (shim / "secagg").write_text(f'#!/bin/sh\nexec "{sys.executable}" -m simulation.cli "$@"\n')
     os.chmod(shim / "secagg", 0o700)
     env = os.environ | {"PATH": f"{shim}{os.pathsep}{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
-                        "PYTHONPATH": str(ROOT), "TMPDIR": str(directory.parent)}
+                        "PYTHONPATH": str(ROOT), "TMPDIR": str(directory.parent)} | env
     proc = subprocess.Popen(["bash", str(SCRIPT), "--dir", str(directory), "--port", str(_free_ports(4)), *options],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=directory.parent,
                             start_new_session=True)
@@ -205,9 +207,11 @@ def _private(root: Path) -> dict:
 
 @pytest.mark.slow
 def test_the_script_takes_a_new_user_to_a_verified_run_and_its_dpia(tmp_path):
-    """Active mode (its one set of paths: each node's key in its state-dir, one registry), over TLS."""
+    """Active mode (its one set of paths: each node's key in its state-dir, one registry), over TLS, with the
+    keys under a passphrase that the SuperNodes read from their environment."""
     directory = tmp_path / "deploy"
-    proc = _deploy(directory, "--active", "--rounds", "2", "--run-config", _QUICK)
+    proc = _deploy(directory, "--active", "--passphrase-env", "DEMO_KEY_PASSPHRASE", "--rounds", "2",
+                   "--run-config", _QUICK, DEMO_KEY_PASSPHRASE="a passphrase of the demo hospitals")
     logs = "\n".join(f"--- {p.name}\n{p.read_text()[-2000:]}" for p in sorted((directory / "logs").glob("*.log")))
     assert proc.returncode == 0, f"{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}\n{logs}"
     steps = [line for line in proc.stdout.splitlines() if line.startswith("== ")]
@@ -219,12 +223,14 @@ def test_the_script_takes_a_new_user_to_a_verified_run_and_its_dpia(tmp_path):
     assert "3 site anchors matched" in proc.stdout
     for site in ("site-1", "site-2", "site-3"):
         assert (directory / "nodes" / site / "ledger" / "ledger.sqlite").is_file()
+        assert (directory / "nodes" / site / f"{site}.ed25519").read_text().lstrip().startswith("{")  # sealed
     assert summary["active"] is True
     # The DPIA states what the run observed: TLS from flwr-serverapp's real command line, active mode, and
     # each node's ledger and key where the script put them.
     dpia = " ".join((directory / "run" / "dpia.md").read_text().split())
     assert "Transport: TLS ON" in dpia and "with --root-certificates" in dpia
     assert "against a malicious coordinator): ON" in dpia
+    assert dpia.count("(passphrase-protected)") == 3
     for site in ("site-1", "site-2", "site-3"):
         assert (f"{site} (as its node reported at registration): own ledger {directory / 'nodes' / site / 'ledger'}; "
                 f"signing key {directory / 'nodes' / site / (site + '.ed25519')}") in dpia

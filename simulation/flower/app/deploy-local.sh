@@ -5,7 +5,8 @@
 # directory (owner-only: umask 077), nothing needs root, nothing is downloaded.
 #
 #   bash "$(secagg flower app-path)/deploy-local.sh" [--dir DIR] [--active] [--sites N] [--num-sites N]
-#        [--rounds N] [--port PORT] [--epsilon-budget EPS] [--insecure] [--run-config 'key=value ...']
+#        [--rounds N] [--port PORT] [--epsilon-budget EPS] [--insecure] [--passphrase-env VAR]
+#        [--run-config 'key=value ...']
 #
 # Steps, in order: 1 data (a synthetic cohort), 2 certificates, 3 each site's key and the registry,
 # 4 the SuperLink, 5 the SuperNodes, 6 `flwr run`, 7 the run's outcome and both sides' ledgers
@@ -24,6 +25,9 @@
 #   --port PORT         the SuperLink's port; SuperNode i uses PORT+i (default 9093)
 #   --epsilon-budget E  each node's own budget (default 8.0)
 #   --insecure          no TLS (loopback demos only; the DPIA then says TLS was off)
+#   --passphrase-env VAR  store each site's signing key encrypted under the passphrase held by the
+#                       environment variable VAR (set it before running; never on the command line);
+#                       the SuperNodes inherit it and read it through their node config's passphrase-env
 #   --run-config STR    further run-config keys, e.g. 'image-size=16 local-steps=2 node-wait=20.0'
 #
 # Environment: SECAGG (default `secagg`) is the secagg command; flower-superlink, flower-supernode and
@@ -32,7 +36,7 @@ set -euo pipefail
 umask 077
 
 SECAGG=${SECAGG:-secagg}
-DIR="" ACTIVE=0 SITES=3 NUM_SITES="" ROUNDS=2 PORT=9093 BUDGET=8.0 TLS=1 EXTRA=""
+DIR="" ACTIVE=0 SITES=3 NUM_SITES="" ROUNDS=2 PORT=9093 BUDGET=8.0 TLS=1 EXTRA="" PASSPHRASE_ENV=""
 die() { echo "deploy-local: error: $*" >&2; exit 2; }
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -44,6 +48,7 @@ while [ $# -gt 0 ]; do
     --port) PORT=${2:?--port needs a value}; shift 2 ;;
     --epsilon-budget) BUDGET=${2:?--epsilon-budget needs a value}; shift 2 ;;
     --insecure) TLS=0; shift ;;
+    --passphrase-env) PASSPHRASE_ENV=${2:?--passphrase-env needs a variable name}; shift 2 ;;
     --run-config) EXTRA=${2?--run-config needs a value}; shift 2 ;;
     -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) die "unknown option $1 (see --help)" ;;
@@ -53,6 +58,10 @@ for n in "$SITES" "$ROUNDS" "$PORT" ${NUM_SITES:+"$NUM_SITES"}; do
   case "$n" in ''|*[!0-9]*) die "--sites, --num-sites, --rounds and --port take positive integers; got '$n'" ;; esac
 done
 NUM_SITES=${NUM_SITES:-$SITES}
+if [ -n "$PASSPHRASE_ENV" ]; then
+  case "$PASSPHRASE_ENV" in [A-Za-z_]*) ;; *) die "--passphrase-env takes a variable name; got '$PASSPHRASE_ENV'" ;; esac
+  [ -n "$(printenv "$PASSPHRASE_ENV" || true)" ] || die "the environment variable $PASSPHRASE_ENV holds no passphrase"
+fi
 if [ -z "$DIR" ]; then
   DIR=$(mktemp -d "${TMPDIR:-/tmp}/secagg-deploy.XXXXXX")
 elif [ -e "$DIR" ] && [ -n "$(ls -A "$DIR")" ]; then
@@ -99,7 +108,8 @@ fi
 
 step "3/8 keys: each site's Ed25519 key in its node's state directory, its verify key in $REGISTRY"
 for i in $(seq "$SITES"); do
-  $SECAGG keys new --site "site-$i" --out "$DIR/nodes/site-$i" --registry "$REGISTRY"
+  $SECAGG keys new --site "site-$i" --out "$DIR/nodes/site-$i" --registry "$REGISTRY" \
+    ${PASSPHRASE_ENV:+--passphrase-env "$PASSPHRASE_ENV"}
 done
 
 step "4/8 SuperLink on 127.0.0.1:$PORT"
@@ -114,6 +124,7 @@ step "5/8 SuperNodes: $SITES, one per site$([ "$ACTIVE" = 1 ] && echo ', each wi
 for i in $(seq "$SITES"); do
   state="$DIR/nodes/site-$i"
   config="partition-id=$((i - 1)) site=\"site-$i\" data=\"$DIR/data/site-$i\" state-dir=\"$state\" epsilon-budget=$BUDGET"
+  [ -n "$PASSPHRASE_ENV" ] && config="$config passphrase-env=\"$PASSPHRASE_ENV\""
   if [ "$ACTIVE" = 1 ]; then
     config="$config signing-key=\"$state/site-$i.ed25519\" registry=\"$REGISTRY\""
   fi
