@@ -10,6 +10,10 @@ Reading a volume's bytes once costs far less than preprocessing it.
 Entries are written atomically (temporary file, then ``os.replace``), so a
 crash never leaves a half-written entry under a valid name; an unreadable or
 inconsistent entry is treated as a miss and rewritten.
+
+An entry is patient data (preprocessed slices and lesion masks): entries are
+0600 (``mkstemp``) and the folders this cache creates 0700 whatever the umask
+(issue 21), so a cache inside a Flower node's private state stays private.
 """
 
 from __future__ import annotations
@@ -39,6 +43,21 @@ def file_digest(path: str | Path, *, chunk: int = 1 << 20) -> str:
         while block := handle.read(chunk):
             digest.update(block)
     return digest.hexdigest()
+
+
+def _owner_only_dirs(path: Path) -> None:
+    """Create ``path`` and its missing parents as 0700 (explicit ``chmod``: the umask cannot widen them)."""
+    missing = []
+    probe = path
+    while not probe.exists():
+        missing.append(probe)
+        probe = probe.parent
+    for directory in reversed(missing):
+        try:
+            directory.mkdir(mode=0o700)
+        except FileExistsError:  # another process made it meanwhile: leave its mode alone
+            continue
+        os.chmod(directory, 0o700)
 
 
 @dataclass
@@ -103,7 +122,7 @@ class PreprocessCache:
     def store(self, key: str, volume: SliceVolume) -> None:
         """Write ``volume`` under ``key`` atomically."""
         path = self._path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
+        _owner_only_dirs(path.parent)
         arrays = {
             "image": volume.image,
             "brain": volume.brain,

@@ -196,3 +196,21 @@ def test_tiny_cohort_loads_through_the_same_path():
         values = np.concatenate([v.image[v.brain] for v in data.healthy])
         assert abs(np.median(values) - 1.0) < 0.05
     assert not any(p.name.endswith("_brainmask.nii.gz") for p in (tiny_cohort() / "site-3").rglob("*"))
+
+
+def test_cache_entries_and_folders_are_owner_only_whatever_the_umask(site, tmp_path):
+    """Entries are patient data (issue 21): folders 0700, entries 0600, even under umask 000."""
+    import os
+    import stat
+
+    cache = tmp_path / "deep" / "cache"
+    previous = os.umask(0)
+    try:
+        load_site(site, image_size=32, cache_dir=cache)
+    finally:
+        os.umask(previous)
+    made = [tmp_path / "deep", *(tmp_path / "deep").rglob("*")]
+    assert any(p.suffix == ".npz" for p in made)
+    wrong = {str(p): oct(stat.S_IMODE(p.stat().st_mode)) for p in made
+             if stat.S_IMODE(p.stat().st_mode) != (0o700 if p.is_dir() else 0o600)}
+    assert not wrong, wrong
