@@ -8,8 +8,9 @@
 #        [--rounds N] [--port PORT] [--epsilon-budget EPS] [--insecure] [--passphrase-env VAR]
 #        [--run-config 'key=value ...']
 #
-# Steps, in order: 1 data (a synthetic cohort), 2 certificates, 3 each site's key and the registry,
-# 4 the SuperLink, 5 the SuperNodes, 6 `flwr run`, 7 the run's outcome and both sides' ledgers
+# Steps, in order: 1 data (a synthetic cohort), 2 certificates, 3 each site's keys (signing key and
+# Flower node key) and the registry, 4 the SuperLink with SuperNode authentication and the
+# registry's node keys registered, 5 the SuperNodes, 6 `flwr run`, 7 the run's outcome and both sides' ledgers
 # (`secagg ledger verify`), 8 the DPIA. Exit status 0 only when every planned round completed and
 # every ledger verified; non-zero otherwise (`flwr run` itself exits 0 on a failed run, so the
 # script asks `secagg flower check`). The SuperLink and SuperNodes are stopped on exit.
@@ -24,7 +25,9 @@
 #   --rounds N          rounds (default 2)
 #   --port PORT         the SuperLink's port; SuperNode i uses PORT+i (default 9093)
 #   --epsilon-budget E  each node's own budget (default 8.0)
-#   --insecure          no TLS (loopback demos only; the DPIA then says TLS was off)
+#   --insecure          no TLS (loopback demos only; the DPIA then says TLS was off). flwr allows
+#                       SuperNode authentication only over TLS, so the nodes are then not
+#                       authenticated and the run takes their site names as given (registration=names)
 #   --passphrase-env VAR  store each site's signing key encrypted under the passphrase held by the
 #                       environment variable VAR (set it before running; never on the command line);
 #                       the SuperNodes inherit it and read it through their node config's passphrase-env
@@ -106,19 +109,36 @@ else
   LINK_TLS=(--insecure) NODE_TLS=(--insecure) CLI_TLS="insecure = true"
 fi
 
-step "3/8 keys: each site's Ed25519 key in its node's state directory, its verify key in $REGISTRY"
+step "3/8 keys: each site's Ed25519 key and Flower node key in its node's state directory, both registered in $REGISTRY"
 for i in $(seq "$SITES"); do
   $SECAGG keys new --site "site-$i" --out "$DIR/nodes/site-$i" --registry "$REGISTRY" \
     ${PASSPHRASE_ENV:+--passphrase-env "$PASSPHRASE_ENV"}
 done
 
-step "4/8 SuperLink on 127.0.0.1:$PORT"
-start superlink.log flower-superlink "${LINK_TLS[@]}" --disable-runtime-dependency-installation --port "$PORT"
+cat > "$FLWR_HOME/config.toml" <<TOML
+[superlink]
+default = "local-fed"
+
+[superlink.local-fed]
+address = "127.0.0.1:$PORT"
+$CLI_TLS
+TOML
+if [ "$TLS" = 1 ]; then
+  step "4/8 SuperLink on 127.0.0.1:$PORT, admitting only the registry's node keys"
+  start superlink.log flower-superlink "${LINK_TLS[@]}" --enable-supernode-auth \
+    --disable-runtime-dependency-installation --port "$PORT"
+else
+  step "4/8 SuperLink on 127.0.0.1:$PORT (no TLS, hence no SuperNode authentication)"
+  start superlink.log flower-superlink "${LINK_TLS[@]}" --disable-runtime-dependency-installation --port "$PORT"
+fi
 for _ in $(seq 150); do
   (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null && break
   kill -0 "${PIDS[0]}" 2>/dev/null || { cat "$LOGS/superlink.log" >&2; echo "deploy-local: the SuperLink stopped" >&2; exit 1; }
   sleep 0.4
 done
+if [ "$TLS" = 1 ]; then
+  $SECAGG keys register-nodes --registry "$REGISTRY" --superlink local-fed
+fi
 
 step "5/8 SuperNodes: $SITES, one per site$([ "$ACTIVE" = 1 ] && echo ', each with its signing key and its copy of the registry')"
 for i in $(seq "$SITES"); do
@@ -128,21 +148,16 @@ for i in $(seq "$SITES"); do
   if [ "$ACTIVE" = 1 ]; then
     config="$config signing-key=\"$state/site-$i.ed25519\" registry=\"$REGISTRY\""
   fi
-  start "supernode-$i.log" flower-supernode "${NODE_TLS[@]}" --superlink "127.0.0.1:$PORT" --port "$((PORT + i))" \
-    --node-config "$config"
+  NODE_AUTH=()
+  [ "$TLS" = 1 ] && NODE_AUTH=(--auth-supernode-private-key "$state/site-$i.flower-auth")
+  start "supernode-$i.log" flower-supernode "${NODE_TLS[@]}" "${NODE_AUTH[@]}" --superlink "127.0.0.1:$PORT" \
+    --port "$((PORT + i))" --node-config "$config"
 done
 
 step "6/8 flwr run: $ROUNDS rounds, num-sites=$NUM_SITES, run directory $RUN"
-cat > "$FLWR_HOME/config.toml" <<TOML
-[superlink]
-default = "local-fed"
-
-[superlink.local-fed]
-address = "127.0.0.1:$PORT"
-$CLI_TLS
-TOML
 RUN_CONFIG="out=\"$RUN\" rounds=$ROUNDS num-sites=$NUM_SITES registry=\"$REGISTRY\""
 [ "$ACTIVE" = 1 ] && RUN_CONFIG="$RUN_CONFIG active=true"
+if [ "$TLS" = 1 ]; then RUN_CONFIG="$RUN_CONFIG node-auth=true"; else RUN_CONFIG="$RUN_CONFIG registration=\"names\""; fi
 RUN_CONFIG="$RUN_CONFIG $EXTRA"
 flwr run "$APP" local-fed --stream --run-config "$RUN_CONFIG" 2>&1 | tee "$LOGS/flwr-run.log"
 
