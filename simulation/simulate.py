@@ -683,12 +683,25 @@ def _verify_before_resume(out_dir) -> None:
     """A resume decides budgets from the ledger: it verifies first, signatures and the sites' anchors included
     (:func:`simulation.ledger_check.verify_run_ledger`). The sites also refuse to sign below their anchors
     (:class:`dp.LedgerSigner`), so a truncated ledger cannot be continued either."""
+    from dp import PrivacyLedger
+
     from .ledger_check import verify_run_ledger
 
     report = verify_run_ledger(out_dir).report
     if not report.ok:
         raise SimulationError(f"{out_dir}: the ledger does not verify ({report.where()}: {report.reason}); a resume "
                               "would decide budgets from it - see `secagg ledger verify`")
+    # Every round the run recorded as completed released updates, so its spend must be in the ledger: a ledger
+    # truncated together with its anchors would otherwise let the resume re-run (and re-charge from zero)
+    # rounds whose updates were already released (issue-15 review, round 3).
+    state = RunDirectory(out_dir).read_state()
+    completed = sorted(int(r) for r, status in (state.get("rounds") or {}).items() if status == "completed")
+    with PrivacyLedger.open(out_dir) as ledger:
+        missing = sorted(set(completed) - ledger.committed_rounds())
+    if missing:
+        raise SimulationError(f"{out_dir}: the run completed round(s) {missing} but its ledger commits no spend for "
+                              "them (truncated?); a resume would leave those releases uncharged - see `secagg "
+                              "ledger verify`")
 
 
 EVALUATION_PRIVACY = (
