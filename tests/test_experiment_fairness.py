@@ -325,3 +325,22 @@ def test_experiment_with_tuning_early_stopping_and_a_held_out_site(cache_dir, tm
                  f"**{chosen['federated']:g}**", "ε accounted (steps taken)"):
         assert text in report, text
     assert "Learning rates are not tuned" not in report and "No early stopping" not in report
+
+
+def test_the_experiment_only_hooks_of_simulate_need_experiment_noise(four_sites, tmp_path):
+    from simulation.simulate import SimulationError, run_simulation
+
+    sim, cohort = four_sites
+    monitor = ValidationMonitor(StoppingRule(every=1, max_steps=2), np.zeros((1, 1, 32, 32), dtype=np.float32))
+    for kwargs in ({"experiment_cohort": cohort}, {"experiment_monitor": monitor}):
+        with pytest.raises(SimulationError, match="need experiment_noise"):
+            run_simulation(sim.with_overrides(secure_rng=True), tmp_path / "refused", quiet=True, **kwargs)
+    from simulation.experiment import SeededExperimentNoise
+
+    with pytest.raises(SimulationError, match="CohortSplit"):
+        run_simulation(sim, tmp_path / "refused", quiet=True, experiment_noise=SeededExperimentNoise(0, "x"),
+                       experiment_cohort=object())
+    with pytest.raises(SimulationError, match="ValidationMonitor"):
+        run_simulation(sim, tmp_path / "refused", quiet=True, experiment_noise=SeededExperimentNoise(0, "x"),
+                       experiment_monitor=object())
+    assert not (tmp_path / "refused").exists()

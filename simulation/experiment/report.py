@@ -156,6 +156,8 @@ def _training_lines(results: dict) -> list[str]:
             lines.append(f"| {arm} | " + " | ".join(_f(by.get(str(float(g))), 5) for g in tuning["grid"]) +
                          f" | **{tuning['chosen'][arm]:g}** |")
         lines += ["", f"  {tuning['note']}"]
+        if exp.get("epsilons"):
+            lines.append("  The rates were tuned at the main ε; the ε sweep reuses them.")
     else:
         lines.append(f"- Learning rate {base['learning_rate']} for every arm (not tuned: `lr_grid` is empty).")
     patience = exp.get("patience", 0)
