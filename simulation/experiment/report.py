@@ -77,7 +77,7 @@ def headline(results: dict, prefix: str = "") -> list[str]:
         low = d["low"] if isinstance(d["low"], float) and not math.isnan(d["low"]) else None
         within_mean = bool(central) and d["mean"] >= -0.1 * central
         within_ci = bool(central) and low is not None and low >= -0.1 * central
-        lines.append(f"- Against central (same ε): federated − central = {_ci(diffs['central'])}{rel}. "
+        lines.append(f"- Against central (same target ε): federated − central = {_ci(diffs['central'])}{rel}. "
                      f"Within 10% of central: {'yes' if within_mean else 'NO'} on the mean, "
                      f"{'yes' if within_ci else 'not shown'} on the whole 95% interval.")
     verdict("non_private", "Federated beat the non-private upper bound (unexpected)",
