@@ -344,3 +344,36 @@ def test_the_experiment_only_hooks_of_simulate_need_experiment_noise(four_sites,
         run_simulation(sim, tmp_path / "refused", quiet=True, experiment_noise=SeededExperimentNoise(0, "x"),
                        experiment_monitor=object())
     assert not (tmp_path / "refused").exists()
+
+
+def test_site_shift_is_own_site_minus_held_out_site_beside_the_intensity_baseline():
+    from simulation.experiment import site_shift
+
+    def method(own_site, own, held):
+        one = lambda v: {"auprc": v, "auroc": 0.9, "dice": 0.3, "n_volumes": 2}  # noqa: E731
+        return {"overall": one(own), "lesion": {}, "site": {own_site: one(own)}, "held_out": {
+            "overall": one(held), "lesion": {}, "site": {}}}
+
+    records = []
+    # seed -> [(local site, model own, model held-out, intensity own, intensity held-out)]
+    data = {0: [("site-2", 0.6, 0.3, 0.5, 0.5), ("site-3", 0.5, 0.3, 0.4, 0.5)],
+            1: [("site-1", 0.7, 0.2, 0.6, 0.4), ("site-3", 0.4, 0.3, 0.4, 0.4)],
+            2: [("site-1", 0.5, 0.4, 0.5, 0.5)]}
+    for seed, rows in data.items():
+        intensity_sites = {}
+        for site, m_own, m_held, i_own, i_held in rows:
+            records.append({"seed": seed, "arm": "local", "label": f"local {site}", "visits": {"site": site},
+                            "metrics": {"model": method(site, m_own, m_held), "intensity": {}}})
+            intensity_sites[site] = (i_own, i_held)
+        intensity = method("x", 0.0, rows[0][4])
+        intensity["site"] = {s: {"auprc": v[0]} for s, v in intensity_sites.items()}
+        records.append({"seed": seed, "arm": "federated", "label": "federated", "visits": {},
+                        "metrics": {"model": {}, "intensity": intensity}})
+    shift = site_shift(records)
+    model = [np.mean([0.3, 0.2]), np.mean([0.5, 0.1]), 0.1]
+    intensity = [np.mean([0.0, -0.1]), np.mean([0.2, 0.0]), 0.0]
+    assert shift["seeds"] == [0, 1, 2]
+    assert shift["model"]["t"]["mean"] == pytest.approx(np.mean(model))
+    assert shift["intensity"]["t"]["mean"] == pytest.approx(np.mean(intensity))
+    assert shift["beyond_intensity"]["t"]["mean"] == pytest.approx(np.mean(model) - np.mean(intensity))
+    assert site_shift([r for r in records if r["arm"] == "federated"]) is None  # no local model: nothing to show
