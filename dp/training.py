@@ -574,8 +574,11 @@ def _validation_errors(model) -> str:
 
 
 def train_non_private(model, data, *, steps: int, batch_size: int, learning_rate: float = 1e-3,
-                      weights: Mapping | None = None, loss_fn: Callable | None = None) -> dict:
-    """The same loop without privacy (baselines and benchmarks): returns the weight delta."""
+                      weights: Mapping | None = None, loss_fn: Callable | None = None,
+                      progress: Callable[[int, float], None] | None = None) -> dict:
+    """The same loop without privacy (baselines and benchmarks): returns the weight delta.
+
+    ``progress(step, loss)`` is called after each step, as in :func:`train_dp_sgd`."""
     import torch
 
     initial = _load(model, weights)
@@ -583,11 +586,14 @@ def train_non_private(model, data, *, steps: int, batch_size: int, learning_rate
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=learning_rate)
     loss_fn = loss_fn or _default_loss
     n = int(data.shape[0])
-    for _ in range(steps):
+    for step in range(steps):
         idx = torch.randint(0, n, (min(batch_size, n),))
         optimizer.zero_grad(set_to_none=True)
-        loss_fn(model, data[idx]).backward()
+        loss = loss_fn(model, data[idx])
+        loss.backward()
         optimizer.step()
+        if progress is not None:
+            progress(step + 1, float(loss.detach()))
     return {name: p.detach() - initial[name] for name, p in model.named_parameters() if name in initial}
 
 

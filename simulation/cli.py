@@ -959,16 +959,20 @@ def build_parser() -> argparse.ArgumentParser:
         description=(
             "For each seed, runs under identical conditions: federated training through the real secure-\n"
             "aggregation path (no protocol dropouts), one local-only model per site, a central model on the\n"
-            "pooled data (same sigma, q, steps: the same patient-level epsilon) and a non-private central\n"
+            "pooled data (same sigma, q, maximum steps: the same target epsilon) and a non-private central\n"
             "model (NO DP: no clipping, no noise, calibration skipped). Then writes OUT/report.md and\n"
             "OUT/plots/: per-arm AUPRC/AUROC/Dice overall, per lesion type and per test site beside the\n"
             "intensity baseline, paired differences with 95% t and bootstrap intervals, the privacy of\n"
-            "each arm, and with --epsilons a privacy-utility curve.\n\n"
+            "each arm, and with --epsilons a privacy-utility curve. Optional (TOML keys): learning rates\n"
+            "tuned per arm on a separate seed by healthy validation loss (lr_grid, tuning_seed), early\n"
+            "stopping on that loss, the same rule for every arm (patience, min_improvement), and a\n"
+            "held-out site per seed (held_out_site).\n\n"
             "EXPERIMENT MODE: DP sampling and noise come from seeded generators so that a seed repeats\n"
             "exactly. Seeded noise is NOT a privacy guarantee; every output is labelled so. Real runs\n"
             "(`secagg simulate`, Flower) always use the CSPRNG.\n"
             "Settings: a TOML file (--config; see experiments/reference.toml) with top-level keys name,\n"
-            "seeds, arms, vary_data, epsilons and a [simulation] table of `secagg simulate` keys; flags\n"
+            "seeds, arms, vary_data, epsilons, lr_grid, tuning_seed, patience, min_improvement,\n"
+            "held_out_site and a [simulation] table of `secagg simulate` keys; flags\n"
             "override it."
         ),
         epilog=(

@@ -330,8 +330,13 @@ def round_line(record: dict) -> str:
 
 
 def run_rounds(ctx: RunContext, fleet: Fleet, store, state: dict, start_round: int, dropout_model,
-               stop_after_round: int | None = None) -> tuple[str | None, bool]:
-    """Rounds ``start_round`` .. ``rounds - 1``, each checkpointed: (why the run stopped early, interrupted)."""
+               stop_after_round: int | None = None,
+               after_round: Callable[[int], str | None] | None = None) -> tuple[str | None, bool]:
+    """Rounds ``start_round`` .. ``rounds - 1``, each checkpointed: (why the run stopped early, interrupted).
+
+    ``after_round(round_index)`` (``secagg experiment``'s early stopping), called once a round is
+    checkpointed, may return a reason to stop there: the run then ends like a stopped run (the rounds
+    not run are never spent)."""
     for round_index in range(start_round, ctx.config.rounds):
         record = run_round(ctx, fleet, round_index, dropout_model.plan(round_index, sorted(ctx.site_ids)))
         store.save_torch("global.pt", ctx.coordinator.state_dict())
@@ -350,4 +355,7 @@ def run_rounds(ctx: RunContext, fleet: Fleet, store, state: dict, start_round: i
             return f"round {round_index} aborted: {record['abort_reason']}", False
         if stop_after_round is not None and round_index >= stop_after_round:
             return None, True
+        reason = after_round(round_index) if after_round is not None else None
+        if reason is not None:
+            return reason, False
     return None, False

@@ -72,6 +72,7 @@ class SimulationResult:
     registry: dict = field(default_factory=dict)  # site -> ledger verify key: keep a copy outside the run dir
     # In memory only, for the experiment (simulation.experiment): never written by the simulation.
     reports: dict = field(default_factory=dict)  # evaluated model -> models.DetectionReport ("federated", or per site)
+    models: dict = field(default_factory=dict)  # the same keys -> the evaluated torch model
     cohort: object = None  # the CohortSplit the run trained and evaluated on
 
 
@@ -410,6 +411,8 @@ def run_simulation(
     stop_after_round: int | None = None,
     test_only_randomness=None,
     experiment_noise=None,
+    experiment_cohort=None,
+    experiment_monitor=None,
 ) -> SimulationResult:
     """Run (or resume) a simulation into ``out_dir``; returns the summary.
 
@@ -418,6 +421,12 @@ def run_simulation(
     sites' CSPRNG sampling and noise, so that an experiment repeats exactly. Seeded noise is not a
     privacy guarantee: it needs ``secure_rng=False`` (the ledger records it), is refused with
     anything but that class, and ``summary.json`` then carries ``"seeded_noise"`` with the label.
+    Only with ``experiment_noise``: ``experiment_cohort`` (a :class:`CohortSplit`) replaces the
+    configuration's cohort (the experiment's leave-one-site-out split; a cohort without pathological
+    volumes - learning-rate tuning - is trained and not evaluated), and ``experiment_monitor`` (a
+    :class:`simulation.experiment.early_stopping.ValidationMonitor`) is asked after each round whether to
+    stop; the best round's model (global and site-local parts) is then restored before the
+    evaluation, while the ledger keeps every round that ran.
 
     ``test_only_randomness`` (TESTS ONLY, never the default): a function site name -> an object
     with ``poisson_mask(n, q)`` and ``gaussian(shape, std)`` that replaces the sites' DP sampling
@@ -431,15 +440,27 @@ def run_simulation(
     """
     with private_umask():
         result = _run_simulation(config, out_dir, resume=resume, quiet=quiet, stop_after_round=stop_after_round,
-                                 test_only_randomness=test_only_randomness, experiment_noise=experiment_noise)
+                                 test_only_randomness=test_only_randomness, experiment_noise=experiment_noise,
+                                 experiment_cohort=experiment_cohort, experiment_monitor=experiment_monitor)
     RunDirectory(out_dir).restrict()
     return result
 
 
 def _run_simulation(config: SimulationConfig, out_dir, *, resume: bool, quiet: bool,
                     stop_after_round: int | None, test_only_randomness=None,
-                    experiment_noise=None) -> SimulationResult:
+                    experiment_noise=None, experiment_cohort=None, experiment_monitor=None) -> SimulationResult:
     import torch
+
+    if experiment_noise is None and (experiment_cohort is not None or experiment_monitor is not None):
+        raise SimulationError("experiment_cohort and experiment_monitor are for secagg experiment runs only "
+                              "(they need experiment_noise)")
+    if experiment_cohort is not None and not isinstance(experiment_cohort, CohortSplit):
+        raise SimulationError("experiment_cohort must be a simulation.simulate.CohortSplit")
+    if experiment_monitor is not None:
+        from .experiment.early_stopping import ValidationMonitor
+
+        if not isinstance(experiment_monitor, ValidationMonitor):
+            raise SimulationError("experiment_monitor must be a simulation.experiment.early_stopping.ValidationMonitor")
 
     if experiment_noise is not None:
         from .experiment.randomness import SeededExperimentNoise
@@ -462,7 +483,7 @@ def _run_simulation(config: SimulationConfig, out_dir, *, resume: bool, quiet: b
     # Validate everything that can be validated before touching the run directory.
     if resume:
         _check_resume(config, out_dir)
-    cohort = _prepare_data(config, log)
+    cohort = _prepare_data(config, log) if experiment_cohort is None else experiment_cohort
     names = cohort.site_names
     try:
         dropout_model = (
@@ -495,11 +516,28 @@ def _run_simulation(config: SimulationConfig, out_dir, *, resume: bool, quiet: b
     if run.restored:
         fleet.load_checkpoints(run.store)
     log(f"dropouts: {dropout_model.describe()}")
+    after_round = None
+    if experiment_monitor is not None:
+        def snapshot():
+            return coordinator.state_dict(), {name: site.snapshot() for name, site in sites.items()}
+
+        def after_round(round_index):
+            # new_model re-seeds torch's generator, which FedDis' intensity augmentation draws from: fork it
+            # so that measuring the validation loss leaves training exactly as it would be without.
+            with torch.random.fork_rng(devices=[]):
+                current = _federated_models(config, coordinator, sites, shared_names, reference)
+            return experiment_monitor.after_round(round_index, list(current.values()), snapshot)
     try:
         stopped, interrupted = run_rounds(run.ctx, fleet, run.store, run.state, run.start_round, dropout_model,
-                                          stop_after_round)
+                                          stop_after_round, after_round)
     finally:
         run.ctx.ledger.close()
+    if experiment_monitor is not None and experiment_monitor.best_state is not None and not interrupted:
+        # Evaluate the best round's model; the checkpoints and the ledger keep the last round that ran.
+        shared, site_states = experiment_monitor.best_state
+        coordinator.load_state_dict(shared)
+        for name, state in site_states.items():
+            sites[name].rollback(state)
     registry = dict(run.identities.registry)
     if interrupted:
         return SimulationResult(Path(out_dir), {"stopped_after_round": stop_after_round}, registry)
@@ -507,7 +545,9 @@ def _run_simulation(config: SimulationConfig, out_dir, *, resume: bool, quiet: b
     summary = _finish(config, cohort, sites, coordinator, run.store, run.ctx.protocol, run.calibration, shared_names,
                       reference, started, stopped, progress, registry, reports=reports,
                       seeded=None if experiment_noise is None else experiment_noise.describe())
-    return SimulationResult(Path(out_dir), summary, registry, reports=reports, cohort=cohort)
+    evaluated = (_federated_models(config, coordinator, sites, shared_names, reference)
+                 if experiment_noise is not None else {})
+    return SimulationResult(Path(out_dir), summary, registry, reports=reports, cohort=cohort, models=evaluated)
 
 
 
@@ -525,6 +565,13 @@ def _global_model(config, coordinator, reference_site_model=None):
         for name, value in coordinator.global_shared.items():
             params[name].copy_(value)
     return model
+
+
+def _federated_models(config, coordinator, sites, shared_names, reference) -> dict:
+    """The federated model as evaluated: {"federated": global model}, or FedDis's personalised model per site."""
+    if set(shared_names) != {n for n, _ in reference.named_parameters()}:
+        return {name: _global_model(config, coordinator, site.model) for name, site in sites.items()}
+    return {"federated": _global_model(config, coordinator)}
 
 
 def evaluate_model(model, cohort: CohortSplit, config: SimulationConfig):
@@ -588,6 +635,71 @@ def _finish(config, cohort, sites, coordinator, store, protocol, calibration, sh
     metrics = store.read_metrics()
     sigma = calibration.noise_multiplier
     total_steps = config.rounds * config.local_steps
+    if cohort.pathology:
+        results, figures, threshold = _evaluate_run(config, cohort, sites, coordinator, shared_names, reference,
+                                                    sigma, total_steps, metrics, store, progress, reports)
+    else:  # an experiment's tuning run: it must never see a test volume (simulation.experiment.held_out)
+        log("no pathological volumes: trained only, not evaluated (learning-rate tuning)")
+        results, figures, threshold = None, [], None
+    from dp import verify_ledger
+
+    verification = verify_ledger(store.root, registry=registry)  # the sites' signatures on every spend
+    completed = [m for m in metrics if m["status"] == "completed"]
+    summary = {
+        "mode": config.mode,
+        "protection": (
+            "none: PLAIN baseline, the coordinator saw every site's update" if config.mode == "plain"
+            else "homomorphic encryption (CKKS): the coordinator saw only ciphertexts and the sum; WEAKER trust "
+                 "model - any one site colluding with the coordinator can decrypt every update" if config.mode == "he"
+            else "secure aggregation: the coordinator saw only sums of masked updates"),
+        "preset": config.preset,
+        "scale": config.scale if config.data is None else "user data",
+        "data": cohort.data_root,
+        "model": config.model,
+        "image_size": config.image_size,
+        # Only public facts per site: record and patient counts stay at the sites.
+        "sites": public_site_facts(config, cohort.site_names),
+        # Input files left out by --skip-invalid: the count only; which files (paths can name
+        # subjects) is in the run's site-local folder.
+        "skipped_files": {"count": len(cohort.skipped), "files_listed_in": f"{SITE_LOCAL_DIR}/skipped_files.json",
+                          "release": "outside the ledger, public by declaration: how many input files were "
+                                     "unreadable or out of bounds (issue 18 asks for it), not a count of patients"},
+        "rounds_planned": config.rounds,
+        "rounds_completed": len(completed),
+        "rounds_aborted": [m["round"] for m in metrics if m["status"] == "aborted"],
+        "stopped": stopped,
+        "dropouts_survived": sum(len(m["planned_dropouts"]) for m in completed),
+        "threshold": protocol["threshold"],
+        "graph": "complete" if protocol["degree"] is None else f"Harary degree {protocol['degree']}",
+        "secagg_plus_parameters": protocol["finder"],
+        "privacy": privacy_summary(config, sigma, metrics, verification.ok),
+        "detection": results,
+        "detection_threshold": threshold,
+        "evaluation_privacy": EVALUATION_PRIVACY if results is not None else None,
+        "figures": figures,
+        "baselines_note": "RESEARCH-ONLY comparisons: local/central baselines are counterfactual models the "
+                          "simulator (which holds every site's data) trains with the same noise multiplier, "
+                          "privacy unit and steps; a deployment never trains or releases them, and they are not "
+                          "in the ledger",
+    }
+    seconds = round(time.perf_counter() - started, 1)  # a wall time grows with data size: kept site-local
+    if seeded is not None:  # secagg experiment: the DP noise and sampling were seeded (not a guarantee)
+        summary["seeded_noise"] = seeded
+        summary["privacy"]["seeded_noise"] = seeded["label"]
+    from .runstore import atomic_write_json
+
+    atomic_write_json(store.summary_path, summary)
+    atomic_write_json(private_dir(store.root / SITE_LOCAL_DIR) / "run_time.json",
+                      {"site_local": SITE_LOCAL_LABEL, "seconds": seconds})
+    log(f"finished in {seconds} s (kept in {SITE_LOCAL_DIR}/run_time.json, not in summary.json)")
+    return summary
+
+
+def _evaluate_run(config, cohort, sites, coordinator, shared_names, reference, sigma, total_steps, metrics, store,
+                  progress, reports):
+    """The detection results (federated, intensity baseline, the summary's local/central baselines), figures
+    and the federated model's threshold record."""
+    log = progress.log
     log("evaluating on the pooled pathological test set "
         "(threshold fixed on the pooled healthy validation volumes; counts in the site-local folder)")
     federated_shared_only = set(shared_names) != {n for n, _ in reference.named_parameters()}
@@ -624,59 +736,8 @@ def _finish(config, cohort, sites, coordinator, store, protocol, calibration, sh
         results["central"] = _metrics(_evaluate(model, cohort, config), "model")
 
     figures = _figures(config, cohort, federated_model, federated_report, metrics, store, log)
-    from dp import verify_ledger
-
-    verification = verify_ledger(store.root, registry=registry)  # the sites' signatures on every spend
-    completed = [m for m in metrics if m["status"] == "completed"]
-    summary = {
-        "mode": config.mode,
-        "protection": (
-            "none: PLAIN baseline, the coordinator saw every site's update" if config.mode == "plain"
-            else "homomorphic encryption (CKKS): the coordinator saw only ciphertexts and the sum; WEAKER trust "
-                 "model - any one site colluding with the coordinator can decrypt every update" if config.mode == "he"
-            else "secure aggregation: the coordinator saw only sums of masked updates"),
-        "preset": config.preset,
-        "scale": config.scale if config.data is None else "user data",
-        "data": cohort.data_root,
-        "model": config.model,
-        "image_size": config.image_size,
-        # Only public facts per site: record and patient counts stay at the sites.
-        "sites": public_site_facts(config, cohort.site_names),
-        # Input files left out by --skip-invalid: the count only; which files (paths can name
-        # subjects) is in the run's site-local folder.
-        "skipped_files": {"count": len(cohort.skipped), "files_listed_in": f"{SITE_LOCAL_DIR}/skipped_files.json",
-                          "release": "outside the ledger, public by declaration: how many input files were "
-                                     "unreadable or out of bounds (issue 18 asks for it), not a count of patients"},
-        "rounds_planned": config.rounds,
-        "rounds_completed": len(completed),
-        "rounds_aborted": [m["round"] for m in metrics if m["status"] == "aborted"],
-        "stopped": stopped,
-        "dropouts_survived": sum(len(m["planned_dropouts"]) for m in completed),
-        "threshold": protocol["threshold"],
-        "graph": "complete" if protocol["degree"] is None else f"Harary degree {protocol['degree']}",
-        "secagg_plus_parameters": protocol["finder"],
-        "privacy": privacy_summary(config, sigma, metrics, verification.ok),
-        "detection": results,
-        "detection_threshold": _threshold_record(federated_report, first_site),
-        "evaluation_privacy": EVALUATION_PRIVACY,
-        "figures": figures,
-        "baselines_note": "RESEARCH-ONLY comparisons: local/central baselines are counterfactual models the "
-                          "simulator (which holds every site's data) trains with the same noise multiplier, "
-                          "privacy unit and steps; a deployment never trains or releases them, and they are not "
-                          "in the ledger",
-    }
-    seconds = round(time.perf_counter() - started, 1)  # a wall time grows with data size: kept site-local
-    if seeded is not None:  # secagg experiment: the DP noise and sampling were seeded (not a guarantee)
-        summary["seeded_noise"] = seeded
-        summary["privacy"]["seeded_noise"] = seeded["label"]
-    from .runstore import atomic_write_json
-
-    atomic_write_json(store.summary_path, summary)
     _write_evaluation_counts(store, cohort, federated_report)
-    atomic_write_json(private_dir(store.root / SITE_LOCAL_DIR) / "run_time.json",
-                      {"site_local": SITE_LOCAL_LABEL, "seconds": seconds})
-    log(f"finished in {seconds} s (kept in {SITE_LOCAL_DIR}/run_time.json, not in summary.json)")
-    return summary
+    return results, figures, _threshold_record(federated_report, first_site)
 
 
 def _verify_before_resume(out_dir) -> None:

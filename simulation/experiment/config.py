@@ -7,6 +7,11 @@ A TOML file (``experiments/reference.toml`` is the reference one)::
     arms = ["federated", "local", "central", "non-private"]
     vary_data = true            # seed s generates the cohort with data_seed + s
     epsilons = [1.0, 4.0]       # privacy-utility curve: federated and central again at each
+    lr_grid = [5e-4, 2e-3, 5e-3]  # learning rates tuned per arm on tuning_seed (empty: simulation's learning_rate)
+    tuning_seed = 1000          # the seed of the tuning runs: never one of the evaluation seeds
+    patience = 3                # early stopping: evaluations (rounds) without improvement; 0 = train T steps
+    min_improvement = 0.0       # relative decrease of the validation loss that counts as an improvement
+    held_out_site = true        # leave-one-site-out: seed s holds out sorted(sites)[s mod n_sites]
     [simulation]                # any simulation.config.SimulationConfig key
     scale = "tiny"
     rounds = 10
@@ -19,6 +24,13 @@ noise), ``secure_rng = false`` with the experiment's seeded generator
 (:mod:`simulation.experiment.randomness`: NOT a privacy guarantee), and the
 run seed ``seed = s``. ``mode = "plain"`` is refused: the federated arm runs
 the real secure-aggregation path.
+
+Learning rates (:mod:`.runner`): with a non-empty ``lr_grid`` every arm is
+trained at every grid value on ``tuning_seed`` (its own cohort with
+``vary_data``, its own split and initial weights) and keeps the value with
+the lowest healthy validation loss; the evaluation seeds then train at
+that value. Early stopping: :mod:`.early_stopping`. Held-out sites:
+:mod:`.held_out`.
 """
 
 from __future__ import annotations
@@ -48,12 +60,18 @@ class ExperimentConfig:
     arms: tuple = ARMS
     vary_data: bool = True
     epsilons: tuple = ()
+    lr_grid: tuple = ()
+    tuning_seed: int = 1000
+    patience: int = 0
+    min_improvement: float = 0.0
+    held_out_site: bool = False
     simulation: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "seeds", tuple(self.seeds))
         object.__setattr__(self, "arms", tuple(self.arms))
         object.__setattr__(self, "epsilons", tuple(self.epsilons))
+        object.__setattr__(self, "lr_grid", tuple(self.lr_grid))
         object.__setattr__(self, "simulation", dict(self.simulation))
         self.validate()
 
@@ -79,6 +97,23 @@ class ExperimentConfig:
         for e in self.epsilons:
             if isinstance(e, bool) or not isinstance(e, (int, float)) or not (math.isfinite(e) and e > 0):
                 raise ConfigError(f"epsilons must be positive numbers; got {e!r}")
+        for lr in self.lr_grid:
+            if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not (math.isfinite(lr) and lr > 0):
+                raise ConfigError(f"lr_grid must hold positive learning rates; got {lr!r}")
+        if len(set(self.lr_grid)) != len(self.lr_grid):
+            raise ConfigError(f"lr_grid values must be distinct; got {list(self.lr_grid)}")
+        if isinstance(self.tuning_seed, bool) or not isinstance(self.tuning_seed, int) or self.tuning_seed < 0:
+            raise ConfigError(f"tuning_seed must be an integer >= 0; got {self.tuning_seed!r}")
+        if self.lr_grid and self.tuning_seed in self.seeds:
+            raise ConfigError(f"tuning_seed {self.tuning_seed} is an evaluation seed: learning rates must be tuned "
+                              "on a seed the comparison does not use")
+        if isinstance(self.patience, bool) or not isinstance(self.patience, int) or self.patience < 0:
+            raise ConfigError(f"patience must be an integer >= 0 (0: no early stopping); got {self.patience!r}")
+        if (isinstance(self.min_improvement, bool) or not isinstance(self.min_improvement, (int, float))
+                or not 0 <= self.min_improvement < 1):
+            raise ConfigError(f"min_improvement must be in [0, 1); got {self.min_improvement!r}")
+        if not isinstance(self.held_out_site, bool):
+            raise ConfigError(f"held_out_site must be true or false; got {self.held_out_site!r}")
         forced = sorted(set(self.simulation) & set(_FORCED))
         if forced:
             raise ConfigError(f"[simulation] may not set {forced}: the experiment fixes them (no dropouts, seeded "
@@ -86,6 +121,8 @@ class ExperimentConfig:
         base = self.base_simulation()
         if base.mode == "plain":
             raise ConfigError("mode 'plain' is not secure aggregation; the federated arm runs secagg, secagg+ or he")
+        if self.held_out_site and base.data is None and base.sites < 3:
+            raise ConfigError(f"held_out_site needs at least 3 sites (2 to federate, 1 to hold out); got {base.sites}")
 
     def base_simulation(self) -> SimulationConfig:
         """The simulation configuration every arm shares (before the per-seed fields)."""
@@ -109,7 +146,9 @@ class ExperimentConfig:
 
     def to_dict(self) -> dict:
         return {"name": self.name, "seeds": list(self.seeds), "arms": list(self.arms), "vary_data": self.vary_data,
-                "epsilons": list(self.epsilons), "simulation": dict(self.simulation)}
+                "epsilons": list(self.epsilons), "lr_grid": list(self.lr_grid), "tuning_seed": self.tuning_seed,
+                "patience": self.patience, "min_improvement": self.min_improvement,
+                "held_out_site": self.held_out_site, "simulation": dict(self.simulation)}
 
 
 def load_experiment_config(toml_path: str | None = None, **overrides) -> ExperimentConfig:

@@ -42,9 +42,10 @@ def _ci(diff: dict) -> str:
     return f"{t['mean']:+.3f} [{_f(t['low'])}, {_f(t['high'])}]"
 
 
-def headline(results: dict) -> list[str]:
-    """The plain-language result, one sentence per claim of the study (true or false)."""
-    stats = results["statistics"]["metrics"].get("overall/auprc")
+def headline(results: dict, prefix: str = "") -> list[str]:
+    """The plain-language result, one sentence per claim of the study (true or false); ``prefix``
+    ``"held_out/"``: the same on the held-out site."""
+    stats = results["statistics"]["metrics"].get(prefix + "overall/auprc")
     n = len(results["statistics"]["seeds"])
     if stats is None:
         return ["No overall AUPRC was computed."]
@@ -76,7 +77,7 @@ def headline(results: dict) -> list[str]:
         low = d["low"] if isinstance(d["low"], float) and not math.isnan(d["low"]) else None
         within_mean = bool(central) and d["mean"] >= -0.1 * central
         within_ci = bool(central) and low is not None and low >= -0.1 * central
-        lines.append(f"- Against central (same ε): federated − central = {_ci(diffs['central'])}{rel}. "
+        lines.append(f"- Against central (same target ε): federated − central = {_ci(diffs['central'])}{rel}. "
                      f"Within 10% of central: {'yes' if within_mean else 'NO'} on the mean, "
                      f"{'yes' if within_ci else 'not shown'} on the whole 95% interval.")
     verdict("non_private", "Federated beat the non-private upper bound (unexpected)",
@@ -84,8 +85,8 @@ def headline(results: dict) -> list[str]:
     verdict("intensity", "**The autoencoder beat the intensity-threshold baseline** overall",
             "**The autoencoder did NOT beat the intensity-threshold baseline** overall",
             "**The autoencoder did not beat the intensity-threshold baseline** overall (inconclusive)")
-    lesion = {k.split("/")[1]: v for k, v in results["statistics"]["metrics"].items()
-              if k.startswith("lesion/") and "intensity" in v["differences"]}
+    lesion = {k[len(prefix):].split("/")[1]: v for k, v in results["statistics"]["metrics"].items()
+              if k.startswith(prefix + "lesion/") and "intensity" in v["differences"]}
     won = [k for k, v in lesion.items() if _verdict(v["differences"]["intensity"]["t"]) == "higher"]
     if lesion:
         lines.append(f"- Per lesion type, federated beat the intensity baseline on: {', '.join(won) or 'none'} "
@@ -100,26 +101,89 @@ def _verdict(t: dict) -> str:
     return "higher" if low > 0 else "lower" if high < 0 else "inconclusive"
 
 
+def _span(values, digits: int = 3) -> str:
+    """'a' when all equal, else 'min–max'."""
+    values = [v for v in values if v is not None and not isinstance(v, str)]
+    if not values:
+        return "n/a"
+    low, high = min(values), max(values)
+    fmt = (lambda v: str(int(v))) if all(float(v).is_integer() for v in values) and digits == 0 else (
+        lambda v: _f(float(v), digits))
+    return fmt(low) if low == high else f"{fmt(low)}–{fmt(high)}"
+
+
 def _privacy_table(results: dict) -> list[str]:
-    rows = ["| arm | DP | unit / guarantee | accountant | δ | ε (target) | ε accounted | noise σ | q | steps |",
-            "|---|---|---|---|---|---|---|---|---|---|"]
-    seen = set()
+    """One row per arm (local: all its site models); ε accounted and steps as min–max over seeds: an arm that
+    stops early is charged for the steps it took."""
+    rows = ["| arm | DP | unit / guarantee | accountant | δ | ε (target, at max T) | ε accounted (steps taken) | "
+            "noise σ | q | steps taken / max T |", "|---|---|---|---|---|---|---|---|---|---|"]
+    groups: dict = {}
     for r in results["records"]:
-        if r["sweep"] or (r["arm"], r["label"] if r["arm"] != "local" else "local") in seen:
-            continue
-        seen.add((r["arm"], r["label"] if r["arm"] != "local" else "local"))
-        p = r["privacy"]
-        label = "local (each site)" if r["arm"] == "local" else r["label"]
+        if not r["sweep"]:
+            groups.setdefault("local (each site)" if r["arm"] == "local" else r["label"], []).append(r["privacy"])
+    for label, ps in groups.items():
+        p = ps[0]
         if p["dp"]:
-            eps = _f(p["epsilon"])
-            if p.get("epsilon_spent_ledger") is not None:
-                eps += f" (ledger: {_f(p['epsilon_spent_ledger'])})"
+            eps = _span([q["epsilon"] for q in ps])
+            ledger = [q.get("epsilon_spent_ledger") for q in ps if q.get("epsilon_spent_ledger") is not None]
+            if ledger:
+                eps += f" (ledger: {_span(ledger)})"
             rows.append(f"| {label} | yes | {p['guarantee']} | {p['accountant']} | {p['delta']:g} | "
                         f"{_f(p['budget'], 2)} | {eps} | {_f(p['noise_multiplier'], 4)} | {p['sample_rate']} | "
-                        f"{p['steps']} |")
+                        f"{_span([q['steps'] for q in ps], 0)} / {p.get('max_steps', p['steps'])} |")
         else:
-            rows.append(f"| {label} | **NO** | {p['guarantee']} | — | — | — | ∞ | 0 | — | — |")
+            rows.append(f"| {label} | **NO** | {p['guarantee']} | — | — | — | ∞ | 0 | — | "
+                        f"{_span([q.get('steps') for q in ps], 0)} |")
     return rows
+
+
+def _training_lines(results: dict) -> list[str]:
+    """Learning rates (tuned or fixed) and the early-stopping rule with each arm's stopping steps."""
+    exp, base = results["experiment"], results["simulation_base"]
+    tuning = results.get("tuning")
+    training = results["statistics"].get("training") or {}
+    lines = []
+    if tuning:
+        scores = tuning["scores"]
+        lines += [f"- Learning rates **tuned per arm** on seed {tuning['tuning_seed']} (not an evaluation seed; "
+                  f"{'its own cohort' if exp.get('vary_data') else 'the same cohort, its own split and weights'}"
+                  f"{', site ' + tuning['held_out_site'] + ' held out' if tuning.get('held_out_site') else ''}; "
+                  f"no test volume seen) over the grid {tuning['grid']}, each arm keeping the rate with the lowest "
+                  f"{tuning['criterion']}:", "",
+                  "| arm | " + " | ".join(f"lr {g:g}" for g in tuning["grid"]) + " | chosen |",
+                  "|---|" + "---|" * (len(tuning["grid"]) + 1)]
+        for arm, by in scores.items():
+            lines.append(f"| {arm} | " + " | ".join(_f(by.get(str(float(g))), 5) for g in tuning["grid"]) +
+                         f" | **{tuning['chosen'][arm]:g}** |")
+        lines += ["", f"  {tuning['note']}"]
+        if exp.get("epsilons"):
+            lines.append("  The rates were tuned at the main ε; the ε sweep reuses them.")
+    else:
+        lines.append(f"- Learning rate {base['learning_rate']} for every arm (not tuned: `lr_grid` is empty).")
+    patience = exp.get("patience", 0)
+    rule = (f"early stopping on the healthy validation loss (reconstruction MSE over the validation slices), "
+            f"measured every {base['local_steps']} steps (one federated round); stop after {patience} "
+            f"measurement(s) without improvement"
+            f"{' by more than ' + str(100 * exp.get('min_improvement', 0)) + '% (relative)' if exp.get('min_improvement') else ''}"
+            f", best model restored" if patience else
+            "no early stopping (`patience = 0`): every arm trains T steps and keeps its last model")
+    lines.append(f"- Training: at most T = {base['rounds']} rounds × {base['local_steps']} local steps = "
+                 f"{base['rounds'] * base['local_steps']} optimiser steps per arm, the same rule for all: {rule}. "
+                 "The federated sites restart Adam each round; the other arms keep one Adam for the whole run.")
+    if training:
+        lines += ["", "| arm | learning rate | stopped at step (over seeds) | best step | stopped early |",
+                  "|---|---|---|---|---|"]
+        for arm in ("federated", "local", "central", "non-private"):
+            t = training.get(arm)
+            if t:
+                lines.append(f"| {arm}{' (all site models)' if arm == 'local' else ''} | "
+                             f"{', '.join(f'{x:g}' for x in t['learning_rates'])} | "
+                             f"{_span(t['stopped_steps'], 0)} (mean {sum(t['stopped_steps']) / len(t['stopped_steps']):.0f}) / "
+                             f"{t['max_steps']} | {_span(t['best_steps'], 0)} | {t['stopped_early']} of {t['n']} |")
+        lines += ["", "  The DP arms' noise σ is calibrated for the target ε at max T; an arm that stops at step "
+                  "t < T has released t steps and is charged for t (the privacy table), so it spends less than the "
+                  "target. All DP arms share σ, q and the target, so they stay at the same target ε."]
+    return lines
 
 
 def _metric_table(stats: dict, key: str, arms_order: list[str]) -> list[str]:
@@ -165,30 +229,37 @@ def render_report(results: dict, figures: list[str]) -> str:
     out += headline(results)
     if n < 5:
         out += ["", f"*Only {n} seeds: the intervals are wide; the issue asks for at least 5.*"]
-    out += ["", "## Setup (identical for every arm)", "",
+    out += ["", "## Setup (the same rules for every arm)", "",
             f"- Cohort: {'synthetic, scale ' + repr(base['scale']) if base.get('data') is None else base['data']}, "
             f"{base['sites']} sites, {base['image_size']}×{base['image_size']} slices; "
             f"{'a new cohort per seed (data_seed + seed)' if exp['vary_data'] else 'the same cohort for every seed'}; "
             "same initial weights and healthy train/validation split for all arms of a seed.",
-            f"- Model `{base['model']}`; Adam, learning rate {base['learning_rate']}; T = {base['rounds']} rounds × "
-            f"{base['local_steps']} local steps = {base['rounds'] * base['local_steps']} optimiser steps in every arm "
-            "(the federated sites restart Adam each round; the other arms keep it for all T steps).",
+            f"- Model `{base['model']}`, Adam.",
             f"- Federated: mode `{base['mode']}` (the real secure-aggregation path), server optimiser "
             f"`{base.get('server_optimizer', 'fedavg')}` on the decoded mean, **no protocol dropouts**, equal public "
             "weights.",
             f"- Sample visits: each DP arm samples each of its patients with probability q = {base['sample_rate']} per "
-            "step, so every patient is visited q·T times in expectation in every arm; federated, central and "
-            "non-private arms visit q·N·T slices of the pooled N (non-private: exactly round(q·N) per step, "
+            "step, so every patient is visited q·t times in expectation over the t ≤ T steps an arm takes; "
+            "federated, central and non-private arms visit q·N·t slices of the pooled N (non-private: exactly round(q·N) per step, "
             "uniformly); a local arm visits its own site's share. Measured counts are in results.json (`visits`).",
-            "- Evaluation: pooled pathological test volumes of all sites (held-out subjects), threshold at 1% FPR "
-            "on the healthy validation volumes; AUPRC/AUROC pooled over brain voxels; Dice per volume at the "
-            "threshold. The intensity baseline is scored on the same volumes.",
+            "- Evaluation: pooled pathological test volumes of all training sites (held-out subjects), threshold "
+            "at 1% FPR on the training sites' healthy validation volumes; AUPRC/AUROC pooled over brain voxels; "
+            "Dice per volume at the threshold. The intensity baseline is scored on the same volumes."
+            + (" Leave-one-site-out: seed s holds out site sorted(sites)[s mod n] (rotating over the seeds, one "
+               "training per seed); nothing of it - no healthy scan, no validation volume - enters training, "
+               "tuning, early stopping or the threshold; its pathological volumes are the held-out-site test set."
+               if exp.get("held_out_site") else ""),
             "- *best local*: per seed, the local model with the highest score **on the test set** (an oracle "
             "choice that favours the local arm).",
-            "", "## Privacy of each arm", ""]
+            "- Validation (tuning, early stopping): every arm measures its loss on the same pooled healthy validation "
+            "slices of all training sites - more than a single hospital would hold, which favours the local arm.",
+            ""]
+    out += _training_lines(results)
+    out += ["", "## Privacy of each arm", ""]
     out += _privacy_table(results)
-    out += ["", "Local and central models are research-only counterfactuals with the same σ, q and T as the "
-            "federated sites, hence the same patient-level ε per patient; they are in no ledger.", ""]
+    out += ["", "Local and central models are research-only counterfactuals with the same σ, q and maximum T as "
+            "the federated sites, each charged for the steps it took; they are in no ledger. The federated row's "
+            "ledger value is what its sites actually spent (the rounds run).", ""]
     out += ["## Overall", ""]
     for key in ("overall/auprc", "overall/auroc", "overall/dice"):
         if key in stats:
@@ -203,6 +274,7 @@ def render_report(results: dict, figures: list[str]) -> str:
         out += ["## Per test site (AUPRC; pathological volumes of that site)", ""]
         for key in site_keys:
             out += [f"### {key}", ""] + _metric_table(stats, key, arms_order) + [""]
+    out += _held_out_section(results, arms_order)
     curve = results["statistics"].get("privacy_utility") or {}
     if any(len(v) > 1 for v in curve.values()):
         out += ["## Privacy-utility (overall AUPRC against the target ε, patient-level)", "",
@@ -213,11 +285,47 @@ def render_report(results: dict, figures: list[str]) -> str:
         out.append("")
     if figures:
         out += ["## Figures", ""] + [f"![{Path(f).stem}](plots/{Path(f).name})" for f in figures] + [""]
-    out += ["## Not covered", "",
-            "- Learning rates are not tuned per arm and there is no early stopping: every arm trains for T steps.",
-            "- Per-test-site numbers are on held-out *subjects* of sites that also trained; held-out *sites* are "
-            "evaluated only if the cohort provides them.", ""]
+    out += ["## Not covered", ""]
+    if not results.get("tuning"):
+        out.append("- Learning rates are not tuned per arm (`lr_grid` is empty).")
+    if not exp.get("patience"):
+        out.append("- No early stopping (`patience = 0`): every arm trains for T steps.")
+    if not exp.get("held_out_site"):
+        out.append("- Per-test-site numbers are on held-out *subjects* of sites that also trained; no site is held "
+                   "out (`held_out_site = false`).")
+    out.append("- The learning-rate tuning and the validation-based early stopping are not privacy-accounted.")
+    out.append("")
     return "\n".join(out)
+
+
+def _held_out_section(results: dict, arms_order: list[str]) -> list[str]:
+    stats = results["statistics"]["metrics"]
+    if "held_out/overall/auprc" not in stats:
+        return []
+    held = sorted({(r["seed"], r["held_out_site"]) for r in results["records"] if not r["sweep"]})
+    out = ["## Held-out site", "",
+           "Each seed trains on all sites but one and tests on the held-out site's pathological volumes "
+           f"({', '.join(f'seed {s}: {h}' for s, h in held)}); the local arms are that seed's training sites' "
+           "models. Pairs are within a seed (every arm faces the same held-out site).", ""]
+    out += headline(results, "held_out/")
+    shift = results["statistics"].get("site_shift")
+    if shift:
+        m, i, b = shift["model"]["t"], shift["intensity"]["t"], shift["beyond_intensity"]["t"]
+        n = len(shift["seeds"])
+        verdict = {"higher": "**shown**", "lower": "**refuted** (the local models did better on the held-out site)"
+                   }.get(_verdict(b), "**not shown** (the interval includes 0)")
+        out += ["", "### Does a single-site model degrade on another site's scanner?", "",
+                f"- Local model on its own site's held-out subjects − the same model on the held-out site: "
+                f"{m['mean']:+.3f} [{_f(m['low'])}, {_f(m['high'])}] AUPRC (mean over the seed's local models, "
+                f"95% t-interval over n = {n} seeds).",
+                f"- The intensity baseline (trained on nothing) on the same site pairs: {i['mean']:+.3f} "
+                f"[{_f(i['low'])}, {_f(i['high'])}] - how much harder the held-out site's lesions are by themselves.",
+                f"- Degradation beyond that: {b['mean']:+.3f} [{_f(b['low'])}, {_f(b['high'])}]. The premise is "
+                f"{verdict} at this scale."]
+    out.append("")
+    for key in [k for k in stats if k.startswith("held_out/")]:
+        out += [f"### {key}", ""] + _metric_table(stats, key, arms_order) + [""]
+    return out
 
 
 def _plots(results: dict, folder: Path) -> list[str]:

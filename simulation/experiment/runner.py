@@ -1,34 +1,34 @@
 """``secagg experiment``: every arm over several seeds under identical conditions, then the statistics.
 
+Before the seeds, with a non-empty ``lr_grid``: :func:`tune_learning_rates`
+(:mod:`.tuning`; every arm at every grid value on ``tuning_seed``, no test
+volume seen) picks each arm's learning rate.
+
 Per seed s (:meth:`ExperimentConfig.for_seed`: the run seed s - initial
 weights, healthy train/validation split - and, with ``vary_data``, the
-cohort generated from ``data_seed + s``), in this order:
+cohort generated from ``data_seed + s``; with ``held_out_site`` the site
+:func:`.held_out.held_out_site_for` names is split off first), every arm is
+trained by :func:`.arms.train_arms` (federated through the real secure
+aggregation path, each local-only model, central, non-private; the same
+early-stopping rule, :mod:`.early_stopping`), at its own tuned learning rate.
 
-* **federated** - :func:`simulation.simulate.run_simulation`, the real
-  round (:mod:`simulation.rounds`): local DP-SGD, encoding, secure
-  aggregation, ledger; no dropouts; its DP sampling and noise from the
-  experiment's seeded streams (:mod:`.randomness`);
-* **local** - one model per site, trained on that site's data alone
-  (:func:`simulation.simulate.train_baseline`, the simulation's own baseline
-  trainer) with the same sigma, q, privacy unit and T = rounds x local_steps
-  steps: the same patient-level epsilon, not in any ledger (research-only);
-* **central** - the same on all sites' data pooled;
-* **non-private** - the same pooled data and training objective (:func:`models.training_loss`) WITHOUT DP
-  (:func:`dp.train_non_private`:
-  no clipping, no noise, no calibration, epsilon = infinity), labelled as such: an upper bound.
-
-**Sample visits.** Every arm takes T optimiser steps. A DP arm samples each
-of its patients with probability q per step (Poisson), so it visits each of
-its training patients q·T times in expectation; the federated, central and
-non-private arms see all sites' slices, q·N·T slice visits in expectation
-(N: pooled training slices; the non-private arm draws exactly
-round(q·N) slices per step), and a local arm q·N_site·T, its own share. The
-record of each arm holds the expected slice visits and the patients its
-seeded generator actually drew (``visits``).
+**Sample visits.** Every arm takes at most T optimiser steps (fewer when it
+stops early: then its visits and its epsilon are those of the steps it
+took). A DP arm samples each of its patients with probability q per step
+(Poisson), so it visits each of its training patients q·t times in
+expectation over t steps; the federated, central and non-private arms see
+all training sites' slices, q·N·t slice visits in expectation (N: pooled
+training slices; the non-private arm draws exactly round(q·N) slices per
+step), and a local arm q·N_site·t, its own share. The record of each arm
+holds the expected slice visits and the patients its seeded generator
+actually drew (``visits``).
 
 Each model is evaluated by :func:`simulation.simulate.evaluate_model` on the
-same pooled pathological test volumes, with the threshold fixed on the same
-healthy validation volumes, beside the intensity baseline. The federated
+same pooled pathological test volumes of the training sites (held-out
+subjects), with the threshold fixed on the same healthy validation volumes,
+beside the intensity baseline; with a held-out site, also on that site's
+pathological volumes (``metrics.model.held_out``; :func:`site_shift` tests
+the premise that a single-site model degrades there). The federated
 arm's stochastic rounding in the update encoding stays on the CSPRNG (it is
 part of the protocol, :mod:`secagg.encoding`): its metrics repeat up to that
 rounding (at most n x 2^-29 of the update clip per coordinate per round),
@@ -36,7 +36,8 @@ the other arms' exactly.
 
 Outputs in ``OUT``: ``experiment.json`` (configuration and command),
 ``results.json`` (every arm x seed, the statistics), ``report.md`` and
-``plots/`` (:mod:`.report`), ``runs/seed-S/...`` (the federated runs). Every
+``plots/`` (:mod:`.report`), ``runs/seed-S/...`` (the federated runs),
+``tuning/lr-X/`` (the federated tuning runs). Every
 one is labelled ``seeded noise: not a privacy guarantee``.
 """
 
@@ -53,9 +54,12 @@ from typing import Callable
 
 import numpy as np
 
-from .config import ExperimentConfig
-from .randomness import SEEDED_NOISE_LABEL, SeededExperimentNoise
+from .arms import TrainedArm, train_arms
+from .config import ARMS, ExperimentConfig
+from .held_out import held_out_site_for, split_held_out_site, without_test_volumes
+from .randomness import SEEDED_NOISE_LABEL
 from .statistics import paired_bootstrap, paired_t
+from .tuning import TUNING_NOTE, score_by_arm, select_learning_rate
 
 __all__ = ["ExperimentResult", "ExperimentError", "run_experiment", "summarise", "report_metrics",
            "COMPARISONS"]
@@ -102,115 +106,100 @@ def _mean_metrics(dicts: list) -> dict:
     return float(np.mean(dicts))
 
 
-def _privacy_of(sim, sigma: float, label: str) -> dict:
-    """The patient-level (or slice-level) guarantee of an arm trained for T steps at (sigma, q)."""
-    from dp import epsilon_for
-    from dp.events import describe_guarantee
-
-    steps = sim.rounds * sim.local_steps
-    report = epsilon_for(noise_multiplier=sigma, sample_rate=sim.sample_rate, steps=steps, delta=sim.delta)
-    return {"dp": True, "unit": sim.privacy_unit, "guarantee": describe_guarantee(sim.privacy_unit),
-            "epsilon": report.bound, "delta": sim.delta, "accountant": report.bound_accountant,
-            "noise_multiplier": sigma, "sample_rate": sim.sample_rate, "steps": steps,
-            "clipping_norm": sim.max_grad_norm, "budget": sim.epsilon, "note": label}
-
-
-_NON_PRIVATE_PRIVACY = {"dp": False, "unit": None, "guarantee": "NO DP: no clipping, no noise, calibration skipped",
-                        "epsilon": math.inf, "delta": None, "accountant": None,
-                        "note": "non-private upper bound (research-only; never releasable)"}
-
-
-def _slices(data) -> int:
-    return int(data.shape[0])
-
-
 def _timed(function):
     start = time.perf_counter()
     value = function()
     return value, time.perf_counter() - start
 
 
-def _run_seed(config: ExperimentConfig, seed: int, out: Path, log, epsilon: float | None) -> list[dict]:
+def _cohorts(config: ExperimentConfig, sim, seed: int, log):
+    """(training cohort, held-out-site cohort or None, held-out site or None) of one seed (:mod:`.held_out`)."""
+    from ..simulate import prepare_cohort
+
+    cohort = prepare_cohort(sim, lambda text: None)
+    if not config.held_out_site:
+        return cohort, None, None
+    site = held_out_site_for(seed, cohort.site_names)
+    training, test = split_held_out_site(cohort, site)
+    log(f"seed {seed}: site {site} held out (trained on {', '.join(training.site_names)})")
+    return training, test, site
+
+
+def _learning_rates(config: ExperimentConfig, arms, chosen: dict | None) -> dict:
+    base = config.base_simulation().learning_rate
+    return {arm: (chosen or {}).get(arm, base) for arm in ARMS}
+
+
+def tune_learning_rates(config: ExperimentConfig, out: Path, log) -> dict:
+    """Every arm at every ``lr_grid`` value on ``tuning_seed``, without test volumes (:mod:`.tuning`):
+    {"chosen": arm -> rate, "scores": arm -> {rate: best validation loss}, ...}."""
+    sim = config.for_seed(config.tuning_seed)
+    cohort, _, held = _cohorts(config, sim, config.tuning_seed, log)
+    cohort = without_test_volumes(cohort)
+    arms = list(config.arms)
+    scores: dict = {arm: {} for arm in arms}
+    stops: dict = {arm: {} for arm in arms}
+    started = time.perf_counter()
+    for lr in config.lr_grid:
+        trained = train_arms(sim, cohort, arms, {arm: float(lr) for arm in ARMS}, seed=config.tuning_seed,
+                             tag="tune", run_dir=out / "tuning" / f"lr-{lr:g}", patience=config.patience,
+                             min_improvement=config.min_improvement, log=log)
+        for arm, score in score_by_arm(trained).items():
+            scores[arm][str(float(lr))] = score
+        for t in trained:
+            stops[t.arm].setdefault(str(float(lr)), []).append(t.stopping.stopped_step)
+        log("  tuning lr " + f"{lr:g}: " + ", ".join(f"{a} {scores[a][str(float(lr))]:.5f}" for a in arms))
+    chosen = {arm: select_learning_rate({float(k): v for k, v in scores[arm].items()}) for arm in arms}
+    log("  chosen learning rates: " + ", ".join(f"{a} {chosen[a]:g}" for a in arms))
+    return {"tuning_seed": config.tuning_seed, "grid": [float(x) for x in config.lr_grid], "held_out_site": held,
+            "criterion": "best healthy validation loss (reconstruction MSE) under the early-stopping rule; local: "
+                         "mean over its site models",
+            "scores": scores, "stopped_steps": stops, "chosen": chosen, "note": TUNING_NOTE,
+            "seconds": round(time.perf_counter() - started, 1)}
+
+
+def _evaluate_arm(trained: TrainedArm, cohort, sim, held_out) -> dict:
+    """report_metrics of the arm on the cohort's test volumes (FedDis: mean over the personalised models), and
+    under ``model/held_out`` / ``intensity/held_out`` the same on the held-out site."""
+    from ..simulate import evaluate_model
+
+    reports = trained.reports or [evaluate_model(m, cohort, sim) for m in trained.models]
+    metrics = _mean_metrics([report_metrics(r) for r in reports])
+    if held_out is not None:
+        ho = _mean_metrics([report_metrics(evaluate_model(m, held_out, sim)) for m in trained.models])
+        metrics["model"]["held_out"] = ho["model"]
+        metrics["intensity"]["held_out"] = ho["intensity"]
+    return metrics
+
+
+def _run_seed(config: ExperimentConfig, seed: int, out: Path, log, epsilon: float | None,
+              chosen: dict | None = None) -> list[dict]:
     """All arms of one seed at the configuration's epsilon (or, for the sweep, federated and central at ``epsilon``)."""
-    import torch
-
-    import models
-    from dp import train_non_private
-
-    from ..simulate import evaluate_model, new_model, pooled_training_data, run_simulation, train_baseline
-
     sim = config.for_seed(seed, epsilon=epsilon)
     sweep = epsilon is not None
     arms = [a for a in config.arms if a in ("federated", "central")] if sweep else list(config.arms)
     tag = f"eps{epsilon:g}" if sweep else "main"
-    steps = sim.rounds * sim.local_steps
-    records = []
-
-    def record(arm, label, metrics, privacy, visits, seconds):
-        records.append({"seed": seed, "arm": arm, "label": label, "epsilon_target": sim.epsilon, "sweep": sweep,
-                        "metrics": metrics, "privacy": privacy, "visits": visits, "seconds": round(seconds, 2),
-                        "seeded_noise": SEEDED_NOISE_LABEL if privacy.get("dp") else None})
-
-    noise = SeededExperimentNoise(seed, f"federated-{tag}")
+    cohort, held_out, held_site = _cohorts(config, sim, seed, log)
     run_dir = out / "runs" / f"seed-{seed}" / ("federated" if not sweep else f"federated-eps{epsilon:g}")
-    log(f"seed {seed} ({tag}): federated -> {run_dir}")
-    result, seconds = _timed(lambda: run_simulation(sim, run_dir, quiet=True, experiment_noise=noise))
-    cohort = result.cohort
-    sigma = result.summary["privacy"]["noise_multiplier"]
-    pooled, pooled_patients = pooled_training_data(cohort)
-    n_all = _slices(pooled)
-    fed = [report_metrics(r) for r in result.reports.values()]
-    spent = [e for e in result.summary["privacy"]["epsilon_spent"].values() if e is not None]
-    fed_privacy = _privacy_of(sim, sigma, "federated: each site's released updates, in the run's ledger")
-    fed_privacy["epsilon_spent_ledger"] = max(spent) if spent else None
-    fed_privacy["ledger_verified"] = result.summary["privacy"]["ledger_verified"]
-    record("federated", "federated", _mean_metrics(fed), fed_privacy,
-           {"expected_slices": sim.sample_rate * n_all * steps if sim.privacy_unit == "patient" else None,
-            "units_sampled": noise.units_sampled, "steps_per_site": steps}, seconds)
-    if "federated" in config.arms and not sweep:
-        records[-1]["run_dir"] = str(run_dir)
-    baseline_privacy = _privacy_of(sim, sigma, "research-only counterfactual (same sigma, q, T): not in any ledger")
-
-    if "local" in arms:
-        for name in cohort.site_names:
-            stream = SeededExperimentNoise(seed, f"local-{name}-{tag}").for_site(name)
-
-            def train(name=name, stream=stream):
-                return train_baseline(sim, cohort.train[name], cohort.patients[name], steps, sigma,
-                                      f"local-{name}", randomness=stream)
-
-            model, seconds = _timed(train)
-            report, eval_seconds = _timed(lambda: evaluate_model(model, cohort, sim))
-            record("local", f"local {name}", report_metrics(report), dict(baseline_privacy),
-                   {"expected_slices": sim.sample_rate * _slices(cohort.train[name]) * steps,
-                    "units_sampled": stream.units_sampled, "site": name}, seconds + eval_seconds)
-    if "central" in arms:
-        stream = SeededExperimentNoise(seed, f"central-{tag}").for_site("central")
-        model, seconds = _timed(lambda: train_baseline(sim, pooled, pooled_patients, steps, sigma, "central",
-                                                       randomness=stream))
-        report, eval_seconds = _timed(lambda: evaluate_model(model, cohort, sim))
-        record("central", "central", report_metrics(report), dict(baseline_privacy),
-               {"expected_slices": sim.sample_rate * n_all * steps, "units_sampled": stream.units_sampled},
-               seconds + eval_seconds)
-    if "non-private" in arms:
-        batch = max(1, int(round(sim.sample_rate * n_all)))
-
-        def train_np():
-            model = new_model(sim)
-            # Its own seeded stream (torch's generator: no DP noise is drawn from it).
-            torch.manual_seed(int.from_bytes(f"non-private-{seed}".encode()[:8], "big") % (2**63))
-            train_non_private(model, torch.from_numpy(pooled), steps=steps, batch_size=batch,
-                              learning_rate=sim.learning_rate, loss_fn=models.training_loss(model))
-            return model
-
-        model, seconds = _timed(train_np)
-        report, eval_seconds = _timed(lambda: evaluate_model(model, cohort, sim))
-        record("non-private", "non-private central (NO DP)", report_metrics(report), dict(_NON_PRIVATE_PRIVACY),
-               {"expected_slices": float(batch * steps), "units_sampled": None, "batch_slices": batch},
-               seconds + eval_seconds)
+    trained = train_arms(sim, cohort, arms, _learning_rates(config, arms, chosen), seed=seed, tag=tag,
+                         run_dir=run_dir, patience=config.patience, min_improvement=config.min_improvement, log=log)
+    records = []
+    for t in trained:
+        (metrics, eval_seconds) = _timed(lambda: _evaluate_arm(t, cohort, sim, held_out))
+        record = {"seed": seed, "arm": t.arm, "label": t.label, "epsilon_target": sim.epsilon, "sweep": sweep,
+                  "metrics": metrics, "privacy": t.privacy, "visits": t.visits, "learning_rate": t.learning_rate,
+                  "training": t.stopping.describe(), "held_out_site": held_site,
+                  "training_sites": list(cohort.site_names), "seconds": round(t.seconds + eval_seconds, 2),
+                  "seeded_noise": SEEDED_NOISE_LABEL if t.privacy.get("dp") else None}
+        if t.arm == "federated" and not sweep:
+            record["run_dir"] = t.run_dir
+        records.append(record)
     for r in records:
-        log(f"  seed {seed} {r['label']:<28} AUPRC {r['metrics']['model']['overall']['auprc']:.3f} "
-            f"(intensity {r['metrics']['intensity']['overall']['auprc']:.3f}; {r['seconds']:.0f} s)")
+        held = (f"; held-out {held_site} {r['metrics']['model']['held_out']['overall']['auprc']:.3f}"
+                if held_site else "")
+        log(f"  seed {seed} {r['label']:<28} AUPRC {r['metrics']['model']['overall']['auprc']:.3f}{held} "
+            f"(intensity {r['metrics']['intensity']['overall']['auprc']:.3f}; lr {r['learning_rate']:g}; "
+            f"step {r['training']['best_step']}/{r['training']['stopped_step']}; {r['seconds']:.0f} s)")
     return records
 
 
@@ -237,6 +226,10 @@ def _metric_paths(records) -> list[tuple]:
     lesions = sorted({k for r in fed for k in r["metrics"]["model"]["lesion"]})
     sites = sorted({k for r in fed for k in r["metrics"]["model"]["site"]})
     paths += [("lesion", k, "auprc") for k in lesions] + [("site", k, "auprc") for k in sites]
+    if any("held_out" in r["metrics"]["model"] for r in fed):
+        held_lesions = sorted({k for r in fed for k in r["metrics"]["model"]["held_out"]["lesion"]})
+        paths += [("held_out", "overall", m) for m in ("auprc", "auroc", "dice")]
+        paths += [("held_out", "lesion", k, "auprc") for k in held_lesions]
     return paths
 
 
@@ -261,10 +254,12 @@ def summarise(records: list[dict], arms) -> dict:
         locals_ = {lab: _values(main, "local", path, label=lab) for lab in local_labels}
         for lab, vals in locals_.items():
             entry["arms"][lab] = _describe(vals)
-        common = [s for s in seeds if s in fed and all(s in v for v in locals_.values())]
+        # The local models of each seed (with a held-out site, the rotation leaves one site out per seed).
+        of_seed = {s: [v[s] for v in locals_.values() if s in v] for s in seeds}
+        common = [s for s in seeds if s in fed and of_seed[s]]
         if locals_ and common:
-            others["best_local"] = {s: max(v[s] for v in locals_.values()) for s in common}
-            others["mean_local"] = {s: float(np.mean([v[s] for v in locals_.values()])) for s in common}
+            others["best_local"] = {s: max(of_seed[s]) for s in common}
+            others["mean_local"] = {s: float(np.mean(of_seed[s])) for s in common}
             for lab, vals in locals_.items():
                 others[lab] = vals
         for arm, name in (("central", "central"), ("non-private", "non_private")):
@@ -286,7 +281,60 @@ def summarise(records: list[dict], arms) -> dict:
                 r["metrics"]["model"]["overall"]["auprc"])
     stats_curve = {arm: {eps: _describe(dict(enumerate(v))) for eps, v in sorted(by.items(), key=lambda x: float(x[0]))}
                    for arm, by in curve.items()}
-    return {"seeds": seeds, "metrics": stats, "privacy_utility": stats_curve}
+    return {"seeds": seeds, "metrics": stats, "privacy_utility": stats_curve, "training": _training_summary(main),
+            "site_shift": site_shift(main)}
+
+
+def _training_summary(records) -> dict:
+    """Per arm (local: all its site models): learning rate, stopping and best steps over seeds."""
+    out: dict = {}
+    for r in records:
+        t = r.get("training")
+        if not t:
+            continue
+        entry = out.setdefault(r["arm"], {"learning_rates": set(), "stopped_steps": [], "best_steps": [],
+                                          "max_steps": t["max_steps"], "stopped_early": 0, "n": 0})
+        entry["learning_rates"].add(r["learning_rate"])
+        entry["stopped_steps"].append(t["stopped_step"])
+        entry["best_steps"].append(t["best_step"])
+        entry["stopped_early"] += int(bool(t["stopped_early"]))
+        entry["n"] += 1
+    for entry in out.values():
+        entry["learning_rates"] = sorted(entry["learning_rates"])
+    return out
+
+
+def site_shift(records) -> dict | None:
+    """Does a single-site model degrade on another site's scanner? Per seed, over that seed's local models k:
+    AUPRC of local k on its own site's held-out subjects minus on the held-out site (``model``); the same
+    site pairs for the intensity baseline, which trains on nothing (``intensity``: how much harder the
+    held-out site's lesions are by themselves); and their difference (``beyond_intensity``). Paired
+    t and bootstrap intervals over seeds. None without a held-out site."""
+    rows: dict = {"model": {}, "intensity": {}}
+    baseline = {r["seed"]: r["metrics"]["intensity"] for r in records if r["arm"] == "federated"}
+    for r in records:
+        if r["arm"] != "local" or "held_out" not in r["metrics"]["model"]:
+            continue
+        own = r["visits"].get("site")
+        model, intensity = r["metrics"]["model"], baseline.get(r["seed"])
+        if own not in model["site"] or intensity is None or own not in intensity["site"]:
+            continue
+        rows["model"].setdefault(r["seed"], []).append(
+            model["site"][own]["auprc"] - model["held_out"]["overall"]["auprc"])
+        rows["intensity"].setdefault(r["seed"], []).append(
+            intensity["site"][own]["auprc"] - intensity["held_out"]["overall"]["auprc"])
+    seeds = sorted(set(rows["model"]) & set(rows["intensity"]))
+    if not seeds:
+        return None
+    model = [float(np.mean(rows["model"][s])) for s in seeds]
+    intensity = [float(np.mean(rows["intensity"][s])) for s in seeds]
+    zeros = [0.0] * len(seeds)
+    return {"seeds": seeds,
+            "model": {"t": paired_t(model, zeros).to_dict(), "bootstrap": paired_bootstrap(model, zeros).to_dict()},
+            "intensity": {"t": paired_t(intensity, zeros).to_dict(),
+                          "bootstrap": paired_bootstrap(intensity, zeros).to_dict()},
+            "beyond_intensity": {"t": paired_t(model, intensity).to_dict(),
+                                 "bootstrap": paired_bootstrap(model, intensity).to_dict()}}
 
 
 def run_experiment(config: ExperimentConfig, out_dir, *, log: Callable[[str], None] | None = None,
@@ -310,18 +358,25 @@ def run_experiment(config: ExperimentConfig, out_dir, *, log: Callable[[str], No
         log(f"experiment '{config.name}': {len(config.seeds)} seeds x arms {', '.join(config.arms)}"
             f"{' + epsilon sweep ' + str(list(config.epsilons)) if config.epsilons else ''} -> {out}")
         log(f"  {SEEDED_NOISE_LABEL.upper()}: DP sampling and noise come from seeded generators (reproducible)")
+        tuning = None
+        if config.lr_grid:
+            log(f"tuning learning rates {list(config.lr_grid)} per arm on seed {config.tuning_seed} "
+                "(healthy validation loss; no test volume)")
+            tuning = tune_learning_rates(config, out, log)
+        chosen = tuning["chosen"] if tuning else None
         records: list[dict] = []
         for seed in config.seeds:
-            records += _run_seed(config, seed, out, log, None)
+            records += _run_seed(config, seed, out, log, None, chosen)
             for eps in config.epsilons:
                 if float(eps) != base.epsilon:
-                    records += _run_seed(config, seed, out, log, float(eps))
+                    records += _run_seed(config, seed, out, log, float(eps), chosen)
         results = {
             "seeded_noise": SEEDED_NOISE_LABEL,
             "command": command,
             "experiment": config.to_dict(),
             "simulation_base": base.to_dict(),
             "records": records,
+            "tuning": tuning,
             "statistics": summarise(records, config.arms),
             "seconds": round(time.perf_counter() - started, 1),
             "cpu_count": os.cpu_count(),
