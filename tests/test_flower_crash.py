@@ -134,7 +134,8 @@ def test_serverapp_and_supernode_killed_mid_round_resume_and_the_ledgers_reconci
 
     records = metrics(run_dir)
     assert [m["round"] for m in records] == [0, 1, 2, 3]
-    assert [m["status"] for m in records] == ["completed", "aborted", "completed", "completed"]
+    assert [m["status"] for m in records] == ["completed", "aborted", "completed", "completed"], [
+        (m["round"], m["status"], m["abort_reason"], m["survivors_per_stage"], m["refusals"]) for m in records]
     # Round 1 again: the two nodes that released it in run B refuse to release it twice.
     assert sorted(records[1]["refusals"]) == ["site-1", "site-2"]
     assert all("already released" in why for why in records[1]["refusals"].values()), records[1]["refusals"]
