@@ -789,8 +789,9 @@ def verify_ledger(run_dir, *, registry: Mapping[str, bytes] | None = None, ancho
                 report.warnings.append(
                     f"site {record.site!r} released a masked update in round {round_index} ({record.source}: "
                     f"{record.rounds[round_index]}) and this ledger charges it no spend for that round: the update "
-                    "reached the coordinator too late, or the coordinator decoded it without recording the spend "
-                    "(the site's own ledger charges it either way)")
+                    "reached the coordinator too late, or the coordinator stopped before it committed the round (a crash: "
+                    "a resumed run plans the round anew and the site refuses to release it twice), or the "
+                    "coordinator decoded it without recording the spend (the site's own ledger charges it either way)")
     head_path = run_dir / HEAD_FILE
     if not head_path.is_file():
         return _fail(report, None, f"{head_path} is missing: truncation cannot be ruled out")

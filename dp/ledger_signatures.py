@@ -38,8 +38,9 @@ and to every spend after it.
    update left it, and marks a round ``dropped`` when the coordinator told it
    its update was not used. Given these records, ``verify_ledger`` warns about
    every released, not-dropped round that the ledger does not charge to the
-   site: the coordinator either lost that update or decoded it without
-   recording the spend (where the other sites cannot check the client-id -> site
+   site: the coordinator lost that update (it arrived late, or the coordinator
+   crashed before committing the round, which a resumed run plans anew and the
+   site refuses to release twice) or decoded it without recording the spend (where the other sites cannot check the client-id -> site
    map; see :mod:`dp.round_chain` for what is left of that).
    A warning, not a failure: a masked update that reached the coordinator after
    its deadline is legitimately uncharged, and the site cannot tell the two

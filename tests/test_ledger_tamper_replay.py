@@ -149,3 +149,20 @@ def test_a_site_anchors_a_chain_only_from_an_entry_it_signed_and_only_linked(run
     # The simulation's rule is unchanged: record_anchor still takes only an entry the signer signed.
     with pytest.raises(LedgerError, match="anchors only what it signed"):
         signer.record_anchor(run_id, chain[-1].seq, chain[-1].digest())
+
+
+def test_a_chain_entrys_digest_is_the_ledgers_own_hash(run_dir):  # noqa: F811
+    """A site computes each entry's hash itself (its anchor, its own signed hashes): it must be the ledger's.
+
+    With the kind inside the hash (schema v3), a digest without it made every honest node refuse to
+    unmask over Flower ("entry 2 does not parse"): found by tests/test_flower_crash.py.
+    """
+    from dp import PrivacyLedger
+
+    _, chain, _ = _round_1(run_dir)
+    ledger = PrivacyLedger.open(run_dir)
+    try:
+        stored = {e.seq: e.hash for e in ledger.entries()}
+    finally:
+        ledger.close()
+    assert chain and all(entry.digest() == stored[entry.seq] for entry in chain)

@@ -1,0 +1,89 @@
+"""Helpers for tests and benchmarks that drive real Flower processes (issue 18: crash, resume, load).
+
+Built on the harness of ``tests/test_flower.py`` (a SuperLink and SuperNodes on loopback over TLS, free
+ports per pytest-xdist worker, every process stopped with its children): submitting a run without
+streaming it, bounded polling, the SuperLink's ``flwr-serverapp`` processes and their SIGKILL, and
+what a node's state directory shows of its progress (its session journal).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.test_flower import APP, RUN, _config_value, _Federation, _tool
+
+__all__ = ["Federation", "RUN", "wait_for", "submit", "serverapp_pids", "kill_serverapp", "journal_lines",
+           "metrics"]
+
+Federation = _Federation
+
+
+def wait_for(condition, seconds: float, what: str, fed: _Federation):
+    """Poll ``condition`` every 0.1 s for at most ``seconds``; its first truthy value, or the test fails."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.1)
+    pytest.fail(f"not within {seconds:g} s: {what}\n{fed.logs()}")
+
+
+def submit(fed: _Federation, run_dir: Path, config: dict) -> None:
+    """``flwr run`` without ``--stream``: it returns once the SuperLink accepted the run."""
+    values = config | {"out": str(run_dir)}
+    overrides = " ".join(f"{k}={_config_value(v)}" for k, v in values.items())
+    done = subprocess.run([_tool("flwr"), "run", str(APP), "loop", "--run-config", overrides], capture_output=True,
+                          text=True, env=fed.env, cwd=fed.tmp_path, timeout=120)
+    assert done.returncode == 0, f"{done.stdout}\n{done.stderr}"
+
+
+def serverapp_pids(fed: _Federation) -> list[int]:
+    """The pids of the ``flwr-serverapp`` processes under our SuperLink (it starts ``flower-superexec`` in a
+    session of its own, which starts them): found by walking each process's parents up to the SuperLink."""
+    parent, names = {}, {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        parent[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
+        names[int(entry.name)] = {Path(a.decode(errors="replace")).name for a in argv if a}
+
+    def under_superlink(pid: int) -> bool:
+        for _ in range(16):
+            pid = parent.get(pid, 0)
+            if pid == fed.procs[0].pid:
+                return True
+            if pid <= 1:
+                return False
+        return False
+
+    return sorted(pid for pid, argv in names.items() if "flwr-serverapp" in argv and under_superlink(pid))
+
+
+def kill_serverapp(fed: _Federation) -> None:
+    pids = serverapp_pids(fed)
+    assert len(pids) == 1, f"expected one flwr-serverapp in the SuperLink's group, found {pids}"
+    os.kill(pids[0], signal.SIGKILL)
+    wait_for(lambda: not serverapp_pids(fed), 30, "the killed flwr-serverapp is gone", fed)
+
+
+def metrics(run_dir: Path) -> list[dict]:
+    path = run_dir / "metrics.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def journal_lines(state: Path) -> int:
+    path = state / "sessions.journal"
+    return len(path.read_text().splitlines()) if path.exists() else 0
