@@ -27,11 +27,9 @@ import nibabel as nib  # noqa: E402
 
 from models import DatasetError, load_cohort, save_nifti  # noqa: E402
 from tests.test_models_bids import validate_bids  # noqa: E402
+from tests.test_prepare import DISTORTION  # noqa: E402 - the same known rigid move as prepare's own tests
 
 ROOT = Path(__file__).resolve().parents[1]
-THETA = np.deg2rad(8.0)
-DISTORTION = np.array([[np.cos(THETA), -np.sin(THETA), 0, 6.0], [np.sin(THETA), np.cos(THETA), 0, -4.0],
-                       [0, 0, 1, 3.0], [0, 0, 0, 1]])
 KEEP = ("sub-010001", "sub-010002", "sub-010015", "sub-020001", "sub-020002")
 PATIENT = "sub-010015"  # site-1, tumour
 LESION = f"derivatives/lesions/{PATIENT}/anat/{PATIENT}_desc-lesion_mask.nii.gz"
