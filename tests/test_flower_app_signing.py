@@ -190,6 +190,18 @@ def test_the_gate_hands_flwr_only_signed_bundles(tmp_path, monkeypatch):
     assert installed == [BUNDLE]
 
 
+def test_the_deployment_facts_say_which_nodes_verified_the_app():
+    from simulation.flower.deploy import deployment_facts
+
+    verified = {"app-sha256": "ab" * 32, "app-key": "cd" * 32}
+    facts = lambda nodes: deployment_facts({"out": "/r"}, {"tls": True, "observed": "x"}, nodes)  # noqa: E731
+    assert facts({"site-1": verified, "site-2": verified})["app_verification"].startswith("ON: ")
+    mixed = facts({"site-1": verified, "site-2": {"ledger": "/l"}})
+    assert mixed["app_verification"].startswith("ON at 1 of 2 nodes (site-1): ")
+    assert mixed["nodes"]["site-2"]["app_verified"] is False and mixed["nodes"]["site-1"]["app_key"] == "cd" * 32
+    assert facts({"site-1": {"ledger": "/l"}})["app_verification"].startswith("OFF: ")
+
+
 # -- the CLI ------------------------------------------------------------------------------
 
 
