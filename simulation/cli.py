@@ -7,7 +7,9 @@ and ``ledger verify`` (the run's privacy ledger), ``dpia`` (a Data Protection Im
 drawn from a run directory), ``audit`` (an empirical lower bound on epsilon),
 ``keys new`` / ``keys node-auth`` / ``keys register-nodes`` (a site's Ed25519 identity and its Flower
 node key; registering the registry's node keys with a SuperLink), ``flower app-path|certs|check``
-(the installed Flower app folder, loopback certificates, whether a Flower run finished), ``export`` (a run's model as
+(the installed Flower app folder, loopback certificates, whether a Flower run finished), ``flower
+app-key|sign-app|supernode`` (the consortium's app-signing key, its signature of an app bundle, and a
+SuperNode that runs only bundles so signed), ``export`` (a run's model as
 one self-describing file), ``detect`` (NIfTI anomaly maps of new scans) and ``experiment`` (a multi-seed
 comparison of federated, local, central and non-private training, with seeded - labelled - noise).
 Exit codes: 0 success, 2 bad input (a one-line error on stderr), 1 a failed

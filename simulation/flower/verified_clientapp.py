@@ -182,7 +182,8 @@ def start_supernode(app_key, trusted_apps, supernode_args: list[str]) -> int:
 
         previous = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGINT)}
         try:
-            return proc.wait()
+            code = proc.wait()
+            return 128 - code if code < 0 else code  # killed by a signal: the shell's convention
         finally:
             for s, handler in previous.items():
                 signal.signal(s, handler)
