@@ -135,7 +135,7 @@ def load_verify_key(text_or_path) -> bytes:
     if not _HEX64.match(text.lower()):
         path = Path(text)
         try:
-            text = path.read_text().strip()
+            text = path.read_bytes()[:4096].decode("ascii", errors="replace").strip()
         except OSError as exc:
             raise AppTrustError(f"app verify key {path}: {exc.strerror or exc}") from None
         if not _HEX64.match(text.lower()):
