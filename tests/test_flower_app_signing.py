@@ -108,6 +108,17 @@ def test_one_changed_byte_of_a_signed_bundle_is_refused(tmp_path):
         trust.check(bytes(changed), **_claims(bytes(changed)))
 
 
+def test_the_folder_is_read_at_each_check_so_adding_or_deleting_a_signature_needs_no_restart(tmp_path):
+    trust = _trust(tmp_path, CONSORTIUM)
+    with pytest.raises(AppNotTrustedError, match="not signed"):
+        trust.check(BUNDLE, **_claims(BUNDLE))
+    path = write_signature(sign_fab(BUNDLE, CONSORTIUM), trust.signatures)
+    assert trust.check(BUNDLE, **_claims(BUNDLE)).signature_file == str(path)
+    path.unlink()  # revoked
+    with pytest.raises(AppNotTrustedError, match="not signed"):
+        trust.check(BUNDLE, **_claims(BUNDLE))
+
+
 @pytest.mark.parametrize("lie", [{"claimed_hash": "0" * 64}, {"claimed_hash": None}, {"run_fab_hash": "1" * 64},
                                  {"run_fab_id": "secagg/secagg-flower"}, {"run_fab_version": "0.9.0"}])
 def test_a_signed_bundle_the_superlink_misnames_is_refused(tmp_path, lie):
