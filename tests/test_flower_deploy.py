@@ -241,7 +241,8 @@ def test_the_script_takes_a_new_user_to_a_verified_run_and_its_dpia(tmp_path):
     assert f"App verification at the nodes (only consortium-signed app bundles run; as the nodes reported at " \
            f"registration): ON: the node ran the app bundle sha256 {digest} only after verifying" in dpia
     for i in (1, 2, 3):
-        assert f"app bundle sha256 {digest} is signed by the consortium" in (directory / "logs" / f"supernode-{i}.log").read_text()
+        log = (directory / "logs" / f"supernode-{i}.log").read_text()
+        assert f"app bundle sha256 {digest} is signed by the consortium" in log
     # Least privilege: what the run wrote on both sides is owner-only.
     for part in ("run", "nodes"):
         assert not _private(directory / part), _private(directory / part)

@@ -145,6 +145,7 @@ def _app_verification(nodes: dict) -> str:
                 "(nodes started without `secagg flower supernode`)")
     hashes = sorted({str(nodes[site]["app-sha256"]) for site in verified})
     keys = sorted({str(nodes[site].get("app-key") or "")[:16] for site in verified})
-    state = "ON" if len(verified) == len(nodes) else f"ON at {len(verified)} of {len(nodes)} nodes ({', '.join(verified)})"
+    state = ("ON" if len(verified) == len(nodes)
+             else f"ON at {len(verified)} of {len(nodes)} nodes ({', '.join(verified)})")
     return (f"{state}: the node ran the app bundle sha256 {', '.join(hashes)} only after verifying its signature "
             f"under the consortium's app key {', '.join(keys)}")

@@ -45,7 +45,8 @@ from pathlib import Path
 
 from .app_trust import AppNotTrustedError, AppTrust, AppTrustError, record_verified
 
-__all__ = ["install_gate", "check_flwr_shape", "FlwrShapeError", "main", "start_supernode", "add_trust_arguments", "CLIENTAPP_COMMAND"]
+__all__ = ["install_gate", "check_flwr_shape", "FlwrShapeError", "main", "start_supernode", "add_trust_arguments",
+           "CLIENTAPP_COMMAND"]
 
 #: The command name flwr's SuperExec starts for a ClientApp (flwr/supercore/constant.py).
 CLIENTAPP_COMMAND = "flwr-clientapp"
