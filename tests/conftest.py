@@ -19,8 +19,9 @@ import os
 
 # Slowest first: the Flower crash-and-resume federation (three `flwr run`s, two stage timeouts), the Flower
 # process federations (~5 min on 2 cores), the simulation CLI runs, the DPIA's simulated run, then the
-# in-memory Flower runs, the ledger's kill tests and the TenSEAL suites.
+# in-memory Flower runs, the app-signing federation (~45 s), the ledger's kill tests and the TenSEAL suites.
 SLOWEST_FIRST = ("test_flower_crash.py", "test_flower.py", "test_simulation.py", "test_dpia.py", "test_flower_inmemory.py",
+                 "test_flower_app_signing.py",
                  "test_dp_ledger.py", "test_he_adversarial.py", "test_he_protocol.py", "test_dp_accounting.py")
 
 

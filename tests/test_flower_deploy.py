@@ -5,7 +5,8 @@
   exits 0 on a failed run, so this is what a script can rely on.
 * ``simulation/flower/app/deploy-local.sh`` - the guide as a script - end to end with real
   processes (a SuperLink and three SuperNodes over loopback TLS): exit 0, both sides' ledgers,
-  the DPIA, owner-only modes of what the run wrote; and a non-zero exit when the run fails
+  the DPIA, the app bundle verified at every node against the consortium's signature, owner-only
+  modes of what the run wrote; and a non-zero exit when the run fails
   (``num-sites`` larger than the nodes started).
 """
 
@@ -234,6 +235,14 @@ def test_the_script_takes_a_new_user_to_a_verified_run_and_its_dpia(tmp_path):
     for site in ("site-1", "site-2", "site-3"):
         assert (f"{site} (as its node reported at registration): own ledger {directory / 'nodes' / site / 'ledger'}; "
                 f"signing key {directory / 'nodes' / site / (site + '.ed25519')}") in dpia
+    # Every node ran the app only after checking the consortium's signature of it (secagg flower supernode).
+    digest = json.loads(next((directory / "trusted-apps").glob("*.json")).read_text())["fab_sha256"]
+    assert summary["deployment"]["app_verification"].startswith(f"ON: the node ran the app bundle sha256 {digest} ")
+    assert f"App verification at the nodes (only consortium-signed app bundles run; as the nodes reported at " \
+           f"registration): ON: the node ran the app bundle sha256 {digest} only after verifying" in dpia
+    for i in (1, 2, 3):
+        log = (directory / "logs" / f"supernode-{i}.log").read_text()
+        assert f"app bundle sha256 {digest} is signed by the consortium" in log
     # Least privilege: what the run wrote on both sides is owner-only.
     for part in ("run", "nodes"):
         assert not _private(directory / part), _private(directory / part)

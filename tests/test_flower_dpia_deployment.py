@@ -63,6 +63,10 @@ def test_a_passive_run_without_tls_and_with_plain_keys(tmp_path, monkeypatch):
         assert node["key_protected"] is False and node["registry"] is None
         assert f"{site} (as its node reported at registration): own ledger {node['ledger']}" in text
     assert "(not passphrase-protected: a copy of the disk holds the key)" in text
+    # In-process, no verifier checked the app bundle: the DPIA says so.
+    assert all(deployment["nodes"][site]["app_verified"] is False for site in SITES)
+    assert ("App verification at the nodes (only consortium-signed app bundles run; as the nodes reported at "
+            "registration): OFF: no node reported checking") in text
     assert f"The coordinator's privacy ledger: {tmp_path / 'run' / 'ledger.sqlite'}" in text
     assert "each on its own machine" not in text and "where the consortium configures it" not in text
 
@@ -76,6 +80,22 @@ def test_an_active_run_over_tls_with_protected_keys(tmp_path, monkeypatch):
     assert all(deployment["nodes"][site]["key_protected"] for site in SITES)
     assert text.count("(passphrase-protected)") == 3 and "not passphrase-protected" not in text
     assert f"its own registry copy {tmp_path / 'registry.json'}" in text
+
+
+def test_app_verification_is_stated_as_the_nodes_report_it(tmp_path, monkeypatch):
+    """The nodes' ClientApp processes report the approval the verifier recorded in them (in-process here: one
+    recorded approval for every node)."""
+    from simulation.flower import app_trust
+
+    app_trust.record_verified(app_trust.AppApproval("ab" * 32, "cd" * 32, "/n/trusted-apps/x.json"))
+    try:
+        deployment, text = _run(tmp_path, monkeypatch, [SERVERAPP, "--token", "t"], active=False, passphrase=False)
+    finally:
+        app_trust.record_verified(None)
+    assert all(deployment["nodes"][site]["app_sha256"] == "ab" * 32 for site in SITES)
+    assert deployment["app_verification"].startswith("ON: ")
+    assert (f"registration): ON: the node ran the app bundle sha256 {'ab' * 32} only after verifying its signature "
+            f"under the consortium's app key {'cd' * 8}.") in text
 
 
 def test_tls_is_not_claimed_when_the_serverapp_did_not_run_under_flower():

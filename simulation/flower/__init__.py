@@ -22,6 +22,9 @@ in it matches its own copy of the consortium's registry
 With Flower's SuperNode authentication, each node's Flower key is made beside its site identity
 and recorded in the registry (:mod:`simulation.node_keys`); the coordinator registers a node only
 as the site whose key the SuperLink authenticated it under (run config ``node-auth``).
+A node started through ``secagg flower supernode`` runs only app bundles the consortium signed: each
+ClientApp process checks the bundle's SHA-256 against the consortium's signatures before flwr installs
+or imports it (:mod:`.app_trust`, :mod:`.verified_clientapp`).
 Tested (``tests/test_flower.py``) on Flower's deployment engine - a SuperLink
 and three SuperNodes on loopback over TLS, with certificates from :mod:`.tls`,
 in active mode - and on its simulation engine (Ray).

@@ -221,9 +221,13 @@ def hello(message: Message, context: Context) -> Message:
 
 def node_facts(context: Context, site: str) -> dict:
     """Where this node keeps its ledger and its signing key, and whether the key is passphrase-protected,
-    as its operator configured it: the coordinator records them in the run's summary and the DPIA
-    states them as reported by the node. Paths only, never a key or a passphrase."""
+    as its operator configured it, and whether this process's app bundle was checked against the
+    consortium's app signatures before it ran (:func:`~simulation.flower.app_trust.verified_app`: set only
+    by the verifier of ``secagg flower supernode``, in this process): the coordinator records them in the
+    run's summary and the DPIA states them as reported by the node. Paths and public hashes only, never a
+    key or a passphrase."""
     from ..passphrase import is_sealed
+    from .app_trust import verified_app
 
     state = node_path(context, "state-dir", "node-state-root")
     key_path = context.node_config.get("signing-key") or (state / f"{site}.ed25519" if state is not None else "")
@@ -231,8 +235,10 @@ def node_facts(context: Context, site: str) -> dict:
         protected = bool(key_path) and is_sealed(Path(str(key_path)).read_text()[:64])
     except (OSError, UnicodeDecodeError):
         protected = False
+    approval = verified_app()
     return {"ledger": str(state / "ledger") if state is not None else "", "signing-key": str(key_path),
-            "key-protected": protected, "registry": str(context.node_config.get("registry") or "")}
+            "key-protected": protected, "registry": str(context.node_config.get("registry") or ""),
+            "app-sha256": approval.fab_sha256 if approval else "", "app-key": approval.verify_key if approval else ""}
 
 
 # -- the node's own privacy ledger ------------------------------------------------------

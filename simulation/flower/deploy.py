@@ -115,7 +115,10 @@ def deployment_facts(cfg: dict, transport: dict, nodes: dict) -> dict:
         return {"reported": True, "ledger": str(facts.get("ledger") or "") or None,
                 "signing_key": str(facts.get("signing-key") or "") or None,
                 "key_protected": bool(facts.get("key-protected")),
-                "registry": str(facts.get("registry") or "") or None}
+                "registry": str(facts.get("registry") or "") or None,
+                "app_verified": bool(facts.get("app-sha256")),
+                "app_sha256": str(facts.get("app-sha256") or "") or None,
+                "app_key": str(facts.get("app-key") or "") or None}
 
     registry = str(cfg.get("registry") or "")
     return {
@@ -128,4 +131,21 @@ def deployment_facts(cfg: dict, transport: dict, nodes: dict) -> dict:
                          "a node registers only by signing a fresh challenge with its site's registered key"),
         "coordinator_ledger": str(Path(str(cfg["out"])).resolve() / "ledger.sqlite"),
         "nodes": {site: node(facts) for site, facts in sorted(nodes.items())},
+        "app_verification": _app_verification(nodes),
     }
+
+
+def _app_verification(nodes: dict) -> str:
+    """Whether the registered nodes ran the app only after checking its consortium signature, as reported."""
+    verified = sorted(site for site, facts in nodes.items() if facts and facts.get("app-sha256"))
+    if not nodes:
+        return "not observed (no node registered)"
+    if not verified:
+        return ("OFF: no node reported checking the app bundle's consortium signature before running it "
+                "(nodes started without `secagg flower supernode`)")
+    hashes = sorted({str(nodes[site]["app-sha256"]) for site in verified})
+    keys = sorted({str(nodes[site].get("app-key") or "")[:16] for site in verified})
+    state = ("ON" if len(verified) == len(nodes)
+             else f"ON at {len(verified)} of {len(nodes)} nodes ({', '.join(verified)})")
+    return (f"{state}: the node ran the app bundle sha256 {', '.join(hashes)} only after verifying its signature "
+            f"under the consortium's app key {', '.join(keys)}")

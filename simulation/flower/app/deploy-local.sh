@@ -9,8 +9,10 @@
 #        [--run-config 'key=value ...']
 #
 # Steps, in order: 1 data (a synthetic cohort), 2 certificates, 3 each site's keys (signing key and
-# Flower node key) and the registry, 4 the SuperLink with SuperNode authentication and the
-# registry's node keys registered, 5 the SuperNodes, 6 `flwr run`, 7 the run's outcome and both sides' ledgers
+# Flower node key) and the registry, and the consortium's app-signing key, which signs this app's bundle,
+# 4 the SuperLink with SuperNode authentication and the
+# registry's node keys registered, 5 the SuperNodes, each running only app bundles the consortium signed
+# (`secagg flower supernode`), 6 `flwr run`, 7 the run's outcome and both sides' ledgers
 # (`secagg ledger verify`), 8 the DPIA. Exit status 0 only when every planned round completed and
 # every ledger verified; non-zero otherwise (`flwr run` itself exits 0 on a failed run, so the
 # script asks `secagg flower check`). The SuperLink and SuperNodes are stopped on exit.
@@ -33,8 +35,8 @@
 #                       the SuperNodes inherit it and read it through their node config's passphrase-env
 #   --run-config STR    further run-config keys, e.g. 'image-size=16 local-steps=2 node-wait=20.0'
 #
-# Environment: SECAGG (default `secagg`) is the secagg command; flower-superlink, flower-supernode and
-# flwr come from PATH (the environment where secagg and flwr are installed).
+# Environment: SECAGG (default `secagg`) is the secagg command (it also starts each flower-supernode, with
+# the app verifier in front of its ClientApps); flower-superlink, flower-supernode and flwr come from PATH (the environment where secagg and flwr are installed).
 set -euo pipefail
 umask 077
 
@@ -109,11 +111,16 @@ else
   LINK_TLS=(--insecure) NODE_TLS=(--insecure) CLI_TLS="insecure = true"
 fi
 
-step "3/8 keys: each site's Ed25519 key and Flower node key in its node's state directory, both registered in $REGISTRY"
+step "3/8 keys: each site's Ed25519 key and Flower node key in its node's state directory, both registered in $REGISTRY; the consortium's app-signing key, and its signature of the app"
 for i in $(seq "$SITES"); do
   $SECAGG keys new --site "site-$i" --out "$DIR/nodes/site-$i" --registry "$REGISTRY" \
     ${PASSPHRASE_ENV:+--passphrase-env "$PASSPHRASE_ENV"}
 done
+
+# The consortium's app-signing key signs the bundle `flwr run "$APP"` submits (the same bytes: `flwr build` is
+# reproducible); every node gets the verify key and the signature out of band and runs no other bundle.
+$SECAGG flower app-key --out "$DIR/consortium"
+$SECAGG flower sign-app "$APP" --key "$DIR/consortium/consortium-apps.ed25519" --out "$DIR/trusted-apps"
 
 cat > "$FLWR_HOME/config.toml" <<TOML
 [superlink]
@@ -140,7 +147,7 @@ if [ "$TLS" = 1 ]; then
   $SECAGG keys register-nodes --registry "$REGISTRY" --superlink local-fed
 fi
 
-step "5/8 SuperNodes: $SITES, one per site$([ "$ACTIVE" = 1 ] && echo ', each with its signing key and its copy of the registry')"
+step "5/8 SuperNodes: $SITES, one per site, each running only consortium-signed app bundles$([ "$ACTIVE" = 1 ] && echo ', with its signing key and its copy of the registry')"
 for i in $(seq "$SITES"); do
   state="$DIR/nodes/site-$i"
   config="partition-id=$((i - 1)) site=\"site-$i\" data=\"$DIR/data/site-$i\" state-dir=\"$state\" epsilon-budget=$BUDGET"
@@ -150,7 +157,8 @@ for i in $(seq "$SITES"); do
   fi
   NODE_AUTH=()
   [ "$TLS" = 1 ] && NODE_AUTH=(--auth-supernode-private-key "$state/site-$i.flower-auth")
-  start "supernode-$i.log" flower-supernode "${NODE_TLS[@]}" "${NODE_AUTH[@]}" --superlink "127.0.0.1:$PORT" \
+  start "supernode-$i.log" $SECAGG flower supernode --app-key "$DIR/consortium/consortium-apps.pub" \
+    --trusted-apps "$DIR/trusted-apps" -- "${NODE_TLS[@]}" "${NODE_AUTH[@]}" --superlink "127.0.0.1:$PORT" \
     --port "$((PORT + i))" --node-config "$config"
 done
 
