@@ -43,6 +43,8 @@ import tempfile
 import tomllib
 from pathlib import Path
 
+from .errors import SimulationInputError
+
 __all__ = ["DPIAError", "ORG_FIELDS", "LEVELS", "PLACEHOLDER", "load_org", "build_dpia", "render_dpia",
            "write_dpia", "find_chromium"]
 
@@ -51,7 +53,7 @@ LEVELS = ("negligible", "limited", "significant", "maximum")  # CNIL PIA four-le
 PLACEHOLDER = "[TO BE COMPLETED: {}]"
 
 
-class DPIAError(ValueError):
+class DPIAError(SimulationInputError):
     """The DPIA cannot be produced (no ledger, bad organisation file, no renderer)."""
 
 
