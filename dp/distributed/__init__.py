@@ -24,7 +24,6 @@ calibration <- site, coordinator; outside it only to the rest of :mod:`dp` and t
 """
 
 from .accounting import DEFAULT_ORDERS, compute_distributed_epsilon, distributed_rdp, rdp_to_epsilon
-from .accounting import _event_rdp  # noqa: F401  (tests; see tests/test_dp_distributed.py)
 from .calibration import (
     SUPPORTED_RING_BITS,
     CalibratedDistributedDp,
@@ -35,7 +34,6 @@ from .calibration import (
 from .coordinator import decode_sum
 from .events import DISTRIBUTED_NEIGHBOURING, MECHANISMS, DistributedDpEvent
 from .site import PrivatizedUpdate, privatize, privatize_detailed
-from .site import _integer_update, _rounded_update  # noqa: F401  (tests; see tests/test_dp_distributed.py)
 from .wraparound import wrap_probability_bound
 
 __all__ = [

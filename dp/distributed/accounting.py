@@ -25,7 +25,8 @@ from ..errors import InvalidPrivacyParameterError
 from ..events import validate_delta
 from .events import DistributedDpEvent
 
-__all__ = ["DEFAULT_ORDERS", "distributed_rdp", "rdp_to_epsilon", "compute_distributed_epsilon"]
+__all__ = ["DEFAULT_ORDERS", "event_rdp", "distributed_rdp", "rdp_to_epsilon", "compute_distributed_epsilon",
+           "composed_epsilon"]
 
 #: Renyi orders: a fine grid near 1 (small epsilons), every integer to 512, then a sparse tail
 #: (large epsilons). Skellam's bound is evaluated at ceil(alpha).
@@ -41,7 +42,8 @@ def _ddg_tau(sigma_squared: float, contributors: int) -> float:
     )
 
 
-def _event_rdp(event: DistributedDpEvent, orders: np.ndarray) -> np.ndarray:
+def event_rdp(event: DistributedDpEvent, orders: np.ndarray) -> np.ndarray:
+    """One round's Renyi DP at each order (the bounds in the module docstring); no argument checks."""
     d2 = event.l2_sensitivity_squared
     d1 = event.l1_sensitivity
     n = event.noise_contributors
@@ -73,7 +75,7 @@ def distributed_rdp(events: Iterable[DistributedDpEvent], orders: Sequence[float
     for event in events:
         if not isinstance(event, DistributedDpEvent):
             raise InvalidPrivacyParameterError(f"expected DistributedDpEvent; got {type(event).__name__}")
-        total += _event_rdp(event, orders)
+        total += event_rdp(event, orders)
         count += 1
     if count == 0:
         raise InvalidPrivacyParameterError("no distributed-DP events to account for")
@@ -103,5 +105,6 @@ def compute_distributed_epsilon(events: Iterable[DistributedDpEvent], delta: flo
     return rdp_to_epsilon(DEFAULT_ORDERS, distributed_rdp(events), delta)[0]
 
 
-def _composed_epsilon(event: DistributedDpEvent, rounds: int, delta: float) -> float:
-    return rdp_to_epsilon(DEFAULT_ORDERS, rounds * _event_rdp(event, DEFAULT_ORDERS), delta)[0]
+def composed_epsilon(event: DistributedDpEvent, rounds: int, delta: float) -> float:
+    """Epsilon at ``delta`` of ``rounds`` rounds identical to ``event`` (what calibration searches over)."""
+    return rdp_to_epsilon(DEFAULT_ORDERS, rounds * event_rdp(event, DEFAULT_ORDERS), delta)[0]

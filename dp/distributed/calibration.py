@@ -22,7 +22,7 @@ from ..discrete import MAX_TABLE_ENTRIES, discrete_gaussian_variance
 from ..errors import CalibrationError, InvalidPrivacyParameterError
 from ..events import validate_delta
 from ..rotation import padded_dimension
-from .accounting import DEFAULT_ORDERS, _composed_epsilon, _event_rdp, rdp_to_epsilon
+from .accounting import DEFAULT_ORDERS, composed_epsilon, event_rdp, rdp_to_epsilon
 from .checks import finite, int_at_least, positive
 from .events import DISTRIBUTED_NEIGHBOURING, MECHANISMS, DistributedDpEvent
 from .wraparound import wrap_probability_bound
@@ -269,7 +269,7 @@ def calibrate(config: DistributedDpConfig, dimension: int) -> CalibratedDistribu
     target = config.target_epsilon
 
     def epsilon(variance: float) -> float:
-        return _composed_epsilon(template(variance), config.rounds, config.delta)
+        return composed_epsilon(template(variance), config.rounds, config.delta)
 
     if epsilon(floor_variance) <= target:
         hi = floor_variance
@@ -291,7 +291,7 @@ def calibrate(config: DistributedDpConfig, dimension: int) -> CalibratedDistribu
             f"the calibrated local noise (variance {variance:.4g} ring units^2) is too large for the exact "
             f"sampler's table; use a smaller scale (larger rounding_inflation) or a larger target epsilon"
         )
-    reached, order = rdp_to_epsilon(DEFAULT_ORDERS, config.rounds * _event_rdp(template(variance), DEFAULT_ORDERS),
+    reached, order = rdp_to_epsilon(DEFAULT_ORDERS, config.rounds * event_rdp(template(variance), DEFAULT_ORDERS),
                                     config.delta)
 
     widths = SUPPORTED_RING_BITS if config.bits is None else (config.bits,)

@@ -38,7 +38,7 @@ from ..errors import InvalidPrivacyParameterError, PrivacyError
 from ..rotation import rotate
 from .calibration import CalibratedDistributedDp
 
-__all__ = ["PrivatizedUpdate", "privatize", "privatize_detailed"]
+__all__ = ["PrivatizedUpdate", "privatize", "privatize_detailed", "rounded_update", "integer_update"]
 
 _MAX_ROUNDING_ATTEMPTS = 1000
 
@@ -71,8 +71,12 @@ def _uniform53(rng: RandomWords, count: int) -> np.ndarray:
     return (rng.words(count) >> np.uint64(11)).astype(np.float64) * (1.0 / (1 << 53))
 
 
-def _rounded_update(vector, calibrated: CalibratedDistributedDp, public_seed: bytes, rng: RandomWords):
-    """Steps 1-4 of the pipeline: clip, rotate, scale, round conditionally (int64, ||.||^2 <= B^2)."""
+def rounded_update(vector, calibrated: CalibratedDistributedDp, public_seed: bytes, rng: RandomWords):
+    """Steps 1-4 of the pipeline: clip, rotate, scale, round conditionally (int64, ||.||^2 <= B^2).
+
+    Returns ``(rounded vector, clipped?, input norm, rounding attempts)``; each step is public so that
+    it can be tested without the noise of step 5 (:func:`privatize_detailed` runs them all).
+    """
     config = calibrated.config
     x = _check_update(vector, calibrated.dimension)
     peak = float(np.max(np.abs(x))) if x.size else 0.0
@@ -100,9 +104,10 @@ def _rounded_update(vector, calibrated: CalibratedDistributedDp, public_seed: by
     return rounded, clipped, norm, attempt
 
 
-def _integer_update(vector, calibrated: CalibratedDistributedDp, public_seed: bytes, rng: RandomWords):
-    """Steps 1-5 of the pipeline: the noisy integer vector (int64) before reduction mod 2^b."""
-    rounded, clipped, norm, attempt = _rounded_update(vector, calibrated, public_seed, rng)
+def integer_update(vector, calibrated: CalibratedDistributedDp, public_seed: bytes, rng: RandomWords):
+    """Steps 1-5 of the pipeline: the noisy integer vector (int64) before reduction mod 2^b, with what
+    :func:`rounded_update` returns besides its vector."""
+    rounded, clipped, norm, attempt = rounded_update(vector, calibrated, public_seed, rng)
     length = rounded.shape[0]
     if calibrated.config.mechanism == "ddg":
         noise = discrete_gaussian_sampler(Fraction(calibrated.local_variance)).sample(length, rng)
@@ -124,7 +129,7 @@ def privatize_detailed(vector, calibrated: CalibratedDistributedDp, public_seed:
     """
     if not isinstance(calibrated, CalibratedDistributedDp):
         raise InvalidPrivacyParameterError(f"expected CalibratedDistributedDp; got {type(calibrated).__name__}")
-    integers, clipped, norm, attempts = _integer_update(vector, calibrated, public_seed, RandomWords(key))
+    integers, clipped, norm, attempts = integer_update(vector, calibrated, public_seed, RandomWords(key))
     # Two's complement: the int64 -> uint64 view is reduction mod 2^64; narrowing keeps the low b bits.
     ring = integers.view(np.uint64).astype(calibrated.ring_dtype, copy=False)
     return PrivatizedUpdate(ring=np.ascontiguousarray(ring), clipped=clipped, input_norm=norm,
