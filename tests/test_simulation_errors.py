@@ -13,14 +13,8 @@ from pathlib import Path
 import pytest
 
 import secagg
-from dp.errors import (
-    BudgetExceededError,
-    CalibrationError,
-    InvalidPrivacyParameterError,
-    LedgerError,
-    LedgerIntegrityError,
-    ModelNotPrivateError,
-)
+from dp.errors import (BudgetExceededError, CalibrationError, InvalidPrivacyParameterError, LedgerError,
+                       LedgerIntegrityError, ModelNotPrivateError)
 from simulation import cli
 from simulation.config import ConfigError, SimulationConfigError
 from simulation.errors import SimulationInputError, bad_input_errors
