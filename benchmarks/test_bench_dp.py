@@ -240,7 +240,7 @@ def test_step_dp_sgd_patient_level(benchmark, batch):
     try:
         benchmark.pedantic(step, rounds=30, warmup_rounds=3)
     finally:
-        module._close()
+        module.to_standard_module()
     record(benchmark, "step_dp_sgd_patient_csprng_b16_64px")
 
 

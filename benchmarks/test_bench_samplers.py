@@ -99,7 +99,7 @@ def python_skellam(count: int) -> list[int]:
         i = bisect.bisect_right(table, w)
         if 0 < i < len(table) and table[i - 1] < w:
             return offset + i
-        return sampler._slow(w, offset + i, rng)
+        return sampler.slow_path(w, offset + i, rng)
 
     return [poisson() - poisson() for _ in range(count)]
 
@@ -139,9 +139,9 @@ def test_skellam_pure_python(benchmark):
 def test_table_build(benchmark, family):
     """One-time cost per parameter (cached afterwards): certified pure-Python fixed point."""
     if family == "ddg":
-        build = lambda: discrete.InversionSampler(discrete._DiscreteGaussian(Fraction(SIGMA_SQUARED)))  # noqa: E731
+        build = lambda: discrete.InversionSampler(discrete.DiscreteGaussianFamily(Fraction(SIGMA_SQUARED)))  # noqa: E731
     else:
-        build = lambda: discrete.InversionSampler(discrete._Poisson(Fraction(MU)))  # noqa: E731
+        build = lambda: discrete.InversionSampler(discrete.PoissonFamily(Fraction(MU)))  # noqa: E731
     sampler = benchmark.pedantic(build, rounds=3, warmup_rounds=0)
     assert sampler.table.size > 1000
     record(benchmark, f"table_build_{family}")

@@ -13,10 +13,17 @@
   clipped to C, a public normaliser.
 * :mod:`dp.discrete`, :mod:`dp.rotation`, :mod:`dp.distributed` - distributed DP: exact
   CSPRNG discrete Gaussian / Skellam noise added by each site in the integer domain before
-  masking, with the site-level guarantee of the released sum.
+  masking, with the site-level guarantee of the released sum. :mod:`dp.distributed` is a
+  package that mirrors the local path above: ``events``, ``accounting`` (with ``wraparound``),
+  ``calibration``, and the mechanism's two sides, ``site`` (privatize) and ``coordinator``
+  (decode the sum).
 
-Imports flow one way: ``dp`` uses ``secagg`` for its CSPRNG and its fixed-point encoding (distributed DP works in the ring). torch and
-Opacus are imported lazily by the functions that need them.
+Imports flow one way: ``dp`` uses ``secagg`` and nothing else of this project. From it, it takes
+the CSPRNG (key derivation, random bytes and the PRG keystream: :mod:`dp.discrete`,
+:mod:`dp.rotation`, :mod:`dp.training`), the Ed25519 signatures and their errors
+(:mod:`dp.ledger_signatures`) and the fixed-point encoding's ring widths and dtypes
+(:mod:`dp.distributed`, which works in the ring the protocol masks). ``dp`` never imports
+``models`` or ``simulation``. torch and Opacus are imported lazily by the functions that need them.
 """
 
 from .accounting import (

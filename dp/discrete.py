@@ -79,6 +79,11 @@ __all__ = [
     "MAX_TABLE_ENTRIES",
     "RandomWords",
     "InversionSampler",
+    "Family",
+    "DiscreteGaussianFamily",
+    "PoissonFamily",
+    "CdfWalk",
+    "certified_floor",
     "exact_rational",
     "discrete_gaussian_sampler",
     "poisson_sampler",
@@ -146,7 +151,7 @@ def _ceil_div(a: int, b: int) -> int:
     return -((-a) // b)
 
 
-class _Family(abc.ABC):
+class Family(abc.ABC):
     """A log-concave pmf on the integers given by its mode and the ratios of consecutive weights.
 
     ``up_ratios(bits)`` yields integer intervals ``(lo, hi)`` (fixed point, ``bits`` fractional
@@ -171,7 +176,9 @@ class _Family(abc.ABC):
         """Roughly how many entries the table will have (for the size guard)."""
 
 
-class _DiscreteGaussian(_Family):
+class DiscreteGaussianFamily(Family):
+    """The discrete Gaussian N_Z(0, sigma^2) as a :class:`Family` (the one transcendental, exp, from decimal)."""
+
     def __init__(self, sigma_squared: Fraction) -> None:
         self.sigma_squared = sigma_squared
         self.name = f"discrete Gaussian (sigma^2 = {float(sigma_squared):.6g})"
@@ -211,7 +218,9 @@ class _DiscreteGaussian(_Family):
         return int(25 * math.sqrt(self.sigma_squared)) + 24
 
 
-class _Poisson(_Family):
+class PoissonFamily(Family):
+    """Poisson(lam) as a :class:`Family` (every ratio is rational)."""
+
     def __init__(self, lam: Fraction) -> None:
         self.lam = lam
         self.name = f"Poisson (lambda = {float(lam):.6g})"
@@ -239,7 +248,7 @@ class _Poisson(_Family):
 # --- certified CDF ---------------------------------------------------------------------------
 
 
-class _Walk:
+class CdfWalk:
     """Pass 1 of a certification at ``bits`` fractional bits: the range [a, b] and mass totals.
 
     Integer intervals (fixed point): ``down_lo/hi`` is the mass of [a, mode-1], ``up_lo/hi`` that
@@ -247,7 +256,7 @@ class _Walk:
     and above b.
     """
 
-    def __init__(self, family: _Family, bits: int, need_lo: int | None = None, need_hi: int | None = None) -> None:
+    def __init__(self, family: Family, bits: int, need_lo: int | None = None, need_hi: int | None = None) -> None:
         self.family, self.bits = family, bits
         one = 1 << bits
         limit = MAX_TABLE_ENTRIES
@@ -361,7 +370,7 @@ class _Walk:
         raise AssertionError("unreachable")
 
 
-def _certified_floor(s_lo: int, s_hi: int, r_lo: int, r_hi: int) -> int | None:
+def certified_floor(s_lo: int, s_hi: int, r_lo: int, r_hi: int) -> int | None:
     """``floor(F 2^64)`` for ``F`` in ``[s_lo/(s_lo+r_hi), s_hi/(s_hi+r_lo)]``, or None if not unique."""
     t = min((s_lo << 64) // (s_lo + r_hi), _MASK64)
     # F < 1 always (every tail has positive mass), so floor(F 2^64) <= 2^64 - 1.
@@ -378,9 +387,12 @@ class InversionSampler:
 
     ``window=(lo, hi)`` restricts the fast-path table to [lo, hi] (everything else goes through
     the exact slow path); it exists to test the slow path and changes nothing in the law.
+    The families, :class:`CdfWalk`, :func:`certified_floor` and :meth:`slow_path` are public so
+    that the exactness of each step can be tested directly (a tie on the slow path happens with
+    probability 2^-64 per draw: no test reaches it through :meth:`sample`).
     """
 
-    def __init__(self, family: _Family, *, window: tuple[int, int] | None = None) -> None:
+    def __init__(self, family: Family, *, window: tuple[int, int] | None = None) -> None:
         if family.extent_estimate() > MAX_TABLE_ENTRIES:
             raise InvalidPrivacyParameterError(
                 f"the {family.name} would need about {family.extent_estimate():,} table entries "
@@ -389,7 +401,7 @@ class InversionSampler:
         self.family = family
         bits = _BASE_BITS
         while True:
-            walk = _Walk(family, bits)
+            walk = CdfWalk(family, bits)
             lo, hi = walk.a, walk.b
             if window is not None:
                 lo, hi = max(lo, int(window[0])), min(hi, int(window[1]))
@@ -399,7 +411,7 @@ class InversionSampler:
             ok = True
             for k, s_lo, s_hi, r_lo, r_hi in walk.cdf_bounds():
                 if lo - 1 <= k <= hi:
-                    t = _certified_floor(s_lo, s_hi, r_lo, r_hi)
+                    t = certified_floor(s_lo, s_hi, r_lo, r_hi)
                     if t is None:
                         ok = False
                         break
@@ -408,7 +420,7 @@ class InversionSampler:
                 break
             bits += 64  # an interval straddled a multiple of 2^-64: sharpen and rebuild
         self._bits = bits
-        self._walks: dict[int, _Walk] = {bits: walk}
+        self._walks: dict[int, CdfWalk] = {bits: walk}
         self.offset = lo - 1  # table index i <-> value offset + i
         self.table = table
         n = table.shape[0]
@@ -443,23 +455,23 @@ class InversionSampler:
         decided = (table[np.maximum(idx - 1, 0)] < words) & (idx > 0) & (idx < n)
         out = idx + self.offset
         for j in np.flatnonzero(~decided):
-            out[j] = self._slow(int(words[j]), int(out[j]), rng)
+            out[j] = self.slow_path(int(words[j]), int(out[j]), rng)
         return out.reshape(shape)
 
     # -- slow path -----------------------------------------------------------------------
 
-    def _walk_covering(self, bits: int, k_lo: int, k_hi: int) -> _Walk:
+    def _walk_covering(self, bits: int, k_lo: int, k_hi: int) -> CdfWalk:
         """A certification at ``bits`` whose range [a-1, b] contains [k_lo, k_hi] (built on demand)."""
         walk = self._walks.get(bits)
         if walk is None or k_lo < walk.a - 1 or k_hi > walk.b:
             base = walk or self._walks[self._bits]
             need_lo = min(base.a, k_lo - 8)
             need_hi = max(base.b, k_hi + 8)
-            walk = _Walk(self.family, bits, need_lo=need_lo, need_hi=need_hi)
+            walk = CdfWalk(self.family, bits, need_lo=need_lo, need_hi=need_hi)
             self._walks[bits] = walk
         return walk
 
-    def _slow(self, prefix: int, guess: int, rng: RandomWords) -> int:
+    def slow_path(self, prefix: int, guess: int, rng: RandomWords) -> int:
         """Exact ``F^{-1}(U)`` for ``U`` in ``[prefix 2^-64, (prefix+1) 2^-64)``, revealing more bits as needed.
 
         Invariant: U's revealed bits are uniform and independent of every decision taken so far
@@ -491,7 +503,7 @@ class InversionSampler:
         raise RuntimeError(f"exact inversion of the {self.family.name} did not terminate; this is a bug")
 
     @staticmethod
-    def _compare(walk: _Walk, k: int, a_num: int, nbits: int) -> tuple[int, Fraction]:
+    def _compare(walk: CdfWalk, k: int, a_num: int, nbits: int) -> tuple[int, Fraction]:
         """+1 if surely U >= F(k), -1 if surely U < F(k), 0 if undecided; and F(k)'s interval width."""
         s_lo, s_hi, r_lo, r_hi = walk.cdf_at(k)
         # U < F(k) surely when (a+1)/2^n <= s_lo/(s_lo+r_hi); U >= F(k) surely when a/2^n >= s_hi/(s_hi+r_lo).
@@ -510,12 +522,12 @@ class InversionSampler:
 
 @lru_cache(maxsize=8)
 def _gaussian(sigma_squared: Fraction) -> InversionSampler:
-    return InversionSampler(_DiscreteGaussian(sigma_squared))
+    return InversionSampler(DiscreteGaussianFamily(sigma_squared))
 
 
 @lru_cache(maxsize=8)
 def _poisson(lam: Fraction) -> InversionSampler:
-    return InversionSampler(_Poisson(lam))
+    return InversionSampler(PoissonFamily(lam))
 
 
 def discrete_gaussian_sampler(sigma_squared) -> InversionSampler:

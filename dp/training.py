@@ -503,7 +503,7 @@ def _patient_steps(model, data, groups, config: DpSgdConfig, randomness, loss_fn
                 if progress is not None:
                     progress(step + 1, value)
         finally:
-            module._close()  # remove Opacus hooks: the caller's model is a plain module again
+            module.to_standard_module()  # remove Opacus hooks: the caller's model is a plain module again
             for p in params:
                 p.grad_sample = None
     return losses, empty, clipped, (tuple(inject.sums.tolist()) if inject is not None else None)
@@ -562,7 +562,7 @@ def _slice_steps(model, data, config: DpSgdConfig, randomness, loss_fn, progress
                 if progress is not None:
                     progress(step + 1, value)
     finally:
-        private_model._close()  # remove Opacus hooks: the caller's model is a plain module again
+        private_model.to_standard_module()  # remove Opacus hooks: the caller's model is a plain module again
     inject = getattr(private_optimizer, "secagg_canaries", None)
     return losses, empty, clipped, (tuple(inject.sums.tolist()) if inject is not None else None)
 

@@ -12,16 +12,20 @@
 * :mod:`simulation.server_optimizer` - FedAvg, server momentum, FedAdam on the decoded mean.
 * :mod:`simulation.dpia` - ``secagg dpia``; :mod:`simulation.demo` - ``secagg demo``.
 * :mod:`simulation.flower` - the Flower engine (prototype, optional ``flower`` extra).
+* :mod:`simulation.errors` - :class:`SimulationInputError`, the base of every simulation-side
+  bad-input error (configuration, run directory, DPIA, keys, experiment), which the CLI catches
+  once (exit code 2) beside the bad-input bases of secagg, dp and models.
 """
 
-from .config import ConfigError, SimulationConfig, load_config
+from .config import ConfigError, SimulationConfig, SimulationConfigError, load_config
 from .demo import DemoReport, run_demo
+from .errors import SimulationInputError
 from .experiment import ExperimentConfig, load_experiment_config, run_experiment
 from .export import export_run, model_from_run
 from .simulate import SimulationError, SimulationResult, format_summary, run_simulation
 
 __all__ = [
-    "SimulationConfig", "load_config", "ConfigError",
+    "SimulationConfig", "load_config", "SimulationConfigError", "ConfigError", "SimulationInputError",
     "run_simulation", "SimulationResult", "SimulationError", "format_summary",
     "DemoReport", "run_demo", "export_run", "model_from_run",
     "ExperimentConfig", "load_experiment_config", "run_experiment",

@@ -17,6 +17,9 @@ check (e.g. a ledger that does not verify), 3 an unexpected internal error
 (one line on stderr naming a crash report written, mode 0600, in the run
 directory, or in a new private temporary directory when there is none),
 130 interrupted. No traceback ever reaches the terminal; warnings are one line.
+What counts as bad input is :func:`simulation.errors.bad_input_errors`: the one simulation-side
+base :class:`~simulation.errors.SimulationInputError` and the bad-input bases of secagg, dp and
+models (which cannot derive from a simulation class: they may not import it).
 """
 
 from __future__ import annotations
@@ -1488,36 +1491,6 @@ def write_crash_report(args, argv, exc: BaseException) -> str:
     return "(could not be written)"
 
 
-def _bad_input_errors() -> tuple:
-    from dp.errors import CalibrationError, InvalidPrivacyParameterError, LedgerError
-
-    from .config import ConfigError
-    from .dpia import DPIAError
-    from .runstore import RunDirectoryError
-
-    bad_input: tuple = (secagg.InvalidInputError, secagg.InfeasibleParametersError, InvalidPrivacyParameterError,
-                        CalibrationError, LedgerError, ConfigError, RunDirectoryError, DPIAError)
-    try:
-        from models.errors import ModelsError
-
-        bad_input += (ModelsError,)
-    except ImportError:
-        pass
-    try:
-        from .simulate import SimulationError
-
-        bad_input += (SimulationError,)
-    except ImportError:
-        pass
-    try:
-        from .experiment import ExperimentError
-
-        bad_input += (ExperimentError,)
-    except ImportError:
-        pass
-    return bad_input
-
-
 def main(argv: list[str] | None = None) -> int:
     """Run one ``secagg`` command; returns its exit code and never lets a traceback reach the user.
 
@@ -1532,13 +1505,15 @@ def main(argv: list[str] | None = None) -> int:
 
     from dp.errors import LedgerIntegrityError
 
+    from .errors import bad_input_errors
+
     args = None
     command = "secagg"
     bad_input: tuple = ()
     previous = warnings.showwarning
     warnings.showwarning = _show_warning
     try:
-        bad_input = _bad_input_errors()
+        bad_input = bad_input_errors()
         parser = build_parser()
         args = parser.parse_args(argv)
         args.argv = list(argv if argv is not None else sys.argv[1:])

@@ -23,7 +23,9 @@ import tomllib
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
-__all__ = ["SimulationConfig", "ConfigError", "MODES", "PRESETS", "load_config"]
+from .errors import SimulationInputError
+
+__all__ = ["SimulationConfig", "SimulationConfigError", "ConfigError", "MODES", "PRESETS", "load_config"]
 
 MODES = ("secagg", "secagg+", "he", "plain")
 _SCALES = ("tiny", "small", "paper")
@@ -33,8 +35,17 @@ _ABORT_POLICIES = ("continue", "stop")
 _PRIVACY_UNITS = ("patient", "slice")
 
 
-class ConfigError(ValueError):
-    """An invalid simulation configuration (reported in one line, exit code 2)."""
+class SimulationConfigError(SimulationInputError):
+    """An invalid run or experiment configuration (reported in one line, exit code 2).
+
+    Not :class:`models.errors.ConfigError`, which is the brain-MRI package's (a bad argument to a
+    model, a dataset reader or a figure); see :mod:`simulation.errors` for how the two relate.
+    """
+
+
+#: The old name of :class:`SimulationConfigError` (the same class), kept so that existing
+#: ``from simulation.config import ConfigError`` keeps working; new code says SimulationConfigError.
+ConfigError = SimulationConfigError
 
 
 @dataclass(frozen=True)
@@ -165,25 +176,25 @@ class SimulationConfig:
         def positive_int(name, minimum=1):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-                raise ConfigError(f"{name} must be an integer >= {minimum}; got {value!r}")
+                raise SimulationConfigError(f"{name} must be an integer >= {minimum}; got {value!r}")
 
         def number(name, low, high, *, low_open=True, high_open=True):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-                raise ConfigError(f"{name} must be a number; got {value!r}")
+                raise SimulationConfigError(f"{name} must be a number; got {value!r}")
             if (value <= low if low_open else value < low) or (value >= high if high_open else value > high):
                 lo, hi = "(" if low_open else "[", ")" if high_open else "]"
-                raise ConfigError(f"{name} must be in {lo}{low}, {high}{hi}; got {value}")
+                raise SimulationConfigError(f"{name} must be in {lo}{low}, {high}{hi}; got {value}")
 
         for name in ("sites", "rounds", "local_steps"):
             positive_int(name)
         for name, most in (("sites", 100_000), ("rounds", 100_000), ("local_steps", 10_000_000),
                            ("image_size", 1024)):
             if getattr(self, name) > most:  # past these, calibration and data generation run for days
-                raise ConfigError(f"{name} must be at most {most:,}; got {getattr(self, name):,}")
+                raise SimulationConfigError(f"{name} must be at most {most:,}; got {getattr(self, name):,}")
         positive_int("image_size", 16)
         if self.image_size % 8:
-            raise ConfigError(f"image_size must be a multiple of 8 (the models downsample 3 times); got {self.image_size}")
+            raise SimulationConfigError(f"image_size must be a multiple of 8 (the models downsample 3 times); got {self.image_size}")
         for name in ("data_seed", "dropout_seed", "seed"):
             positive_int(name, 0)
         number("val_fraction", 0, 1)
@@ -196,49 +207,49 @@ class SimulationConfig:
         number("corrupt_fraction", 0, 1, low_open=False)
         number("dropout", 0, 1, low_open=False)
         if self.mode not in MODES:
-            raise ConfigError(f"unknown mode {self.mode!r}; choose one of {', '.join(MODES)}")
+            raise SimulationConfigError(f"unknown mode {self.mode!r}; choose one of {', '.join(MODES)}")
         if self.scale not in _SCALES:
-            raise ConfigError(f"unknown scale {self.scale!r}; choose one of {', '.join(_SCALES)}")
+            raise SimulationConfigError(f"unknown scale {self.scale!r}; choose one of {', '.join(_SCALES)}")
         if self.budget_policy not in _BUDGET_POLICIES:
-            raise ConfigError(f"budget_policy must be one of {_BUDGET_POLICIES}; got {self.budget_policy!r}")
+            raise SimulationConfigError(f"budget_policy must be one of {_BUDGET_POLICIES}; got {self.budget_policy!r}")
         if self.on_abort not in _ABORT_POLICIES:
-            raise ConfigError(f"on_abort must be one of {_ABORT_POLICIES}; got {self.on_abort!r}")
+            raise SimulationConfigError(f"on_abort must be one of {_ABORT_POLICIES}; got {self.on_abort!r}")
         unknown = [b for b in self.baselines if b not in _BASELINES]
         if unknown:
-            raise ConfigError(f"unknown baselines {unknown}; choose from {', '.join(_BASELINES)}")
+            raise SimulationConfigError(f"unknown baselines {unknown}; choose from {', '.join(_BASELINES)}")
         if self.threshold is not None:
             positive_int("threshold", 1)
         if self.dropout_schedule is not None and not isinstance(self.dropout_schedule, (str, dict)):
-            raise ConfigError("dropout_schedule must be a file path or a mapping round -> stage -> [sites]")
+            raise SimulationConfigError("dropout_schedule must be a file path or a mapping round -> stage -> [sites]")
         if self.distributed_dp is not None:
             if self.distributed_dp not in ("skellam", "ddg"):
-                raise ConfigError(f"distributed_dp must be 'skellam' or 'ddg'; got {self.distributed_dp!r}")
+                raise SimulationConfigError(f"distributed_dp must be 'skellam' or 'ddg'; got {self.distributed_dp!r}")
             if self.mode == "he":
-                raise ConfigError("distributed DP adds integer noise before masking; it does not apply to --mode he")
+                raise SimulationConfigError("distributed DP adds integer noise before masking; it does not apply to --mode he")
             number("ddp_epsilon", 0, math.inf)
             number("ddp_clip", 0, math.inf)
             positive_int("ddp_colluding", 0)
             if self.ddp_bits not in (None, 32, 64):
-                raise ConfigError(f"ddp_bits must be 32 or 64; got {self.ddp_bits!r}")
+                raise SimulationConfigError(f"ddp_bits must be 32 or 64; got {self.ddp_bits!r}")
         if self.privacy_unit not in _PRIVACY_UNITS:
-            raise ConfigError(f"privacy_unit must be one of {', '.join(_PRIVACY_UNITS)}; got {self.privacy_unit!r}")
+            raise SimulationConfigError(f"privacy_unit must be one of {', '.join(_PRIVACY_UNITS)}; got {self.privacy_unit!r}")
         for name in ("public_size", "max_slices_per_patient"):
             if getattr(self, name) is not None:
                 positive_int(name, 1)
         if self.site_weights is not None:
             if not isinstance(self.site_weights, dict) or not self.site_weights:
-                raise ConfigError("site_weights must be a mapping site name -> positive public weight")
+                raise SimulationConfigError("site_weights must be a mapping site name -> positive public weight")
             for site, weight in self.site_weights.items():
                 if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not (
                         math.isfinite(weight) and weight > 0):
-                    raise ConfigError(f"site_weights[{site!r}] must be a positive number; got {weight!r}")
+                    raise SimulationConfigError(f"site_weights[{site!r}] must be a positive number; got {weight!r}")
             if self.distributed_dp is not None:
                 # The distributed-DP path sums unweighted integer updates (each site's noise share is calibrated
                 # for one unit contribution), so declared weights would be silently ignored.
-                raise ConfigError("site_weights cannot be used with distributed_dp: its sums are unweighted "
+                raise SimulationConfigError("site_weights cannot be used with distributed_dp: its sums are unweighted "
                                   "(every site counts once); drop site_weights or distributed_dp")
         if not isinstance(self.skip_invalid, bool):
-            raise ConfigError(f"skip_invalid must be true or false; got {self.skip_invalid!r}")
+            raise SimulationConfigError(f"skip_invalid must be true or false; got {self.skip_invalid!r}")
         if self.volume_limits is not None:
             try:
                 from models.nifti import VolumeLimits
@@ -248,15 +259,15 @@ class SimulationConfig:
                 try:
                     VolumeLimits.from_mapping(self.volume_limits)
                 except ValueError as exc:
-                    raise ConfigError(str(exc)) from None
+                    raise SimulationConfigError(str(exc)) from None
         try:
             self.server_rule()
         except ValueError as exc:
-            raise ConfigError(str(exc)) from None
+            raise SimulationConfigError(str(exc)) from None
         if self.active and self.mode == "plain":
-            raise ConfigError("active mode needs a masking protocol; it is meaningless with --mode plain")
+            raise SimulationConfigError("active mode needs a masking protocol; it is meaningless with --mode plain")
         if self.bids is not None and not isinstance(self.bids, dict):
-            raise ConfigError("bids must be a mapping of BIDS reading options (a [bids] table)")
+            raise SimulationConfigError("bids must be a mapping of BIDS reading options (a [bids] table)")
         try:
             from models import BidsOptions, available_models
             from models.errors import ConfigError as ModelsConfigError
@@ -266,9 +277,9 @@ class SimulationConfig:
             try:
                 BidsOptions.from_dict(self.bids)
             except ModelsConfigError as exc:
-                raise ConfigError(str(exc)) from None
+                raise SimulationConfigError(str(exc)) from None
         if self.model not in available_models():
-            raise ConfigError(f"unknown model {self.model!r}; choose one of {', '.join(available_models())}")
+            raise SimulationConfigError(f"unknown model {self.model!r}; choose one of {', '.join(available_models())}")
 
     # -- serialisation -------------------------------------------------------------
 
@@ -297,7 +308,7 @@ class SimulationConfig:
             return {name: 1.0 for name in names}
         missing, unknown = sorted(set(names) - set(self.site_weights)), sorted(set(self.site_weights) - set(names))
         if missing or unknown:
-            raise ConfigError(f"site_weights must name exactly the sites {names}; missing {missing}, unknown {unknown}")
+            raise SimulationConfigError(f"site_weights must name exactly the sites {names}; missing {missing}, unknown {unknown}")
         return {name: float(self.site_weights[name]) for name in names}
 
     def fingerprint(self) -> str:
@@ -308,7 +319,7 @@ class SimulationConfig:
         known = {f.name for f in fields(self)}
         unknown = set(overrides) - known
         if unknown:
-            raise ConfigError(f"unknown configuration keys {sorted(unknown)}; known: {sorted(known)}")
+            raise SimulationConfigError(f"unknown configuration keys {sorted(unknown)}; known: {sorted(known)}")
         return replace(self, **overrides)
 
 
@@ -337,18 +348,18 @@ PRESETS: dict[str, dict] = {
 def load_config(*, preset: str = "demo", toml_path: str | None = None, **overrides) -> SimulationConfig:
     """Defaults < preset < TOML file < command-line overrides (``None`` values are ignored)."""
     if preset not in PRESETS:
-        raise ConfigError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+        raise SimulationConfigError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
     values: dict = {"preset": preset, **PRESETS[preset]}
     if toml_path is not None:
         path = Path(toml_path)
         if path.exists() and not path.is_file():  # a FIFO or device would block or never end
-            raise ConfigError(f"configuration file {path} is not a regular file")
+            raise SimulationConfigError(f"configuration file {path} is not a regular file")
         try:
             values.update(tomllib.loads(path.read_text()))
         except FileNotFoundError:
-            raise ConfigError(f"configuration file {path} does not exist") from None
+            raise SimulationConfigError(f"configuration file {path} does not exist") from None
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-            raise ConfigError(f"configuration file {path} is not valid TOML: {exc}") from None
+            raise SimulationConfigError(f"configuration file {path} is not valid TOML: {exc}") from None
     overrides = {k: v for k, v in overrides.items() if v is not None}
     if "dropout" in overrides and "dropout_schedule" not in overrides:
         values["dropout_schedule"] = None  # an explicit --dropout replaces the preset's schedule
@@ -362,8 +373,8 @@ def load_config(*, preset: str = "demo", toml_path: str | None = None, **overrid
     known = {f.name for f in fields(SimulationConfig)}
     unknown = set(values) - known
     if unknown:
-        raise ConfigError(f"unknown configuration keys {sorted(unknown)}; known: {sorted(known)}")
+        raise SimulationConfigError(f"unknown configuration keys {sorted(unknown)}; known: {sorted(known)}")
     try:
         return SimulationConfig(**values)
     except TypeError as exc:
-        raise ConfigError(f"invalid configuration: {exc}") from None
+        raise SimulationConfigError(f"invalid configuration: {exc}") from None

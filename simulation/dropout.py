@@ -26,7 +26,7 @@ import numpy as np
 
 from secagg import STAGES
 
-from .config import ConfigError
+from .config import SimulationConfigError
 
 __all__ = ["DropoutModel", "ProbabilisticDropout", "ScheduledDropout", "NoDropout", "load_schedule", "parse_schedule"]
 
@@ -87,38 +87,38 @@ def load_schedule(schedule, site_names: Sequence[str]) -> ScheduledDropout:
         return parse_schedule(schedule, site_names, "the configuration")
     file = Path(schedule)
     if file.exists() and not file.is_file():  # a FIFO or device would block or never end
-        raise ConfigError(f"dropout schedule {file} is not a regular file")
+        raise SimulationConfigError(f"dropout schedule {file} is not a regular file")
     try:
         text = file.read_text()
     except FileNotFoundError:
-        raise ConfigError(f"dropout schedule {file} does not exist") from None
+        raise SimulationConfigError(f"dropout schedule {file} does not exist") from None
     except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"cannot read dropout schedule {file}: {exc}") from None
+        raise SimulationConfigError(f"cannot read dropout schedule {file}: {exc}") from None
     try:
         raw = tomllib.loads(text) if file.suffix == ".toml" else json.loads(text)
     except (ValueError, tomllib.TOMLDecodeError) as exc:
-        raise ConfigError(f"dropout schedule {file} is not valid {file.suffix.lstrip('.') or 'JSON'}: {exc}") from None
+        raise SimulationConfigError(f"dropout schedule {file} is not valid {file.suffix.lstrip('.') or 'JSON'}: {exc}") from None
     return parse_schedule(raw, site_names, str(file))
 
 
 def parse_schedule(raw, site_names: Sequence[str], file: str) -> ScheduledDropout:
     """``{round: {stage: [sites]}}`` -> :class:`ScheduledDropout` (earliest stage wins per site)."""
     if not isinstance(raw, Mapping):
-        raise ConfigError(f"dropout schedule {file} must map rounds to {{stage: [sites]}}")
+        raise SimulationConfigError(f"dropout schedule {file} must map rounds to {{stage: [sites]}}")
     schedule: dict[int, dict[str, str]] = {}
     for round_key, stages in raw.items():
         try:
             round_index = int(round_key)
         except ValueError:
-            raise ConfigError(f"dropout schedule {file}: round {round_key!r} is not an integer") from None
+            raise SimulationConfigError(f"dropout schedule {file}: round {round_key!r} is not an integer") from None
         if not isinstance(stages, Mapping):
-            raise ConfigError(f"dropout schedule {file}: round {round_key} must map stages to site lists")
+            raise SimulationConfigError(f"dropout schedule {file}: round {round_key} must map stages to site lists")
         for stage, sites in stages.items():
             if stage not in STAGES:
-                raise ConfigError(f"dropout schedule {file}: unknown stage {stage!r}; stages are {', '.join(STAGES)}")
+                raise SimulationConfigError(f"dropout schedule {file}: unknown stage {stage!r}; stages are {', '.join(STAGES)}")
             unknown = [s for s in sites if s not in site_names]
             if unknown:
-                raise ConfigError(f"dropout schedule {file}: unknown sites {unknown}; sites are {list(site_names)}")
+                raise SimulationConfigError(f"dropout schedule {file}: unknown sites {unknown}; sites are {list(site_names)}")
             for site in sites:
                 earlier = schedule.setdefault(round_index, {}).get(site)
                 if earlier is None or STAGES.index(stage) < STAGES.index(earlier):

@@ -43,6 +43,7 @@ from typing import Iterable, Mapping
 import secagg
 from secagg.crypto import KEY_BYTES, SigningKeyPair
 
+from .errors import SimulationInputError
 from .node_keys import NodeKey, NodeKeyError, parse_node_public_key, write_node_key
 from .runstore import private_dir
 
@@ -54,7 +55,7 @@ SITES_DIR = "sites"
 REGISTRY_FILE = "registry.json"
 
 
-class IdentityError(secagg.InvalidInputError):
+class IdentityError(secagg.InvalidInputError, SimulationInputError):
     """A key file or registry that cannot be used (bad format, too open permissions, unknown site)."""
 
 

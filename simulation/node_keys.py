@@ -39,6 +39,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 import secagg
 
+from .errors import SimulationInputError
+
 __all__ = ["NodeKey", "NodeKeyError", "write_node_key", "parse_node_public_key", "same_node_key",
            "NODE_KEY_SUFFIX"]
 
@@ -48,7 +50,7 @@ NODE_KEY_SUFFIX = ".flower-auth"
 _NIST_CURVES = (ec.SECP256R1, ec.SECP384R1, ec.SECP521R1)
 
 
-class NodeKeyError(secagg.InvalidInputError):
+class NodeKeyError(secagg.InvalidInputError, SimulationInputError):
     """A node key that cannot be used: not an OpenSSH NIST-curve EC key, or a file that exists."""
 
 

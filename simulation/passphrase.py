@@ -33,6 +33,8 @@ import nacl.secret
 
 import secagg
 
+from .errors import SimulationInputError
+
 __all__ = ["FORMAT", "seal_seed", "open_seed", "is_sealed", "PassphraseError", "passphrase_from_env",
            "DEFAULT_PASSPHRASE_ENV"]
 
@@ -41,7 +43,7 @@ FORMAT = "secagg-signing-key/argon2id-xsalsa20poly1305/v1"
 DEFAULT_PASSPHRASE_ENV = "SECAGG_KEY_PASSPHRASE"
 
 
-class PassphraseError(secagg.InvalidInputError):
+class PassphraseError(secagg.InvalidInputError, SimulationInputError):
     """A passphrase-protected key cannot be opened: no passphrase, a wrong one, or a damaged file."""
 
 

@@ -32,6 +32,8 @@ import json
 import os
 from pathlib import Path
 
+from .errors import SimulationInputError
+
 __all__ = ["RunDirectory", "atomic_write_bytes", "atomic_write_json", "RunDirectoryError", "private_dir",
            "private_umask", "PRIVATE_DIR_MODE", "PRIVATE_FILE_MODE", "InsecurePermissionsError",
            "require_private_dir"]
@@ -40,7 +42,7 @@ __all__ = ["RunDirectory", "atomic_write_bytes", "atomic_write_json", "RunDirect
 PRIVATE_DIR_MODE, PRIVATE_FILE_MODE = 0o700, 0o600
 
 
-class RunDirectoryError(ValueError):
+class RunDirectoryError(SimulationInputError):
     """The run directory cannot be used (belongs to another configuration, missing state, ...)."""
 
 

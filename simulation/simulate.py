@@ -32,9 +32,10 @@ import numpy as np
 import secagg
 from secagg import STAGES
 
-from .config import ConfigError, SimulationConfig
+from .config import SimulationConfig, SimulationConfigError
 from .coordinator import Coordinator
 from .dropout import NoDropout, ProbabilisticDropout, load_schedule
+from .errors import SimulationInputError
 from .inprocess import SITE_LOCAL_DIR, SITE_LOCAL_LABEL, InProcessFleet
 from .progress import Progress
 from .rounds import RunContext, run_rounds
@@ -47,7 +48,7 @@ __all__ = ["run_simulation", "protocol_parameters", "open_run", "dp_sgd_config",
            "evaluate_model", "train_baseline", "pooled_training_data", "pathology_sites"]
 
 
-class SimulationError(ValueError):
+class SimulationError(SimulationInputError):
     """Bad input for a simulation (data, parameters, run directory): exit code 2."""
 
 
@@ -229,7 +230,7 @@ def resume_config(run_dir) -> SimulationConfig:
     stored, fingerprint = RunDirectory(run_dir).load_config()
     try:
         config = SimulationConfig(**stored)
-    except (TypeError, ConfigError) as exc:
+    except (TypeError, SimulationConfigError) as exc:
         raise RunDirectoryError(f"{run_dir}/config.json is not a valid configuration: {exc}") from None
     if config.fingerprint() != fingerprint:
         raise RunDirectoryError(f"{run_dir}/config.json does not match its fingerprint (edited?)")
@@ -285,7 +286,7 @@ def open_run(config: SimulationConfig, site_names, coordinator: Coordinator, wei
     protocol = protocol_parameters(config, len(names))
     try:
         public_weights = config.public_weights(names)
-    except ConfigError as exc:
+    except SimulationConfigError as exc:
         raise SimulationError(str(exc)) from None
     if weight_bound != max(public_weights.values()):
         raise SimulationError("the FedAvg weight scale must be the largest declared public weight")
@@ -490,7 +491,7 @@ def _run_simulation(config: SimulationConfig, out_dir, *, resume: bool, quiet: b
             load_schedule(config.dropout_schedule, names) if config.dropout_schedule is not None
             else ProbabilisticDropout(config.dropout, config.dropout_seed) if config.dropout > 0 else NoDropout()
         )
-    except ConfigError as exc:
+    except SimulationConfigError as exc:
         raise SimulationError(str(exc)) from None
 
     # Models: one local copy per site (FedDis keeps appearance parameters local), one global state.
@@ -501,7 +502,7 @@ def _run_simulation(config: SimulationConfig, out_dir, *, resume: bool, quiet: b
         raise SimulationError("injected test randomness needs secure_rng = false (tests only)")
     try:
         weights = config.public_weights(names)
-    except ConfigError as exc:
+    except SimulationConfigError as exc:
         raise SimulationError(str(exc)) from None
     sites = {name: Site(name, i + 1, torch.from_numpy(cohort.train[name]), new_model(config), shared_names,
                         patients=cohort.patients[name], public_weight=weights[name],

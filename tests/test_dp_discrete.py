@@ -129,7 +129,7 @@ def exact_dg_cdf_floor(sigma_squared: Fraction, k: int) -> int:
 
 @pytest.mark.parametrize("sigma_squared", [Fraction(1, 4), Fraction(2), Fraction(37, 3)])
 def test_table_thresholds_equal_an_independent_high_precision_computation(sigma_squared):
-    sampler = InversionSampler(discrete._DiscreteGaussian(sigma_squared))
+    sampler = InversionSampler(discrete.DiscreteGaussianFamily(sigma_squared))
     table = sampler.table
     assert np.all(np.diff(table.astype(object)) >= 0)  # a CDF
     for i in range(table.size):
@@ -138,7 +138,7 @@ def test_table_thresholds_equal_an_independent_high_precision_computation(sigma_
 
 def test_poisson_table_matches_exact_rational_cdf():
     lam = Fraction(5, 2)
-    sampler = InversionSampler(discrete._Poisson(lam))
+    sampler = InversionSampler(discrete.PoissonFamily(lam))
     getcontext().prec = 60
     lam_d = Decimal(5) / Decimal(2)
     cdf = Decimal(0)
@@ -156,8 +156,8 @@ def test_certified_floor_refuses_straddling_intervals():
     # F in [1/2 - 2^-70, 1/2 + 2^-70]: floor(F 2^64) is 2^63 - 1 or 2^63.
     s_lo, r_hi = (one << 6) - 1, (one << 6) + 1
     s_hi, r_lo = (one << 6) + 1, (one << 6) - 1
-    assert discrete._certified_floor(s_lo, s_hi, r_lo, r_hi) is None
-    assert discrete._certified_floor(1, 1, 3, 3) == 1 << 62  # exactly 1/4
+    assert discrete.certified_floor(s_lo, s_hi, r_lo, r_hi) is None
+    assert discrete.certified_floor(1, 1, 3, 3) == 1 << 62  # exactly 1/4
 
 
 # --- the slow path ---------------------------------------------------------------------------
@@ -165,12 +165,12 @@ def test_certified_floor_refuses_straddling_intervals():
 
 def test_slow_path_tails_are_exact():
     """A fast table restricted to [-1, 1] sends ~60% of the draws through the exact slow path."""
-    sampler = InversionSampler(discrete._DiscreteGaussian(Fraction(4)), window=(-1, 1))
+    sampler = InversionSampler(discrete.DiscreteGaussianFamily(Fraction(4)), window=(-1, 1))
     assert sampler.support_window == (-1, 1)
     x = sampler.sample(6000, RandomWords(key("slow-dg")))
     assert np.abs(x).max() > 4
     assert chi_square_pvalue(x, lambda k: dg_pmf(4.0, k)) > 1e-3
-    sampler = InversionSampler(discrete._Poisson(Fraction(3)), window=(3, 4))
+    sampler = InversionSampler(discrete.PoissonFamily(Fraction(3)), window=(3, 4))
     y = sampler.sample(6000, RandomWords(key("slow-p")))
     assert chi_square_pvalue(y, lambda k: stats.poisson.pmf(k, 3)) > 1e-3
 
@@ -182,12 +182,12 @@ def test_slow_path_resolves_ties_with_the_exact_conditional_law():
     i = int(np.argmin(np.abs(sampler.table.astype(np.float64) - 2.0**63)))  # a bulk threshold
     k = sampler.offset + i
     w = int(sampler.table[i])
-    walk = discrete._Walk(sampler.family, 320)
+    walk = discrete.CdfWalk(sampler.family, 320)
     s_lo, s_hi, r_lo, r_hi = walk.cdf_at(k)
     frac = float(Fraction(s_lo, s_lo + r_hi) * 2**64 - w)
     assert 0 < frac < 1
     rng = RandomWords(key("ties"))
-    draws = [sampler._slow(w, k, rng) for _ in range(600)]
+    draws = [sampler.slow_path(w, k, rng) for _ in range(600)]
     assert set(draws) <= {k, k + 1}
     hits = draws.count(k)
     assert stats.binomtest(hits, 600, frac).pvalue > 1e-3

@@ -16,9 +16,6 @@ from dp.distributed import (
     CalibratedDistributedDp,
     DistributedDpConfig,
     DistributedDpEvent,
-    _event_rdp,
-    _integer_update,
-    _rounded_update,
     calibrate,
     compute_distributed_epsilon,
     decode_sum,
@@ -29,6 +26,8 @@ from dp.distributed import (
     rounded_l2_norm_bound,
     wrap_probability_bound,
 )
+from dp.distributed.accounting import event_rdp
+from dp.distributed.site import integer_update, rounded_update
 from dp.errors import CalibrationError, InvalidPrivacyParameterError
 from dp.rotation import hadamard_transform, padded_dimension, rotate, rotation_signs, unrotate
 
@@ -111,7 +110,7 @@ def test_clipping_and_conditional_rounding_respect_the_bound(rotation):
     gen = np.random.default_rng(3)
     for i in range(40):
         x = gen.normal(size=500) * (10.0 if i % 2 else 0.01)
-        rounded, clipped, norm, tries = _rounded_update(x, cal, SEED, rng)
+        rounded, clipped, norm, tries = rounded_update(x, cal, SEED, rng)
         assert rounded.dtype == np.int64 and rounded.shape == (cal.vector_length,)
         assert int(np.dot(rounded, rounded)) <= cal.l2_norm_bound_squared
         assert clipped == (norm > 1.0)
@@ -128,7 +127,7 @@ def test_conditional_rounding_retries_until_the_bound_holds():
     rng = RandomWords(key("retries"))
     attempts = []
     for _ in range(200):
-        rounded, _, _, tries = _rounded_update(x, cal, SEED, rng)
+        rounded, _, _, tries = rounded_update(x, cal, SEED, rng)
         assert int(np.dot(rounded, rounded)) <= 18
         assert set(np.unique(rounded)) <= {0, 1}
         attempts.append(tries)
@@ -140,13 +139,13 @@ def test_rounding_is_unbiased():
     cal = calibrate(config(rotation=False, scale=2.0), 8)
     x = np.array([0.1, 0.2, 0.3, -0.25, 0.05, -0.1, 0.0, 0.15])  # norm < 1: no clipping
     rng = RandomWords(key("unbiased"))
-    mean = np.mean([_rounded_update(x, cal, SEED, rng)[0] for _ in range(3000)], axis=0)
+    mean = np.mean([rounded_update(x, cal, SEED, rng)[0] for _ in range(3000)], axis=0)
     assert np.allclose(mean, 2.0 * x, atol=0.05)
 
 
 def test_huge_finite_inputs_are_clipped_without_overflow():
     cal = calibrate(config(rotation=False, scale=4.0), 10)
-    rounded, clipped, norm, _ = _rounded_update(np.full(10, 1e300), cal, SEED, RandomWords(key("huge")))
+    rounded, clipped, norm, _ = rounded_update(np.full(10, 1e300), cal, SEED, RandomWords(key("huge")))
     assert clipped and norm == pytest.approx(1e300 * math.sqrt(10))
     assert int(np.dot(rounded, rounded)) <= cal.l2_norm_bound_squared
 
@@ -232,7 +231,7 @@ def test_ddg_rdp_bound_dominates_the_exact_renyi_divergence(sigma_squared, n, sh
     ok = (p > 1e-250) & (q > 1e-250)
     exact = np.array([renyi(np.log(p[ok]), np.log(q[ok]), a) for a in ORDERS])
     ev = event(local_variance=sigma_squared, l2_norm_bound_squared=shift**2, noise_contributors=n)
-    bound = _event_rdp(ev, ORDERS)
+    bound = event_rdp(ev, ORDERS)
     assert np.all(bound >= exact * (1 - 1e-9))
     if sigma_squared >= 1:
         assert np.all(bound[:-1] <= exact[:-1] * 1.01)
@@ -248,7 +247,7 @@ def test_skellam_rdp_bound_dominates_the_exact_renyi_divergence(mu, n, shift):
     ok = (lp > -600) & (lq > -600)
     exact = np.array([renyi(lp[ok], lq[ok], a) for a in ORDERS])
     ev = event(mechanism="skellam", local_variance=2 * mu, l2_norm_bound_squared=shift**2, noise_contributors=n)
-    bound = _event_rdp(ev, ORDERS)
+    bound = event_rdp(ev, ORDERS)
     assert np.all(bound >= exact * (1 - 1e-9))
     if mu >= 100:  # tight at integer orders in the regime the pipeline uses
         assert np.all(bound[1:5] <= exact[1:5] * 1.01)
@@ -383,7 +382,7 @@ def test_wrap_probability_bound_holds_empirically_at_small_bit_widths(mechanism)
         total = np.zeros(64, dtype=np.int64)
         for _ in range(n):
             x = gen.normal(size=64)
-            total += _integer_update(x / np.linalg.norm(x), cal, SEED, rng)[0]
+            total += integer_update(x / np.linalg.norm(x), cal, SEED, rng)[0]
         sums.append(total)
     peak = np.max(np.abs(np.array(sums)), axis=1)
 

@@ -146,7 +146,7 @@ def test_clipped_patient_sum_matches_autograd_reference(data, clip):
     try:
         got, loss, clipped = clipped_patient_sum(module, data, chosen, clip)
     finally:
-        module._close()
+        module.to_standard_module()
     assert clipped == (4 if clip < 1 else 0)
     for g, e in zip(got, expected):
         assert torch.allclose(g, e, atol=1e-5, rtol=1e-5), float((g - e).abs().max())
@@ -169,7 +169,7 @@ def test_patient_sum_sensitivity_is_one_patient(data):
         with_big, _, _ = clipped_patient_sum(module, data * 5, groups, 0.01)
         without, _, _ = clipped_patient_sum(module, data * 5, groups[1:], 0.01)
     finally:
-        module._close()
+        module.to_standard_module()
     moved = float(torch.sqrt(sum(((a - b) ** 2).sum() for a, b in zip(with_big, without))))
     assert moved <= 0.01 * (1 + 1e-5)
 
@@ -228,7 +228,7 @@ def test_slice_cap_is_public_and_bounded(data):
     try:
         capped, _, _ = clipped_patient_sum(module, data, groups, 1e3, max_slices_per_patient=4)
     finally:
-        module._close()
+        module.to_standard_module()
     used = [g[torch.linspace(0, 31, 4).round().long()] for g in groups]
     expected = reference_patient_sum(model, data, used, 1e3)
     for g, e in zip(capped, expected):

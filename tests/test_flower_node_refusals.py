@@ -21,7 +21,7 @@ import secagg  # noqa: E402
 from simulation.flower.transport import RoundSetup  # noqa: E402
 
 from .attack_model import Instance, search_attack  # noqa: E402
-from .test_flower_units import _setup  # noqa: E402
+from .flower_setups import round_setup  # noqa: E402
 
 
 def _active(tmp_path, n, *, degree=None, threshold, max_corrupt, client_id=3):
@@ -44,10 +44,10 @@ def test_a_node_joins_one_session_fingerprint_once(tmp_path):
     from simulation.flower.session_journal import JOURNAL_FILE, ReplayedSessionError, claim_session
 
     config, _ = _active(tmp_path, 3, threshold=2, max_corrupt=0)
-    first = _setup(session=config, client_id=3, site="site-3", max_summands=3, run_id="run-a", round_index=0)
+    first = round_setup(session=config, client_id=3, site="site-3", max_summands=3, run_id="run-a", round_index=0)
     # The coordinator re-sends the *same* SessionConfig as "round 1" of the run.
-    rerun = RoundSetup.from_record(_setup(session=config, client_id=3, site="site-3", max_summands=3,
-                                          run_id="run-a", round_index=1).to_record())
+    rerun = RoundSetup.from_record(round_setup(session=config, client_id=3, site="site-3", max_summands=3,
+                                               run_id="run-a", round_index=1).to_record())
     assert rerun.session.fingerprint == first.session.fingerprint
     state = tmp_path / "state"
     claim_session(state, first.session.fingerprint)
@@ -65,7 +65,7 @@ def test_a_node_refuses_a_quorum_and_graph_weaker_than_its_operator_assumes(tmp_
 
     n, degree, threshold = 9, 4, 3
     config, context = _active(tmp_path, n, degree=degree, threshold=threshold, max_corrupt=0)
-    setup = RoundSetup.from_record(_setup(session=config, client_id=3, site="site-3", max_summands=n).to_record())
+    setup = RoundSetup.from_record(round_setup(session=config, client_id=3, site="site-3", max_summands=n).to_record())
     # With max-corrupt = 0 the quorum is 5 of 9, and one registered site colluding far from the victim
     # unmasks it in the SAT model: so a node whose operator assumes one colluder must refuse.
     graph, victim = config.neighbors, 3
@@ -79,11 +79,11 @@ def test_a_node_refuses_a_quorum_and_graph_weaker_than_its_operator_assumes(tmp_
     # Declaring the colluder is not enough either: k = 4, t = 3 falls to one corrupt neighbour.
     declared, context2 = _active(tmp_path / "declared", n, degree=degree, threshold=threshold, max_corrupt=1)
     context2.node_config["max-corrupt"] = 1
-    setup2 = RoundSetup.from_record(_setup(session=declared, client_id=3, site="site-3", max_summands=n).to_record())
+    setup2 = RoundSetup.from_record(round_setup(session=declared, client_id=3, site="site-3", max_summands=n).to_record())
     with pytest.raises(secagg.VerificationError, match="failure bound"):
         node_signing_key(context2, setup2)
     # The complete graph with 2t - n > 1 is what such a node accepts.
     safe, context3 = _active(tmp_path / "safe", n, threshold=6, max_corrupt=1)
     context3.node_config["max-corrupt"] = 1
-    setup3 = RoundSetup.from_record(_setup(session=safe, client_id=3, site="site-3", max_summands=n).to_record())
+    setup3 = RoundSetup.from_record(round_setup(session=safe, client_id=3, site="site-3", max_summands=n).to_record())
     assert len(node_signing_key(context3, setup3)) == 32

@@ -20,37 +20,27 @@ from simulation.config import ConfigError  # noqa: E402
 from simulation.flower.server_app import DEFAULTS, flower_config  # noqa: E402
 from simulation.flower.transport import RoundSetup  # noqa: E402
 
-
-def _setup(**overrides) -> RoundSetup:
-    session = secagg.SessionConfig(session_id=secagg.new_session_id(), participants=(1, 2, 3, 4), threshold=3,
-                                   vector_length=101, bit_width=32, degree=None)
-    session = overrides.pop("session", session)
-    values = dict(session=session, site_names=tuple(f"site-{p}" for p in session.participants), round_index=2, client_id=3, site="site-3", run_id="abc-123",
-                  noise_multiplier=1.1, max_grad_norm=1.0, sample_rate=0.1, local_steps=3, learning_rate=2e-3,
-                  delta=1e-5, secure_rng=True, clip=1.0, max_summands=4, encoder_bound=12345, weight_bound=64.0,
-                  model="compact-ae", image_size=32, model_seed=0, val_fraction=0.25, split_seed=0,
-                  update="dp-sgd", update_length=100, synthetic_seed=0, stage_timeout=30.0, simulate_drop="")
-    return RoundSetup(**(values | overrides))
+from .flower_setups import round_setup  # noqa: E402
 
 
 def test_round_setup_survives_the_config_record():
-    setup = _setup()
+    setup = round_setup()
     assert RoundSetup.from_record(setup.to_record()) == setup
-    sparse = _setup(session=secagg.SessionConfig(session_id=secagg.new_session_id(), participants=tuple(range(1, 8)),
-                                                 threshold=3, vector_length=11, bit_width=64, degree=4))
+    sparse = round_setup(session=secagg.SessionConfig(session_id=secagg.new_session_id(), participants=tuple(range(1, 8)),
+                                                      threshold=3, vector_length=11, bit_width=64, degree=4))
     assert RoundSetup.from_record(sparse.to_record()).session.degree == 4
 
 
 @pytest.mark.parametrize("key", ["session-id", "noise-multiplier", "client-id", "degree"])
 def test_a_setup_missing_a_field_is_refused_with_a_typed_error(key):
-    record = _setup().to_record()
+    record = round_setup().to_record()
     del record[key]
     with pytest.raises(secagg.MalformedMessageError, match="malformed round setup"):
         RoundSetup.from_record(record)
 
 
 def test_a_setup_with_an_impossible_session_is_refused():
-    record = _setup().to_record()
+    record = round_setup().to_record()
     record["threshold"] = 9  # more than the 4 participants
     with pytest.raises(secagg.MalformedMessageError):
         RoundSetup.from_record(record)
@@ -69,7 +59,7 @@ def _active_setup(tmp_path, forge: bool = False, max_corrupt: int = 0):
     active = secagg.SessionConfig(session_id=secagg.new_session_id(), participants=(1, 2, 3), threshold=2,
                                   vector_length=5, bit_width=32, active=True, verify_keys=keys,
                                   max_corrupt=max_corrupt)
-    setup = _setup(session=active, client_id=3, site="site-3", max_summands=3)
+    setup = round_setup(session=active, client_id=3, site="site-3", max_summands=3)
     context = SimpleNamespace(node_config={"signing-key": str(identities[3].signing_key_path),
                                            "registry": str(registry)}, run_config={})
     return setup, context, identities
@@ -162,18 +152,18 @@ def test_a_node_recalibrates_distributed_dp_and_refuses_a_different_mechanism(tm
                                    vector_length=ddp.vector_length, bit_width=ddp.bits)
     fields = dict(ddp_mechanism="skellam", ddp_l2_clip=1.0, ddp_epsilon=10.0, ddp_rounds=4, ddp_min_contributors=3,
                   ddp_max_contributors=4, ddp_colluding=0, ddp_bits=ddp.bits, ddp_scale=ddp.scale)
-    honest = RoundSetup.from_record(_setup(session=session, **fields).to_record())
+    honest = RoundSetup.from_record(round_setup(session=session, **fields).to_record())
     assert honest.distributed_dp(100).scale == ddp.scale
     # A coordinator that sends a foreign ring, length or scale is refused ...
     with pytest.raises(secagg.InvalidInputError, match="distributed DP"):
-        _setup(session=session, **(fields | {"ddp_scale": ddp.scale * 2})).distributed_dp(100)
-    assert _setup().distributed_dp(100) is None
+        round_setup(session=session, **(fields | {"ddp_scale": ddp.scale * 2})).distributed_dp(100)
+    assert round_setup().distributed_dp(100) is None
     # ... and one that shrinks the noise by claiming a larger epsilon meets the node's own budget.
     from dp import PrivacyLedger
 
     from simulation.flower.client_app import check_budget
 
-    greedy = _setup(session=session, **(fields | {"ddp_epsilon": 1000.0}))
+    greedy = round_setup(session=session, **(fields | {"ddp_epsilon": 1000.0}))
     ledger = PrivacyLedger.create(tmp_path, run_id="abc-123", delta=1e-5, budgets={"site-3": 8.0},
                                   site_level_budget=10.0)
     try:
@@ -188,7 +178,7 @@ def test_a_node_with_a_registry_refuses_a_passive_session(tmp_path):
     from simulation.flower.client_app import node_signing_key
 
     _, context, _ = _active_setup(tmp_path)
-    passive = _setup(client_id=3, site="site-3")  # a coordinator downgrading to unauthenticated keys
+    passive = round_setup(client_id=3, site="site-3")  # a coordinator downgrading to unauthenticated keys
     with pytest.raises(secagg.VerificationError, match="active-mode sessions only"):
         node_signing_key(context, passive)
 
@@ -214,13 +204,13 @@ def test_a_node_releases_a_round_of_a_run_once_and_composes_its_runs(tmp_path):
 
     ledger = PrivacyLedger.create(tmp_path, run_id="node-site-3", delta=1e-5, budgets={"site-3": 8.0})
     try:
-        first = _setup(client_id=3, site="site-3", run_id="run-a", round_index=0)
+        first = round_setup(client_id=3, site="site-3", run_id="run-a", round_index=0)
         commit_release(ledger, first, None)
         assert check_budget(ledger, first, None).startswith("round 0 of run run-a was already released")
         with pytest.raises(secagg.InvalidInputError, match="already released"):
             commit_release(ledger, first, None)
         # Another run's round 0 is a new release, composed with the first in the same ledger.
-        commit_release(ledger, _setup(client_id=3, site="site-3", run_id="run-b", round_index=0), None)
+        commit_release(ledger, round_setup(client_id=3, site="site-3", run_id="run-b", round_index=0), None)
         assert [e.round for e in ledger.events("site-3")] == [0, 1]
         assert ledger.spent("site-3").bound > 0
     finally:
@@ -235,9 +225,9 @@ def test_distributed_dp_noise_must_be_shared_among_no_more_sites_than_a_sum_hold
                                                     rounds=4, min_contributors=4, max_contributors=4), 100)
     session = secagg.SessionConfig(session_id=secagg.new_session_id(), participants=(1, 2, 3, 4), threshold=3,
                                    vector_length=ddp.vector_length, bit_width=ddp.bits)
-    setup = _setup(session=session, ddp_mechanism="skellam", ddp_l2_clip=1.0, ddp_epsilon=10.0, ddp_rounds=4,
-                   ddp_min_contributors=4, ddp_max_contributors=4, ddp_colluding=0, ddp_bits=ddp.bits,
-                   ddp_scale=ddp.scale)
+    setup = round_setup(session=session, ddp_mechanism="skellam", ddp_l2_clip=1.0, ddp_epsilon=10.0, ddp_rounds=4,
+                        ddp_min_contributors=4, ddp_max_contributors=4, ddp_colluding=0, ddp_bits=ddp.bits,
+                        ddp_scale=ddp.scale)
     with pytest.raises(secagg.InvalidInputError, match="noise shared among 4 contributors"):
         setup.distributed_dp(100)
 

@@ -40,7 +40,7 @@ import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-from ..config import ConfigError, SimulationConfig, load_config
+from ..config import SimulationConfigError, SimulationConfig, load_config
 
 __all__ = ["ARMS", "ExperimentConfig", "load_experiment_config"]
 
@@ -77,52 +77,52 @@ class ExperimentConfig:
 
     def validate(self) -> None:
         if not isinstance(self.name, str) or not self.name or "/" in self.name:
-            raise ConfigError(f"name must be a non-empty string without '/'; got {self.name!r}")
+            raise SimulationConfigError(f"name must be a non-empty string without '/'; got {self.name!r}")
         if len(self.seeds) < 2:
-            raise ConfigError(f"an experiment needs at least 2 seeds for a confidence interval; got {list(self.seeds)}")
+            raise SimulationConfigError(f"an experiment needs at least 2 seeds for a confidence interval; got {list(self.seeds)}")
         for s in self.seeds:
             if isinstance(s, bool) or not isinstance(s, int) or s < 0:
-                raise ConfigError(f"seeds must be integers >= 0; got {s!r}")
+                raise SimulationConfigError(f"seeds must be integers >= 0; got {s!r}")
         if len(set(self.seeds)) != len(self.seeds):
-            raise ConfigError(f"seeds must be distinct; got {list(self.seeds)}")
+            raise SimulationConfigError(f"seeds must be distinct; got {list(self.seeds)}")
         unknown = [a for a in self.arms if a not in ARMS]
         if unknown or not self.arms:
-            raise ConfigError(f"arms must be a non-empty subset of {', '.join(ARMS)}; got {list(self.arms)}")
+            raise SimulationConfigError(f"arms must be a non-empty subset of {', '.join(ARMS)}; got {list(self.arms)}")
         if "federated" not in self.arms:
-            raise ConfigError("the federated arm is what an experiment compares: arms must include 'federated'")
+            raise SimulationConfigError("the federated arm is what an experiment compares: arms must include 'federated'")
         if len(set(self.arms)) != len(self.arms):
-            raise ConfigError(f"arms must be distinct; got {list(self.arms)}")
+            raise SimulationConfigError(f"arms must be distinct; got {list(self.arms)}")
         if not isinstance(self.vary_data, bool):
-            raise ConfigError(f"vary_data must be true or false; got {self.vary_data!r}")
+            raise SimulationConfigError(f"vary_data must be true or false; got {self.vary_data!r}")
         for e in self.epsilons:
             if isinstance(e, bool) or not isinstance(e, (int, float)) or not (math.isfinite(e) and e > 0):
-                raise ConfigError(f"epsilons must be positive numbers; got {e!r}")
+                raise SimulationConfigError(f"epsilons must be positive numbers; got {e!r}")
         for lr in self.lr_grid:
             if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not (math.isfinite(lr) and lr > 0):
-                raise ConfigError(f"lr_grid must hold positive learning rates; got {lr!r}")
+                raise SimulationConfigError(f"lr_grid must hold positive learning rates; got {lr!r}")
         if len(set(self.lr_grid)) != len(self.lr_grid):
-            raise ConfigError(f"lr_grid values must be distinct; got {list(self.lr_grid)}")
+            raise SimulationConfigError(f"lr_grid values must be distinct; got {list(self.lr_grid)}")
         if isinstance(self.tuning_seed, bool) or not isinstance(self.tuning_seed, int) or self.tuning_seed < 0:
-            raise ConfigError(f"tuning_seed must be an integer >= 0; got {self.tuning_seed!r}")
+            raise SimulationConfigError(f"tuning_seed must be an integer >= 0; got {self.tuning_seed!r}")
         if self.lr_grid and self.tuning_seed in self.seeds:
-            raise ConfigError(f"tuning_seed {self.tuning_seed} is an evaluation seed: learning rates must be tuned "
+            raise SimulationConfigError(f"tuning_seed {self.tuning_seed} is an evaluation seed: learning rates must be tuned "
                               "on a seed the comparison does not use")
         if isinstance(self.patience, bool) or not isinstance(self.patience, int) or self.patience < 0:
-            raise ConfigError(f"patience must be an integer >= 0 (0: no early stopping); got {self.patience!r}")
+            raise SimulationConfigError(f"patience must be an integer >= 0 (0: no early stopping); got {self.patience!r}")
         if (isinstance(self.min_improvement, bool) or not isinstance(self.min_improvement, (int, float))
                 or not 0 <= self.min_improvement < 1):
-            raise ConfigError(f"min_improvement must be in [0, 1); got {self.min_improvement!r}")
+            raise SimulationConfigError(f"min_improvement must be in [0, 1); got {self.min_improvement!r}")
         if not isinstance(self.held_out_site, bool):
-            raise ConfigError(f"held_out_site must be true or false; got {self.held_out_site!r}")
+            raise SimulationConfigError(f"held_out_site must be true or false; got {self.held_out_site!r}")
         forced = sorted(set(self.simulation) & set(_FORCED))
         if forced:
-            raise ConfigError(f"[simulation] may not set {forced}: the experiment fixes them (no dropouts, seeded "
+            raise SimulationConfigError(f"[simulation] may not set {forced}: the experiment fixes them (no dropouts, seeded "
                               "noise, its own seeds and baselines)")
         base = self.base_simulation()
         if base.mode == "plain":
-            raise ConfigError("mode 'plain' is not secure aggregation; the federated arm runs secagg, secagg+ or he")
+            raise SimulationConfigError("mode 'plain' is not secure aggregation; the federated arm runs secagg, secagg+ or he")
         if self.held_out_site and base.data is None and base.sites < 3:
-            raise ConfigError(f"held_out_site needs at least 3 sites (2 to federate, 1 to hold out); got {base.sites}")
+            raise SimulationConfigError(f"held_out_site needs at least 3 sites (2 to federate, 1 to hold out); got {base.sites}")
 
     def base_simulation(self) -> SimulationConfig:
         """The simulation configuration every arm shares (before the per-seed fields)."""
@@ -132,7 +132,7 @@ class ExperimentConfig:
             return load_config(preset=preset, **values).with_overrides(
                 dropout=0.0, dropout_schedule=None, baselines=(), secure_rng=False)
         except TypeError as exc:
-            raise ConfigError(f"invalid [simulation]: {exc}") from None
+            raise SimulationConfigError(f"invalid [simulation]: {exc}") from None
 
     def for_seed(self, seed: int, *, epsilon: float | None = None) -> SimulationConfig:
         """The simulation configuration of one seed (and optionally another epsilon)."""
@@ -157,22 +157,22 @@ def load_experiment_config(toml_path: str | None = None, **overrides) -> Experim
     if toml_path is not None:
         path = Path(toml_path)
         if path.exists() and not path.is_file():
-            raise ConfigError(f"experiment file {path} is not a regular file")
+            raise SimulationConfigError(f"experiment file {path} is not a regular file")
         try:
             values = tomllib.loads(path.read_text())
         except FileNotFoundError:
-            raise ConfigError(f"experiment file {path} does not exist") from None
+            raise SimulationConfigError(f"experiment file {path} does not exist") from None
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-            raise ConfigError(f"experiment file {path} is not valid TOML: {exc}") from None
+            raise SimulationConfigError(f"experiment file {path} is not valid TOML: {exc}") from None
     simulation = dict(values.pop("simulation", {}) or {})
     simulation.update({k: v for k, v in (overrides.pop("simulation", None) or {}).items() if v is not None})
     values.update({k: v for k, v in overrides.items() if v is not None})
     known = {f.name for f in fields(ExperimentConfig)}
     unknown = set(values) - known
     if unknown:
-        raise ConfigError(f"unknown experiment keys {sorted(unknown)}; known: {sorted(known)} (simulation settings "
+        raise SimulationConfigError(f"unknown experiment keys {sorted(unknown)}; known: {sorted(known)} (simulation settings "
                           "go in the [simulation] table)")
     try:
         return ExperimentConfig(**values, simulation=simulation)
     except TypeError as exc:
-        raise ConfigError(f"invalid experiment configuration: {exc}") from None
+        raise SimulationConfigError(f"invalid experiment configuration: {exc}") from None

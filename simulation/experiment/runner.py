@@ -54,6 +54,7 @@ from typing import Callable
 
 import numpy as np
 
+from ..errors import SimulationInputError
 from .arms import TrainedArm, train_arms
 from .config import ARMS, ExperimentConfig
 from .held_out import held_out_site_for, split_held_out_site, without_test_volumes
@@ -75,7 +76,7 @@ COMPARISONS = (
 )
 
 
-class ExperimentError(ValueError):
+class ExperimentError(SimulationInputError):
     """Bad input for an experiment (an existing output directory, an impossible setting)."""
 
 

@@ -68,7 +68,7 @@ from flwr.serverapp import Grid, ServerApp  # noqa: E402
 
 import secagg  # noqa: E402
 
-from ..config import ConfigError, SimulationConfig  # noqa: E402
+from ..config import SimulationConfigError, SimulationConfig  # noqa: E402
 from ..coordinator import Coordinator  # noqa: E402
 from ..dropout import NoDropout  # noqa: E402
 from ..rounds import run_rounds  # noqa: E402
@@ -116,7 +116,7 @@ def flower_config(cfg: dict) -> SimulationConfig:
     """The run configuration as a validated :class:`SimulationConfig` (Flower supports a subset of modes)."""
     unknown = sorted(set(cfg) - set(DEFAULTS))
     if unknown:
-        raise ConfigError(f"unknown run-config keys {unknown}; known: {sorted(DEFAULTS)}")
+        raise SimulationConfigError(f"unknown run-config keys {unknown}; known: {sorted(DEFAULTS)}")
     values = {field: cfg[key] for key, field in _CONFIG_KEYS.items()}
     values["threshold"] = int(cfg["threshold"]) or None
     values["distributed_dp"] = str(cfg["distributed-dp"]) or None
@@ -124,16 +124,16 @@ def flower_config(cfg: dict) -> SimulationConfig:
     values["public_size"] = int(cfg["public-size"]) or None
     config = SimulationConfig(preset="flower", sites=int(cfg["num-sites"]), baselines=(), **values)
     if config.mode not in ("secagg", "secagg+"):
-        raise ConfigError(f"mode {config.mode!r} is not carried over Flower; use secagg or secagg+ "
+        raise SimulationConfigError(f"mode {config.mode!r} is not carried over Flower; use secagg or secagg+ "
                           "(he and plain run in `secagg simulate`)")
     if str(cfg["update"]) not in ("dp-sgd", "synthetic"):
-        raise ConfigError(f"update must be 'dp-sgd' or 'synthetic'; got {cfg['update']!r}")
+        raise SimulationConfigError(f"update must be 'dp-sgd' or 'synthetic'; got {cfg['update']!r}")
     if not str(cfg["out"]):
-        raise ConfigError("set out=\"/path/to/run-dir\": the coordinator's run directory (ledger, checkpoints)")
+        raise SimulationConfigError("set out=\"/path/to/run-dir\": the coordinator's run directory (ledger, checkpoints)")
     if config.active and not str(cfg["registry"]):
-        raise ConfigError("active mode needs registry=\"FILE\": the consortium's verify keys (secagg keys new)")
+        raise SimulationConfigError("active mode needs registry=\"FILE\": the consortium's verify keys (secagg keys new)")
     if bool(cfg["node-auth"]) and (not str(cfg["registry"]) or str(cfg["registration"]) != "signed"):
-        raise ConfigError("node-auth = true needs registry=\"FILE\" with the sites' node keys and "
+        raise SimulationConfigError("node-auth = true needs registry=\"FILE\" with the sites' node keys and "
                           "registration = \"signed\": the coordinator binds each node's Flower key to its site there")
     return config
 
@@ -266,7 +266,7 @@ def run_federation(grid: Grid, cfg: dict) -> dict:
         if str(cfg["registration"]) == "signed":
             binding = NodeKeyBinding(load_node_keys(str(cfg["registry"])), bool(cfg["node-auth"]))
     if str(cfg["registration"]) not in ("signed", "names"):
-        raise ConfigError(f"registration must be 'signed' or 'names'; got {cfg['registration']!r}")
+        raise SimulationConfigError(f"registration must be 'signed' or 'names'; got {cfg['registration']!r}")
     reported: dict[str, dict] = {}
     node_of = _register_sites(grid, config.sites, float(cfg["node-wait"]),
                               consortium if str(cfg["registration"]) == "signed" else None, binding, reported)
@@ -279,7 +279,7 @@ def run_federation(grid: Grid, cfg: dict) -> dict:
     reference = models.create_model(config.model, image_size=config.image_size)
     shared_names = models.shared_parameter_names(reference)
     if set(shared_names) != {n for n, _ in reference.named_parameters()}:
-        raise ConfigError(f"model {config.model!r} keeps parameters at the sites between rounds; over Flower "
+        raise SimulationConfigError(f"model {config.model!r} keeps parameters at the sites between rounds; over Flower "
                           "the nodes hold no state between rounds yet: use a fully shared model (compact-ae, conv-ae)")
     coordinator = Coordinator({n: p.detach().clone() for n, p in reference.named_parameters()}, shared_names)
     # FedAvg weights are public: equal over Flower (declared per-site weights are not carried there yet).
@@ -289,7 +289,7 @@ def run_federation(grid: Grid, cfg: dict) -> dict:
         registry = consortium
         missing = sorted(set(names) - set(registry))
         if missing:
-            raise ConfigError(f"sites {missing} are not in the registry {cfg['registry']}")
+            raise SimulationConfigError(f"sites {missing} are not in the registry {cfg['registry']}")
         registry = {name: registry[name] for name in names}
         if config.active:
             verify_keys = dict(registry)
