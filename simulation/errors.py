@@ -19,7 +19,9 @@ the CLI therefore also catches, as bad input, exactly these bases of theirs (:fu
 Deliberately *not* bad input: :class:`simulation.flower.node_registration.NodeRegistrationError`
 (a SuperLink that refuses a key is a failed check, exit 1),
 :class:`simulation.flower.session_journal.ReplayedSessionError` (a protocol verification
-failure) and :class:`simulation.experiment.early_stopping.StopTraining` (control flow).
+failure), :class:`simulation.flower.app_trust.AppNotTrustedError` (a node refusing an app bundle
+the consortium did not sign: a failed check) and
+:class:`simulation.experiment.early_stopping.StopTraining` (control flow).
 
 Two configuration errors exist and are different classes: :class:`simulation.config.SimulationConfigError`
 (a run's or experiment's settings; ``simulation.config.ConfigError`` is the same class under its

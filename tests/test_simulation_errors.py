@@ -22,7 +22,7 @@ from simulation.errors import SimulationInputError, bad_input_errors
 ROOT = Path(__file__).resolve().parents[1]
 #: Not bad input, as simulation/errors.py documents: the CLI's own usage error, a failed check,
 #: a protocol verification failure and control flow.
-NOT_BAD_INPUT = {"UsageError", "NodeRegistrationError", "ReplayedSessionError", "StopTraining"}
+NOT_BAD_INPUT = {"UsageError", "NodeRegistrationError", "ReplayedSessionError", "StopTraining", "AppNotTrustedError"}
 
 
 def _exception_classes_defined_in_simulation() -> dict[str, str]:

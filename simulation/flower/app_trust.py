@@ -67,6 +67,8 @@ from pathlib import Path
 import secagg
 from secagg.crypto import KEY_BYTES
 
+from ..errors import SimulationInputError
+
 __all__ = ["AppTrust", "AppApproval", "AppNotTrustedError", "AppTrustError", "fab_sha256", "sign_fab",
            "signature_document", "write_signature", "load_verify_key", "verified_app", "record_verified",
            "SIGNATURE_FORMAT", "DOMAIN", "APP_KEY_NAME"]
@@ -78,12 +80,14 @@ APP_KEY_NAME = "consortium-apps"
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 
 
-class AppTrustError(secagg.InvalidInputError):
+class AppTrustError(secagg.InvalidInputError, SimulationInputError):
     """A verify key, signature file or trusted-apps folder that cannot be used."""
 
 
 class AppNotTrustedError(Exception):
-    """The node refuses an app bundle: not signed by the consortium, or not the bundle the run names."""
+    """The node refuses an app bundle: not signed by the consortium, or not the bundle the run names.
+
+    A failed check at the node, not bad input to a command (:mod:`simulation.errors`)."""
 
 
 @dataclass(frozen=True)
