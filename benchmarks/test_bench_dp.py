@@ -154,15 +154,26 @@ def test_step_dp_vs_non_private_paired(benchmark, batch, threads):
 
 
 @pytest.mark.quick
-def test_train_dp_vs_non_private_paired(benchmark):
-    """dp.train_dp_sgd against dp.train_non_private, 5 steps of expected batch 16, 1 thread, interleaved."""
+@pytest.mark.parametrize("unit", ["slice", "patient"])
+def test_train_dp_vs_non_private_paired(benchmark, unit):
+    """dp.train_dp_sgd against dp.train_non_private, 5 steps of expected batch 16 slices, 1 thread, interleaved.
+
+    ``slice``: one record = one slice (q = 16/256), as this ratio has always measured. ``patient`` (the
+    default unit of every run): 16 patients of 16 slices each, q = 1/16 over patients, so a step holds 16
+    slices in expectation as well, clipped per patient (:func:`dp.clipped_patient_sum`).
+    """
     from dp import DpSgdConfig, train_dp_sgd, train_non_private
 
     torch.manual_seed(0)
     data = torch.rand(256, 1, 64, 64)
-    # The slice-level path (one record = one slice), as this ratio has always measured.
-    steps, config = 5, DpSgdConfig(noise_multiplier=1.0, max_grad_norm=1.0, sample_rate=BATCH / 256, steps=5,
-                                   privacy_unit="slice", public_size=256)
+    steps = 5
+    if unit == "slice":
+        config, patients = DpSgdConfig(noise_multiplier=1.0, max_grad_norm=1.0, sample_rate=BATCH / 256, steps=steps,
+                                       privacy_unit="slice", public_size=256), None
+    else:
+        config = DpSgdConfig(noise_multiplier=1.0, max_grad_norm=1.0, sample_rate=1 / 16, steps=steps,
+                             privacy_unit="patient", public_size=16)
+        patients = torch.arange(256) // 16
     model = _model()
     initial = {k: v.clone() for k, v in model.state_dict().items()}
 
@@ -170,13 +181,14 @@ def test_train_dp_vs_non_private_paired(benchmark):
         train_non_private(model, data, steps=steps, batch_size=BATCH, weights=initial)
 
     def dp():
-        train_dp_sgd(model, data, config, site="bench", round_index=0, weights=initial)
+        train_dp_sgd(model, data, config, site="bench", round_index=0, weights=initial, patients=patients)
 
     with torch_threads(1):
         result = benchmark.pedantic(interleave, args=(non_private, dp), kwargs={"pairs": rounds(12, 6), "warmup": 2},
                                     rounds=1, iterations=1)
-    record_paired(benchmark, "dp.train_dp_sgd / dp.train_non_private, 5 steps, ABAB paired, 1 thread",
-                  "paired_train_5_steps_b16_64px_t1", result,
+    suffix = "" if unit == "slice" else "_patient"
+    record_paired(benchmark, f"dp.train_dp_sgd ({unit} level) / dp.train_non_private, 5 steps, ABAB paired, 1 thread",
+                  f"paired_train_5_steps_b16_64px_t1{suffix}", result,
                   "the project's training path incl. make_private; target <= 1.5x (issue 20)", threads=1)
 
 
