@@ -21,6 +21,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -60,7 +61,7 @@ def test_every_task_command_a_verifying_node_can_start_goes_through_the_verifier
         def send_signal(self, signum):
             pass
 
-    monkeypatch.setattr(verified_clientapp.subprocess, "Popen", FakeSupernode)
+    monkeypatch.setattr(verified_clientapp, "subprocess", SimpleNamespace(Popen=FakeSupernode))
     assert verified_clientapp.start_supernode("ab" * 32, tmp_path / "sigs", []) == 0
     assert "simulation.flower.verified_clientapp" in seen["flwr-clientapp"][1]
     unchecked = {command: where for command, (where, text) in seen.items()
