@@ -163,11 +163,16 @@ def test_an_unsigned_agentapp_bundle_never_runs_on_a_verifying_node(tmp_path):
         done = subprocess.run([sys.executable, str(tmp_path / "submit.py"), str(app)], capture_output=True,
                               text=True, env=fed.env, cwd=tmp_path, timeout=120)
         assert done.returncode == 0 and "run None" not in done.stdout, f"{done.stdout}\n{done.stderr}"
-        # Bounded: the node pulls every 3 s; give the chain (SuperLink agent -> message -> node) 90 s.
+        # Bounded: the node pulls every 3 s; give the chain (SuperLink agent -> message -> node) 90 s to end
+        # in either outcome: the bundle's code ran on the node, or the node refused to start flwr-agentapp.
+        log = tmp_path / "supernode-1.log"
         deadline = time.monotonic() + 90
-        while time.monotonic() < deadline and not (markers / "evil-agent").exists():
+        while (time.monotonic() < deadline and not (markers / "evil-agent").exists()
+               and "flwr-agentapp refused" not in log.read_text()):
             time.sleep(0.5)
         assert not (markers / "evil-agent").exists(), (
             "code of an unsigned agent bundle ran on a node started with `secagg flower supernode`\n" + fed.logs())
+        assert "secagg app verifier: flwr-agentapp refused" in log.read_text(), fed.logs()
+        assert not (node_home / "apps").exists() or not any((node_home / "apps").iterdir())
     finally:
         fed.stop()

@@ -12,8 +12,12 @@ What this module does.
 * :func:`start_supernode` (``secagg flower supernode --app-key KEY --trusted-apps DIR -- ARGS``) starts
   ``flower-supernode ARGS`` with a private folder first on its ``PATH`` whose only file is a
   ``flwr-clientapp`` that runs :func:`main` here with the node's trust settings. Its SuperExec, and so
-  every ClientApp of this node, then goes through the check. ``--isolation process`` is refused: the
-  operator's own SuperExec would start the unchecked ``flwr-clientapp``.
+  every ClientApp of this node, then goes through the check. The folder also holds a refusal under every
+  other command flwr's SuperExec may start (``flwr-agentapp``, ``flwr-serverapp``, ...: the SuperNode makes
+  an AGENT_APP task for any run whose bundle names an ``agentapp``, and ``flwr-agentapp`` installs and
+  imports it unchecked). ``--isolation process`` is refused (the operator's own SuperExec would start the
+  unchecked ``flwr-clientapp``), and so is ``--allow-runtime-dependency-installation`` (it would install
+  the app's named dependencies from an index), each also as an argparse abbreviation (``--isol``).
 * :func:`main` installs :func:`install_gate` and hands over to flwr's own ``flwr-clientapp`` entry
   point (``flwr.supernode.cli.flwr_clientapp.flwr_clientapp``) with the remaining arguments.
 
@@ -152,20 +156,42 @@ def _shim(directory: Path, trust: AppTrust) -> None:
     path.write_text("#!/bin/sh\n# secagg: every ClientApp of this node is checked against the consortium's "
                     "app signatures first\nexec " + " ".join(shlex.quote(c) for c in command) + ' "$@"\n')
     path.chmod(0o700)
+    # flwr's SuperExec on a node starts any task type (AutoExecPlugin), e.g. flwr-agentapp for a run whose
+    # bundle names an agentapp: each of those would install and import the bundle unchecked. Refuse them all.
+    from flwr.supercore.constant import TASK_TYPE_TO_COMMAND
+
+    for command in set(TASK_TYPE_TO_COMMAND.values()) - {CLIENTAPP_COMMAND}:
+        refuse = directory / command
+        line = (f"secagg app verifier: {command} refused: this node runs only ClientApps, each checked against "
+                "the consortium's app signatures")
+        refuse.write_text(f"#!/bin/sh\necho {shlex.quote(line)} >&2\nexit 126\n")
+        refuse.chmod(0o700)
+
+
+def _refuse_unsafe_arguments(args: list[str]) -> None:
+    """Refuse ``--isolation`` other than subprocess and runtime dependency installation, also when written as
+    an abbreviation (flower-supernode's argparse accepts any unambiguous prefix, e.g. ``--isol``)."""
+    for i, arg in enumerate(args):
+        name, has_value, value = arg.partition("=")
+        if len(name) < 3 or not name.startswith("--"):
+            continue
+        if "--allow-runtime-dependency-installation".startswith(name):
+            raise AppTrustError(f"{arg}: runtime dependency installation would install the app's named dependencies "
+                                "from a package index, code the consortium did not sign; install them beforehand")
+        value = value if has_value else (args[i + 1] if i + 1 < len(args) else None)
+        if "--isolation".startswith(name) and value is not None and value != "subprocess":
+            raise AppTrustError(f"--isolation {value}: the SuperNode would leave starting its ClientApps to a process "
+                                "of yours that the app verifier does not control; use the default (subprocess)")
 
 
 def start_supernode(app_key, trusted_apps, supernode_args: list[str]) -> int:
     """Run ``flower-supernode SUPERNODE_ARGS`` with every ClientApp checked; its exit status.
 
-    Raises :class:`AppTrustError` (one line) for a bad key or folder, or ``--isolation process``."""
+    Raises :class:`AppTrustError` (one line) for a bad key or folder, ``--isolation process`` or runtime
+    dependency installation (however abbreviated)."""
     trust = AppTrust.load(app_key, trusted_apps)
     check_flwr_shape()
-    for i, arg in enumerate(supernode_args):
-        value = arg.split("=", 1)[1] if arg.startswith("--isolation=") else (
-            supernode_args[i + 1] if arg == "--isolation" and i + 1 < len(supernode_args) else None)
-        if value is not None and value != "subprocess":
-            raise AppTrustError(f"--isolation {value}: the SuperNode would leave starting its ClientApps to a process "
-                                "of yours that the app verifier does not control; use the default (subprocess)")
+    _refuse_unsafe_arguments(supernode_args)
     shim = Path(tempfile.mkdtemp(prefix="secagg-verified-clientapp."))
     try:
         _shim(shim, trust)
