@@ -183,3 +183,32 @@ def test_a_prepopulated_install_folder_is_not_what_a_signed_bundle_runs(tmp_path
         return  # refused: the folder does not hold the signed bytes
     assert (Path(installed) / "probe_client.py").read_text() == "VARIANT = 'signed'\n", \
         "the approved bundle runs from a folder holding other code than the one signed"
+
+
+def test_the_node_s_working_directory_cannot_replace_the_verifier(tmp_path, monkeypatch):
+    """The shim runs ``python -m simulation.flower.verified_clientapp`` in the SuperNode's working directory;
+    ``-m`` puts that directory first on sys.path, so a ``simulation`` package lying there would run instead
+    of the verifier (with every bundle then unchecked)."""
+    cwd = tmp_path / "cwd"
+    (cwd / "simulation" / "flower").mkdir(parents=True)
+    (cwd / "simulation" / "__init__.py").write_text("")
+    (cwd / "simulation" / "flower" / "__init__.py").write_text("")
+    (cwd / "simulation" / "flower" / "verified_clientapp.py").write_text(
+        f"open({str(tmp_path / 'planted-ran')!r}, 'w').write('yes')\n")
+    (tmp_path / "sigs").mkdir()
+    ran = []
+
+    class Recorder:
+        def __init__(self, args, env):
+            shim = Path(env["PATH"].split(os.pathsep)[0]) / "flwr-clientapp"
+            ran.append(subprocess.run([str(shim), "--token", "x"], cwd=cwd, capture_output=True, text=True,
+                                      timeout=120, env=os.environ | {"PYTHONPATH": str(ROOT)}))
+
+        def wait(self):
+            return 0
+
+    monkeypatch.setattr(verified_clientapp, "subprocess", SimpleNamespace(Popen=Recorder))
+    monkeypatch.chdir(cwd)
+    assert verified_clientapp.start_supernode("ab" * 32, tmp_path / "sigs", []) == 0
+    assert ran, "the shim was not run"
+    assert not (tmp_path / "planted-ran").exists(), "a `simulation` package in the node's cwd ran as the verifier"
