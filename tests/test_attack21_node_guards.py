@@ -201,7 +201,7 @@ def test_the_node_s_working_directory_cannot_replace_the_verifier(tmp_path, monk
     class Recorder:
         def __init__(self, args, env):
             shim = Path(env["PATH"].split(os.pathsep)[0]) / "flwr-clientapp"
-            ran.append(subprocess.run([str(shim), "--token", "x"], cwd=cwd, capture_output=True, text=True,
+            ran.append(subprocess.run([str(shim), "--help"], cwd=cwd, capture_output=True, text=True,
                                       timeout=120, env=os.environ | {"PYTHONPATH": str(ROOT)}))
 
         def wait(self):
@@ -210,5 +210,5 @@ def test_the_node_s_working_directory_cannot_replace_the_verifier(tmp_path, monk
     monkeypatch.setattr(verified_clientapp, "subprocess", SimpleNamespace(Popen=Recorder))
     monkeypatch.chdir(cwd)
     assert verified_clientapp.start_supernode("ab" * 32, tmp_path / "sigs", []) == 0
-    assert ran, "the shim was not run"
+    assert ran and ran[0].returncode == 0 and "usage" in ran[0].stdout.lower(), ran
     assert not (tmp_path / "planted-ran").exists(), "a `simulation` package in the node's cwd ran as the verifier"

@@ -151,7 +151,8 @@ def main(argv: list[str] | None = None) -> int:
 def _shim(directory: Path, trust: AppTrust) -> None:
     """DIRECTORY/flwr-clientapp: runs :func:`main` with this node's trust settings and flwr's arguments."""
     path = directory / CLIENTAPP_COMMAND
-    command = [sys.executable, "-m", "simulation.flower.verified_clientapp", "--app-key", trust.verify_key.hex(),
+    # -P: no working directory first on sys.path (a `simulation` package lying there would replace the verifier).
+    command = [sys.executable, "-P", "-m", "simulation.flower.verified_clientapp", "--app-key", trust.verify_key.hex(),
                "--trusted-apps", str(trust.signatures)]
     path.write_text("#!/bin/sh\n# secagg: every ClientApp of this node is checked against the consortium's "
                     "app signatures first\nexec " + " ".join(shlex.quote(c) for c in command) + ' "$@"\n')
