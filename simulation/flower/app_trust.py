@@ -48,6 +48,10 @@ What an attacker on the SuperLink or its Control API can then do, and cannot.
   --run-config``): the consortium's app then runs with those values. The app's own checks hold
   whatever the config says - each node's own ledger and budget, its registry copy, its state
   directory - but the config can, e.g., start a run nobody asked for, which spends budget.
+* Can start a run, of any bundle, in the *run series* of a running consortium run (``StartRun`` takes
+  any series id of the federation): flwr keeps one node context per series, so the SuperNode process
+  replaces the running run's context (run id, run config) before any check, and that run's ClientApp
+  then fails (``tests/test_attack21_run_series.py``: not defended yet).
 * Can list runs, stop them, or leave nodes idle; the SuperLink remains trusted for scheduling.
 
 Residual risk. Control API user authentication is enterprise-only in flwr 1.42: whoever reaches the
