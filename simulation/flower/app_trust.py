@@ -60,7 +60,10 @@ deleting its signature file at every node (there is no revocation list). A node 
 verifier (plain ``flower-supernode``) checks nothing; the DPIA states, per node, whether its app was
 verified (:func:`verified_app`, as the node reported at registration). ``$FLWR_HOME/apps`` on the node
 must hold only bundles installed through the verifier: flwr reuses an installed folder of the same
-name, version and 8-hex-digit hash prefix without reinstalling.
+name, version and 8-hex-digit hash prefix without reinstalling. Not enforced yet: a SuperLink sharing the
+node's ``$FLWR_HOME`` (``deploy-local.sh``) installs every submitted bundle there, and 32 bits of prefix are
+cheap to match (``tests/test_attack21_node_guards.py``). Nor does anything here protect a node that shares
+the SuperLink's host and user: a submitted ServerApp runs there unchecked.
 """
 
 from __future__ import annotations
