@@ -50,19 +50,21 @@ What an attacker on the SuperLink or its Control API can then do, and cannot.
   directory - but the config can, e.g., start a run nobody asked for, which spends budget.
 * Can start a run, of any bundle, in the *run series* of a running consortium run (``StartRun`` takes
   any series id of the federation): flwr keeps one node context per series, so the SuperNode process
-  replaces the running run's context (run id, run config) before any check, and that run's ClientApp
-  then fails (``tests/test_attack21_run_series.py``: not defended yet).
+  replaces the running run's context (run id, run config) before any check. The verifier gives the
+  approved run's ClientApp back its own run id and run config
+  (:func:`simulation.flower.verified_clientapp.pin_context_to_run`), and the app seals its session under
+  its run id, so the stranger's run config never reaches it (``tests/test_attack21_run_series.py``).
 * Can list runs, stop them, or leave nodes idle; the SuperLink remains trusted for scheduling.
 
 Residual risk. Control API user authentication is enterprise-only in flwr 1.42: whoever reaches the
 API can still submit runs, which the nodes now refuse to execute unless signed. Revoking an app means
 deleting its signature file at every node (there is no revocation list). A node started without the
 verifier (plain ``flower-supernode``) checks nothing; the DPIA states, per node, whether its app was
-verified (:func:`verified_app`, as the node reported at registration). ``$FLWR_HOME/apps`` on the node
-must hold only bundles installed through the verifier: flwr reuses an installed folder of the same
-name, version and 8-hex-digit hash prefix without reinstalling. Not enforced yet: a SuperLink sharing the
-node's ``$FLWR_HOME`` (``deploy-local.sh``) installs every submitted bundle there, and 32 bits of prefix are
-cheap to match (``tests/test_attack21_node_guards.py``). Nor does anything here protect a node that shares
+verified (:func:`verified_app`, as the node reported at registration). Installed folders cannot be
+planted: flwr reuses an installed folder of the same name, version and 8-hex-digit hash prefix without
+reinstalling, so each verified ClientApp process installs into a fresh ``FLWR_HOME`` of its own
+(:func:`simulation.flower.verified_clientapp.private_flwr_home`), where nothing exists before the
+install of the approved bytes (``tests/test_attack21_node_guards.py``). Nor does anything here protect a node that shares
 the SuperLink's host and user: a submitted ServerApp runs there unchecked.
 """
 

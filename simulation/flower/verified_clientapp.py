@@ -50,7 +50,7 @@ from pathlib import Path
 from .app_trust import AppNotTrustedError, AppTrust, AppTrustError, record_verified
 
 __all__ = ["install_gate", "check_flwr_shape", "FlwrShapeError", "main", "start_supernode", "add_trust_arguments",
-           "CLIENTAPP_COMMAND"]
+           "CLIENTAPP_COMMAND", "private_flwr_home", "pin_context_to_run"]
 
 #: The command name flwr's SuperExec starts for a ClientApp (flwr/supercore/constant.py).
 CLIENTAPP_COMMAND = "flwr-clientapp"
@@ -93,12 +93,15 @@ def install_gate(trust: AppTrust, module=None) -> None:
     check_flwr_shape(module)
     original_pull, original_install = module.pull_task_input, module.install_from_fab
     claims: dict = {}
+    pulled: dict = {}
 
     def pull_task_input(client):
         message, context, run, fab = original_pull(client)
         claims.clear()
         claims.update(claimed_hash=fab.hash_str, run_fab_hash=run.fab_hash, run_fab_id=run.fab_id,
                       run_fab_version=run.fab_version)
+        pulled.clear()
+        pulled.update(context=context, run=run)
         return message, context, run, fab
 
     def install_from_fab(fab_file, *args, **kwargs):
@@ -115,10 +118,56 @@ def install_gate(trust: AppTrust, module=None) -> None:
         print(f"secagg app verifier: app bundle sha256 {approval.fab_sha256} is signed by the consortium's app key "
               f"{trust.fingerprint()} ({Path(approval.signature_file).name}): installing it", file=sys.stderr,
               flush=True)
+        pin_context_to_run(pulled.get("context"), pulled.get("run"), fab_file)
+        private_flwr_home()
         return original_install(fab_file, *args, **kwargs)
 
     module.pull_task_input = pull_task_input
     module.install_from_fab = install_from_fab
+
+
+def private_flwr_home() -> Path:
+    """Point ``FLWR_HOME`` of this ClientApp process at a fresh 0700 folder (removed at exit); its path.
+
+    flwr installs a bundle into ``$FLWR_HOME/apps/<publisher>.<name>.<version>.<first 8 hex of its hash>``
+    and skips the install when that folder exists (``flwr/cli/install.py``), then imports the app from it.
+    A folder planted there in advance - by anyone who can write to a shared ``FLWR_HOME``, e.g. the
+    SuperLink's ``flwr-serverapp`` on the same host, after a 32-bit prefix search against the reproducible
+    hash of a signed bundle - would run instead of the bytes the gate approved. In a fresh folder of this
+    process alone nothing exists before the install, so what is imported is exactly what was checked.
+    (flwr reads ``FLWR_HOME`` each time it derives a path, ``flwr.supercore.utils.get_flwr_home``.)
+    """
+    import atexit
+
+    home = Path(tempfile.mkdtemp(prefix="secagg-clientapp-home."))
+    atexit.register(shutil.rmtree, home, True)
+    os.environ["FLWR_HOME"] = str(home)
+    return home
+
+
+def pin_context_to_run(context, run, fab_bytes: bytes) -> None:
+    """Give the approved run's ClientApp its own run id and run config, whatever the SuperNode handed it.
+
+    flwr 1.42 keeps one node Context per run *series*: on the first message of an unknown run the SuperNode
+    rebuilds the series' context with that run's id and run config, and every ClientApp of every run of the
+    series receives it (``flwr/supernode/start_client_internal.py``). ``StartRun`` accepts any existing
+    series id, so a stranger's run started in a consortium run's series (even of a bundle the node then
+    refuses) would hand the consortium's next ClientApp the stranger's run id and run config. Here, after
+    the bundle of *this* run was approved, the context is rebuilt from this run the way the SuperNode does
+    it (``get_fused_config_from_fab``: the signed bundle's defaults fused with this run's overrides).
+    The series' shared ``context.state`` stays shared: the app seals its session under the run id
+    (:mod:`simulation.flower.sealed_state`), so another run's records cannot be opened as this run's.
+    """
+    run_id = getattr(run, "run_id", None)
+    if run_id is None or not hasattr(context, "run_id") or context.run_id == run_id:
+        return
+    from flwr.common.config import get_fused_config_from_fab
+
+    print(f"secagg app verifier: the node handed run {run_id}'s ClientApp the context of run "
+          f"{context.run_id} (same run series): restored to run {run_id}'s own id and run config",
+          file=sys.stderr, flush=True)
+    context.run_id = run_id
+    context.run_config = get_fused_config_from_fab(fab_bytes, run)
 
 
 def add_trust_arguments(parser: argparse.ArgumentParser) -> None:
