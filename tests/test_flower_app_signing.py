@@ -177,6 +177,8 @@ def test_the_gate_hands_flwr_only_signed_bundles(tmp_path, monkeypatch):
 
     from flwr.supernode.runtime import run_clientapp as module
 
+    node_home = tmp_path / "node-flwr-home"
+    monkeypatch.setenv("FLWR_HOME", str(node_home))  # restored after the test: the gate repoints it
     unsigned = _fab({"pyproject.toml": PYPROJECT, "probe_client.py": "VARIANT = 'unsigned'\n"})
     installed = []
     tasks = iter([BUNDLE, unsigned])
@@ -194,6 +196,10 @@ def test_the_gate_hands_flwr_only_signed_bundles(tmp_path, monkeypatch):
         if expected == "approved":
             assert module.install_from_fab(fab.content, skip_prompt=True) == "dir"
             assert verified_app().fab_sha256 == fab_sha256(BUNDLE)
+            # flwr installs into (and loads from) a fresh private FLWR_HOME of this process, never the node's.
+            private = Path(os.environ["FLWR_HOME"])
+            assert private != node_home and private.is_dir() and not any(private.iterdir())
+            assert private.stat().st_mode & 0o077 == 0
         else:
             with pytest.raises(AppNotTrustedError, match="not signed"):
                 module.install_from_fab(fab.content, skip_prompt=True)
@@ -385,9 +391,9 @@ def test_nodes_run_the_consortium_signed_app_and_refuse_unsigned_and_foreign_sig
         assert reply == {"error": None, "variant": "signed"}
         assert (markers / "signed").read_text() == "imported"
         assert sorted(os.listdir(markers)) == ["signed"]
-        # Nothing of the refused bundles was even installed at the node.
-        installed = sorted(p.name for p in (node_home / "apps").iterdir())
-        assert installed == [f"stranger.probe-app.1.0.0.{fab_sha256(_built(apps['signed']))[:8]}"], installed
+        # Nothing was installed into the node's own FLWR_HOME: each checked ClientApp installs the approved
+        # bundle into a fresh private FLWR_HOME of its own (no planted folder can be reused), removed at exit.
+        assert not (node_home / "apps").exists() or not any((node_home / "apps").iterdir())
     finally:
         fed.stop()
 
@@ -405,3 +411,22 @@ def test_the_module_runs_as_a_flwr_clientapp_replacement():
                           env=os.environ | {"PYTHONPATH": str(ROOT)})
     assert done.returncode == 2 and done.stderr.strip().startswith("secagg app verifier: app verify key")
     assert verified_clientapp.CLIENTAPP_COMMAND == "flwr-clientapp"
+
+
+def test_an_approved_run_gets_back_its_own_run_id_and_run_config_from_a_series_context():
+    """flwr keeps one node Context per run series: another run of the series may have replaced it."""
+    from types import SimpleNamespace
+
+    from simulation.flower.verified_clientapp import pin_context_to_run
+
+    bundle = _fab({"pyproject.toml": PYPROJECT + '[tool.flwr.app.components]\nserverapp = "probe_server:app"\n'
+                   'clientapp = "probe_client:app"\n[tool.flwr.app.config]\nrounds = 1\nout = ""\n',
+                   "probe_client.py": "VARIANT = 'signed'\n"})
+    run = SimpleNamespace(run_id=7, override_config={"rounds": 3})
+    context = SimpleNamespace(run_id=99, run_config={"out": "/stranger", "rounds": 1})
+    pin_context_to_run(context, run, bundle)
+    assert context.run_id == 7
+    assert context.run_config == {"rounds": 3, "out": ""}  # the signed bundle's defaults, this run's overrides
+    same = SimpleNamespace(run_id=7, run_config={"rounds": 3, "kept": True})
+    pin_context_to_run(same, run, bundle)
+    assert same.run_config == {"rounds": 3, "kept": True}  # its own context is left as it is

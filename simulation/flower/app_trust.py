@@ -30,7 +30,13 @@ for each message, after it pulled the bundle and BEFORE it installs it or import
    all agree with those bytes and with the bundle's own ``pyproject.toml`` - otherwise flwr would
    load the app from another folder than the one the checked bytes went to;
 3. some file in the trusted-apps folder carries a valid Ed25519 signature over that hash under the
-   consortium's verify key configured at the node.
+   consortium's verify key configured at the node. Any other file there approves nothing and blocks nothing
+   (a foreign signature, hostile JSON, a FIFO or a huge file is skipped).
+
+The node runs ClientApps only: flwr's SuperExec would also start ``flwr-agentapp`` (for a run whose bundle
+names an ``agentapp``: it installs and imports the bundle with no check) and the other task commands; the
+node launcher puts a refusal under each of those names. It also refuses runtime dependency installation
+(``uv sync`` of the app's *named* dependencies from an index: bytes nobody signed).
 
 On any failure the bundle is refused: nothing of it is installed or imported, the round gets an error
 reply that names why, and the node's log holds one line naming the hash and the reason.
@@ -42,15 +48,24 @@ What an attacker on the SuperLink or its Control API can then do, and cannot.
   --run-config``): the consortium's app then runs with those values. The app's own checks hold
   whatever the config says - each node's own ledger and budget, its registry copy, its state
   directory - but the config can, e.g., start a run nobody asked for, which spends budget.
+* Can start a run, of any bundle, in the *run series* of a running consortium run (``StartRun`` takes
+  any series id of the federation): flwr keeps one node context per series, so the SuperNode process
+  replaces the running run's context (run id, run config) before any check. The verifier gives the
+  approved run's ClientApp back its own run id and run config
+  (:func:`simulation.flower.verified_clientapp.pin_context_to_run`), and the app seals its session under
+  its run id, so the stranger's run config never reaches it (``tests/test_attack21_run_series.py``).
 * Can list runs, stop them, or leave nodes idle; the SuperLink remains trusted for scheduling.
 
 Residual risk. Control API user authentication is enterprise-only in flwr 1.42: whoever reaches the
 API can still submit runs, which the nodes now refuse to execute unless signed. Revoking an app means
 deleting its signature file at every node (there is no revocation list). A node started without the
 verifier (plain ``flower-supernode``) checks nothing; the DPIA states, per node, whether its app was
-verified (:func:`verified_app`, as the node reported at registration). ``$FLWR_HOME/apps`` on the node
-must hold only bundles installed through the verifier: flwr reuses an installed folder of the same
-name, version and 8-hex-digit hash prefix without reinstalling.
+verified (:func:`verified_app`, as the node reported at registration). Installed folders cannot be
+planted: flwr reuses an installed folder of the same name, version and 8-hex-digit hash prefix without
+reinstalling, so each verified ClientApp process installs into a fresh ``FLWR_HOME`` of its own
+(:func:`simulation.flower.verified_clientapp.private_flwr_home`), where nothing exists before the
+install of the approved bytes (``tests/test_attack21_node_guards.py``). Nor does anything here protect a node that shares
+the SuperLink's host and user: a submitted ServerApp runs there unchecked.
 """
 
 from __future__ import annotations
@@ -58,7 +73,9 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 import re
+import stat
 import tomllib
 import zipfile
 from dataclasses import dataclass
@@ -158,6 +175,19 @@ def _pyproject_identity(content: bytes) -> tuple[str, str]:
         return "", ""
 
 
+def _read_signature_file(path: Path, limit: int = 64 * 1024) -> str:
+    """A small regular file's text; a FIFO, device or huge file raises OSError/ValueError instead of blocking
+    or filling memory (opened non-blocking, checked with fstat: no window to swap the file in between)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    with os.fdopen(fd, "rb") as handle:
+        if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
+            raise OSError(f"{path.name} is not a regular file")
+        data = handle.read(limit + 1)
+    if len(data) > limit:
+        raise ValueError(f"{path.name} is larger than a signature file")
+    return data.decode("utf-8")
+
+
 @dataclass(frozen=True)
 class AppTrust:
     """A node's trust in app bundles: the consortium's verify key and the folder of signature files."""
@@ -198,19 +228,18 @@ class AppTrust:
         foreign = []
         for path in sorted(self.signatures.glob("*.json")):
             try:
-                document = json.loads(path.read_text())
+                document = json.loads(_read_signature_file(path))
                 if document.get("format") != SIGNATURE_FORMAT or document.get("fab_sha256") != digest:
                     continue
                 signature = bytes.fromhex(str(document["signature"]))
-            except (OSError, ValueError, KeyError, AttributeError):
-                continue  # not a signature file of ours (or unreadable): it approves nothing
+            except (OSError, ValueError, KeyError, AttributeError, RecursionError):
+                continue  # not a signature file of ours (or unreadable): it approves nothing, blocks nothing
             try:
                 verify_signature(self.verify_key, _message(digest), signature)
             except VerificationError:
                 foreign.append(f"{path.name} (signed by {str(document.get('verify_key', '?'))[:16]})")
                 continue
             return AppApproval(digest, self.verify_key.hex(), str(path))
-            foreign.append(f"{path.name} (signed by {str(document.get('verify_key', '?'))[:16]})")
         if foreign:
             raise AppNotTrustedError(f"{where}: its signature does not verify under the consortium's app key "
                                      f"{self.fingerprint()}: {', '.join(foreign)}: refused")

@@ -128,10 +128,14 @@ def _simulated(context: Context) -> bool:
 
     Only simulated nodes (one machine, the researcher is every party) read their data, state and
     budgets from the run config, which the coordinator's side supplies. A SuperNode whose operator
-    set anything of ours (``site``, ``state-dir``, ...) never does.
+    set anything of ours (``site``, ``state-dir``, ...) never does, and neither does a process whose bundle
+    the node's app verifier approved (a real SuperNode, whatever its node config looks like: Flower's own
+    guides start SuperNodes with exactly ``partition-id`` and ``num-partitions``).
     """
-    return "num-partitions" in context.node_config and set(context.node_config) <= {"partition-id",
-                                                                                      "num-partitions"}
+    from .app_trust import verified_app
+
+    return ("num-partitions" in context.node_config and set(context.node_config) <= {"partition-id", "num-partitions"}
+            and verified_app() is None)
 
 
 def node_setting(context: Context, key: str, run_key: str):
