@@ -238,8 +238,10 @@ def test_the_script_takes_a_new_user_to_a_verified_run_and_its_dpia(tmp_path):
     # Every node ran the app only after checking the consortium's signature of it (secagg flower supernode).
     digest = json.loads(next((directory / "trusted-apps").glob("*.json")).read_text())["fab_sha256"]
     assert summary["deployment"]["app_verification"].startswith(f"ON: the node ran the app bundle sha256 {digest} ")
-    assert f"App verification at the nodes (only consortium-signed app bundles run; as the nodes reported at " \
-           f"registration): ON: the node ran the app bundle sha256 {digest} only after verifying" in dpia
+    assert ("App verification at the nodes (a verifying node runs only consortium-signed app bundles; as the nodes "
+            "reported at registration; it does not protect a node that shares the SuperLink's host and user, where a "
+            f"submitted ServerApp runs unchecked): ON: the node ran the app bundle sha256 {digest} only after "
+            "verifying") in dpia
     for i in (1, 2, 3):
         log = (directory / "logs" / f"supernode-{i}.log").read_text()
         assert f"app bundle sha256 {digest} is signed by the consortium" in log

@@ -65,8 +65,9 @@ def test_a_passive_run_without_tls_and_with_plain_keys(tmp_path, monkeypatch):
     assert "(not passphrase-protected: a copy of the disk holds the key)" in text
     # In-process, no verifier checked the app bundle: the DPIA says so.
     assert all(deployment["nodes"][site]["app_verified"] is False for site in SITES)
-    assert ("App verification at the nodes (only consortium-signed app bundles run; as the nodes reported at "
-            "registration): OFF: no node reported checking") in text
+    assert ("App verification at the nodes (a verifying node runs only consortium-signed app bundles; as the nodes "
+            "reported at registration; it does not protect a node that shares the SuperLink's host and user, where a "
+            "submitted ServerApp runs unchecked): OFF: no node reported checking") in text
     assert f"The coordinator's privacy ledger: {tmp_path / 'run' / 'ledger.sqlite'}" in text
     assert "each on its own machine" not in text and "where the consortium configures it" not in text
 

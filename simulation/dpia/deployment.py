@@ -23,8 +23,10 @@ def deployment_items(deployment: dict) -> list[str]:
           if deployment.get("ledger_signatures") else []),
         f"Site identities: {deployment.get('identities', 'n/a')}.",
         f"Node authentication: {node_authentication_text(deployment.get('node_authentication'))}.",
-        f"App verification at the nodes (only consortium-signed app bundles run; as the nodes reported at "
-        f"registration): {deployment.get('app_verification', 'not recorded by this run (an older secagg)')}.",
+        f"App verification at the nodes (a verifying node runs only consortium-signed app bundles; as the nodes "
+        f"reported at registration; it does not protect a node that shares the SuperLink's host and user, where a "
+        f"submitted ServerApp runs unchecked): "
+        f"{deployment.get('app_verification', 'not recorded by this run (an older secagg)')}.",
         "Node state at rest: during a round each node keeps its protocol session (private keys and its "
         "masked update) in Flower's node state sealed with XChaCha20-Poly1305 under a key that stays in the "
         "node's own state directory (STATE_DIR/state.key, 0600). Residual risk: whoever reads that state "
