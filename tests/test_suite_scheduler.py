@@ -89,3 +89,25 @@ def test_every_collected_test_is_sent_once(monkeypatch):
     assert not sched.workqueue and not sched.has_pending
     # The long file's worker got its filler first; the rest went to whichever worker ran dry.
     assert _files(nodes[0])[:2] == ["test_long.py", "test_short_a.py"]
+
+
+def test_at_most_two_flower_process_files_run_at_once_while_other_files_are_left(monkeypatch):
+    monkeypatch.setattr(conftest, "FILE_SECONDS", {"test_flower_crash.py": 600.0, "test_flower.py": 500.0,
+                                                   "test_flower_deploy.py": 400.0, "test_mid.py": 100.0})
+    collection = ["tests/test_mid.py::test_a", "tests/test_mid.py::test_b", "tests/test_mid.py::test_c",
+                  "tests/test_flower_deploy.py::test_a", "tests/test_flower_deploy.py::test_b",
+                  "tests/test_flower_deploy.py::test_c", "tests/test_flower.py::test_a", "tests/test_flower.py::test_b",
+                  "tests/test_flower.py::test_c", "tests/test_flower_crash.py::test_a"]
+    config = SimpleNamespace(getvalue=lambda name: {"tx": ["3*popen"], "dist": "loadfile"}[name],
+                             option=SimpleNamespace(loadscopereorder=False))
+    sched = conftest.longest_file_first(config)
+    nodes = [_Worker(f"gw{i}") for i in range(3)]
+    for node in nodes:
+        sched.add_node(node)
+        sched.add_node_collection(node, collection)
+    sched.schedule()
+    first = [collection[node.sent[0]].split("::")[0] for node in nodes]
+    # The third-longest file is a Flower process file too: the third worker takes test_mid.py instead.
+    assert first == ["tests/test_flower_crash.py", "tests/test_flower.py", "tests/test_mid.py"]
+    # Only Flower files are left for the busy crash worker's queue: it takes one, to run after its own.
+    assert [collection[i].split("::")[0] for i in nodes[0].sent][-1] == "tests/test_flower_deploy.py"
