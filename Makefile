@@ -7,13 +7,16 @@ PIP    := $(PY) -m pip --disable-pip-version-check -q
 # constraints.txt pins torch to the CPU wheel available on the build machines.
 INSTALL := $(PIP) install -c constraints.txt
 RESULTS ?= results
-# `make test` runs on every core (pytest-xdist's `-n auto`: one worker per core); PYTEST_WORKERS=1 runs
-# it in one process. Workers get whole files (--dist loadfile): a file's module and session fixtures
-# (the DPIA's simulated run, the simulation tests' cohort) are built once, and the Flower process
-# federations never overlap. Files run in collection order (--no-loadscope-reorder), which
-# tests/conftest.py starts with the slowest files. (--dist loadgroup would be finer, but with
-# pytest 9.2 xdist 3.8's xdist_group marks have no effect.)
-PYTEST_WORKERS ?= auto
+# `make test` runs pytest-xdist with two workers more than cores; PYTEST_WORKERS=1 runs one worker.
+# The Flower process files (a SuperLink, SuperNodes and a process per message) spend much of their
+# minutes waiting on Flower's polls and stage timeouts; the extra workers keep the cores busy with other
+# files meanwhile (tests/conftest.py gives each worker its share of the cores for torch, at least 1, and
+# runs at most two of those files at once).
+# Workers get whole files (--dist loadfile): a file's module and session fixtures (the DPIA's simulated
+# run, the simulation tests' cohort) are built once, and a file's Flower federations never overlap.
+# tests/conftest.py places the files: the longest left to an idle worker, a short one to a busy one.
+# (--dist loadgroup would be finer, but with pytest 9.2 xdist 3.8's xdist_group marks have no effect.)
+PYTEST_WORKERS ?= $(shell $(PYTHON) -c 'import os; print(len(os.sched_getaffinity(0)) + 2 if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1) + 2)')
 
 .PHONY: demo test bench bench-quick clean chromium experiment
 
@@ -55,7 +58,7 @@ chromium:
 	  else echo "note: chromium missing and not root: DPIA PDF and browser tests will be skipped"; fi; }
 
 test: $(VENV)/.stamp-dev chromium
-	$(PY) -m pytest -q -p no:cacheprovider -n $(PYTEST_WORKERS) --dist loadfile --no-loadscope-reorder tests
+	$(PY) -m pytest -q -p no:cacheprovider -n $(PYTEST_WORKERS) --dist loadfile tests
 
 bench: $(VENV)/.stamp-dev
 	mkdir -p $(RESULTS)

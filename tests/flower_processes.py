@@ -17,12 +17,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_flower import APP, RUN, _config_value, _Federation, _tool
+from tests.test_flower import APP, RUN, SITES, _check_run, _config_value, _Federation, _tool
 
-__all__ = ["Federation", "RUN", "wait_for", "submit", "serverapp_pids", "kill_serverapp", "journal_lines",
-           "metrics"]
+__all__ = ["Federation", "RUN", "SITES", "check_run", "wait_for", "submit", "serverapp_pids", "kill_serverapp",
+           "journal_lines", "metrics"]
 
 Federation = _Federation
+check_run = _check_run  # what a two-round run with site-3 dropping in round 1 must show (tests/test_flower.py)
 
 
 def wait_for(condition, seconds: float, what: str, fed: _Federation):

@@ -11,7 +11,9 @@ dropped. Checked: the coordinator's run directory (metrics, ledger, checkpoint, 
 each node's own ledger, and the global model against the in-process engine run on the
 same inputs with the same dropout (and against the FedAvg computed in numpy), up to the
 fixed-point rounding. A third run trains with DP-SGD on real NIfTI data at the nodes,
-with one node whose own budget is too small: it refuses the round and spends nothing. A
+with one node whose own budget is too small: it refuses the round and spends nothing.
+The simulation-engine run and the DP-SGD run are in ``tests/test_flower_engine_dp.py`` (on the
+same harness), so that under ``make test`` they run beside this file's on another worker. A
 fourth (one round, two sites) runs a SuperLink with Flower's SuperNode authentication and the
 registry's node keys: a stranger's node is refused by the SuperLink, and a node admitted under
 another site's key cannot register as site-2.
@@ -54,9 +56,11 @@ SITES = ("site-1", "site-2", "site-3")
 RUN = {"rounds": 2, "num-sites": 3, "image-size": 16, "epsilon": 8.0, "local-steps": 2, "sample-rate": 0.25,
        "stage-timeout": STAGE_TIMEOUT, "node-wait": 90.0, "synthetic-seed": 11}
 
-# `make test` hands out whole files (--dist loadfile): one worker runs the three federations one
-# after another. Each is a SuperLink, three SuperNodes and their app processes with 45 s stage
-# timeouts, and two at once on 2 cores would starve each other's honest nodes past those timeouts.
+# `make test` hands out whole files (--dist loadfile): one worker runs this file's federations one after
+# another, while the other Flower process files (tests/test_flower_engine_dp.py, test_flower_crash.py,
+# test_flower_deploy.py) run theirs on other workers, each worker on its own block of ports. Each is a
+# SuperLink, SuperNodes and a process per message; the 45 s stage timeouts leave honest nodes headroom
+# for that on a loaded 2-core machine.
 pytestmark = pytest.mark.slow
 
 
@@ -314,48 +318,6 @@ def test_deployment_engine_over_tls_active_mode_two_rounds_with_a_dropout(federa
     text = path.read_text()
     assert "Flower deployment" in text and "held at the site (not released)" in text
     assert "checked against every node's own registry" in text
-
-
-def test_simulation_engine_two_rounds_with_a_dropout(federation, tmp_path):
-    pytest.importorskip("ray")
-    federation.superlink("--simulation")
-    run_dir = tmp_path / "run"
-    # Simulated nodes have no config of their own: the run config names their drop and state.
-    summary = federation.run(run_dir, "--federation-config", "num-supernodes=3 client-resources-num-cpus=1",
-                             update="synthetic", **{"simulate-drop": "site-3:1:mask",
-                                                    "node-state-root": str(tmp_path / "nodes"),
-                                                    "node-epsilon-budget": 8.0})
-    _check_run(run_dir, summary, {site: tmp_path / "nodes" / site for site in SITES})
-
-
-def test_dp_sgd_on_nifti_data_at_the_nodes_and_a_node_enforces_its_own_budget(federation, tmp_path):
-    import models
-
-    cohort = tmp_path / "cohort"
-    models.generate_cohort(cohort, sites=3, scale="tiny", seed=0)
-    federation.superlink()
-    states = {site: tmp_path / f"node-{site}" for site in SITES}
-    site_dirs = sorted(p for p in cohort.iterdir() if p.is_dir())
-    for i, site in enumerate(SITES):
-        budget = 0.5 if site == "site-3" else 8.0  # site-3 allows far less than the run's 8.0
-        federation.supernode(i, f'site="{site}" data="{site_dirs[i]}" state-dir="{states[site]}" '
-                                f'epsilon-budget={budget}')
-    run_dir = tmp_path / "run"
-    # No site drops here (site-3 refuses at setup), so a longer stage timeout costs nothing when the nodes are
-    # honest, and local DP-SGD on a loaded 2-core machine once took longer than 45 s (a flake seen twice).
-    summary = federation.run(run_dir, rounds=1, **{"image-size": 32, "stage-timeout": 150.0})
-    assert summary["rounds_completed"] == 1 and summary["privacy"]["ledger_verified"], summary
-    record = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[0])
-    assert record["survivors_per_stage"]["advertise"] == ["site-1", "site-2"]  # site-3 refused the setup
-    assert record["included"] == record["released"] == ["site-1", "site-2"]
-    assert summary["privacy"]["epsilon_spent"]["site-3"] is None
-    assert 0 < summary["privacy"]["epsilon_spent"]["site-1"] <= 8.0
-    own = PrivacyLedger.open(states["site-3"] / "ledger")  # created for its check; nothing spent
-    try:
-        assert own.events("site-3") == []
-    finally:
-        own.close()
-    assert (run_dir / "checkpoints" / "global.pt").exists()
 
 
 def test_node_authentication_admits_only_the_registry_nodes_each_as_its_own_site(federation, tmp_path, monkeypatch,

@@ -166,7 +166,7 @@ def _free_ports(count: int) -> int:
     raise RuntimeError(f"no {count} free consecutive loopback ports in {first}-{first + _PORT_BLOCK - 1}")
 
 
-# Small and quick: synthetic updates (fixed floats; DP-SGD on real NIfTI data is tests/test_flower.py's),
+# Small and quick: synthetic updates (fixed floats; DP-SGD on real NIfTI data is tests/test_flower_engine_dp.py's),
 # 16 x 16 slices; the stage timeout leaves room for a loaded machine.
 _QUICK = 'update="synthetic" image-size=16 local-steps=2 sample-rate=0.25 stage-timeout=60.0 node-wait=60.0'
 

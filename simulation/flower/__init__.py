@@ -27,7 +27,7 @@ ClientApp process checks the bundle's SHA-256 against the consortium's signature
 or imports it (:mod:`.app_trust`, :mod:`.verified_clientapp`).
 Tested (``tests/test_flower.py``) on Flower's deployment engine - a SuperLink
 and three SuperNodes on loopback over TLS, with certificates from :mod:`.tls`,
-in active mode - and on its simulation engine (Ray).
+in active mode - and (``tests/test_flower_engine_dp.py``) on its simulation engine (Ray).
 
 With distributed DP each node recalibrates the mechanism from the public
 parameters (refusing a session that differs), adds its share of the discrete
