@@ -95,7 +95,7 @@ def test_app_verification_is_stated_as_the_nodes_report_it(tmp_path, monkeypatch
         app_trust.record_verified(None)
     assert all(deployment["nodes"][site]["app_sha256"] == "ab" * 32 for site in SITES)
     assert deployment["app_verification"].startswith("ON: ")
-    assert (f"registration): ON: the node ran the app bundle sha256 {'ab' * 32} only after verifying its signature "
+    assert (f"submitted ServerApp runs unchecked): ON: the node ran the app bundle sha256 {'ab' * 32} only after verifying its signature "
             f"under the consortium's app key {'cd' * 8}.") in text
 
 
