@@ -29,6 +29,8 @@ from simulation.cli import main
 
 pytest.importorskip("flwr")
 
+from .probe_apps import app_pyproject  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -71,24 +73,7 @@ def test_every_task_command_a_verifying_node_can_start_goes_through_the_verifier
 
 # -- real processes: a Control-API user runs unsigned code on a verifying node ---------------
 
-AGENT_PYPROJECT = """[build-system]
-requires = ["hatchling"]
-build-backend = "hatchling.build"
-
-[project]
-name = "evil-agent"
-version = "1.0.0"
-dependencies = []
-
-[tool.hatch.build.targets.wheel]
-packages = ["."]
-
-[tool.flwr.app]
-publisher = "stranger"
-
-[tool.flwr.app.components]
-agentapp = "evil_agent:app"
-"""
+AGENT_PYPROJECT = app_pyproject("evil-agent", {"agentapp": "evil_agent:app"})
 
 # Its import writes a marker where PROBE_MARKER_DIR is set (only the node's environment has it).
 AGENT = """import json, os, time

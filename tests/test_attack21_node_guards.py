@@ -16,11 +16,9 @@
 
 from __future__ import annotations
 
-import io
 import os
 import subprocess
 import sys
-import zipfile
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -34,16 +32,11 @@ pytest.importorskip("flwr")
 
 from simulation.flower import verified_clientapp  # noqa: E402
 
+from .probe_apps import app_pyproject, fab_zip  # noqa: E402
+
 CONSORTIUM = b"\x01" * 32
 ROOT = Path(__file__).resolve().parents[1]
 
-
-def _fab(files: dict[str, str]) -> bytes:
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w") as archive:
-        for name, text in files.items():
-            archive.writestr(name, text)
-    return buffer.getvalue()
 
 
 def _trust(folder: Path, *bundles: bytes) -> AppTrust:
@@ -98,7 +91,7 @@ def test_runtime_dependency_installation_is_refused_on_a_verifying_node(tmp_path
     assert no_supernode == []
 
 
-BUNDLE = _fab({"pyproject.toml": '[project]\nname = "probe-app"\nversion = "1.0.0"\n[tool.flwr.app]\n'
+BUNDLE = fab_zip({"pyproject.toml": '[project]\nname = "probe-app"\nversion = "1.0.0"\n[tool.flwr.app]\n'
                                  'publisher = "stranger"\n', "probe_client.py": "VARIANT = 'signed'\n"})
 
 
@@ -126,22 +119,8 @@ def test_a_fifo_in_the_trusted_apps_folder_does_not_hang_the_check(tmp_path):
     assert done.stdout.strip() == fab_sha256(BUNDLE), done.stderr
 
 
-APP_PYPROJECT = """[build-system]
-requires = ["hatchling"]
-build-backend = "hatchling.build"
-
-[project]
-name = "probe-app"
-version = "1.0.0"
-dependencies = []
-
-[tool.flwr.app]
-publisher = "stranger"
-
-[tool.flwr.app.components]
-serverapp = "probe_client:app"
-clientapp = "probe_client:app"
-"""
+APP_PYPROJECT = app_pyproject("probe-app", {"serverapp": "probe_client:app", "clientapp": "probe_client:app"},
+                              wheel_packages=False)
 
 
 def test_a_prepopulated_install_folder_is_not_what_a_signed_bundle_runs(tmp_path, monkeypatch):

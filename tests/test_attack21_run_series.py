@@ -27,31 +27,10 @@ from simulation.cli import main
 
 pytest.importorskip("flwr")
 
+from .probe_apps import app_pyproject  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 
-PYPROJECT = """[build-system]
-requires = ["hatchling"]
-build-backend = "hatchling.build"
-
-[project]
-name = "{name}"
-version = "1.0.0"
-dependencies = []
-
-[tool.hatch.build.targets.wheel]
-packages = ["."]
-
-[tool.flwr.app]
-publisher = "probe"
-
-[tool.flwr.app.components]
-serverapp = "probe_server:app"
-clientapp = "probe_client:app"
-
-[tool.flwr.app.config]
-out = ""
-gate = ""
-"""
 
 # Round 1, then (the victim only) wait for the gate file, then round 2; the replies go to `out`.
 SERVER = """import json, time
@@ -130,7 +109,8 @@ print(json.dumps({"run_id": res.run_id if res.HasField("run_id") else None,
 def _app(root: Path, name: str) -> Path:
     app = root / name
     app.mkdir(parents=True)
-    (app / "pyproject.toml").write_text(PYPROJECT.format(name=name))
+    components = {"serverapp": "probe_server:app", "clientapp": "probe_client:app"}
+    (app / "pyproject.toml").write_text(app_pyproject(name, components, publisher="probe", config={"out": "", "gate": ""}))
     (app / "probe_server.py").write_text(SERVER)
     (app / "probe_client.py").write_text(CLIENT)
     return app

@@ -17,12 +17,10 @@
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
 import subprocess
 import sys
-import zipfile
 from pathlib import Path
 
 import nacl.signing
@@ -37,19 +35,14 @@ pytest.importorskip("flwr")
 from simulation.flower import verified_clientapp  # noqa: E402
 from simulation.flower.verified_clientapp import FlwrShapeError, check_flwr_shape, install_gate  # noqa: E402
 
+from .probe_apps import app_pyproject, fab_zip  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _fab(files: dict[str, str]) -> bytes:
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w") as archive:
-        for name, text in files.items():
-            archive.writestr(name, text)
-    return buffer.getvalue()
-
 
 PYPROJECT = ('[project]\nname = "probe-app"\nversion = "1.0.0"\n[tool.flwr.app]\npublisher = "stranger"\n')
-BUNDLE = _fab({"pyproject.toml": PYPROJECT, "probe_client.py": "VARIANT = 'signed'\n"})
+BUNDLE = fab_zip({"pyproject.toml": PYPROJECT, "probe_client.py": "VARIANT = 'signed'\n"})
 
 
 def _trust(tmp_path, seed: bytes, *bundles: bytes) -> AppTrust:
@@ -81,14 +74,14 @@ def test_a_signed_bundle_is_approved(tmp_path):
 
 def test_an_unsigned_bundle_is_refused(tmp_path):
     trust = _trust(tmp_path, CONSORTIUM, BUNDLE)
-    other = _fab({"pyproject.toml": PYPROJECT, "probe_client.py": "VARIANT = 'unsigned'\n"})
+    other = fab_zip({"pyproject.toml": PYPROJECT, "probe_client.py": "VARIANT = 'unsigned'\n"})
     with pytest.raises(AppNotTrustedError, match=f"sha256 {fab_sha256(other)}: not signed by the consortium"):
         trust.check(other, **_claims(other))
 
 
 def test_a_bundle_signed_by_a_foreign_key_is_refused_even_with_its_signature_file_at_the_node(tmp_path):
     trust = _trust(tmp_path, CONSORTIUM, BUNDLE)
-    foreign = _fab({"pyproject.toml": PYPROJECT, "probe_client.py": "VARIANT = 'foreign'\n"})
+    foreign = fab_zip({"pyproject.toml": PYPROJECT, "probe_client.py": "VARIANT = 'foreign'\n"})
     document = sign_fab(foreign, FOREIGN)
     write_signature(document, trust.signatures)
     with pytest.raises(AppNotTrustedError, match="does not verify under the consortium's app key") as refused:
@@ -179,7 +172,7 @@ def test_the_gate_hands_flwr_only_signed_bundles(tmp_path, monkeypatch):
 
     node_home = tmp_path / "node-flwr-home"
     monkeypatch.setenv("FLWR_HOME", str(node_home))  # restored after the test: the gate repoints it
-    unsigned = _fab({"pyproject.toml": PYPROJECT, "probe_client.py": "VARIANT = 'unsigned'\n"})
+    unsigned = fab_zip({"pyproject.toml": PYPROJECT, "probe_client.py": "VARIANT = 'unsigned'\n"})
     installed = []
     tasks = iter([BUNDLE, unsigned])
 
@@ -267,28 +260,8 @@ def test_the_node_launcher_refuses_a_bad_key_and_process_isolation(tmp_path, cap
 
 # -- real processes -----------------------------------------------------------------------
 
-PROBE_PYPROJECT = """[build-system]
-requires = ["hatchling"]
-build-backend = "hatchling.build"
-
-[project]
-name = "probe-app"
-version = "1.0.0"
-dependencies = []
-
-[tool.hatch.build.targets.wheel]
-packages = ["."]
-
-[tool.flwr.app]
-publisher = "stranger"
-
-[tool.flwr.app.components]
-serverapp = "probe_server:app"
-clientapp = "probe_client:app"
-
-[tool.flwr.app.config]
-out = ""
-"""
+PROBE_PYPROJECT = app_pyproject("probe-app", {"serverapp": "probe_server:app", "clientapp": "probe_client:app"},
+                              config={"out": ""})
 
 PROBE_SERVER = """import json, time
 from pathlib import Path
@@ -419,7 +392,7 @@ def test_an_approved_run_gets_back_its_own_run_id_and_run_config_from_a_series_c
 
     from simulation.flower.verified_clientapp import pin_context_to_run
 
-    bundle = _fab({"pyproject.toml": PYPROJECT + '[tool.flwr.app.components]\nserverapp = "probe_server:app"\n'
+    bundle = fab_zip({"pyproject.toml": PYPROJECT + '[tool.flwr.app.components]\nserverapp = "probe_server:app"\n'
                    'clientapp = "probe_client:app"\n[tool.flwr.app.config]\nrounds = 1\nout = ""\n',
                    "probe_client.py": "VARIANT = 'signed'\n"})
     run = SimpleNamespace(run_id=7, override_config={"rounds": 3})
