@@ -514,19 +514,25 @@ def _cmd_data_prepare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _passphrase_from_env_option(args: argparse.Namespace, command: str):
+    """The passphrase in the environment variable that ``--passphrase-env`` names (None without the option);
+    an unset or empty one is a usage error of ``secagg COMMAND`` (a passphrase never travels on the command line)."""
+    if not args.passphrase_env:
+        return None
+    from .passphrase import PassphraseError, passphrase_from_env
+
+    try:
+        return passphrase_from_env(args.passphrase_env)
+    except PassphraseError as exc:
+        raise UsageError(f"secagg {command}: error: {exc}; set it there (never on the command line)") from None
+
+
 def _cmd_keys_new(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from .identity import add_to_registry, load_registry, write_identity, write_site_node_key
 
-    passphrase = None
-    if args.passphrase_env:
-        from .passphrase import PassphraseError, passphrase_from_env
-
-        try:
-            passphrase = passphrase_from_env(args.passphrase_env)
-        except PassphraseError as exc:
-            raise UsageError(f"secagg keys new: error: {exc}; set it there (never on the command line)") from None
+    passphrase = _passphrase_from_env_option(args, "keys new")
     if args.registry and Path(args.registry).exists():
         load_registry(args.registry)  # a broken registry is refused before any key is made
     identity = write_identity(args.out, args.site, passphrase=passphrase)
@@ -634,14 +640,7 @@ def _cmd_flower_app_key(args: argparse.Namespace) -> int:
     from .flower.app_trust import APP_KEY_NAME
     from .identity import write_identity
 
-    passphrase = None
-    if args.passphrase_env:
-        from .passphrase import PassphraseError, passphrase_from_env
-
-        try:
-            passphrase = passphrase_from_env(args.passphrase_env)
-        except PassphraseError as exc:
-            raise UsageError(f"secagg flower app-key: error: {exc}; set it there (never on the command line)") from None
+    passphrase = _passphrase_from_env_option(args, "flower app-key")
     key = write_identity(args.out, APP_KEY_NAME, passphrase=passphrase)
     public = Path(args.out) / f"{APP_KEY_NAME}.pub"
     public.write_text(key.verify_key.hex() + "\n")

@@ -12,15 +12,16 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from tests.test_flower import APP, RUN, SITES, _check_run, _config_value, _Federation, _tool
+from tests.test_flower import APP, RUN, SITES, _check_run, _config_value, _Federation, _free_port, _tool
 
 __all__ = ["Federation", "RUN", "SITES", "check_run", "wait_for", "submit", "serverapp_pids", "kill_serverapp",
-           "journal_lines", "metrics"]
+           "journal_lines", "metrics", "start_verifying_supernode"]
 
 Federation = _Federation
 check_run = _check_run  # what a two-round run with site-3 dropping in round 1 must show (tests/test_flower.py)
@@ -88,3 +89,22 @@ def metrics(run_dir: Path) -> list[dict]:
 def journal_lines(state: Path) -> int:
     path = state / "sessions.journal"
     return len(path.read_text().splitlines()) if path.exists() else 0
+
+
+def start_verifying_supernode(fed: _Federation, tmp_path: Path, trusted: Path, extra_env: dict | None = None) -> Path:
+    """One SuperNode started through ``secagg flower supernode`` (every ClientApp checked against the
+    consortium key in ``tmp_path/consortium`` and the signatures in ``trusted``), logging to
+    ``tmp_path/supernode-1.log``; returns its own (empty) ``FLWR_HOME``."""
+    root = Path(__file__).resolve().parents[1]
+    node_home = tmp_path / "node-flwr-home"
+    node_home.mkdir()
+    env = fed.env | (extra_env or {}) | {"FLWR_HOME": str(node_home),
+                                         "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}
+    fed.procs.append(subprocess.Popen(
+        [sys.executable, "-m", "simulation.cli", "flower", "supernode",
+         "--app-key", str(tmp_path / "consortium" / "consortium-apps.pub"), "--trusted-apps", str(trusted), "--",
+         "--root-certificates", str(fed.certs.ca_cert), "--superlink", f"127.0.0.1:{fed.port}",
+         "--port", str(_free_port())],
+        stdout=open(tmp_path / "supernode-1.log", "w"), stderr=subprocess.STDOUT, env=env, cwd=tmp_path,
+        start_new_session=True))
+    return node_home

@@ -16,7 +16,6 @@ every node installs and imports the same unsigned bundle.
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import time
@@ -119,8 +118,7 @@ print("run", res.run_id if res.HasField("run_id") else None)
 
 
 def test_an_unsigned_agentapp_bundle_never_runs_on_a_verifying_node(tmp_path):
-    from tests.flower_processes import Federation
-    from tests.test_flower import _free_port
+    from tests.flower_processes import Federation, start_verifying_supernode
 
     fed = Federation(tmp_path)
     try:
@@ -132,18 +130,9 @@ def test_an_unsigned_agentapp_bundle_never_runs_on_a_verifying_node(tmp_path):
         trusted = tmp_path / "trusted-apps"
         trusted.mkdir()
         fed.superlink()
-        markers, node_home = tmp_path / "markers", tmp_path / "node-flwr-home"
+        markers = tmp_path / "markers"
         markers.mkdir()
-        node_home.mkdir()
-        env = fed.env | {"PROBE_MARKER_DIR": str(markers), "FLWR_HOME": str(node_home),
-                         "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
-        fed.procs.append(subprocess.Popen(
-            [sys.executable, "-m", "simulation.cli", "flower", "supernode",
-             "--app-key", str(tmp_path / "consortium" / "consortium-apps.pub"), "--trusted-apps", str(trusted), "--",
-             "--root-certificates", str(fed.certs.ca_cert), "--superlink", f"127.0.0.1:{fed.port}",
-             "--port", str(_free_port())],
-            stdout=open(tmp_path / "supernode-1.log", "w"), stderr=subprocess.STDOUT, env=env, cwd=tmp_path,
-            start_new_session=True))
+        node_home = start_verifying_supernode(fed, tmp_path, trusted, {"PROBE_MARKER_DIR": str(markers)})
         (tmp_path / "submit.py").write_text(SUBMIT)
         done = subprocess.run([sys.executable, str(tmp_path / "submit.py"), str(app)], capture_output=True,
                               text=True, env=fed.env, cwd=tmp_path, timeout=120)

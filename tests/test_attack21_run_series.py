@@ -15,7 +15,6 @@ a state both runs share (a secagg node unseals its session under ``context.run_i
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import time
@@ -125,8 +124,7 @@ def _wait(path: Path, seconds: float, fed) -> list:
 
 
 def test_a_strangers_run_in_the_same_series_does_not_take_over_a_signed_runs_node_context(tmp_path):
-    from tests.flower_processes import Federation
-    from tests.test_flower import _free_port
+    from tests.flower_processes import Federation, start_verifying_supernode
 
     fed = Federation(tmp_path)
     try:
@@ -136,17 +134,7 @@ def test_a_strangers_run_in_the_same_series_does_not_take_over_a_signed_runs_nod
         assert main(["flower", "sign-app", str(victim), "--out", str(trusted),
                      "--key", str(tmp_path / "consortium" / "consortium-apps.ed25519")]) == 0
         fed.superlink()
-        node_home = tmp_path / "node-flwr-home"
-        node_home.mkdir()
-        env = fed.env | {"FLWR_HOME": str(node_home),
-                         "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
-        fed.procs.append(subprocess.Popen(
-            [sys.executable, "-m", "simulation.cli", "flower", "supernode",
-             "--app-key", str(tmp_path / "consortium" / "consortium-apps.pub"), "--trusted-apps", str(trusted), "--",
-             "--root-certificates", str(fed.certs.ca_cert), "--superlink", f"127.0.0.1:{fed.port}",
-             "--port", str(_free_port())],
-            stdout=open(tmp_path / "supernode-1.log", "w"), stderr=subprocess.STDOUT, env=env, cwd=tmp_path,
-            start_new_session=True))
+        start_verifying_supernode(fed, tmp_path, trusted)
         (tmp_path / "submit.py").write_text(SUBMIT)
 
         def submit(app: Path, config: str, series: str = "") -> dict:

@@ -314,8 +314,8 @@ def _probe_app(root: Path, variant: str) -> Path:
 
 
 def test_nodes_run_the_consortium_signed_app_and_refuse_unsigned_and_foreign_signed_ones(tmp_path):
-    from tests.flower_processes import Federation
-    from tests.test_flower import _free_port, _tool
+    from tests.flower_processes import Federation, start_verifying_supernode
+    from tests.test_flower import _tool
 
     fed = Federation(tmp_path)
     try:
@@ -329,18 +329,9 @@ def test_nodes_run_the_consortium_signed_app_and_refuse_unsigned_and_foreign_sig
         assert main(["flower", "sign-app", str(apps["foreign"]), "--out", str(trusted),
                      "--key", str(tmp_path / "stranger" / "consortium-apps.ed25519")]) == 0
         fed.superlink()
-        markers, node_home = tmp_path / "markers", tmp_path / "node-flwr-home"
+        markers = tmp_path / "markers"
         markers.mkdir()
-        node_home.mkdir()
-        env = fed.env | {"PROBE_MARKER_DIR": str(markers), "FLWR_HOME": str(node_home),
-                         "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
-        fed.procs.append(subprocess.Popen(
-            [sys.executable, "-m", "simulation.cli", "flower", "supernode",
-             "--app-key", str(tmp_path / "consortium" / "consortium-apps.pub"), "--trusted-apps", str(trusted), "--",
-             "--root-certificates", str(fed.certs.ca_cert), "--superlink", f"127.0.0.1:{fed.port}",
-             "--port", str(_free_port())],
-            stdout=open(tmp_path / "supernode-1.log", "w"), stderr=subprocess.STDOUT, env=env, cwd=tmp_path,
-            start_new_session=True))
+        node_home = start_verifying_supernode(fed, tmp_path, trusted, {"PROBE_MARKER_DIR": str(markers)})
 
         def run(variant: str) -> list[dict]:
             out = tmp_path / f"{variant}.json"
