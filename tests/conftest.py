@@ -23,6 +23,7 @@ run at a time (their processes need the CPU too). Only the order and the placeme
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -120,3 +121,20 @@ def longest_file_first(config, log=None):
             node.send_runtest_some([collection.index(nodeid) for nodeid, done in unit.items() if not done])
 
     return LongestFileFirst(config, log)
+
+
+@pytest.fixture(autouse=True)
+def app_verifier_state_stays_in_its_test():
+    """The node's app verifier keeps its approval in a process global and points ``FLWR_HOME`` at a fresh
+    folder (``simulation.flower.app_trust.record_verified``, ``verified_clientapp.private_flwr_home``): in a
+    deployment each ``flwr-clientapp`` process handles one message, but here one worker runs many tests,
+    and a later test of another file (the DPIA's deployment facts) must not see an earlier test's approval."""
+    home = os.environ.get("FLWR_HOME")
+    yield
+    module = sys.modules.get("simulation.flower.app_trust")
+    if module is not None:
+        module.record_verified(None)
+    if home is None:
+        os.environ.pop("FLWR_HOME", None)
+    else:
+        os.environ["FLWR_HOME"] = home
