@@ -375,7 +375,7 @@ def _cmd_experiment(args: argparse.Namespace) -> int:
     out = args.out or f"experiments/runs/{config.name}-{__import__('time').strftime('%Y%m%d-%H%M%S')}"
     command = "secagg " + " ".join(shlex.quote(a) for a in (args.argv or []))
     result = run_experiment(config, out, log=(lambda text: print(text, file=sys.stderr, flush=True)) if args.json
-                            else None, command=command)
+                            else None, command=command, jobs=args.jobs)
     if args.json:
         stats = result.results["statistics"]
         print(json.dumps({"out_dir": str(result.out_dir), "report": str(result.out_dir / "report.md"),
@@ -1061,7 +1061,7 @@ def build_parser() -> argparse.ArgumentParser:
             "Examples:\n  secagg experiment --config experiments/reference.toml\n"
             "  secagg experiment --tiny --seeds 0,1 --out runs/exp-smoke\n"
             "  secagg experiment --config experiments/reference.toml --epsilons 1,4 --json\n"
-            "  secagg experiment --tiny --seeds 0,1,2 --arms federated,local"
+            "  secagg experiment --tiny --seeds 0,1,2 --arms federated,local --jobs 1"
         ),
     )
     experiment.add_argument("--config", help="experiment TOML file (default: built-in defaults)")
@@ -1083,6 +1083,9 @@ def build_parser() -> argparse.ArgumentParser:
                             help="update rule applied at the coordinator to the decoded sum")
     experiment.add_argument("--cache-dir", help="cache of synthetic data and preprocessing")
     experiment.add_argument("--out", help="output directory, new or empty (default experiments/runs/NAME-TIME)")
+    experiment.add_argument("--jobs", type=_positive(int, "jobs"),
+                            help="seeds (and tuning rates) trained at once, each in its own process with one torch "
+                                 "thread (default: one per CPU); the results do not depend on it")
     experiment.add_argument("--json", action="store_true",
                             help="print one JSON object (out_dir, report, seeds, overall AUPRC statistics); "
                                  "progress goes to stderr")

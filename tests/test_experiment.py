@@ -33,7 +33,7 @@ def cache_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def cli_run(tmp_path_factory, cache_dir):
-    """The experiment through the CLI with --json (2 seeds, one cohort for both)."""
+    """The experiment through the CLI with --json (2 seeds, one cohort for both), the seeds in 2 spawned processes."""
     out = tmp_path_factory.mktemp("experiment") / "exp"
     capture = pytest.MonkeyPatch()
     lines = []
@@ -41,7 +41,7 @@ def cli_run(tmp_path_factory, cache_dir):
                     if k.get("file") is None else None)
     try:
         code = main(["experiment", *_SIM, "--seeds", "0,1", "--same-data", "--cache-dir", cache_dir,
-                     "--out", str(out), "--json"])
+                     "--out", str(out), "--json", "--jobs", "2"])
     finally:
         capture.undo()
     assert code == 0
@@ -112,9 +112,12 @@ def test_report_has_the_comparisons_the_baseline_and_each_arms_privacy(cli_run):
 
 
 def test_same_seed_same_metrics_and_different_seeds_differ(cli_run, tmp_path, cache_dir):
+    """Also: the numbers do not depend on how many seeds ran at once (CLI: 2 processes; here: 1, in-process)."""
     out, _ = cli_run
-    first = json.loads((out / "results.json").read_text())["records"]
-    again = run_experiment(_config(cache_dir), tmp_path / "again", log=lambda line: None, command="test")
+    results = json.loads((out / "results.json").read_text())
+    first = results["records"]
+    again = run_experiment(_config(cache_dir), tmp_path / "again", log=lambda line: None, command="test", jobs=1)
+    assert results["jobs"] == 2 and again.results["jobs"] == 1
     second = again.results["records"]
     assert [(r["seed"], r["label"]) for r in first] == [(r["seed"], r["label"]) for r in second]
     for a, b in zip(first, second):

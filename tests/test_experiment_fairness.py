@@ -306,7 +306,8 @@ def test_experiment_with_tuning_early_stopping_and_a_held_out_site(cache_dir, tm
                                     lr_grid=[1e-3, 5e-3], tuning_seed=5, patience=1, held_out_site=True,
                                     simulation={"preset": "tiny", "sites": 4, "rounds": 2, "local_steps": 1,
                                                 "cache_dir": cache_dir})
-    result = run_experiment(config, tmp_path / "exp", log=lambda text: None, command="secagg experiment --test")
+    result = run_experiment(config, tmp_path / "exp", log=lambda text: None, command="secagg experiment --test",
+                            jobs=1)
     results = result.results
     chosen = results["tuning"]["chosen"]
     for r in results["records"]:

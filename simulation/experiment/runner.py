@@ -57,6 +57,7 @@ import numpy as np
 from ..errors import SimulationInputError
 from .arms import TrainedArm, train_arms
 from .config import ARMS, ExperimentConfig
+from .parallel import default_jobs, run_units
 from .held_out import held_out_site_for, split_held_out_site, without_test_volumes
 from .randomness import SEEDED_NOISE_LABEL
 from .statistics import paired_bootstrap, paired_t
@@ -131,28 +132,49 @@ def _learning_rates(config: ExperimentConfig, arms, chosen: dict | None) -> dict
     return {arm: (chosen or {}).get(arm, base) for arm in ARMS}
 
 
-def tune_learning_rates(config: ExperimentConfig, out: Path, log) -> dict:
-    """Every arm at every ``lr_grid`` value on ``tuning_seed``, without test volumes (:mod:`.tuning`):
-    {"chosen": arm -> rate, "scores": arm -> {rate: best validation loss}, ...}."""
+def _tune_one(config: ExperimentConfig, lr: float, out: Path, *, log) -> tuple[dict, dict, str | None]:
+    """One grid value on ``tuning_seed``: (arm -> best validation loss, arm -> stopped steps, held-out site)."""
     sim = config.for_seed(config.tuning_seed)
     cohort, _, held = _cohorts(config, sim, config.tuning_seed, log)
     cohort = without_test_volumes(cohort)
+    trained = train_arms(sim, cohort, list(config.arms), {arm: float(lr) for arm in ARMS}, seed=config.tuning_seed,
+                         tag="tune", run_dir=out / "tuning" / f"lr-{lr:g}", patience=config.patience,
+                         min_improvement=config.min_improvement, log=log)
+    stops: dict = {}
+    for t in trained:
+        stops.setdefault(t.arm, []).append(t.stopping.stopped_step)
+    scores = score_by_arm(trained)
+    log("  tuning lr " + f"{lr:g}: " + ", ".join(f"{a} {scores[a]:.5f}" for a in config.arms))
+    return scores, stops, held
+
+
+def _warm_cohort(config: ExperimentConfig, seed: int, *, log) -> None:
+    """Generate and preprocess one seed's cohort into the cache (before the units that read it run in parallel:
+    two processes never generate the same cohort)."""
+    from ..simulate import prepare_cohort
+
+    prepare_cohort(config.for_seed(seed), lambda text: None)
+    log(f"cohort of seed {seed} ready")
+
+
+def tune_learning_rates(config: ExperimentConfig, out: Path, log, *, jobs: int = 1) -> dict:
+    """Every arm at every ``lr_grid`` value on ``tuning_seed``, without test volumes (:mod:`.tuning`):
+    {"chosen": arm -> rate, "scores": arm -> {rate: best validation loss}, ...}; grid values run ``jobs`` at a
+    time (:mod:`.parallel`)."""
     arms = list(config.arms)
     scores: dict = {arm: {} for arm in arms}
     stops: dict = {arm: {} for arm in arms}
     started = time.perf_counter()
-    for lr in config.lr_grid:
-        trained = train_arms(sim, cohort, arms, {arm: float(lr) for arm in ARMS}, seed=config.tuning_seed,
-                             tag="tune", run_dir=out / "tuning" / f"lr-{lr:g}", patience=config.patience,
-                             min_improvement=config.min_improvement, log=log)
-        for arm, score in score_by_arm(trained).items():
-            scores[arm][str(float(lr))] = score
-        for t in trained:
-            stops[t.arm].setdefault(str(float(lr)), []).append(t.stopping.stopped_step)
-        log("  tuning lr " + f"{lr:g}: " + ", ".join(f"{a} {scores[a][str(float(lr))]:.5f}" for a in arms))
+    grid = [float(lr) for lr in config.lr_grid]
+    outcomes = run_units(_tune_one, [(config, lr, out) for lr in grid], jobs=jobs, log=log)
+    held = outcomes[0][2] if outcomes else None
+    for lr, (by_arm, stopped, _) in zip(grid, outcomes):
+        for arm in arms:
+            scores[arm][str(lr)] = by_arm[arm]
+            stops[arm][str(lr)] = stopped[arm]
     chosen = {arm: select_learning_rate({float(k): v for k, v in scores[arm].items()}) for arm in arms}
     log("  chosen learning rates: " + ", ".join(f"{a} {chosen[a]:g}" for a in arms))
-    return {"tuning_seed": config.tuning_seed, "grid": [float(x) for x in config.lr_grid], "held_out_site": held,
+    return {"tuning_seed": config.tuning_seed, "grid": grid, "held_out_site": held,
             "criterion": "best healthy validation loss (reconstruction MSE) under the early-stopping rule; local: "
                          "mean over its site models",
             "scores": scores, "stopped_steps": stops, "chosen": chosen, "note": TUNING_NOTE,
@@ -173,8 +195,8 @@ def _evaluate_arm(trained: TrainedArm, cohort, sim, held_out) -> dict:
     return metrics
 
 
-def _run_seed(config: ExperimentConfig, seed: int, out: Path, log, epsilon: float | None,
-              chosen: dict | None = None) -> list[dict]:
+def _run_seed(config: ExperimentConfig, seed: int, out: Path, epsilon: float | None, chosen: dict | None, *,
+              log) -> list[dict]:
     """All arms of one seed at the configuration's epsilon (or, for the sweep, federated and central at ``epsilon``)."""
     sim = config.for_seed(seed, epsilon=epsilon)
     sweep = epsilon is not None
@@ -339,8 +361,11 @@ def site_shift(records) -> dict | None:
 
 
 def run_experiment(config: ExperimentConfig, out_dir, *, log: Callable[[str], None] | None = None,
-                   command: str | None = None) -> ExperimentResult:
-    """Run every seed and arm into ``out_dir`` (must not exist or be empty), then write the report."""
+                   command: str | None = None, jobs: int | None = None) -> ExperimentResult:
+    """Run every seed and arm into ``out_dir`` (must not exist or be empty), then write the report.
+
+    ``jobs``: units (tuning rates, seeds, sweep points) run at once in spawned processes, one torch thread
+    each (:mod:`.parallel`; default one per CPU); the numbers do not depend on it."""
     from ..runstore import atomic_write_json, private_umask
     from .report import write_report
 
@@ -348,6 +373,10 @@ def run_experiment(config: ExperimentConfig, out_dir, *, log: Callable[[str], No
     out = Path(out_dir)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ExperimentError(f"{out} exists and is not an empty directory: an experiment never overwrites one")
+    sweep = [float(e) for e in config.epsilons if float(e) != config.base_simulation().epsilon]
+    jobs = default_jobs(len(config.seeds) * (1 + len(sweep))) if jobs is None else int(jobs)
+    if jobs < 1:
+        raise ExperimentError(f"jobs must be at least 1; got {jobs}")
     started = time.perf_counter()
     command = command or "secagg " + " ".join(sys.argv[1:])
     with private_umask():
@@ -359,18 +388,20 @@ def run_experiment(config: ExperimentConfig, out_dir, *, log: Callable[[str], No
         log(f"experiment '{config.name}': {len(config.seeds)} seeds x arms {', '.join(config.arms)}"
             f"{' + epsilon sweep ' + str(list(config.epsilons)) if config.epsilons else ''} -> {out}")
         log(f"  {SEEDED_NOISE_LABEL.upper()}: DP sampling and noise come from seeded generators (reproducible)")
+        seeds = ([config.tuning_seed] if config.lr_grid else []) + list(config.seeds)
+        if config.vary_data:  # one cohort per seed; without vary_data every seed shares one
+            run_units(_warm_cohort, [(config, s) for s in seeds], jobs=jobs, log=log)
+        else:
+            run_units(_warm_cohort, [(config, seeds[0])], jobs=1, log=log)
         tuning = None
         if config.lr_grid:
             log(f"tuning learning rates {list(config.lr_grid)} per arm on seed {config.tuning_seed} "
                 "(healthy validation loss; no test volume)")
-            tuning = tune_learning_rates(config, out, log)
+            tuning = tune_learning_rates(config, out, log, jobs=jobs)
         chosen = tuning["chosen"] if tuning else None
-        records: list[dict] = []
-        for seed in config.seeds:
-            records += _run_seed(config, seed, out, log, None, chosen)
-            for eps in config.epsilons:
-                if float(eps) != base.epsilon:
-                    records += _run_seed(config, seed, out, log, float(eps), chosen)
+        units = [(config, seed, out, eps, chosen) for seed in config.seeds for eps in [None, *sweep]]
+        records: list[dict] = [r for seed_records in run_units(_run_seed, units, jobs=jobs, log=log)
+                               for r in seed_records]
         results = {
             "seeded_noise": SEEDED_NOISE_LABEL,
             "command": command,
@@ -381,6 +412,7 @@ def run_experiment(config: ExperimentConfig, out_dir, *, log: Callable[[str], No
             "statistics": summarise(records, config.arms),
             "seconds": round(time.perf_counter() - started, 1),
             "cpu_count": os.cpu_count(),
+            "jobs": jobs,
         }
         atomic_write_json(out / "results.json", _jsonable(results))
         write_report(results, out)
