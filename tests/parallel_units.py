@@ -14,3 +14,17 @@ def fail_on(i: int, bad: int, *, log) -> int:
     if i == bad:
         raise ValueError(f"unit {i} refused")
     return i
+
+
+def wait_for_parent(i: int, flag: str, *, log) -> bool:
+    """Unit 0 logs at once; unit 1 waits (at most 60 s) until the parent has printed unit 0's line."""
+    import time
+    from pathlib import Path
+
+    if i == 0:
+        log("unit 0 finished")
+        return True
+    deadline = time.monotonic() + 60
+    while not Path(flag).exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return Path(flag).exists()

@@ -92,6 +92,7 @@ def test_every_output_is_labelled(cli_run):
     report = (out / "report.md").read_text()
     assert SEEDED_NOISE_LABEL.upper() in report
     assert "secagg experiment --tiny --rounds 1" in report  # the command that produced it
+    assert "2 unit(s) at a time (each in its own process, one torch thread)" in report
     for name in ("results.json", "experiment.json"):
         assert json.loads((out / name).read_text())["seeded_noise"] == SEEDED_NOISE_LABEL
     assert {p.name for p in (out / "plots").iterdir()} >= {"auprc_by_arm.png", "paired_differences.png"}

@@ -11,7 +11,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from simulation.experiment.parallel import default_jobs, run_units, single_torch_thread  # noqa: E402
-from tests.parallel_units import fail_on, unit_report  # noqa: E402
+from tests.parallel_units import fail_on, unit_report, wait_for_parent  # noqa: E402
 
 
 def test_results_come_back_in_unit_order_with_their_logs_from_other_processes():
@@ -46,3 +46,13 @@ def test_default_jobs_is_one_per_cpu_and_never_more_than_the_units():
     assert default_jobs(1000) == (os.cpu_count() or 1)
     with single_torch_thread():
         assert torch.get_num_threads() == 1
+
+
+def test_a_units_log_is_printed_when_it_ends_not_when_all_have(tmp_path):
+    flag = tmp_path / "parent-printed-unit-0"
+
+    def log(line):
+        if line == "unit 0 finished":
+            flag.touch()
+
+    assert run_units(wait_for_parent, [(0, str(flag)), (1, str(flag))], jobs=2, log=log) == [True, True]

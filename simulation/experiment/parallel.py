@@ -72,7 +72,7 @@ def run_units(function: Callable, units: Sequence[tuple], *, jobs: int, log: Cal
         with single_torch_thread():
             return [function(*unit, log=log) for unit in units]
     import multiprocessing
-    from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
     context = multiprocessing.get_context("spawn")
     results: list = [None] * len(units)
@@ -80,7 +80,7 @@ def run_units(function: Callable, units: Sequence[tuple], *, jobs: int, log: Cal
         futures = {pool.submit(_run_one, function, tuple(unit)): i for i, unit in enumerate(units)}
         pending = set(futures)
         while pending:
-            done, pending = wait(pending, return_when=FIRST_EXCEPTION)
+            done, pending = wait(pending, return_when=FIRST_COMPLETED)  # log each unit as it ends
             for future in done:
                 if future.exception() is not None:
                     for other in pending:

@@ -223,7 +223,9 @@ def render_report(results: dict, figures: list[str]) -> str:
            "",
            f"Command: `{results['command']}`  ",
            f"Seeds: {', '.join(map(str, results['statistics']['seeds']))} (n = {n}); wall time "
-           f"{results['seconds'] / 60:.1f} min on {results.get('cpu_count')} CPU(s).",
+           f"{results['seconds'] / 60:.1f} min on {results.get('cpu_count')} CPU(s)"
+           + (f", {results['jobs']} unit(s) at a time (each in its own process, one torch thread)."
+              if results.get("jobs") else "."),
            "",
            "## Result", ""]
     out += headline(results)
