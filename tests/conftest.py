@@ -30,17 +30,19 @@ import pytest
 
 
 # Seconds per file on the loaded 2-core build machine with 2 workers (2026-11-30: the time between a worker's
-# results, for the files that had run when that measurement stopped at 42 %; test_flower_deploy.py's and
-# test_experiment.py's are estimates). Files not listed count as short and go by their number of tests. A
-# stale figure only changes the placement, never what runs.
+# results, for the files that had run when that measurement stopped at 42 %; test_experiment.py's is an
+# estimate). The Flower process files were measured again after their processes' polls were shortened
+# (tests/flower_poll.py), each file alone under nice 19 beside other work (load 5-10) on the same machine,
+# 2026-11-30: the pytest time of the file. Files not listed count as short and go by their number of tests.
+# A stale figure only changes the placement, never what runs.
 FILE_SECONDS: dict[str, float] = {
-    "test_flower_crash.py": 663, "test_simulation.py": 650, "test_flower.py": 490, "test_flower_engine_dp.py": 355,
+    "test_flower_crash.py": 663, "test_simulation.py": 650, "test_flower.py": 490, "test_flower_engine_dp.py": 250,
     "test_detect.py": 242, "test_bids_prepare.py": 215, "test_dpia.py": 142, "test_audit.py": 105,
     "test_flower_inmemory.py": 76, "test_cli_dp.py": 65, "test_adversary_search.py": 55,
     "test_dp_accounting.py": 54, "test_cli_corpus.py": 31, "test_dp_calibration.py": 24, "test_dp_ledger.py": 17,
-    "test_dp_discrete.py": 7, "test_encoding.py": 5, "test_dp_distributed.py": 5, "test_flower_deploy.py": 300,
-    "test_experiment.py": 150,
-    "test_flower_app_signing.py": 45,  # its author's estimate (not in the measured run)
+    "test_dp_discrete.py": 7, "test_encoding.py": 5, "test_dp_distributed.py": 5, "test_flower_deploy.py": 290,
+    "test_experiment.py": 150, "test_flower_app_signing.py": 36, "test_attack21_agentapp.py": 25,
+    "test_attack21_run_series.py": 24, "test_attack21_node_guards.py": 10, "test_flower_fast_poll.py": 7,
 }
 SHORT_FILE_SECONDS = 2.0  # an unlisted file
 # The files that run real Flower processes (a SuperLink, SuperNodes, a Python process per message). Each

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.flower_poll import fast_poll_env
 from tests.test_flower import APP, RUN, SITES, _check_run, _config_value, _Federation, _free_port, _tool
 
 __all__ = ["Federation", "RUN", "SITES", "check_run", "wait_for", "submit", "serverapp_pids", "kill_serverapp",
@@ -98,8 +99,8 @@ def start_verifying_supernode(fed: _Federation, tmp_path: Path, trusted: Path, e
     root = Path(__file__).resolve().parents[1]
     node_home = tmp_path / "node-flwr-home"
     node_home.mkdir()
-    env = fed.env | (extra_env or {}) | {"FLWR_HOME": str(node_home),
-                                         "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}
+    env = fast_poll_env(fed.env | (extra_env or {}) | {
+        "FLWR_HOME": str(node_home), "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])})
     fed.procs.append(subprocess.Popen(
         [sys.executable, "-m", "simulation.cli", "flower", "supernode",
          "--app-key", str(tmp_path / "consortium" / "consortium-apps.pub"), "--trusted-apps", str(trusted), "--",

@@ -47,6 +47,7 @@ from simulation.engine import run_masked_round  # noqa: E402
 from simulation.flower.client_app import synthetic_update  # noqa: E402
 from simulation.flower.tls import write_loopback_certificates  # noqa: E402
 from simulation.site import encode_update, flatten  # noqa: E402
+from tests.flower_poll import fast_poll_env  # noqa: E402
 
 APP = Path(__file__).resolve().parents[1] / "simulation" / "flower" / "app"
 BIN = Path(sys.executable).parent
@@ -126,9 +127,10 @@ class _Federation:
         self.home = tmp_path / "flwr-home"
         self.home.mkdir()
         self.certs = write_loopback_certificates(tmp_path / "tls")
-        # SuperLink and SuperNode start flower-superexec / flwr-clientapp / flwr-serverapp from PATH.
-        self.env = os.environ | {"FLWR_HOME": str(self.home),
-                                 "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
+        # SuperLink and SuperNode start flower-superexec / flwr-clientapp / flwr-serverapp from PATH. Their
+        # polls wait 0.25 s instead of 1-3 s (tests/flower_poll.py: test-only; no timeout changes).
+        self.env = fast_poll_env(os.environ | {"FLWR_HOME": str(self.home),
+                                               "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"})
         self.procs: list[subprocess.Popen] = []
         self.port = None
         self.output = ""

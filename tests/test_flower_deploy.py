@@ -27,6 +27,7 @@ import pytest
 
 from simulation.cli import main
 from simulation.flower.deploy import APP_FILES, app_path, run_outcome
+from tests.flower_poll import fast_poll_env
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -180,8 +181,9 @@ def _deploy(directory: Path, *options: str, timeout: float = 1200, **env: str) -
     shim.mkdir(exist_ok=True)
     (shim / "secagg").write_text(f'#!/bin/sh\nexec "{sys.executable}" -m simulation.cli "$@"\n')
     os.chmod(shim / "secagg", 0o700)
-    env = os.environ | {"PATH": f"{shim}{os.pathsep}{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
-                        "PYTHONPATH": str(ROOT), "TMPDIR": str(directory.parent)} | env
+    # The script's Flower processes poll every 0.25 s instead of 1-3 s (tests/flower_poll.py: test-only).
+    env = fast_poll_env(os.environ | {"PATH": f"{shim}{os.pathsep}{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+                                      "PYTHONPATH": str(ROOT), "TMPDIR": str(directory.parent)} | env)
     proc = subprocess.Popen(["bash", str(SCRIPT), "--dir", str(directory), "--port", str(_free_ports(4)), *options],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=directory.parent,
                             start_new_session=True)

@@ -111,3 +111,14 @@ def test_at_most_two_flower_process_files_run_at_once_while_other_files_are_left
     assert first == ["tests/test_flower_crash.py", "tests/test_flower.py", "tests/test_mid.py"]
     # Only Flower files are left for the busy crash worker's queue: it takes one, to run after its own.
     assert [collection[i].split("::")[0] for i in nodes[0].sent][-1] == "tests/test_flower_deploy.py"
+
+
+def test_every_flower_process_file_has_a_measured_time_and_exists():
+    """A Flower process file without a figure counts as a short file (``SHORT_FILE_SECONDS``, 2 s) and is
+    ranked by its test count instead of its federation's time. Each named file exists."""
+    from pathlib import Path
+
+    here = Path(conftest.__file__).parent
+    missing = sorted(name for name in conftest.FEDERATION_FILES if name not in conftest.FILE_SECONDS)
+    assert not missing, missing
+    assert all((here / name).is_file() for name in [*conftest.FEDERATION_FILES, *conftest.FILE_SECONDS])

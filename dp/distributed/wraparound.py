@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import math
 
-from scipy.optimize import brentq
-
 from ..errors import InvalidPrivacyParameterError
 from .checks import int_at_least
 from .events import MECHANISMS
@@ -41,6 +39,10 @@ def _log_tail(mechanism: str, local_variance: float, contributors: int, threshol
         return -u + l * a + m * math.sinh(l)
 
     upper = math.asinh(u / m)  # slope(upper) >= 0
+    # Imported here, not at the top: every ``flwr-clientapp`` process imports dp (its ledger), and
+    # scipy.optimize is about 0.4 CPU-s of its start-up that only the wrap-around calibration needs.
+    from scipy.optimize import brentq
+
     best = brentq(slope, 0.0, upper, xtol=1e-14, rtol=1e-12) if slope(upper) > 0 else upper
     return -best * u + best * best * a / 2.0 + m * (math.cosh(best) - 1.0)
 
