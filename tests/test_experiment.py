@@ -273,4 +273,46 @@ def test_privacy_utility_curve_is_summarised_and_rendered():
     results = {"statistics": stats, "records": records, "command": "c", "seconds": 1,
                "experiment": {"name": "t", "arms": ["federated", "central"], "vary_data": False, "epsilons": [1.0]},
                "simulation_base": load_config(preset="tiny").to_dict(), "cpu_count": 2}
-    assert "## Privacy-utility" in render_report(results, [])
+    page = render_report(results, [])
+    assert "## Privacy-utility" in page
+    # Paired by seed: federated at eps 1 - at eps 8 = -0.1 on both seeds; less budget, worse: the expected direction.
+    paired = stats["privacy_utility_paired"]["federated"]["1.0"]
+    assert paired["mean"] == pytest.approx(-0.1) and paired["n"] == 2
+    assert "- federated: ε = 1 − ε = 8: -0.100" in page and "not monotone" not in page
+
+
+def test_a_curve_that_falls_with_more_budget_is_said_plainly():
+    records = []
+    for seed in range(3):
+        for eps, fed in ((8.0, 0.10 + 0.01 * seed), (2.0, 0.20 + 0.012 * seed)):
+            r = _record(seed, "federated", "federated", fed)
+            r["epsilon_target"], r["sweep"] = eps, eps != 8.0
+            records.append(r)
+    stats = summarise(records, ("federated",))
+    assert stats["privacy_utility_paired"]["federated"]["2.0"]["low"] > 0
+    results = {"statistics": stats, "records": records, "command": "c", "seconds": 1,
+               "experiment": {"name": "t", "arms": ["federated"], "vary_data": False, "epsilons": [2.0]},
+               "simulation_base": load_config(preset="tiny").to_dict(), "cpu_count": 2}
+    assert "**less budget, better detection** - the curve is not monotone here" in render_report(results, [])
+
+
+def test_the_stopping_criterions_alignment_with_detection_is_reported():
+    records = []
+    for seed, (loss, auprc) in enumerate([(0.1, 0.5), (0.2, 0.4), (0.3, 0.3), (0.4, 0.2), (0.5, 0.1)]):
+        r = _record(seed, "federated", "federated", auprc)
+        r["training"] = {"best_val_loss": loss, "best_step": 100, "every": 20, "history": [], "max_steps": 100,
+                         "min_improvement": 0.0, "patience": 0, "stopped_early": False, "stopped_step": 100}
+        r["learning_rate"] = 1e-3
+        records.append(r)
+    stats = summarise(records, ("federated",))
+    assert stats["stopping_criterion"]["federated"]["rho"] == pytest.approx(-1.0)
+    assert stats["stopping_criterion"]["federated"]["n"] == 5
+    results = {"statistics": stats, "records": records, "command": "c", "seconds": 1,
+               "experiment": {"name": "t", "arms": ["federated"], "vary_data": False, "epsilons": []},
+               "simulation_base": load_config(preset="tiny").to_dict(), "cpu_count": 2}
+    page = render_report(results, [])
+    assert "## Does the stopping criterion track detection?" in page and "Aligned (ρ < 0, p < 0.05) in: federated" in page
+    for r, auprc in zip(records, (0.1, 0.2, 0.3, 0.4, 0.5)):  # now the lowest loss detects worst
+        r["metrics"]["model"]["overall"]["auprc"] = auprc
+    page = render_report(dict(results, statistics=summarise(records, ("federated",))), [])
+    assert "Aligned (ρ < 0, p < 0.05) in: **no arm**" in page

@@ -73,3 +73,20 @@ def test_bootstrap_agrees_with_scipy_percentile_bootstrap_and_repeats():
     assert ours.low == pytest.approx(ref.low, abs=0.006) and ours.high == pytest.approx(ref.high, abs=0.006)
     assert ours.mean == pytest.approx(d.mean())
     assert paired_bootstrap(d, np.zeros(8), resamples=20_000, seed=1) == ours  # fixed seed: reproducible
+
+
+def test_rank_correlation_matches_hand_ranks_and_refuses_what_it_cannot_rank():
+    from simulation.experiment.statistics import rank_correlation
+
+    # ranks of a: 1 2 3 4 5; ranks of b: 2 1 4 3 5 -> d^2 = 1+1+1+1+0 = 4; rho = 1 - 6*4/(5*24) = 0.8
+    c = rank_correlation([1.0, 2.0, 3.0, 4.0, 5.0], [20.0, 10.0, 40.0, 30.0, 50.0])
+    assert c["rho"] == pytest.approx(0.8) and c["n"] == 5
+    # two-sided p of t = rho sqrt((n-2)/(1-rho^2)) on n-2 df
+    from scipy.stats import t as student
+
+    t = 0.8 * (3 / (1 - 0.64)) ** 0.5
+    assert c["p"] == pytest.approx(2 * student.sf(t, 3))
+    assert rank_correlation([1.0, 2.0], [2.0, 1.0]) == {"rho": None, "p": None, "n": 2}
+    assert rank_correlation([1.0, 1.0, 1.0], [1.0, 2.0, 3.0])["rho"] is None
+    with pytest.raises(ValueError):
+        rank_correlation([1.0, 2.0, 3.0], [1.0, 2.0])

@@ -60,7 +60,7 @@ from .config import ARMS, ExperimentConfig
 from .parallel import default_jobs, run_units
 from .held_out import held_out_site_for, split_held_out_site, without_test_volumes
 from .randomness import SEEDED_NOISE_LABEL
-from .statistics import paired_bootstrap, paired_t
+from .statistics import paired_bootstrap, paired_t, rank_correlation
 from .tuning import TUNING_NOTE, score_by_arm, select_learning_rate
 
 __all__ = ["ExperimentResult", "ExperimentError", "run_experiment", "summarise", "report_metrics",
@@ -304,8 +304,43 @@ def summarise(records: list[dict], arms) -> dict:
                 r["metrics"]["model"]["overall"]["auprc"])
     stats_curve = {arm: {eps: _describe(dict(enumerate(v))) for eps, v in sorted(by.items(), key=lambda x: float(x[0]))}
                    for arm, by in curve.items()}
-    return {"seeds": seeds, "metrics": stats, "privacy_utility": stats_curve, "training": _training_summary(main),
-            "site_shift": site_shift(main)}
+    return {"seeds": seeds, "metrics": stats, "privacy_utility": stats_curve,
+            "privacy_utility_paired": privacy_utility_paired(records), "training": _training_summary(main),
+            "site_shift": site_shift(main), "stopping_criterion": stopping_criterion_alignment(records)}
+
+
+def privacy_utility_paired(records: list[dict]) -> dict:
+    """arm -> sweep epsilon -> paired t of (overall AUPRC at that epsilon - at the main epsilon), pairs by seed.
+
+    A curve is read as "more budget, more utility"; the pairing says whether a step of the curve is larger than
+    the seed-to-seed noise, and in which direction."""
+    out: dict = {}
+    for arm in ("federated", "central"):
+        main = {r["seed"]: r["metrics"]["model"]["overall"]["auprc"] for r in records
+                if r["arm"] == arm and not r["sweep"] and r["privacy"].get("dp")}
+        sweep: dict = {}
+        for r in records:
+            if r["arm"] == arm and r["sweep"]:
+                sweep.setdefault(str(r["epsilon_target"]), {})[r["seed"]] = r["metrics"]["model"]["overall"]["auprc"]
+        for eps, values in sweep.items():
+            paired = sorted(set(values) & set(main))
+            if paired:
+                out.setdefault(arm, {})[eps] = paired_t([values[s] for s in paired], [main[s] for s in paired]).to_dict()
+    return out
+
+
+def stopping_criterion_alignment(records: list[dict]) -> dict:
+    """Per arm, over every trained model of the experiment (main and sweep): Spearman's rho between the best
+    healthy validation loss (what tuning and early stopping minimise) and the overall AUPRC (what is
+    evaluated). rho < 0: a lower loss went with better detection (the criterion is aligned); rho >= 0: it is
+    not - a model that reconstructs better may reconstruct lesions too."""
+    out = {}
+    for arm in ARMS:
+        pairs = [(r["training"]["best_val_loss"], r["metrics"]["model"]["overall"]["auprc"]) for r in records
+                 if r["arm"] == arm and (r.get("training") or {}).get("best_val_loss") is not None]
+        if pairs:
+            out[arm] = rank_correlation([p[0] for p in pairs], [p[1] for p in pairs])
+    return out
 
 
 def _training_summary(records) -> dict:
