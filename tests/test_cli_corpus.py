@@ -23,6 +23,8 @@ pytest.importorskip("torch")
 pytest.importorskip("nibabel")
 
 from simulation import cli  # noqa: E402
+from simulation.cli import ledger as ledger_commands  # noqa: E402
+from simulation.cli import protocol  # noqa: E402
 from tests.cli_corpus import CASES, Corpus  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -84,7 +86,7 @@ def _crashing(args):
 
 def test_unexpected_error_writes_a_crash_report_in_the_run_directory(corpus, capsys, monkeypatch):
     run_dir = corpus.run_dir("ledger-valid")
-    monkeypatch.setattr(cli, "_cmd_ledger_show", _crashing)
+    monkeypatch.setattr(ledger_commands, "cmd_ledger_show", _crashing)
     code = cli.main(["ledger", "show", run_dir])
     err = capsys.readouterr().err
     assert code == 3 and len(err.strip().splitlines()) == 1 and "Traceback" not in err
@@ -97,7 +99,7 @@ def test_unexpected_error_writes_a_crash_report_in_the_run_directory(corpus, cap
 
 
 def test_unexpected_error_without_a_run_directory_goes_to_a_private_temp_dir(capsys, monkeypatch):
-    monkeypatch.setattr(cli, "_cmd_params", _crashing)
+    monkeypatch.setattr(protocol, "cmd_params", _crashing)
     code = cli.main(["params", "--n", "10"])
     err = capsys.readouterr().err
     assert code == 3 and len(err.strip().splitlines()) == 1
@@ -111,7 +113,7 @@ def test_keyboard_interrupt_is_one_line(capsys, monkeypatch):
     def interrupted(args):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(cli, "_cmd_params", interrupted)
+    monkeypatch.setattr(protocol, "cmd_params", interrupted)
     assert cli.main(["params", "--n", "10"]) == 130
     assert capsys.readouterr().err.strip() == "secagg params: interrupted"
 
@@ -123,6 +125,6 @@ def test_warnings_are_one_line(capsys, monkeypatch):
         warnings.warn("something odd\nacross lines", UserWarning)
         return 0
 
-    monkeypatch.setattr(cli, "_cmd_params", warns)
+    monkeypatch.setattr(protocol, "cmd_params", warns)
     assert cli.main(["params", "--n", "10"]) == 0
     assert capsys.readouterr().err.strip() == "secagg: warning: something odd across lines"

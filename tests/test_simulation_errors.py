@@ -16,6 +16,7 @@ import secagg
 from dp.errors import (BudgetExceededError, CalibrationError, InvalidPrivacyParameterError, LedgerError,
                        LedgerIntegrityError, ModelNotPrivateError)
 from simulation import cli
+from simulation.cli import protocol
 from simulation.config import ConfigError, SimulationConfigError
 from simulation.errors import SimulationInputError, bad_input_errors
 
@@ -103,7 +104,7 @@ def test_the_cli_exit_code_of_each_error_family(make, code, capsys, monkeypatch,
     def raises(args):
         raise make()
 
-    monkeypatch.setattr(cli, "_cmd_params", raises)
+    monkeypatch.setattr(protocol, "cmd_params", raises)
     import tempfile
 
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # where a crash report of code 3 goes
