@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import json
 
 from .common import Formatter, fmt_epsilon, positive, probability
+from .output import emit
 
 __all__ = ["register", "cmd_epsilon", "cmd_noise"]
 
@@ -31,23 +31,26 @@ def cmd_epsilon(args: argparse.Namespace) -> int:
     data = report.to_dict()
     data.update(noise_multiplier=args.noise_multiplier, sample_rate=args.sample_rate, steps=args.steps,
                 neighbouring=args.neighbouring)
-    if args.json:
-        print(json.dumps(data, indent=2))
-        return 0
-    print(f"DP-SGD: noise multiplier {args.noise_multiplier}, sample rate {args.sample_rate}, {args.steps} steps, "
-          f"delta {args.delta}, {'add/remove-one' if args.neighbouring == 'add_remove_one' else 'replace-one'} adjacency")
+    emit(args, data, _epsilon_lines(args, report))
+    # Only the text form fails when no accountant gives a bound: the JSON carries "bound": null instead.
+    return 1 if not args.json and report.bound is None else 0
+
+
+def _epsilon_lines(args: argparse.Namespace, report):
+    yield (f"DP-SGD: noise multiplier {args.noise_multiplier}, sample rate {args.sample_rate}, {args.steps} steps, "
+           f"delta {args.delta}, {'add/remove-one' if args.neighbouring == 'add_remove_one' else 'replace-one'} "
+           "adjacency")
     for result in report.results:
         suffix = f"  ({result.error})" if not result.ok else ""
-        print(f"  {result.accountant:<8} epsilon = {fmt_epsilon(result.epsilon)}   [{result.library}]{suffix}")
+        yield f"  {result.accountant:<8} epsilon = {fmt_epsilon(result.epsilon)}   [{result.library}]{suffix}"
     for result in report.approximations:
-        print(f"  {result.accountant:<8} epsilon = {fmt_epsilon(result.epsilon)}   [{result.library}] "
-              "APPROXIMATION, not an upper bound; never used as the bound")
+        yield (f"  {result.accountant:<8} epsilon = {fmt_epsilon(result.epsilon)}   [{result.library}] "
+               "APPROXIMATION, not an upper bound; never used as the bound")
     if report.bound is None:
-        print("  no accountant produced a valid bound")
-        return 1
-    print(f"bound: epsilon <= {report.bound:.4f} at delta = {args.delta} (tightest valid upper bound: "
-          f"{report.bound_accountant})")
-    return 0
+        yield "  no accountant produced a valid bound"
+        return
+    yield (f"bound: epsilon <= {report.bound:.4f} at delta = {args.delta} (tightest valid upper bound: "
+           f"{report.bound_accountant})")
 
 
 def cmd_noise(args: argparse.Namespace) -> int:
@@ -57,13 +60,11 @@ def cmd_noise(args: argparse.Namespace) -> int:
         target_epsilon=args.target_epsilon, delta=args.delta, sample_rate=args.sample_rate,
         steps=args.steps, accountant=args.accountant,
     )
-    if args.json:
-        print(json.dumps(calibration.to_dict(), indent=2))
-        return 0
     used = "the tightest of rdp, prv, pld" if args.accountant == "all" else args.accountant
-    print(f"noise multiplier {calibration.noise_multiplier:.4f} gives epsilon {calibration.epsilon:.4f} "
-          f"<= {args.target_epsilon} at delta {args.delta} over {args.steps} steps with sample rate "
-          f"{args.sample_rate} (accountant: {used})")
+    emit(args, calibration.to_dict,
+         f"noise multiplier {calibration.noise_multiplier:.4f} gives epsilon {calibration.epsilon:.4f} "
+         f"<= {args.target_epsilon} at delta {args.delta} over {args.steps} steps with sample rate "
+         f"{args.sample_rate} (accountant: {used})")
     return 0
 
 

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import json
 
 from .common import Formatter, Parser, bids_flags, positive
+from .output import emit
 
 __all__ = ["register", "cmd_data_synth", "cmd_data_prepare"]
 
@@ -29,22 +29,25 @@ def cmd_data_synth(args: argparse.Namespace) -> int:
     for subject in getattr(manifest, "subjects", ()):
         key = (subject.site, "pathology" if getattr(subject, "lesion_type", None) else "healthy")
         counts[key] = counts.get(key, 0) + 1
-    if args.json:
-        print(json.dumps({"out": str(args.out), "layout": args.layout, "reused": getattr(manifest, "reused", False),
-                          "seconds": round(time.perf_counter() - start, 2), "manifest": data}, indent=2, default=str))
-        return 0
-    verb = "reused" if getattr(manifest, "reused", False) else "wrote"
-    print(f"{verb} a synthetic {args.scale} cohort of {args.sites} sites (seed {args.seed}) in {args.out} "
-          f"({time.perf_counter() - start:.1f} s)")
-    for site in sorted({k[0] for k in counts}):
-        print(f"  {site}: {counts.get((site, 'healthy'), 0)} healthy, {counts.get((site, 'pathology'), 0)} "
-              "pathological volumes")
-    if args.layout == "bids":
-        print(f"  layout: BIDS {args.out}/sub-*/anat/*_FLAIR.nii.gz, participants.tsv (group, site, lesion_type), "
-              f"masks in {args.out}/derivatives/lesions; manifest {args.out}/sourcedata/cohort.json")
-    else:
-        print(f"  layout: SITE/healthy/*.nii.gz, SITE/pathology/*.nii.gz with *_mask.nii.gz; manifest {args.out}/cohort.json")
+    reused = getattr(manifest, "reused", False)
+    emit(args, lambda: {"out": str(args.out), "layout": args.layout, "reused": reused,
+                        "seconds": round(time.perf_counter() - start, 2), "manifest": data},
+         _synth_lines(args, reused, counts, time.perf_counter() - start), default=str)
     return 0
+
+
+def _synth_lines(args: argparse.Namespace, reused: bool, counts: dict, seconds: float):
+    yield (f"{'reused' if reused else 'wrote'} a synthetic {args.scale} cohort of {args.sites} sites (seed "
+           f"{args.seed}) in {args.out} ({seconds:.1f} s)")
+    for site in sorted({k[0] for k in counts}):
+        yield (f"  {site}: {counts.get((site, 'healthy'), 0)} healthy, {counts.get((site, 'pathology'), 0)} "
+               "pathological volumes")
+    if args.layout == "bids":
+        yield (f"  layout: BIDS {args.out}/sub-*/anat/*_FLAIR.nii.gz, participants.tsv (group, site, lesion_type), "
+               f"masks in {args.out}/derivatives/lesions; manifest {args.out}/sourcedata/cohort.json")
+    else:
+        yield (f"  layout: SITE/healthy/*.nii.gz, SITE/pathology/*.nii.gz with *_mask.nii.gz; manifest "
+               f"{args.out}/cohort.json")
 
 
 def cmd_data_prepare(args: argparse.Namespace) -> int:
@@ -61,14 +64,15 @@ def cmd_data_prepare(args: argparse.Namespace) -> int:
     with progress.task("prepare", total=len(todo)) as advance:
         result = prepare_dataset(args.input, args.out, options=options, workers=args.workers,
                                  progress=lambda name: advance(), bids=bids)
-    if args.json:
-        print(json.dumps(result | {"out": str(args.out)}, indent=2))
-        return 0
-    print(f"prepared {len(result['prepared'])} scan(s) and {result['masks']} mask(s), skipped "
-          f"{len(result['skipped'])} already done, into {args.out} (one JSON sidecar per scan)")
-    for dataset in result["bids_datasets"]:
-        print(f"  BIDS dataset: {dataset} (secagg simulate --data {dataset} trains on it)")
+    emit(args, lambda: result | {"out": str(args.out)}, _prepare_lines(args, result))
     return 0
+
+
+def _prepare_lines(args: argparse.Namespace, result: dict):
+    yield (f"prepared {len(result['prepared'])} scan(s) and {result['masks']} mask(s), skipped "
+           f"{len(result['skipped'])} already done, into {args.out} (one JSON sidecar per scan)")
+    for dataset in result["bids_datasets"]:
+        yield f"  BIDS dataset: {dataset} (secagg simulate --data {dataset} trains on it)"
 
 
 def register(sub) -> None:

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
 from .common import Formatter, positive
+from .output import emit
 
 __all__ = ["register", "cmd_experiment"]
 
@@ -50,18 +50,22 @@ def cmd_experiment(args: argparse.Namespace) -> int:
     command = "secagg " + " ".join(shlex.quote(a) for a in (args.argv or []))
     result = run_experiment(config, out, log=(lambda text: print(text, file=sys.stderr, flush=True)) if args.json
                             else None, command=command, jobs=args.jobs)
-    if args.json:
-        stats = result.results["statistics"]
-        print(json.dumps({"out_dir": str(result.out_dir), "report": str(result.out_dir / "report.md"),
-                          "seeded_noise": result.results["seeded_noise"], "seeds": stats["seeds"],
-                          "overall_auprc": stats["metrics"].get("overall/auprc"),
-                          "seconds": result.results["seconds"]}, indent=2, default=str))
-    else:
-        from ..experiment.report import headline
-
-        print("\n".join(["", f"== secagg experiment ({result.results['seeded_noise']})", *headline(result.results),
-                         f"   report: {result.out_dir / 'report.md'}"]))
+    emit(args, lambda: _experiment_payload(result), lambda: _experiment_lines(result), default=str)
     return 0
+
+
+def _experiment_payload(result) -> dict:
+    stats = result.results["statistics"]
+    return {"out_dir": str(result.out_dir), "report": str(result.out_dir / "report.md"),
+            "seeded_noise": result.results["seeded_noise"], "seeds": stats["seeds"],
+            "overall_auprc": stats["metrics"].get("overall/auprc"), "seconds": result.results["seconds"]}
+
+
+def _experiment_lines(result) -> list:
+    from ..experiment.report import headline
+
+    return ["", f"== secagg experiment ({result.results['seeded_noise']})", *headline(result.results),
+            f"   report: {result.out_dir / 'report.md'}"]
 
 
 def register(sub) -> None:

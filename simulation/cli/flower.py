@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
 from .common import Formatter, Parser, UsageError, one_line, passphrase_from_env_option, positive
+from .output import emit
 
 __all__ = ["register", "cmd_flower_app_path", "cmd_flower_certs", "cmd_flower_check", "cmd_flower_app_key",
            "cmd_flower_sign_app", "cmd_flower_supernode"]
@@ -23,12 +23,10 @@ def cmd_flower_certs(args: argparse.Namespace) -> int:
     from ..flower.tls import write_loopback_certificates
 
     paths = write_loopback_certificates(args.out, days=args.days)
-    if args.json:
-        print(json.dumps({"ca_cert": str(paths.ca_cert), "server_cert": str(paths.server_cert),
-                          "server_key": str(paths.server_key)}, indent=2))
-        return 0
-    print(f"wrote {paths.ca_cert}, {paths.server_cert} and {paths.server_key} (mode 0600): a throwaway loopback "
-          "CA and server certificate for tests and demos, not a deployment PKI")
+    emit(args, {"ca_cert": str(paths.ca_cert), "server_cert": str(paths.server_cert),
+                "server_key": str(paths.server_key)},
+         f"wrote {paths.ca_cert}, {paths.server_cert} and {paths.server_key} (mode 0600): a throwaway loopback "
+         "CA and server certificate for tests and demos, not a deployment PKI")
     return 0
 
 
@@ -37,18 +35,22 @@ def cmd_flower_check(args: argparse.Namespace) -> int:
     from ..flower.deploy import run_outcome
 
     outcome = run_outcome(args.run_dir)
-    if args.json:
-        print(json.dumps({"ok": outcome.ok, "reason": outcome.reason, "rounds_completed": outcome.rounds_completed,
-                          "rounds_planned": outcome.rounds_planned, "run_id": outcome.run_id}, indent=2))
-    elif args.run_id:
-        if outcome.ok:
-            print(outcome.run_id)
-    elif outcome.ok:
-        print(f"run OK: {outcome.reason}; ledger run id {outcome.run_id} (the nodes' anchors: "
-              f"STATE_DIR/anchors/{outcome.run_id})")
+    emit(args, {"ok": outcome.ok, "reason": outcome.reason, "rounds_completed": outcome.rounds_completed,
+                "rounds_planned": outcome.rounds_planned, "run_id": outcome.run_id}, _check_lines(args, outcome))
     if not outcome.ok:
         print(f"run FAILED: {outcome.reason}", file=sys.stderr)
     return 0 if outcome.ok else 1
+
+
+def _check_lines(args: argparse.Namespace, outcome):
+    """Nothing on stdout for a failed run (stderr names why); --run-id: the run id alone."""
+    if not outcome.ok:
+        return
+    if args.run_id:
+        yield outcome.run_id
+    else:
+        yield (f"run OK: {outcome.reason}; ledger run id {outcome.run_id} (the nodes' anchors: "
+               f"STATE_DIR/anchors/{outcome.run_id})")
 
 
 def cmd_flower_app_key(args: argparse.Namespace) -> int:
@@ -62,13 +64,11 @@ def cmd_flower_app_key(args: argparse.Namespace) -> int:
     key = write_identity(args.out, APP_KEY_NAME, passphrase=passphrase)
     public = Path(args.out) / f"{APP_KEY_NAME}.pub"
     public.write_text(key.verify_key.hex() + "\n")
-    if args.json:
-        print(json.dumps({"signing_key": str(key.signing_key_path), "verify_key_file": str(public),
-                          "verify_key": key.verify_key.hex()}, indent=2))
-        return 0
-    print(f"wrote {key.signing_key_path} (mode 0600: the consortium's app-signing key; keep it off the SuperLink)")
-    print(f"wrote {public}: the app verify key {key.verify_key.hex()}; give it to every node out of band "
-          "(secagg flower supernode --app-key)")
+    emit(args, {"signing_key": str(key.signing_key_path), "verify_key_file": str(public),
+                "verify_key": key.verify_key.hex()},
+         [f"wrote {key.signing_key_path} (mode 0600: the consortium's app-signing key; keep it off the SuperLink)",
+          f"wrote {public}: the app verify key {key.verify_key.hex()}; give it to every node out of band "
+          "(secagg flower supernode --app-key)"])
     return 0
 
 
@@ -104,12 +104,9 @@ def cmd_flower_sign_app(args: argparse.Namespace) -> int:
     pair = load_signing_key(args.key, passphrase_env=args.passphrase_env)
     path = write_signature(sign_fab(content, pair.seed), args.out)
     digest = path.stem
-    if args.json:
-        print(json.dumps({"fab_sha256": digest, "signature_file": str(path), "verify_key": pair.verify_key.hex()},
-                         indent=2))
-        return 0
-    print(f"signed app bundle sha256 {digest} ({app}) with app key {pair.verify_key.hex()[:16]}: wrote {path}; "
-          "put it in every node's --trusted-apps folder")
+    emit(args, {"fab_sha256": digest, "signature_file": str(path), "verify_key": pair.verify_key.hex()},
+         f"signed app bundle sha256 {digest} ({app}) with app key {pair.verify_key.hex()[:16]}: wrote {path}; "
+         "put it in every node's --trusted-apps folder")
     return 0
 
 

@@ -4,10 +4,10 @@ registering the registry's node keys with a SuperLink."""
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
 from .common import EXIT_FAILED_CHECK, Formatter, Parser, one_line, passphrase_from_env_option
+from .output import emit
 
 __all__ = ["register", "cmd_keys_new", "cmd_keys_node_auth", "cmd_keys_register_nodes"]
 
@@ -23,40 +23,43 @@ def cmd_keys_new(args: argparse.Namespace) -> int:
     identity = write_identity(args.out, args.site, passphrase=passphrase)
     node_key = write_site_node_key(args.out, args.site)
     registry = add_to_registry(args.registry, identity, node_key.public_key) if args.registry else None
-    if args.json:
-        print(json.dumps(identity.to_dict() | node_key.to_dict()
-                         | {"registry": args.registry, "registered_sites": sorted(registry) if registry else None},
-                         indent=2))
-        return 0
-    print(f"wrote {identity.signing_key_path} (mode 0600: this site's signing key; it never leaves this machine"
-          + (f"; encrypted under the passphrase in ${args.passphrase_env}, which the node needs in the same variable "
-             "or the one its --node-config 'passphrase-env' names)" if passphrase else ")"))
-    print(f"verify key of {identity.site}: {identity.verify_key.hex()}")
-    _print_node_key(node_key)
-    if args.registry:
-        print(f"added both to {args.registry} ({len(registry)} sites); every site needs an identical copy, "
-              "delivered out of band - never from the coordinator alone")
+    emit(args, lambda: identity.to_dict() | node_key.to_dict()
+         | {"registry": args.registry, "registered_sites": sorted(registry) if registry else None},
+         _new_key_lines(args, identity, node_key, registry, encrypted=bool(passphrase)))
     return 0
 
 
-def _print_node_key(node_key) -> None:
-    print(f"wrote {node_key.private_key_path} (mode 0600: this node's Flower key: "
-          f"flower-supernode --auth-supernode-private-key {node_key.private_key_path})")
-    print(f"node key of {node_key.site}: {node_key.public_key} (also in {node_key.public_key_path})")
+def _new_key_lines(args: argparse.Namespace, identity, node_key, registry, *, encrypted: bool):
+    yield (f"wrote {identity.signing_key_path} (mode 0600: this site's signing key; it never leaves this machine"
+           + (f"; encrypted under the passphrase in ${args.passphrase_env}, which the node needs in the same variable "
+              "or the one its --node-config 'passphrase-env' names)" if encrypted else ")"))
+    yield f"verify key of {identity.site}: {identity.verify_key.hex()}"
+    yield from _node_key_lines(node_key)
+    if args.registry:
+        yield (f"added both to {args.registry} ({len(registry)} sites); every site needs an identical copy, "
+               "delivered out of band - never from the coordinator alone")
+
+
+def _node_key_lines(node_key):
+    yield (f"wrote {node_key.private_key_path} (mode 0600: this node's Flower key: "
+           f"flower-supernode --auth-supernode-private-key {node_key.private_key_path})")
+    yield f"node key of {node_key.site}: {node_key.public_key} (also in {node_key.public_key_path})"
 
 
 def cmd_keys_node_auth(args: argparse.Namespace) -> int:
     from ..identity import add_node_key
 
     node_key = add_node_key(args.out, args.site, args.registry)
-    if args.json:
-        print(json.dumps({"site": args.site, "registry": args.registry} | node_key.to_dict(), indent=2))
-        return 0
-    _print_node_key(node_key)
-    if args.registry:
-        print(f"recorded in {args.registry} next to {args.site}'s verify key; deliver the new registry to every "
-              "site and to the SuperLink's operator")
+    emit(args, lambda: {"site": args.site, "registry": args.registry} | node_key.to_dict(),
+         _node_auth_lines(args, node_key))
     return 0
+
+
+def _node_auth_lines(args: argparse.Namespace, node_key):
+    yield from _node_key_lines(node_key)
+    if args.registry:
+        yield (f"recorded in {args.registry} next to {args.site}'s verify key; deliver the new registry to every "
+               "site and to the SuperLink's operator")
 
 
 def cmd_keys_register_nodes(args: argparse.Namespace) -> int:
@@ -69,13 +72,10 @@ def cmd_keys_register_nodes(args: argparse.Namespace) -> int:
     except NodeRegistrationError as exc:
         print(f"secagg keys register-nodes: FAILED: {one_line(exc)}", file=sys.stderr)
         return EXIT_FAILED_CHECK
-    if args.json:
-        print(json.dumps({"registry": args.registry, "superlink": args.superlink,
-                          "node_ids": {site: str(node) for site, node in sorted(node_ids.items())}}, indent=2))
-        return 0
-    for site, node in sorted(node_ids.items()):
-        print(f"{site}: node {node}")
-    print(f"the SuperLink admits exactly the {len(node_ids)} node key(s) of {args.registry}")
+    emit(args, lambda: {"registry": args.registry, "superlink": args.superlink,
+                        "node_ids": {site: str(node) for site, node in sorted(node_ids.items())}},
+         lambda: [*(f"{site}: node {node}" for site, node in sorted(node_ids.items())),
+                  f"the SuperLink admits exactly the {len(node_ids)} node key(s) of {args.registry}"])
     return 0
 
 

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
 from .common import Formatter, Parser, UsageError, fmt_epsilon
+from .output import emit
 
 __all__ = ["register", "cmd_ledger_show", "cmd_ledger_verify"]
 
@@ -34,20 +34,22 @@ def cmd_ledger_show(args: argparse.Namespace) -> int:
             "adjacency": adjacency_of(event.get("neighbouring", "add_remove_one"), event.get("unit", unit)),
             "signed": "signature" in entry.body,
         })
-    if args.json:
-        print(json.dumps({"delta": delta, "budgets": budgets, "accountants": list(accountants), "unit": unit,
-                          "adjacency": adjacency, "entries": len(entries), "spends": rows}, indent=2))
-        return 0
-    print(f"privacy ledger of {args.run_dir}: {len(entries)} entries, delta = {delta}, "
-          f"budgets {budgets}; privacy unit: one {unit} ({adjacency}); cumulative epsilon per site after each round")
-    header = f"{'seq':>4} {'site':<12} {'round':>5} {'sigma':>7} {'q':>8} {'steps':>6} " + " ".join(
-        f"{a:>9}" for a in accountants) + f" {'bound':>9}"
-    print(header)
-    for r in rows:
-        print(f"{r['seq']:>4} {r['site']:<12} {r['round']:>5} {r['noise_multiplier']:>7.3f} {r['sample_rate']:>8.4f} "
-              f"{r['steps']:>6} " + " ".join(f"{fmt_epsilon(r['epsilon'].get(a)):>9}" for a in accountants)
-              + f" {fmt_epsilon(r['bound']):>9}")
+    emit(args, {"delta": delta, "budgets": budgets, "accountants": list(accountants), "unit": unit,
+                "adjacency": adjacency, "entries": len(entries), "spends": rows},
+         _show_lines(args, entries, rows, accountants, delta, budgets, unit, adjacency))
     return 0
+
+
+def _show_lines(args: argparse.Namespace, entries, rows, accountants, delta, budgets, unit, adjacency):
+    yield (f"privacy ledger of {args.run_dir}: {len(entries)} entries, delta = {delta}, "
+           f"budgets {budgets}; privacy unit: one {unit} ({adjacency}); cumulative epsilon per site after each round")
+    yield f"{'seq':>4} {'site':<12} {'round':>5} {'sigma':>7} {'q':>8} {'steps':>6} " + " ".join(
+        f"{a:>9}" for a in accountants) + f" {'bound':>9}"
+    for r in rows:
+        yield (f"{r['seq']:>4} {r['site']:<12} {r['round']:>5} {r['noise_multiplier']:>7.3f} "
+               f"{r['sample_rate']:>8.4f} {r['steps']:>6} "
+               + " ".join(f"{fmt_epsilon(r['epsilon'].get(a)):>9}" for a in accountants)
+               + f" {fmt_epsilon(r['bound']):>9}")
 
 
 def cmd_ledger_verify(args: argparse.Namespace) -> int:
@@ -106,28 +108,30 @@ def cmd_ledger_verify(args: argparse.Namespace) -> int:
     if report.ok and any(Path(a.source).resolve().is_relative_to(resolved) for a in anchors):
         report.warnings.append("some --anchors lie inside the run directory: its owner can rewrite them; copy "
                                "each site's anchor out of the run directory before auditing it")
-    if args.json:
-        print(json.dumps(report.to_dict() | {"registry": None if registry_path is None else str(registry_path),
-                                             "registry_note": registry_note,
-                                             "anchors": [a.source for a in anchors]}, indent=2))
-    elif report.ok:
-        print(f"ledger OK: {report.entries} entries, hash chain intact, head record matches, epsilons re-derived; "
-              f"{report.signatures_checked} site signatures verified; "
-              f"{len(report.anchors_checked)} site anchors matched")
-        print(registry_line)
-        print(f"privacy unit: one {report.unit} ({report.adjacency})")
-        for note in report.notes:
-            print(f"  note: {note}")
-        for warning in report.warnings:
-            print(f"  warning: {warning}")
-        for site, eps in sorted(report.epsilon.items()):
-            print(f"  {site}: epsilon <= {eps['bound']:.4f} ({eps['bound_accountant']}) at delta {eps['delta']}, "
-                  f"{report.adjacency}")
-    else:
-        print(registry_line)
+    emit(args, lambda: report.to_dict() | {"registry": None if registry_path is None else str(registry_path),
+                                           "registry_note": registry_note, "anchors": [a.source for a in anchors]},
+         _verify_lines(report, registry_line))
     if not report.ok:
         print(f"ledger BROKEN at {report.where()}: {' '.join(str(report.reason).split())}", file=sys.stderr)
     return 0 if report.ok else 1
+
+
+def _verify_lines(report, registry_line: str):
+    """A broken ledger prints only the registry line here (stderr names the broken entry)."""
+    if not report.ok:
+        yield registry_line
+        return
+    yield (f"ledger OK: {report.entries} entries, hash chain intact, head record matches, epsilons re-derived; "
+           f"{report.signatures_checked} site signatures verified; {len(report.anchors_checked)} site anchors matched")
+    yield registry_line
+    yield f"privacy unit: one {report.unit} ({report.adjacency})"
+    for note in report.notes:
+        yield f"  note: {note}"
+    for warning in report.warnings:
+        yield f"  warning: {warning}"
+    for site, eps in sorted(report.epsilon.items()):
+        yield (f"  {site}: epsilon <= {eps['bound']:.4f} ({eps['bound_accountant']}) at delta {eps['delta']}, "
+               f"{report.adjacency}")
 
 
 def register(sub) -> None:

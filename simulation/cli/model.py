@@ -4,9 +4,9 @@ scans)."""
 from __future__ import annotations
 
 import argparse
-import json
 
 from .common import Formatter
+from .output import emit
 
 __all__ = ["register", "cmd_export", "cmd_detect"]
 
@@ -18,16 +18,17 @@ def cmd_export(args: argparse.Namespace) -> int:
     info = {"out": str(path), "bytes": path.stat().st_size, "architecture": model.architecture,
             "image_size": model.image_size, "modality": model.modality, "threshold": model.threshold,
             "privacy": model.privacy}
-    if args.json:
-        print(json.dumps(info, indent=2, default=str))
-        return 0
-    p = model.privacy
-    print(f"wrote {path} ({info['bytes']:,} bytes): {model.architecture} at {model.image_size}x{model.image_size}, "
-          f"{model.modality}, threshold {model.threshold['value']:.4g} (healthy validation, target FPR "
-          f"{model.threshold['target_fpr']})")
-    print(f"  trained under epsilon <= {p['epsilon_max']:.3f} per site at delta {p['delta']} ({p['accountant']}); "
-          f"unit: {p['unit']}")
+    emit(args, info, _export_lines(path, info, model), default=str)
     return 0
+
+
+def _export_lines(path, info: dict, model):
+    p = model.privacy
+    yield (f"wrote {path} ({info['bytes']:,} bytes): {model.architecture} at {model.image_size}x{model.image_size}, "
+           f"{model.modality}, threshold {model.threshold['value']:.4g} (healthy validation, target FPR "
+           f"{model.threshold['target_fpr']})")
+    yield (f"  trained under epsilon <= {p['epsilon_max']:.3f} per site at delta {p['delta']} ({p['accountant']}); "
+           f"unit: {p['unit']}")
 
 
 def _load_detect_model(source: str):
@@ -64,7 +65,7 @@ def cmd_detect(args: argparse.Namespace) -> int:
         reconstruct = as_reconstruct_fn(model.build_model())
         results = [detect_scan(model, scan, args.out, reconstruct=reconstruct) for scan in scans]
     report = write_report(Path(args.out) / "detections.json", model, results)
-    if args.json:
+    if args.json:  # detections.json itself, as written (not emit: the file's bytes, not a re-encoding)
         print(report.read_text())
         return 0
     print(f"threshold {model.threshold['value']:.4g} from the run's healthy validation; wrote {report}")

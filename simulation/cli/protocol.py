@@ -4,11 +4,11 @@
 from __future__ import annotations
 
 import argparse
-import json
 
 import secagg
 
 from .common import Formatter, positive
+from .output import emit
 
 __all__ = ["register", "cmd_demo", "cmd_params"]
 
@@ -17,10 +17,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from ..demo import format_report, run_demo
 
     report = run_demo(sites=args.sites, vector_length=args.length, active=not args.semi_honest)
-    if args.json:
-        print(json.dumps(report.to_dict(), indent=2))
-    else:
-        print(format_report(report))
+    emit(args, report.to_dict, lambda: format_report(report))
     return 0 if report.exact and report.attack_refused else 1
 
 
@@ -33,15 +30,12 @@ def cmd_params(args: argparse.Namespace) -> int:
         correctness_bits=args.correctness_bits,
         malicious=args.malicious,
     )
-    if args.json:
-        print(json.dumps({
-            "n": params.n, "degree": params.degree, "threshold": params.threshold,
-            "complete": params.complete, "security_failure": params.security_failure,
-            "correctness_failure": params.correctness_failure, "malicious": params.malicious,
-            "corrupt_fraction": params.corrupt_fraction, "dropout_fraction": params.dropout_fraction,
-        }, indent=2))
-    else:
-        print(params.describe())
+    emit(args, {
+        "n": params.n, "degree": params.degree, "threshold": params.threshold,
+        "complete": params.complete, "security_failure": params.security_failure,
+        "correctness_failure": params.correctness_failure, "malicious": params.malicious,
+        "corrupt_fraction": params.corrupt_fraction, "dropout_fraction": params.dropout_fraction,
+    }, params.describe)
     return 0
 
 

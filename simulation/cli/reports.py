@@ -4,10 +4,10 @@ bound on epsilon)."""
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
 from .common import Formatter, UsageError, fmt_epsilon, positive, probability
+from .output import emit
 
 __all__ = ["register", "cmd_dpia", "cmd_audit"]
 
@@ -16,15 +16,17 @@ def cmd_dpia(args: argparse.Namespace) -> int:
     from ..dpia import write_dpia
 
     path, doc = write_dpia(args.run_dir, fmt=args.format, out=args.output, org_path=args.org)
-    if args.json:
-        print(json.dumps({"output": str(path), "format": args.format, "placeholders": doc["placeholders"],
-                          "sections": [s["title"] for s in doc["sections"]], "facts": doc["facts"]}, indent=2))
-        return 0
-    print(f"wrote the DPIA ({args.format}) of {args.run_dir} to {path}")
-    if doc["placeholders"]:
-        print(f"  {len(doc['placeholders'])} organisational fact(s) left as [TO BE COMPLETED: ...]: "
-              f"{', '.join(doc['placeholders'])}")
+    emit(args, lambda: {"output": str(path), "format": args.format, "placeholders": doc["placeholders"],
+                        "sections": [s["title"] for s in doc["sections"]], "facts": doc["facts"]},
+         _dpia_lines(args, path, doc))
     return 0
+
+
+def _dpia_lines(args: argparse.Namespace, path, doc: dict):
+    yield f"wrote the DPIA ({args.format}) of {args.run_dir} to {path}"
+    if doc["placeholders"]:
+        yield (f"  {len(doc['placeholders'])} organisational fact(s) left as [TO BE COMPLETED: ...]: "
+               f"{', '.join(doc['placeholders'])}")
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
@@ -65,28 +67,31 @@ def cmd_audit(args: argparse.Namespace) -> int:
                               max_canaries=args.max_canaries)
     warnings_ = _audit_warnings(result)
     written = str(write_audit(args.run_dir, result)) if args.run_dir else None
-    if args.json:
-        print(json.dumps(result.to_dict() | {"written": written, "warnings": warnings_}, indent=2))
-    else:
-        where = f", site {result.site}" if result.site else ""
-        print(f"one-run audit (Steinke, Nasr, Jagielski 2023), {result.mode} mode{where}: {result.canaries} "
-              f"{result.canary_kind} canaries ({result.canaries_chosen}; {result.included} included), "
-              f"{result.guesses} guesses, {result.correct} correct")
-        print(f"  audits: {result.scope}")
-        print(f"  empirical lower bound: epsilon >= {result.epsilon_lower_bound:.4f} at {result.confidence:.0%} "
-              f"confidence (delta {result.delta})")
-        print(f"  ceiling: this setting can certify at most epsilon >= {result.ceiling:.4f} (every guess right)")
-        print(f"  accounted upper bound: epsilon <= {fmt_epsilon(result.epsilon_accounted)} ({result.accountant}) for "
-              f"sigma {result.noise_multiplier}, q {result.sample_rate}, {result.steps} steps, C {result.clipping_norm}"
-              f", {result.privacy_unit} level")
-        if written:
-            print(f"  wrote {written} (secagg dpia {args.run_dir} shows it)")
+    emit(args, lambda: result.to_dict() | {"written": written, "warnings": warnings_},
+         _audit_lines(args, result, written))
+    if not args.json:  # what the audit cannot see, and a bound above the accounted one, go to stderr
         for line in warnings_:
             print(f"  WARNING: {line}", file=sys.stderr)
         if not result.consistent:
             print("  INCONSISTENT: the lower bound exceeds the accounted epsilon - the implementation or the "
                   "accounting is wrong", file=sys.stderr)
     return 0 if result.consistent else 1
+
+
+def _audit_lines(args: argparse.Namespace, result, written: str | None):
+    where = f", site {result.site}" if result.site else ""
+    yield (f"one-run audit (Steinke, Nasr, Jagielski 2023), {result.mode} mode{where}: {result.canaries} "
+           f"{result.canary_kind} canaries ({result.canaries_chosen}; {result.included} included), "
+           f"{result.guesses} guesses, {result.correct} correct")
+    yield f"  audits: {result.scope}"
+    yield (f"  empirical lower bound: epsilon >= {result.epsilon_lower_bound:.4f} at {result.confidence:.0%} "
+           f"confidence (delta {result.delta})")
+    yield f"  ceiling: this setting can certify at most epsilon >= {result.ceiling:.4f} (every guess right)"
+    yield (f"  accounted upper bound: epsilon <= {fmt_epsilon(result.epsilon_accounted)} ({result.accountant}) for "
+           f"sigma {result.noise_multiplier}, q {result.sample_rate}, {result.steps} steps, C {result.clipping_norm}"
+           f", {result.privacy_unit} level")
+    if written:
+        yield f"  wrote {written} (secagg dpia {args.run_dir} shows it)"
 
 
 def _audit_warnings(result) -> list:

@@ -4,9 +4,9 @@
 from __future__ import annotations
 
 import argparse
-import json
 
 from .common import Formatter, UsageError, bids_flags, positive, probability
+from .output import emit
 
 __all__ = ["register", "cmd_simulate"]
 
@@ -38,11 +38,9 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         )
         out = args.out or f"runs/{config.preset}-{config.mode}-{config.fingerprint()[:8]}"
     result = run_simulation(config, out, resume=bool(args.resume), quiet=args.json)
-    if args.json:
-        print(json.dumps(result.summary | {"run_dir": str(result.run_dir)}, indent=2, default=str))
-    else:
-        print(format_summary(result.summary))
-        print(f"   run directory: {result.run_dir}  (secagg ledger verify {result.run_dir})")
+    emit(args, lambda: result.summary | {"run_dir": str(result.run_dir)},
+         lambda: [format_summary(result.summary),
+                  f"   run directory: {result.run_dir}  (secagg ledger verify {result.run_dir})"], default=str)
     return 0
 
 
