@@ -1,6 +1,6 @@
 """Helpers for tests and benchmarks that drive real Flower processes (issue 18: crash, resume, load).
 
-Built on the harness of ``tests/test_flower.py`` (a SuperLink and SuperNodes on loopback over TLS, free
+Built on the harness of ``tests/flower_federation.py`` (a SuperLink and SuperNodes on loopback over TLS, free
 ports per pytest-xdist worker, every process stopped with its children): submitting a run without
 streaming it, bounded polling, the SuperLink's ``flwr-serverapp`` processes and their SIGKILL, and
 what a node's state directory shows of its progress (its session journal).
@@ -18,17 +18,14 @@ from pathlib import Path
 
 import pytest
 
+from tests.flower_federation import APP, RUN, SITES, Federation, check_run, config_value, free_port, tool
 from tests.flower_poll import fast_poll_env
-from tests.test_flower import APP, RUN, SITES, _check_run, _config_value, _Federation, _free_port, _tool
 
 __all__ = ["Federation", "RUN", "SITES", "check_run", "wait_for", "submit", "serverapp_pids", "kill_serverapp",
            "journal_lines", "metrics", "start_verifying_supernode"]
 
-Federation = _Federation
-check_run = _check_run  # what a two-round run with site-3 dropping in round 1 must show (tests/test_flower.py)
 
-
-def wait_for(condition, seconds: float, what: str, fed: _Federation):
+def wait_for(condition, seconds: float, what: str, fed: Federation):
     """Poll ``condition`` every 0.1 s for at most ``seconds``; its first truthy value, or the test fails."""
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
@@ -39,16 +36,16 @@ def wait_for(condition, seconds: float, what: str, fed: _Federation):
     pytest.fail(f"not within {seconds:g} s: {what}\n{fed.logs()}")
 
 
-def submit(fed: _Federation, run_dir: Path, config: dict) -> None:
+def submit(fed: Federation, run_dir: Path, config: dict) -> None:
     """``flwr run`` without ``--stream``: it returns once the SuperLink accepted the run."""
     values = config | {"out": str(run_dir)}
-    overrides = " ".join(f"{k}={_config_value(v)}" for k, v in values.items())
-    done = subprocess.run([_tool("flwr"), "run", str(APP), "loop", "--run-config", overrides], capture_output=True,
+    overrides = " ".join(f"{k}={config_value(v)}" for k, v in values.items())
+    done = subprocess.run([tool("flwr"), "run", str(APP), "loop", "--run-config", overrides], capture_output=True,
                           text=True, env=fed.env, cwd=fed.tmp_path, timeout=120)
     assert done.returncode == 0, f"{done.stdout}\n{done.stderr}"
 
 
-def serverapp_pids(fed: _Federation) -> list[int]:
+def serverapp_pids(fed: Federation) -> list[int]:
     """The pids of the ``flwr-serverapp`` processes under our SuperLink (it starts ``flower-superexec`` in a
     session of its own, which starts them): found by walking each process's parents up to the SuperLink."""
     parent, names = {}, {}
@@ -75,7 +72,7 @@ def serverapp_pids(fed: _Federation) -> list[int]:
     return sorted(pid for pid, argv in names.items() if "flwr-serverapp" in argv and under_superlink(pid))
 
 
-def kill_serverapp(fed: _Federation) -> None:
+def kill_serverapp(fed: Federation) -> None:
     pids = serverapp_pids(fed)
     assert len(pids) == 1, f"expected one flwr-serverapp in the SuperLink's group, found {pids}"
     os.kill(pids[0], signal.SIGKILL)
@@ -92,7 +89,7 @@ def journal_lines(state: Path) -> int:
     return len(path.read_text().splitlines()) if path.exists() else 0
 
 
-def start_verifying_supernode(fed: _Federation, tmp_path: Path, trusted: Path, extra_env: dict | None = None) -> Path:
+def start_verifying_supernode(fed: Federation, tmp_path: Path, trusted: Path, extra_env: dict | None = None) -> Path:
     """One SuperNode started through ``secagg flower supernode`` (every ClientApp checked against the
     consortium key in ``tmp_path/consortium`` and the signatures in ``trusted``), logging to
     ``tmp_path/supernode-1.log``; returns its own (empty) ``FLWR_HOME``."""
@@ -105,7 +102,7 @@ def start_verifying_supernode(fed: _Federation, tmp_path: Path, trusted: Path, e
         [sys.executable, "-m", "simulation.cli", "flower", "supernode",
          "--app-key", str(tmp_path / "consortium" / "consortium-apps.pub"), "--trusted-apps", str(trusted), "--",
          "--root-certificates", str(fed.certs.ca_cert), "--superlink", f"127.0.0.1:{fed.port}",
-         "--port", str(_free_port())],
+         "--port", str(free_port())],
         stdout=open(tmp_path / "supernode-1.log", "w"), stderr=subprocess.STDOUT, env=env, cwd=tmp_path,
         start_new_session=True))
     return node_home

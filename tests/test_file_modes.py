@@ -19,6 +19,7 @@ import pytest
 pytest.importorskip("torch")
 pytest.importorskip("nilearn")
 
+from tests.file_modes import modes, not_owner_only  # noqa: E402
 from tests.hostile_files import HOSTILE_HEADERS, NON_REGULAR  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -30,19 +31,25 @@ def _secagg(*args, cwd=ROOT):
                           env=env, cwd=cwd, timeout=900, preexec_fn=lambda: os.umask(0))
 
 
-def _modes(root: Path) -> dict:
-    """Path -> mode of everything under root (root included); symlinks are not followed."""
-    found = {root: stat.S_IMODE(root.lstat().st_mode)}
-    for path in root.rglob("*"):
-        if not path.is_symlink():
-            found[path] = stat.S_IMODE(path.lstat().st_mode)
-    return found
-
-
 def _assert_private(root: Path) -> int:
-    wrong = {str(p): oct(m) for p, m in _modes(root).items() if m != (0o700 if p.is_dir() else 0o600)}
+    wrong = not_owner_only(root)
     assert not wrong, wrong
-    return len(_modes(root))
+    return len(modes(root))
+
+
+def test_the_owner_only_check_sees_a_readable_file_and_a_searchable_directory(tmp_path):
+    """The check is not vacuous: a 0644 file and a 0755 directory are reported, 0600 and 0700 are not."""
+    root = tmp_path / "run"
+    (root / "open").mkdir(parents=True)
+    root.chmod(0o700)
+    (root / "open").chmod(0o755)
+    for name, mode in (("private.txt", 0o600), ("open/readable.txt", 0o644)):
+        (root / name).write_text("x")
+        (root / name).chmod(mode)
+    assert not_owner_only(root) == {"run/open": "0o755", "run/open/readable.txt": "0o644"}
+    (root / "open").chmod(0o700)
+    (root / "open" / "readable.txt").chmod(0o600)
+    assert not_owner_only(root) == {}
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +65,7 @@ def tiny_run(tmp_path_factory):
 @pytest.mark.slow
 def test_everything_a_tiny_run_writes_is_owner_only(tiny_run):
     out, cache = tiny_run
-    names = {p.name for p in _modes(out)}
+    names = {p.name for p in modes(out)}
     assert {"config.json", "state.json", "metrics.jsonl", "ledger.sqlite", "ledger.head.json", "summary.json",
             "global.pt", "training.png"} <= names
     assert _assert_private(out) > 10

@@ -314,8 +314,8 @@ def _probe_app(root: Path, variant: str) -> Path:
 
 
 def test_nodes_run_the_consortium_signed_app_and_refuse_unsigned_and_foreign_signed_ones(tmp_path):
+    from tests.flower_federation import tool
     from tests.flower_processes import Federation, start_verifying_supernode
-    from tests.test_flower import _tool
 
     fed = Federation(tmp_path)
     try:
@@ -335,7 +335,7 @@ def test_nodes_run_the_consortium_signed_app_and_refuse_unsigned_and_foreign_sig
 
         def run(variant: str) -> list[dict]:
             out = tmp_path / f"{variant}.json"
-            done = subprocess.run([_tool("flwr"), "run", str(apps[variant]), "loop", "--stream", "--run-config",
+            done = subprocess.run([tool("flwr"), "run", str(apps[variant]), "loop", "--stream", "--run-config",
                                    f'out="{out}"'], capture_output=True, text=True, env=fed.env, cwd=tmp_path,
                                   timeout=240)
             assert out.exists(), f"{variant}: no reply record (rc {done.returncode})\n{done.stdout}\n{done.stderr}\n" \

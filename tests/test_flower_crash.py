@@ -43,9 +43,9 @@ pytest.importorskip("flwr")
 
 from dp import PrivacyLedger, load_anchors, load_releases, verify_ledger  # noqa: E402
 from simulation.identity import add_to_registry, load_registry, write_identity  # noqa: E402
+from tests.flower_federation import SITES  # noqa: E402
 from tests.flower_processes import (RUN, Federation, journal_lines, kill_serverapp, metrics,  # noqa: E402
                                     submit, wait_for)
-from tests.test_flower import SITES  # noqa: E402
 
 pytestmark = pytest.mark.slow
 

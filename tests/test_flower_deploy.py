@@ -27,6 +27,7 @@ import pytest
 
 from simulation.cli import main
 from simulation.flower.deploy import APP_FILES, app_path, run_outcome
+from tests.file_modes import not_owner_only
 from tests.flower_poll import fast_poll_env
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -196,18 +197,6 @@ def _deploy(directory: Path, *options: str, timeout: float = 1200, **env: str) -
     return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
-def _private(root: Path) -> dict:
-    """Everything under root that is not owner-only (0700 directories, 0600 files)."""
-    wrong = {}
-    for path in [root, *root.rglob("*")]:
-        if path.is_symlink():
-            continue
-        mode = stat.S_IMODE(path.lstat().st_mode)
-        if mode != (0o700 if path.is_dir() else 0o600):
-            wrong[str(path)] = oct(mode)
-    return wrong
-
-
 @pytest.mark.slow
 def test_the_script_takes_a_new_user_to_a_verified_run_and_its_dpia(tmp_path):
     """Active mode (its one set of paths: each node's key in its state-dir, one registry), over TLS, with the
@@ -249,7 +238,7 @@ def test_the_script_takes_a_new_user_to_a_verified_run_and_its_dpia(tmp_path):
         assert f"app bundle sha256 {digest} is signed by the consortium" in log
     # Least privilege: what the run wrote on both sides is owner-only.
     for part in ("run", "nodes"):
-        assert not _private(directory / part), _private(directory / part)
+        assert not not_owner_only(directory / part), not_owner_only(directory / part)
     # Flower's own files (the installed app bundle) stayed under the directory too.
     assert list((directory / "flwr-home" / "apps").glob("secagg.secagg-flower.*"))
 

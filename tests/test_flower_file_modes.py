@@ -21,22 +21,12 @@ from simulation.flower import client_app  # noqa: E402
 from simulation.flower.server_app import DEFAULTS, run_federation  # noqa: E402
 from simulation.identity import add_to_registry, write_identity  # noqa: E402
 
+from .file_modes import not_owner_only  # noqa: E402
 from .flower_harness import InMemoryGrid, as_node  # noqa: E402
 
 SITES = ("site-1", "site-2", "site-3")
 RUN = {"num-sites": 3, "rounds": 2, "image-size": 16, "epsilon": 8.0, "local-steps": 2, "sample-rate": 0.25,
        "update": "synthetic", "synthetic-seed": 5, "node-wait": 5.0}
-
-
-def _not_private(root) -> dict:
-    wrong = {}
-    for path in [root, *root.rglob("*")]:
-        if path.is_symlink():
-            continue
-        mode = stat.S_IMODE(path.lstat().st_mode)
-        if mode != (0o700 if path.is_dir() else 0o600):
-            wrong[str(path.relative_to(root.parent))] = oct(mode)
-    return wrong
 
 
 def _federation(tmp_path, *, active: bool) -> tuple[dict, dict]:
@@ -67,14 +57,14 @@ def test_everything_a_flower_run_writes_is_owner_only(tmp_path, active):
     names = {p.name for p in run_dir.rglob("*")}
     assert {"config.json", "state.json", "metrics.jsonl", "ledger.sqlite", "ledger.head.json", "summary.json",
             "global.pt"} <= names
-    assert not _not_private(run_dir)
+    assert not not_owner_only(run_dir)
     for site in SITES:
         state = tmp_path / f"node-{site}"
         written = {p.relative_to(state).as_posix() for p in state.rglob("*")}
         # Its ledger, its anchors of the coordinator's ledger, its sealing key, its journal, its identity.
         assert {"ledger/ledger.sqlite", "state.key", f"{site}.ed25519"} <= written
         assert any(p.endswith("ledger.anchor.json") for p in written)
-        assert not _not_private(state), _not_private(state)
+        assert not not_owner_only(state), not_owner_only(state)
 
 
 def test_a_node_refuses_a_state_dir_others_can_read(tmp_path, capfd):

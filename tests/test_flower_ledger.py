@@ -18,62 +18,25 @@ import pytest
 
 pytest.importorskip("flwr")
 
-from flwr.common.constant import SUPERLINK_NODE_ID  # noqa: E402
-
 from dp import PrivacyLedger, SiteSignatureError  # noqa: E402
-from simulation.cli import main  # noqa: E402
 from simulation.flower import client_app  # noqa: E402
 from simulation.flower.ledger_link import ANCHORS_DIR, LEDGER, STATEMENT_RECORD  # noqa: E402
-from simulation.flower.server_app import DEFAULTS, run_federation  # noqa: E402
+from simulation.flower.server_app import DEFAULTS  # noqa: E402
 from simulation.flower.transport import HELLO  # noqa: E402
-from simulation.identity import add_to_registry, write_identity  # noqa: E402
+from simulation.identity import write_identity  # noqa: E402
 
-from .flower_harness import InMemoryGrid, as_node  # noqa: E402
+from .flower_harness import InMemoryGrid  # noqa: E402
+from .inmemory_consortium import RUN, SITES, cli_verify, consortium, federate, ledger_run_id  # noqa: E402
 from .ledger_rewrite import ledger_rows, recompute_epsilons, rewrite_ledger, spend_rows  # noqa: E402
-
-SITES = ("site-1", "site-2", "site-3")
-RUN = {"num-sites": 3, "rounds": 2, "image-size": 16, "epsilon": 8.0, "local-steps": 2, "sample-rate": 0.25,
-       "update": "synthetic", "synthetic-seed": 5, "node-wait": 5.0}
-
-
-def _consortium(base):
-    """Each node's state dir with its identity made as the guide says (`secagg keys new --out STATE_DIR`)."""
-    registry = base / "registry.json"
-    states = {site: base / f"node-{site}" for site in SITES}
-    for site in SITES:
-        add_to_registry(registry, write_identity(states[site], site))
-    nodes = {100 + i: {"partition-id": i, "site": site, "state-dir": str(states[site]), "epsilon-budget": 8.0,
-                       "drop-sleep": 0.0} for i, site in enumerate(SITES)}
-    return registry, states, nodes
-
-
-def _federate(grid, run_dir, **config) -> dict:
-    with as_node(SUPERLINK_NODE_ID):
-        return run_federation(grid, DEFAULTS | RUN | {"out": str(run_dir)} | config)
-
-
-def _verify(capsys, directory, *args):
-    code = main(["ledger", "verify", str(directory), *map(str, args)])
-    out, err = capsys.readouterr()
-    assert "Traceback" not in out + err
-    return code, out, err
-
-
-def _run_id(run_dir) -> str:
-    ledger = PrivacyLedger.open(run_dir)
-    try:
-        return ledger.run_id
-    finally:
-        ledger.close()
 
 
 @pytest.fixture(scope="module")
 def federated(tmp_path_factory):
     """Two rounds, passive mode, with the consortium's registry on the coordinator."""
     base = tmp_path_factory.mktemp("flower-ledger")
-    registry, states, nodes = _consortium(base)
+    registry, states, nodes = consortium(base)
     run_dir = base / "run"
-    summary = _federate(InMemoryGrid(client_app.app, nodes, DEFAULTS | RUN), run_dir, registry=str(registry))
+    summary = federate(InMemoryGrid(client_app.app, nodes, DEFAULTS | RUN), run_dir, registry=str(registry))
     assert summary["rounds_completed"] == 2 and summary["privacy"]["ledger_verified"]
     return base, registry, states, run_dir, summary
 
@@ -93,7 +56,7 @@ def copies(federated, tmp_path):
 def test_a_nodes_own_ledger_is_site_signed_at_the_runs_privacy_unit(federated, capsys):
     _, registry, states, _, _ = federated
     for site, state in states.items():
-        code, out, err = _verify(capsys, state / "ledger", "--registry", registry)
+        code, out, err = cli_verify(capsys, state / "ledger", "--registry", registry)
         assert code == 0, err
         assert "2 site signatures verified" in out
         assert "privacy unit: one patient (add/remove one patient)" in out
@@ -109,16 +72,16 @@ def test_a_nodes_own_ledger_is_site_signed_at_the_runs_privacy_unit(federated, c
     forged = json.loads(registry.read_text())
     forged["site-1"] = SigningKeyPair.generate().verify_key.hex()
     (states["site-1"].parent / "forged-registry.json").write_text(json.dumps(forged))
-    code, _, err = _verify(capsys, states["site-1"] / "ledger", "--registry",
+    code, _, err = cli_verify(capsys, states["site-1"] / "ledger", "--registry",
                            states["site-1"].parent / "forged-registry.json")
     assert code == 1 and "signature of site 'site-1' does not verify" in err
 
 
 def test_the_coordinators_ledger_carries_every_sites_signature_and_the_nodes_anchor_it(federated, capsys):
     _, registry, states, run_dir, summary = federated
-    run_id = _run_id(run_dir)
+    run_id = ledger_run_id(run_dir)
     anchors = [states[site] / ANCHORS_DIR / run_id for site in SITES]
-    code, out, err = _verify(capsys, run_dir, "--registry", registry, "--anchors", *anchors)
+    code, out, err = cli_verify(capsys, run_dir, "--registry", registry, "--anchors", *anchors)
     assert code == 0, err
     assert "6 site signatures verified" in out and "3 site anchors matched" in out
     for folder in anchors:
@@ -151,22 +114,22 @@ def test_an_edited_node_ledger_fails_verification_even_rehashed(copies, capsys):
     seq, body = spend_rows(rows)[1]
     body["event"]["steps"] = 1  # the node's second release, made to look cheaper
     rewrite_ledger(directory, recompute_epsilons(rows))
-    code, _, err = _verify(capsys, directory)
+    code, _, err = cli_verify(capsys, directory)
     assert code == 0  # without the registry, a rehashed edit is not caught (and verify says so)
-    code, _, err = _verify(capsys, directory, "--registry", registry)
+    code, _, err = cli_verify(capsys, directory, "--registry", registry)
     assert code == 1 and f"entry {seq} (site 'site-2', round 1)" in err and "signature" in err
 
 
 def test_a_rewritten_coordinator_ledger_fails_against_a_nodes_anchor(copies, capsys):
     registry, states, run_dir = copies
-    anchor = states["site-1"] / ANCHORS_DIR / _run_id(run_dir)
+    anchor = states["site-1"] / ANCHORS_DIR / ledger_run_id(run_dir)
     rows = ledger_rows(run_dir)
     round_ends = [i for i, (kind, _) in enumerate(rows) if kind == "round"]
     kept = rows[: round_ends[-2] + 1]  # the last round deleted, the chain rehashed, the head rewritten
     rewrite_ledger(run_dir, kept)
-    code, _, _ = _verify(capsys, run_dir, "--registry", registry)
+    code, _, _ = cli_verify(capsys, run_dir, "--registry", registry)
     assert code == 0  # every remaining spend keeps its valid signature: only an anchor sees this
-    code, _, err = _verify(capsys, run_dir, "--registry", registry, "--anchors", anchor)
+    code, _, err = cli_verify(capsys, run_dir, "--registry", registry, "--anchors", anchor)
     assert code == 1 and "truncated" in err and "site 'site-1'" in err
 
 
@@ -190,11 +153,11 @@ def test_deleting_any_sites_last_spend_breaks_every_other_nodes_anchor(copies, c
     """One honest node's anchor covers every survivor's spend of the round it unmasked, so the deletion
     of another site's spend (the chain rehashed, the head rewritten) fails against it."""
     registry, states, run_dir = copies
-    run_id = _run_id(run_dir)
+    run_id = ledger_run_id(run_dir)
     rows = ledger_rows(run_dir)
     seq = max(seq for seq, body in spend_rows(rows) if body["event"]["site"] == deleted)
     rewrite_ledger(run_dir, rows[: seq - 1] + rows[seq:])
-    code, _, err = _verify(capsys, run_dir, "--registry", registry)
+    code, _, err = cli_verify(capsys, run_dir, "--registry", registry)
     assert code == 1, err  # the round record that closes the round still lists the deleted site, at least
     # A careful coordinator also drops the site from that round record. Then the spends after the deleted
     # one no longer verify (a signature covers the previous hash); the round's last spend (site-3's) has
@@ -202,10 +165,10 @@ def test_deleting_any_sites_last_spend_breaks_every_other_nodes_anchor(copies, c
     closing = next(i for i in range(seq - 1, len(rows)) if rows[i][0] == "round")
     rows[closing][1]["sites"] = [s for s in rows[closing][1]["sites"] if s != deleted]
     rewrite_ledger(run_dir, rows[: seq - 1] + rows[seq:])
-    code, _, err = _verify(capsys, run_dir, "--registry", registry)
+    code, _, err = cli_verify(capsys, run_dir, "--registry", registry)
     assert code == (0 if deleted == "site-3" else 1), err
     for other in (s for s in SITES if s != deleted):
-        code, _, err = _verify(capsys, run_dir, "--registry", registry, "--anchors", states[other] / ANCHORS_DIR / run_id)
+        code, _, err = cli_verify(capsys, run_dir, "--registry", registry, "--anchors", states[other] / ANCHORS_DIR / run_id)
         assert code == 1, err
         if deleted == "site-3":  # before, site-1's and site-2's anchors stopped at their own entries
             assert f"not the entry site {other!r} countersigned" in err, err
@@ -217,7 +180,7 @@ def test_an_edited_coordinator_spend_fails_its_sites_signature(copies, capsys):
     seq, body = spend_rows(rows)[0]
     body["event"]["noise_multiplier"] *= 4
     rewrite_ledger(run_dir, recompute_epsilons(rows))
-    code, _, err = _verify(capsys, run_dir, "--registry", registry)
+    code, _, err = cli_verify(capsys, run_dir, "--registry", registry)
     assert code == 1 and f"entry {seq}" in err and "does not verify" in err
 
 
@@ -250,7 +213,7 @@ class _TamperingGrid(InMemoryGrid):
     ("altered event", "refused to sign"),
 ])
 def test_a_spend_without_its_sites_valid_signature_is_not_committed(tmp_path, attack, expected):
-    registry, states, nodes = _consortium(tmp_path)
+    registry, states, nodes = consortium(tmp_path)
     if attack == "foreign key":  # site-2's node signs with a key the consortium never registered
         class _KeySwap(InMemoryGrid):
             """site-2's key is replaced after it registered (which it does with the registered key)."""
@@ -271,7 +234,7 @@ def test_a_spend_without_its_sites_valid_signature_is_not_committed(tmp_path, at
                               action="lose" if attack == "lost reply" else "alter")
     run_dir = tmp_path / "run"
     with pytest.raises(SiteSignatureError, match=expected) as caught:
-        _federate(grid, run_dir, rounds=1, registry=str(registry))
+        federate(grid, run_dir, rounds=1, registry=str(registry))
     assert caught.value.site == "site-2" and caught.value.round == 0
     ledger = PrivacyLedger.open(run_dir)
     try:  # nothing of the round reached the coordinator's ledger, and no aggregate was applied
@@ -282,31 +245,31 @@ def test_a_spend_without_its_sites_valid_signature_is_not_committed(tmp_path, at
 
 
 def test_a_node_gone_before_unmasking_gets_its_last_anchor_at_the_end_of_the_run(tmp_path, capsys):
-    registry, states, nodes = _consortium(tmp_path)
+    registry, states, nodes = consortium(tmp_path)
     nodes[102]["drop"] = "1:unmask"  # site-3 releases in round 1, then answers nothing more that round
     run_dir = tmp_path / "run"
-    summary = _federate(InMemoryGrid(client_app.app, nodes, DEFAULTS | RUN), run_dir, registry=str(registry))
+    summary = federate(InMemoryGrid(client_app.app, nodes, DEFAULTS | RUN), run_dir, registry=str(registry))
     assert summary["rounds_completed"] == 2
     last_spend = max(seq for seq, body in spend_rows(ledger_rows(run_dir)) if body["event"]["site"] == "site-3")
-    anchor = states["site-3"] / ANCHORS_DIR / _run_id(run_dir)
+    anchor = states["site-3"] / ANCHORS_DIR / ledger_run_id(run_dir)
     assert json.loads((anchor / "ledger.anchor.json").read_text())["seq"] == last_spend
-    code, out, err = _verify(capsys, run_dir, "--registry", registry, "--anchors", anchor)
+    code, out, err = cli_verify(capsys, run_dir, "--registry", registry, "--anchors", anchor)
     assert code == 0 and "1 site anchors matched" in out, err
 
 
 def test_without_a_registry_spends_are_signed_unchecked_and_a_node_keeps_its_unit_and_needs_an_identity(
         tmp_path, capsys):
-    registry, states, nodes = _consortium(tmp_path)
+    registry, states, nodes = consortium(tmp_path)
     del nodes[102]["state-dir"]  # site-3's node: no state-dir and no signing-key, so nothing to sign with
     run_dir = tmp_path / "run"
-    summary = _federate(InMemoryGrid(client_app.app, nodes, DEFAULTS | RUN), run_dir, rounds=1, epsilon=2.0)
+    summary = federate(InMemoryGrid(client_app.app, nodes, DEFAULTS | RUN), run_dir, rounds=1, epsilon=2.0)
     record = json.loads((run_dir / "metrics.jsonl").read_text())
     assert record["included"] == ["site-1", "site-2"] and "no identity" in record["refusals"]["site-3"]
     assert "not checked by the coordinator (no registry)" in summary["deployment"]["ledger_signatures"]
-    code, out, err = _verify(capsys, run_dir, "--registry", registry)  # the auditor checks them afterwards
+    code, out, err = cli_verify(capsys, run_dir, "--registry", registry)  # the auditor checks them afterwards
     assert code == 0 and "2 site signatures verified" in out, err
     # The nodes' ledgers account per patient: a run at slice level is refused, nothing is spent.
-    summary = _federate(InMemoryGrid(client_app.app, nodes, DEFAULTS | RUN), tmp_path / "slice", rounds=1,
+    summary = federate(InMemoryGrid(client_app.app, nodes, DEFAULTS | RUN), tmp_path / "slice", rounds=1,
                         epsilon=2.0, **{"privacy-unit": "slice"})
     record = json.loads((tmp_path / "slice" / "metrics.jsonl").read_text())
     assert record["status"] == "aborted" and "privacy unit" in record["refusals"]["site-1"]

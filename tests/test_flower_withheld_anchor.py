@@ -25,11 +25,12 @@ from secagg.messages import UnmaskRequest  # noqa: E402
 from simulation import rounds  # noqa: E402
 from simulation.flower import client_app  # noqa: E402
 from simulation.flower.ledger_link import ANCHOR_RECORD, ANCHORS_DIR, ROUND_CHAIN_RECORD  # noqa: E402
+from simulation.flower.server_app import DEFAULTS  # noqa: E402
 from simulation.flower.transport import STEP  # noqa: E402
 
 from .flower_harness import InMemoryGrid  # noqa: E402
 from .ledger_rewrite import ledger_rows, rewrite_ledger, spend_rows  # noqa: E402
-from .test_flower_ledger import DEFAULTS, RUN, SITES, _consortium, _federate, _run_id, _verify  # noqa: E402
+from .inmemory_consortium import RUN, SITES, cli_verify, consortium, federate, ledger_run_id  # noqa: E402
 
 
 class _WithholdingGrid(InMemoryGrid):
@@ -53,11 +54,11 @@ class _WithholdingGrid(InMemoryGrid):
 
 
 def test_withheld_last_anchor_then_truncated_round_is_caught(tmp_path, capsys):
-    registry, states, nodes = _consortium(tmp_path)
+    registry, states, nodes = consortium(tmp_path)
     run_dir = tmp_path / "run"
-    summary = _federate(_WithholdingGrid(client_app.app, nodes, DEFAULTS | RUN), run_dir, registry=str(registry))
+    summary = federate(_WithholdingGrid(client_app.app, nodes, DEFAULTS | RUN), run_dir, registry=str(registry))
     assert summary["rounds_completed"] == 2
-    run_id = _run_id(run_dir)
+    run_id = ledger_run_id(run_dir)
     anchors = [states[s] / ANCHORS_DIR / run_id for s in states]
     # Each node anchored its round-1 entry itself when it was asked to unmask round 1.
     rows = ledger_rows(run_dir)
@@ -65,7 +66,7 @@ def test_withheld_last_anchor_then_truncated_round_is_caught(tmp_path, capsys):
     assert max(json.loads((a / "ledger.anchor.json").read_text())["seq"] for a in anchors) >= last_spend
     round_ends = [i for i, (kind, _) in enumerate(rows) if kind == "round"]
     rewrite_ledger(run_dir, rows[: round_ends[-2] + 1])  # round 1 (released, unmasked, applied) deleted
-    code, out, err = _verify(capsys, run_dir, "--registry", registry, "--anchors", *anchors)
+    code, out, err = cli_verify(capsys, run_dir, "--registry", registry, "--anchors", *anchors)
     assert code == 1, "the coordinator under-reported round 1 and verify said OK"
     assert "the ledger was truncated" in err and "ledger BROKEN at entry" in err
 
@@ -85,9 +86,9 @@ def test_a_coordinator_that_records_no_spend_for_a_site_cannot_decode_it(tmp_pat
         self.released_sites = sorted(self.ctx.site_of(i) for i in released_ids)  # hide it from its own check
 
     monkeypatch.setattr(rounds.ReleaseCommitter, "__call__", omit_site_1_in_round_1)
-    registry, states, nodes = _consortium(tmp_path)
+    registry, states, nodes = consortium(tmp_path)
     run_dir = tmp_path / "run"
-    summary = _federate(InMemoryGrid(client_app.app, nodes, DEFAULTS | RUN), run_dir, registry=str(registry))
+    summary = federate(InMemoryGrid(client_app.app, nodes, DEFAULTS | RUN), run_dir, registry=str(registry))
     capsys.readouterr()
     metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert summary["rounds_completed"] == 1 and metrics[1]["status"] == "aborted"
@@ -96,14 +97,14 @@ def test_a_coordinator_that_records_no_spend_for_a_site_cannot_decode_it(tmp_pat
     assert "unmasks round 1 only after it signed its spend" in refusals["site-1"]
     for site in ("site-2", "site-3"):
         assert "holds no spend of survivor site 'site-1' in round 1" in refusals[site], refusals
-    run_id = _run_id(run_dir)
+    run_id = ledger_run_id(run_dir)
     for site in SITES:  # nobody anchored round 1, nobody was a survivor of it
         released = json.loads((states[site] / ANCHORS_DIR / run_id / "released.json").read_text())
         assert released["rounds"] == {"0": "survivor", "1": "released"}
     spends = [entry_site_and_round(kind, body) for kind, body in ledger_rows(run_dir) if kind == "spend"]
     assert set(spends) == {(s, r) for s in SITES for r in (0, 1)} - {("site-1", 1)}
     anchors = [states[s] / ANCHORS_DIR / run_id for s in SITES]
-    code, out, err = _verify(capsys, run_dir, "--registry", registry, "--anchors", *anchors)
+    code, out, err = cli_verify(capsys, run_dir, "--registry", registry, "--anchors", *anchors)
     assert code == 0, err  # every recorded entry is intact: the omission is a warning, not a broken chain
     assert ("site 'site-1' released a masked update in round 1" in out
             and "charges it no spend for that round" in out), out
@@ -162,10 +163,10 @@ def _rehash_without_first(record):
     (_rehash_without_first, "is not the entry this site signed"),
 ])
 def test_a_node_refuses_to_unmask_against_an_altered_or_forked_chain(tmp_path, tamper, reason):
-    registry, states, nodes = _consortium(tmp_path)
+    registry, states, nodes = consortium(tmp_path)
     run_dir = tmp_path / "run"
     grid = _ChainTamperingGrid(client_app.app, nodes, DEFAULTS | RUN, tamper=tamper)
-    summary = _federate(grid, run_dir, rounds=1, registry=str(registry))
+    summary = federate(grid, run_dir, rounds=1, registry=str(registry))
     assert grid.tampered == 3
     record = json.loads((run_dir / "metrics.jsonl").read_text())
     assert summary["rounds_completed"] == 0 and record["status"] == "aborted"
@@ -174,7 +175,7 @@ def test_a_node_refuses_to_unmask_against_an_altered_or_forked_chain(tmp_path, t
     assert reason in record["refusals"]["site-2"], record["refusals"]
     own = {body["event"]["site"]: seq for seq, body in spend_rows(ledger_rows(run_dir))}
     for site in SITES:  # nobody anchored the chain it refused: only its own entry, delivered at the end
-        anchor = json.loads((states[site] / ANCHORS_DIR / _run_id(run_dir) / "ledger.anchor.json").read_text())
+        anchor = json.loads((states[site] / ANCHORS_DIR / ledger_run_id(run_dir) / "ledger.anchor.json").read_text())
         assert anchor["seq"] == own[site]
 
 
@@ -193,7 +194,7 @@ def _forge_last_signature(record):
 def test_with_a_registry_at_the_nodes_a_forged_signature_in_the_chain_is_refused(tmp_path):
     from simulation.identity import add_to_registry, write_identity
 
-    registry, states, nodes = _consortium(tmp_path)
+    registry, states, nodes = consortium(tmp_path)
     keys = {site: write_identity(tmp_path / "keys", site) for site in SITES}
     registry.unlink()
     for site, identity in keys.items():
@@ -202,7 +203,7 @@ def test_with_a_registry_at_the_nodes_a_forged_signature_in_the_chain_is_refused
         node |= {"signing-key": str(keys[node["site"]].signing_key_path), "registry": str(registry)}
     run_dir = tmp_path / "run"
     grid = _ChainTamperingGrid(client_app.app, nodes, DEFAULTS | RUN, tamper=_forge_last_signature)
-    summary = _federate(grid, run_dir, rounds=1, active=True, registry=str(registry))
+    summary = federate(grid, run_dir, rounds=1, active=True, registry=str(registry))
     record = json.loads((run_dir / "metrics.jsonl").read_text())
     assert grid.tampered == 3 and summary["rounds_completed"] == 0 and record["status"] == "aborted"
     assert record["survivors_per_stage"]["unmask"] == []
@@ -214,15 +215,15 @@ def test_without_a_registry_at_the_nodes_a_forged_signature_is_anchored_and_fail
     """The residual of passive mode: nodes without a registry cannot check the signatures they are shown.
     Sites 1 and 2 anchor the chain with the forged entry (threshold 2 of 3, so the round completes); the
     ledger holds the genuine entry, and verify with the registry and their anchors fails."""
-    registry, states, nodes = _consortium(tmp_path)
+    registry, states, nodes = consortium(tmp_path)
     run_dir = tmp_path / "run"
     grid = _ChainTamperingGrid(client_app.app, nodes, DEFAULTS | RUN, tamper=_forge_last_signature)
-    summary = _federate(grid, run_dir, rounds=1, registry=str(registry))
+    summary = federate(grid, run_dir, rounds=1, registry=str(registry))
     record = json.loads((run_dir / "metrics.jsonl").read_text())
     assert summary["rounds_completed"] == 1 and record["survivors_per_stage"]["unmask"] == ["site-1", "site-2"]
-    run_id = _run_id(run_dir)
+    run_id = ledger_run_id(run_dir)
     anchors = [states[s] / ANCHORS_DIR / run_id for s in ("site-1", "site-2")]
-    code, _, err = _verify(capsys, run_dir, "--registry", registry, "--anchors", *anchors)
+    code, _, err = cli_verify(capsys, run_dir, "--registry", registry, "--anchors", *anchors)
     assert code == 1 and "is not the entry site 'site-1' countersigned" in err, err
     # Had the coordinator written the forged entry into its ledger instead, its signature would fail.
     ledger = PrivacyLedger.open(run_dir)
@@ -238,7 +239,7 @@ def test_without_a_registry_at_the_nodes_a_forged_signature_is_anchored_and_fail
     rows = ledger_rows(run_dir)
     rows[-2] = ("spend", json.loads(forged["bodies"][0]))
     rewrite_ledger(run_dir, rows)
-    code, _, err = _verify(capsys, run_dir, "--registry", registry, "--anchors", *anchors)
+    code, _, err = cli_verify(capsys, run_dir, "--registry", registry, "--anchors", *anchors)
     assert code == 1 and "signature of site 'site-3' does not verify" in err, err
 
 
@@ -260,28 +261,28 @@ class _CallItDropped(InMemoryGrid):
 
 
 def test_calling_a_released_update_a_dropout_does_not_erase_its_release_record(tmp_path):
-    registry, states, nodes = _consortium(tmp_path)
+    registry, states, nodes = consortium(tmp_path)
     run_dir = tmp_path / "run"
-    _federate(_CallItDropped(client_app.app, nodes, DEFAULTS | RUN), run_dir, rounds=1, registry=str(registry))
+    federate(_CallItDropped(client_app.app, nodes, DEFAULTS | RUN), run_dir, rounds=1, registry=str(registry))
     record = json.loads((run_dir / "metrics.jsonl").read_text())
     assert "listed as dropped" in record["refusals"]["site-1"]
-    released = json.loads((states["site-1"] / ANCHORS_DIR / _run_id(run_dir) / "released.json").read_text())
+    released = json.loads((states["site-1"] / ANCHORS_DIR / ledger_run_id(run_dir) / "released.json").read_text())
     assert released["rounds"] == {"0": "released"}  # still evidence that its update left it
 
 
 def test_a_damaged_anchor_file_is_a_broken_ledger_not_a_usage_error(tmp_path, capsys):
-    registry, states, nodes = _consortium(tmp_path)
+    registry, states, nodes = consortium(tmp_path)
     run_dir = tmp_path / "run"
-    _federate(InMemoryGrid(client_app.app, nodes, DEFAULTS | RUN), run_dir, registry=str(registry))
-    folder = states["site-2"] / ANCHORS_DIR / _run_id(run_dir)
+    federate(InMemoryGrid(client_app.app, nodes, DEFAULTS | RUN), run_dir, registry=str(registry))
+    folder = states["site-2"] / ANCHORS_DIR / ledger_run_id(run_dir)
     (folder / "ledger.anchor.json").write_text("{not json")
-    code, _, err = _verify(capsys, run_dir, "--registry", registry, "--anchors", folder)
+    code, _, err = cli_verify(capsys, run_dir, "--registry", registry, "--anchors", folder)
     assert code == 1 and "ledger BROKEN" in err and "ledger.anchor.json does not parse" in err
     # An anchor signed by the wrong site is named as that anchor, not as "the head record".
-    other = states["site-3"] / ANCHORS_DIR / _run_id(run_dir) / "ledger.anchor.json"
+    other = states["site-3"] / ANCHORS_DIR / ledger_run_id(run_dir) / "ledger.anchor.json"
     forged = json.loads(other.read_text()) | {"site": "site-2"}
     (folder / "ledger.anchor.json").write_text(json.dumps(forged))
-    code, _, err = _verify(capsys, run_dir, "--registry", registry, "--anchors", folder)
+    code, _, err = cli_verify(capsys, run_dir, "--registry", registry, "--anchors", folder)
     assert code == 1 and "BROKEN at the anchor of site 'site-2'" in err, err
 
 
@@ -304,7 +305,7 @@ def test_the_client_to_site_map_is_checked_against_the_registry_in_active_mode_o
     """What the passive-mode residual rests on: a node without a registry takes the coordinator's map."""
     from simulation.identity import add_to_registry, write_identity
 
-    registry, states, nodes = _consortium(tmp_path)
+    registry, states, nodes = consortium(tmp_path)
     if active:
         keys = {site: write_identity(tmp_path / "keys", site) for site in SITES}
         registry.unlink()
@@ -313,7 +314,7 @@ def test_the_client_to_site_map_is_checked_against_the_registry_in_active_mode_o
         for node in nodes.values():
             node |= {"signing-key": str(keys[node["site"]].signing_key_path), "registry": str(registry)}
     run_dir = tmp_path / "run"
-    _federate(_SwapNames(client_app.app, nodes, DEFAULTS | RUN), run_dir, rounds=1, active=active,
+    federate(_SwapNames(client_app.app, nodes, DEFAULTS | RUN), run_dir, rounds=1, active=active,
               registry=str(registry))
     record = json.loads((run_dir / "metrics.jsonl").read_text())
     if active:

@@ -46,3 +46,51 @@ def test_the_check_sees_a_forbidden_import(tmp_path):
     (tmp_path / "dp").mkdir()
     (tmp_path / "dp" / "bad.py").write_text("def f():\n    from simulation.config import load_config\n")
     assert project_imports("dp", tmp_path) == {"dp/bad.py": {"simulation"}}
+
+
+#: What a test or benchmark may import from: the project's packages and the test helpers.
+OURS = PROJECT | {"tests", "benchmarks"}
+
+
+def private_imports(folder: str, root: Path = ROOT) -> list[str]:
+    """``file:line name`` of every import, in ``folder``, of an underscore name of ours: a private module or
+    name of secagg/dp/models/simulation, or of another test or benchmark module (relative imports included).
+    Dunder names (``__version__``) are public."""
+
+    def private(dotted: str) -> bool:
+        return any(part.startswith("_") and not part.startswith("__") for part in dotted.split(".") if part)
+
+    found = []
+    for path in sorted((root / folder).rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            where = f"{path.relative_to(root).as_posix()}:{getattr(node, 'lineno', 0)}"
+            if isinstance(node, ast.Import):
+                found += [f"{where} {a.name}" for a in node.names
+                          if a.name.split(".")[0] in OURS and private(a.name)]
+            elif isinstance(node, ast.ImportFrom):
+                module = node.module or ""
+                if node.level == 0 and module.split(".")[0] not in OURS:
+                    continue
+                found += [f"{where} {'.' * node.level}{module} {a.name}" for a in node.names
+                          if private(f"{module}.{a.name}")]
+    return found
+
+
+@pytest.mark.parametrize("folder", ["tests", "benchmarks"])
+def test_no_test_or_benchmark_imports_a_private_name_of_ours(folder):
+    assert (ROOT / folder).is_dir()
+    wrong = private_imports(folder)
+    assert not wrong, f"make the name public (a helper module under tests/) or test through the public API: {wrong}"
+
+
+def test_the_private_import_check_sees_each_form(tmp_path):
+    """Not vacuous: a private name from another test module, relative or absolute, a private module of a
+    package, and a private name of a package are each reported; public and foreign ones are not."""
+    (tmp_path / "tests").mkdir()
+    (tmp_path / "tests" / "test_a.py").write_text(
+        "import os._x\nfrom collections import _chain\nfrom .test_b import helper, __doc__\n"
+        "from .test_b import _federate\nfrom tests.test_c import _tool\nimport models._deps as deps\n"
+        "def f():\n    from simulation.cli import _cmd_params\n")
+    assert private_imports("tests", tmp_path) == [
+        "tests/test_a.py:4 .test_b _federate", "tests/test_a.py:5 tests.test_c _tool",
+        "tests/test_a.py:6 models._deps", "tests/test_a.py:8 simulation.cli _cmd_params"]

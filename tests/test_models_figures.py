@@ -47,8 +47,6 @@ def test_detection_png(tmp_path):
 def test_missing_matplotlib_names_the_extra(monkeypatch, tmp_path):
     import importlib
 
-    import models._deps as deps
-
     real = importlib.import_module
 
     def fake(name, *args, **kwargs):
@@ -56,7 +54,8 @@ def test_missing_matplotlib_names_the_extra(monkeypatch, tmp_path):
             raise ModuleNotFoundError("No module named 'matplotlib'", name="matplotlib")
         return real(name, *args, **kwargs)
 
-    monkeypatch.setattr(deps.importlib, "import_module", fake)
+    # models imports its optional dependencies through importlib.import_module: matplotlib is absent there.
+    monkeypatch.setattr(importlib, "import_module", fake)
     with pytest.raises(MissingDependencyError, match=r"pip install secagg\[mri\]"):
         plot_site_examples(tiny_sites(64), tmp_path / "x.png")
     assert not (tmp_path / "x.png").exists()
