@@ -517,17 +517,17 @@ def _run_simulation(config: SimulationConfig, out_dir, *, resume: bool, quiet: b
     if run.restored:
         fleet.load_checkpoints(run.store)
     log(f"dropouts: {dropout_model.describe()}")
-    after_round = None
-    if experiment_monitor is not None:
-        def snapshot():
-            return coordinator.state_dict(), {name: site.snapshot() for name, site in sites.items()}
+    def snapshot():
+        return coordinator.state_dict(), {name: site.snapshot() for name, site in sites.items()}
 
-        def after_round(round_index):
-            # new_model re-seeds torch's generator, which FedDis' intensity augmentation draws from: fork it
-            # so that measuring the validation loss leaves training exactly as it would be without.
-            with torch.random.fork_rng(devices=[]):
-                current = _federated_models(config, coordinator, sites, shared_names, reference)
-            return experiment_monitor.after_round(round_index, list(current.values()), snapshot)
+    def monitor_round(round_index):
+        # new_model re-seeds torch's generator, which FedDis' intensity augmentation draws from: fork it
+        # so that measuring the validation loss leaves training exactly as it would be without.
+        with torch.random.fork_rng(devices=[]):
+            current = _federated_models(config, coordinator, sites, shared_names, reference)
+        return experiment_monitor.after_round(round_index, list(current.values()), snapshot)
+
+    after_round = monitor_round if experiment_monitor is not None else None  # only experiments watch rounds
     try:
         stopped, interrupted = run_rounds(run.ctx, fleet, run.store, run.state, run.start_round, dropout_model,
                                           stop_after_round, after_round)

@@ -47,7 +47,7 @@ The package, one job a module, in the order the data flows:
 from .build import build_dpia
 from .document import LEVELS, PLACEHOLDER, DPIAError
 from .org import ORG_FIELDS, load_org
-from .render import TEMPLATES, find_chromium, render_dpia, write_dpia
+from .render import find_chromium, render_dpia, write_dpia
 
 __all__ = ["DPIAError", "ORG_FIELDS", "LEVELS", "PLACEHOLDER", "load_org", "build_dpia", "render_dpia",
            "write_dpia", "find_chromium"]
