@@ -20,6 +20,16 @@ directory, or in a new private temporary directory when there is none),
 What counts as bad input is :func:`simulation.errors.bad_input_errors`: the one simulation-side
 base :class:`~simulation.errors.SimulationInputError` and the bad-input bases of secagg, dp and
 models (which cannot derive from a simulation class: they may not import it).
+
+Layout: one module per command group, in the order of ``secagg --help`` (:data:`GROUPS`):
+:mod:`~simulation.cli.protocol` (demo, params), :mod:`~simulation.cli.accounting` (epsilon, noise),
+:mod:`~simulation.cli.simulate`, :mod:`~simulation.cli.experiment`, :mod:`~simulation.cli.data`,
+:mod:`~simulation.cli.model` (export, detect), :mod:`~simulation.cli.keys`, :mod:`~simulation.cli.flower`,
+:mod:`~simulation.cli.reports` (dpia, audit) and :mod:`~simulation.cli.ledger`. Each has a
+``register(sub)`` that adds its sub-parsers and their handlers; :func:`build_parser` only calls them, and
+:func:`main` is the one place where errors become exit codes. :mod:`~simulation.cli.common` holds the
+parser classes, argument types and exit codes, :mod:`~simulation.cli.output` the one printer of JSON
+(``--json``) or text, :mod:`~simulation.cli.crash` the crash report.
 """
 
 from __future__ import annotations
@@ -40,6 +50,7 @@ GROUPS = (protocol, accounting, simulate, experiment, data, model, keys, flower,
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``secagg`` parser: each group of :data:`GROUPS` adds its sub-parsers, in that order."""
     parser = Parser(
         prog="secagg",
         description="Privacy-hardened secure aggregation for federated learning of brain-MRI autoencoders.",

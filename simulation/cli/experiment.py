@@ -11,7 +11,7 @@ from .output import emit
 __all__ = ["register", "cmd_experiment"]
 
 
-def int_list(name: str):
+def _int_list(name: str):
     def parse(text: str) -> list:
         try:
             values = [int(v) for v in text.split(",") if v.strip()]
@@ -24,7 +24,7 @@ def int_list(name: str):
     return parse
 
 
-def float_list(name: str):
+def _float_list(name: str):
     def parse(text: str) -> list:
         try:
             return [float(v) for v in text.split(",") if v.strip()]
@@ -101,9 +101,9 @@ def register(sub) -> None:
         ),
     )
     experiment.add_argument("--config", help="experiment TOML file (default: built-in defaults)")
-    experiment.add_argument("--seeds", type=int_list("seeds"), help="comma list of seeds (default 0,1,2,3,4)")
+    experiment.add_argument("--seeds", type=_int_list("seeds"), help="comma list of seeds (default 0,1,2,3,4)")
     experiment.add_argument("--arms", help="comma list of federated,local,central,non-private (default all)")
-    experiment.add_argument("--epsilons", type=float_list("epsilons"),
+    experiment.add_argument("--epsilons", type=_float_list("epsilons"),
                             help="extra target epsilons for the privacy-utility curve (federated and central)")
     experiment.add_argument("--same-data", action="store_true",
                             help="one cohort for every seed (default: seed s uses data_seed + s)")
