@@ -140,3 +140,15 @@ def app_verifier_state_stays_in_its_test():
         os.environ.pop("FLWR_HOME", None)
     else:
         os.environ["FLWR_HOME"] = home
+
+
+@pytest.fixture
+def federation(tmp_path):
+    """A fresh set of real Flower processes (``tests/flower_federation.Federation``), stopped after the test."""
+    from tests.flower_federation import Federation
+
+    fed = Federation(tmp_path)
+    try:
+        yield fed
+    finally:
+        fed.stop()

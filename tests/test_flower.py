@@ -32,7 +32,7 @@ import pytest
 
 pytest.importorskip("flwr")
 
-from tests.flower_federation import SITES, Federation, check_run  # noqa: E402
+from tests.flower_federation import SITES, check_run  # noqa: E402
 
 # `make test` hands out whole files (--dist loadfile): one worker runs this file's federations one after
 # another, while the other Flower process files (tests/test_flower_engine_dp.py, test_flower_crash.py,
@@ -40,15 +40,6 @@ from tests.flower_federation import SITES, Federation, check_run  # noqa: E402
 # SuperLink, SuperNodes and a process per message; the 45 s stage timeouts leave honest nodes headroom
 # for that on a loaded 2-core machine.
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture
-def federation(tmp_path):
-    fed = Federation(tmp_path)
-    try:
-        yield fed
-    finally:
-        fed.stop()
 
 
 def test_deployment_engine_over_tls_active_mode_two_rounds_with_a_dropout(federation, tmp_path):

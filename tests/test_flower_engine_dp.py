@@ -21,18 +21,9 @@ import pytest
 pytest.importorskip("flwr")
 
 from dp import PrivacyLedger  # noqa: E402
-from tests.flower_processes import SITES, Federation, check_run  # noqa: E402
+from tests.flower_processes import SITES, check_run  # noqa: E402
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture
-def federation(tmp_path):
-    fed = Federation(tmp_path)
-    try:
-        yield fed
-    finally:
-        fed.stop()
 
 
 def test_simulation_engine_two_rounds_with_a_dropout(federation, tmp_path):
