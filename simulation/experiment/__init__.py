@@ -7,8 +7,11 @@ stopping rule on the healthy validation loss for every arm),
 :mod:`.tuning` (learning rates chosen per arm on a tuning seed),
 :mod:`.held_out` (the leave-one-site-out split), :mod:`.arms` (training
 each arm of a seed, reusing :mod:`simulation.simulate`'s run),
-:mod:`.runner` (seeds, evaluation, summary), :mod:`.statistics` (paired
-differences with 95% intervals), :mod:`.report` (``report.md`` and plots).
+:mod:`.runner` (seeds, evaluation, summary), :mod:`.parallel` (tuning rates,
+seeds and sweep points run ``--jobs`` at a time in spawned processes, one torch
+thread each: the same numbers for any ``jobs``), :mod:`.statistics` (paired
+differences with 95% intervals, rank correlation), :mod:`.report`
+(``report.md`` and plots).
 """
 
 from .arms import TrainedArm, privacy_of, stopping_rule, train_arms
@@ -35,7 +38,8 @@ from .runner import (
     summarise,
     tune_learning_rates,
 )
-from .statistics import PairedDifference, paired_bootstrap, paired_t, t_quantile
+from .parallel import default_jobs, run_units
+from .statistics import PairedDifference, paired_bootstrap, paired_t, rank_correlation, t_quantile
 from .tuning import TUNING_NOTE, score_by_arm, select_learning_rate
 
 __all__ = [
@@ -48,5 +52,6 @@ __all__ = [
     "SEEDED_NOISE_LABEL", "SeededExperimentNoise", "SeededStream",
     "render_report", "write_report",
     "COMPARISONS", "ExperimentError", "ExperimentResult", "report_metrics", "run_experiment", "summarise",
-    "PairedDifference", "paired_bootstrap", "paired_t", "t_quantile",
+    "PairedDifference", "paired_bootstrap", "paired_t", "t_quantile", "rank_correlation",
+    "default_jobs", "run_units",
 ]

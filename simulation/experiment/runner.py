@@ -34,6 +34,17 @@ part of the protocol, :mod:`secagg.encoding`): its metrics repeat up to that
 rounding (at most n x 2^-29 of the update clip per coordinate per round),
 the other arms' exactly.
 
+**Parallel units** (:mod:`.parallel`): the cohorts are generated first, then
+the tuning rates, then every (seed, epsilon) pair run ``jobs`` at a time,
+each in its own spawned process with one torch thread; records keep the
+sequential order, and the numbers do not depend on ``jobs``.
+
+**What the report also asks.** :func:`privacy_utility_paired` pairs each
+sweep epsilon with the main one by seed (is a step of the curve larger than
+the seed-to-seed noise, and which way?); :func:`stopping_criterion_alignment`
+gives Spearman's rho between each model's best validation loss (what tuning
+and early stopping minimise) and its AUPRC (what is compared).
+
 Outputs in ``OUT``: ``experiment.json`` (configuration and command),
 ``results.json`` (every arm x seed, the statistics), ``report.md`` and
 ``plots/`` (:mod:`.report`), ``runs/seed-S/...`` (the federated runs),
@@ -57,8 +68,8 @@ import numpy as np
 from ..errors import SimulationInputError
 from .arms import TrainedArm, train_arms
 from .config import ARMS, ExperimentConfig
-from .parallel import default_jobs, run_units
 from .held_out import held_out_site_for, split_held_out_site, without_test_volumes
+from .parallel import default_jobs, run_units
 from .randomness import SEEDED_NOISE_LABEL
 from .statistics import paired_bootstrap, paired_t, rank_correlation
 from .tuning import TUNING_NOTE, score_by_arm, select_learning_rate
