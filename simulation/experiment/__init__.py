@@ -5,7 +5,8 @@ seeded, labelled DP sampling and noise of experiment mode - never a
 privacy guarantee, never the default), :mod:`.early_stopping` (one
 stopping rule on the healthy validation loss for every arm),
 :mod:`.tuning` (learning rates chosen per arm on a tuning seed),
-:mod:`.held_out` (the leave-one-site-out split), :mod:`.arms` (training
+:mod:`.held_out` (the leave-one-site-out split), :mod:`.site_shift` (the
+study's premise, measured three ways), :mod:`.arms` (training
 each arm of a seed, reusing :mod:`simulation.simulate`'s run),
 :mod:`.runner` (seeds, evaluation, summary), :mod:`.parallel` (tuning rates,
 seeds and sweep points run ``--jobs`` at a time in spawned processes, one torch
@@ -34,11 +35,11 @@ from .runner import (
     ExperimentResult,
     report_metrics,
     run_experiment,
-    site_shift,
     summarise,
     tune_learning_rates,
 )
 from .parallel import default_jobs, run_units
+from .site_shift import healthy_residual_by_site, site_shift
 from .statistics import PairedDifference, paired_bootstrap, paired_t, rank_correlation, t_quantile
 from .tuning import TUNING_NOTE, score_by_arm, select_learning_rate
 
@@ -47,7 +48,7 @@ __all__ = [
     "EarlyStopping", "StoppingRule", "StopTraining", "ValidationMonitor", "train_with_stopping", "validation_loss",
     "validation_slices",
     "held_out_site_for", "split_held_out_site", "without_test_volumes",
-    "site_shift", "tune_learning_rates", "TUNING_NOTE", "score_by_arm", "select_learning_rate",
+    "site_shift", "healthy_residual_by_site", "tune_learning_rates", "TUNING_NOTE", "score_by_arm", "select_learning_rate",
     "ARMS", "ExperimentConfig", "load_experiment_config",
     "SEEDED_NOISE_LABEL", "SeededExperimentNoise", "SeededStream",
     "render_report", "write_report",

@@ -27,8 +27,10 @@ Each model is evaluated by :func:`simulation.simulate.evaluate_model` on the
 same pooled pathological test volumes of the training sites (held-out
 subjects), with the threshold fixed on the same healthy validation volumes,
 beside the intensity baseline; with a held-out site, also on that site's
-pathological volumes (``metrics.model.held_out``; :func:`site_shift` tests
-the premise that a single-site model degrades there). The federated
+pathological volumes (``metrics.model.held_out``), and every model's mean anomaly score on
+each training site's healthy validation volumes
+(``metrics.model.healthy_residual``); :func:`.site_shift.site_shift` tests
+the premise that a single-site model degrades on another site's scanner. The federated
 arm's stochastic rounding in the update encoding stays on the CSPRNG (it is
 part of the protocol, :mod:`secagg.encoding`): its metrics repeat up to that
 rounding (at most n x 2^-29 of the update clip per coordinate per round),
@@ -71,6 +73,7 @@ from .config import ARMS, ExperimentConfig
 from .held_out import held_out_site_for, split_held_out_site, without_test_volumes
 from .parallel import default_jobs, run_units
 from .randomness import SEEDED_NOISE_LABEL
+from .site_shift import healthy_residual_by_site, site_shift
 from .statistics import paired_bootstrap, paired_t, rank_correlation
 from .tuning import TUNING_NOTE, score_by_arm, select_learning_rate
 
@@ -199,6 +202,10 @@ def _evaluate_arm(trained: TrainedArm, cohort, sim, held_out) -> dict:
 
     reports = trained.reports or [evaluate_model(m, cohort, sim) for m in trained.models]
     metrics = _mean_metrics([report_metrics(r) for r in reports])
+    # Per training site, the mean anomaly score on its healthy validation volumes (.site_shift, measure 3).
+    median = reports[0].median_size  # the evaluation's own filter (one configuration per arm)
+    metrics["model"]["healthy_residual"] = _mean_metrics(
+        [healthy_residual_by_site(m, cohort, median) for m in trained.models])
     if held_out is not None:
         ho = _mean_metrics([report_metrics(evaluate_model(m, held_out, sim)) for m in trained.models])
         metrics["model"]["held_out"] = ho["model"]
@@ -371,39 +378,6 @@ def _training_summary(records) -> dict:
     for entry in out.values():
         entry["learning_rates"] = sorted(entry["learning_rates"])
     return out
-
-
-def site_shift(records) -> dict | None:
-    """Does a single-site model degrade on another site's scanner? Per seed, over that seed's local models k:
-    AUPRC of local k on its own site's held-out subjects minus on the held-out site (``model``); the same
-    site pairs for the intensity baseline, which trains on nothing (``intensity``: how much harder the
-    held-out site's lesions are by themselves); and their difference (``beyond_intensity``). Paired
-    t and bootstrap intervals over seeds. None without a held-out site."""
-    rows: dict = {"model": {}, "intensity": {}}
-    baseline = {r["seed"]: r["metrics"]["intensity"] for r in records if r["arm"] == "federated"}
-    for r in records:
-        if r["arm"] != "local" or "held_out" not in r["metrics"]["model"]:
-            continue
-        own = r["visits"].get("site")
-        model, intensity = r["metrics"]["model"], baseline.get(r["seed"])
-        if own not in model["site"] or intensity is None or own not in intensity["site"]:
-            continue
-        rows["model"].setdefault(r["seed"], []).append(
-            model["site"][own]["auprc"] - model["held_out"]["overall"]["auprc"])
-        rows["intensity"].setdefault(r["seed"], []).append(
-            intensity["site"][own]["auprc"] - intensity["held_out"]["overall"]["auprc"])
-    seeds = sorted(set(rows["model"]) & set(rows["intensity"]))
-    if not seeds:
-        return None
-    model = [float(np.mean(rows["model"][s])) for s in seeds]
-    intensity = [float(np.mean(rows["intensity"][s])) for s in seeds]
-    zeros = [0.0] * len(seeds)
-    return {"seeds": seeds,
-            "model": {"t": paired_t(model, zeros).to_dict(), "bootstrap": paired_bootstrap(model, zeros).to_dict()},
-            "intensity": {"t": paired_t(intensity, zeros).to_dict(),
-                          "bootstrap": paired_bootstrap(intensity, zeros).to_dict()},
-            "beyond_intensity": {"t": paired_t(model, intensity).to_dict(),
-                                 "bootstrap": paired_bootstrap(model, intensity).to_dict()}}
 
 
 def run_experiment(config: ExperimentConfig, out_dir, *, log: Callable[[str], None] | None = None,
