@@ -8,6 +8,7 @@ PIP    := $(PY) -m pip --disable-pip-version-check -q
 INSTALL := $(PIP) install -c constraints.txt
 RESULTS ?= results
 # `make test` runs pytest-xdist with one worker per core (`-n auto`); PYTEST_WORKERS=1 runs one worker.
+# --durations=40 lists the slowest test phases at the end, so every clean run says where the time went.
 # (Two workers more than cores was tried on 2026-11-30 to overlap the Flower process files' waits with
 # other files; it was not measured to finish faster, and the Flower files are CPU-bound as much as they
 # wait - each message starts a Python process - so the proven one-per-core count stays the default:
@@ -59,7 +60,7 @@ chromium:
 	  else echo "note: chromium missing and not root: DPIA PDF and browser tests will be skipped"; fi; }
 
 test: $(VENV)/.stamp-dev chromium
-	$(PY) -m pytest -q -p no:cacheprovider -n $(PYTEST_WORKERS) --dist loadfile tests
+	$(PY) -m pytest -q -p no:cacheprovider -n $(PYTEST_WORKERS) --dist loadfile --durations=40 tests
 
 bench: $(VENV)/.stamp-dev
 	mkdir -p $(RESULTS)

@@ -127,6 +127,31 @@ def test_the_report_states_each_measure_with_its_verdict():
     assert "-0.010 [-0.050, 0.030] AUPRC" in text and "**not shown** (the interval includes 0)" in text
     assert "×1.49" in text and "**shown**" in text  # exp(0.4) = 1.49
     assert "does not decide detection" in text
+    shift["healthy_residual"]["variance_shares"] = {"model": 0.8, "site": 0.15, "interaction": 0.05}
+    assert ("80% from which site trained the model, 15% from which site is scored, 5% neither"
+            in render_report(_results_with(shift), []))
     shift["same_volumes"]["t"].update(mean=-0.1, low=-0.15, high=-0.05)
     text = render_report(_results_with(shift), [])
     assert "**refuted** (the interval lies below 0)" in text
+
+
+def test_variance_shares_split_the_log_residual_into_model_site_and_neither():
+    from simulation.experiment import healthy_variance_shares
+
+    sites = ("a", "b", "c")
+
+    def seed(f):
+        return {k: {"healthy_residual": {j: f(i, jj) for jj, j in enumerate(sites)}} for i, k in enumerate(sites)}
+
+    # Only the model matters (row effect): every share goes to "model".
+    only_model = healthy_variance_shares(seed(lambda i, j: math.exp(i)))
+    assert only_model == pytest.approx({"model": 1.0, "site": 0.0, "interaction": 0.0})
+    only_site = healthy_variance_shares(seed(lambda i, j: math.exp(2 * j)))
+    assert only_site == pytest.approx({"model": 0.0, "site": 1.0, "interaction": 0.0})
+    # A pure in-site advantage (lower on the diagonal) has equal row and column means: all interaction.
+    diagonal = healthy_variance_shares(seed(lambda i, j: 1.0 if i == j else math.e))
+    assert diagonal["interaction"] == pytest.approx(1.0) and diagonal["model"] == pytest.approx(0.0)
+    assert healthy_variance_shares({"a": {"healthy_residual": {"a": 1.0}}}) is None  # 1 x 1: nothing to split
+    _, _, records = _records()
+    shares = site_shift(records)["healthy_residual"]["variance_shares"]
+    assert sum(shares.values()) == pytest.approx(1.0)

@@ -39,7 +39,7 @@ from .runner import (
     tune_learning_rates,
 )
 from .parallel import default_jobs, run_units
-from .site_shift import healthy_residual_by_site, site_shift
+from .site_shift import healthy_residual_by_site, healthy_variance_shares, site_shift
 from .statistics import PairedDifference, paired_bootstrap, paired_t, rank_correlation, t_quantile
 from .tuning import TUNING_NOTE, score_by_arm, select_learning_rate
 
@@ -48,7 +48,7 @@ __all__ = [
     "EarlyStopping", "StoppingRule", "StopTraining", "ValidationMonitor", "train_with_stopping", "validation_loss",
     "validation_slices",
     "held_out_site_for", "split_held_out_site", "without_test_volumes",
-    "site_shift", "healthy_residual_by_site", "tune_learning_rates", "TUNING_NOTE", "score_by_arm", "select_learning_rate",
+    "site_shift", "healthy_residual_by_site", "healthy_variance_shares", "tune_learning_rates", "TUNING_NOTE", "score_by_arm", "select_learning_rate",
     "ARMS", "ExperimentConfig", "load_experiment_config",
     "SEEDED_NOISE_LABEL", "SeededExperimentNoise", "SeededStream",
     "render_report", "write_report",

@@ -394,6 +394,11 @@ def _site_shift_lines(results: dict) -> list[str]:
                 f"site's own model: ×{ratio:.2f} (log-ratio {t['mean']:+.3f} [{_f(t['low'])}, {_f(t['high'])}], "
                 f"n = {len(healthy['seeds'])} seeds). Whether the models *see* the scanner shift on normal tissue: "
                 f"{_shown(t)}."]
+        shares = healthy.get("variance_shares")
+        if shares:
+            out += [f"   Variance of the log healthy score (mean over seeds): {100 * shares['model']:.0f}% from which "
+                    f"site trained the model, {100 * shares['site']:.0f}% from which site is scored, "
+                    f"{100 * shares['interaction']:.0f}% neither (where an in-site advantage would show)."]
         if same and _verdict(t) == "higher" and _verdict(same["t"]) != "higher":
             out += ["", "The models see the shift on healthy tissue (3) but it does not decide detection (2): at this "
                     "scale the lesions' contrast against each model's own reconstruction error, not the scanner, "

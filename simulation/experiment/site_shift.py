@@ -30,7 +30,11 @@ with t and bootstrap 95% intervals over the seeds (:mod:`.statistics`).
    real for the model but does not decide detection at this scale (its own
    error floor, or the lesions' contrast, dominates). Needs the per-site
    healthy residuals the runner records (``metrics.model.healthy_residual``);
-   records without them give ``None`` for this part.
+   records without them give ``None`` for this part. Beside it,
+   :func:`healthy_variance_shares` splits the variance of the log residual
+   into the model (which site trained it), the scored site, and what neither
+   explains: if the model term dominates, how well a model learned at all -
+   not which scanner it meets - sets its error on normal tissue.
 
 A positive difference in (1)-(3) supports the premise; "shown" in the report
 means the 95% t-interval excludes 0.
@@ -44,7 +48,7 @@ import numpy as np
 
 from .statistics import paired_bootstrap, paired_t
 
-__all__ = ["healthy_residual_by_site", "site_shift"]
+__all__ = ["healthy_residual_by_site", "healthy_variance_shares", "site_shift"]
 
 
 def healthy_residual_by_site(model, cohort, median_size) -> dict:
@@ -115,6 +119,31 @@ def _healthy_log_ratio(models_of_seed: dict) -> float | None:
     return float(np.mean(diffs)) if diffs else None
 
 
+def healthy_variance_shares(models_of_seed: dict) -> dict | None:
+    """Two-way decomposition of the log healthy residual ``L[k, j]`` (model trained at k, scored on site j).
+
+    ``L = m + a_k + b_j + e_kj`` with row, column and grand means; the shares of the total sum of squares are
+    ``model`` (which site trained the model: how well it learned at all), ``site`` (which scanner is scored:
+    how hard that site's normal tissue is for every model) and ``interaction`` (what neither explains; the
+    in-site advantage the premise predicts lives here, on the diagonal). None without a full k x j matrix of
+    at least 2 x 2."""
+    sites = sorted(models_of_seed)
+    try:
+        table = np.array([[models_of_seed[k]["healthy_residual"][j] for j in sites] for k in sites], dtype=float)
+    except KeyError:
+        return None
+    if table.shape[0] < 2 or np.any(table <= 0):
+        return None
+    logs = np.log(table)
+    grand = logs.mean()
+    rows, cols = logs.mean(axis=1) - grand, logs.mean(axis=0) - grand
+    inter = logs - grand - rows[:, None] - cols[None, :]
+    ss = {"model": logs.shape[1] * float(np.sum(rows ** 2)), "site": logs.shape[0] * float(np.sum(cols ** 2)),
+          "interaction": float(np.sum(inter ** 2))}
+    total = sum(ss.values())
+    return {k: (v / total if total > 0 else 0.0) for k, v in ss.items()}
+
+
 def _held_out_site(records) -> dict | None:
     rows: dict = {"model": {}, "intensity": {}}
     baseline = {r["seed"]: r["metrics"]["intensity"] for r in records if r["arm"] == "federated"}
@@ -156,6 +185,10 @@ def site_shift(records) -> dict | None:
     by_seed = {s: m for s, m in _local_models(records).items() if len(m) >= 2}
     same = _per_seed(by_seed, lambda m: _in_vs_cross(m, _auprc_on))
     healthy = _per_seed(by_seed, _healthy_log_ratio)
+    if healthy is not None:
+        shares = [v for v in (healthy_variance_shares(by_seed[s]) for s in healthy["seeds"]) if v is not None]
+        healthy["variance_shares"] = ({k: float(np.mean([v[k] for v in shares])) for k in shares[0]}
+                                      if shares else None)
     if held is None and same is None and healthy is None:
         return None
     out: dict = dict(held) if held else {"seeds": sorted(by_seed)}
