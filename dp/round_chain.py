@@ -47,7 +47,7 @@ up to L, an anchor at L fixes the content of entries 1..L (up to a SHA-256 colli
   one, the site anchors it, and at audit either the ledger holds the forged entry (its
   signature fails against the registry) or it does not (the anchor fails).
 * *Lying about which site a client id is*: with a registry at the site, the session's
-  client-id -> site map was checked against it (``simulation.identity.check_session_keys``:
+  client-id -> site map was checked against it (``simulation.federation.identity.check_session_keys``:
   each client's session verify key is its site's registered key, one site per client; active
   mode authenticates every protocol message under that key), so a survivor's update cannot be
   passed off as another site's.

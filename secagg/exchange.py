@@ -2,7 +2,7 @@
 
 Every in-process runner shares this loop - :func:`secagg.run_local` (masking),
 :func:`secagg.he.run_local_he` (CKKS) and the simulation engine
-(:mod:`simulation.engine`, also behind the Flower transport) - so the rules of
+(:mod:`simulation.federation.protocol_round`, also behind the Flower transport) - so the rules of
 delivery exist once:
 
 * every client not silenced at the first stage uploads its first message;

@@ -3,13 +3,13 @@
 * :func:`run_simulation` / :class:`SimulationConfig` / :func:`load_config` - ``secagg simulate``
   (:mod:`simulation.simulate`): federated DP-SGD with secure aggregation, dropouts, ledger,
   checkpoints, resume, plots and summary.
-* :mod:`simulation.engine` - the in-process transport for the masking, HE and plain paths.
+* :mod:`simulation.federation.protocol_round` - the in-process transport for the masking, HE and plain paths.
 * :func:`export_run` / :func:`model_from_run` - ``secagg export`` (:mod:`simulation.export`): a run's
   model as one self-describing file.
 * :func:`run_experiment` / :func:`load_experiment_config` - ``secagg experiment``
   (:mod:`simulation.experiment`): federated vs local, central and non-private over seeds, with
   seeded (labelled, never a privacy guarantee) noise, paired statistics and a report.
-* :mod:`simulation.server_optimizer` - FedAvg, server momentum, FedAdam on the decoded mean.
+* :mod:`simulation.federation.server_optimizer` - FedAvg, server momentum, FedAdam on the decoded mean.
 * :mod:`simulation.dpia` - ``secagg dpia``; :mod:`simulation.demo` - ``secagg demo``.
 * :mod:`simulation.flower` - the Flower engine (prototype, optional ``flower`` extra).
 * :mod:`simulation.errors` - :class:`SimulationInputError`, the base of every simulation-side

@@ -16,7 +16,7 @@ not attacked. See :mod:`dp.audit`.
 
 from __future__ import annotations
 
-from .runstore import RunDirectoryError
+from .federation.runstore import RunDirectoryError
 
 __all__ = ["audit_own_training"]
 

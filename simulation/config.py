@@ -104,7 +104,7 @@ class SimulationConfig:
     the defaults, at most 512 voxels per axis, 2^27 voxels, 1 GiB of voxels,
     0.1-10 mm voxels).
 
-    Server optimiser (:mod:`simulation.server_optimizer`; the in-process
+    Server optimiser (:mod:`simulation.federation.server_optimizer`; the in-process
     simulation only - Flower runs FedAvg): ``server_optimizer`` (``fedavg``,
     ``momentum`` or ``adam``, applied by the coordinator to the decoded mean:
     public post-processing, no privacy cost), ``server_learning_rate``
@@ -296,8 +296,8 @@ class SimulationConfig:
         return data
 
     def server_rule(self):
-        """The coordinator's update rule (:mod:`simulation.server_optimizer`)."""
-        from .server_optimizer import ServerRule
+        """The coordinator's update rule (:mod:`simulation.federation.server_optimizer`)."""
+        from .federation.server_optimizer import ServerRule
 
         return ServerRule(self.server_optimizer, self.server_learning_rate, momentum=self.server_momentum)
 

@@ -1,10 +1,10 @@
 """The in-process fleet: every site is an object in this process (one machine, simulated dropouts).
 
-It is the :class:`~simulation.rounds.Fleet` of ``secagg simulate``. Each
+It is the :class:`~simulation.federation.rounds.Fleet` of ``secagg simulate``. Each
 site trains with DP-SGD and encodes its update itself (:class:`Site`); its
 ring vector goes only into its own protocol session (masking, HE or, in the
 unprotected ``plain`` baseline, straight to the coordinator). The engine
-(:mod:`simulation.engine`) moves the wire bytes and silences sites at the
+(:mod:`simulation.federation.protocol_round`) moves the wire bytes and silences sites at the
 stages the dropout model chose.
 
 Spend or roll back. A site whose update reached the coordinator released
@@ -34,8 +34,8 @@ import numpy as np
 
 import secagg
 
-from .engine import run_he_round, run_masked_round, run_plain_round
-from .rounds import Fleet, FleetRound, PlainSession, RoundPlan, RunContext, planned_event
+from .federation.protocol_round import run_he_round, run_masked_round, run_plain_round
+from .federation.rounds import Fleet, FleetRound, PlainSession, RoundPlan, RunContext, planned_event
 
 __all__ = ["InProcessFleet", "SITE_LOCAL_DIR", "SITE_LOCAL_LABEL"]
 
@@ -52,7 +52,7 @@ class InProcessFleet(Fleet):
                  site_folders: Mapping | None = None, site_local_dir=None) -> None:
         from dp import LedgerSigner
 
-        self.sites = dict(sites)  # name -> simulation.site.Site
+        self.sites = dict(sites)  # name -> simulation.federation.site.Site
         self.identities = dict(identities or {})
         self.progress = progress
         self.site_local_dir = None if site_local_dir is None else Path(site_local_dir)

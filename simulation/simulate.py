@@ -2,11 +2,11 @@
 
 The round itself - budget check, local DP-SGD, encoding, the protocol with
 dropouts, the spend committed when the updates are in, FedAvg of the
-decoded sum, checkpoints - is :mod:`simulation.rounds`, shared with the
+decoded sum, checkpoints - is :mod:`simulation.federation.rounds`, shared with the
 Flower engine. This module adds what only a one-machine simulation has: the
 cohort (synthetic or a directory of NIfTI files, split into sites), the
 in-process fleet of sites (:mod:`simulation.inprocess`), simulated dropouts
-(:mod:`simulation.dropout`), and the evaluation at the end (the federated
+(:mod:`simulation.federation.dropout`), and the evaluation at the end (the federated
 model against local-only, central and intensity baselines on the pooled
 pathological test set).
 
@@ -33,14 +33,14 @@ import secagg
 from secagg import STAGES
 
 from .config import SimulationConfig, SimulationConfigError
-from .coordinator import Coordinator
-from .dropout import NoDropout, ProbabilisticDropout, load_schedule
+from .federation.coordinator import Coordinator
+from .federation.dropout import NoDropout, ProbabilisticDropout, load_schedule
 from .errors import SimulationInputError
 from .inprocess import SITE_LOCAL_DIR, SITE_LOCAL_LABEL, InProcessFleet
 from .progress import Progress
-from .rounds import RunContext, run_rounds
-from .runstore import RunDirectory, RunDirectoryError, private_dir, private_umask
-from .site import Site
+from .federation.rounds import RunContext, run_rounds
+from .federation.runstore import RunDirectory, RunDirectoryError, private_dir, private_umask
+from .federation.site import Site
 
 __all__ = ["run_simulation", "protocol_parameters", "open_run", "dp_sgd_config", "OpenRun", "privacy_summary",
            "public_site_facts",
@@ -247,7 +247,7 @@ class OpenRun:
     start_round: int
     calibration: object  # dp.CalibrationResult of the record-level noise
     restored: bool  # checkpoints of an earlier round were loaded (resume)
-    identities: object = None  # simulation.identity.RunIdentities (in-process sites), or None
+    identities: object = None  # simulation.federation.identity.RunIdentities (in-process sites), or None
 
 
 def dp_sgd_config(config: SimulationConfig, noise_multiplier: float, steps: int | None = None):
@@ -268,7 +268,7 @@ def open_run(config: SimulationConfig, site_names, coordinator: Coordinator, wei
     encoding, distributed DP, the run directory and the ledger (created, or reopened on resume).
 
     ``site_identities`` (the in-process engine, where every site lives in this process): give each
-    site its own Ed25519 identity in ``RUN_DIR/sites/SITE/`` (:func:`~simulation.identity.run_site_identities`);
+    site its own Ed25519 identity in ``RUN_DIR/sites/SITE/`` (:func:`~simulation.federation.identity.run_site_identities`);
     the sites sign their ledger spends with it (and their active-mode messages), and the registry of
     their verify keys is ``RUN_DIR/registry.json``. Engines whose sites keep their own keys pass
     ``verify_keys`` instead.
@@ -378,7 +378,7 @@ def open_run(config: SimulationConfig, site_names, coordinator: Coordinator, wei
         store.write_state(state)
     identities = None
     if site_identities:
-        from .identity import IdentityError, run_site_identities
+        from .federation.identity import IdentityError, run_site_identities
 
         try:
             identities = run_site_identities(out_dir, names, create=not resume)
@@ -437,7 +437,7 @@ def run_simulation(
     Least privilege on disk: the run directory, the data cache and everything
     else the run writes are owner-only (directories 0700, files 0600) whatever
     the caller's umask - explicit modes where this project writes, umask 077
-    for what libraries write (see :mod:`simulation.runstore`).
+    for what libraries write (see :mod:`simulation.federation.runstore`).
     """
     with private_umask():
         result = _run_simulation(config, out_dir, resume=resume, quiet=quiet, stop_after_round=stop_after_round,
@@ -687,7 +687,7 @@ def _finish(config, cohort, sites, coordinator, store, protocol, calibration, sh
     if seeded is not None:  # secagg experiment: the DP noise and sampling were seeded (not a guarantee)
         summary["seeded_noise"] = seeded
         summary["privacy"]["seeded_noise"] = seeded["label"]
-    from .runstore import atomic_write_json
+    from .federation.runstore import atomic_write_json
 
     atomic_write_json(store.summary_path, summary)
     atomic_write_json(private_dir(store.root / SITE_LOCAL_DIR) / "run_time.json",
@@ -743,11 +743,11 @@ def _evaluate_run(config, cohort, sites, coordinator, shared_names, reference, s
 
 def _verify_before_resume(out_dir) -> None:
     """A resume decides budgets from the ledger: it verifies first, signatures and the sites' anchors included
-    (:func:`simulation.ledger_check.verify_run_ledger`). The sites also refuse to sign below their anchors
+    (:func:`simulation.federation.ledger_check.verify_run_ledger`). The sites also refuse to sign below their anchors
     (:class:`dp.LedgerSigner`), so a truncated ledger cannot be continued either."""
     from dp import PrivacyLedger
 
-    from .ledger_check import verify_run_ledger
+    from .federation.ledger_check import verify_run_ledger
 
     report = verify_run_ledger(out_dir).report
     if not report.ok:
@@ -778,7 +778,7 @@ def _write_evaluation_counts(store, cohort, report) -> None:
     """Exact counts behind the evaluation, for the simulator only (site-local, 0600)."""
     local = store.root / SITE_LOCAL_DIR
     local.mkdir(mode=0o700, exist_ok=True)
-    from .runstore import atomic_write_json
+    from .federation.runstore import atomic_write_json
 
     atomic_write_json(local / "evaluation_counts.json", {
         "site_local": SITE_LOCAL_LABEL, "pathological_test_volumes": len(cohort.pathology),

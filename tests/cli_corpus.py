@@ -143,7 +143,7 @@ class Corpus:
     def identity_dir(self, site: str) -> str:
         """A directory holding a real identity of ``site`` (and no node key yet)."""
         def make(path: Path) -> None:
-            from simulation.identity import write_identity
+            from simulation.federation.identity import write_identity
 
             write_identity(path, site)
         return self._once(f"identity-{site}", make)

@@ -25,11 +25,11 @@ pytest.importorskip("flwr")
 
 import secagg  # noqa: E402
 from dp import PrivacyLedger  # noqa: E402
-from simulation.coordinator import Coordinator  # noqa: E402
-from simulation.engine import run_masked_round  # noqa: E402
+from simulation.federation.coordinator import Coordinator  # noqa: E402
+from simulation.federation.protocol_round import run_masked_round  # noqa: E402
 from simulation.flower.client_app import synthetic_update  # noqa: E402
 from simulation.flower.tls import write_loopback_certificates  # noqa: E402
-from simulation.site import encode_update, flatten  # noqa: E402
+from simulation.federation.site import encode_update, flatten  # noqa: E402
 from tests.flower_poll import fast_poll_env  # noqa: E402
 
 __all__ = ["APP", "BIN", "STAGE_TIMEOUT", "SITES", "RUN", "free_port", "wait_port", "tool", "config_value",

@@ -203,7 +203,7 @@ def test_sigkill_during_writes_loses_no_committed_round(tmp_path):
 def _signed_run(tmp_path, rounds=2):
     """A ledger whose spends are signed by per-site identities (as the simulation makes them)."""
     from dp import LedgerSigner
-    from simulation.identity import run_site_identities
+    from simulation.federation.identity import run_site_identities
 
     ids = run_site_identities(tmp_path, ["a", "b"], create=True)
     signers = {s: LedgerSigner(s, ids.keys[s].seed, ids.folders[s]) for s in ("a", "b")}
@@ -252,7 +252,7 @@ def test_a_site_signs_only_its_own_spend_and_anchors_only_what_it_signed(tmp_pat
 
 
 def test_unsigned_spends_fail_against_a_registry(run_dir, tmp_path):
-    from simulation.identity import run_site_identities
+    from simulation.federation.identity import run_site_identities
 
     registry = run_site_identities(tmp_path / "ids", ["a", "b"], create=True).registry
     report = verify_ledger(run_dir, registry=registry)

@@ -124,7 +124,7 @@ def test_skip_invalid_counts_each_bad_file_in_the_summary(tiny_run, tmp_path):
 
 def test_private_helpers_ignore_the_umask(tmp_path):
     from dp import PrivacyEvent, PrivacyLedger
-    from simulation.runstore import RunDirectory, atomic_write_json, private_dir
+    from simulation.federation.runstore import RunDirectory, atomic_write_json, private_dir
 
     previous = os.umask(0)
     try:
@@ -148,7 +148,7 @@ def test_private_helpers_ignore_the_umask(tmp_path):
 
 
 def test_an_existing_run_directory_is_narrowed(tmp_path):
-    from simulation.runstore import RunDirectory
+    from simulation.federation.runstore import RunDirectory
 
     out = tmp_path / "given"
     out.mkdir(mode=0o755)
@@ -158,7 +158,7 @@ def test_an_existing_run_directory_is_narrowed(tmp_path):
 
 
 def test_a_new_key_directory_is_owner_only(tmp_path):
-    from simulation.identity import write_identity
+    from simulation.federation.identity import write_identity
 
     previous = os.umask(0)
     try:

@@ -2,7 +2,7 @@
 
 * deployment engine over **TLS**, in **active mode**: a SuperLink and 3 SuperNodes on
   loopback, with certificates made at run time (:mod:`simulation.flower.tls`) and each
-  site's Ed25519 identity checked against the nodes' own registry (:mod:`simulation.identity`);
+  site's Ed25519 identity checked against the nodes' own registry (:mod:`simulation.federation.identity`);
 * simulation engine: a SuperLink in ``--simulation`` mode with 3 simulated nodes (Ray).
 
 Each run: three sites, two rounds; in round 1 site-3 stops answering at
@@ -43,7 +43,7 @@ pytestmark = pytest.mark.slow
 
 
 def test_deployment_engine_over_tls_active_mode_two_rounds_with_a_dropout(federation, tmp_path):
-    from simulation.identity import add_to_registry, write_identity
+    from simulation.federation.identity import add_to_registry, write_identity
 
     # Each hospital's own identity; the registry reaches every node (and the coordinator) out of band.
     registry = tmp_path / "registry.json"
@@ -62,7 +62,7 @@ def test_deployment_engine_over_tls_active_mode_two_rounds_with_a_dropout(federa
     assert summary["active"] is True
     # Both ledgers carry the sites' signatures, and each node's anchor matches the coordinator's ledger.
     from dp import load_anchors, verify_ledger
-    from simulation.identity import load_registry
+    from simulation.federation.identity import load_registry
 
     keys_of = load_registry(registry)
     anchors = load_anchors([states[site] / "anchors" for site in SITES])  # STATE_DIR/anchors/RUN_ID/
@@ -93,8 +93,8 @@ def test_node_authentication_admits_only_the_registry_nodes_each_as_its_own_site
     because its Flower key is not site-2's. The registered sites' run completes."""
     from dp import verify_ledger
     from simulation.cli import main as secagg
-    from simulation.identity import load_registry
-    from simulation.node_keys import write_node_key
+    from simulation.federation.identity import load_registry
+    from simulation.federation.node_keys import write_node_key
 
     registry, keys = tmp_path / "registry.json", tmp_path / "keys"
     for site in SITES:  # each site's Ed25519 identity and Flower node key, both in the registry

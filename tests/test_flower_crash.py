@@ -42,7 +42,7 @@ import pytest
 pytest.importorskip("flwr")
 
 from dp import PrivacyLedger, load_anchors, load_releases, verify_ledger  # noqa: E402
-from simulation.identity import add_to_registry, load_registry, write_identity  # noqa: E402
+from simulation.federation.identity import add_to_registry, load_registry, write_identity  # noqa: E402
 from tests.flower_federation import SITES  # noqa: E402
 from tests.flower_processes import (RUN, Federation, journal_lines, kill_serverapp, metrics,  # noqa: E402
                                     submit, wait_for)

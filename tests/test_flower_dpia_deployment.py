@@ -20,7 +20,7 @@ from simulation.dpia import write_dpia  # noqa: E402
 from simulation.flower import client_app  # noqa: E402
 from simulation.flower.deploy import transport_security  # noqa: E402
 from simulation.flower.server_app import DEFAULTS, run_federation  # noqa: E402
-from simulation.identity import add_to_registry, write_identity  # noqa: E402
+from simulation.federation.identity import add_to_registry, write_identity  # noqa: E402
 
 from .flower_harness import InMemoryGrid, as_node  # noqa: E402
 

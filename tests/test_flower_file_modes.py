@@ -19,7 +19,7 @@ from flwr.common.constant import SUPERLINK_NODE_ID  # noqa: E402
 
 from simulation.flower import client_app  # noqa: E402
 from simulation.flower.server_app import DEFAULTS, run_federation  # noqa: E402
-from simulation.identity import add_to_registry, write_identity  # noqa: E402
+from simulation.federation.identity import add_to_registry, write_identity  # noqa: E402
 
 from .file_modes import not_owner_only  # noqa: E402
 from .flower_harness import InMemoryGrid, as_node  # noqa: E402
@@ -83,7 +83,7 @@ def test_a_node_refuses_a_state_dir_others_can_read(tmp_path, capfd):
 
 
 def test_the_node_state_dir_check_names_path_and_mode(tmp_path):
-    from simulation.runstore import InsecurePermissionsError, require_private_dir
+    from simulation.federation.runstore import InsecurePermissionsError, require_private_dir
 
     folder = tmp_path / "state"
     folder.mkdir()

@@ -113,7 +113,7 @@ def test_a_node_over_its_own_budget_refuses_and_spends_nothing(tmp_path):
 
 
 def test_honest_nodes_refuse_a_coordinator_that_forges_an_identity(tmp_path):
-    from simulation.identity import add_to_registry, write_identity
+    from simulation.federation.identity import add_to_registry, write_identity
 
     registry, forged = tmp_path / "registry.json", tmp_path / "forged.json"
     keys = {site: write_identity(tmp_path / "keys", site) for site in SITES}
@@ -142,7 +142,7 @@ def test_distributed_dp_over_flower_noises_at_the_nodes_and_both_sides_account_f
 
     import models
     from simulation.flower.client_app import synthetic_update
-    from simulation.site import flatten
+    from simulation.federation.site import flatten
 
     nodes = _nodes(tmp_path, **{site: {"site-level-budget": 1000.0} for site in SITES})
     run_dir = tmp_path / "run"
@@ -206,7 +206,7 @@ def test_a_nodes_session_is_sealed_in_flowers_state_and_no_private_key_is_stored
     from secagg.crypto import X25519KeyPair
     from simulation.flower.sealed_state import STATE_KEY_FILE, unseal
     from simulation.flower.session_journal import JOURNAL_FILE
-    from simulation.identity import add_to_registry, load_signing_key, write_identity
+    from simulation.federation.identity import add_to_registry, load_signing_key, write_identity
 
     secrets_made: list[bytes] = []
     generate = X25519KeyPair.generate.__func__
@@ -247,7 +247,7 @@ def test_a_nodes_session_is_sealed_in_flowers_state_and_no_private_key_is_stored
 
 def test_a_node_refuses_a_tampered_sealed_session_a_loose_state_key_and_a_missing_state_dir(tmp_path):
     from simulation.flower.sealed_state import STATE_KEY_FILE, seal_key
-    from simulation.identity import write_identity
+    from simulation.federation.identity import write_identity
 
     nodes = _nodes(tmp_path)
     loose = tmp_path / "node-site-2" / STATE_KEY_FILE
@@ -285,7 +285,7 @@ def test_a_node_refuses_a_tampered_sealed_session_a_loose_state_key_and_a_missin
 def test_with_a_registry_a_stranger_and_an_impostor_are_left_out_and_the_registered_sites_run(tmp_path, capsys):
     """Issue 21: one unexpected node no longer aborts the run ("4 of 3 sites registered"), and a node
     naming another site without that site's key cannot register as it."""
-    from simulation.identity import add_to_registry, write_identity
+    from simulation.federation.identity import add_to_registry, write_identity
 
     registry = tmp_path / "registry.json"
     nodes = _nodes(tmp_path)
@@ -338,7 +338,7 @@ def test_a_node_registers_only_as_the_site_whose_flower_node_key_it_was_authenti
     from flwr.cli.supernode.register import try_load_public_key
 
     from simulation.dpia import write_dpia
-    from simulation.identity import add_to_registry, write_identity, write_site_node_key
+    from simulation.federation.identity import add_to_registry, write_identity, write_site_node_key
 
     registry, partial = tmp_path / "registry.json", tmp_path / "partial.json"
     nodes, flower_keys = _nodes(tmp_path), {}

@@ -23,7 +23,7 @@ from simulation.flower import client_app  # noqa: E402
 from simulation.flower.ledger_link import ANCHORS_DIR, LEDGER, STATEMENT_RECORD  # noqa: E402
 from simulation.flower.server_app import DEFAULTS  # noqa: E402
 from simulation.flower.transport import HELLO  # noqa: E402
-from simulation.identity import write_identity  # noqa: E402
+from simulation.federation.identity import write_identity  # noqa: E402
 
 from .flower_harness import InMemoryGrid  # noqa: E402
 from .inmemory_consortium import RUN, SITES, cli_verify, consortium, federate, ledger_run_id  # noqa: E402

@@ -25,7 +25,7 @@ from .flower_setups import round_setup  # noqa: E402
 
 
 def _active(tmp_path, n, *, degree=None, threshold, max_corrupt, client_id=3):
-    from simulation.identity import add_to_registry, write_identity
+    from simulation.federation.identity import add_to_registry, write_identity
 
     registry = tmp_path / "registry.json"
     identities = {cid: write_identity(tmp_path / "keys", f"site-{cid}") for cid in range(1, n + 1)}

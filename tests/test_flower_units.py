@@ -47,7 +47,7 @@ def test_a_setup_with_an_impossible_session_is_refused():
 
 
 def _active_setup(tmp_path, forge: bool = False, max_corrupt: int = 0):
-    from simulation.identity import add_to_registry, write_identity
+    from simulation.federation.identity import add_to_registry, write_identity
 
     registry = tmp_path / "registry.json"
     identities = {cid: write_identity(tmp_path / "keys", f"site-{cid}") for cid in (1, 2, 3)}

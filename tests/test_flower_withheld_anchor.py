@@ -22,7 +22,7 @@ from dp import ChainEntry, PrivacyLedger  # noqa: E402
 from dp.ledger_signatures import entry_site_and_round  # noqa: E402
 from secagg import wire  # noqa: E402
 from secagg.messages import UnmaskRequest  # noqa: E402
-from simulation import rounds  # noqa: E402
+from simulation.federation import rounds  # noqa: E402
 from simulation.flower import client_app  # noqa: E402
 from simulation.flower.ledger_link import ANCHOR_RECORD, ANCHORS_DIR, ROUND_CHAIN_RECORD  # noqa: E402
 from simulation.flower.server_app import DEFAULTS  # noqa: E402
@@ -192,7 +192,7 @@ def _forge_last_signature(record):
 
 
 def test_with_a_registry_at_the_nodes_a_forged_signature_in_the_chain_is_refused(tmp_path):
-    from simulation.identity import add_to_registry, write_identity
+    from simulation.federation.identity import add_to_registry, write_identity
 
     registry, states, nodes = consortium(tmp_path)
     keys = {site: write_identity(tmp_path / "keys", site) for site in SITES}
@@ -303,7 +303,7 @@ class _SwapNames(InMemoryGrid):
 @pytest.mark.parametrize("active", [True, False])
 def test_the_client_to_site_map_is_checked_against_the_registry_in_active_mode_only(tmp_path, active):
     """What the passive-mode residual rests on: a node without a registry takes the coordinator's map."""
-    from simulation.identity import add_to_registry, write_identity
+    from simulation.federation.identity import add_to_registry, write_identity
 
     registry, states, nodes = consortium(tmp_path)
     if active:

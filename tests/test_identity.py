@@ -14,7 +14,7 @@ import pytest
 
 import secagg
 from simulation.cli import main
-from simulation.identity import (IdentityError, add_to_registry, check_session_keys, load_registry, load_signing_key,
+from simulation.federation.identity import (IdentityError, add_to_registry, check_session_keys, load_registry, load_signing_key,
                                  write_identity)
 
 

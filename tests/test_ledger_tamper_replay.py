@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from dp.ledger_signatures import ANCHOR_FILE, LedgerSigner
-from simulation.identity import load_signing_key
+from simulation.federation.identity import load_signing_key
 
 from .ledger_rewrite import ledger_rows, rewrite_ledger, spend_rows
 from .test_ledger_tamper import assert_broken, auditor, built, run_dir, verify  # noqa: F401 - fixtures
@@ -57,7 +57,7 @@ def verify_with_anchor(run_dir, auditor, anchor):  # noqa: F811
 
 def _round_1(run_dir):  # noqa: F811
     from dp import PrivacyLedger, round_chain
-    from simulation.identity import load_registry
+    from simulation.federation.identity import load_registry
 
     ledger = PrivacyLedger.open(run_dir)
     try:

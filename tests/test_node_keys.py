@@ -15,9 +15,9 @@ import json
 import pytest
 
 from simulation.cli import main
-from simulation.identity import (IdentityError, add_to_registry, load_node_keys, load_registry, write_identity,
+from simulation.federation.identity import (IdentityError, add_to_registry, load_node_keys, load_registry, write_identity,
                                  write_site_node_key)
-from simulation.node_keys import NodeKeyError, parse_node_public_key, same_node_key
+from simulation.federation.node_keys import NodeKeyError, parse_node_public_key, same_node_key
 
 
 def test_keys_new_writes_a_private_node_key_beside_the_identity_and_registers_both(tmp_path, capsys):

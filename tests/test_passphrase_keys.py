@@ -8,8 +8,8 @@ import os
 import pytest
 
 from simulation.cli import build_parser, main
-from simulation.identity import load_registry, load_signing_key, write_identity
-from simulation.passphrase import FORMAT, PassphraseError, is_sealed, open_seed, seal_seed
+from simulation.federation.identity import load_registry, load_signing_key, write_identity
+from simulation.federation.passphrase import FORMAT, PassphraseError, is_sealed, open_seed, seal_seed
 
 SEED = bytes(range(32))
 
@@ -99,7 +99,7 @@ def test_a_node_signs_with_its_protected_key_and_a_wrong_passphrase_leaves_it_ou
 
     from simulation.flower import client_app
     from simulation.flower.server_app import DEFAULTS, run_federation
-    from simulation.identity import add_to_registry
+    from simulation.federation.identity import add_to_registry
 
     from .flower_harness import InMemoryGrid, as_node
 

@@ -37,7 +37,7 @@ def _seeded(name):
 def _run(out, cache_dir, monkeypatch, *, drop_patient=None, **overrides):
     """A tiny in-process run; ``drop_patient`` = site whose last training patient is removed, and one of
     its healthy validation patients too (the detection threshold is fixed on those)."""
-    from simulation import coordinator as coordinator_module
+    from simulation.federation import coordinator as coordinator_module
     from simulation import simulate as simulate_module
     from simulation.config import load_config
 

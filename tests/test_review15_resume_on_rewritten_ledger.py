@@ -5,7 +5,7 @@ left stay valid), rehash the chain and rewrite the head. Round 2 found that `sec
 then continued and never charged the deleted round; round 3 found the same once the in-directory
 anchors were deleted too, that one unreadable anchor dropped all of them, and that the published
 scope text claimed protection it had not given. Now the resume, `secagg dpia` and `secagg export`
-verify with the run directory's registry and anchors (simulation/ledger_check.py), a missing or
+verify with the run directory's registry and anchors (simulation/federation/ledger_check.py), a missing or
 unreadable anchor of a site that spent fails, a round the run recorded as completed must be in the
 ledger, and the scope text says when no anchor was checked.
 """
@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from dp import PrivacyLedger, load_anchors, verify_ledger
-from simulation.identity import load_registry
+from simulation.federation.identity import load_registry
 
 from .ledger_rewrite import ledger_rows, rewrite_ledger
 
@@ -85,14 +85,14 @@ def test_resume_refuses_a_truncated_ledger_whose_anchors_were_deleted_too(run):
     assert proc.returncode != 0 and "completed round(s) [0] but its ledger commits no spend" in proc.stderr, \
         proc.stderr[-600:]
     assert "Traceback" not in proc.stderr
-    from simulation.ledger_check import verify_run_ledger
+    from simulation.federation.ledger_check import verify_run_ledger
 
     check = verify_run_ledger(run)  # what `secagg dpia` and `secagg export` publish: no protection claimed
     assert "NO site anchor was found" in check.scope and "stops a rewrite" not in check.scope
 
 
 def test_one_unreadable_anchor_does_not_drop_the_others(run):
-    from simulation.ledger_check import verify_run_ledger
+    from simulation.federation.ledger_check import verify_run_ledger
 
     anchors = sorted((run / "sites").glob("*/ledger.anchor.json"))
     assert len(anchors) == 3

@@ -25,7 +25,7 @@ def _event(site, r):
 
 
 def test_a_fork_below_the_anchors_is_refused_and_an_uncharged_survivor_fails_the_audit(tmp_path):
-    from simulation.identity import run_site_identities
+    from simulation.federation.identity import run_site_identities
 
     ids = run_site_identities(tmp_path, SITES, create=True)
     signers = {s: LedgerSigner(s, ids.keys[s].seed, ids.folders[s]) for s in SITES}

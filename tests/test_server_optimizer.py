@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from simulation.coordinator import Coordinator, RoundAggregate
-from simulation.server_optimizer import ServerRule, ServerState, server_step
+from simulation.federation.coordinator import Coordinator, RoundAggregate
+from simulation.federation.server_optimizer import ServerRule, ServerState, server_step
 
 
 def test_fedavg_adds_the_mean():

@@ -110,7 +110,7 @@ def test_resume_after_sigkill_loses_nothing_and_counts_nothing_twice(tmp_path, c
     assert metrics == sorted(set(metrics)) and metrics[-1] == 3
     # The resumed run signs with the same site identities; the anchors follow the ledger's end.
     from dp import load_anchors, verify_ledger
-    from simulation.identity import load_registry
+    from simulation.federation.identity import load_registry
 
     report = verify_ledger(out, registry=load_registry(out / "registry.json"), anchors=load_anchors([out / "sites"]))
     assert report.ok and report.signatures_checked == sum(len(r) for r in rounds_per_site.values()), report.reason
@@ -120,8 +120,8 @@ def test_coordinator_never_holds_an_individual_update(tmp_path, cache_dir, monke
     """Record every byte the coordinator receives and every site's encoded update: no received
     vector equals or correlates with any update (secagg), while in plain mode they are identical
     (so the check can fail)."""
-    from simulation import coordinator as coordinator_module
-    from simulation import site as site_module
+    from simulation.federation import coordinator as coordinator_module
+    from simulation.federation import site as site_module
     from simulation.config import load_config
     from simulation.simulate import run_simulation
 
@@ -212,7 +212,7 @@ def test_run_directory_of_another_run_is_refused(tmp_path, cache_dir):
 
 
 def test_dropout_schedule_file(tmp_path, cache_dir):
-    from simulation.dropout import load_schedule
+    from simulation.federation.dropout import load_schedule
     from simulation.config import ConfigError
 
     schedule = tmp_path / "drops.json"
@@ -229,7 +229,7 @@ def test_dropout_schedule_file(tmp_path, cache_dir):
 
 
 def test_probabilistic_dropouts_are_reproducible():
-    from simulation.dropout import ProbabilisticDropout
+    from simulation.federation.dropout import ProbabilisticDropout
 
     model = ProbabilisticDropout(0.3, seed=4)
     sites = [f"site-{i}" for i in range(10)]

@@ -80,7 +80,7 @@ def passphrase_from_env_option(args: argparse.Namespace, command: str):
     an unset or empty one is a usage error of ``secagg COMMAND`` (a passphrase never travels on the command line)."""
     if not args.passphrase_env:
         return None
-    from ..passphrase import PassphraseError, passphrase_from_env
+    from ..federation.passphrase import PassphraseError, passphrase_from_env
 
     try:
         return passphrase_from_env(args.passphrase_env)

@@ -58,7 +58,7 @@ def cmd_flower_app_key(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from ..flower.app_trust import APP_KEY_NAME
-    from ..identity import write_identity
+    from ..federation.identity import write_identity
 
     passphrase = passphrase_from_env_option(args, "flower app-key")
     key = write_identity(args.out, APP_KEY_NAME, passphrase=passphrase)
@@ -80,7 +80,7 @@ def cmd_flower_sign_app(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from ..flower.app_trust import sign_fab, write_signature
-    from ..identity import load_signing_key
+    from ..federation.identity import load_signing_key
 
     app = Path(args.app)
     if app.is_dir():

@@ -15,7 +15,7 @@ __all__ = ["register", "cmd_keys_new", "cmd_keys_node_auth", "cmd_keys_register_
 def cmd_keys_new(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from ..identity import add_to_registry, load_registry, write_identity, write_site_node_key
+    from ..federation.identity import add_to_registry, load_registry, write_identity, write_site_node_key
 
     passphrase = passphrase_from_env_option(args, "keys new")
     if args.registry and Path(args.registry).exists():
@@ -47,7 +47,7 @@ def _node_key_lines(node_key):
 
 
 def cmd_keys_node_auth(args: argparse.Namespace) -> int:
-    from ..identity import add_node_key
+    from ..federation.identity import add_node_key
 
     node_key = add_node_key(args.out, args.site, args.registry)
     emit(args, lambda: {"site": args.site, "registry": args.registry} | node_key.to_dict(),
@@ -64,7 +64,7 @@ def _node_auth_lines(args: argparse.Namespace, node_key):
 
 def cmd_keys_register_nodes(args: argparse.Namespace) -> int:
     from ..flower.node_registration import NodeRegistrationError, register_node_keys
-    from ..identity import load_node_keys
+    from ..federation.identity import load_node_keys
 
     node_keys = load_node_keys(args.registry)
     try:

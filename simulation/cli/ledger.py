@@ -60,7 +60,7 @@ def cmd_ledger_verify(args: argparse.Namespace) -> int:
     from dp.ledger import verify_ledger
     from dp.ledger_signatures import load_anchors, load_releases
 
-    from ..identity import REGISTRY_FILE, SITES_DIR, load_registry
+    from ..federation.identity import REGISTRY_FILE, SITES_DIR, load_registry
 
     run_dir = Path(args.run_dir)
     if not run_dir.is_dir():

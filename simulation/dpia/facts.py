@@ -131,7 +131,7 @@ def read_run(run_dir: Path) -> dict:
             }
     except LedgerError as exc:
         raise DPIAError(str(exc)) from None
-    from ..ledger_check import verify_run_ledger
+    from ..federation.ledger_check import verify_run_ledger
 
     check = verify_run_ledger(run_dir)
     verification = check.report

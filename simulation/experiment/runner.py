@@ -386,7 +386,7 @@ def run_experiment(config: ExperimentConfig, out_dir, *, log: Callable[[str], No
 
     ``jobs``: units (tuning rates, seeds, sweep points) run at once in spawned processes, one torch thread
     each (:mod:`.parallel`; default one per CPU); the numbers do not depend on it."""
-    from ..runstore import atomic_write_json, private_umask
+    from ..federation.runstore import atomic_write_json, private_umask
     from .report import write_report
 
     log = log or (lambda text: print(text, flush=True))

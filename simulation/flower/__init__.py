@@ -3,7 +3,7 @@
 ``simulation.flower.server_app:app`` is a Flower ``ServerApp`` and
 ``simulation.flower.client_app:app`` a Flower ``ClientApp`` (Message API,
 built and tested against flwr 1.42). The coordinator runs the *same* round as
-``secagg simulate`` (:mod:`simulation.rounds`: budget check, spend committed
+``secagg simulate`` (:mod:`simulation.federation.rounds`: budget check, spend committed
 to the ledger when the masked updates are in, FedAvg of the decoded sum,
 atomic checkpoints, resume), with a :class:`~simulation.flower.fleet.FlowerFleet`
 in place of the in-process sites. Each protocol message travels as its wire
@@ -18,9 +18,9 @@ own ledger and those the coordinator records for its site, and anchors the
 coordinator's ledger in its own state (:mod:`.ledger_link`). In active mode each node
 signs with its own Ed25519 key and accepts a session only if every verify key
 in it matches its own copy of the consortium's registry
-(:mod:`simulation.identity`), so the coordinator cannot substitute identities.
+(:mod:`simulation.federation.identity`), so the coordinator cannot substitute identities.
 With Flower's SuperNode authentication, each node's Flower key is made beside its site identity
-and recorded in the registry (:mod:`simulation.node_keys`); the coordinator registers a node only
+and recorded in the registry (:mod:`simulation.federation.node_keys`); the coordinator registers a node only
 as the site whose key the SuperLink authenticated it under (run config ``node-auth``).
 A node started through ``secagg flower supernode`` runs only app bundles the consortium signed: each
 ClientApp process checks the bundle's SHA-256 against the consortium's signatures before flwr installs

@@ -14,7 +14,7 @@ signs its bundles itself, and each node checks that signature before any of the 
 What is signed. A FAB's identity is its SHA-256 (the ``fab.hash_str`` Flower computes; ``flwr build``
 is reproducible: fixed file order and timestamps, so the same app folder always gives the same
 hash). The consortium's app-signing key (Ed25519, PyNaCl; the same key files as a site's identity,
-:mod:`simulation.identity`, optionally under a passphrase, :mod:`simulation.passphrase`) signs
+:mod:`simulation.federation.identity`, optionally under a passphrase, :mod:`simulation.federation.passphrase`) signs
 ``DOMAIN || sha256`` (``DOMAIN`` separates these signatures from every other use of an Ed25519 key).
 The signature travels out of band, as a small JSON file (:func:`signature_document`), to every node,
 which keeps them in one folder, the node's *trusted apps*; the consortium's verify key reaches each

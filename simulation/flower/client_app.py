@@ -51,14 +51,14 @@ Node configuration (``flower-supernode --node-config``):
   anchors of the coordinators' ledgers (``anchors/RUN_ID/``).
 * ``signing-key`` and ``registry`` (str, active mode): the site's Ed25519 key
   file (which then also signs its ledger spends) and its own copy of the
-  consortium's registry of verify keys (:mod:`simulation.identity`); a session
+  consortium's registry of verify keys (:mod:`simulation.federation.identity`); a session
   whose verify keys differ from the registry is refused. ``max-corrupt`` (int,
   default 0): the fewest colluding sites the session's consistency quorum must
   tolerate; a coordinator offering a smaller ``max_corrupt`` (a smaller quorum)
   is refused, and so is a graph degree and threshold whose malicious-server failure bound with that many
   colluders exceeds 2^-``security-bits`` (default 40), recomputed by the node.
 * ``passphrase-env`` (str): the environment variable holding the passphrase of a passphrase-protected
-  signing key (default ``SECAGG_KEY_PASSPHRASE``; :mod:`simulation.passphrase`). The SuperNode's
+  signing key (default ``SECAGG_KEY_PASSPHRASE``; :mod:`simulation.federation.passphrase`). The SuperNode's
   environment passes on to its ClientApp processes; the passphrase itself never goes in a config.
 * The ``state-dir`` must be its owner's alone: one that group or others can access, or that another
   user owns, is refused (:func:`node_state_dir`), as are key files with a wider mode than 0600.
@@ -90,7 +90,7 @@ from secagg import wire
 from secagg.messages import MaskedInputRequest, UnmaskRequest
 
 from . import require_flwr
-from ..runstore import private_dir, require_private_dir
+from ..federation.runstore import private_dir, require_private_dir
 from .sealed_state import seal, unseal
 from .session_journal import claim_session
 from .ledger_link import (ANCHOR_RECORD, ROUND_CHAIN_RECORD, STATEMENT_RECORD, node_ledger_signer, note_release,
@@ -161,7 +161,7 @@ def node_state_dir(context: Context) -> Path | None:
 
     Least privilege (issue 21): it is created 0700 when missing, and an existing one that group or others
     can access, or that another user owns, is refused
-    (:class:`~simulation.runstore.InsecurePermissionsError`, naming the path and its mode): it holds the
+    (:class:`~simulation.federation.runstore.InsecurePermissionsError`, naming the path and its mode): it holds the
     node's sealing key, its ledger and usually its signing key.
     """
     state_dir = node_path(context, "state-dir", "node-state-root")
@@ -230,7 +230,7 @@ def node_facts(context: Context, site: str) -> dict:
     by the verifier of ``secagg flower supernode``, in this process): the coordinator records them in the
     run's summary and the DPIA states them as reported by the node. Paths and public hashes only, never a
     key or a passphrase."""
-    from ..passphrase import is_sealed
+    from ..federation.passphrase import is_sealed
     from .app_trust import verified_app
 
     state = node_path(context, "state-dir", "node-state-root")
@@ -261,12 +261,12 @@ def node_ledger_key(context: Context, site: str):
     """This site's Ed25519 identity for ledger signatures (:class:`secagg.crypto.SigningKeyPair`), or None.
 
     The ``signing-key`` of the node config when set (active mode's identity); otherwise
-    ``STATE_DIR/SITE.ed25519``, created (mode 0600, :func:`simulation.identity.write_identity`) on first
+    ``STATE_DIR/SITE.ed25519``, created (mode 0600, :func:`simulation.federation.identity.write_identity`) on first
     use when missing - ``secagg keys new --site SITE --out STATE_DIR --registry REG`` makes the same file
     and adds its verify key to a registry beforehand; a created key's verify key is printed on stderr
     for the consortium to register. None without either (such a node cannot sign: it takes no part).
     """
-    from ..identity import load_signing_key, write_identity
+    from ..federation.identity import load_signing_key, write_identity
 
     key_path = context.node_config.get("signing-key")
     if key_path:
@@ -492,7 +492,7 @@ def gate_unmask(context: Context, state, setup: RoundSetup, incoming, chain_reco
     2. every entry it signed this round is in it, with the chain hash it computed when signing
        (and it signed its ``spend``, and its ``site_level_spend`` under distributed DP);
     3. every survivor's site - per the setup's client-id -> site map, which in active mode the
-       node checked against its registry (:func:`simulation.identity.check_session_keys`) - has
+       node checked against its registry (:func:`simulation.federation.identity.check_session_keys`) - has
        a ``spend`` (and a ``site_level_spend`` under distributed DP), no site twice;
     4. with a registry (node config ``registry``), every entry carries its site's valid signature.
 
@@ -536,7 +536,7 @@ def gate_unmask(context: Context, state, setup: RoundSetup, incoming, chain_reco
     registry_path = context.node_config.get("registry")
     registry = None
     if registry_path:
-        from ..identity import load_registry
+        from ..federation.identity import load_registry
 
         registry = load_registry(str(registry_path))
     check_round_chain(chain, run_id=setup.run_id, round_index=setup.round_index, own=own,
@@ -558,7 +558,7 @@ def _local_update(setup: RoundSetup, context: Context, global_arrays) -> np.ndar
     from dp import DpSgdConfig
     from models.errors import ModelsError
 
-    from ..site import Site
+    from ..federation.site import Site
 
     data_dir = node_path(context, "data", "node-data-root")
     if data_dir is None:
@@ -593,7 +593,7 @@ def _local_update(setup: RoundSetup, context: Context, global_arrays) -> np.ndar
 
 def node_signing_key(context: Context, setup: RoundSetup) -> bytes | None:
     """Active mode: this site's signing key, once the session's verify keys match our own registry."""
-    from ..identity import check_session_keys, load_registry, load_signing_key
+    from ..federation.identity import check_session_keys, load_registry, load_signing_key
 
     key_path, registry_path = context.node_config.get("signing-key"), context.node_config.get("registry")
     if not setup.session.active:
@@ -661,7 +661,7 @@ def setup_round(message: Message, context: Context) -> Message:
 def _setup_round(message: Message, context: Context) -> Message:
     from dp.errors import PrivacyError
 
-    from ..site import encode_update
+    from ..federation.site import encode_update
 
     try:
         setup = RoundSetup.from_record(message.content.config_records["session"])

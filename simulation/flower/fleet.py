@@ -1,12 +1,12 @@
-"""The Flower fleet: the sites are Flower nodes; the round is :mod:`simulation.rounds`' round.
+"""The Flower fleet: the sites are Flower nodes; the round is :mod:`simulation.federation.rounds`' round.
 
-:class:`FlowerFleet` is the :class:`~simulation.rounds.Fleet` of the Flower
+:class:`FlowerFleet` is the :class:`~simulation.federation.rounds.Fleet` of the Flower
 ServerApp. For one round it sends every participant its setup (global
 weights + :class:`~simulation.flower.transport.RoundSetup`) as a Flower
 ``train`` message; each node trains with DP-SGD, encodes and opens its
 :class:`secagg.ClientSession` on its own machine and answers with its
-AdvertiseKeys. Then the in-process engine's loop
-(:func:`simulation.engine.run_masked_round`) runs the protocol, with each
+AdvertiseKeys. Then the shared protocol loop
+(:func:`simulation.federation.protocol_round.run_masked_round`) runs the protocol, with each
 stage's messages carried by :class:`~simulation.flower.transport.FlowerTransport`.
 Who dropped is what Flower's ``send_and_receive`` timeout says: there are
 no simulated dropouts on this side (``silent`` must be empty).
@@ -20,7 +20,7 @@ never by its record count.
 Every released site signs its spend entry in the coordinator's ledger on its own node, and
 anchors it in its own state (:mod:`.ledger_link`). Each unmask request carries the round's
 committed spends, which a node checks before it reveals any share (:mod:`dp.round_chain`). No wall time of a round is kept on the
-coordinator (:meth:`~simulation.rounds.Fleet.keep_timings` drops them): how long the nodes take
+coordinator (:meth:`~simulation.federation.rounds.Fleet.keep_timings` drops them): how long the nodes take
 to train reveals how much data they hold.
 """
 
@@ -31,8 +31,8 @@ from typing import Callable, Mapping
 import secagg
 from dp import round_chain
 
-from ..engine import run_masked_round
-from ..rounds import Fleet, FleetRound, RoundPlan, RunContext
+from ..federation.protocol_round import run_masked_round
+from ..federation.rounds import Fleet, FleetRound, RoundPlan, RunContext
 from .transport import SETUP, BatchingCoordinator, ClientProxy, FlowerTransport, RoundSetup
 
 __all__ = ["FlowerFleet"]

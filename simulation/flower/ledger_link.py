@@ -10,7 +10,7 @@ Flower coordinator's ledger with the same code.
 How a spend gets its site's signature. A site's spend entry is signed over its place in the chain
 (the entry's sequence number and the previous entry's hash, which includes the previous site's
 signature), so the coordinator can only ask for it once the entries before it exist: when the
-masked updates are in (:class:`~simulation.rounds.ReleaseCommitter`), it builds each released
+masked updates are in (:class:`~simulation.federation.rounds.ReleaseCommitter`), it builds each released
 site's entry in turn and sends the :class:`~dp.ledger_signatures.EntryStatement` to that site's
 node in a Flower ``query.ledger`` message (ConfigRecord ``"ledger"``; never inside secagg's wire
 format). The node signs only a spend of its own site, for the run and round it is in, of the
@@ -26,7 +26,7 @@ site's update is decoded once t sites reveal its self-mask shares; the site itse
 part. So checking only its own spend is not enough: a coordinator could skip a site's signature,
 record no spend for it, and decode its update from the other sites' shares. The coordinator
 commits every released site's signed spend before it sends any unmask request
-(:class:`~simulation.rounds.ReleaseCommitter` runs when the masked updates are in), and each
+(:class:`~simulation.federation.rounds.ReleaseCommitter` runs when the masked updates are in), and each
 unmask request carries the round's committed spend entries in chain order (ConfigRecord
 ``"ledger-round"``: run id, round, and per entry its seq, prev-hash, kind and JSON body with the
 site's signature; :func:`round_chain_record`; beside secagg's wire bytes, never inside them).
@@ -228,7 +228,7 @@ def node_ledger_signer(site: str, seed: bytes, state_dir, run_id: str, approve=N
 
 def remember_signed(signer: LedgerSigner, state_dir, run_id: str) -> None:
     """Persist (0600) the chain hashes ``signer`` computed for ``run_id``, so a later message can anchor them."""
-    from ..runstore import private_dir
+    from ..federation.runstore import private_dir
 
     folder = private_dir(anchor_dir(state_dir, run_id))
     hashes = {str(seq): digest for (run, seq), digest in sorted(signer.signed_hashes().items()) if run == run_id}
@@ -239,7 +239,7 @@ def note_release(state_dir, run_id: str, site: str, round_index: int, state: str
     """Record in the node's own state (0600) that its masked update of ``round_index`` left it (``released``),
     was then to be unmasked (``survivor``) or was declared unused (``dropped``): see
     :class:`dp.ReleaseRecord`. ``secagg ledger verify --anchors`` reads it beside the anchor."""
-    from ..runstore import private_dir
+    from ..federation.runstore import private_dir
 
     folder = private_dir(anchor_dir(state_dir, run_id))
     path = folder / RELEASE_FILE

@@ -4,7 +4,7 @@ A SuperLink started with ``--enable-supernode-auth`` (flwr 1.42) admits a SuperN
 node's public key was registered through its Control API beforehand (what ``flwr supernode
 register KEY.pub`` does); its Fleet API then refuses self-registration, so a node whose key is
 not registered cannot activate. :func:`register_node_keys` makes the SuperLink admit exactly the
-registry's node keys (:func:`simulation.identity.load_node_keys`):
+registry's node keys (:func:`simulation.federation.identity.load_node_keys`):
 
 1. it lists the nodes the SuperLink already admits and refuses to go on if any of them holds a key
    the registry does not name (a persistent ``--database`` from an earlier deployment, or someone
@@ -26,7 +26,7 @@ from typing import Mapping
 
 import secagg
 
-from ..node_keys import parse_node_public_key
+from ..federation.node_keys import parse_node_public_key
 from . import require_flwr
 
 __all__ = ["register_node_keys", "NodeRegistrationError"]

@@ -1,9 +1,9 @@
-"""The Flower ``ServerApp``: the coordinator of a real federation, running :mod:`simulation.rounds`.
+"""The Flower ``ServerApp``: the coordinator of a real federation, running :mod:`simulation.federation.rounds`.
 
 It is ``secagg simulate`` with the sites replaced by Flower nodes: the same
 :func:`~simulation.simulate.open_run` (noise calibration, protocol parameters,
 run directory, privacy ledger, resume), the same round
-(:func:`~simulation.rounds.run_rounds`: budget check, spend committed when the
+(:func:`~simulation.federation.rounds.run_rounds`: budget check, spend committed when the
 masked updates are in, FedAvg of the decoded sum, atomic checkpoints), with a
 :class:`~simulation.flower.fleet.FlowerFleet`. The coordinator has no data, so
 there is no evaluation at the end; ``summary.json`` holds the privacy and
@@ -16,7 +16,7 @@ Run configuration (``[tool.flwr.app.config]`` of ``app/pyproject.toml``, or
   ``stage-timeout`` (seconds a stage waits for answers; who has not answered
   dropped), ``out`` (the run directory on the coordinator's machine; required),
   ``resume`` (continue the run in ``out``);
-* ``registry`` (the consortium's verify keys, :mod:`simulation.identity`): every site's
+* ``registry`` (the consortium's verify keys, :mod:`simulation.federation.identity`): every site's
   signature on its ledger spend is checked against it before the spend is committed
   (:mod:`.ledger_link`; without it the signatures are recorded unchecked); needed for ``active``.
   With it, only nodes that sign a fresh challenge with their site's registered key register
@@ -69,10 +69,10 @@ from flwr.serverapp import Grid, ServerApp  # noqa: E402
 import secagg  # noqa: E402
 
 from ..config import SimulationConfigError, SimulationConfig  # noqa: E402
-from ..coordinator import Coordinator  # noqa: E402
-from ..dropout import NoDropout  # noqa: E402
-from ..rounds import run_rounds  # noqa: E402
-from ..runstore import atomic_write_json  # noqa: E402
+from ..federation.coordinator import Coordinator  # noqa: E402
+from ..federation.dropout import NoDropout  # noqa: E402
+from ..federation.rounds import run_rounds  # noqa: E402
+from ..federation.runstore import atomic_write_json  # noqa: E402
 from .fleet import FlowerFleet  # noqa: E402
 from .deploy import deployment_facts, transport_security  # noqa: E402
 from .transport import FACTS_RECORD, HELLO, hello_payload  # noqa: E402
@@ -203,7 +203,7 @@ def _register(grid: Grid, nodes: list[int], timeout: float,
 
 @dataclass(frozen=True)
 class NodeKeyBinding:
-    """The registry's Flower node keys (:func:`simulation.identity.load_node_keys`): a node registers as
+    """The registry's Flower node keys (:func:`simulation.federation.identity.load_node_keys`): a node registers as
     site S only if the SuperLink authenticated it under S's node key.
 
     ``required`` (run config ``node-auth = true``): a site with no node key in the registry is refused
@@ -215,7 +215,7 @@ class NodeKeyBinding:
 
     def refusal(self, site: str, flower_key: bytes) -> str:
         """Why a node that the SuperLink knows under ``flower_key`` cannot be ``site`` ("" if it can)."""
-        from ..node_keys import same_node_key
+        from ..federation.node_keys import same_node_key
 
         expected = self.node_keys.get(site)
         if expected is None:
@@ -260,7 +260,7 @@ def run_federation(grid: Grid, cfg: dict) -> dict:
     config = flower_config(cfg)
     consortium, binding = None, None
     if str(cfg["registry"]):
-        from ..identity import load_node_keys, load_registry
+        from ..federation.identity import load_node_keys, load_registry
 
         consortium = load_registry(str(cfg["registry"]))
         if str(cfg["registration"]) == "signed":

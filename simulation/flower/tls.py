@@ -19,7 +19,7 @@ TLS authenticates only the SuperLink: the SuperNodes authenticate with their own
 (``flower-superlink --enable-supernode-auth``, which flwr allows only over TLS, and
 ``flower-supernode --auth-supernode-private-key``), made beside each site's identity by
 ``secagg keys new`` and registered from the consortium's registry by ``secagg keys
-register-nodes`` (:mod:`simulation.node_keys`; the app README's "Node authentication" section
+register-nodes`` (:mod:`simulation.federation.node_keys`; the app README's "Node authentication" section
 and ``tests/test_flower.py`` run it over these loopback certificates). Never ship these
 files or copy this CA into a trust store.
 

@@ -1,7 +1,7 @@
 """Carry the protocol's wire bytes in Flower messages; let Flower's timeouts decide who dropped.
 
 The round is *not* reimplemented here: :class:`~simulation.flower.fleet.FlowerFleet`
-hands the in-process engine's loop (:func:`simulation.engine.run_masked_round`)
+hands the shared protocol loop (:func:`simulation.federation.protocol_round.run_masked_round`)
 a coordinator whose :meth:`~BatchingCoordinator.advance` sends every message
 of a stage to its Flower node at once (``Grid.send_and_receive`` with a
 timeout), and client proxies whose ``advertise``/``handle`` return what the

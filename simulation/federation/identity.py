@@ -19,10 +19,10 @@ the verify keys (public), also returned so that the caller can keep a copy outsi
 directory - a registry inside the run directory is only as trustworthy as the directory.
 
 Files: a signing key is 64 hex characters (the 32-byte Ed25519 seed), or that seed encrypted under a
-passphrase (:mod:`simulation.passphrase`), in a file only its owner may read (mode 0600; anything
+passphrase (:mod:`simulation.federation.passphrase`), in a file only its owner may read (mode 0600; anything
 wider is refused, as ssh does);
 the registry is JSON ``{"site name": "64 hex characters of the verify key"}``. A site that also
-runs a Flower SuperNode has its node-authentication key (:mod:`simulation.node_keys`) recorded
+runs a Flower SuperNode has its node-authentication key (:mod:`simulation.federation.node_keys`) recorded
 next to its verify key: ``{"site name": {"verify_key": "HEX", "node_key": "ecdsa-sha2-nistp384
 AAAA..."}}``. That binds the site's Flower identity to its site identity: the SuperLink admits
 exactly the registry's node keys (``secagg keys register-nodes``), and the coordinator registers a
@@ -43,7 +43,7 @@ from typing import Iterable, Mapping
 import secagg
 from secagg.crypto import KEY_BYTES, SigningKeyPair
 
-from .errors import SimulationInputError
+from ..errors import SimulationInputError
 from .node_keys import NodeKey, NodeKeyError, parse_node_public_key, write_node_key
 from .runstore import private_dir
 
@@ -80,7 +80,7 @@ def _check_site_name(site: str) -> str:
 def write_identity(directory, site: str, *, passphrase: bytes | None = None) -> SiteIdentity:
     """Generate a site's Ed25519 identity into ``DIRECTORY/SITE.ed25519`` (mode 0600; never overwritten).
 
-    With a ``passphrase`` the file holds the seed encrypted under it (:mod:`simulation.passphrase`:
+    With a ``passphrase`` the file holds the seed encrypted under it (:mod:`simulation.federation.passphrase`:
     Argon2id, then XSalsa20-Poly1305); :func:`load_signing_key` then needs the passphrase.
     """
     site = _check_site_name(site)
@@ -117,7 +117,7 @@ def load_signing_key(path, *, passphrase_env: str | None = None) -> SigningKeyPa
 
     A passphrase-protected key is opened with the passphrase in the environment variable
     ``passphrase_env`` (default ``SECAGG_KEY_PASSPHRASE``); without it, or with a wrong one, a
-    :class:`~simulation.passphrase.PassphraseError` (one line naming the file and the variable).
+    :class:`~simulation.federation.passphrase.PassphraseError` (one line naming the file and the variable).
     """
     from .passphrase import DEFAULT_PASSPHRASE_ENV, PassphraseError, is_sealed, open_seed, passphrase_from_env
 
@@ -258,7 +258,7 @@ def add_node_key(directory, site: str, registry=None) -> NodeKey:
 
 def write_site_node_key(directory, site: str) -> NodeKey:
     """Generate a site's Flower node key into ``DIRECTORY/SITE.flower-auth`` (0600) and ``.pub`` beside its
-    identity (:func:`simulation.node_keys.write_node_key`); never overwritten."""
+    identity (:func:`simulation.federation.node_keys.write_node_key`); never overwritten."""
     site = _check_site_name(site)
     directory = Path(directory)
     if not directory.exists():

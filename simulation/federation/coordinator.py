@@ -74,7 +74,7 @@ class Coordinator:
     def __init__(self, global_shared: dict, shared_names: list[str], server_rule: ServerRule | None = None) -> None:
         self.global_shared = {n: global_shared[n].detach().clone() for n in shared_names}
         self.shared_names = list(shared_names)
-        # How the decoded mean becomes a step (simulation.server_optimizer); FedAvg by default.
+        # How the decoded mean becomes a step (simulation.federation.server_optimizer); FedAvg by default.
         self.server_rule = server_rule or ServerRule()
         self.server_state = ServerState()
         self.inbox: list[bytes] = []  # everything received, in wire form (for audits and tests)

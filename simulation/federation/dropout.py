@@ -26,7 +26,7 @@ import numpy as np
 
 from secagg import STAGES
 
-from .config import SimulationConfigError
+from ..config import SimulationConfigError
 
 __all__ = ["DropoutModel", "ProbabilisticDropout", "ScheduledDropout", "NoDropout", "load_schedule", "parse_schedule"]
 

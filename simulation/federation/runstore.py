@@ -32,7 +32,7 @@ import json
 import os
 from pathlib import Path
 
-from .errors import SimulationInputError
+from ..errors import SimulationInputError
 
 __all__ = ["RunDirectory", "atomic_write_bytes", "atomic_write_json", "RunDirectoryError", "private_dir",
            "private_umask", "PRIVATE_DIR_MODE", "PRIVATE_FILE_MODE", "InsecurePermissionsError",

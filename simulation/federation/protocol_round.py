@@ -1,12 +1,15 @@
-"""The in-process engine: moves wire bytes between site sessions and the coordinator.
+"""One round of the protocol over wire bytes: the loop both engines drive.
 
 It plays the network and the clock for one round with the loop every
 in-process runner shares (:func:`secagg.exchange.run_exchange`): it delivers every
 server message to its site (as bytes), feeds every reply to the coordinator
 (as bytes), silences sites from the stage at which the dropout model removes
 them, and tells the coordinator a round is over once every live site has
-answered (what a real transport decides with a timeout). A real deployment
-replaces this module with a network engine (Flower) and keeps the sessions.
+answered (what a real transport decides with a timeout). The in-process engine
+hands it the sites themselves; the Flower engine (:mod:`simulation.engines.flower.fleet`)
+hands :func:`run_masked_round` a batching coordinator and client proxies whose messages
+travel through Flower, where Flower's timeout decides who dropped. It lives in :mod:`simulation.federation`, not
+in an engine, because both engines run it (and :mod:`.rounds` reads its outcome).
 
 ``on_release`` is called once the masked inputs are in (or the round aborted
 at that stage) with the set of sites whose update reached the coordinator:

@@ -13,7 +13,7 @@ cannot even activate a node). The private key is an OpenSSH-format private key (
 (P-384, the curve flwr's own key generator uses; ``cryptography`` draws on ``os.urandom``): the
 private key ``DIR/SITE.flower-auth`` (mode 0600 from creation; never overwritten) and the public
 key ``DIR/SITE.flower-auth.pub``. The consortium records the public line in its registry next to
-the site's Ed25519 verify key (:mod:`simulation.identity`), which binds the Flower identity to
+the site's Ed25519 verify key (:mod:`simulation.federation.identity`), which binds the Flower identity to
 the site: the coordinator registers a node as site S only if the SuperLink authenticated that
 node under S's registered node key (:func:`same_node_key`, used by the Flower ServerApp).
 
@@ -39,7 +39,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 import secagg
 
-from .errors import SimulationInputError
+from ..errors import SimulationInputError
 
 __all__ = ["NodeKey", "NodeKeyError", "write_node_key", "parse_node_public_key", "same_node_key",
            "NODE_KEY_SUFFIX"]
@@ -73,7 +73,7 @@ def write_node_key(directory, site: str) -> NodeKey:
 
     Refuses (:class:`NodeKeyError`) when either file exists: a site keeps one node key, and replacing
     it is a deliberate act that also changes the registry and the SuperLink's registration.
-    ``site`` must already be a checked site name (:mod:`simulation.identity` checks it).
+    ``site`` must already be a checked site name (:mod:`simulation.federation.identity` checks it).
     """
     directory = Path(directory)
     private_path = directory / f"{site}{NODE_KEY_SUFFIX}"

@@ -17,7 +17,7 @@ A round (Bonawitz et al. 2017 for the protocol, FedAvg for the model):
    (masking, HE or the unprotected plain baseline) for the participants.
 3. :meth:`Fleet.run_round` - at the sites: local DP-SGD from the global
    weights, clip + weight + encode; then the protocol through the engine loop
-   (:mod:`simulation.engine`).
+   (:mod:`simulation.federation.protocol_round`).
 4. **Spend** (the engine's ``on_release``, :class:`ReleaseCommitter`): the
    moment the masked inputs are in - whether or not the round then completes -
    the sites whose update reached the coordinator have *released* it; their
@@ -52,7 +52,7 @@ from typing import Callable, Mapping
 import secagg
 from dp.events import describe_guarantee
 
-from .engine import ProtocolOutcome
+from .protocol_round import ProtocolOutcome
 
 __all__ = [
     "RunContext", "RoundPlan", "PlainSession", "FleetRound", "Fleet", "ReleaseCommitter",
@@ -66,7 +66,7 @@ class RunContext:
 
     config: object  # simulation.config.SimulationConfig
     site_ids: dict  # site name -> protocol client id
-    coordinator: object  # simulation.coordinator.Coordinator
+    coordinator: object  # simulation.federation.coordinator.Coordinator
     ledger: object  # dp.PrivacyLedger
     dp_config: object  # dp.DpSgdConfig: the public DP-SGD parameters of every site
     encoder: object  # secagg.FixedPointEncoder (the HE parameters' encoder in he mode)

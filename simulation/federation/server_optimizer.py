@@ -1,7 +1,7 @@
 """Server optimisers: how the coordinator turns the decoded FedAvg mean into a step of the global model.
 
 The coordinator only ever holds the decoded *sum* of a round (and from it
-the FedAvg mean Δ_t, :meth:`simulation.coordinator.Coordinator.finish_round`).
+the FedAvg mean Δ_t, :meth:`simulation.federation.coordinator.Coordinator.finish_round`).
 A server optimiser is public computation on that sequence Δ_1, Δ_2, ...
 and public hyper-parameters - a pure function, :func:`server_step`, of the
 aggregate and the optimiser's own state - so it is post-processing of

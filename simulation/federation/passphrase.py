@@ -1,6 +1,6 @@
 """A site's signing key at rest under a passphrase (issue 21): Argon2id + XSalsa20-Poly1305, from PyNaCl.
 
-Why. A site's Ed25519 signing key (:mod:`simulation.identity`) signs its ledger spends and, in
+Why. A site's Ed25519 signing key (:mod:`simulation.federation.identity`) signs its ledger spends and, in
 active mode, its protocol messages. The key file is 0600, which stops other local users; it does
 not stop whoever gets a copy of the disk or of a backup. Stored under a passphrase, such a copy is
 useless without the passphrase.
@@ -33,7 +33,7 @@ import nacl.secret
 
 import secagg
 
-from .errors import SimulationInputError
+from ..errors import SimulationInputError
 
 __all__ = ["FORMAT", "seal_seed", "open_seed", "is_sealed", "PassphraseError", "passphrase_from_env",
            "DEFAULT_PASSPHRASE_ENV"]
