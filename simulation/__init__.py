@@ -22,7 +22,8 @@ from .demo import DemoReport, run_demo
 from .errors import SimulationInputError
 from .experiment import ExperimentConfig, load_experiment_config, run_experiment
 from .export import export_run, model_from_run
-from .simulate import SimulationError, SimulationResult, format_summary, run_simulation
+from .federation.setup import SimulationError
+from .simulate import SimulationResult, format_summary, run_simulation
 
 __all__ = [
     "SimulationConfig", "load_config", "SimulationConfigError", "ConfigError", "SimulationInputError",

@@ -54,13 +54,14 @@ def audit_own_training(run_dir, *, site: str | None = None, canaries="auto", gue
 
     from dp.audit import DEFAULT_MAX_CANARIES, audit_training
 
-    from .simulate import _prepare_data, new_model, dp_sgd_config, resume_config
+    from .federation.setup import dp_sgd_config, resume_config
+    from .simulate import new_model, prepare_cohort
 
     config = resume_config(run_dir)  # checks the stored fingerprint
     name, sigma, q, steps, run_delta, clip = _site_privacy(run_dir, site)
     if q != config.sample_rate or clip != config.max_grad_norm:
         raise RunDirectoryError(f"{run_dir}: the ledger's q/C differ from config.json; the run cannot be audited")
-    cohort = _prepare_data(config, lambda *_: None)
+    cohort = prepare_cohort(config, lambda *_: None)
     if name not in cohort.train:
         raise RunDirectoryError(f"{run_dir}: site {name} of the ledger is not in the run's cohort")
     import torch

@@ -43,7 +43,7 @@ def model_from_run(run_dir):
     from models import PreprocessConfig, create_model
     from models.modelfile import ModelFile
 
-    from .simulate import resume_config
+    from .federation.setup import resume_config
 
     run_dir = Path(run_dir)
     if not run_dir.is_dir():

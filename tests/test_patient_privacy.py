@@ -195,7 +195,8 @@ def test_feddis_spends_or_rolls_back(tmp_path, cache_dir, monkeypatch):
 def test_slice_level_is_a_labelled_option_everywhere():
     from simulation.cli import build_parser
     from simulation.config import ConfigError, load_config
-    from simulation.simulate import format_summary, privacy_summary
+    from simulation.federation.summary import privacy_summary
+    from simulation.simulate import format_summary
 
     args = build_parser().parse_args(["simulate", "--privacy-unit", "slice"])
     assert args.privacy_unit == "slice"

@@ -15,7 +15,7 @@ import pytest
 
 import secagg
 from simulation.config import SimulationConfig
-from simulation.simulate import SimulationError, protocol_parameters
+from simulation.federation.setup import SimulationError, protocol_parameters
 
 
 def test_an_overridden_threshold_is_not_reported_with_the_finders_security_bound():

@@ -14,7 +14,7 @@ when the rule stops early.
   ``experiment_monitor`` (after each round);
 * **local** - one model per site of ``cohort``, DP-SGD on that site's
   slices alone (:func:`dp.train_dp_sgd` with the simulation's per-site
-  configuration :func:`simulation.simulate.dp_sgd_config` for T steps, one
+  configuration :func:`simulation.federation.setup.dp_sgd_config` for T steps, one
   Adam for the whole run) at the federated run's sigma and q: the same
   patient-level epsilon for T steps, not in any ledger (research-only);
 * **central** - the same on every site's slices pooled;
@@ -97,7 +97,8 @@ def train_arms(sim, cohort, arms, learning_rates: dict, *, seed: int, tag: str, 
     import models
     from dp import train_dp_sgd, train_non_private
 
-    from ..simulate import dp_sgd_config, new_model, pooled_training_data, run_simulation
+    from ..federation.setup import dp_sgd_config
+    from ..simulate import new_model, pooled_training_data, run_simulation
 
     if "federated" not in arms:
         raise ValueError("the federated arm calibrates the noise of the others: it must be trained")

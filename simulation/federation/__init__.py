@@ -10,6 +10,9 @@ run these modules; neither is imported from here.
   (the Flower fleet hands it its transport in place of the in-process sites);
 * :mod:`.coordinator` (and :mod:`.server_optimizer`, its update rule) and :mod:`.site` (a hospital:
   data, local model, trainer, its side of the protocol);
+* :mod:`.setup` - the run setup before the first round (:func:`open_run`: protocol parameters, noise
+  calibration, encoding, run directory and ledger, resume), :mod:`.summary` - the parts of
+  ``summary.json`` every engine writes;
 * :mod:`.dropout` - who vanishes at which protocol stage (probabilistic or a schedule);
 * :mod:`.runstore` - the run directory (owner-only, atomic writes), :mod:`.ledger_check` - its
   ledger verified with its registry and anchors;
@@ -31,9 +34,14 @@ from .rounds import (Fleet, FleetRound, PlainSession, ReleaseCommitter, RoundPla
 from .runstore import (PRIVATE_DIR_MODE, PRIVATE_FILE_MODE, InsecurePermissionsError, RunDirectory, RunDirectoryError,
                        atomic_write_bytes, atomic_write_json, private_dir, private_umask, require_private_dir)
 from .server_optimizer import SERVER_OPTIMIZERS, ServerRule, ServerState, server_step
+from .setup import OpenRun, SimulationError, check_resume, dp_sgd_config, open_run, protocol_parameters, resume_config
 from .site import LocalUpdate, Site, encode_update, flatten, unflatten
+from .summary import privacy_summary, public_site_facts
 
 __all__ = [
+    # the run setup and summary
+    "SimulationError", "OpenRun", "open_run", "protocol_parameters", "resume_config", "check_resume", "dp_sgd_config",
+    "privacy_summary", "public_site_facts",
     # the round
     "RunContext", "RoundPlan", "PlainSession", "FleetRound", "Fleet", "ReleaseCommitter", "planned_event",
     "plan_round", "build_session", "close_round", "run_round", "run_rounds", "round_line",

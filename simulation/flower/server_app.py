@@ -1,7 +1,7 @@
 """The Flower ``ServerApp``: the coordinator of a real federation, running :mod:`simulation.federation.rounds`.
 
 It is ``secagg simulate`` with the sites replaced by Flower nodes: the same
-:func:`~simulation.simulate.open_run` (noise calibration, protocol parameters,
+:func:`~simulation.federation.setup.open_run` (noise calibration, protocol parameters,
 run directory, privacy ledger, resume), the same round
 (:func:`~simulation.federation.rounds.run_rounds`: budget check, spend committed when the
 masked updates are in, FedAvg of the decoded sum, atomic checkpoints), with a
@@ -255,7 +255,8 @@ def run_federation(grid: Grid, cfg: dict) -> dict:
     import models
     from dp import verify_ledger
 
-    from ..simulate import open_run, privacy_summary, public_site_facts
+    from ..federation.setup import open_run
+    from ..federation.summary import privacy_summary, public_site_facts
 
     config = flower_config(cfg)
     consortium, binding = None, None
