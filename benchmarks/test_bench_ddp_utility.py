@@ -22,7 +22,7 @@ EPSILONS = (1.0, 10.0, 100.0, 1000.0)
 @pytest.mark.slow
 def test_ddp_utility_sweep(benchmark, tmp_path):
     from simulation.config import load_config
-    from simulation.simulate import run_simulation
+    from simulation.engines.inprocess.simulate import run_simulation
 
     cache = os.environ.get("SECAGG_BENCH_CACHE", str(tmp_path / "cache"))
 

@@ -55,7 +55,7 @@ def audit_own_training(run_dir, *, site: str | None = None, canaries="auto", gue
     from dp.audit import DEFAULT_MAX_CANARIES, audit_training
 
     from .federation.setup import dp_sgd_config, resume_config
-    from .simulate import new_model, prepare_cohort
+    from .engines.inprocess.simulate import new_model, prepare_cohort
 
     config = resume_config(run_dir)  # checks the stored fingerprint
     name, sigma, q, steps, run_delta, clip = _site_privacy(run_dir, site)

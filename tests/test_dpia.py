@@ -52,7 +52,7 @@ REQUIRED_TEXT = (
 @pytest.fixture(scope="session")
 def run_dir(tmp_path_factory):
     from simulation.config import load_config
-    from simulation.simulate import run_simulation
+    from simulation.engines.inprocess.simulate import run_simulation
 
     base = tmp_path_factory.mktemp("dpia")
     out = base / "run"

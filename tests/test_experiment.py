@@ -154,7 +154,7 @@ def test_the_default_path_keeps_the_csprng(monkeypatch, cache_dir, tmp_path):
     """simulate's default draws its DP noise from the CSPRNG; seeded noise cannot be switched on there."""
     import dp.training as training
     from simulation.federation.setup import SimulationError
-    from simulation.simulate import run_simulation
+    from simulation.engines.inprocess.simulate import run_simulation
 
     assert load_config().secure_rng is True and load_config(preset="tiny").secure_rng is True
     calls = []

@@ -31,7 +31,7 @@ from simulation.experiment import (  # noqa: E402
     validation_loss,
     without_test_volumes,
 )
-from simulation.simulate import pathology_sites, pooled_training_data, prepare_cohort  # noqa: E402
+from simulation.engines.inprocess.simulate import pathology_sites, pooled_training_data, prepare_cohort  # noqa: E402
 
 
 # -- learning-rate selection ------------------------------------------------------
@@ -330,7 +330,7 @@ def test_experiment_with_tuning_early_stopping_and_a_held_out_site(cache_dir, tm
 
 def test_the_experiment_only_hooks_of_simulate_need_experiment_noise(four_sites, tmp_path):
     from simulation.federation.setup import SimulationError
-    from simulation.simulate import run_simulation
+    from simulation.engines.inprocess.simulate import run_simulation
 
     sim, cohort = four_sites
     monitor = ValidationMonitor(StoppingRule(every=1, max_steps=2), np.zeros((1, 1, 32, 32), dtype=np.float32))

@@ -38,7 +38,7 @@ def _run(out, cache_dir, monkeypatch, *, drop_patient=None, **overrides):
     """A tiny in-process run; ``drop_patient`` = site whose last training patient is removed, and one of
     its healthy validation patients too (the detection threshold is fixed on those)."""
     from simulation.federation import coordinator as coordinator_module
-    from simulation import simulate as simulate_module
+    from simulation.engines.inprocess import simulate as simulate_module
     from simulation.config import load_config
 
     decoded = []
@@ -122,7 +122,7 @@ def test_summary_and_metrics_name_the_unit_and_adjacency(neighbouring_runs):
     assert privacy["epsilon_unit"] == "patient-level, add/remove one patient"
     assert privacy["guarantee"].startswith("patient-level, add/remove one patient")
     assert all(m["epsilon_guarantee"] == "patient-level, add/remove one patient" for m in metrics)
-    from simulation.simulate import format_summary
+    from simulation.engines.inprocess.simulate import format_summary
 
     text = format_summary(summary)
     assert "PATIENT-LEVEL epsilon" in text and "add/remove one patient" in text and "default unit" in text
@@ -153,8 +153,8 @@ def test_feddis_spends_or_rolls_back(tmp_path, cache_dir, monkeypatch):
     """Round 0: site-2 drops after advertising (trained, released nothing): rolled back. Round 1:
     site-2 and site-3 drop before uploading: one masked input < t = 2, the round aborts; site-1's
     input had reached the coordinator (released, spent), sites 2 and 3 roll back."""
-    from simulation import inprocess
-    from simulation.simulate import new_model
+    from simulation.engines.inprocess import fleet as inprocess
+    from simulation.engines.inprocess.simulate import new_model
 
     states = []
     original_save = inprocess.InProcessFleet.save_checkpoints
@@ -196,7 +196,7 @@ def test_slice_level_is_a_labelled_option_everywhere():
     from simulation.cli import build_parser
     from simulation.config import ConfigError, load_config
     from simulation.federation.summary import privacy_summary
-    from simulation.simulate import format_summary
+    from simulation.engines.inprocess.simulate import format_summary
 
     args = build_parser().parse_args(["simulate", "--privacy-unit", "slice"])
     assert args.privacy_unit == "slice"

@@ -30,7 +30,7 @@ pytestmark = pytest.mark.slow
 def _stopped_run(out: Path, cache: Path) -> None:
     """A 3-round tiny run stopped after round 0 (as if interrupted), written by the project's own code."""
     from simulation.config import load_config
-    from simulation.simulate import run_simulation
+    from simulation.engines.inprocess.simulate import run_simulation
 
     config = load_config(preset="tiny", toml_path=None, data=None, sites=3, rounds=3, mode="secagg", dropout=None,
                          dropout_schedule=None, epsilon=None, delta=None, model=None, seed=None, threshold=None,

@@ -123,7 +123,7 @@ def test_coordinator_never_holds_an_individual_update(tmp_path, cache_dir, monke
     from simulation.federation import coordinator as coordinator_module
     from simulation.federation import site as site_module
     from simulation.config import load_config
-    from simulation.simulate import run_simulation
+    from simulation.engines.inprocess.simulate import run_simulation
 
     received, encoded = [], []
     original_receive = coordinator_module.Coordinator.receive

@@ -14,7 +14,7 @@ __all__ = ["register", "cmd_demo", "cmd_params"]
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from ..demo import format_report, run_demo
+    from ..engines.inprocess.demo import format_report, run_demo
 
     report = run_demo(sites=args.sites, vector_length=args.length, active=not args.semi_honest)
     emit(args, report.to_dict, lambda: format_report(report))

@@ -14,7 +14,7 @@ __all__ = ["register", "cmd_simulate"]
 def cmd_simulate(args: argparse.Namespace) -> int:
     from ..config import load_config
     from ..federation.setup import resume_config
-    from ..simulate import format_summary, run_simulation
+    from ..engines.inprocess.simulate import format_summary, run_simulation
 
     if args.resume:
         if args.out and args.out != args.resume:

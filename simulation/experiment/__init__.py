@@ -7,7 +7,7 @@ stopping rule on the healthy validation loss for every arm),
 :mod:`.tuning` (learning rates chosen per arm on a tuning seed),
 :mod:`.held_out` (the leave-one-site-out split), :mod:`.site_shift` (the
 study's premise, measured three ways), :mod:`.arms` (training
-each arm of a seed, reusing :mod:`simulation.simulate`'s run),
+each arm of a seed, reusing :mod:`simulation.engines.inprocess.simulate`'s run),
 :mod:`.runner` (seeds, evaluation, summary), :mod:`.parallel` (tuning rates,
 seeds and sweep points run ``--jobs`` at a time in spawned processes, one torch
 thread each: the same numbers for any ``jobs``), :mod:`.statistics` (paired

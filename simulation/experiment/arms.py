@@ -7,7 +7,7 @@ local_steps steps on the same healthy validation slices (the cohort's
 ``val``: the training sites' validation volumes), the best model restored
 when the rule stops early.
 
-* **federated** - :func:`simulation.simulate.run_simulation`, the real round
+* **federated** - :func:`simulation.engines.inprocess.simulate.run_simulation`, the real round
   (local DP-SGD, encoding, secure aggregation, ledger), no dropouts, seeded
   noise (:mod:`.randomness`), on exactly ``cohort``
   (``experiment_cohort``); its early stopping is the run's
@@ -98,7 +98,7 @@ def train_arms(sim, cohort, arms, learning_rates: dict, *, seed: int, tag: str, 
     from dp import train_dp_sgd, train_non_private
 
     from ..federation.setup import dp_sgd_config
-    from ..simulate import new_model, pooled_training_data, run_simulation
+    from ..engines.inprocess.simulate import new_model, pooled_training_data, run_simulation
 
     if "federated" not in arms:
         raise ValueError("the federated arm calibrates the noise of the others: it must be trained")

@@ -24,7 +24,7 @@ validation loss is itself a use of the validation subjects that no DP
 accounting here covers (research-only, like the whole experiment).
 
 How the arms use it: the federated run calls :class:`ValidationMonitor`
-after each round (:func:`simulation.simulate.run_simulation`'s
+after each round (:func:`simulation.engines.inprocess.simulate.run_simulation`'s
 ``experiment_monitor``); the DP baselines stop through
 :func:`train_with_stopping` (the trainer's per-step ``progress`` callback
 raises :class:`StopTraining`, which unwinds the trainer - whose ``finally``

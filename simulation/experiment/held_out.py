@@ -41,7 +41,7 @@ def held_out_site_for(seed: int, site_names) -> str:
 
 def split_held_out_site(cohort, site: str):
     """(training cohort without ``site``, evaluation cohort of ``site``'s pathological volumes); module docstring."""
-    from ..simulate import CohortSplit
+    from ..engines.inprocess.simulate import CohortSplit
 
     if site not in cohort.site_names:
         raise ValueError(f"no site {site!r} in the cohort (sites {cohort.site_names})")

@@ -6,7 +6,7 @@ nothing. The default of every real run (``secagg simulate``, the Flower
 apps) is the CSPRNG of :mod:`dp.training` (AES-CTR keyed from ``secrets``),
 and nothing in :class:`~simulation.config.SimulationConfig`, the
 ``simulate`` flags or the Flower configuration can select this generator:
-only :func:`simulation.simulate.run_simulation`'s keyword
+only :func:`simulation.engines.inprocess.simulate.run_simulation`'s keyword
 ``experiment_noise=`` does, which ``secagg experiment`` alone passes, and it
 needs ``secure_rng = false`` so that every ledger event records that the
 noise did not come from the CSPRNG. Every output an experiment writes

@@ -23,7 +23,7 @@ step), and a local arm q·N_site·t, its own share. The record of each arm
 holds the expected slice visits and the patients its seeded generator
 actually drew (``visits``).
 
-Each model is evaluated by :func:`simulation.simulate.evaluate_model` on the
+Each model is evaluated by :func:`simulation.engines.inprocess.simulate.evaluate_model` on the
 same pooled pathological test volumes of the training sites (held-out
 subjects), with the threshold fixed on the same healthy validation volumes,
 beside the intensity baseline; with a held-out site, also on that site's
@@ -130,7 +130,7 @@ def _timed(function):
 
 def _cohorts(config: ExperimentConfig, sim, seed: int, log):
     """(training cohort, held-out-site cohort or None, held-out site or None) of one seed (:mod:`.held_out`)."""
-    from ..simulate import prepare_cohort
+    from ..engines.inprocess.simulate import prepare_cohort
 
     cohort = prepare_cohort(sim, lambda text: None)
     if not config.held_out_site:
@@ -165,7 +165,7 @@ def _tune_one(config: ExperimentConfig, lr: float, out: Path, *, log) -> tuple[d
 def _warm_cohort(config: ExperimentConfig, seed: int, *, log) -> None:
     """Generate and preprocess one seed's cohort into the cache (before the units that read it run in parallel:
     two processes never generate the same cohort)."""
-    from ..simulate import prepare_cohort
+    from ..engines.inprocess.simulate import prepare_cohort
 
     prepare_cohort(config.for_seed(seed), lambda text: None)
     log(f"cohort of seed {seed} ready")
@@ -198,7 +198,7 @@ def tune_learning_rates(config: ExperimentConfig, out: Path, log, *, jobs: int =
 def _evaluate_arm(trained: TrainedArm, cohort, sim, held_out) -> dict:
     """report_metrics of the arm on the cohort's test volumes (FedDis: mean over the personalised models), and
     under ``model/held_out`` / ``intensity/held_out`` the same on the held-out site."""
-    from ..simulate import evaluate_model
+    from ..engines.inprocess.simulate import evaluate_model
 
     reports = trained.reports or [evaluate_model(m, cohort, sim) for m in trained.models]
     metrics = _mean_metrics([report_metrics(r) for r in reports])

@@ -1,6 +1,6 @@
 """One federated round on the coordinator's side, shared by every engine.
 
-The in-process simulation (:mod:`simulation.simulate`) and the Flower
+The in-process simulation (:mod:`simulation.engines.inprocess.simulate`) and the Flower
 ServerApp (:mod:`simulation.flower.server_app`) run *this* code for every
 round; they differ only in their :class:`Fleet`, which reaches the sites
 (objects in this process, or Flower nodes over the network). There is no

@@ -18,7 +18,7 @@ adjacency a released exact count has no finite epsilon.
 What stays here: the training losses, empty-step and clip counts
 (:class:`LocalUpdate`) are statistics of the site's private data that no DP
 guarantee covers; the site keeps them (the simulation writes them to a
-site-local file, :mod:`simulation.inprocess`), never the coordinator.
+site-local file, :mod:`simulation.engines.inprocess.fleet`), never the coordinator.
 """
 
 from __future__ import annotations

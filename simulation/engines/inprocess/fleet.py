@@ -3,7 +3,7 @@
 It is the :class:`~simulation.federation.rounds.Fleet` of ``secagg simulate``. Each
 site trains with DP-SGD and encodes its update itself (:class:`Site`); its
 ring vector goes only into its own protocol session (masking, HE or, in the
-unprotected ``plain`` baseline, straight to the coordinator). The engine
+unprotected ``plain`` baseline, straight to the coordinator). The protocol loop
 (:mod:`simulation.federation.protocol_round`) moves the wire bytes and silences sites at the
 stages the dropout model chose.
 
@@ -34,8 +34,8 @@ import numpy as np
 
 import secagg
 
-from .federation.protocol_round import run_he_round, run_masked_round, run_plain_round
-from .federation.rounds import Fleet, FleetRound, PlainSession, RoundPlan, RunContext, planned_event
+from ...federation.protocol_round import run_he_round, run_masked_round, run_plain_round
+from ...federation.rounds import Fleet, FleetRound, PlainSession, RoundPlan, RunContext, planned_event
 
 __all__ = ["InProcessFleet", "SITE_LOCAL_DIR", "SITE_LOCAL_LABEL"]
 

@@ -5,7 +5,7 @@ dropouts, the spend committed when the updates are in, FedAvg of the
 decoded sum, checkpoints - is :mod:`simulation.federation.rounds`, shared with the
 Flower engine. This module adds what only a one-machine simulation has: the
 cohort (synthetic or a directory of NIfTI files, split into sites), the
-in-process fleet of sites (:mod:`simulation.inprocess`), simulated dropouts
+in-process fleet of sites (:mod:`simulation.engines.inprocess.fleet`), simulated dropouts
 (:mod:`simulation.federation.dropout`), and the evaluation at the end (the federated
 model against local-only, central and intensity baselines on the pooled
 pathological test set).
@@ -25,16 +25,16 @@ from pathlib import Path
 
 import numpy as np
 
-from .config import SimulationConfig, SimulationConfigError
-from .federation.coordinator import Coordinator
-from .federation.dropout import NoDropout, ProbabilisticDropout, load_schedule
-from .federation.rounds import run_rounds
-from .federation.runstore import RunDirectory, private_dir, private_umask
-from .federation.setup import SimulationError, check_resume, open_run
-from .federation.site import Site
-from .federation.summary import privacy_summary, public_site_facts
-from .inprocess import SITE_LOCAL_DIR, SITE_LOCAL_LABEL, InProcessFleet
-from .progress import Progress
+from ...config import SimulationConfig, SimulationConfigError
+from ...federation.coordinator import Coordinator
+from ...federation.dropout import NoDropout, ProbabilisticDropout, load_schedule
+from ...federation.rounds import run_rounds
+from ...federation.runstore import RunDirectory, private_dir, private_umask
+from ...federation.setup import SimulationError, check_resume, open_run
+from ...federation.site import Site
+from ...federation.summary import privacy_summary, public_site_facts
+from .fleet import SITE_LOCAL_DIR, SITE_LOCAL_LABEL, InProcessFleet
+from ...progress import Progress
 
 __all__ = ["run_simulation", "SimulationResult", "format_summary", "CohortSplit", "prepare_cohort", "new_model",
            "evaluate_model", "train_baseline", "pooled_training_data", "pathology_sites"]
@@ -207,15 +207,15 @@ def _run_simulation(config: SimulationConfig, out_dir, *, resume: bool, quiet: b
         raise SimulationError("experiment_cohort and experiment_monitor are for secagg experiment runs only "
                               "(they need experiment_noise)")
     if experiment_cohort is not None and not isinstance(experiment_cohort, CohortSplit):
-        raise SimulationError("experiment_cohort must be a simulation.simulate.CohortSplit")
+        raise SimulationError("experiment_cohort must be a simulation.engines.inprocess.simulate.CohortSplit")
     if experiment_monitor is not None:
-        from .experiment.early_stopping import ValidationMonitor
+        from ...experiment.early_stopping import ValidationMonitor
 
         if not isinstance(experiment_monitor, ValidationMonitor):
             raise SimulationError("experiment_monitor must be a simulation.experiment.early_stopping.ValidationMonitor")
 
     if experiment_noise is not None:
-        from .experiment.randomness import SeededExperimentNoise
+        from ...experiment.randomness import SeededExperimentNoise
 
         if not isinstance(experiment_noise, SeededExperimentNoise):
             raise SimulationError("experiment_noise must be a simulation.experiment.SeededExperimentNoise")
@@ -437,7 +437,7 @@ def _finish(config, cohort, sites, coordinator, store, protocol, calibration, sh
     if seeded is not None:  # secagg experiment: the DP noise and sampling were seeded (not a guarantee)
         summary["seeded_noise"] = seeded
         summary["privacy"]["seeded_noise"] = seeded["label"]
-    from .federation.runstore import atomic_write_json
+    from ...federation.runstore import atomic_write_json
 
     atomic_write_json(store.summary_path, summary)
     atomic_write_json(private_dir(store.root / SITE_LOCAL_DIR) / "run_time.json",
@@ -503,7 +503,7 @@ def _write_evaluation_counts(store, cohort, report) -> None:
     """Exact counts behind the evaluation, for the simulator only (site-local, 0600)."""
     local = store.root / SITE_LOCAL_DIR
     local.mkdir(mode=0o700, exist_ok=True)
-    from .federation.runstore import atomic_write_json
+    from ...federation.runstore import atomic_write_json
 
     atomic_write_json(local / "evaluation_counts.json", {
         "site_local": SITE_LOCAL_LABEL, "pathological_test_volumes": len(cohort.pathology),
@@ -526,7 +526,7 @@ def _figures(config, cohort, model, report, metrics, store, log) -> list[str]:
     """Run plots and anomaly-map examples; a failing figure is reported, never fatal."""
     written = []
     try:
-        from .plots import plot_run
+        from ...plots import plot_run
 
         written += plot_run(metrics, store.plots)
     except Exception as exc:
