@@ -508,7 +508,7 @@ class PrivacyLedger:
         ``signers`` (site -> :class:`~dp.ledger_signatures.LedgerSigner`): when given, every
         spend entry is signed by its site's signer (a site without one is refused) and each
         signer anchors its last entry after the commit (a signer may be remote: a Flower node
-        signs through :class:`simulation.flower.ledger_link.RemoteLedgerSigner`). Without it
+        signs through :class:`simulation.engines.flower.ledger_link.RemoteLedgerSigner`). Without it
         the spends are unsigned and a verifier holding a registry refuses them.
         """
         if round_index in self.committed_rounds():

@@ -18,7 +18,7 @@ without a site's Ed25519 signing key (which never leaves the site):
    than, or different at, any site's anchor was truncated or rewritten.
 
 How a signature travels (in-process simulation; over Flower see
-:mod:`simulation.flower.ledger_link`: the same statements and anchors, one
+:mod:`simulation.engines.flower.ledger_link`: the same statements and anchors, one
 Flower round trip per signature). When the masked inputs are in, the
 coordinator's :class:`~simulation.federation.rounds.ReleaseCommitter` builds each entry (it alone knows the sequence number and the previous hash) and hands the
 :class:`EntryStatement` to the site's :class:`LedgerSigner`; the site checks

@@ -11,7 +11,7 @@
   seeded (labelled, never a privacy guarantee) noise, paired statistics and a report.
 * :mod:`simulation.federation.server_optimizer` - FedAvg, server momentum, FedAdam on the decoded mean.
 * :mod:`simulation.dpia` - ``secagg dpia``; :mod:`simulation.engines.inprocess.demo` - ``secagg demo``.
-* :mod:`simulation.flower` - the Flower engine (prototype, optional ``flower`` extra).
+* :mod:`simulation.engines.flower` - the Flower engine (prototype, optional ``flower`` extra).
 * :mod:`simulation.errors` - :class:`SimulationInputError`, the base of every simulation-side
   bad-input error (configuration, run directory, DPIA, keys, experiment), which the CLI catches
   once (exit code 2) beside the bad-input bases of secagg, dp and models.

@@ -16,10 +16,10 @@ the CLI therefore also catches, as bad input, exactly these bases of theirs (:fu
   ledger, is a failed check: exit 1);
 * ``models`` (when the ``mri`` extra is installed): :class:`models.errors.ModelsError`.
 
-Deliberately *not* bad input: :class:`simulation.flower.node_registration.NodeRegistrationError`
+Deliberately *not* bad input: :class:`simulation.engines.flower.node_registration.NodeRegistrationError`
 (a SuperLink that refuses a key is a failed check, exit 1),
-:class:`simulation.flower.session_journal.ReplayedSessionError` (a protocol verification
-failure), :class:`simulation.flower.app_trust.AppNotTrustedError` (a node refusing an app bundle
+:class:`simulation.engines.flower.session_journal.ReplayedSessionError` (a protocol verification
+failure), :class:`simulation.engines.flower.app_trust.AppNotTrustedError` (a node refusing an app bundle
 the consortium did not sign: a failed check) and
 :class:`simulation.experiment.early_stopping.StopTraining` (control flow).
 

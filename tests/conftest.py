@@ -128,12 +128,12 @@ def longest_file_first(config, log=None):
 @pytest.fixture(autouse=True)
 def app_verifier_state_stays_in_its_test():
     """The node's app verifier keeps its approval in a process global and points ``FLWR_HOME`` at a fresh
-    folder (``simulation.flower.app_trust.record_verified``, ``verified_clientapp.private_flwr_home``): in a
+    folder (``simulation.engines.flower.app_trust.record_verified``, ``verified_clientapp.private_flwr_home``): in a
     deployment each ``flwr-clientapp`` process handles one message, but here one worker runs many tests,
     and a later test of another file (the DPIA's deployment facts) must not see an earlier test's approval."""
     home = os.environ.get("FLWR_HOME")
     yield
-    module = sys.modules.get("simulation.flower.app_trust")
+    module = sys.modules.get("simulation.engines.flower.app_trust")
     if module is not None:
         module.record_verified(None)
     if home is None:

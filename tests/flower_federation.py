@@ -27,15 +27,15 @@ import secagg  # noqa: E402
 from dp import PrivacyLedger  # noqa: E402
 from simulation.federation.coordinator import Coordinator  # noqa: E402
 from simulation.federation.protocol_round import run_masked_round  # noqa: E402
-from simulation.flower.client_app import synthetic_update  # noqa: E402
-from simulation.flower.tls import write_loopback_certificates  # noqa: E402
+from simulation.engines.flower.client_app import synthetic_update  # noqa: E402
+from simulation.engines.flower.tls import write_loopback_certificates  # noqa: E402
 from simulation.federation.site import encode_update, flatten  # noqa: E402
 from tests.flower_poll import fast_poll_env  # noqa: E402
 
 __all__ = ["APP", "BIN", "STAGE_TIMEOUT", "SITES", "RUN", "free_port", "wait_port", "tool", "config_value",
            "Federation", "initial_model", "expected_globals", "check_run"]
 
-APP = Path(__file__).resolve().parents[1] / "simulation" / "flower" / "app"
+APP = Path(__file__).resolve().parents[1] / "simulation" / "engines" / "flower" / "app"
 BIN = Path(sys.executable).parent
 STAGE_TIMEOUT = 45.0  # headroom: under `make test -n 2` another worker shares the cores
 SITES = ("site-1", "site-2", "site-3")

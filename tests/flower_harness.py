@@ -1,7 +1,7 @@
 """An in-memory Flower ``Grid`` for fast tests of the ServerApp and ClientApp code (no processes).
 
 Every message goes through Flower's protobuf serialisation both ways (as it does on
-the wire), and is handled by the real ``ClientApp`` (``simulation.flower.client_app.app``)
+the wire), and is handled by the real ``ClientApp`` (``simulation.engines.flower.client_app.app``)
 with a per-node ``Context`` that persists between messages, as a SuperNode keeps it.
 A node whose reply carries nothing (it vanished: run it with ``drop-sleep=0``) is left
 out of the replies, which is what Flower's ``send_and_receive`` timeout does. The

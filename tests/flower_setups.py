@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import secagg
-from simulation.flower.transport import RoundSetup
+from simulation.engines.flower.transport import RoundSetup
 
 __all__ = ["round_setup"]
 

@@ -13,7 +13,7 @@ from flwr.common.constant import SUPERLINK_NODE_ID  # noqa: E402
 
 from dp import PrivacyLedger  # noqa: E402
 from simulation.cli import main  # noqa: E402
-from simulation.flower.server_app import DEFAULTS, run_federation  # noqa: E402
+from simulation.engines.flower.server_app import DEFAULTS, run_federation  # noqa: E402
 from simulation.federation.identity import add_to_registry, write_identity  # noqa: E402
 
 from .flower_harness import as_node  # noqa: E402

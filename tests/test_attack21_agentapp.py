@@ -42,7 +42,7 @@ def test_every_task_command_a_verifying_node_can_start_goes_through_the_verifier
     from flwr.supercore.constant import TASK_TYPE_TO_COMMAND
     from flwr.supercore.superexec.plugin import AutoExecPlugin
 
-    from simulation.flower import verified_clientapp
+    from simulation.engines.flower import verified_clientapp
 
     (tmp_path / "sigs").mkdir()
     seen = {}
@@ -64,7 +64,7 @@ def test_every_task_command_a_verifying_node_can_start_goes_through_the_verifier
 
     monkeypatch.setattr(verified_clientapp, "subprocess", SimpleNamespace(Popen=FakeSupernode))
     assert verified_clientapp.start_supernode("ab" * 32, tmp_path / "sigs", []) == 0
-    assert "simulation.flower.verified_clientapp" in seen["flwr-clientapp"][1]
+    assert "simulation.engines.flower.verified_clientapp" in seen["flwr-clientapp"][1]
     unchecked = {command: where for command, (where, text) in seen.items()
                  if where and "secagg" not in text}
     assert not unchecked, f"a verifying node would start these unchecked: {unchecked}"

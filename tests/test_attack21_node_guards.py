@@ -25,12 +25,12 @@ from types import SimpleNamespace
 import nacl.signing
 import pytest
 
-from simulation.flower.app_trust import AppNotTrustedError, AppTrust, AppTrustError, fab_sha256, sign_fab, \
+from simulation.engines.flower.app_trust import AppNotTrustedError, AppTrust, AppTrustError, fab_sha256, sign_fab, \
     write_signature
 
 pytest.importorskip("flwr")
 
-from simulation.flower import verified_clientapp  # noqa: E402
+from simulation.engines.flower import verified_clientapp  # noqa: E402
 
 from .probe_apps import app_pyproject, fab_zip  # noqa: E402
 
@@ -107,7 +107,7 @@ def test_a_fifo_in_the_trusted_apps_folder_does_not_hang_the_check(tmp_path):
     trust = _trust(tmp_path / "sigs", BUNDLE)
     os.mkfifo(tmp_path / "sigs" / "0000-fifo.json")
     (tmp_path / "bundle.fab").write_bytes(BUNDLE)
-    code = ("import sys; from pathlib import Path; from simulation.flower.app_trust import AppTrust, fab_sha256\n"
+    code = ("import sys; from pathlib import Path; from simulation.engines.flower.app_trust import AppTrust, fab_sha256\n"
             "b = Path(sys.argv[3]).read_bytes(); t = AppTrust.load(sys.argv[1], sys.argv[2])\n"
             "print(t.check(b, claimed_hash=fab_sha256(b)).fab_sha256)")
     try:
@@ -165,14 +165,15 @@ def test_a_prepopulated_install_folder_is_not_what_a_signed_bundle_runs(tmp_path
 
 
 def test_the_node_s_working_directory_cannot_replace_the_verifier(tmp_path, monkeypatch):
-    """The shim runs ``python -m simulation.flower.verified_clientapp`` in the SuperNode's working directory;
+    """The shim runs ``python -m simulation.engines.flower.verified_clientapp`` in the SuperNode's working directory;
     ``-m`` puts that directory first on sys.path, so a ``simulation`` package lying there would run instead
     of the verifier (with every bundle then unchecked)."""
     cwd = tmp_path / "cwd"
-    (cwd / "simulation" / "flower").mkdir(parents=True)
+    (cwd / "simulation" / "engines" / "flower").mkdir(parents=True)
     (cwd / "simulation" / "__init__.py").write_text("")
-    (cwd / "simulation" / "flower" / "__init__.py").write_text("")
-    (cwd / "simulation" / "flower" / "verified_clientapp.py").write_text(
+    (cwd / "simulation" / "engines" / "__init__.py").write_text("")
+    (cwd / "simulation" / "engines" / "flower" / "__init__.py").write_text("")
+    (cwd / "simulation" / "engines" / "flower" / "verified_clientapp.py").write_text(
         f"open({str(tmp_path / 'planted-ran')!r}, 'w').write('yes')\n")
     (tmp_path / "sigs").mkdir()
     ran = []

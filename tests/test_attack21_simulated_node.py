@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import pytest
 
-from simulation.flower.app_trust import AppApproval, record_verified
+from simulation.engines.flower.app_trust import AppApproval, record_verified
 
 pytest.importorskip("flwr")
 
 from flwr.app import Context, RecordDict  # noqa: E402
 
-from simulation.flower.client_app import node_path, node_setting  # noqa: E402
+from simulation.engines.flower.client_app import node_path, node_setting  # noqa: E402
 
 
 @pytest.fixture

@@ -1,7 +1,7 @@
 """Issue 9: the federated round over Flower, through Flower's own tooling (``flwr run``).
 
 * deployment engine over **TLS**, in **active mode**: a SuperLink and 3 SuperNodes on
-  loopback, with certificates made at run time (:mod:`simulation.flower.tls`) and each
+  loopback, with certificates made at run time (:mod:`simulation.engines.flower.tls`) and each
   site's Ed25519 identity checked against the nodes' own registry (:mod:`simulation.federation.identity`);
 * simulation engine: a SuperLink in ``--simulation`` mode with 3 simulated nodes (Ray).
 

@@ -1,9 +1,9 @@
 """Issue 21: only consortium-signed app bundles run on a hospital's node.
 
-* The checks (:class:`simulation.flower.app_trust.AppTrust`): a signed bundle is approved; an unsigned one,
+* The checks (:class:`simulation.engines.flower.app_trust.AppTrust`): a signed bundle is approved; an unsigned one,
   one signed by another key, a signed one with one byte changed, and one the SuperLink misnames are
   refused, each with one line naming the hash and why.
-* The gate (:mod:`simulation.flower.verified_clientapp`) against the installed flwr: ``run_clientapp``
+* The gate (:mod:`simulation.engines.flower.verified_clientapp`) against the installed flwr: ``run_clientapp``
   still pulls, installs, then loads, through the names the gate wraps (fails loudly when flwr changes);
   a refused bundle never reaches flwr's installer.
 * The CLI: ``secagg flower app-key``, ``sign-app`` (the hash is the one ``flwr run`` submits),
@@ -27,13 +27,13 @@ import nacl.signing
 import pytest
 
 from simulation.cli import main
-from simulation.flower.app_trust import (AppNotTrustedError, AppTrust, AppTrustError, fab_sha256, sign_fab,
+from simulation.engines.flower.app_trust import (AppNotTrustedError, AppTrust, AppTrustError, fab_sha256, sign_fab,
                                          verified_app, write_signature)
 
 pytest.importorskip("flwr")
 
-from simulation.flower import verified_clientapp  # noqa: E402
-from simulation.flower.verified_clientapp import FlwrShapeError, check_flwr_shape, install_gate  # noqa: E402
+from simulation.engines.flower import verified_clientapp  # noqa: E402
+from simulation.engines.flower.verified_clientapp import FlwrShapeError, check_flwr_shape, install_gate  # noqa: E402
 
 from .probe_apps import app_pyproject, fab_zip  # noqa: E402
 
@@ -201,7 +201,7 @@ def test_the_gate_hands_flwr_only_signed_bundles(tmp_path, monkeypatch):
 
 
 def test_the_deployment_facts_say_which_nodes_verified_the_app():
-    from simulation.flower.deploy import deployment_facts
+    from simulation.engines.flower.deploy import deployment_facts
 
     verified = {"app-sha256": "ab" * 32, "app-key": "cd" * 32}
     facts = lambda nodes: deployment_facts({"out": "/r"}, {"tls": True, "observed": "x"}, nodes)  # noqa: E731
@@ -223,7 +223,7 @@ def test_sign_app_signs_the_bundle_flwr_run_submits(tmp_path, capsys):
     key = tmp_path / "consortium" / "consortium-apps.ed25519"
     assert oct(key.stat().st_mode & 0o777) == "0o600"
     capsys.readouterr()
-    app = ROOT / "simulation" / "flower" / "app"
+    app = ROOT / "simulation" / "engines" / "flower" / "app"
     assert main(["flower", "sign-app", str(app), "--key", str(key), "--out", str(tmp_path / "sigs"),
                  "--json"]) == 0
     signed = json.loads(capsys.readouterr().out)
@@ -369,8 +369,8 @@ def _built(app: Path) -> bytes:
 
 
 def test_the_module_runs_as_a_flwr_clientapp_replacement():
-    """The shim execs ``python -m simulation.flower.verified_clientapp``: its bad-key path is one line, exit 2."""
-    done = subprocess.run([sys.executable, "-m", "simulation.flower.verified_clientapp", "--app-key", "zz",
+    """The shim execs ``python -m simulation.engines.flower.verified_clientapp``: its bad-key path is one line, exit 2."""
+    done = subprocess.run([sys.executable, "-m", "simulation.engines.flower.verified_clientapp", "--app-key", "zz",
                            "--trusted-apps", ".", "--token", "x"], capture_output=True, text=True, timeout=120,
                           env=os.environ | {"PYTHONPATH": str(ROOT)})
     assert done.returncode == 2 and done.stderr.strip().startswith("secagg app verifier: app verify key")
@@ -381,7 +381,7 @@ def test_an_approved_run_gets_back_its_own_run_id_and_run_config_from_a_series_c
     """flwr keeps one node Context per run series: another run of the series may have replaced it."""
     from types import SimpleNamespace
 
-    from simulation.flower.verified_clientapp import pin_context_to_run
+    from simulation.engines.flower.verified_clientapp import pin_context_to_run
 
     bundle = fab_zip({"pyproject.toml": PYPROJECT + '[tool.flwr.app.components]\nserverapp = "probe_server:app"\n'
                    'clientapp = "probe_client:app"\n[tool.flwr.app.config]\nrounds = 1\nout = ""\n',

@@ -3,7 +3,7 @@
 * The Flower app folder ships in the package (``secagg flower app-path``; ``package-data``).
 * ``secagg flower check`` says whether a Flower run directory holds a finished run: ``flwr run``
   exits 0 on a failed run, so this is what a script can rely on.
-* ``simulation/flower/app/deploy-local.sh`` - the guide as a script - end to end with real
+* ``simulation/engines/flower/app/deploy-local.sh`` - the guide as a script - end to end with real
   processes (a SuperLink and three SuperNodes over loopback TLS): exit 0, both sides' ledgers,
   the DPIA, the app bundle verified at every node against the consortium's signature, owner-only
   modes of what the run wrote; and a non-zero exit when the run fails
@@ -26,13 +26,13 @@ from pathlib import Path
 import pytest
 
 from simulation.cli import main
-from simulation.flower.deploy import APP_FILES, app_path, run_outcome
+from simulation.engines.flower.deploy import APP_FILES, app_path, run_outcome
 from tests.file_modes import not_owner_only
 from tests.flower_poll import fast_poll_env
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-SCRIPT = ROOT / "simulation" / "flower" / "app" / "deploy-local.sh"
+SCRIPT = ROOT / "simulation" / "engines" / "flower" / "app" / "deploy-local.sh"
 
 
 # -- the app folder ships with the package ------------------------------------------------
@@ -43,8 +43,8 @@ def test_app_path_is_the_app_folder_with_its_pyproject(capsys):
     assert main(["flower", "app-path"]) == 0
     assert capsys.readouterr().out.strip() == str(folder)
     app = tomllib.loads((folder / "pyproject.toml").read_text())
-    assert app["tool"]["flwr"]["app"]["components"] == {"serverapp": "simulation.flower.server_app:app",
-                                                        "clientapp": "simulation.flower.client_app:app"}
+    assert app["tool"]["flwr"]["app"]["components"] == {"serverapp": "simulation.engines.flower.server_app:app",
+                                                        "clientapp": "simulation.engines.flower.client_app:app"}
     for name in APP_FILES:
         assert (folder / name).is_file(), name
 
@@ -54,7 +54,7 @@ def test_the_wheel_config_ships_every_file_of_the_app_folder():
     package finder includes ``simulation``: a non-editable install has ``flwr run "$(secagg flower app-path)"``."""
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())
     setuptools = project["tool"]["setuptools"]
-    assert any(fnmatch.fnmatch("simulation.flower", pattern) for pattern in setuptools["packages"]["find"]["include"])
+    assert any(fnmatch.fnmatch("simulation.engines.flower", pattern) for pattern in setuptools["packages"]["find"]["include"])
     patterns = setuptools["package-data"]["simulation"]
     base = ROOT / "simulation"
     files = [p.relative_to(base).as_posix() for p in app_path().iterdir() if p.is_file()

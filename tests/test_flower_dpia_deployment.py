@@ -17,9 +17,9 @@ pytest.importorskip("flwr")
 from flwr.common.constant import SUPERLINK_NODE_ID  # noqa: E402
 
 from simulation.dpia import write_dpia  # noqa: E402
-from simulation.flower import client_app  # noqa: E402
-from simulation.flower.deploy import transport_security  # noqa: E402
-from simulation.flower.server_app import DEFAULTS, run_federation  # noqa: E402
+from simulation.engines.flower import client_app  # noqa: E402
+from simulation.engines.flower.deploy import transport_security  # noqa: E402
+from simulation.engines.flower.server_app import DEFAULTS, run_federation  # noqa: E402
 from simulation.federation.identity import add_to_registry, write_identity  # noqa: E402
 
 from .flower_harness import InMemoryGrid, as_node  # noqa: E402
@@ -86,7 +86,7 @@ def test_an_active_run_over_tls_with_protected_keys(tmp_path, monkeypatch):
 def test_app_verification_is_stated_as_the_nodes_report_it(tmp_path, monkeypatch):
     """The nodes' ClientApp processes report the approval the verifier recorded in them (in-process here: one
     recorded approval for every node)."""
-    from simulation.flower import app_trust
+    from simulation.engines.flower import app_trust
 
     app_trust.record_verified(app_trust.AppApproval("ab" * 32, "cd" * 32, "/n/trusted-apps/x.json"))
     try:

@@ -17,8 +17,8 @@ pytest.importorskip("flwr")
 
 from flwr.common.constant import SUPERLINK_NODE_ID  # noqa: E402
 
-from simulation.flower import client_app  # noqa: E402
-from simulation.flower.server_app import DEFAULTS, run_federation  # noqa: E402
+from simulation.engines.flower import client_app  # noqa: E402
+from simulation.engines.flower.server_app import DEFAULTS, run_federation  # noqa: E402
 from simulation.federation.identity import add_to_registry, write_identity  # noqa: E402
 
 from .file_modes import not_owner_only  # noqa: E402

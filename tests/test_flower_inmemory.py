@@ -16,8 +16,8 @@ pytest.importorskip("flwr")
 from flwr.common.constant import SUPERLINK_NODE_ID  # noqa: E402
 
 from dp import PrivacyLedger  # noqa: E402
-from simulation.flower import client_app  # noqa: E402
-from simulation.flower.server_app import DEFAULTS, run_federation  # noqa: E402
+from simulation.engines.flower import client_app  # noqa: E402
+from simulation.engines.flower.server_app import DEFAULTS, run_federation  # noqa: E402
 
 from .flower_harness import InMemoryGrid, as_node  # noqa: E402
 
@@ -141,7 +141,7 @@ def test_distributed_dp_over_flower_noises_at_the_nodes_and_both_sides_account_f
     import torch
 
     import models
-    from simulation.flower.client_app import synthetic_update
+    from simulation.engines.flower.client_app import synthetic_update
     from simulation.federation.site import flatten
 
     nodes = _nodes(tmp_path, **{site: {"site-level-budget": 1000.0} for site in SITES})
@@ -204,8 +204,8 @@ def test_a_nodes_session_is_sealed_in_flowers_state_and_no_private_key_is_stored
     import pickle
 
     from secagg.crypto import X25519KeyPair
-    from simulation.flower.sealed_state import STATE_KEY_FILE, unseal
-    from simulation.flower.session_journal import JOURNAL_FILE
+    from simulation.engines.flower.sealed_state import STATE_KEY_FILE, unseal
+    from simulation.engines.flower.session_journal import JOURNAL_FILE
     from simulation.federation.identity import add_to_registry, load_signing_key, write_identity
 
     secrets_made: list[bytes] = []
@@ -246,7 +246,7 @@ def test_a_nodes_session_is_sealed_in_flowers_state_and_no_private_key_is_stored
 
 
 def test_a_node_refuses_a_tampered_sealed_session_a_loose_state_key_and_a_missing_state_dir(tmp_path):
-    from simulation.flower.sealed_state import STATE_KEY_FILE, seal_key
+    from simulation.engines.flower.sealed_state import STATE_KEY_FILE, seal_key
     from simulation.federation.identity import write_identity
 
     nodes = _nodes(tmp_path)
@@ -384,7 +384,7 @@ def test_a_node_registers_only_as_the_site_whose_flower_node_key_it_was_authenti
 
 def test_node_auth_needs_a_registry_and_signed_registration(tmp_path):
     from simulation.config import ConfigError
-    from simulation.flower.server_app import flower_config
+    from simulation.engines.flower.server_app import flower_config
 
     base = DEFAULTS | RUN | {"out": str(tmp_path / "run"), "node-auth": True}
     with pytest.raises(ConfigError, match="node-auth"):

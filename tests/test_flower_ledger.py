@@ -19,10 +19,10 @@ import pytest
 pytest.importorskip("flwr")
 
 from dp import PrivacyLedger, SiteSignatureError  # noqa: E402
-from simulation.flower import client_app  # noqa: E402
-from simulation.flower.ledger_link import ANCHORS_DIR, LEDGER, STATEMENT_RECORD  # noqa: E402
-from simulation.flower.server_app import DEFAULTS  # noqa: E402
-from simulation.flower.transport import HELLO  # noqa: E402
+from simulation.engines.flower import client_app  # noqa: E402
+from simulation.engines.flower.ledger_link import ANCHORS_DIR, LEDGER, STATEMENT_RECORD  # noqa: E402
+from simulation.engines.flower.server_app import DEFAULTS  # noqa: E402
+from simulation.engines.flower.transport import HELLO  # noqa: E402
 from simulation.federation.identity import write_identity  # noqa: E402
 
 from .flower_harness import InMemoryGrid  # noqa: E402

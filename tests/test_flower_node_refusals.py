@@ -18,7 +18,7 @@ import pytest
 pytest.importorskip("flwr")
 
 import secagg  # noqa: E402
-from simulation.flower.transport import RoundSetup  # noqa: E402
+from simulation.engines.flower.transport import RoundSetup  # noqa: E402
 
 from .attack_model import Instance, search_attack  # noqa: E402
 from .flower_setups import round_setup  # noqa: E402
@@ -41,7 +41,7 @@ def _active(tmp_path, n, *, degree=None, threshold, max_corrupt, client_id=3):
 
 
 def test_a_node_joins_one_session_fingerprint_once(tmp_path):
-    from simulation.flower.session_journal import JOURNAL_FILE, ReplayedSessionError, claim_session
+    from simulation.engines.flower.session_journal import JOURNAL_FILE, ReplayedSessionError, claim_session
 
     config, _ = _active(tmp_path, 3, threshold=2, max_corrupt=0)
     first = round_setup(session=config, client_id=3, site="site-3", max_summands=3, run_id="run-a", round_index=0)
@@ -61,7 +61,7 @@ def test_a_node_joins_one_session_fingerprint_once(tmp_path):
 
 
 def test_a_node_refuses_a_quorum_and_graph_weaker_than_its_operator_assumes(tmp_path):
-    from simulation.flower.client_app import node_signing_key
+    from simulation.engines.flower.client_app import node_signing_key
 
     n, degree, threshold = 9, 4, 3
     config, context = _active(tmp_path, n, degree=degree, threshold=threshold, max_corrupt=0)

@@ -17,8 +17,8 @@ pytest.importorskip("flwr")
 
 import secagg  # noqa: E402
 from simulation.config import ConfigError  # noqa: E402
-from simulation.flower.server_app import DEFAULTS, flower_config  # noqa: E402
-from simulation.flower.transport import RoundSetup  # noqa: E402
+from simulation.engines.flower.server_app import DEFAULTS, flower_config  # noqa: E402
+from simulation.engines.flower.transport import RoundSetup  # noqa: E402
 
 from .flower_setups import round_setup  # noqa: E402
 
@@ -72,7 +72,7 @@ def test_an_active_setup_carries_the_verify_keys(tmp_path):
 
 
 def test_a_node_signs_only_for_sessions_whose_keys_match_its_own_registry(tmp_path):
-    from simulation.flower.client_app import node_signing_key
+    from simulation.engines.flower.client_app import node_signing_key
 
     setup, context, identities = _active_setup(tmp_path)
     seed = node_signing_key(context, setup)
@@ -86,7 +86,7 @@ def test_a_node_signs_only_for_sessions_whose_keys_match_its_own_registry(tmp_pa
 
 def test_a_node_refuses_a_session_whose_quorum_tolerates_fewer_colluders_than_it_requires(tmp_path):
     """A coordinator cannot shrink the consistency quorum below what the node's operator set."""
-    from simulation.flower.client_app import node_signing_key
+    from simulation.engines.flower.client_app import node_signing_key
 
     setup, context, _ = _active_setup(tmp_path, max_corrupt=0)
     context.node_config["max-corrupt"] = 1
@@ -129,7 +129,7 @@ def test_loopback_certificates_chain_to_their_ca_and_keep_the_key_private(tmp_pa
 
     from cryptography import x509
 
-    from simulation.flower.tls import write_loopback_certificates
+    from simulation.engines.flower.tls import write_loopback_certificates
 
     certs = write_loopback_certificates(tmp_path / "tls")
     ca = x509.load_pem_x509_certificate(certs.ca_cert.read_bytes())
@@ -161,7 +161,7 @@ def test_a_node_recalibrates_distributed_dp_and_refuses_a_different_mechanism(tm
     # ... and one that shrinks the noise by claiming a larger epsilon meets the node's own budget.
     from dp import PrivacyLedger
 
-    from simulation.flower.client_app import check_budget
+    from simulation.engines.flower.client_app import check_budget
 
     greedy = round_setup(session=session, **(fields | {"ddp_epsilon": 1000.0}))
     ledger = PrivacyLedger.create(tmp_path, run_id="abc-123", delta=1e-5, budgets={"site-3": 8.0},
@@ -175,7 +175,7 @@ def test_a_node_recalibrates_distributed_dp_and_refuses_a_different_mechanism(tm
 
 
 def test_a_node_with_a_registry_refuses_a_passive_session(tmp_path):
-    from simulation.flower.client_app import node_signing_key
+    from simulation.engines.flower.client_app import node_signing_key
 
     _, context, _ = _active_setup(tmp_path)
     passive = round_setup(client_id=3, site="site-3")  # a coordinator downgrading to unauthenticated keys
@@ -184,7 +184,7 @@ def test_a_node_with_a_registry_refuses_a_passive_session(tmp_path):
 
 
 def test_a_deployed_node_never_takes_its_budget_or_paths_from_the_run_config():
-    from simulation.flower.client_app import node_path, node_setting
+    from simulation.engines.flower.client_app import node_path, node_setting
 
     run_config = {"node-epsilon-budget": 1e9, "node-state-root": "/tmp/fresh", "node-data-root": "/"}
     deployed = SimpleNamespace(node_config={"partition-id": 0, "site": "site-1"}, run_config=run_config)
@@ -200,7 +200,7 @@ def test_a_deployed_node_never_takes_its_budget_or_paths_from_the_run_config():
 def test_a_node_releases_a_round_of_a_run_once_and_composes_its_runs(tmp_path):
     from dp import PrivacyLedger
 
-    from simulation.flower.client_app import check_budget, commit_release
+    from simulation.engines.flower.client_app import check_budget, commit_release
 
     ledger = PrivacyLedger.create(tmp_path, run_id="node-site-3", delta=1e-5, budgets={"site-3": 8.0})
     try:
@@ -233,7 +233,7 @@ def test_distributed_dp_noise_must_be_shared_among_no_more_sites_than_a_sum_hold
 
 
 def test_the_transport_refuses_a_node_that_speaks_for_another_client():
-    from simulation.flower.transport import FlowerTransport
+    from simulation.engines.flower.transport import FlowerTransport
 
     session = secagg.SessionConfig(session_id=secagg.new_session_id(), participants=(1, 2, 3), threshold=2,
                                    vector_length=4, bit_width=32)

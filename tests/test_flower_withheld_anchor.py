@@ -23,10 +23,10 @@ from dp.ledger_signatures import entry_site_and_round  # noqa: E402
 from secagg import wire  # noqa: E402
 from secagg.messages import UnmaskRequest  # noqa: E402
 from simulation.federation import rounds  # noqa: E402
-from simulation.flower import client_app  # noqa: E402
-from simulation.flower.ledger_link import ANCHOR_RECORD, ANCHORS_DIR, ROUND_CHAIN_RECORD  # noqa: E402
-from simulation.flower.server_app import DEFAULTS  # noqa: E402
-from simulation.flower.transport import STEP  # noqa: E402
+from simulation.engines.flower import client_app  # noqa: E402
+from simulation.engines.flower.ledger_link import ANCHOR_RECORD, ANCHORS_DIR, ROUND_CHAIN_RECORD  # noqa: E402
+from simulation.engines.flower.server_app import DEFAULTS  # noqa: E402
+from simulation.engines.flower.transport import STEP  # noqa: E402
 
 from .flower_harness import InMemoryGrid  # noqa: E402
 from .ledger_rewrite import ledger_rows, rewrite_ledger, spend_rows  # noqa: E402

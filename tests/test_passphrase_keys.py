@@ -97,8 +97,8 @@ def test_a_node_signs_with_its_protected_key_and_a_wrong_passphrase_leaves_it_ou
     pytest.importorskip("flwr")
     from flwr.common.constant import SUPERLINK_NODE_ID
 
-    from simulation.flower import client_app
-    from simulation.flower.server_app import DEFAULTS, run_federation
+    from simulation.engines.flower import client_app
+    from simulation.engines.flower.server_app import DEFAULTS, run_federation
     from simulation.federation.identity import add_to_registry
 
     from .flower_harness import InMemoryGrid, as_node

@@ -16,7 +16,7 @@ no colluding client, on the SecAgg+ graph and on the complete graph.
 ``ClientSession`` is sans-IO and cannot remember other sessions, so "one session,
 one run" is a precondition its callers keep: a Flower node journals every session
 fingerprint durably before it advertises and refuses a second run
-(simulation/flower/session_journal.py, tests/test_flower_node_refusals.py); the
+(simulation/engines/flower/session_journal.py, tests/test_flower_node_refusals.py); the
 in-process simulation draws a fresh random session id per round. This test shows
 the precondition is necessary: break it and the victim is unmasked.
 """

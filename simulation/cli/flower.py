@@ -13,14 +13,14 @@ __all__ = ["register", "cmd_flower_app_path", "cmd_flower_certs", "cmd_flower_ch
 
 
 def cmd_flower_app_path(args: argparse.Namespace) -> int:
-    from ..flower.deploy import app_path
+    from ..engines.flower.deploy import app_path
 
     print(app_path())
     return 0
 
 
 def cmd_flower_certs(args: argparse.Namespace) -> int:
-    from ..flower.tls import write_loopback_certificates
+    from ..engines.flower.tls import write_loopback_certificates
 
     paths = write_loopback_certificates(args.out, days=args.days)
     emit(args, {"ca_cert": str(paths.ca_cert), "server_cert": str(paths.server_cert),
@@ -32,7 +32,7 @@ def cmd_flower_certs(args: argparse.Namespace) -> int:
 
 def cmd_flower_check(args: argparse.Namespace) -> int:
     """Exit 0 when the Flower run directory holds a finished run, 1 (one line on stderr) when it does not."""
-    from ..flower.deploy import run_outcome
+    from ..engines.flower.deploy import run_outcome
 
     outcome = run_outcome(args.run_dir)
     emit(args, {"ok": outcome.ok, "reason": outcome.reason, "rounds_completed": outcome.rounds_completed,
@@ -57,7 +57,7 @@ def cmd_flower_app_key(args: argparse.Namespace) -> int:
     """The consortium's app-signing key: DIR/consortium-apps.ed25519 (0600) and DIR/consortium-apps.pub."""
     from pathlib import Path
 
-    from ..flower.app_trust import APP_KEY_NAME
+    from ..engines.flower.app_trust import APP_KEY_NAME
     from ..federation.identity import write_identity
 
     passphrase = passphrase_from_env_option(args, "flower app-key")
@@ -79,7 +79,7 @@ def cmd_flower_sign_app(args: argparse.Namespace) -> int:
     import tempfile
     from pathlib import Path
 
-    from ..flower.app_trust import sign_fab, write_signature
+    from ..engines.flower.app_trust import sign_fab, write_signature
     from ..federation.identity import load_signing_key
 
     app = Path(args.app)
@@ -111,7 +111,7 @@ def cmd_flower_sign_app(args: argparse.Namespace) -> int:
 
 
 def cmd_flower_supernode(args: argparse.Namespace) -> int:
-    from ..flower.verified_clientapp import start_supernode
+    from ..engines.flower.verified_clientapp import start_supernode
 
     rest = list(args.supernode_args)
     if rest[:1] == ["--"]:
@@ -192,7 +192,7 @@ def register(sub) -> None:
                      "Exits with flower-supernode's status."),
         epilog=("Example:\n  secagg flower supernode --app-key consortium-apps.pub --trusted-apps ~/trusted-apps -- \\\n"
                 "      --root-certificates ca.pem --superlink 10.0.0.1:9092 --node-config 'site=\"site-1\" ...'"))
-    from ..flower.verified_clientapp import add_trust_arguments
+    from ..engines.flower.verified_clientapp import add_trust_arguments
 
     add_trust_arguments(supernode)
     supernode.add_argument("supernode_args", nargs=argparse.REMAINDER,

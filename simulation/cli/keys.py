@@ -63,7 +63,7 @@ def _node_auth_lines(args: argparse.Namespace, node_key):
 
 
 def cmd_keys_register_nodes(args: argparse.Namespace) -> int:
-    from ..flower.node_registration import NodeRegistrationError, register_node_keys
+    from ..engines.flower.node_registration import NodeRegistrationError, register_node_keys
     from ..federation.identity import load_node_keys
 
     node_keys = load_node_keys(args.registry)

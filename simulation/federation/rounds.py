@@ -1,7 +1,7 @@
 """One federated round on the coordinator's side, shared by every engine.
 
 The in-process simulation (:mod:`simulation.engines.inprocess.simulate`) and the Flower
-ServerApp (:mod:`simulation.flower.server_app`) run *this* code for every
+ServerApp (:mod:`simulation.engines.flower.server_app`) run *this* code for every
 round; they differ only in their :class:`Fleet`, which reaches the sites
 (objects in this process, or Flower nodes over the network). There is no
 second implementation of the round.

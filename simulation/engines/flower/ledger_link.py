@@ -15,7 +15,7 @@ site's entry in turn and sends the :class:`~dp.ledger_signatures.EntryStatement`
 node in a Flower ``query.ledger`` message (ConfigRecord ``"ledger"``; never inside secagg's wire
 format). The node signs only a spend of its own site, for the run and round it is in, of the
 exact privacy event it trained with, after it released its masked update
-(:func:`simulation.flower.client_app.sign_ledger_entry`), and answers ``{"signature": bytes}``.
+(:func:`simulation.engines.flower.client_app.sign_ledger_entry`), and answers ``{"signature": bytes}``.
 The coordinator checks the signature against the consortium's registry (when the run has one)
 before it commits; a missing, refused or invalid signature raises :class:`dp.SiteSignatureError`
 and nothing of the round is committed (the run stops before any unmasking; ``resume`` continues).
@@ -31,7 +31,7 @@ unmask request carries the round's committed spend entries in chain order (Confi
 ``"ledger-round"``: run id, round, and per entry its seq, prev-hash, kind and JSON body with the
 site's signature; :func:`round_chain_record`; beside secagg's wire bytes, never inside them).
 Before it reveals any share, a node whose update is among the survivors checks
-(:func:`simulation.flower.client_app.gate_unmask`, :func:`dp.check_round_chain`) that the
+(:func:`simulation.engines.flower.client_app.gate_unmask`, :func:`dp.check_round_chain`) that the
 entries are one chain of this run and round, that its own signed entries are in it with the
 hashes it computed when signing, that every survivor's site has its spend (and its site-level
 spend under distributed DP), and - with a registry at the node - every signature. Then it
@@ -228,7 +228,7 @@ def node_ledger_signer(site: str, seed: bytes, state_dir, run_id: str, approve=N
 
 def remember_signed(signer: LedgerSigner, state_dir, run_id: str) -> None:
     """Persist (0600) the chain hashes ``signer`` computed for ``run_id``, so a later message can anchor them."""
-    from ..federation.runstore import private_dir
+    from ...federation.runstore import private_dir
 
     folder = private_dir(anchor_dir(state_dir, run_id))
     hashes = {str(seq): digest for (run, seq), digest in sorted(signer.signed_hashes().items()) if run == run_id}
@@ -239,7 +239,7 @@ def note_release(state_dir, run_id: str, site: str, round_index: int, state: str
     """Record in the node's own state (0600) that its masked update of ``round_index`` left it (``released``),
     was then to be unmasked (``survivor``) or was declared unused (``dropped``): see
     :class:`dp.ReleaseRecord`. ``secagg ledger verify --anchors`` reads it beside the anchor."""
-    from ..federation.runstore import private_dir
+    from ...federation.runstore import private_dir
 
     folder = private_dir(anchor_dir(state_dir, run_id))
     path = folder / RELEASE_FILE

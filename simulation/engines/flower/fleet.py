@@ -2,12 +2,12 @@
 
 :class:`FlowerFleet` is the :class:`~simulation.federation.rounds.Fleet` of the Flower
 ServerApp. For one round it sends every participant its setup (global
-weights + :class:`~simulation.flower.transport.RoundSetup`) as a Flower
+weights + :class:`~simulation.engines.flower.transport.RoundSetup`) as a Flower
 ``train`` message; each node trains with DP-SGD, encodes and opens its
 :class:`secagg.ClientSession` on its own machine and answers with its
 AdvertiseKeys. Then the shared protocol loop
 (:func:`simulation.federation.protocol_round.run_masked_round`) runs the protocol, with each
-stage's messages carried by :class:`~simulation.flower.transport.FlowerTransport`.
+stage's messages carried by :class:`~simulation.engines.flower.transport.FlowerTransport`.
 Who dropped is what Flower's ``send_and_receive`` timeout says: there are
 no simulated dropouts on this side (``silent`` must be empty).
 
@@ -31,8 +31,8 @@ from typing import Callable, Mapping
 import secagg
 from dp import round_chain
 
-from ..federation.protocol_round import run_masked_round
-from ..federation.rounds import Fleet, FleetRound, RoundPlan, RunContext
+from ...federation.protocol_round import run_masked_round
+from ...federation.rounds import Fleet, FleetRound, RoundPlan, RunContext
 from .transport import SETUP, BatchingCoordinator, ClientProxy, FlowerTransport, RoundSetup
 
 __all__ = ["FlowerFleet"]

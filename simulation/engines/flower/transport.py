@@ -1,6 +1,6 @@
 """Carry the protocol's wire bytes in Flower messages; let Flower's timeouts decide who dropped.
 
-The round is *not* reimplemented here: :class:`~simulation.flower.fleet.FlowerFleet`
+The round is *not* reimplemented here: :class:`~simulation.engines.flower.fleet.FlowerFleet`
 hands the shared protocol loop (:func:`simulation.federation.protocol_round.run_masked_round`)
 a coordinator whose :meth:`~BatchingCoordinator.advance` sends every message
 of a stage to its Flower node at once (``Grid.send_and_receive`` with a
@@ -219,7 +219,7 @@ class FlowerTransport:
         # requests leave (after the spend is committed); they ride beside each request.
         self.round_chain = round_chain
         self.node_of = dict(node_of)  # client id -> Flower node id
-        # site -> the ledger anchor the coordinator owes that node (simulation.flower.ledger_link): it
+        # site -> the ledger anchor the coordinator owes that node (simulation.engines.flower.ledger_link): it
         # rides on the next message to the node and is forgotten once the node has answered.
         self.owed = owed if owed is not None else {}
         self.site_of = dict(site_of or {})

@@ -1,11 +1,11 @@
 """The Flower engine (issue 9): the same round, with the sites on Flower nodes.
 
-``simulation.flower.server_app:app`` is a Flower ``ServerApp`` and
-``simulation.flower.client_app:app`` a Flower ``ClientApp`` (Message API,
+``simulation.engines.flower.server_app:app`` is a Flower ``ServerApp`` and
+``simulation.engines.flower.client_app:app`` a Flower ``ClientApp`` (Message API,
 built and tested against flwr 1.42). The coordinator runs the *same* round as
 ``secagg simulate`` (:mod:`simulation.federation.rounds`: budget check, spend committed
 to the ledger when the masked updates are in, FedAvg of the decoded sum,
-atomic checkpoints, resume), with a :class:`~simulation.flower.fleet.FlowerFleet`
+atomic checkpoints, resume), with a :class:`~simulation.engines.flower.fleet.FlowerFleet`
 in place of the in-process sites. Each protocol message travels as its wire
 bytes (:func:`secagg.wire.encode`) in a ``ConfigRecord``; one stage's messages
 go out together through ``Grid.send_and_receive``, and Flower's timeout

@@ -90,7 +90,7 @@ from secagg import wire
 from secagg.messages import MaskedInputRequest, UnmaskRequest
 
 from . import require_flwr
-from ..federation.runstore import private_dir, require_private_dir
+from ...federation.runstore import private_dir, require_private_dir
 from .sealed_state import seal, unseal
 from .session_journal import claim_session
 from .ledger_link import (ANCHOR_RECORD, ROUND_CHAIN_RECORD, STATEMENT_RECORD, node_ledger_signer, note_release,
@@ -226,11 +226,11 @@ def hello(message: Message, context: Context) -> Message:
 def node_facts(context: Context, site: str) -> dict:
     """Where this node keeps its ledger and its signing key, and whether the key is passphrase-protected,
     as its operator configured it, and whether this process's app bundle was checked against the
-    consortium's app signatures before it ran (:func:`~simulation.flower.app_trust.verified_app`: set only
+    consortium's app signatures before it ran (:func:`~simulation.engines.flower.app_trust.verified_app`: set only
     by the verifier of ``secagg flower supernode``, in this process): the coordinator records them in the
     run's summary and the DPIA states them as reported by the node. Paths and public hashes only, never a
     key or a passphrase."""
-    from ..federation.passphrase import is_sealed
+    from ...federation.passphrase import is_sealed
     from .app_trust import verified_app
 
     state = node_path(context, "state-dir", "node-state-root")
@@ -266,7 +266,7 @@ def node_ledger_key(context: Context, site: str):
     and adds its verify key to a registry beforehand; a created key's verify key is printed on stderr
     for the consortium to register. None without either (such a node cannot sign: it takes no part).
     """
-    from ..federation.identity import load_signing_key, write_identity
+    from ...federation.identity import load_signing_key, write_identity
 
     key_path = context.node_config.get("signing-key")
     if key_path:
@@ -536,7 +536,7 @@ def gate_unmask(context: Context, state, setup: RoundSetup, incoming, chain_reco
     registry_path = context.node_config.get("registry")
     registry = None
     if registry_path:
-        from ..federation.identity import load_registry
+        from ...federation.identity import load_registry
 
         registry = load_registry(str(registry_path))
     check_round_chain(chain, run_id=setup.run_id, round_index=setup.round_index, own=own,
@@ -558,7 +558,7 @@ def _local_update(setup: RoundSetup, context: Context, global_arrays) -> np.ndar
     from dp import DpSgdConfig
     from models.errors import ModelsError
 
-    from ..federation.site import Site
+    from ...federation.site import Site
 
     data_dir = node_path(context, "data", "node-data-root")
     if data_dir is None:
@@ -593,7 +593,7 @@ def _local_update(setup: RoundSetup, context: Context, global_arrays) -> np.ndar
 
 def node_signing_key(context: Context, setup: RoundSetup) -> bytes | None:
     """Active mode: this site's signing key, once the session's verify keys match our own registry."""
-    from ..federation.identity import check_session_keys, load_registry, load_signing_key
+    from ...federation.identity import check_session_keys, load_registry, load_signing_key
 
     key_path, registry_path = context.node_config.get("signing-key"), context.node_config.get("registry")
     if not setup.session.active:
@@ -661,7 +661,7 @@ def setup_round(message: Message, context: Context) -> Message:
 def _setup_round(message: Message, context: Context) -> Message:
     from dp.errors import PrivacyError
 
-    from ..federation.site import encode_update
+    from ...federation.site import encode_update
 
     try:
         setup = RoundSetup.from_record(message.content.config_records["session"])

@@ -26,7 +26,7 @@ from typing import Mapping
 
 import secagg
 
-from ..federation.node_keys import parse_node_public_key
+from ...federation.node_keys import parse_node_public_key
 from . import require_flwr
 
 __all__ = ["register_node_keys", "NodeRegistrationError"]

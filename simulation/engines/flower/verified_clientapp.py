@@ -24,14 +24,14 @@ What this module does.
 The one place that touches flwr internals is :func:`install_gate`. It wraps two names in the module of
 ``run_clientapp``: ``pull_task_input`` (to learn what the SuperLink claims about the bundle: its hash and
 the run's app id and version) and ``install_from_fab`` (to check the bundle's bytes against the
-consortium's signatures, :class:`~simulation.flower.app_trust.AppTrust`, before flwr writes or imports
+consortium's signatures, :class:`~simulation.engines.flower.app_trust.AppTrust`, before flwr writes or imports
 any of it). A refused bundle raises inside ``run_clientapp``'s ``try``: flwr then replies to the message
 with an error naming the reason, and the node's log holds our one line. The gate fails closed:
 :func:`check_flwr_shape` refuses to start when ``run_clientapp`` no longer calls those two names in that
 order before loading the app (a new flwr), and the install wrapper refuses a bundle when the pull
 wrapper did not see it. ``tests/test_flower_app_signing.py`` checks that shape against the installed flwr.
 The security argument (what the node checks, what a SuperLink or Control-API attacker can then do and
-cannot, the residual risk) is in :mod:`simulation.flower.app_trust`.
+cannot, the residual risk) is in :mod:`simulation.engines.flower.app_trust`.
 """
 
 from __future__ import annotations
@@ -156,7 +156,7 @@ def pin_context_to_run(context, run, fab_bytes: bytes) -> None:
     the bundle of *this* run was approved, the context is rebuilt from this run the way the SuperNode does
     it (``get_fused_config_from_fab``: the signed bundle's defaults fused with this run's overrides).
     The series' shared ``context.state`` stays shared: the app seals its session under the run id
-    (:mod:`simulation.flower.sealed_state`), so another run's records cannot be opened as this run's.
+    (:mod:`simulation.engines.flower.sealed_state`), so another run's records cannot be opened as this run's.
     """
     run_id = getattr(run, "run_id", None)
     if run_id is None or not hasattr(context, "run_id") or context.run_id == run_id:
@@ -180,7 +180,7 @@ def add_trust_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m simulation.flower.verified_clientapp --app-key K --trusted-apps DIR FLWR_CLIENTAPP_ARGS``."""
+    """``python -m simulation.engines.flower.verified_clientapp --app-key K --trusted-apps DIR FLWR_CLIENTAPP_ARGS``."""
     parser = argparse.ArgumentParser(prog="secagg-verified-clientapp", allow_abbrev=False)
     add_trust_arguments(parser)
     args, rest = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
@@ -201,8 +201,8 @@ def _shim(directory: Path, trust: AppTrust) -> None:
     """DIRECTORY/flwr-clientapp: runs :func:`main` with this node's trust settings and flwr's arguments."""
     path = directory / CLIENTAPP_COMMAND
     # -P: no working directory first on sys.path (a `simulation` package lying there would replace the verifier).
-    command = [sys.executable, "-P", "-m", "simulation.flower.verified_clientapp", "--app-key", trust.verify_key.hex(),
-               "--trusted-apps", str(trust.signatures)]
+    command = [sys.executable, "-P", "-m", "simulation.engines.flower.verified_clientapp",
+               "--app-key", trust.verify_key.hex(), "--trusted-apps", str(trust.signatures)]
     path.write_text("#!/bin/sh\n# secagg: every ClientApp of this node is checked against the consortium's "
                     "app signatures first\nexec " + " ".join(shlex.quote(c) for c in command) + ' "$@"\n')
     path.chmod(0o700)

@@ -22,7 +22,7 @@ node out of band too, like the registry.
 
 What the node checks (:meth:`AppTrust.check`), in the ``flwr-clientapp`` process that the node starts
 for each message, after it pulled the bundle and BEFORE it installs it or imports any of it
-(:mod:`simulation.flower.verified_clientapp`):
+(:mod:`simulation.engines.flower.verified_clientapp`):
 
 1. the SHA-256 of the bundle's bytes, computed by the node itself (nothing the SuperLink claims);
 2. the hash the SuperLink claims for it (``fab.hash_str``, and the run's ``fab_hash``), and the run's
@@ -52,7 +52,7 @@ What an attacker on the SuperLink or its Control API can then do, and cannot.
   any series id of the federation): flwr keeps one node context per series, so the SuperNode process
   replaces the running run's context (run id, run config) before any check. The verifier gives the
   approved run's ClientApp back its own run id and run config
-  (:func:`simulation.flower.verified_clientapp.pin_context_to_run`), and the app seals its session under
+  (:func:`simulation.engines.flower.verified_clientapp.pin_context_to_run`), and the app seals its session under
   its run id, so the stranger's run config never reaches it (``tests/test_attack21_run_series.py``).
 * Can list runs, stop them, or leave nodes idle; the SuperLink remains trusted for scheduling.
 
@@ -63,7 +63,7 @@ verifier (plain ``flower-supernode``) checks nothing; the DPIA states, per node,
 verified (:func:`verified_app`, as the node reported at registration). Installed folders cannot be
 planted: flwr reuses an installed folder of the same name, version and 8-hex-digit hash prefix without
 reinstalling, so each verified ClientApp process installs into a fresh ``FLWR_HOME`` of its own
-(:func:`simulation.flower.verified_clientapp.private_flwr_home`), where nothing exists before the
+(:func:`simulation.engines.flower.verified_clientapp.private_flwr_home`), where nothing exists before the
 install of the approved bytes (``tests/test_attack21_node_guards.py``). Nor does anything here protect a node that shares
 the SuperLink's host and user: a submitted ServerApp runs there unchecked.
 """
@@ -84,7 +84,7 @@ from pathlib import Path
 import secagg
 from secagg.crypto import KEY_BYTES
 
-from ..errors import SimulationInputError
+from ...errors import SimulationInputError
 
 __all__ = ["AppTrust", "AppApproval", "AppNotTrustedError", "AppTrustError", "fab_sha256", "sign_fab",
            "signature_document", "write_signature", "load_verify_key", "verified_app", "record_verified",

@@ -33,7 +33,7 @@ from pathlib import Path
 import secagg
 from secagg.crypto import KEY_BYTES, aead_decrypt, aead_encrypt
 
-from ..federation.runstore import private_dir
+from ...federation.runstore import private_dir
 
 __all__ = ["STATE_KEY_FILE", "seal_key", "seal", "unseal"]
 

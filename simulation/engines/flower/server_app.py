@@ -5,7 +5,7 @@ It is ``secagg simulate`` with the sites replaced by Flower nodes: the same
 run directory, privacy ledger, resume), the same round
 (:func:`~simulation.federation.rounds.run_rounds`: budget check, spend committed when the
 masked updates are in, FedAvg of the decoded sum, atomic checkpoints), with a
-:class:`~simulation.flower.fleet.FlowerFleet`. The coordinator has no data, so
+:class:`~simulation.engines.flower.fleet.FlowerFleet`. The coordinator has no data, so
 there is no evaluation at the end; ``summary.json`` holds the privacy and
 protocol record of the run.
 
@@ -68,11 +68,11 @@ from flwr.serverapp import Grid, ServerApp  # noqa: E402
 
 import secagg  # noqa: E402
 
-from ..config import SimulationConfigError, SimulationConfig  # noqa: E402
-from ..federation.coordinator import Coordinator  # noqa: E402
-from ..federation.dropout import NoDropout  # noqa: E402
-from ..federation.rounds import run_rounds  # noqa: E402
-from ..federation.runstore import atomic_write_json  # noqa: E402
+from ...config import SimulationConfigError, SimulationConfig  # noqa: E402
+from ...federation.coordinator import Coordinator  # noqa: E402
+from ...federation.dropout import NoDropout  # noqa: E402
+from ...federation.rounds import run_rounds  # noqa: E402
+from ...federation.runstore import atomic_write_json  # noqa: E402
 from .fleet import FlowerFleet  # noqa: E402
 from .deploy import deployment_facts, transport_security  # noqa: E402
 from .transport import FACTS_RECORD, HELLO, hello_payload  # noqa: E402
@@ -215,7 +215,7 @@ class NodeKeyBinding:
 
     def refusal(self, site: str, flower_key: bytes) -> str:
         """Why a node that the SuperLink knows under ``flower_key`` cannot be ``site`` ("" if it can)."""
-        from ..federation.node_keys import same_node_key
+        from ...federation.node_keys import same_node_key
 
         expected = self.node_keys.get(site)
         if expected is None:
@@ -255,13 +255,13 @@ def run_federation(grid: Grid, cfg: dict) -> dict:
     import models
     from dp import verify_ledger
 
-    from ..federation.setup import open_run
-    from ..federation.summary import privacy_summary, public_site_facts
+    from ...federation.setup import open_run
+    from ...federation.summary import privacy_summary, public_site_facts
 
     config = flower_config(cfg)
     consortium, binding = None, None
     if str(cfg["registry"]):
-        from ..federation.identity import load_node_keys, load_registry
+        from ...federation.identity import load_node_keys, load_registry
 
         consortium = load_registry(str(cfg["registry"]))
         if str(cfg["registration"]) == "signed":
