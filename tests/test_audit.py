@@ -252,7 +252,7 @@ def _main(capsys, *args):
 
 
 def test_own_training_on_a_run_directory(tiny_run, capsys):
-    from simulation.audit_run import audit_own_training
+    from simulation.reports.audit_run import audit_own_training
 
     broken = audit_own_training(tiny_run, canaries=200, effective_noise_multiplier=1e-9)
     assert broken.mode == "own-training" and broken.site == "site-1" and "compact-ae" in broken.model

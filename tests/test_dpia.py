@@ -1,4 +1,4 @@
-"""The DPIA drawn from a run directory (simulation.dpia, `secagg dpia`).
+"""The DPIA drawn from a run directory (simulation.reports.dpia, `secagg dpia`).
 
 One tiny simulation per test session (~30-60 s on 2 cores); variants (PLAIN, HE,
 with an audit) are copies of that run whose config/summary/audit files are edited,
@@ -20,13 +20,13 @@ import pytest
 pytest.importorskip("jinja2", reason="the DPIA needs the report extra: pip install 'secagg[report]'")
 
 from dp.ledger import PrivacyLedger, verify_ledger
-from simulation.dpia import (ORG_FIELDS, PLACEHOLDER, DPIAError, build_dpia, find_chromium, load_org, render_dpia,
+from simulation.reports.dpia import (ORG_FIELDS, PLACEHOLDER, DPIAError, build_dpia, find_chromium, load_org, render_dpia,
                              write_dpia)
 
 ROOT = Path(__file__).resolve().parents[1]
 # Every test here reads one simulated run (the session fixture ``run_dir``); `make test` hands out
 # whole files (--dist loadfile), so the run is simulated once, not once per xdist worker.
-EXAMPLE_ORG = ROOT / "simulation" / "templates" / "org.example.toml"
+EXAMPLE_ORG = ROOT / "simulation" / "reports" / "templates" / "org.example.toml"
 
 REQUIRED_SECTIONS = (
     "Overview and roles",

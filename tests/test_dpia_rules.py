@@ -1,4 +1,4 @@
-"""The DPIA's risk rules (simulation/dpia/risks.py) as its docstring states them, on inputs built by hand:
+"""The DPIA's risk rules (simulation/reports/dpia/risks.py) as its docstring states them, on inputs built by hand:
 the epsilon levels, and how PLAIN, HE and active mode move each likelihood."""
 
 from __future__ import annotations
@@ -7,8 +7,8 @@ import dataclasses
 
 import pytest
 
-from simulation.dpia.document import LEVELS
-from simulation.dpia.risks import (CNIL_FAMILIES, MODEL_RISKS, RiskInputs, epsilon_level, high_residual_risks,
+from simulation.reports.dpia.document import LEVELS
+from simulation.reports.dpia.risks import (CNIL_FAMILIES, MODEL_RISKS, RiskInputs, epsilon_level, high_residual_risks,
                                    worst_score)
 
 

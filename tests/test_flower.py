@@ -76,7 +76,7 @@ def test_deployment_engine_over_tls_active_mode_two_rounds_with_a_dropout(federa
     assert metrics[1]["survivors_per_stage"]["consistency"] == ["site-1", "site-2"]
     assert "Uvicorn running on https://" in (tmp_path / "superlink.log").read_text()
     # The compliance journey works on a deployment's run directory too.
-    from simulation.dpia import write_dpia
+    from simulation.reports.dpia import write_dpia
 
     path, _ = write_dpia(run_dir, fmt="md", out=tmp_path / "dpia.md")
     text = path.read_text()

@@ -16,7 +16,7 @@ pytest.importorskip("flwr")
 
 from flwr.common.constant import SUPERLINK_NODE_ID  # noqa: E402
 
-from simulation.dpia import write_dpia  # noqa: E402
+from simulation.reports.dpia import write_dpia  # noqa: E402
 from simulation.engines.flower import client_app  # noqa: E402
 from simulation.engines.flower.deploy import transport_security  # noqa: E402
 from simulation.engines.flower.server_app import DEFAULTS, run_federation  # noqa: E402

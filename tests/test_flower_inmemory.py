@@ -308,7 +308,7 @@ def test_with_a_registry_a_stranger_and_an_impostor_are_left_out_and_the_registe
     # No node keys in the registry and no node-auth: the summary and the DPIA say node authentication was off.
     assert summary["deployment"]["node_authentication"] == {"required": False, "sites_checked": [],
                                                            "sites_unchecked": list(SITES)}
-    from simulation.dpia import write_dpia
+    from simulation.reports.dpia import write_dpia
 
     path, _ = write_dpia(tmp_path / "run", fmt="md", out=tmp_path / "dpia.md")
     assert "Node authentication: OFF in the run configuration (node-auth = false" in path.read_text()
@@ -337,7 +337,7 @@ def test_a_node_registers_only_as_the_site_whose_flower_node_key_it_was_authenti
     summary and the DPIA state node authentication as the run configured it."""
     from flwr.cli.supernode.register import try_load_public_key
 
-    from simulation.dpia import write_dpia
+    from simulation.reports.dpia import write_dpia
     from simulation.federation.identity import add_to_registry, write_identity, write_site_node_key
 
     registry, partial = tmp_path / "registry.json", tmp_path / "partial.json"

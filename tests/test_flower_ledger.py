@@ -89,7 +89,7 @@ def test_the_coordinators_ledger_carries_every_sites_signature_and_the_nodes_anc
         assert anchor.stat().st_mode & 0o777 == 0o600
         assert json.loads(anchor.read_text())["seq"] > 1
     assert "checked against the registry" in summary["deployment"]["ledger_signatures"]
-    from simulation.dpia import write_dpia
+    from simulation.reports.dpia import write_dpia
 
     path, _ = write_dpia(run_dir, fmt="md", out=run_dir.parent / "dpia.md")
     assert ("Site signatures on the coordinator's ledger: every spend in the coordinator's ledger is signed on "

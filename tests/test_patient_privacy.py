@@ -233,7 +233,7 @@ def test_fedavg_weights_are_declared_public_numbers():
 
 def test_ledger_show_and_dpia_name_unit_and_adjacency(neighbouring_runs, capsys):
     from simulation.cli import main
-    from simulation.dpia import build_dpia, render_dpia
+    from simulation.reports.dpia import build_dpia, render_dpia
 
     base, _, _ = neighbouring_runs
     assert main(["ledger", "show", str(base / "full"), "--json"]) == 0

@@ -1,6 +1,6 @@
 """Break (MEDIUM, integrity of what is published): DPIA and export call a rewritten ledger "verified".
 
-``secagg dpia`` (simulation/dpia/facts.py ``read_run``) and ``secagg export`` (simulation/export.py
+``secagg dpia`` (simulation/reports/dpia/facts.py ``read_run``) and ``secagg export`` (simulation/reports/export.py
 ``model_from_run``) call ``verify_ledger(run_dir)`` with no registry and no anchors, and take no
 ``--registry``/``--anchors`` option. A coordinator that lowers every spend's DP-SGD steps,
 recomputes the epsilons, rehashes the chain and rewrites the head (the classic issue-15 rewrite,

@@ -12,7 +12,7 @@ __all__ = ["register", "cmd_export", "cmd_detect"]
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from ..export import export_run
+    from ..reports.export import export_run
 
     path, model = export_run(args.run_dir, args.out)
     info = {"out": str(path), "bytes": path.stat().st_size, "architecture": model.architecture,
@@ -35,7 +35,7 @@ def _load_detect_model(source: str):
     from pathlib import Path
 
     if Path(source).is_dir():
-        from ..export import model_from_run
+        from ..reports.export import model_from_run
 
         return model_from_run(source)
     from models.modelfile import load_model_file

@@ -13,7 +13,7 @@ __all__ = ["register", "cmd_dpia", "cmd_audit"]
 
 
 def cmd_dpia(args: argparse.Namespace) -> int:
-    from ..dpia import write_dpia
+    from ..reports.dpia import write_dpia
 
     path, doc = write_dpia(args.run_dir, fmt=args.format, out=args.output, org_path=args.org)
     emit(args, lambda: {"output": str(path), "format": args.format, "placeholders": doc["placeholders"],
@@ -42,7 +42,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
         if given:
             raise UsageError(f"secagg audit: error: --own-training takes sigma, q, steps and C from the run; "
                              f"drop {', '.join(given)}")
-        from ..audit_run import audit_own_training
+        from ..reports.audit_run import audit_own_training
 
         result = audit_own_training(args.run_dir, site=args.site, canaries=args.canaries,
                                     guesses_per_side=args.guesses, confidence=args.confidence, delta=args.delta,
@@ -151,7 +151,7 @@ def register(sub) -> None:
             "Writes a DPIA from what the run recorded (configuration, summary, metrics, the privacy ledger,\n"
             "plots, an empirical audit if present) and the organisational facts of a TOML file (controller,\n"
             "DPO, purposes, lawful basis and Art. 9 condition, retention, ...; a documented example is\n"
-            "simulation/templates/org.example.toml). Facts left out stay visibly '[TO BE COMPLETED: key]'.\n"
+            "simulation/reports/templates/org.example.toml). Facts left out stay visibly '[TO BE COMPLETED: key]'.\n"
             "Sections: Art. 35(7)(a)-(d), WP248 screening, roles, data-flow diagram, CNIL risks, measures\n"
             "with the run's exact parameters, residual risk, DPO advice, sign-off. HTML is self-contained;\n"
             "PDF needs headless Chromium (apt-get install chromium)."

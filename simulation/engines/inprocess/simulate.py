@@ -526,7 +526,7 @@ def _figures(config, cohort, model, report, metrics, store, log) -> list[str]:
     """Run plots and anomaly-map examples; a failing figure is reported, never fatal."""
     written = []
     try:
-        from ...plots import plot_run
+        from ...reports.plots import plot_run
 
         written += plot_run(metrics, store.plots)
     except Exception as exc:

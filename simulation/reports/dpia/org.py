@@ -1,6 +1,6 @@
 """The organisational facts no run can know (controller, DPO, purposes, lawful basis, ...), from a TOML file.
 
-A documented example ships as ``simulation/templates/org.example.toml``. A fact that is missing
+A documented example ships as ``simulation/reports/templates/org.example.toml``. A fact that is missing
 stays visibly unfilled in the document as ``[TO BE COMPLETED: <field>]``.
 """
 

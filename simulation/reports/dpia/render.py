@@ -1,5 +1,5 @@
 """Rendering and writing: self-contained HTML (inline CSS, figures as base64 PNG), Markdown, or PDF
-(headless Chromium, only when installed), from the templates in ``simulation/templates``."""
+(headless Chromium, only when installed), from the templates in ``simulation/reports/templates``."""
 
 from __future__ import annotations
 
@@ -98,7 +98,7 @@ def write_dpia(run_dir, *, fmt: str = "html", out=None, org_path=None, today: st
             page.write_text(html)
             _chromium([f"--print-to-pdf={out.resolve()}", "--no-pdf-header-footer", page.as_uri()])
         return out, doc
-    from ..federation.runstore import atomic_write_bytes
+    from ...federation.runstore import atomic_write_bytes
 
     atomic_write_bytes(out, render_dpia(doc, fmt, out_path=out).encode())
     return out, doc

@@ -2,14 +2,14 @@
 
 A document is plain data (``{"title", "sections", "placeholders", "figures", "facts"}``); a section
 is ``{"id", "title", "blocks"}`` and a block one of ``p``, ``table``, ``list``, ``pre``, ``warn``
-or ``svg``. The templates in ``simulation/templates`` render exactly these block types.
+or ``svg``. The templates in ``simulation/reports/templates`` render exactly these block types.
 """
 
 from __future__ import annotations
 
 import math
 
-from ..errors import SimulationInputError
+from ...errors import SimulationInputError
 
 __all__ = ["DPIAError", "LEVELS", "PLACEHOLDER", "todo", "level", "num", "eps", "paragraph", "table", "bullets",
            "preformatted", "warning", "section"]

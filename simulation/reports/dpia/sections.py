@@ -2,8 +2,8 @@
 
 Order of the document: 1 overview and roles, 2 screening against the nine WP248 rev.01 criteria,
 3 systematic description (Art. 35(7)(a)), 4 necessity and proportionality (b), 5 risks (c),
-6 measures envisaged (d; :mod:`simulation.dpia.measures`), 7 residual risk, 8 the DPO's advice
-(Art. 35(2)), 9 sign-off. Each function returns one section (see :mod:`simulation.dpia.document`);
+6 measures envisaged (d; :mod:`simulation.reports.dpia.measures`), 7 residual risk, 8 the DPO's advice
+(Art. 35(2)), 9 sign-off. Each function returns one section (see :mod:`simulation.reports.dpia.document`);
 organisational facts missing from ``org`` appear as placeholders.
 """
 
@@ -165,7 +165,7 @@ RISK_HEADER = ("Risk", "Severity", "Likelihood", "Rationale (from the run)", "Me
 
 
 def risks(families: list, model_risks: list) -> dict:
-    """5. Art. 35(7)(c): the assessed risks (rows from :func:`simulation.dpia.risks.assess`)."""
+    """5. Art. 35(7)(c): the assessed risks (rows from :func:`simulation.reports.dpia.risks.assess`)."""
     return section(
         "risks", "5. Risks to the rights and freedoms of data subjects (Art. 35(7)(c))",
         paragraph("Scale (CNIL PIA method): " + ", ".join(LEVELS) + ". Levels below are assessed after the measures "

@@ -6,7 +6,7 @@
 them as one :class:`RunFacts` with what several sections derive from them (the protocol's
 parameters, the privacy unit, the largest epsilon spent); every number in the document comes
 from here. A Flower run's deployment facts are ``RunFacts.deployment``, put in words by
-:mod:`simulation.dpia.deployment`.
+:mod:`simulation.reports.dpia.deployment`.
 """
 
 from __future__ import annotations
@@ -131,7 +131,7 @@ def read_run(run_dir: Path) -> dict:
             }
     except LedgerError as exc:
         raise DPIAError(str(exc)) from None
-    from ..federation.ledger_check import verify_run_ledger
+    from ...federation.ledger_check import verify_run_ledger
 
     check = verify_run_ledger(run_dir)
     verification = check.report

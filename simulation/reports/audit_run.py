@@ -16,7 +16,7 @@ not attacked. See :mod:`dp.audit`.
 
 from __future__ import annotations
 
-from .federation.runstore import RunDirectoryError
+from ..federation.runstore import RunDirectoryError
 
 __all__ = ["audit_own_training"]
 
@@ -54,8 +54,8 @@ def audit_own_training(run_dir, *, site: str | None = None, canaries="auto", gue
 
     from dp.audit import DEFAULT_MAX_CANARIES, audit_training
 
-    from .federation.setup import dp_sgd_config, resume_config
-    from .engines.inprocess.simulate import new_model, prepare_cohort
+    from ..federation.setup import dp_sgd_config, resume_config
+    from ..engines.inprocess.simulate import new_model, prepare_cohort
 
     config = resume_config(run_dir)  # checks the stored fingerprint
     name, sigma, q, steps, run_delta, clip = _site_privacy(run_dir, site)

@@ -7,7 +7,7 @@
 empirical audit ``audit.json`` - plus the organisational facts that no run
 can know (controller, DPO, purposes, lawful basis, retention, ...) from a
 TOML file (:data:`ORG_FIELDS`; a documented example ships as
-``simulation/templates/org.example.toml``). Every number in the document
+``simulation/reports/templates/org.example.toml``). Every number in the document
 comes from the run; an organisational fact that is missing stays visibly
 unfilled as ``[TO BE COMPLETED: <field>]``.
 
@@ -21,7 +21,7 @@ with severity and likelihood on the CNIL four-level scale (negligible,
 limited, significant, maximum); residual risk, DPO advice and sign-off.
 
 The risk levels are a documented, rule-based *starting point* derived from the
-run's parameters (the rule tables of :mod:`simulation.dpia.risks`); the
+run's parameters (the rule tables of :mod:`simulation.reports.dpia.risks`); the
 controller and the DPO must review them - the document says so.
 
 :func:`render_dpia` renders the document to self-contained HTML (inline CSS,
@@ -31,17 +31,17 @@ which the CLI reports in one line with exit code 2.
 
 The package, one job a module, in the order the data flows:
 
-* :mod:`~simulation.dpia.facts` - the facts read from the run (:class:`RunFacts`);
-* :mod:`~simulation.dpia.org` - the organisational facts (:data:`ORG_FIELDS`, :func:`load_org`);
-* :mod:`~simulation.dpia.risks` - the risk rules, one table row a risk;
-* :mod:`~simulation.dpia.sections` - one function per section (Art. 35(7)(a)-(c), screening,
-  roles, residual risk, DPO advice, sign-off), :mod:`~simulation.dpia.measures` - section 6,
-  Art. 35(7)(d), :mod:`~simulation.dpia.deployment` - a Flower run's deployment facts in words,
-  :mod:`~simulation.dpia.dataflow` - the mode in words and the data-flow diagram;
-* :mod:`~simulation.dpia.document` - the blocks, scale and formats the sections are made of;
-* :mod:`~simulation.dpia.build` - :func:`build_dpia`, the sections in order;
-* :mod:`~simulation.dpia.render` - :func:`render_dpia` and :func:`write_dpia` (the templates in
-  ``simulation/templates``).
+* :mod:`~simulation.reports.dpia.facts` - the facts read from the run (:class:`RunFacts`);
+* :mod:`~simulation.reports.dpia.org` - the organisational facts (:data:`ORG_FIELDS`, :func:`load_org`);
+* :mod:`~simulation.reports.dpia.risks` - the risk rules, one table row a risk;
+* :mod:`~simulation.reports.dpia.sections` - one function per section (Art. 35(7)(a)-(c), screening,
+  roles, residual risk, DPO advice, sign-off), :mod:`~simulation.reports.dpia.measures` - section 6,
+  Art. 35(7)(d), :mod:`~simulation.reports.dpia.deployment` - a Flower run's deployment facts in words,
+  :mod:`~simulation.reports.dpia.dataflow` - the mode in words and the data-flow diagram;
+* :mod:`~simulation.reports.dpia.document` - the blocks, scale and formats the sections are made of;
+* :mod:`~simulation.reports.dpia.build` - :func:`build_dpia`, the sections in order;
+* :mod:`~simulation.reports.dpia.render` - :func:`render_dpia` and :func:`write_dpia` (the templates in
+  ``simulation/reports/templates``).
 """
 
 from .build import build_dpia

@@ -2,7 +2,7 @@
 
 Differential privacy (every value read from the run's privacy ledger, which must verify), the
 empirical audit when one was run, distributed DP, the secure-aggregation protocol, the Flower
-deployment (:mod:`simulation.dpia.deployment`) and the organisation's own security measures.
+deployment (:mod:`simulation.reports.dpia.deployment`) and the organisation's own security measures.
 """
 
 from __future__ import annotations

@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .federation.runstore import RunDirectory, RunDirectoryError
+from ..federation.runstore import RunDirectory, RunDirectoryError
 
 __all__ = ["model_from_run", "export_run"]
 
@@ -43,7 +43,7 @@ def model_from_run(run_dir):
     from models import PreprocessConfig, create_model
     from models.modelfile import ModelFile
 
-    from .federation.setup import resume_config
+    from ..federation.setup import resume_config
 
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
@@ -65,7 +65,7 @@ def model_from_run(run_dir):
                                     f"{sorted(unknown)[:3]}")
         for name, value in shared.items():
             params[name].copy_(value)
-    from .federation.ledger_check import verify_run_ledger
+    from ..federation.ledger_check import verify_run_ledger
 
     check = verify_run_ledger(run_dir)
     report = check.report
