@@ -17,7 +17,7 @@ A tour (the CPU demo's sizes)::
 
 Modules, one job each: :mod:`~models.nifti` (read/write, canonical RAS),
 :mod:`~models.preprocess` (mask, normalisation, resampling, slices),
-:mod:`~models.cache`, :mod:`~models.dataset` (site layout, splits), :mod:`~models.bids` (BIDS datasets),
+:mod:`~models.cache` (and :mod:`~models.owner_only`, its 0700 folders), :mod:`~models.dataset` (site layout, splits), :mod:`~models.bids` (BIDS datasets),
 :mod:`~models.atlas` / :mod:`~models.lesions` / :mod:`~models.synth` /
 :mod:`~models.manifest` (synthetic cohorts), :mod:`~models.autoencoders` /
 :mod:`~models.registry` / :mod:`~models.feddis` (models and the FedDis objective), :mod:`~models.scoring` /
@@ -37,6 +37,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from . import errors
 from .errors import (
     ConfigError,
     DatasetError,
@@ -64,6 +65,7 @@ _LAZY: dict[str, str] = {
     "preprocess_volume": "preprocess",
     "derive_brain_mask": "preprocess",
     "PreprocessCache": "cache",
+    "owner_only_dirs": "owner_only",
     # site layout
     "SiteData": "dataset",
     "HealthySplit": "dataset",
@@ -152,19 +154,8 @@ _LAZY: dict[str, str] = {
     "plot_detection_examples": "figures",
 }
 
-__all__ = [
-    "ModelsError",
-    "NiftiError",
-    "DatasetError",
-    "ConfigError",
-    "UnknownModelError",
-    "ScoringError",
-    "MissingDependencyError",
-    "ModelsWarning",
-    "SkippedFilesWarning",
-    "PreprocessWarning",
-    *_LAZY,
-]
+# The errors (imported eagerly above: cheap, and what callers catch) are listed once, in models.errors.
+__all__ = [*errors.__all__, *_LAZY]
 
 
 def __getattr__(name: str) -> Any:
@@ -203,6 +194,7 @@ if TYPE_CHECKING:  # static analysers see the real names
     )
     from .bids_synth import write_bids_cohort
     from .cache import PreprocessCache
+    from .owner_only import owner_only_dirs
     from .detect import (DetectionResult, ScanMismatchError, check_scan, check_scans, detect_raw_scan, detect_scan,
                          lesion_volume_ml)
     from .dataset import (

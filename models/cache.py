@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .owner_only import owner_only_dirs
 from .preprocess import PreprocessConfig, SliceVolume
 
 __all__ = ["PreprocessCache", "file_digest", "CACHE_VERSION"]
@@ -43,21 +44,6 @@ def file_digest(path: str | Path, *, chunk: int = 1 << 20) -> str:
         while block := handle.read(chunk):
             digest.update(block)
     return digest.hexdigest()
-
-
-def _owner_only_dirs(path: Path) -> None:
-    """Create ``path`` and its missing parents as 0700 (explicit ``chmod``: the umask cannot widen them)."""
-    missing = []
-    probe = path
-    while not probe.exists():
-        missing.append(probe)
-        probe = probe.parent
-    for directory in reversed(missing):
-        try:
-            directory.mkdir(mode=0o700)
-        except FileExistsError:  # another process made it meanwhile: leave its mode alone
-            continue
-        os.chmod(directory, 0o700)
 
 
 @dataclass
@@ -122,7 +108,7 @@ class PreprocessCache:
     def store(self, key: str, volume: SliceVolume) -> None:
         """Write ``volume`` under ``key`` atomically."""
         path = self._path(key)
-        _owner_only_dirs(path.parent)
+        owner_only_dirs(path.parent)
         arrays = {
             "image": volume.image,
             "brain": volume.brain,

@@ -32,6 +32,8 @@ import json
 import os
 from pathlib import Path
 
+from models.owner_only import owner_only_dirs
+
 from ..errors import SimulationInputError
 
 __all__ = ["RunDirectory", "atomic_write_bytes", "atomic_write_json", "RunDirectoryError", "private_dir",
@@ -61,16 +63,7 @@ def _fsync_dir(path: Path) -> None:
 def private_dir(path) -> Path:
     """Create ``path`` and its missing parents as 0700 whatever the umask; an existing ``path`` is narrowed to 0700."""
     path = Path(path)
-    missing = []
-    probe = path
-    while not probe.exists():
-        missing.append(probe)
-        probe = probe.parent
-    for directory in reversed(missing):
-        try:
-            directory.mkdir(mode=PRIVATE_DIR_MODE)
-        except FileExistsError:
-            pass
+    for directory in owner_only_dirs(path):  # those another process made meanwhile are narrowed too
         os.chmod(directory, PRIVATE_DIR_MODE)
     if not path.is_dir():
         raise RunDirectoryError(f"{path} is not a directory")
