@@ -1,29 +1,38 @@
-"""Composition root: sites, coordinator, rounds, dropouts, engines and the ``secagg`` CLI.
+"""Composition root, laid out by job: the federation, its two engines, reports, experiments and the CLI.
 
-* :func:`run_simulation` / :class:`SimulationConfig` / :func:`load_config` - ``secagg simulate``
-  (:mod:`simulation.engines.inprocess.simulate`): federated DP-SGD with secure aggregation, dropouts, ledger,
-  checkpoints, resume, plots and summary.
-* :mod:`simulation.federation.protocol_round` - the in-process transport for the masking, HE and plain paths.
-* :func:`export_run` / :func:`model_from_run` - ``secagg export`` (:mod:`simulation.reports.export`): a run's
-  model as one self-describing file.
-* :func:`run_experiment` / :func:`load_experiment_config` - ``secagg experiment``
-  (:mod:`simulation.experiment`): federated vs local, central and non-private over seeds, with
+* :mod:`simulation.federation` - what a federated run is, whatever carries its messages: the round
+  (:mod:`~simulation.federation.rounds`, with the protocol loop of
+  :mod:`~simulation.federation.protocol_round`), coordinator and server optimiser, sites, dropouts,
+  the run setup shared by every engine (:func:`~simulation.federation.setup.open_run`), the run
+  directory and its ledger check, site identities, node keys and passphrases.
+* :mod:`simulation.engines` - how the messages travel: :mod:`~simulation.engines.inprocess` (every
+  site in this process: :func:`run_simulation` - ``secagg simulate`` - and :func:`run_demo` -
+  ``secagg demo``) and :mod:`~simulation.engines.flower` (a Flower ``ServerApp`` and ``ClientApp``,
+  optional ``flower`` extra).
+* :mod:`simulation.reports` - what a finished run yields: the DPIA (``secagg dpia``), plots,
+  ``secagg audit --own-training`` and :func:`export_run` / :func:`model_from_run` (``secagg export``).
+* :mod:`simulation.experiment` - ``secagg experiment`` (:func:`run_experiment`,
+  :func:`load_experiment_config`): federated vs local, central and non-private over seeds, with
   seeded (labelled, never a privacy guarantee) noise, paired statistics and a report.
-* :mod:`simulation.federation.server_optimizer` - FedAvg, server momentum, FedAdam on the decoded mean.
-* :mod:`simulation.reports.dpia` - ``secagg dpia``; :mod:`simulation.engines.inprocess.demo` - ``secagg demo``.
-* :mod:`simulation.engines.flower` - the Flower engine (prototype, optional ``flower`` extra).
+* :mod:`simulation.cli` - the ``secagg`` command, one module per command group.
+* :mod:`simulation.config` - :class:`SimulationConfig` / :func:`load_config`, a run's settings;
+  :mod:`simulation.progress` - progress lines and bars for the CLI, the in-process engine and
+  the experiment.
 * :mod:`simulation.errors` - :class:`SimulationInputError`, the base of every simulation-side
   bad-input error (configuration, run directory, DPIA, keys, experiment), which the CLI catches
   once (exit code 2) beside the bad-input bases of secagg, dp and models.
+
+Imports inside flow one way: the engines, reports, experiment and CLI use the federation; the
+federation uses none of them.
 """
 
 from .config import ConfigError, SimulationConfig, SimulationConfigError, load_config
 from .engines.inprocess.demo import DemoReport, run_demo
+from .engines.inprocess.simulate import SimulationResult, format_summary, run_simulation
 from .errors import SimulationInputError
 from .experiment import ExperimentConfig, load_experiment_config, run_experiment
-from .reports.export import export_run, model_from_run
 from .federation.setup import SimulationError
-from .engines.inprocess.simulate import SimulationResult, format_summary, run_simulation
+from .reports.export import export_run, model_from_run
 
 __all__ = [
     "SimulationConfig", "load_config", "SimulationConfigError", "ConfigError", "SimulationInputError",

@@ -94,3 +94,49 @@ def test_the_private_import_check_sees_each_form(tmp_path):
     assert private_imports("tests", tmp_path) == [
         "tests/test_a.py:4 .test_b _federate", "tests/test_a.py:5 tests.test_c _tool",
         "tests/test_a.py:6 models._deps", "tests/test_a.py:8 simulation.cli _cmd_params"]
+
+
+def simulation_imports(subpackage: str, root: Path = ROOT) -> dict[str, set[str]]:
+    """{file: the parts of ``simulation`` it imports} for the files under ``simulation/SUBPACKAGE``, relative
+    imports resolved (``from ...reports.plots import x`` in ``simulation/engines/inprocess/`` is ``reports``).
+    A part is a subpackage or top-level module of ``simulation`` (``engines.flower`` for the engines)."""
+    found = {}
+    for path in sorted((root / "simulation" / subpackage).rglob("*.py")):
+        package = path.relative_to(root).with_suffix("").parts[:-1]
+        names = set()
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            targets = []
+            if isinstance(node, ast.Import):
+                targets = [alias.name.split(".") for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = (node.module or "").split(".") if node.module else []
+                if node.level:
+                    base = list(package[:len(package) - node.level + 1]) + base
+                targets = [base + [alias.name] for alias in node.names] if not node.module else [base]
+            for parts in targets:
+                if parts[:1] == ["simulation"] and len(parts) > 1:
+                    names.add(".".join(parts[1:3]) if parts[1] == "engines" and len(parts) > 2 else parts[1])
+        found[path.relative_to(root).as_posix()] = names
+    return found
+
+
+def test_the_federation_imports_no_engine_report_experiment_or_cli():
+    """simulation/__init__'s docstring: the engines, reports, experiment and CLI use the federation, never the
+    reverse; and neither engine imports the other."""
+    files = simulation_imports("federation")
+    assert "simulation/federation/setup.py" in files
+    wrong = {path: sorted(names - {"federation", "config", "errors"}) for path, names in files.items()
+             if names - {"federation", "config", "errors"}}
+    assert not wrong, wrong
+    for engine, other in (("engines/flower", "engines.inprocess"), ("engines/inprocess", "engines.flower")):
+        assert not {p for p, names in simulation_imports(engine).items() if other in names}, engine
+
+
+def test_the_simulation_scan_resolves_relative_imports(tmp_path):
+    """Not vacuous: a federation module reaching into an engine or a report, relatively or absolutely, is seen."""
+    (tmp_path / "simulation" / "federation").mkdir(parents=True)
+    (tmp_path / "simulation" / "federation" / "bad.py").write_text(
+        "from ..engines.flower import fleet\nfrom .rounds import x\ndef f():\n    from ..reports.plots import plot_run\n"
+        "    import simulation.cli\n    from .. import experiment\n")
+    assert simulation_imports("federation", tmp_path) == {
+        "simulation/federation/bad.py": {"engines.flower", "federation", "reports", "cli", "experiment"}}
