@@ -10,7 +10,9 @@
   :mod:`dp.round_chain` - what a site checks of a round's committed spends before it helps unmask.
 * :mod:`dp.training` - local DP-SGD with Opacus (CSPRNG sampling and noise by default), at
   patient level by default: Poisson-sampled patients, each patient's summed per-slice gradient
-  clipped to C, a public normaliser.
+  clipped to C, a public normaliser. :mod:`dp.unit_gradients` computes the per-unit (slice or
+  patient) gradients in one backward pass for the layers :mod:`models` builds; other models
+  go through Opacus.
 * :mod:`dp.discrete`, :mod:`dp.rotation`, :mod:`dp.distributed` - distributed DP: exact
   CSPRNG discrete Gaussian / Skellam noise added by each site in the integer domain before
   masking, with the site-level guarantee of the released sum. :mod:`dp.distributed` is a
@@ -70,6 +72,7 @@ from .training import (
     DpSgdConfig,
     LocalTrainingResult,
     clipped_patient_sum,
+    clipped_unit_sum,
     csprng_gaussian,
     csprng_poisson_mask,
     make_private_compatible,
@@ -77,6 +80,7 @@ from .training import (
     train_dp_sgd,
     train_non_private,
 )
+from .unit_gradients import UnitGradients, supports_unit_gradients
 
 __all__ = [
     "PrivacyEvent", "NEIGHBOURING_RELATIONS", "PRIVACY_UNITS", "describe_guarantee",
@@ -88,6 +92,7 @@ __all__ = [
     "ChainEntry", "round_chain", "check_round_chain",
     "DpSgdConfig", "LocalTrainingResult", "train_dp_sgd", "train_non_private", "make_private_compatible",
     "csprng_gaussian", "csprng_poisson_mask", "clipped_patient_sum", "patient_groups", "AuditCanaries",
+    "clipped_unit_sum", "UnitGradients", "supports_unit_gradients",
     "DistributedDpConfig", "CalibratedDistributedDp", "DistributedDpEvent", "PrivatizedUpdate",
     "calibrate_distributed", "privatize", "privatize_detailed", "decode_sum", "compute_distributed_epsilon",
     "distributed_rdp", "wrap_probability_bound",

@@ -64,6 +64,7 @@ import numpy as np
 from secagg.crypto import random_bytes
 from secagg.prg import keystream_words, uniform_floats
 
+from . import unit_gradients
 from .errors import InvalidPrivacyParameterError, ModelNotPrivateError
 from .events import PRIVACY_UNITS, PrivacyEvent
 
@@ -77,6 +78,7 @@ __all__ = [
     "csprng_gaussian",
     "csprng_poisson_mask",
     "clipped_patient_sum",
+    "clipped_unit_sum",
     "patient_groups",
     "AuditCanaries",
 ]
@@ -225,18 +227,21 @@ def csprng_gaussian(shape, std: float) -> np.ndarray:
     """Gaussian noise from the CSPRNG: Box-Muller on 53-bit uniforms, float64.
 
     Returns the sum of four independent N(0, std^2) draws divided by 2 (same
-    distribution, hardened against floating-point attacks on the sampler).
+    distribution, hardened against floating-point attacks on the sampler). The
+    uniforms come from the CSPRNG; the logarithms and trigonometry run in torch
+    (float64, vectorised: about 4x numpy's on one core, issue 20).
     """
+    import torch
+
     size = int(np.prod(shape))
-    total = np.zeros(size, dtype=np.float64)
+    total = torch.zeros(size, dtype=torch.float64)
     for _ in range(2):  # each Box-Muller pass yields two independent normals per pair of uniforms
-        u = uniform_floats(random_bytes(), 2 * size)
-        u1 = 1.0 - u[:size]  # in (0, 1]: log is finite
-        radius = np.sqrt(-2.0 * np.log(u1))
-        angle = 2.0 * np.pi * u[size:]
-        total += radius * np.cos(angle)
-        total += radius * np.sin(angle)
-    return (total * (std / 2.0)).reshape(shape)
+        u = torch.from_numpy(uniform_floats(random_bytes(), 2 * size))
+        radius = torch.sqrt(-2.0 * torch.log(1.0 - u[:size]))  # 1 - u in (0, 1]: log is finite
+        angle = (2.0 * math.pi) * u[size:]
+        total += radius * torch.cos(angle)
+        total += radius * torch.sin(angle)
+    return (total * (std / 2.0)).numpy().reshape(shape)
 
 
 def csprng_poisson_mask(num_records: int, sample_rate: float) -> np.ndarray:
@@ -385,10 +390,45 @@ def clipped_patient_sum(module, data, groups, max_grad_norm: float, *, loss_fn: 
         per_patient.append(summed)
         p.grad_sample = None
         p.grad = None
-    norms = torch.sqrt(sum(t.reshape(len(groups), -1).pow(2).sum(dim=1) for t in per_patient))
+    sums, clipped = _clip_and_sum(per_patient, max_grad_norm)
+    return sums, float(loss.detach()), clipped
+
+
+def _clip_and_sum(per_unit: list, max_grad_norm: float):
+    """sum_u G_u * min(1, C / ||G_u||) over units u (``per_unit``: one (U, *shape) tensor per parameter).
+
+    ||G_u|| is the L2 norm over all parameters jointly. Returns the sums (one tensor per
+    parameter) and the number of clipped units.
+    """
+    import torch
+
+    units = per_unit[0].shape[0]
+    norms = torch.sqrt(sum(torch.linalg.vector_norm(t.reshape(units, -1), dim=1).pow(2) for t in per_unit))
     factor = torch.where(norms > max_grad_norm, max_grad_norm / norms.clamp_min(1e-30), torch.ones_like(norms))
-    sums = [(t * factor.view(-1, *([1] * (t.dim() - 1)))).sum(dim=0) for t in per_patient]
-    return sums, float(loss.detach()), int((norms > max_grad_norm).sum())
+    sums = [torch.tensordot(factor, t, dims=1) for t in per_unit]
+    return sums, int((norms > max_grad_norm).sum())
+
+
+def clipped_unit_sum(gradients, data, groups, max_grad_norm: float, *, loss_fn: Callable | None = None,
+                     max_slices_per_patient: int | None = None):
+    """:func:`clipped_patient_sum` computed by ``gradients``, a :class:`dp.unit_gradients.UnitGradients`.
+
+    Same result (up to float rounding) and the same ``(sums, loss, clipped)``: for each group
+    (a sampled patient, or one slice at slice level) G_u = sum_{i in u} g_i is computed
+    directly (no per-slice gradients stored when the layer's form sums inside), clipped
+    to ``max_grad_norm`` jointly over all parameters, and summed over the groups.
+    """
+    import torch
+
+    params = gradients.params
+    if not groups:
+        return [torch.zeros_like(p) for p in params], None, 0
+    groups = [_cap(g, max_slices_per_patient) for g in groups]
+    indices = torch.cat(groups)
+    owner = torch.repeat_interleave(torch.arange(len(groups)), torch.tensor([g.numel() for g in groups]))
+    per_unit, loss = gradients.compute(loss_fn or _default_loss, data[indices], owner, len(groups))
+    sums, clipped = _clip_and_sum(per_unit, max_grad_norm)
+    return sums, float(loss.detach()), clipped
 
 
 def train_dp_sgd(
@@ -441,7 +481,10 @@ def train_dp_sgd(
     initial = _load(model, weights)
     model.train()
     loss_fn = loss_fn or _default_loss
-    if config.privacy_unit == "patient":
+    if unit_gradients.supports_unit_gradients(model):  # exact per-unit forms for every trainable layer
+        losses, empty, clipped, observed = _unit_steps(model, data, groups if config.privacy_unit == "patient" else None,
+                                                       config, randomness, loss_fn, progress, audit_canaries)
+    elif config.privacy_unit == "patient":
         losses, empty, clipped, observed = _patient_steps(model, data, groups, config, randomness, loss_fn, progress,
                                                           audit_canaries)
     else:
@@ -464,14 +507,70 @@ def train_dp_sgd(
                                clipped_units=clipped, audit_observations=observed)
 
 
+def _release(params, sums, config: DpSgdConfig, randomness, optimizer, inject) -> None:
+    """Noise the clipped sum, divide by the public normaliser, take the optimiser step (both unit paths)."""
+    import torch
+
+    std = config.noise_multiplier * config.max_grad_norm
+    if inject is not None:  # audit only: canary units join the clipped sum before the noise
+        sums = [total + extra.to(total.dtype) for total, extra in zip(sums, inject())]
+    optimizer.zero_grad(set_to_none=True)
+    # One draw for all parameters (i.i.d. coordinates, the same distribution as one draw per
+    # parameter): one CSPRNG key and keystream per step instead of one per tensor (issue 20).
+    sizes = [p.numel() for p in params]
+    noise = torch.from_numpy(np.asarray(randomness.gaussian((sum(sizes),), std))).split(sizes)
+    released = []
+    for p, total, z in zip(params, sums, noise):
+        released.append(total.to(p.dtype) + z.view(p.shape).to(p.dtype))
+        p.grad = released[-1] / config.normaliser
+    if inject is not None:
+        inject.observe(released)
+    optimizer.step()
+
+
+def _unit_steps(model, data, groups, config: DpSgdConfig, randomness, loss_fn, progress, audit_canaries=None):
+    """DP-SGD steps whose per-unit gradients come from :mod:`dp.unit_gradients` (supported models).
+
+    ``groups`` (patient level): one index tensor per patient, Poisson-sampled over patients;
+    ``None`` (slice level): every record is its own unit, Poisson-sampled over records. The
+    rest (clip each unit's gradient to C jointly, sum, add N(0, sigma^2 C^2 I), divide by the
+    public normaliser, optimiser step) is the same for both units: the module docstring's math.
+    """
+    import torch
+
+    n = int(data.shape[0])
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = _optimizer(config, params)
+    inject = _CanaryInjector(audit_canaries, params, config, randomness) if audit_canaries is not None else None
+    cap = config.max_slices_per_patient if groups is not None else None
+    losses, empty, clipped = [], 0, 0
+    with unit_gradients.UnitGradients(model) as gradients:
+        for step in range(config.steps):
+            if groups is None:
+                chosen = torch.from_numpy(np.flatnonzero(randomness.poisson_mask(n, config.sample_rate)))
+                step_groups = list(chosen.view(-1, 1))
+            else:
+                step_groups = [groups[i] for i in np.flatnonzero(randomness.poisson_mask(len(groups),
+                                                                                          config.sample_rate))]
+            sums, value, count = clipped_unit_sum(gradients, data, step_groups, config.max_grad_norm,
+                                                  loss_fn=loss_fn, max_slices_per_patient=cap)
+            clipped += count
+            _release(params, sums, config, randomness, optimizer, inject)
+            if value is None:
+                empty += 1
+            else:
+                losses.append(value)
+            if progress is not None:
+                progress(step + 1, value)
+    return losses, empty, clipped, (tuple(inject.sums.tolist()) if inject is not None else None)
+
+
 def _patient_steps(model, data, groups, config: DpSgdConfig, randomness, loss_fn, progress, audit_canaries=None):
     """Patient-level DP-SGD steps (module docstring): Opacus per-slice gradients, summed and clipped per patient."""
-    import torch
     from opacus import GradSampleModule
 
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = _optimizer(config, params)
-    std = config.noise_multiplier * config.max_grad_norm
     inject = _CanaryInjector(audit_canaries, params, config, randomness) if audit_canaries is not None else None
     losses, empty, clipped = [], 0, 0
     with warnings.catch_warnings():
@@ -485,17 +584,7 @@ def _patient_steps(model, data, groups, config: DpSgdConfig, randomness, loss_fn
                     module, data, [groups[i] for i in chosen], config.max_grad_norm, loss_fn=loss_fn,
                     max_slices_per_patient=config.max_slices_per_patient)
                 clipped += count
-                if inject is not None:  # audit only: canary units join the clipped sum before the noise
-                    sums = [total + extra.to(total.dtype) for total, extra in zip(sums, inject())]
-                optimizer.zero_grad(set_to_none=True)
-                released = []
-                for p, total in zip(params, sums):
-                    noise = torch.from_numpy(np.asarray(randomness.gaussian(tuple(p.shape), std))).to(p.dtype)
-                    released.append(total.to(p.dtype) + noise)
-                    p.grad = released[-1] / config.normaliser
-                if inject is not None:
-                    inject.observe(released)
-                optimizer.step()
+                _release(params, sums, config, randomness, optimizer, inject)
                 if value is None:
                     empty += 1
                 else:

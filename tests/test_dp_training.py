@@ -233,3 +233,131 @@ def test_slice_cap_is_public_and_bounded(data):
     expected = reference_patient_sum(model, data, used, 1e3)
     for g, e in zip(capped, expected):
         assert torch.allclose(g, e, atol=1e-5, rtol=1e-5)
+
+
+# -- per-unit gradients in one pass (dp.unit_gradients; issue 20) -------------------------------
+
+
+def supported_autoencoder():
+    """Every exact form of dp.unit_gradients: grouped (1 input channel), per-unit kernel (8 -> 8),
+    1 x 1 product, GroupNorm, and a Linear acting on the last axis (extra leading dims)."""
+    return nn.Sequential(
+        nn.Conv2d(1, 8, 3, stride=2, padding=1), nn.GroupNorm(2, 8), nn.LeakyReLU(0.2),
+        nn.Conv2d(8, 8, 3, padding=1), nn.LeakyReLU(0.2), nn.Conv2d(8, 6, 1),
+        nn.Upsample(scale_factor=2), nn.Conv2d(6, 1, 3, padding=1), nn.Linear(16, 16),
+    ).double()
+
+
+UNIT_LAYOUTS = {
+    "slice": (np.arange(12), 12),  # every record its own unit
+    "patient-equal": (np.repeat(np.arange(3), 4), 3),
+    "patient-uneven-interleaved": (np.array([0, 1, 0, 2, 2, 2, 0, 1, 3, 2, 0, 0]), 4),
+}
+
+
+@pytest.mark.parametrize("layout", UNIT_LAYOUTS, ids=list(UNIT_LAYOUTS))
+def test_unit_gradients_equal_per_record_autograd_sums(data, layout):
+    """G_u from one pass equals sum over u's records of each record's own autograd gradient (float64)."""
+    import torch.nn.functional as F
+
+    from dp import UnitGradients, supports_unit_gradients
+
+    torch.manual_seed(1)
+    model = supported_autoencoder()
+    assert supports_unit_gradients(model) and not supports_unit_gradients(tiny_autoencoder())
+    owner, units = UNIT_LAYOUTS[layout]
+    batch = data[:12].double()
+    params = list(model.parameters())
+    with UnitGradients(model) as gradients:
+        got, loss = gradients.compute(lambda m, b: F.mse_loss(m(b), b), batch, torch.as_tensor(owner), units)
+    assert all(not m._forward_hooks for m in model.modules())
+    for u in range(units):
+        expected = [torch.zeros_like(p) for p in params]
+        for i in np.flatnonzero(owner == u):
+            x = batch[i:i + 1]
+            expected = [e + g for e, g in zip(expected, torch.autograd.grad(F.mse_loss(model(x), x), params))]
+        for g, e in zip(got, expected):
+            assert torch.allclose(g[u], e, rtol=1e-10, atol=1e-12), float((g[u] - e).abs().max())
+
+
+def test_unit_gradients_add_every_call_and_skip_no_grad_calls(data):
+    """A layer applied twice adds both calls' shares; a call under no_grad (a fixed target) adds nothing."""
+    from dp import UnitGradients
+
+    torch.manual_seed(2)
+    model = supported_autoencoder()
+    batch = data[:6].double()
+    params = list(model.parameters())
+
+    def loss_fn(m, b):
+        with torch.no_grad():
+            target = m(b)
+        return ((m(m(b)) - b) ** 2 + (m(b) - target) ** 2).flatten(1).mean(1).mean()
+
+    with UnitGradients(model) as gradients:
+        got, _ = gradients.compute(loss_fn, batch, torch.arange(6), 6)
+    for i in range(6):
+        expected = torch.autograd.grad(loss_fn(model, batch[i:i + 1]), params)
+        for g, e in zip(got, expected):
+            assert torch.allclose(g[i], e, rtol=1e-10, atol=1e-12)
+
+
+def test_unit_gradients_refuse_calls_that_mix_records(data):
+    from dp import UnitGradients
+
+    model = supported_autoencoder()
+    with UnitGradients(model) as gradients, pytest.raises(ValueError, match="row i of every call"):
+        gradients.compute(lambda m, b: ((m(b[:3]) - b[:3]) ** 2).mean(), data[:6].double(), torch.arange(6), 6)
+    with pytest.raises(ValueError, match="Conv2d"):
+        UnitGradients(tiny_autoencoder())
+
+
+@pytest.mark.parametrize("clip", [1e-3, 1e3])  # every unit clipped / none clipped
+@pytest.mark.parametrize("unit", ["slice", "patient"])
+def test_clipped_unit_sum_matches_autograd_reference(data, clip, unit):
+    """The one-pass clipped sum equals the autograd reference, at both privacy units."""
+    from dp import UnitGradients, clipped_unit_sum
+    from dp.training import patient_groups
+
+    torch.manual_seed(3)
+    model = supported_autoencoder()
+    data = data.double()
+    if unit == "slice":
+        chosen = [torch.tensor([i]) for i in (1, 5, 9, 17, 40)]
+    else:
+        groups = patient_groups(np.repeat(np.arange(8), 8), 64)
+        chosen = [groups[i] for i in (0, 3, 5, 6)]
+    expected = reference_patient_sum(model, data, chosen, clip)
+    with UnitGradients(model) as gradients:
+        got, loss, clipped = clipped_unit_sum(gradients, data, chosen, clip)
+    assert clipped == (len(chosen) if clip < 1 else 0)
+    assert not any(g.requires_grad for g in got)
+    for g, e in zip(got, expected):
+        assert torch.allclose(g, e, rtol=1e-9, atol=1e-12), float((g - e).abs().max())
+    if clip < 1:
+        assert float(torch.sqrt(sum((g ** 2).sum() for g in got))) <= len(chosen) * clip * (1 + 1e-9)
+
+
+@pytest.mark.parametrize("unit", ["slice", "patient"])
+def test_one_pass_training_equals_the_opacus_path(data, unit, monkeypatch):
+    """train_dp_sgd on a supported model (one-pass per-unit gradients) gives the same delta as the
+    Opacus path (make_private at slice level, GradSampleModule at patient level) with the same
+    sampling and noise: the same DP-SGD, only computed differently."""
+    import dp.unit_gradients as unit_gradients
+
+    patients = np.repeat(np.arange(16), 4) if unit == "patient" else None
+    config = DpSgdConfig(noise_multiplier=0.5, max_grad_norm=0.05, sample_rate=0.3, steps=3, optimizer="sgd",
+                         learning_rate=0.5, secure_mode=False, privacy_unit=unit, public_size=64)
+    deltas = []
+    for one_pass in (True, False):
+        monkeypatch.setattr(unit_gradients, "supports_unit_gradients", lambda model, flag=one_pass: flag)
+        torch.manual_seed(0)
+        model = supported_autoencoder().float()
+        result = train_dp_sgd(model, data, config, site="h1", round_index=0, patients=patients,
+                              randomness=SeededTestRandomness(11))
+        assert result.event.unit == unit and result.empty_steps == 0
+        assert all(not m._forward_hooks and not m._backward_hooks for m in model.modules())
+        deltas.append(result.delta)
+    for name in deltas[0]:
+        assert torch.allclose(deltas[0][name], deltas[1][name], rtol=1e-4, atol=1e-6), name
+    assert any(float(d.abs().sum()) > 0 for d in deltas[0].values())
