@@ -12,7 +12,9 @@
 
 * ``test_train_dp_vs_non_private_paired``: the project's own training path
   (``dp.train_dp_sgd`` against ``dp.train_non_private``, Poisson batches of expected size 16),
-  interleaved the same way: what a site pays, ``make_private`` and all.
+  interleaved the same way: what a site pays. For compact-ae (every model of ``models``) that
+  path computes the per-unit gradients in one pass (``dp.unit_gradients``), not with Opacus;
+  the Opacus steps above remain the reference for the bare library.
 * ``test_grad_sample_mode_paired``: every grad-sample mode the installed Opacus has for
   this model (hooks, functorch, expanded weights ``ew``, ghost clipping), each paired with
   the non-private step. Before timing, each mode's clipped, noiseless gradient sum must
@@ -189,7 +191,7 @@ def test_train_dp_vs_non_private_paired(benchmark, unit):
     suffix = "" if unit == "slice" else "_patient"
     record_paired(benchmark, f"dp.train_dp_sgd ({unit} level) / dp.train_non_private, 5 steps, ABAB paired, 1 thread",
                   f"paired_train_5_steps_b16_64px_t1{suffix}", result,
-                  "the project's training path incl. make_private; target <= 1.5x (issue 20)", threads=1)
+                  "the project's training path (one-pass per-unit gradients); target <= 1.5x (issue 20)", threads=1)
 
 
 MODES = ("hooks", "functorch", "ew", "ghost")

@@ -1,4 +1,4 @@
-"""Local DP-SGD training of a torch model with Opacus, at patient level by default.
+"""Local DP-SGD training of a torch model, at patient level by default.
 
 One call to :func:`train_dp_sgd` starts from given weights, runs ``steps``
 DP-SGD steps on the site's data and returns the weight delta together with
@@ -9,9 +9,8 @@ default; the GDPR data subject is the unit). The site's N records (2-D
 slices) belong to P patients (``patients[i]`` is the patient of record i).
 Each step samples every *patient* independently with probability q (Poisson
 sampling over patients, so the accountants' subsampling analysis applies to
-patients exactly); for each sampled patient p it computes the per-slice
-gradients g_i (Opacus ``GradSampleModule``), sums them, G_p = sum_{i in p} g_i,
-and clips the sum: G_p * min(1, C / ||G_p||_2). It sums over sampled
+patients exactly); for each sampled patient p it computes the sum of the
+per-slice gradients g_i, G_p = sum_{i in p} g_i, and clips the sum: G_p * min(1, C / ||G_p||_2). It sums over sampled
 patients, adds N(0, sigma^2 C^2 I) and divides by a **public** normaliser
 (q * ``public_size`` where ``public_size`` is a declared public number of
 patients at the site; 1 when none is declared - never the site's private
@@ -24,8 +23,17 @@ memory: the cap takes evenly spaced slices of the patient's stack (a public
 rule); the bound C holds whatever slices are used.
 
 **Slice level** (``privacy_unit="slice"``, an explicitly labelled option):
-records are sampled and clipped one by one (Opacus' ``make_private`` path);
-the guarantee then covers one slice, not one patient.
+records are sampled and clipped one by one (every slice is its own unit); the
+guarantee then covers one slice, not one patient.
+
+How the per-unit gradients are computed (the math above does not depend on it).
+When every trainable layer is a ``Conv2d``, ``GroupNorm`` or ``Linear`` (every
+model of :mod:`models`), both units use :mod:`dp.unit_gradients`: G_u for every
+sampled unit in one backward pass, then the clipping, noise and normaliser above
+(``_unit_steps``; issue 20, measured in the README's DP-step section). Other
+models use Opacus: ``GradSampleModule`` per-slice gradients summed per patient
+(patient level), and ``make_private`` (slice level, whose clipping factor is
+Opacus' C / (||g|| + 1e-6), at most 1).
 
 Empty batches are real steps: the update is pure noise, and the step is counted.
 

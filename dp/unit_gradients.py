@@ -88,12 +88,13 @@ class UnitGradients:
         """``(per_unit, loss)``: for each trainable parameter, a tensor ``(units, *shape)`` of G_u.
 
         ``owner[i]`` (a long tensor) is the unit of record i of ``batch``; records of one unit
-        need not be adjacent. ``loss_fn(model, batch)`` must be the mean over the B records of
-        per-record losses.
+        need not be adjacent, and every unit has at least one. ``loss_fn(model, batch)`` must be
+        the mean over the B records of per-record losses, record i's loss depending on record i only.
         """
         import torch
 
         size = int(batch.shape[0])
+        layout = _Layout(owner, units)
         self._calls.clear()
         try:
             loss = loss_fn(self.model, batch)
@@ -105,7 +106,6 @@ class UnitGradients:
                 raise ValueError(f"a {type(layer).__name__} call had {x.shape[0]} rows for a batch of {size} "
                                  "records: per-record gradients need row i of every call to be record i")
         backprops = torch.autograd.grad(loss, [y for _, _, y in calls], allow_unused=True) if calls else []
-        layout = _Layout(owner, units)
         grads = {id(p): None for p in self.params}
         with torch.no_grad():  # the per-unit gradients are values, not part of any graph
             for (layer, x, _), b in zip(calls, backprops):
@@ -132,6 +132,8 @@ class _Layout:
 
         self.owner, self.units = owner, units
         counts = torch.bincount(owner, minlength=units).tolist()
+        if len(counts) != units or min(counts, default=1) < 1:
+            raise ValueError(f"every unit 0..{units - 1} needs at least one record, and no record another unit")
         adjacent = bool((owner[1:] >= owner[:-1]).all()) if owner.numel() > 1 else True
         if adjacent:
             starts = [0]

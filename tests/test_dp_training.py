@@ -280,6 +280,17 @@ def test_unit_gradients_equal_per_record_autograd_sums(data, layout):
             assert torch.allclose(g[u], e, rtol=1e-10, atol=1e-12), float((g[u] - e).abs().max())
 
 
+def test_every_registered_model_takes_the_one_pass_path():
+    """dp.training's docstring: every model of `models` has only Conv2d / GroupNorm / Linear trainable layers."""
+    from dp import supports_unit_gradients
+    from models import available_models, create_model
+
+    names = available_models()
+    assert "compact-ae" in names
+    for name in names:
+        assert supports_unit_gradients(create_model(name, image_size=64)), name
+
+
 def test_unit_gradients_add_every_call_and_skip_no_grad_calls(data):
     """A layer applied twice adds both calls' shares; a call under no_grad (a fixed target) adds nothing."""
     from dp import UnitGradients
@@ -308,6 +319,8 @@ def test_unit_gradients_refuse_calls_that_mix_records(data):
     model = supported_autoencoder()
     with UnitGradients(model) as gradients, pytest.raises(ValueError, match="row i of every call"):
         gradients.compute(lambda m, b: ((m(b[:3]) - b[:3]) ** 2).mean(), data[:6].double(), torch.arange(6), 6)
+    with UnitGradients(model) as gradients, pytest.raises(ValueError, match="at least one record"):
+        gradients.compute(lambda m, b: ((m(b) - b) ** 2).mean(), data[:6].double(), torch.arange(6), 7)
     with pytest.raises(ValueError, match="Conv2d"):
         UnitGradients(tiny_autoencoder())
 
