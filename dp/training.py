@@ -10,17 +10,18 @@ slices) belong to P patients (``patients[i]`` is the patient of record i).
 Each step samples every *patient* independently with probability q (Poisson
 sampling over patients, so the accountants' subsampling analysis applies to
 patients exactly); for each sampled patient p it computes the sum of the
-per-slice gradients g_i, G_p = sum_{i in p} g_i, and clips the sum: G_p * min(1, C / ||G_p||_2). It sums over sampled
-patients, adds N(0, sigma^2 C^2 I) and divides by a **public** normaliser
-(q * ``public_size`` where ``public_size`` is a declared public number of
-patients at the site; 1 when none is declared - never the site's private
-count). Adding or removing one patient (all of their slices) changes the
-clipped sum by at most C, so a step is the Poisson-subsampled Gaussian
-mechanism over patients with multiplier sigma; the event records
-``unit="patient"``. ``max_slices_per_patient`` (a fixed, public number; off
-by default) caps the slices of a sampled patient used in one step, to bound
-memory: the cap takes evenly spaced slices of the patient's stack (a public
-rule); the bound C holds whatever slices are used.
+per-slice gradients g_i, G_p = sum_{i in p} g_i, and clips the sum:
+G_p * min(1, C / ||G_p||_2). It sums over sampled patients, adds
+N(0, sigma^2 C^2 I) and divides by a **public** normaliser (q * ``public_size``
+where ``public_size`` is a declared public number of patients at the site; 1
+when none is declared - never the site's private count). Adding or removing
+one patient (all of their slices) changes the clipped sum by at most C, so a
+step is the Poisson-subsampled Gaussian mechanism over patients with
+multiplier sigma; the event records ``unit="patient"``.
+``max_slices_per_patient`` (a fixed, public number; off by default) caps the
+slices of a sampled patient used in one step, to bound memory: the cap takes
+evenly spaced slices of the patient's stack (a public rule); the bound C holds
+whatever slices are used.
 
 **Slice level** (``privacy_unit="slice"``, an explicitly labelled option):
 records are sampled and clipped one by one (every slice is its own unit); the
@@ -154,7 +155,7 @@ class LocalTrainingResult:
     losses: tuple  # mean training loss per non-empty step
     empty_steps: int  # steps whose Poisson batch was empty (noise-only updates)
     num_records: int
-    clipped_units: int = 0  # patient level: sampled patients whose summed gradient was clipped
+    clipped_units: int = 0  # sampled units whose gradient was clipped (slice level: one-pass path only, else 0)
     audit_observations: tuple | None = None  # AUDIT ONLY (AuditCanaries.observe): summed released gradient
 
 
@@ -237,7 +238,7 @@ def csprng_gaussian(shape, std: float) -> np.ndarray:
     Returns the sum of four independent N(0, std^2) draws divided by 2 (same
     distribution, hardened against floating-point attacks on the sampler). The
     uniforms come from the CSPRNG; the logarithms and trigonometry run in torch
-    (float64, vectorised: about 4x numpy's on one core, issue 20).
+    (float64, vectorised; numpy's float64 cos and sin took about 4x as long, issue 20).
     """
     import torch
 
@@ -490,8 +491,9 @@ def train_dp_sgd(
     model.train()
     loss_fn = loss_fn or _default_loss
     if unit_gradients.supports_unit_gradients(model):  # exact per-unit forms for every trainable layer
-        losses, empty, clipped, observed = _unit_steps(model, data, groups if config.privacy_unit == "patient" else None,
-                                                       config, randomness, loss_fn, progress, audit_canaries)
+        unit_groups = groups if config.privacy_unit == "patient" else None  # slice level: every record a unit
+        losses, empty, clipped, observed = _unit_steps(model, data, unit_groups, config, randomness, loss_fn, progress,
+                                                       audit_canaries)
     elif config.privacy_unit == "patient":
         losses, empty, clipped, observed = _patient_steps(model, data, groups, config, randomness, loss_fn, progress,
                                                           audit_canaries)
