@@ -105,6 +105,7 @@ class UnitGradients:
             if x.shape[0] != size:
                 raise ValueError(f"a {type(layer).__name__} call had {x.shape[0]} rows for a batch of {size} "
                                  "records: per-record gradients need row i of every call to be record i")
+        _check_parameter_uses(loss, calls, self.params)
         backprops = torch.autograd.grad(loss, [y for _, _, y in calls], allow_unused=True) if calls else []
         grads = {id(p): None for p in self.params}
         with torch.no_grad():  # the per-unit gradients are values, not part of any graph
@@ -122,6 +123,42 @@ class UnitGradients:
         per_unit = [grads[id(p)] if grads[id(p)] is not None else torch.zeros((units, *p.shape), dtype=p.dtype)
                     for p in self.params]
         return per_unit, loss
+
+
+def _check_parameter_uses(loss, calls, params) -> None:
+    """Refuse a loss in which a trainable parameter reaches the loss other than through its own layers' calls.
+
+    The per-unit forms see a parameter only through the hooked calls of the layer that owns it. A use
+    elsewhere (tied weights, ``F.linear(h, enc.weight.t())``) would be silently missing from G_u, so the
+    loss's autograd graph is walked once per step and every edge into a parameter's gradient accumulator is
+    counted: each recorded call of its layer accounts for one; any other is refused. (Opacus' hooks are
+    wrong on such models too, so there is no exact path to fall back to.) Cost: one walk of the graph's
+    nodes, small beside the backward pass."""
+    expected: dict = {}
+    for layer, _, _ in calls:
+        for p in layer.parameters(recurse=False):
+            if p.requires_grad:
+                expected[id(p)] = expected.get(id(p), 0) + 1
+    seen, stack, observed = set(), [loss.grad_fn], {}
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        for child, _ in node.next_functions:
+            if child is None:
+                continue
+            variable = getattr(child, "variable", None)  # AccumulateGrad: a leaf's gradient accumulator
+            if variable is not None:
+                observed[id(variable)] = observed.get(id(variable), 0) + 1
+            else:
+                stack.append(child)
+    for p in params:
+        if observed.get(id(p), 0) != expected.get(id(p), 0):
+            raise ValueError(
+                f"a trainable parameter of shape {tuple(p.shape)} reaches the loss {observed.get(id(p), 0)} "
+                f"time(s) but through its own layer's calls {expected.get(id(p), 0)} time(s): per-unit "
+                "gradients cannot be exact for a parameter used outside its layer (e.g. tied weights)")
 
 
 class _Layout:
