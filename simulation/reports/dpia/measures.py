@@ -22,7 +22,8 @@ def measures(facts: RunFacts, org: dict) -> dict:
     blocks = [
         None if ver.ok else warning(f"The privacy ledger does NOT verify ({ver.reason}); the epsilons below cannot "
                                     "be relied on until `secagg ledger verify` passes."),
-        paragraph("Differential privacy (DP-SGD: each privacy unit's gradient clipped, Gaussian noise from a CSPRNG) - every value below is read from the run's privacy ledger:"),
+        paragraph("Differential privacy (DP-SGD: each privacy unit's gradient clipped, Gaussian noise from a CSPRNG)"
+                  " - every value below is read from the run's privacy ledger:"),
         table(("Parameter", "Value"), dp_rows(facts)),
         paragraph(f"Epsilon per site ({guarantee(unit)}):"),
         table(("Site", f"Epsilon spent (bound, {unit}-level)", "Bound accountant", "Per accountant (library)",
