@@ -23,14 +23,18 @@ class _TiedFunctional(nn.Module):
         return F.linear(torch.tanh(self.enc(x)), self.enc.weight.t())
 
 
-def test_parameter_used_outside_its_layer_is_refused_or_exact():
-    torch.manual_seed(0)
-    model = _TiedFunctional().double()
-    batch = torch.randn(4, 4, dtype=torch.float64)
+def _reconstruction_loss(m, b):
+    return F.mse_loss(m(b), b)
 
-    def loss_fn(m, b):
-        return F.mse_loss(m(b), b)
 
+def _model_and_batch(cls, seed, rows):
+    torch.manual_seed(seed)
+    return cls().double(), torch.randn(rows, 4, dtype=torch.float64)
+
+
+def test_parameter_used_outside_its_layer_is_refused():
+    model, batch = _model_and_batch(_TiedFunctional, 0, 4)
+    loss_fn = _reconstruction_loss
     assert supports_unit_gradients(model)  # the structure alone cannot tell: the refusal comes per loss
     with UnitGradients(model) as gradients:
         with pytest.raises(ValueError, match="outside its layer"):
@@ -48,13 +52,8 @@ class _SharedBetweenLayers(nn.Module):
 
 
 def test_a_parameter_shared_by_two_supported_layers_is_exact():
-    torch.manual_seed(1)
-    model = _SharedBetweenLayers().double()
-    batch = torch.randn(3, 4, dtype=torch.float64)
-
-    def loss_fn(m, b):
-        return F.mse_loss(m(b), b)
-
+    model, batch = _model_and_batch(_SharedBetweenLayers, 1, 3)
+    loss_fn = _reconstruction_loss
     with UnitGradients(model) as gradients:
         got, _ = gradients.compute(loss_fn, batch, torch.arange(3), 3)
     params = [p for p in model.parameters() if p.requires_grad]
