@@ -550,28 +550,37 @@ def _unit_steps(model, data, groups, config: DpSgdConfig, randomness, loss_fn, p
 
     n = int(data.shape[0])
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = _optimizer(config, params)
-    inject = _CanaryInjector(audit_canaries, params, config, randomness) if audit_canaries is not None else None
     cap = config.max_slices_per_patient if groups is not None else None
-    losses, empty, clipped = [], 0, 0
     with unit_gradients.UnitGradients(model) as gradients:
-        for step in range(config.steps):
+        def step_sums():
             if groups is None:
                 chosen = torch.from_numpy(np.flatnonzero(randomness.poisson_mask(n, config.sample_rate)))
                 step_groups = list(chosen.view(-1, 1))
             else:
                 step_groups = [groups[i] for i in np.flatnonzero(randomness.poisson_mask(len(groups),
                                                                                           config.sample_rate))]
-            sums, value, count = clipped_unit_sum(gradients, data, step_groups, config.max_grad_norm,
-                                                  loss_fn=loss_fn, max_slices_per_patient=cap)
-            clipped += count
-            _release(params, sums, config, randomness, optimizer, inject)
-            if value is None:
-                empty += 1
-            else:
-                losses.append(value)
-            if progress is not None:
-                progress(step + 1, value)
+            return clipped_unit_sum(gradients, data, step_groups, config.max_grad_norm, loss_fn=loss_fn,
+                                    max_slices_per_patient=cap)
+
+        return _run_steps(params, config, randomness, progress, audit_canaries, step_sums)
+
+
+def _run_steps(params, config: DpSgdConfig, randomness, progress, audit_canaries, step_sums):
+    """The step loop both per-unit paths share: ``step_sums()`` samples the step's units and returns
+    (clipped sums, loss or None for an empty step, units clipped); :func:`_release` noises and applies them."""
+    optimizer = _optimizer(config, params)
+    inject = _CanaryInjector(audit_canaries, params, config, randomness) if audit_canaries is not None else None
+    losses, empty, clipped = [], 0, 0
+    for step in range(config.steps):
+        sums, value, count = step_sums()
+        clipped += count
+        _release(params, sums, config, randomness, optimizer, inject)
+        if value is None:
+            empty += 1
+        else:
+            losses.append(value)
+        if progress is not None:
+            progress(step + 1, value)
     return losses, empty, clipped, (tuple(inject.sums.tolist()) if inject is not None else None)
 
 
@@ -580,32 +589,22 @@ def _patient_steps(model, data, groups, config: DpSgdConfig, randomness, loss_fn
     from opacus import GradSampleModule
 
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = _optimizer(config, params)
-    inject = _CanaryInjector(audit_canaries, params, config, randomness) if audit_canaries is not None else None
-    losses, empty, clipped = [], 0, 0
     with warnings.catch_warnings():
         # Opacus' hooks fire on module outputs when inputs need no grad; torch warns about it every step.
         warnings.filterwarnings("ignore", message="Full backward hook is firing", category=UserWarning)
         module = GradSampleModule(model, batch_first=True, loss_reduction="mean")
+
+        def step_sums():
+            chosen = np.flatnonzero(randomness.poisson_mask(len(groups), config.sample_rate))
+            return clipped_patient_sum(module, data, [groups[i] for i in chosen], config.max_grad_norm,
+                                       loss_fn=loss_fn, max_slices_per_patient=config.max_slices_per_patient)
+
         try:
-            for step in range(config.steps):
-                chosen = np.flatnonzero(randomness.poisson_mask(len(groups), config.sample_rate))
-                sums, value, count = clipped_patient_sum(
-                    module, data, [groups[i] for i in chosen], config.max_grad_norm, loss_fn=loss_fn,
-                    max_slices_per_patient=config.max_slices_per_patient)
-                clipped += count
-                _release(params, sums, config, randomness, optimizer, inject)
-                if value is None:
-                    empty += 1
-                else:
-                    losses.append(value)
-                if progress is not None:
-                    progress(step + 1, value)
+            return _run_steps(params, config, randomness, progress, audit_canaries, step_sums)
         finally:
             module.to_standard_module()  # remove Opacus hooks: the caller's model is a plain module again
             for p in params:
                 p.grad_sample = None
-    return losses, empty, clipped, (tuple(inject.sums.tolist()) if inject is not None else None)
 
 
 def _slice_steps(model, data, config: DpSgdConfig, randomness, loss_fn, progress, audit_canaries=None):
