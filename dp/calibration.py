@@ -13,6 +13,17 @@ per epoch, is what keeps the planned budget and the spent budget equal.
 
 ``accountant="all"`` calibrates against the tightest valid upper bound
 (the minimum over the registered accountants that succeed).
+
+Each bisection step only needs to know whether that minimum is at most the
+target, i.e. whether *some* accountant's epsilon is: the accountants are asked
+one at a time, in the order given (``DEFAULT_ACCOUNTANTS`` puts the cheap RDP
+first and the costly PLD last), and the first one at or under the target
+decides. A step above the target still asks every accountant. The decisions,
+hence the bracket and the returned sigma, are those of evaluating the minimum
+at every step; only the accountants a decision did not need are skipped (each
+accountant's answer is cached, so the full report at the returned sigma reuses
+them). In a ``--tiny`` run this halves the calibration's time, which was most
+of the run.
 """
 
 from __future__ import annotations
@@ -89,27 +100,34 @@ def calibrate_noise(
         )
         return (math.inf if report.bound is None else report.bound), report
 
+    def satisfies(sigma: float) -> bool:
+        """``bound(sigma)[0] <= target_epsilon``, asking one accountant at a time (see the module docstring)."""
+        for name in names:
+            report = epsilon_for(
+                noise_multiplier=sigma, sample_rate=sample_rate, steps=steps, delta=delta, accountants=(name,)
+            )
+            if report.bound is not None and report.bound <= target_epsilon:
+                return True
+        return False
+
     hi = 1.0
-    eps_hi, report_hi = bound(hi)
-    while eps_hi > target_epsilon:
+    while not satisfies(hi):
         if hi >= _MAX_SIGMA:
             raise CalibrationError(
-                f"even noise multiplier {_MAX_SIGMA:g} gives epsilon {eps_hi:.4g} > target {target_epsilon} "
+                f"even noise multiplier {_MAX_SIGMA:g} gives epsilon {bound(hi)[0]:.4g} > target {target_epsilon} "
                 f"with {accountant}; raise the target, lower the sample rate or the number of steps"
             )
         hi *= 2
-        eps_hi, report_hi = bound(hi)
     lo = hi / 2
-    while lo > _MIN_SIGMA and bound(lo)[0] <= target_epsilon:
+    while lo > _MIN_SIGMA and satisfies(lo):
         hi, lo = lo, lo / 2
-        eps_hi, report_hi = bound(hi)
     while (hi - lo) / hi > tolerance:
         mid = math.sqrt(lo * hi)
-        eps_mid, report_mid = bound(mid)
-        if eps_mid <= target_epsilon:
-            hi, eps_hi, report_hi = mid, eps_mid, report_mid
+        if satisfies(mid):
+            hi = mid
         else:
             lo = mid
+    eps_hi, report_hi = bound(hi)
     return Calibration(
         noise_multiplier=hi,
         target_epsilon=float(target_epsilon),
