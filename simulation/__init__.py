@@ -26,13 +26,21 @@ Imports inside flow one way: the engines, reports, experiment and CLI use the fe
 federation uses none of them.
 """
 
-from .config import ConfigError, SimulationConfig, SimulationConfigError, load_config
-from .engines.inprocess.demo import DemoReport, run_demo
-from .engines.inprocess.simulate import SimulationResult, format_summary, run_simulation
-from .errors import SimulationInputError
-from .experiment import ExperimentConfig, load_experiment_config, run_experiment
-from .federation.setup import SimulationError
-from .reports.export import export_run, model_from_run
+from .lazy import lazy_exports
+
+# Each public name and the submodule it lives in, imported on first use (simulation.lazy: a
+# process that needs one name does not import the rest).
+__getattr__, __dir__ = lazy_exports(__name__, {
+    "ConfigError": ".config", "SimulationConfig": ".config", "SimulationConfigError": ".config",
+    "load_config": ".config",
+    "DemoReport": ".engines.inprocess.demo", "run_demo": ".engines.inprocess.demo",
+    "SimulationResult": ".engines.inprocess.simulate", "format_summary": ".engines.inprocess.simulate",
+    "run_simulation": ".engines.inprocess.simulate",
+    "SimulationInputError": ".errors",
+    "ExperimentConfig": ".experiment", "load_experiment_config": ".experiment", "run_experiment": ".experiment",
+    "SimulationError": ".federation.setup",
+    "export_run": ".reports.export", "model_from_run": ".reports.export",
+})
 
 __all__ = [
     "SimulationConfig", "load_config", "SimulationConfigError", "ConfigError", "SimulationInputError",

@@ -99,7 +99,9 @@ def test_the_private_import_check_sees_each_form(tmp_path):
 def simulation_imports(subpackage: str, root: Path = ROOT) -> dict[str, set[str]]:
     """{file: the parts of ``simulation`` it imports} for the files under ``simulation/SUBPACKAGE``, relative
     imports resolved (``from ...reports.plots import x`` in ``simulation/engines/inprocess/`` is ``reports``).
-    A part is a subpackage or top-level module of ``simulation`` (``engines.flower`` for the engines)."""
+    A part is a subpackage or top-level module of ``simulation`` (``engines.flower`` for the engines).
+    A package's lazy exports (``lazy_exports(__name__, {"name": ".submodule"})``, :mod:`simulation.lazy`) count
+    as imports of their submodules: laziness must not hide an edge."""
     found = {}
     for path in sorted((root / "simulation" / subpackage).rglob("*.py")):
         package = path.relative_to(root).with_suffix("").parts[:-1]
@@ -113,6 +115,12 @@ def simulation_imports(subpackage: str, root: Path = ROOT) -> dict[str, set[str]
                 if node.level:
                     base = list(package[:len(package) - node.level + 1]) + base
                 targets = [base + [alias.name] for alias in node.names] if not node.module else [base]
+            elif (isinstance(node, ast.Call) and getattr(node.func, "id", None) == "lazy_exports"
+                  and len(node.args) == 2 and isinstance(node.args[1], ast.Dict)):
+                for value in node.args[1].values:
+                    relative = value.value  # ".engines.inprocess.demo": relative to the package itself
+                    level = len(relative) - len(relative.lstrip("."))
+                    targets.append(list(package[:len(package) - level + 1]) + relative.lstrip(".").split("."))
             for parts in targets:
                 if parts[:1] == ["simulation"] and len(parts) > 1:
                     names.add(".".join(parts[1:3]) if parts[1] == "engines" and len(parts) > 2 else parts[1])
@@ -125,8 +133,8 @@ def test_the_federation_imports_no_engine_report_experiment_or_cli():
     reverse; and neither engine imports the other."""
     files = simulation_imports("federation")
     assert "simulation/federation/setup.py" in files
-    wrong = {path: sorted(names - {"federation", "config", "errors"}) for path, names in files.items()
-             if names - {"federation", "config", "errors"}}
+    allowed = {"federation", "config", "errors", "lazy"}
+    wrong = {path: sorted(names - allowed) for path, names in files.items() if names - allowed}
     assert not wrong, wrong
     for engine, other in (("engines/flower", "engines.inprocess"), ("engines/inprocess", "engines.flower")):
         assert not {p for p, names in simulation_imports(engine).items() if other in names}, engine
@@ -138,5 +146,9 @@ def test_the_simulation_scan_resolves_relative_imports(tmp_path):
     (tmp_path / "simulation" / "federation" / "bad.py").write_text(
         "from ..engines.flower import fleet\nfrom .rounds import x\ndef f():\n    from ..reports.plots import plot_run\n"
         "    import simulation.cli\n    from .. import experiment\n")
+    (tmp_path / "simulation" / "federation" / "__init__.py").write_text(
+        "from ..lazy import lazy_exports\n__getattr__, __dir__ = lazy_exports(__name__, {'run': '..engines.inprocess.x',"
+        " 'y': '.rounds'})\n")
     assert simulation_imports("federation", tmp_path) == {
+        "simulation/federation/__init__.py": {"lazy", "engines.inprocess", "federation"},
         "simulation/federation/bad.py": {"engines.flower", "federation", "reports", "cli", "experiment"}}

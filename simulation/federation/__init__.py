@@ -20,23 +20,41 @@ run these modules; neither is imported from here.
   consortium's registry, Flower node-authentication keys, passphrase-sealed signing keys.
 """
 
-from .coordinator import Coordinator, PlainAggregator, RoundAggregate
-from .dropout import DropoutModel, NoDropout, ProbabilisticDropout, ScheduledDropout, load_schedule, parse_schedule
-from .identity import (REGISTRY_FILE, SITES_DIR, IdentityError, RunIdentities, SiteIdentity, add_node_key,
-                       add_to_registry, check_session_keys, load_node_keys, load_registry, load_signing_key,
-                       run_site_identities, write_identity, write_site_node_key)
-from .ledger_check import RunLedgerCheck, verify_run_ledger
-from .node_keys import NODE_KEY_SUFFIX, NodeKey, NodeKeyError, parse_node_public_key, same_node_key, write_node_key
-from .passphrase import DEFAULT_PASSPHRASE_ENV, PassphraseError, is_sealed, open_seed, passphrase_from_env, seal_seed
-from .protocol_round import HE_STAGE_OF, ProtocolOutcome, run_he_round, run_masked_round, run_plain_round
-from .rounds import (Fleet, FleetRound, PlainSession, ReleaseCommitter, RoundPlan, RunContext, build_session,
-                     close_round, plan_round, planned_event, round_line, run_round, run_rounds)
-from .runstore import (PRIVATE_DIR_MODE, PRIVATE_FILE_MODE, InsecurePermissionsError, RunDirectory, RunDirectoryError,
-                       atomic_write_bytes, atomic_write_json, private_dir, private_umask, require_private_dir)
-from .server_optimizer import SERVER_OPTIMIZERS, ServerRule, ServerState, server_step
-from .setup import OpenRun, SimulationError, check_resume, dp_sgd_config, open_run, protocol_parameters, resume_config
-from .site import LocalUpdate, Site, encode_update, flatten, unflatten
-from .summary import privacy_summary, public_site_facts
+from ..lazy import lazy_exports
+
+# Each public name and the submodule it lives in, imported on first use (simulation.lazy: a
+# process that needs one name does not import the rest).
+__getattr__, __dir__ = lazy_exports(__name__, {
+    "Coordinator": ".coordinator", "PlainAggregator": ".coordinator", "RoundAggregate": ".coordinator",
+    "DropoutModel": ".dropout", "NoDropout": ".dropout", "ProbabilisticDropout": ".dropout",
+    "ScheduledDropout": ".dropout", "load_schedule": ".dropout", "parse_schedule": ".dropout",
+    "REGISTRY_FILE": ".identity", "SITES_DIR": ".identity", "IdentityError": ".identity",
+    "RunIdentities": ".identity", "SiteIdentity": ".identity", "add_node_key": ".identity",
+    "add_to_registry": ".identity", "check_session_keys": ".identity", "load_node_keys": ".identity",
+    "load_registry": ".identity", "load_signing_key": ".identity", "run_site_identities": ".identity",
+    "write_identity": ".identity", "write_site_node_key": ".identity",
+    "RunLedgerCheck": ".ledger_check", "verify_run_ledger": ".ledger_check",
+    "NODE_KEY_SUFFIX": ".node_keys", "NodeKey": ".node_keys", "NodeKeyError": ".node_keys",
+    "parse_node_public_key": ".node_keys", "same_node_key": ".node_keys", "write_node_key": ".node_keys",
+    "DEFAULT_PASSPHRASE_ENV": ".passphrase", "PassphraseError": ".passphrase", "is_sealed": ".passphrase",
+    "open_seed": ".passphrase", "passphrase_from_env": ".passphrase", "seal_seed": ".passphrase",
+    "HE_STAGE_OF": ".protocol_round", "ProtocolOutcome": ".protocol_round", "run_he_round": ".protocol_round",
+    "run_masked_round": ".protocol_round", "run_plain_round": ".protocol_round",
+    "Fleet": ".rounds", "FleetRound": ".rounds", "PlainSession": ".rounds", "ReleaseCommitter": ".rounds",
+    "RoundPlan": ".rounds", "RunContext": ".rounds", "build_session": ".rounds", "close_round": ".rounds",
+    "plan_round": ".rounds", "planned_event": ".rounds", "round_line": ".rounds", "run_round": ".rounds",
+    "run_rounds": ".rounds",
+    "PRIVATE_DIR_MODE": ".runstore", "PRIVATE_FILE_MODE": ".runstore", "InsecurePermissionsError": ".runstore",
+    "RunDirectory": ".runstore", "RunDirectoryError": ".runstore", "atomic_write_bytes": ".runstore",
+    "atomic_write_json": ".runstore", "private_dir": ".runstore", "private_umask": ".runstore",
+    "require_private_dir": ".runstore",
+    "SERVER_OPTIMIZERS": ".server_optimizer", "ServerRule": ".server_optimizer", "ServerState": ".server_optimizer",
+    "server_step": ".server_optimizer",
+    "OpenRun": ".setup", "SimulationError": ".setup", "check_resume": ".setup", "dp_sgd_config": ".setup",
+    "open_run": ".setup", "protocol_parameters": ".setup", "resume_config": ".setup",
+    "LocalUpdate": ".site", "Site": ".site", "encode_update": ".site", "flatten": ".site", "unflatten": ".site",
+    "privacy_summary": ".summary", "public_site_facts": ".summary",
+})
 
 __all__ = [
     # the run setup and summary

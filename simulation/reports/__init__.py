@@ -13,11 +13,17 @@ it into a document, a figure or a file; nothing here runs a round.
   self-describing file (refused when the ledger does not verify).
 """
 
-from .audit_run import audit_own_training
-from .dpia import (LEVELS, ORG_FIELDS, PLACEHOLDER, DPIAError, build_dpia, find_chromium, load_org, render_dpia,
-                   write_dpia)
-from .export import export_run, model_from_run
-from .plots import plot_run
+from ..lazy import lazy_exports
+
+# Each public name and the submodule it lives in, imported on first use (simulation.lazy: a
+# process that needs one name does not import the rest).
+__getattr__, __dir__ = lazy_exports(__name__, {
+    "audit_own_training": ".audit_run",
+    "LEVELS": ".dpia", "ORG_FIELDS": ".dpia", "PLACEHOLDER": ".dpia", "DPIAError": ".dpia", "build_dpia": ".dpia",
+    "find_chromium": ".dpia", "load_org": ".dpia", "render_dpia": ".dpia", "write_dpia": ".dpia",
+    "export_run": ".export", "model_from_run": ".export",
+    "plot_run": ".plots",
+})
 
 __all__ = [
     "DPIAError", "ORG_FIELDS", "LEVELS", "PLACEHOLDER", "load_org", "build_dpia", "render_dpia", "write_dpia",

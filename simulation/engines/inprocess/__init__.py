@@ -14,10 +14,18 @@ dropouts simulated, and everything only a one-machine simulation can do around i
   with dropouts and a malicious coordinator (the protocol alone, no training).
 """
 
-from .demo import DemoReport, run_demo
-from .fleet import SITE_LOCAL_DIR, SITE_LOCAL_LABEL, InProcessFleet
-from .simulate import (CohortSplit, SimulationResult, evaluate_model, format_summary, new_model, pathology_sites,
-                       pooled_training_data, prepare_cohort, run_simulation, train_baseline)
+from ...lazy import lazy_exports
+
+# Each public name and the submodule it lives in, imported on first use (simulation.lazy: a
+# process that needs one name does not import the rest).
+__getattr__, __dir__ = lazy_exports(__name__, {
+    "DemoReport": ".demo", "run_demo": ".demo",
+    "SITE_LOCAL_DIR": ".fleet", "SITE_LOCAL_LABEL": ".fleet", "InProcessFleet": ".fleet",
+    "CohortSplit": ".simulate", "SimulationResult": ".simulate", "evaluate_model": ".simulate",
+    "format_summary": ".simulate", "new_model": ".simulate", "pathology_sites": ".simulate",
+    "pooled_training_data": ".simulate", "prepare_cohort": ".simulate", "run_simulation": ".simulate",
+    "train_baseline": ".simulate",
+})
 
 __all__ = [
     "run_simulation", "SimulationResult", "format_summary", "CohortSplit", "prepare_cohort", "new_model",
