@@ -159,14 +159,26 @@ class RunDirectory:
     def summary_path(self) -> Path:
         return self.root / "summary.json"
 
-    def create(self, config_dict: dict, fingerprint: str) -> None:
-        """Initialise a new run; refuses a directory that already holds a run."""
+    def check_new(self) -> None:
+        """What :meth:`create` refuses, checked before a run does any work (it writes nothing): a directory
+        that holds a run or anything else, a path that is a file, or one under a file. :meth:`create` checks
+        again when it creates the directory."""
         if self.config_path.exists():
             raise RunDirectoryError(
                 f"{self.root} already holds a run; use --resume {self.root} to continue it or choose another --out"
             )
-        if self.root.exists() and any(self.root.iterdir()):
+        ancestor = self.root
+        while not ancestor.exists() and ancestor != ancestor.parent:
+            ancestor = ancestor.parent
+        if ancestor.exists() and not ancestor.is_dir():
+            where = "is" if ancestor == self.root else f"is under {ancestor}, which is"
+            raise RunDirectoryError(f"{self.root} {where} not a directory; choose an empty or new --out directory")
+        if self.root.is_dir() and any(self.root.iterdir()):
             raise RunDirectoryError(f"{self.root} exists and is not empty; choose an empty or new --out directory")
+
+    def create(self, config_dict: dict, fingerprint: str) -> None:
+        """Initialise a new run; refuses a directory that already holds a run (:meth:`check_new`)."""
+        self.check_new()
         private_dir(self.root)
         private_dir(self.checkpoints)
         private_dir(self.plots)

@@ -158,6 +158,8 @@ def open_run(config: SimulationConfig, site_names, coordinator: Coordinator, wei
     names = sorted(site_names)
     if resume:
         check_resume(config, out_dir)
+    else:
+        store.check_new()  # an unusable run directory fails before the calibration, not after it
     protocol = protocol_parameters(config, len(names))
     try:
         public_weights = config.public_weights(names)

@@ -235,6 +235,8 @@ def _run_simulation(config: SimulationConfig, out_dir, *, resume: bool, quiet: b
     # Validate everything that can be validated before touching the run directory.
     if resume:
         check_resume(config, out_dir)
+    else:
+        RunDirectory(out_dir).check_new()  # before the cohort and the calibration: an unusable --out fails at once
     cohort = _prepare_data(config, log) if experiment_cohort is None else experiment_cohort
     names = cohort.site_names
     try:
