@@ -152,3 +152,23 @@ def federation(tmp_path):
         yield fed
     finally:
         fed.stop()
+
+
+@pytest.fixture(scope="session")
+def shared_tiny_run(tmp_path_factory):
+    """``secagg simulate --tiny --mode secagg`` (umask 000, fresh cache), once per session across workers
+    (:mod:`tests.shared_runs`). Pristine: a test that writes into a run uses ``shared_runs.copy_run``."""
+    from tests import shared_runs
+
+    return shared_runs.load(shared_runs.build_once(tmp_path_factory, "tiny", shared_runs.build_tiny))
+
+
+@pytest.fixture(scope="session")
+def shared_ledger_run(tmp_path_factory, shared_tiny_run):
+    """The ledger-tamper tests' run (3 rounds x 2 steps; :data:`tests.shared_runs.LEDGER`) and, beside it,
+    ``auditor/`` (the registry and anchors copied right after it), once per session across workers."""
+    from tests import shared_runs
+
+    folder = shared_runs.build_once(tmp_path_factory, "ledger",
+                                    lambda f: shared_runs.build_ledger(f, shared_tiny_run.cache))
+    return shared_runs.load(folder)

@@ -230,9 +230,13 @@ def test_own_training_with_the_accounted_noise_is_consistent():
 
 
 @pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
-    """One tiny simulated run (1 round x 4 steps, q 0.5, epsilon 1) for the own-training CLI tests."""
+def tiny_run(tmp_path_factory, shared_tiny_run):
+    """One tiny simulated run (1 round x 4 steps, q 0.5, epsilon 1) for the own-training CLI tests; its cache
+    starts as a copy of the session's shared tiny run's (same cohort; tests/shared_runs.py)."""
+    from tests.shared_runs import seed_cache
+
     base = tmp_path_factory.mktemp("audit-run")
+    seed_cache(shared_tiny_run.cache, base / "cache")
     (base / "q.toml").write_text("sample_rate = 0.5\n")
     result = subprocess.run([sys.executable, "-m", "simulation.cli", "simulate", "--tiny", "--rounds", "1",
                              "--local-steps", "4", "--epsilon", "1", "--config", str(base / "q.toml"),

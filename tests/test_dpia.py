@@ -24,8 +24,8 @@ from simulation.reports.dpia import (ORG_FIELDS, PLACEHOLDER, DPIAError, build_d
                              write_dpia)
 
 ROOT = Path(__file__).resolve().parents[1]
-# Every test here reads one simulated run (the session fixture ``run_dir``); `make test` hands out
-# whole files (--dist loadfile), so the run is simulated once, not once per xdist worker.
+# Every test here reads one simulated run (the session fixture ``run_dir``): a copy of the session's shared
+# tiny run (conftest.shared_tiny_run), simulated once per session across xdist workers.
 EXAMPLE_ORG = ROOT / "simulation" / "reports" / "templates" / "org.example.toml"
 
 REQUIRED_SECTIONS = (
@@ -50,15 +50,13 @@ REQUIRED_TEXT = (
 
 
 @pytest.fixture(scope="session")
-def run_dir(tmp_path_factory):
-    from simulation.config import load_config
-    from simulation.engines.inprocess.simulate import run_simulation
+def run_dir(shared_tiny_run, tmp_path_factory):
+    """The session's shared ``secagg simulate --tiny`` run (preset tiny, no baselines; tests/shared_runs.py),
+    copied: the DPIA tests read it (and open its ledger), never the pristine one."""
+    from tests.shared_runs import copy_run
 
-    base = tmp_path_factory.mktemp("dpia")
-    out = base / "run"
-    config = load_config(preset="tiny", cache_dir=str(base / "cache"), baselines=())
-    run_simulation(config, out, quiet=True)
-    return out
+    assert shared_tiny_run.returncode == 0, shared_tiny_run.stderr[-2000:]
+    return copy_run(shared_tiny_run, tmp_path_factory.mktemp("dpia") / "run")
 
 
 def _variant(run_dir: Path, tmp_path: Path, mode: str | None = None, audit: dict | None = None) -> Path:

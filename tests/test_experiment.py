@@ -27,8 +27,12 @@ _SIM = ["--tiny", "--rounds", "1", "--local-steps", "2"]
 
 
 @pytest.fixture(scope="module")
-def cache_dir(tmp_path_factory):
-    return str(tmp_path_factory.mktemp("experiment-cache"))
+def cache_dir(tmp_path_factory, shared_tiny_run):
+    """A copy of the session's shared tiny run's cache (tests/shared_runs.py): the same cohort (tiny, 3 sites,
+    data seed 0: ``--same-data``) is reused instead of generated again."""
+    from tests.shared_runs import seed_cache
+
+    return str(seed_cache(shared_tiny_run.cache, tmp_path_factory.mktemp("experiment-cache") / "cache"))
 
 
 @pytest.fixture(scope="module")

@@ -53,28 +53,31 @@ def test_the_owner_only_check_sees_a_readable_file_and_a_searchable_directory(tm
 
 
 @pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
-    """``secagg simulate --tiny`` under umask 000 with a fresh cache (the cohort is generated too)."""
-    base = tmp_path_factory.mktemp("modes")
-    out, cache = base / "run", base / "cache"
-    proc = _secagg("simulate", "--tiny", "--out", str(out), "--cache-dir", str(cache), "--json")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return out, cache
+def tiny_run(shared_tiny_run):
+    """``secagg simulate --tiny`` under umask 000 with a fresh cache (the cohort is generated too): the session's
+    shared tiny run (tests/shared_runs.py builds it so), pristine - read here, never written."""
+    assert shared_tiny_run.returncode == 0, shared_tiny_run.stderr[-3000:]
+    return shared_tiny_run.run, shared_tiny_run.cache
 
 
 @pytest.mark.slow
-def test_everything_a_tiny_run_writes_is_owner_only(tiny_run):
+def test_everything_a_tiny_run_writes_is_owner_only(tiny_run, tmp_path):
     out, cache = tiny_run
     names = {p.name for p in modes(out)}
     assert {"config.json", "state.json", "metrics.jsonl", "ledger.sqlite", "ledger.head.json", "summary.json",
             "global.pt", "training.png"} <= names
     assert _assert_private(out) > 10
     assert _assert_private(cache) > 10  # the synthetic cohort and the preprocessing cache
-    # What later commands add to the run directory is owner-only too.
-    proc = _secagg("dpia", str(out), "--format", "md")
+    # What later commands add to the run directory is owner-only too: on a copy, as the run is shared
+    # (copytree keeps every mode bit, so the copy starts exactly as private as the run checked above).
+    copy = tmp_path / "run"
+    shutil.copytree(out, copy)
+    relative = {p.relative_to(copy): m for p, m in modes(copy).items()}
+    assert relative == {p.relative_to(out): m for p, m in modes(out).items()}
+    proc = _secagg("dpia", str(copy), "--format", "md")
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert (out / "dpia.md").exists()
-    _assert_private(out)
+    assert (copy / "dpia.md").exists()
+    _assert_private(copy)
 
 
 @pytest.mark.slow

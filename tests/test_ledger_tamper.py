@@ -28,19 +28,12 @@ pytestmark = pytest.mark.slow  # one real `secagg simulate --tiny` run for the m
 
 
 @pytest.fixture(scope="module")
-def built(tmp_path_factory):
-    """One real run, and the auditor's copies of its registry and anchors taken right after it."""
-    base = tmp_path_factory.mktemp("tamper")
-    run = base / "run"
-    result = subprocess.run(
-        [sys.executable, "-m", "simulation.cli", "simulate", "--tiny", "--sites", "3", "--rounds", "3",
-         "--local-steps", "2", "--baselines", "none", "--out", str(run), "--cache-dir", str(base / "cache"),
-         "--json"], capture_output=True, text=True, cwd=ROOT, timeout=900)
-    assert result.returncode == 0, result.stderr[-2000:]
-    auditor = base / "auditor"
-    auditor.mkdir()
-    shutil.copy(run / "registry.json", auditor / "registry.json")
-    shutil.copytree(run / "sites", auditor / "anchors", ignore=shutil.ignore_patterns("*.ed25519"))
+def built(shared_ledger_run):
+    """One real run (``secagg simulate --tiny --sites 3 --rounds 3 --local-steps 2 --baselines none``), and the
+    auditor's copies of its registry and anchors taken right after it: built once per session for this file and
+    test_ledger_tamper_replay (conftest.shared_ledger_run, tests/shared_runs.py). Pristine: tests use copies."""
+    assert shared_ledger_run.returncode == 0, shared_ledger_run.stderr[-2000:]
+    run, auditor = shared_ledger_run.run, shared_ledger_run.folder / "auditor"
     assert not (run / (LEDGER_FILE + "-wal")).exists() or (run / (LEDGER_FILE + "-wal")).stat().st_size == 0
     return run, auditor
 

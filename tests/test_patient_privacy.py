@@ -26,8 +26,12 @@ from .seeded_randomness import SeededTestRandomness  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def cache_dir(tmp_path_factory):
-    return str(tmp_path_factory.mktemp("patient-cache"))
+def cache_dir(tmp_path_factory, shared_tiny_run):
+    """A copy of the session's shared tiny run's cache (tests/shared_runs.py): the same cohort (tiny, 3 sites,
+    data seed 0), reused instead of generated again."""
+    from tests.shared_runs import seed_cache
+
+    return str(seed_cache(shared_tiny_run.cache, tmp_path_factory.mktemp("patient-cache") / "cache"))
 
 
 def _seeded(name):

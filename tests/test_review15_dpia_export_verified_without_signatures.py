@@ -31,13 +31,15 @@ def _cli(*args):
 
 
 @pytest.fixture(scope="module")
-def rewritten(tmp_path_factory):
-    base = tmp_path_factory.mktemp("a15c-dpia")
-    run = base / "run"
-    proc = _cli("simulate", "--tiny", "--sites", "3", "--rounds", "2", "--local-steps", "2", "--baselines", "none",
-                "--out", str(run), "--cache-dir", str(base / "cache"), "--json")
-    assert proc.returncode == 0, proc.stderr[-2000:]
+def rewritten(shared_tiny_run, tmp_path_factory):
+    """A copy of the session's shared tiny run (3 sites, 2 rounds x 3 steps, no baselines; tests/shared_runs.py)
+    whose ledger the coordinator rewrote: every spend claims 1 step (a smaller epsilon), hashes recomputed."""
+    from .shared_runs import copy_run
+
+    assert shared_tiny_run.returncode == 0, shared_tiny_run.stderr[-2000:]
+    run = copy_run(shared_tiny_run, tmp_path_factory.mktemp("a15c-dpia") / "run")
     rows = ledger_rows(run)
+    assert {body["event"]["steps"] for kind, body in rows if kind == "spend"} == {3}  # so that 1 is a rewrite
     for kind, body in rows:
         if kind == "spend":
             body["event"]["steps"] = 1  # fewer DP-SGD steps: a smaller epsilon

@@ -41,8 +41,11 @@ def _stopped_run(out: Path, cache: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def stopped(tmp_path_factory):
+def stopped(tmp_path_factory, shared_tiny_run):
+    from tests.shared_runs import seed_cache
+
     base = tmp_path_factory.mktemp("stopped")
+    seed_cache(shared_tiny_run.cache, base / "cache")  # the same cohort (tiny, 3 sites), not generated again
     _stopped_run(base / "run", base / "cache")
     return base / "run"
 

@@ -22,9 +22,12 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="session")
-def cache_dir(tmp_path_factory):
-    """One synthetic cohort (and preprocessing cache) for every simulation test."""
-    return str(tmp_path_factory.mktemp("secagg-cache"))
+def cache_dir(tmp_path_factory, shared_tiny_run):
+    """One synthetic cohort (and preprocessing cache) for every simulation test: a copy of the cache of the
+    session's shared tiny run (tests/shared_runs.py), whose cohort (tiny, 3 sites, data seed 0) these runs use."""
+    from tests.shared_runs import seed_cache
+
+    return str(seed_cache(shared_tiny_run.cache, tmp_path_factory.mktemp("secagg-cache") / "cache"))
 
 
 def secagg_cli(*args, timeout=600):
@@ -36,10 +39,21 @@ def secagg_cli(*args, timeout=600):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("mode", ["secagg", "secagg+", "he", "plain"])
-def test_tiny_run_each_mode(mode, tmp_path, cache_dir):
+def test_tiny_run_each_mode(mode, tmp_path, cache_dir, request):
     out = tmp_path / "run"
-    code, stdout, stderr = secagg_cli("simulate", "--tiny", "--mode", mode, "--out", str(out),
-                                      "--cache-dir", cache_dir, "--json")
+    if mode == "secagg":
+        # This very command is the session's shared tiny run (tests/shared_runs.TINY, run once for this test,
+        # test_dpia, test_file_modes and test_review15_dpia_...): its exit code and output, and a copy of its run
+        # directory (the ledger checks below open it).
+        from tests.shared_runs import TINY, copy_run
+
+        shared = request.getfixturevalue("shared_tiny_run")
+        assert TINY == ("simulate", "--tiny", "--mode", mode)
+        code, stdout, stderr = shared.returncode, shared.stdout, shared.stderr
+        copy_run(shared, out)
+    else:
+        code, stdout, stderr = secagg_cli("simulate", "--tiny", "--mode", mode, "--out", str(out),
+                                          "--cache-dir", cache_dir, "--json")
     assert code == 0, stderr[-2000:]
     summary = json.loads(stdout)
     assert summary["mode"] == mode and summary["rounds_completed"] == 2
