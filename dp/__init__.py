@@ -64,7 +64,7 @@ from .distributed import (
 )
 from .distributed import calibrate as calibrate_distributed
 from .events import NEIGHBOURING_RELATIONS, PRIVACY_UNITS, PrivacyEvent, describe_guarantee
-from .ledger import BudgetDecision, LedgerEntry, PrivacyLedger, VerificationReport, verify_ledger
+from .ledger import BudgetDecision, LedgerEntry, PrivacyLedger, ProjectedSpend, VerificationReport, verify_ledger
 from .ledger_signatures import EntryStatement, LedgerSigner, ReleaseRecord, SiteAnchor, load_anchors, load_releases
 from .round_chain import ChainEntry, check_round_chain, round_chain
 from .training import (
@@ -87,7 +87,7 @@ __all__ = [
     "ACCOUNTANTS", "APPROXIMATIONS", "DEFAULT_ACCOUNTANTS", "AccountantResult", "EpsilonReport",
     "compute_epsilon", "epsilon_for", "accountant_version",
     "Calibration", "calibrate_noise",
-    "PrivacyLedger", "LedgerEntry", "BudgetDecision", "VerificationReport", "verify_ledger",
+    "PrivacyLedger", "LedgerEntry", "BudgetDecision", "ProjectedSpend", "VerificationReport", "verify_ledger",
     "LedgerSigner", "SiteAnchor", "EntryStatement", "load_anchors", "ReleaseRecord", "load_releases",
     "ChainEntry", "round_chain", "check_round_chain",
     "DpSgdConfig", "LocalTrainingResult", "train_dp_sgd", "train_non_private", "make_private_compatible",

@@ -82,6 +82,7 @@ __all__ = [
     "HEAD_FILE",
     "LedgerEntry",
     "BudgetDecision",
+    "ProjectedSpend",
     "PrivacyLedger",
     "VerificationReport",
     "verify_ledger",
@@ -211,14 +212,38 @@ class LedgerEntry:
 
 
 @dataclass(frozen=True)
+class ProjectedSpend:
+    """The epsilon report a ledger computed for ``site`` over exactly ``events`` (its history, then the
+    planned events), at its delta with ``accountants``: what :meth:`PrivacyLedger.check_budget` computed.
+
+    Handed back to :meth:`PrivacyLedger.commit_round` (``projections``), it saves computing the same report
+    again when the round's spend is committed - in another process, for a Flower node, whose setup and
+    masked-input messages each run in a process of their own. Sound because an epsilon report is a
+    deterministic function of (events, delta, accountants, the accountants' library versions), and the
+    ledger reuses one only when all four equal what it would compute with now
+    (:meth:`PrivacyLedger.reusable_report`); otherwise it computes. It does not make a report trustworthy:
+    whoever keeps it between the two must keep it from being altered (a Flower node seals it under its
+    state key, :mod:`simulation.engines.flower.sealed_state`), and :func:`verify_ledger` re-derives each
+    accountant's recorded epsilon from the events whatever was reused.
+    """
+
+    site: str
+    events: tuple[PrivacyEvent, ...]
+    report: EpsilonReport
+    accountants: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class BudgetDecision:
-    """Whether a site may spend ``planned`` events without passing its budget."""
+    """Whether a site may spend ``planned`` events without passing its budget; ``projection`` is the
+    report of its history plus ``planned``, for :meth:`PrivacyLedger.commit_round` to reuse."""
 
     site: str
     allowed: bool
     budget: float
     spent: float | None
     projected: EpsilonReport
+    projection: ProjectedSpend | None = None
 
 
 @dataclass
@@ -476,7 +501,24 @@ class PrivacyLedger:
         projected = compute_epsilon(history + planned, self.delta, accountants=self.accountants)
         spent = self.spent(site)
         allowed = projected.bound is not None and projected.bound <= self.budgets[site]
-        return BudgetDecision(site, allowed, self.budgets[site], spent.bound if spent else None, projected)
+        projection = ProjectedSpend(site, tuple(history + planned), projected, self.accountants)
+        return BudgetDecision(site, allowed, self.budgets[site], spent.bound if spent else None, projected,
+                              projection)
+
+    def reusable_report(self, projection: ProjectedSpend, site: str,
+                        events: Sequence[PrivacyEvent]) -> EpsilonReport | None:
+        """``projection``'s report when it is the one :func:`compute_epsilon` gives for ``site``'s ``events``
+        with this ledger's delta and accountants at the installed library versions; else None."""
+        if not isinstance(projection, ProjectedSpend):
+            return None
+        report = projection.report
+        if (projection.site != site or projection.events != tuple(events) or report.delta != self.delta
+                or projection.accountants != self.accountants
+                or tuple(r.accountant for r in report.results) != self.accountants):
+            return None
+        if any(r.library != accountant_version(r.accountant) for r in report.results):
+            return None
+        return report
 
     def require_budget(self, site: str, planned: Iterable[PrivacyEvent]) -> BudgetDecision:
         decision = self.check_budget(site, planned)
@@ -497,6 +539,7 @@ class PrivacyLedger:
         extra: Mapping | None = None,
         site_level: Mapping[str, object] | None = None,
         signers: Mapping[str, object] | None = None,
+        projections: Sequence[ProjectedSpend] = (),
     ) -> None:
         """Record one round's spend (one transaction), then rewrite the head record.
 
@@ -510,6 +553,10 @@ class PrivacyLedger:
         signer anchors its last entry after the commit (a signer may be remote: a Flower node
         signs through :class:`simulation.engines.flower.ledger_link.RemoteLedgerSigner`). Without it
         the spends are unsigned and a verifier holding a registry refuses them.
+
+        ``projections``: reports :meth:`check_budget` computed earlier (:class:`ProjectedSpend`); a spend
+        whose site's cumulative events, delta, accountants and library versions are exactly a projection's
+        takes its report instead of computing it again (:meth:`reusable_report`), any other is computed.
         """
         if round_index in self.committed_rounds():
             raise LedgerError(f"round {round_index} is already committed; refusing to count its spend twice")
@@ -523,7 +570,10 @@ class PrivacyLedger:
             if event.site not in self.budgets:
                 raise LedgerError(f"site {event.site!r} has no budget in this run")
             pending.setdefault(event.site, []).append(event)
-            report = compute_epsilon(pending[event.site], self.delta, accountants=self.accountants)
+            report = next(filter(None, (self.reusable_report(p, event.site, pending[event.site])
+                                        for p in projections)), None)
+            if report is None:
+                report = compute_epsilon(pending[event.site], self.delta, accountants=self.accountants)
             if report.bound is None or report.bound > self.budgets[event.site]:
                 raise BudgetExceededError(
                     f"site {event.site!r} would reach epsilon {report.bound} past its budget "

@@ -292,3 +292,60 @@ def test_invalid_json_is_a_typed_error_naming_the_entry(run_dir):
     assert caught.value.seq == 5
     report = verify_ledger(run_dir)
     assert not report.ok and report.first_broken == 5
+
+
+def test_a_budget_checks_report_is_reused_at_commit_only_for_exactly_the_history_it_was_computed_for(
+        tmp_path, monkeypatch):
+    """``commit_round(projections=...)`` takes a :class:`dp.ProjectedSpend` from :meth:`check_budget` instead of
+    computing the same report again - only for the same site, events, delta, accountants and library versions."""
+    import dataclasses
+
+    import dp.ledger as ledger_module
+    from dp import ProjectedSpend
+
+    computed = []
+    compute = ledger_module.compute_epsilon
+    monkeypatch.setattr(ledger_module, "compute_epsilon", lambda events, *a, **k: computed.append(len(events))
+                        or compute(events, *a, **k))
+    ledger = PrivacyLedger.create(tmp_path, run_id="r", delta=DELTA, budgets={"a": 5.0, "b": 5.0},
+                                  accountants=("rdp",))
+    try:
+        first = ledger.check_budget("a", [_event("a", 0)]).projection
+        assert isinstance(first, ProjectedSpend) and first.events == (_event("a", 0),)
+        computed.clear()
+        ledger.commit_round(0, [_event("a", 0)], projections=[first])
+        assert computed == []  # the exact history it was computed for: reused
+        assert ledger.spent("a").bound == first.report.bound
+        # Stale (its history is one round short now), another site's, other accountants', another library
+        # version's, or not a projection at all: each is computed again.
+        stale = ledger.check_budget("a", [_event("a", 1)]).projection
+        ledger.commit_round(1, [_event("a", 1)])
+        other_site = ledger.check_budget("b", [_event("b", 2)]).projection
+        versions = dataclasses.replace(other_site.report, results=tuple(
+            dataclasses.replace(r, library=r.library + ".old") for r in other_site.report.results))
+        wrong = [stale, dataclasses.replace(other_site, site="a"), dataclasses.replace(other_site, accountants=("pld",)),
+                 dataclasses.replace(other_site, report=versions), "not a projection"]
+        for projection in wrong:
+            assert ledger.reusable_report(projection, "b" if projection is not stale else "a",
+                                          [_event("b", 2)] if projection is not stale else
+                                          [_event("a", 0), _event("a", 1), _event("a", 2)]) is None
+        computed.clear()
+        ledger.commit_round(2, [_event("a", 2)], projections=[stale])
+        assert computed == [3]
+        assert verify_ledger(tmp_path).ok
+        # Reuse trusts the report: a forged one (the caller must keep it sealed) is what verification catches.
+        forged = ledger.check_budget("b", [_event("b", 3)]).projection
+        halved = tuple(dataclasses.replace(r, epsilon=r.epsilon / 2) for r in forged.report.results)
+        forged = dataclasses.replace(forged, report=dataclasses.replace(forged.report, results=halved,
+                                                                         bound=forged.report.bound / 2))
+        ledger.commit_round(3, [_event("b", 3)], projections=[forged])
+        # And a reused report over the budget is refused as a computed one is.
+        big = _event("a", 4, sigma=0.5, q=0.5, steps=500)
+        over = ledger.check_budget("a", [big])
+        assert not over.allowed
+        with pytest.raises(BudgetExceededError):
+            ledger.commit_round(4, [big], projections=[over.projection])
+    finally:
+        ledger.close()
+    report = verify_ledger(tmp_path)
+    assert not report.ok and "differs from the recomputed" in report.reason and report.site == "b", report

@@ -391,3 +391,60 @@ def test_node_auth_needs_a_registry_and_signed_registration(tmp_path):
         flower_config(base)
     with pytest.raises(ConfigError, match="node-auth"):
         flower_config(base | {"registry": str(tmp_path / "registry.json"), "registration": "names"})
+
+
+def test_a_node_commits_its_spend_with_the_report_its_setup_sealed_and_computes_it_when_that_does_not_open(
+        tmp_path, monkeypatch):
+    """The masked-input message's commit reuses the epsilon report of the setup's budget check, which the
+    setup sealed in ``context.state`` like the session (:class:`dp.ProjectedSpend`); one whose seal does not
+    open is not used: the node computes the report itself and commits the same spend."""
+    import pickle
+
+    import dp.ledger as ledger_module
+    from dp import ProjectedSpend, verify_ledger
+    from simulation.engines.flower.sealed_state import unseal
+
+    reused = []  # (site, whether its projection was reused) for each commit offered one
+    reusable = ledger_module.PrivacyLedger.reusable_report
+
+    def offered(self, projection, site, events):
+        report = reusable(self, projection, site, events)
+        reused.append((site, report is not None))
+        return report
+
+    monkeypatch.setattr(ledger_module.PrivacyLedger, "reusable_report", offered)
+    nodes = _nodes(tmp_path)
+    grid = InMemoryGrid(client_app.app, nodes, DEFAULTS | RUN)
+    assert _federate(grid, tmp_path / "run", rounds=2)["rounds_completed"] == 2
+    assert sorted(reused) == sorted(2 * [(site, True) for site in SITES])  # every node's commit, both rounds
+    for node, context in grid.contexts.items():
+        site, state_dir = nodes[node]["site"], tmp_path / f"node-{nodes[node]['site']}"
+        sealed = bytes(context.state.config_records["secagg-client"]["projection"])
+        projection = pickle.loads(unseal(state_dir, site, context.run_id, sealed))
+        assert isinstance(projection, ProjectedSpend) and projection.site == site
+        assert [e.round for e in projection.events] == [0, 1]
+        own = verify_ledger(state_dir / "ledger")  # the reused epsilons are the ones computed from the events
+        assert own.ok and own.epsilon[site]["bound"] == projection.report.bound, own
+
+    class _Tampering(InMemoryGrid):
+        """Flips one byte of site-1's sealed projection once, before the first protocol exchange."""
+
+        flipped = False
+
+        def push_messages(self, messages):
+            messages = list(messages)
+            record = self.contexts[100].state.config_records.get("secagg-client")
+            if record is not None and messages[0].metadata.message_type == "query.secagg" and not self.flipped:
+                sealed = bytearray(bytes(record["projection"]))
+                sealed[-1] ^= 1
+                record["projection"] = bytes(sealed)
+                self.flipped = True
+            return super().push_messages(messages)
+
+    reused.clear()
+    nodes = _nodes(tmp_path / "second")
+    assert _federate(_Tampering(client_app.app, nodes, DEFAULTS | RUN), tmp_path / "run2",
+                     rounds=1)["rounds_completed"] == 1
+    assert sorted(reused) == [("site-2", True), ("site-3", True)]  # site-1's did not open: never offered
+    assert verify_ledger(tmp_path / "second" / "node-site-1" / "ledger").ok
+    assert _rounds_spent(tmp_path / "second" / "node-site-1" / "ledger", "site-1") == [0]

@@ -103,7 +103,7 @@ from flwr.app import ConfigRecord, Context, Message, RecordDict  # noqa: E402
 from flwr.clientapp import ClientApp  # noqa: E402
 
 __all__ = ["app", "synthetic_update", "site_name", "node_setting", "node_path", "node_state_dir", "node_ledger_key", "check_budget",
-           "commit_release", "sign_ledger_entry", "take_anchor", "node_signing_key", "node_facts"]
+           "budget_check", "commit_release", "sign_ledger_entry", "take_anchor", "node_signing_key", "node_facts"]
 
 app = ClientApp()
 
@@ -342,14 +342,16 @@ def _released(ledger, setup: RoundSetup) -> bool:
                and (e.body.get("extra") or {}).get("round") == setup.round_index for e in ledger.entries())
 
 
-def commit_release(ledger, setup: RoundSetup, ddp, signer=None) -> None:
+def commit_release(ledger, setup: RoundSetup, ddp, signer=None, projection=None) -> None:
     """Commit this node's spend for the round in its own ledger, before the update leaves.
 
     Under the node's own sequence number (its ledger composes every run it joined); the entry's
     ``extra`` names the coordinator's run and round, and a (run, round) is never committed twice
     (:class:`secagg.InvalidInputError`). ``signer`` (:class:`dp.LedgerSigner` of this site): the
     spend entries are signed by the site, as the simulation's are, so ``secagg ledger verify
-    STATE_DIR/ledger --registry REG`` checks them.
+    STATE_DIR/ledger --registry REG`` checks them. ``projection`` (:class:`dp.ProjectedSpend`): the epsilon
+    report this node computed for the round at setup (:func:`budget_check`); the ledger reuses it only when
+    its history and event are still exactly the ones it was computed for (:meth:`dp.PrivacyLedger.reusable_report`).
     """
     if _released(ledger, setup):
         raise secagg.InvalidInputError(f"round {setup.round_index} of run {setup.run_id} was already released by "
@@ -359,24 +361,31 @@ def commit_release(ledger, setup: RoundSetup, ddp, signer=None) -> None:
     site_level = {setup.site: ddp.event(local)} if ddp is not None else None
     ledger.commit_round(local, [event], site_level=site_level,
                         extra={"run": setup.run_id, "round": setup.round_index, "released": [setup.site]},
-                        signers=None if signer is None else {setup.site: signer})
+                        signers=None if signer is None else {setup.site: signer},
+                        projections=() if projection is None else (projection,))
 
 
 def check_budget(ledger, setup: RoundSetup, ddp) -> str | None:
     """Why this node must sit the round out (None: it may take part): the round was already released,
     or its spend (and, with distributed DP, its site-level spend) would pass this node's own budget."""
+    return budget_check(ledger, setup, ddp)[0]
+
+
+def budget_check(ledger, setup: RoundSetup, ddp):
+    """:func:`check_budget`'s answer, and the epsilon report it computed for the round
+    (:class:`dp.ProjectedSpend`, None when it computed none), which :func:`commit_release` may reuse."""
     if _released(ledger, setup):
-        return f"round {setup.round_index} of run {setup.run_id} was already released by this node"
+        return f"round {setup.round_index} of run {setup.run_id} was already released by this node", None
     local = max(ledger.committed_rounds(), default=-1) + 1
     decision = ledger.check_budget(setup.site, [_event(setup, local)])
     if not decision.allowed:
         return (f"budget: this round would reach epsilon {decision.projected.bound:.3f} > this node's budget "
-                f"{decision.budget}")
+                f"{decision.budget}"), None
     if ddp is not None:
         allowed, projected = ledger.check_site_level_budget(setup.site, ddp.event(local))
         if not allowed:
-            return f"site-level budget: this round would reach epsilon {projected:.3f}"
-    return None
+            return f"site-level budget: this round would reach epsilon {projected:.3f}", None
+    return None, decision.projection
 
 
 def sign_ledger_entry(context: Context, statement) -> bytes:
@@ -641,6 +650,17 @@ def _encoder(setup: RoundSetup) -> secagg.FixedPointEncoder:
     return encoder
 
 
+def _projection(context: Context, setup: RoundSetup, state):
+    """The budget check's report sealed at setup (:class:`dp.ProjectedSpend`), or None (none kept, or it does
+    not open: then the commit computes its epsilon itself)."""
+    if "projection" not in state:
+        return None
+    try:
+        return pickle.loads(unseal(node_state_dir(context), setup.site, context.run_id, bytes(state["projection"])))
+    except (TypeError, ValueError, secagg.ProtocolError):
+        return None
+
+
 def _with_anchor(message: Message, context: Context, reply: Message) -> Message:
     """Take the anchor ``message`` carries and acknowledge it - only on a reply that says something: a
     node that vanished (its reply is empty) takes nothing, and the coordinator sends it again later."""
@@ -686,10 +706,10 @@ def _setup_round(message: Message, context: Context) -> Message:
                                     "STATE_DIR/state.key and its journal and ledger there (--node-config "
                                     "'state-dir=\"/path\"')")
         ddp = setup.distributed_dp(setup.update_length)
-        ledger = _ledger(context, setup)
+        ledger, projection = _ledger(context, setup), None
         if ledger is not None:
             try:
-                refusal = check_budget(ledger, setup, ddp)
+                refusal, projection = budget_check(ledger, setup, ddp)
             finally:
                 ledger.close()
             if refusal:
@@ -715,11 +735,17 @@ def _setup_round(message: Message, context: Context) -> Message:
         session = secagg.ClientSession(setup.session, setup.client_id, masked_input=ring, signing_key=signing_key)
         advertise = session.advertise()
         sealed = seal(state_dir, setup.site, context.run_id, pickle.dumps(session))
+        # The epsilon report of the budget check, sealed like the session: the masked-input message commits
+        # the spend with it instead of computing it again, if the ledger still has the history it was
+        # computed for (dp.PrivacyLedger.reusable_report); sealed, so that what decides the commit's budget
+        # check is what this node computed, not something written into Flower's state store.
+        projected = seal(state_dir, setup.site, context.run_id, pickle.dumps(projection))
     except secagg.ProtocolError as exc:
         return _refuse(message, f"{type(exc).__name__}: {exc}")
     context.state[_STATE] = ConfigRecord({"session": sealed, "setup": pickle.dumps(setup),
                                           "ddp": pickle.dumps(ddp), "dropped": False, "released": False,
-                                          "signed-kinds": "", "signed-seq": 0, "signed-seqs": ""})
+                                          "signed-kinds": "", "signed-seq": 0, "signed-seqs": "",
+                                          "projection": projected})
     return _reply(message, wire=wire.encode(advertise))
 
 
@@ -767,7 +793,8 @@ def _step(message: Message, context: Context) -> Message:
                 key = node_ledger_key(context, setup.site)
                 try:
                     commit_release(ledger, setup, pickle.loads(bytes(state["ddp"])),
-                                   LedgerSigner(setup.site, key.seed, ledger.run_dir))
+                                   LedgerSigner(setup.site, key.seed, ledger.run_dir),
+                                   _projection(context, setup, state))
                 finally:
                     ledger.close()
             if state_dir is not None:
