@@ -448,3 +448,19 @@ def test_a_node_commits_its_spend_with_the_report_its_setup_sealed_and_computes_
     assert sorted(reused) == [("site-2", True), ("site-3", True)]  # site-1's did not open: never offered
     assert verify_ledger(tmp_path / "second" / "node-site-1" / "ledger").ok
     assert _rounds_spent(tmp_path / "second" / "node-site-1" / "ledger", "site-1") == [0]
+
+    class _Swapping(InMemoryGrid):
+        """Puts site-1's sealed projection (same key, site and run) where its sealed session was."""
+
+        def push_messages(self, messages):
+            messages = list(messages)
+            record = self.contexts[100].state.config_records.get("secagg-client")
+            if record is not None and messages[0].metadata.message_type == "query.secagg":
+                record["session"] = bytes(record["projection"])
+            return super().push_messages(messages)
+
+    nodes = _nodes(tmp_path / "third")
+    _federate(_Swapping(client_app.app, nodes, DEFAULTS | RUN), tmp_path / "run3", rounds=1)
+    record = _metrics(tmp_path / "run3")[0]
+    assert "sealed session does not open" in record["refusals"]["site-1"], record["refusals"]
+    assert "site-1" not in record["included"]

@@ -767,6 +767,8 @@ def _step(message: Message, context: Context) -> Message:
     try:
         state_dir = node_state_dir(context)
         session = pickle.loads(unseal(state_dir, setup.site, context.run_id, bytes(state["session"])))
+        if not isinstance(session, secagg.ClientSession):  # another sealed record of this run put in its place
+            raise TypeError(f"it holds a {type(session).__name__}, not a ClientSession")
     except (TypeError, ValueError, secagg.ProtocolError) as exc:
         return _refuse(message, f"this node's sealed session does not open: {type(exc).__name__}: {exc}")
     try:
