@@ -67,8 +67,9 @@ import math
 import os
 import sqlite3
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
-from typing import Iterable, Mapping, Sequence
+from typing import Callable, Iterable, Mapping, Sequence
 
 from .accounting import ACCOUNTANTS, DEFAULT_ACCOUNTANTS, EpsilonReport, accountant_version, compute_epsilon
 from .errors import BudgetExceededError, InvalidPrivacyParameterError, LedgerError, LedgerIntegrityError
@@ -236,14 +237,23 @@ class ProjectedSpend:
 @dataclass(frozen=True)
 class BudgetDecision:
     """Whether a site may spend ``planned`` events without passing its budget; ``projection`` is the
-    report of its history plus ``planned``, for :meth:`PrivacyLedger.commit_round` to reuse."""
+    report of its history plus ``planned``, for :meth:`PrivacyLedger.commit_round` to reuse.
+
+    ``spent`` (the bound of the history alone, None without one) is computed when first read: a budget
+    check needs only ``projected``, and a fresh process (a Flower node's setup message) would otherwise
+    run every accountant a second time for a number nobody reads.
+    """
 
     site: str
     allowed: bool
     budget: float
-    spent: float | None
     projected: EpsilonReport
     projection: ProjectedSpend | None = None
+    spent_bound: Callable[[], float | None] = field(default=lambda: None, repr=False, compare=False)
+
+    @cached_property
+    def spent(self) -> float | None:
+        return self.spent_bound()
 
 
 @dataclass
@@ -499,11 +509,12 @@ class PrivacyLedger:
         planned = list(planned)
         history = self._events.get(site, [])
         projected = compute_epsilon(history + planned, self.delta, accountants=self.accountants)
-        spent = self.spent(site)
         allowed = projected.bound is not None and projected.bound <= self.budgets[site]
         projection = ProjectedSpend(site, tuple(history + planned), projected, self.accountants)
-        return BudgetDecision(site, allowed, self.budgets[site], spent.bound if spent else None, projected,
-                              projection)
+        spent = list(history)  # this history, even if the ledger commits more before ``spent`` is read
+        return BudgetDecision(site, allowed, self.budgets[site], projected, projection,
+                              lambda: compute_epsilon(spent, self.delta, accountants=self.accountants).bound
+                              if spent else None)
 
     def reusable_report(self, projection: ProjectedSpend, site: str,
                         events: Sequence[PrivacyEvent]) -> EpsilonReport | None:

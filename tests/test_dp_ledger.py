@@ -349,3 +349,25 @@ def test_a_budget_checks_report_is_reused_at_commit_only_for_exactly_the_history
         ledger.close()
     report = verify_ledger(tmp_path)
     assert not report.ok and "differs from the recomputed" in report.reason and report.site == "b", report
+
+
+def test_a_budget_decision_computes_the_history_alone_only_when_its_spent_is_read(tmp_path, monkeypatch):
+    import dp.ledger as ledger_module
+
+    computed = []
+    compute = ledger_module.compute_epsilon
+    monkeypatch.setattr(ledger_module, "compute_epsilon", lambda events, *a, **k: computed.append(len(events))
+                        or compute(events, *a, **k))
+    ledger = PrivacyLedger.create(tmp_path, run_id="r", delta=DELTA, budgets={"a": 5.0}, accountants=("rdp",))
+    try:
+        assert ledger.check_budget("a", [_event("a", 0)]).spent is None  # no history yet
+        ledger.commit_round(0, [_event("a", 0)])
+        computed.clear()
+        decision = ledger.check_budget("a", [_event("a", 1)])
+        assert computed == [2]  # the history and the planned event only
+        ledger.commit_round(1, [_event("a", 1)])  # read later, it is still the bound before this round
+        before = compute([_event("a", 0)], DELTA, accountants=("rdp",)).bound
+        assert decision.spent == before and computed == [2, 2, 1]
+        assert decision.spent == before and computed == [2, 2, 1]  # computed once
+    finally:
+        ledger.close()
