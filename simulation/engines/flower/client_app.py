@@ -17,7 +17,10 @@ it takes part in, with its own ``epsilon-budget`` and ``delta`` - so its budget
 composes across runs: before training it checks that the round's DP-SGD
 parameters (sent in the setup) keep it within budget, and it commits the
 spend *before* its masked update leaves (on answering MaskedInputCollection);
-a round that would pass its budget is refused. It also rebuilds the encoder
+a round that would pass its budget is refused. The epsilon report of the setup's
+check is sealed in ``context.state`` beside the session, and the commit reuses
+it when the ledger's history is still the one it was computed for
+(:class:`dp.ProjectedSpend`); otherwise it computes its own. It also rebuilds the encoder
 from the setup and refuses one whose bound differs from the coordinator's.
 
 **Nor does it trust the coordinator's ledger.** The node signs its own ledger's
