@@ -177,6 +177,23 @@ def test_an_accountant_library_upgraded_between_check_and_commit_is_computed_aga
     assert reuse_log[-1] == ("a", False)
 
 
+def test_a_numerical_dependency_upgraded_between_check_and_commit_is_computed_again(tmp_path, reuse_log,
+                                                                                    monkeypatch):
+    """The accountants' numbers come from numpy and scipy as much as from Opacus / dp-accounting (RDP's
+    log-binomial sums, PRV's FFT, PLD's convolutions). A co-tenant upgrading scipy or numpy between the
+    setup and the commit changes what compute_epsilon gives now; the setup's report must then not be taken
+    (ProjectedSpend's docstring: reused only when the report is what would be computed now)."""
+    ledger = _create(tmp_path)
+    try:
+        projection = ledger.check_budget("a", [_event("a", 0)]).projection
+        version = accounting_module.metadata.version
+        monkeypatch.setattr(accounting_module.metadata, "version",
+                            lambda dist: "999.0" if dist in ("scipy", "numpy") else version(dist))
+        assert ledger.reusable_report(projection, "a", [_event("a", 0)]) is None
+    finally:
+        ledger.close()
+
+
 def test_a_reused_report_is_re_derived_by_verify_ledger_and_a_budget_decision_reads_its_history_later(tmp_path):
     ledger = _create(tmp_path)
     try:
@@ -282,6 +299,32 @@ def test_a_library_upgrade_between_setup_and_masked_input_is_not_covered_by_the_
     assert sorted(reuse_log) == [(site, False) for site in SITES]
 
 
+def test_the_node_commits_the_spend_it_trained_with_not_a_setup_rewritten_in_its_state(tmp_path):
+    """``context.state`` holds the round's setup as a plain pickle beside the sealed session and report.
+    Whoever writes Flower's state (what sealed_state guards against) raises its noise multiplier tenfold
+    after the node trained and masked with the real one: the node must refuse, or commit the spend of the
+    noise it really added - never the smaller epsilon of the rewritten setup."""
+    real = {}
+
+    def rewrite(grid, round_index):
+        record = grid.contexts[100].state.config_records[STATE]
+        setup = pickle.loads(bytes(record["setup"]))
+        real["sigma"] = setup.noise_multiplier
+        record["setup"] = pickle.dumps(dataclasses.replace(setup, noise_multiplier=10 * setup.noise_multiplier))
+
+    nodes = _nodes(tmp_path)
+    # The coordinator's own commit then stops: site-1 refuses to sign the real spend (it is not the one in
+    # the rewritten setup). That is the coordinator's business; the question is site-1's own ledger.
+    with contextlib.suppress(SiteSignatureError):
+        _federate(_BeforeMasking(client_app.app, nodes, DEFAULTS | RUN, hook=rewrite), tmp_path / "run", rounds=1)
+    ledger = PrivacyLedger.open(tmp_path / "node-site-1" / "ledger")
+    try:
+        spent = ledger.events("site-1")
+    finally:
+        ledger.close()
+    assert all(event.noise_multiplier == real["sigma"] for event in spent), (real, spent)
+
+
 def test_the_sealed_report_opens_only_for_its_own_site_and_run(tmp_path):
     """The report is bound to (site, run) by the seal's associated data: not another run's or site's."""
     from simulation.engines.flower.sealed_state import seal
@@ -293,6 +336,33 @@ def test_the_sealed_report_opens_only_for_its_own_site_and_run(tmp_path):
     for site, run in (("site-2", 1), ("site-1", 2)):
         with pytest.raises(secagg.ProtocolError):
             unseal(tmp_path, site, run, sealed)
+
+
+class _Touch:
+    """A pickle whose loading creates a file: what any code run by ``pickle.loads`` could do."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        import pathlib
+
+        return (pathlib.Path.touch, (pathlib.Path(self.path),))
+
+
+def test_whoever_writes_flowers_state_cannot_run_code_in_the_node(tmp_path):
+    """The node unpickles ``setup`` (and ``ddp``) from ``context.state`` without a seal: whoever writes
+    Flower's state store - which sealed_state.py treats as untrusted - must not get code run in the node
+    (here: a file created) nor a traceback; the message must be refused."""
+    marker = tmp_path / "ran-code-in-the-node"
+
+    def plant(grid, round_index):
+        grid.contexts[100].state.config_records[STATE]["setup"] = pickle.dumps(_Touch(marker))
+
+    with contextlib.suppress(Exception):  # whatever the coordinator makes of it; the question is the node
+        _federate(_BeforeMasking(client_app.app, _nodes(tmp_path), DEFAULTS | RUN, hook=plant), tmp_path / "run",
+                  rounds=1)
+    assert not marker.exists()
 
 
 def test_a_replayed_round_0_state_record_in_round_1_releases_nothing_twice(tmp_path):
