@@ -58,6 +58,8 @@ __all__ = [
     "accountant_version",
     "merge_events",
     "run_accountant",
+    "numerical_stack",
+    "NUMERICAL_LIBRARIES",
 ]
 
 
@@ -184,6 +186,17 @@ APPROXIMATIONS: dict[str, _Accountant] = {
 }
 
 DEFAULT_ACCOUNTANTS = ("rdp", "prv", "pld")
+
+
+#: The numerical libraries every accountant computes with, beside its own (:func:`numerical_stack`).
+NUMERICAL_LIBRARIES = ("numpy", "scipy", "secagg")
+
+
+def numerical_stack() -> tuple[tuple[str, str], ...]:
+    """(distribution, version) of :data:`NUMERICAL_LIBRARIES` as installed: with the accountants' own
+    libraries (:func:`accountant_version`) and the inputs, what an epsilon report depends on (``secagg`` is
+    this project's own distribution, :mod:`dp.accounting` included)."""
+    return tuple((name, _library_version(name)) for name in NUMERICAL_LIBRARIES)
 
 
 def accountant_version(name: str) -> str:

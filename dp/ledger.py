@@ -71,7 +71,8 @@ from functools import cached_property
 from pathlib import Path
 from typing import Callable, Iterable, Mapping, Sequence
 
-from .accounting import ACCOUNTANTS, DEFAULT_ACCOUNTANTS, EpsilonReport, accountant_version, compute_epsilon
+from .accounting import (ACCOUNTANTS, DEFAULT_ACCOUNTANTS, EpsilonReport, accountant_version, compute_epsilon,
+                         numerical_stack)
 from .errors import BudgetExceededError, InvalidPrivacyParameterError, LedgerError, LedgerIntegrityError
 from .events import LEGACY_UNIT, PrivacyEvent, validate_delta
 from .ledger_format import KINDS, SCHEMA_VERSION, canonical_json, chain_hash, genesis_hash, write_private_atomic
@@ -220,9 +221,10 @@ class ProjectedSpend:
     Handed back to :meth:`PrivacyLedger.commit_round` (``projections``), it saves computing the same report
     again when the round's spend is committed - in another process, for a Flower node, whose setup and
     masked-input messages each run in a process of their own. Sound because an epsilon report is a
-    deterministic function of (events, delta, accountants, the accountants' library versions), and the
-    ledger reuses one only when all four equal what it would compute with now
-    (:meth:`PrivacyLedger.reusable_report`); otherwise it computes. It does not make a report trustworthy:
+    deterministic function of (events, delta, accountants, the accountants' library versions, the numerical
+    stack they compute with: numpy, scipy and this project, :func:`dp.accounting.numerical_stack`), and the
+    ledger reuses one only when all five equal what it would compute with now and the report's bound is the
+    minimum of its valid results (:meth:`PrivacyLedger.reusable_report`); otherwise it computes. It does not make a report trustworthy:
     whoever keeps it between the two must keep it from being altered (a Flower node seals it under its
     state key, :mod:`simulation.engines.flower.sealed_state`), and :func:`verify_ledger` re-derives each
     accountant's recorded epsilon from the events whatever was reused.
@@ -232,6 +234,7 @@ class ProjectedSpend:
     events: tuple[PrivacyEvent, ...]
     report: EpsilonReport
     accountants: tuple[str, ...]
+    stack: tuple[tuple[str, str], ...] = ()  # numerical_stack() when the report was computed
 
 
 @dataclass(frozen=True)
@@ -510,7 +513,7 @@ class PrivacyLedger:
         history = self._events.get(site, [])
         projected = compute_epsilon(history + planned, self.delta, accountants=self.accountants)
         allowed = projected.bound is not None and projected.bound <= self.budgets[site]
-        projection = ProjectedSpend(site, tuple(history + planned), projected, self.accountants)
+        projection = ProjectedSpend(site, tuple(history + planned), projected, self.accountants, numerical_stack())
         spent = list(history)  # this history, even if the ledger commits more before ``spent`` is read
         return BudgetDecision(site, allowed, self.budgets[site], projected, projection,
                               lambda: compute_epsilon(spent, self.delta, accountants=self.accountants).bound
@@ -519,7 +522,8 @@ class PrivacyLedger:
     def reusable_report(self, projection: ProjectedSpend, site: str,
                         events: Sequence[PrivacyEvent]) -> EpsilonReport | None:
         """``projection``'s report when it is the one :func:`compute_epsilon` gives for ``site``'s ``events``
-        with this ledger's delta and accountants at the installed library versions; else None."""
+        with this ledger's delta and accountants at the installed library versions and numerical stack; else
+        None."""
         if not isinstance(projection, ProjectedSpend):
             return None
         report = projection.report
@@ -528,6 +532,11 @@ class PrivacyLedger:
                 or tuple(r.accountant for r in report.results) != self.accountants):
             return None
         if any(r.library != accountant_version(r.accountant) for r in report.results):
+            return None
+        if projection.stack != numerical_stack():
+            return None
+        valid = [r.epsilon for r in report.results if r.ok]
+        if report.bound != (min(valid) if valid else None):  # not the report compute_epsilon gives
             return None
         return report
 

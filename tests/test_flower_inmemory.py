@@ -235,9 +235,10 @@ def test_a_nodes_session_is_sealed_in_flowers_state_and_no_private_key_is_stored
         for secret in secrets_made + seeds:
             assert secret not in stored
         assert (state_dir / STATE_KEY_FILE).stat().st_mode & 0o777 == 0o600
-        # The sealed session opens with the node's key, for its site and run only.
-        sealed = bytes(context.state.config_records["secagg-client"]["session"])
-        session = pickle.loads(unseal(state_dir, nodes[node]["site"], context.run_id, sealed))
+        # The sealed state (session, setup, flags) opens with the node's key, for its site and run only.
+        sealed = bytes(context.state.config_records["secagg-client"]["sealed"])
+        assert set(context.state.config_records["secagg-client"]) == {"sealed"}  # nothing of it in the clear
+        session = pickle.loads(unseal(state_dir, nodes[node]["site"], context.run_id, sealed))["session"]
         assert session.client_id >= 0
         with pytest.raises(secagg.VerificationError):
             unseal(state_dir, "site-9", context.run_id, sealed)
@@ -264,21 +265,21 @@ def test_a_node_refuses_a_tampered_sealed_session_a_loose_state_key_and_a_missin
     assert "group or others" in record["refusals"]["site-2"]
 
     class _Tampering(InMemoryGrid):
-        """Flips one byte of site-1's sealed session in its state before each protocol exchange."""
+        """Flips one byte of site-1's sealed state before each protocol exchange."""
 
         def push_messages(self, messages):
             messages = list(messages)
             record = self.contexts[100].state.config_records.get("secagg-client")
             if record is not None and messages[0].metadata.message_type == "query.secagg":
-                sealed = bytearray(bytes(record["session"]))
+                sealed = bytearray(bytes(record["sealed"]))
                 sealed[-1] ^= 1
-                record["session"] = bytes(sealed)
+                record["sealed"] = bytes(sealed)
             return super().push_messages(messages)
 
     nodes = _nodes(tmp_path / "second")
     _federate(_Tampering(client_app.app, nodes, DEFAULTS | RUN), tmp_path / "run2", rounds=1)
     record = _metrics(tmp_path / "run2")[0]
-    assert "sealed session does not open" in record["refusals"]["site-1"]
+    assert "sealed state does not open" in record["refusals"]["site-1"]
     assert "site-1" not in record["included"]
 
 
@@ -393,11 +394,12 @@ def test_node_auth_needs_a_registry_and_signed_registration(tmp_path):
         flower_config(base | {"registry": str(tmp_path / "registry.json"), "registration": "names"})
 
 
-def test_a_node_commits_its_spend_with_the_report_its_setup_sealed_and_computes_it_when_that_does_not_open(
+def test_a_node_commits_its_spend_with_the_report_its_setup_sealed_and_computes_it_when_it_has_none(
         tmp_path, monkeypatch):
     """The masked-input message's commit reuses the epsilon report of the setup's budget check, which the
-    setup sealed in ``context.state`` like the session (:class:`dp.ProjectedSpend`); one whose seal does not
-    open is not used: the node computes the report itself and commits the same spend."""
+    setup sealed in ``context.state`` with the session (:class:`dp.ProjectedSpend`); without one the node
+    computes the report itself and commits the same spend; another sealed object in the state's place is
+    refused."""
     import pickle
 
     import dp.ledger as ledger_module
@@ -419,48 +421,58 @@ def test_a_node_commits_its_spend_with_the_report_its_setup_sealed_and_computes_
     assert sorted(reused) == sorted(2 * [(site, True) for site in SITES])  # every node's commit, both rounds
     for node, context in grid.contexts.items():
         site, state_dir = nodes[node]["site"], tmp_path / f"node-{nodes[node]['site']}"
-        sealed = bytes(context.state.config_records["secagg-client"]["projection"])
-        projection = pickle.loads(unseal(state_dir, site, context.run_id, sealed))
+        sealed = bytes(context.state.config_records["secagg-client"]["sealed"])
+        projection = pickle.loads(unseal(state_dir, site, context.run_id, sealed))["projection"]
         assert isinstance(projection, ProjectedSpend) and projection.site == site
         assert [e.round for e in projection.events] == [0, 1]
         own = verify_ledger(state_dir / "ledger")  # the reused epsilons are the ones computed from the events
         assert own.ok and own.epsilon[site]["bound"] == projection.report.bound, own
 
-    class _Tampering(InMemoryGrid):
-        """Flips one byte of site-1's sealed projection once, before the first protocol exchange."""
+    from simulation.engines.flower.sealed_state import seal
 
-        flipped = False
+    class _Forgetting(InMemoryGrid):
+        """Reseals site-1's state without its report once, before the first protocol exchange (as the node
+        itself would: with its key, for its site and run)."""
+
+        done = False
 
         def push_messages(self, messages):
             messages = list(messages)
-            record = self.contexts[100].state.config_records.get("secagg-client")
-            if record is not None and messages[0].metadata.message_type == "query.secagg" and not self.flipped:
-                sealed = bytearray(bytes(record["projection"]))
-                sealed[-1] ^= 1
-                record["projection"] = bytes(sealed)
-                self.flipped = True
+            context = self.contexts[100]
+            record = context.state.config_records.get("secagg-client")
+            if record is not None and messages[0].metadata.message_type == "query.secagg" and not self.done:
+                state_dir = tmp_path / "second" / "node-site-1"
+                state = pickle.loads(unseal(state_dir, "site-1", context.run_id, bytes(record["sealed"])))
+                record["sealed"] = seal(state_dir, "site-1", context.run_id, pickle.dumps(state | {"projection": None}))
+                self.done = True
             return super().push_messages(messages)
 
     reused.clear()
     nodes = _nodes(tmp_path / "second")
-    assert _federate(_Tampering(client_app.app, nodes, DEFAULTS | RUN), tmp_path / "run2",
+    assert _federate(_Forgetting(client_app.app, nodes, DEFAULTS | RUN), tmp_path / "run2",
                      rounds=1)["rounds_completed"] == 1
-    assert sorted(reused) == [("site-2", True), ("site-3", True)]  # site-1's did not open: never offered
+    assert sorted(reused) == [("site-2", True), ("site-3", True)]  # site-1 had none to offer: it computed its own
     assert verify_ledger(tmp_path / "second" / "node-site-1" / "ledger").ok
     assert _rounds_spent(tmp_path / "second" / "node-site-1" / "ledger", "site-1") == [0]
 
     class _Swapping(InMemoryGrid):
-        """Puts site-1's sealed projection (same key, site and run) where its sealed session was."""
+        """Puts another object sealed with site-1's key, site and run (its report) where its state was, once."""
+
+        done = False
 
         def push_messages(self, messages):
             messages = list(messages)
-            record = self.contexts[100].state.config_records.get("secagg-client")
-            if record is not None and messages[0].metadata.message_type == "query.secagg":
-                record["session"] = bytes(record["projection"])
+            context = self.contexts[100]
+            record = context.state.config_records.get("secagg-client")
+            if record is not None and messages[0].metadata.message_type == "query.secagg" and not self.done:
+                state_dir = tmp_path / "third" / "node-site-1"
+                state = pickle.loads(unseal(state_dir, "site-1", context.run_id, bytes(record["sealed"])))
+                record["sealed"] = seal(state_dir, "site-1", context.run_id, pickle.dumps(state["projection"]))
+                self.done = True
             return super().push_messages(messages)
 
     nodes = _nodes(tmp_path / "third")
     _federate(_Swapping(client_app.app, nodes, DEFAULTS | RUN), tmp_path / "run3", rounds=1)
     record = _metrics(tmp_path / "run3")[0]
-    assert "sealed session does not open" in record["refusals"]["site-1"], record["refusals"]
+    assert "sealed state does not open" in record["refusals"]["site-1"], record["refusals"]
     assert "site-1" not in record["included"]

@@ -254,30 +254,34 @@ class _BeforeMasking(InMemoryGrid):
         return super().push_messages(messages)
 
 
-def test_a_stale_sealed_report_or_a_sealed_session_in_the_report_slot_is_computed_again(tmp_path, reuse_log):
-    """Whoever writes Flower's state swaps sealed records of the same key, site and run: site-1's report
-    slot gets its sealed session in round 0; site-2's gets its round-0 report in round 1. Neither is taken
-    (no crash either), both nodes commit the epsilon of their events, and every other commit reuses."""
+def test_a_stale_or_another_sites_sealed_state_is_refused_and_no_commit_takes_a_stale_report(tmp_path, reuse_log):
+    """Whoever writes Flower's state moves sealed records around (the whole state is one sealed record, under
+    the node's key, bound to its site and run): site-1's state gets site-2's in round 0 (another site: it
+    does not open); site-2's gets its own round-0 state back in round 1 (stale). Neither crashes a node, no
+    commit takes a report for other events than its own, and every node's ledger verifies."""
     kept = {}
 
     def swap(grid, round_index):
         one, two = (grid.contexts[n].state.config_records[STATE] for n in (100, 101))
         if round_index == 0:
-            one["projection"] = bytes(one["session"])
-            kept["site-2"] = bytes(two["projection"])
+            kept["site-2"] = bytes(two["sealed"])
+            one["sealed"] = kept["site-2"]
         else:
-            two["projection"] = kept["site-2"]
+            two["sealed"] = kept["site-2"]
 
     nodes = _nodes(tmp_path)
-    summary = _federate(_BeforeMasking(client_app.app, nodes, DEFAULTS | RUN, hook=swap), tmp_path / "run")
-    assert summary["rounds_completed"] == 2
-    assert sorted(reuse_log) == sorted([("site-1", False), ("site-1", True), ("site-2", True), ("site-2", False),
-                                        ("site-3", True), ("site-3", True)])
+    with contextlib.suppress(SiteSignatureError):
+        _federate(_BeforeMasking(client_app.app, nodes, DEFAULTS | RUN, hook=swap), tmp_path / "run")
+    assert ("site-3", True) in reuse_log  # the untouched node still reuses its own report
     for site in SITES:
         directory = tmp_path / f"node-{site}" / "ledger"
+        if not (directory / "ledger.sqlite").exists():
+            continue
         cumulative, events = _last_cumulative(directory, site)
-        assert [e.round for e in events] == [0, 1]
-        assert cumulative["bound"] == compute_epsilon(events, events[0].delta).bound
+        rounds = [e.round for e in events]
+        assert len(rounds) == len(set(rounds)), rounds  # nothing committed twice
+        if events:
+            assert cumulative["bound"] == compute_epsilon(events, events[0].delta).bound
         assert verify_ledger(directory).ok
 
 
@@ -300,23 +304,28 @@ def test_a_library_upgrade_between_setup_and_masked_input_is_not_covered_by_the_
 
 
 def test_the_node_commits_the_spend_it_trained_with_not_a_setup_rewritten_in_its_state(tmp_path):
-    """``context.state`` holds the round's setup as a plain pickle beside the sealed session and report.
-    Whoever writes Flower's state (what sealed_state guards against) raises its noise multiplier tenfold
-    after the node trained and masked with the real one: the node must refuse, or commit the spend of the
+    """Whoever writes Flower's state (what sealed_state guards against) writes a setup whose noise multiplier
+    is ten times the real one after the node trained and masked with the real one - as a plain pickle in the
+    old ``setup`` slot, and as the whole record unsealed: the node must refuse, or commit the spend of the
     noise it really added - never the smaller epsilon of the rewritten setup."""
     real = {}
 
     def rewrite(grid, round_index):
-        record = grid.contexts[100].state.config_records[STATE]
-        setup = pickle.loads(bytes(record["setup"]))
+        context = grid.contexts[100]
+        record = context.state.config_records[STATE]
+        state = pickle.loads(unseal(tmp_path / "node-site-1", "site-1", context.run_id, bytes(record["sealed"])))
+        setup = state["setup"]
         real["sigma"] = setup.noise_multiplier
-        record["setup"] = pickle.dumps(dataclasses.replace(setup, noise_multiplier=10 * setup.noise_multiplier))
+        forged = dataclasses.replace(setup, noise_multiplier=10 * setup.noise_multiplier)
+        record["setup"] = pickle.dumps(forged)
+        if round_index == 1:
+            record["sealed"] = pickle.dumps(state | {"setup": forged})
 
     nodes = _nodes(tmp_path)
     # The coordinator's own commit then stops: site-1 refuses to sign the real spend (it is not the one in
     # the rewritten setup). That is the coordinator's business; the question is site-1's own ledger.
     with contextlib.suppress(SiteSignatureError):
-        _federate(_BeforeMasking(client_app.app, nodes, DEFAULTS | RUN, hook=rewrite), tmp_path / "run", rounds=1)
+        _federate(_BeforeMasking(client_app.app, nodes, DEFAULTS | RUN, hook=rewrite), tmp_path / "run", rounds=2)
     ledger = PrivacyLedger.open(tmp_path / "node-site-1" / "ledger")
     try:
         spent = ledger.events("site-1")
@@ -351,13 +360,15 @@ class _Touch:
 
 
 def test_whoever_writes_flowers_state_cannot_run_code_in_the_node(tmp_path):
-    """The node unpickles ``setup`` (and ``ddp``) from ``context.state`` without a seal: whoever writes
-    Flower's state store - which sealed_state.py treats as untrusted - must not get code run in the node
-    (here: a file created) nor a traceback; the message must be refused."""
+    """Whoever writes Flower's state store - which sealed_state.py treats as untrusted - plants a pickle in
+    the node's state (in the old ``setup`` slot and as the sealed record itself): it must not get code run
+    in the node (here: a file created) nor a traceback; the message must be refused."""
     marker = tmp_path / "ran-code-in-the-node"
 
     def plant(grid, round_index):
-        grid.contexts[100].state.config_records[STATE]["setup"] = pickle.dumps(_Touch(marker))
+        record = grid.contexts[100].state.config_records[STATE]
+        record["setup"] = pickle.dumps(_Touch(marker))
+        record["sealed"] = pickle.dumps(_Touch(marker))
 
     with contextlib.suppress(Exception):  # whatever the coordinator makes of it; the question is the node
         _federate(_BeforeMasking(client_app.app, _nodes(tmp_path), DEFAULTS | RUN, hook=plant), tmp_path / "run",

@@ -1,11 +1,14 @@
 """The Flower ``ClientApp``: one hospital's side (its data, local DP-SGD, its own ledger, its ClientSession).
 
-Everything private stays on the node. The node's protocol state (its
-:class:`secagg.ClientSession`, with its private keys and masked input) lives
-in ``context.state``, which the SuperNode keeps on the node between the
-messages of a run, sealed (XChaCha20-Poly1305, :mod:`.sealed_state`) under a
-key that never leaves the node's ``state-dir`` - so a node without a state-dir
-takes part in no session. Only the session's answers (wire bytes) are sent back;
+Everything private stays on the node. The node's state of a run (its
+:class:`secagg.ClientSession`, with its private keys and masked input, the
+round's setup and DP parameters, its release and signature flags, its budget
+check's report) lives in ``context.state``, which the SuperNode keeps between
+the messages of a run: all of it sealed as one record (XChaCha20-Poly1305,
+:mod:`.sealed_state`, :func:`load_state`) under a key that never leaves the
+node's ``state-dir``, and unpickled only once it authenticated - so whoever
+writes Flower's state store can neither read nor change it, nor make the node
+load a pickle of theirs, and a node without a state-dir takes part in no session. Only the session's answers (wire bytes) are sent back;
 training losses and clip counts are not (they are not covered by the DP
 guarantee). The update is weighted by the site's public FedAvg weight from
 the setup, never by its record count, and trained at the run's privacy unit
@@ -18,7 +21,7 @@ composes across runs: before training it checks that the round's DP-SGD
 parameters (sent in the setup) keep it within budget, and it commits the
 spend *before* its masked update leaves (on answering MaskedInputCollection);
 a round that would pass its budget is refused. The epsilon report of the setup's
-check is sealed in ``context.state`` beside the session, and the commit reuses
+check is sealed in ``context.state`` with the session, and the commit reuses
 it when the ledger's history is still the one it was computed for
 (:class:`dp.ProjectedSpend`); otherwise it computes its own. It also rebuilds the encoder
 from the setup and refuses one whose bound differs from the coordinator's.
@@ -106,7 +109,8 @@ from flwr.app import ConfigRecord, Context, Message, RecordDict  # noqa: E402
 from flwr.clientapp import ClientApp  # noqa: E402
 
 __all__ = ["app", "synthetic_update", "site_name", "node_setting", "node_path", "node_state_dir", "node_ledger_key", "check_budget",
-           "budget_check", "commit_release", "sign_ledger_entry", "take_anchor", "node_signing_key", "node_facts"]
+           "budget_check", "commit_release", "sign_ledger_entry", "take_anchor", "node_signing_key", "node_facts",
+           "load_state", "store_state", "NodeStateError"]
 
 app = ClientApp()
 
@@ -401,10 +405,13 @@ def sign_ledger_entry(context: Context, statement) -> bytes:
     """
     from dp.errors import LedgerError
 
-    state = context.state.config_records.get(_STATE)
+    try:
+        state = load_state(context)
+    except NodeStateError as exc:
+        raise LedgerError(str(exc)) from None
     if state is None:
         raise LedgerError("this node is in no round: it signs no spend")
-    setup: RoundSetup = pickle.loads(bytes(state["setup"]))
+    setup: RoundSetup = state["setup"]
     if (statement.run_id, statement.site, statement.round) != (setup.run_id, setup.site, setup.round_index):
         raise LedgerError(f"the entry charges site {statement.site!r} in round {statement.round} of run "
                           f"{statement.run_id}; this node is {setup.site!r} in round {setup.round_index} of run "
@@ -417,7 +424,7 @@ def sign_ledger_entry(context: Context, statement) -> bytes:
     if statement.kind == "spend":
         expected = _event(setup).to_dict()
     else:
-        ddp = pickle.loads(bytes(state["ddp"]))
+        ddp = state["ddp"]
         expected = None if ddp is None else ddp.event(setup.round_index).to_dict()
     if statement.body.get("event") != expected:
         raise LedgerError(f"the entry's event is not the {statement.kind} this node trained with in round "
@@ -436,7 +443,7 @@ def sign_ledger_entry(context: Context, statement) -> bytes:
     state["signed-kinds"] = " ".join(signed_kinds + [statement.kind])
     state["signed-seq"] = max(int(state.get("signed-seq", 0)), int(statement.seq))
     state["signed-seqs"] = " ".join(str(state.get("signed-seqs", "")).split() + [str(int(statement.seq))])
-    context.state[_STATE] = state
+    store_state(context, state)
     return signature
 
 
@@ -487,7 +494,7 @@ def ledger_query(message: Message, context: Context) -> Message:
 
 def _required_kinds(state) -> list[str]:
     """The spend kinds this node must have signed before its update may be unmasked."""
-    return ["spend"] + (["site_level_spend"] if pickle.loads(bytes(state["ddp"])) is not None else [])
+    return ["spend"] + (["site_level_spend"] if state["ddp"] is not None else [])
 
 
 def gate_unmask(context: Context, state, setup: RoundSetup, incoming, chain_record) -> None:
@@ -553,7 +560,7 @@ def gate_unmask(context: Context, state, setup: RoundSetup, incoming, chain_reco
         registry = load_registry(str(registry_path))
     check_round_chain(chain, run_id=setup.run_id, round_index=setup.round_index, own=own,
                       survivor_sites=[sites[c] for c in sorted(incoming.survivors)],
-                      site_level=pickle.loads(bytes(state["ddp"])) is not None, registry=registry)
+                      site_level=state["ddp"] is not None, registry=registry)
     signer.record_chain_anchor(setup.run_id, chain)
     note_release(state_dir, setup.run_id, setup.site, setup.round_index, "survivor")
 
@@ -653,15 +660,49 @@ def _encoder(setup: RoundSetup) -> secagg.FixedPointEncoder:
     return encoder
 
 
-def _projection(context: Context, setup: RoundSetup, state):
-    """The budget check's report sealed at setup (:class:`dp.ProjectedSpend`), or None (none kept, or it does
-    not open: then the commit computes its epsilon itself)."""
-    if "projection" not in state:
+class NodeStateError(ValueError):
+    """The node's per-run state in Flower's ``context.state`` does not open under its state key, or does not
+    hold what this node seals there: it was written by someone else, or altered."""
+
+
+_STATE_TYPES = {"session": secagg.ClientSession, "setup": RoundSetup, "dropped": bool, "released": bool,
+                "signed-kinds": str, "signed-seq": int, "signed-seqs": str}
+
+
+def load_state(context: Context) -> dict | None:
+    """The node's state of this run (None: it joined no round of it yet), opened from ``context.state``.
+
+    **All** of it is sealed (:mod:`.sealed_state`: XChaCha20-Poly1305 under ``STATE_DIR/state.key``, bound
+    to the site and the run), not only the session's secrets: the setup and DP parameters decide what the
+    node commits and signs, and the ``released`` / ``signed-kinds`` flags gate its unmask shares, so whoever
+    writes Flower's state store must not be able to change them - nor hand the node a pickle to load: the
+    plaintext is unpickled only after it authenticated under the node's own key, i.e. only what this node
+    sealed itself. What remains open to that writer is putting back an earlier sealed state of the same run
+    and site; the node's ledger and session journal on disk (never in Flower's state) refuse a round
+    released twice and a session joined twice, whatever the state says.
+
+    Raises:
+        NodeStateError: it does not open, or holds something else.
+    """
+    record = context.state.config_records.get(_STATE)
+    if record is None:
         return None
+    state_dir = node_state_dir(context)
     try:
-        return pickle.loads(unseal(node_state_dir(context), setup.site, context.run_id, bytes(state["projection"])))
-    except (TypeError, ValueError, secagg.ProtocolError):
-        return None
+        if state_dir is None:
+            raise ValueError("this node has no state-dir to open it with")
+        state = pickle.loads(unseal(state_dir, site_name(context), context.run_id, bytes(record["sealed"])))
+        if not isinstance(state, dict) or any(not isinstance(state.get(k), t) for k, t in _STATE_TYPES.items()):
+            raise TypeError("it does not hold this node's state of a round")
+    except (KeyError, TypeError, ValueError, secagg.ProtocolError) as exc:
+        raise NodeStateError(f"this node's sealed state does not open: {type(exc).__name__}: {exc}") from None
+    return state
+
+
+def store_state(context: Context, state: dict) -> None:
+    """Seal ``state`` (:func:`load_state`) into ``context.state``."""
+    sealed = seal(node_state_dir(context), site_name(context), context.run_id, pickle.dumps(state))
+    context.state[_STATE] = ConfigRecord({"sealed": sealed})
 
 
 def _with_anchor(message: Message, context: Context, reply: Message) -> Message:
@@ -737,18 +778,14 @@ def _setup_round(message: Message, context: Context) -> Message:
         claim_session(state_dir, setup.session.fingerprint)  # durable, before any key leaves
         session = secagg.ClientSession(setup.session, setup.client_id, masked_input=ring, signing_key=signing_key)
         advertise = session.advertise()
-        sealed = seal(state_dir, setup.site, context.run_id, pickle.dumps(session))
-        # The epsilon report of the budget check, sealed like the session: the masked-input message commits
+        # The epsilon report of the budget check is kept with the rest: the masked-input message commits
         # the spend with it instead of computing it again, if the ledger still has the history it was
         # computed for (dp.PrivacyLedger.reusable_report); sealed, so that what decides the commit's budget
         # check is what this node computed, not something written into Flower's state store.
-        projected = seal(state_dir, setup.site, context.run_id, pickle.dumps(projection))
+        store_state(context, {"session": session, "setup": setup, "ddp": ddp, "dropped": False, "released": False,
+                              "signed-kinds": "", "signed-seq": 0, "signed-seqs": "", "projection": projection})
     except secagg.ProtocolError as exc:
         return _refuse(message, f"{type(exc).__name__}: {exc}")
-    context.state[_STATE] = ConfigRecord({"session": sealed, "setup": pickle.dumps(setup),
-                                          "ddp": pickle.dumps(ddp), "dropped": False, "released": False,
-                                          "signed-kinds": "", "signed-seq": 0, "signed-seqs": "",
-                                          "projection": projected})
     return _reply(message, wire=wire.encode(advertise))
 
 
@@ -761,19 +798,17 @@ def step(message: Message, context: Context) -> Message:
 def _step(message: Message, context: Context) -> Message:
     from dp.errors import PrivacyError
 
-    state = context.state.config_records.get(_STATE)
+    # Written by this node itself, sealed under its state key (load_state): a state altered or written outside
+    # the node is refused before anything of it is loaded.
+    try:
+        state = load_state(context)
+    except NodeStateError as exc:
+        return _refuse(message, str(exc))
     if state is None or state["dropped"]:
         return Message(RecordDict(), reply_to=message)
-    # Both were written by this node itself into its own state, never received from the network; the
-    # session was sealed under the node's state key, so a state altered outside the node is refused.
-    setup: RoundSetup = pickle.loads(bytes(state["setup"]))
-    try:
-        state_dir = node_state_dir(context)
-        session = pickle.loads(unseal(state_dir, setup.site, context.run_id, bytes(state["session"])))
-        if not isinstance(session, secagg.ClientSession):  # another sealed record of this run put in its place
-            raise TypeError(f"it holds a {type(session).__name__}, not a ClientSession")
-    except (TypeError, ValueError, secagg.ProtocolError) as exc:
-        return _refuse(message, f"this node's sealed session does not open: {type(exc).__name__}: {exc}")
+    setup: RoundSetup = state["setup"]
+    session: secagg.ClientSession = state["session"]
+    state_dir = node_state_dir(context)
     try:
         data = bytes(message.content.config_records["secagg"]["wire"])
         incoming = wire.decode(data)
@@ -783,7 +818,7 @@ def _step(message: Message, context: Context) -> Message:
         return _refuse(message, f"{type(exc).__name__}: {exc}")
     if _drop_point(context) == (setup.round_index, STAGE_OF.get(type(incoming))):
         state["dropped"] = True
-        context.state[_STATE] = state
+        store_state(context, state)
         return _vanish(context, message, setup.stage_timeout)
     try:
         if isinstance(incoming, UnmaskRequest):
@@ -797,9 +832,8 @@ def _step(message: Message, context: Context) -> Message:
 
                 key = node_ledger_key(context, setup.site)
                 try:
-                    commit_release(ledger, setup, pickle.loads(bytes(state["ddp"])),
-                                   LedgerSigner(setup.site, key.seed, ledger.run_dir),
-                                   _projection(context, setup, state))
+                    commit_release(ledger, setup, state["ddp"], LedgerSigner(setup.site, key.seed, ledger.run_dir),
+                                   state.get("projection"))
                 finally:
                     ledger.close()
             if state_dir is not None:
@@ -807,8 +841,8 @@ def _step(message: Message, context: Context) -> Message:
             state["released"] = True
     except (secagg.ProtocolError, PrivacyError, ValueError) as exc:
         return _refuse(message, f"{type(exc).__name__}: {exc}")
-    state["session"] = seal(state_dir, setup.site, context.run_id, pickle.dumps(session))
-    context.state[_STATE] = state
+    state["session"] = session
+    store_state(context, state)
     if reply is None:
         return Message(RecordDict(), reply_to=message)
     return _reply(message, wire=wire.encode(reply))

@@ -1,8 +1,11 @@
 """A node's protocol session sealed at rest in Flower's ``context.state`` (issue 18).
 
-Why. Between the messages of a run the SuperNode keeps the node's
-:class:`secagg.ClientSession` in ``context.state``: its X25519 secret keys, its
-Ed25519 signing seed (active mode), its self-mask seed and its masked input. The
+Why. Between the messages of a run the SuperNode keeps the node's state of the
+run in ``context.state`` (:func:`simulation.engines.flower.client_app.load_state`):
+its :class:`secagg.ClientSession` - X25519 secret keys, Ed25519 signing seed
+(active mode), self-mask seed, masked input - and what decides what it commits,
+signs and reveals (the round's setup and DP parameters, its release and signature
+flags, its budget check's report). The
 SuperNode persists that state wherever Flower keeps it (memory, a database), out
 of this code's control. So the node never hands it the session in the clear: it
 hands it ``seal(pickle(session))``, an XChaCha20-Poly1305 ciphertext
@@ -13,9 +16,12 @@ in the node's own state directory, ``STATE_DIR/state.key`` (fresh from
 Threat model. Whoever reads Flower's state store (a backup, another tenant of the
 SuperNode's database) without the state directory learns nothing of the session
 and cannot alter it undetected: the associated data binds the ciphertext to the
-site and the run (a sealed session cannot be replayed into another run or site's
+site and the run (a sealed state cannot be replayed into another run or site's
 state), and a tampered one fails authentication, which the node treats as a
-refusal. Whoever reads the node's state directory holds the key as well as the
+refusal; nothing is unpickled before it authenticated. An earlier sealed state of
+the same run and site can be put back: the node's ledger and session journal, on
+its disk and not in Flower's state, refuse a round released twice and a session
+joined twice. Whoever reads the node's state directory holds the key as well as the
 node's ledger and identity: that is the node's machine, which the deployment
 trusts. A key file readable by group or others is refused, not used.
 
