@@ -27,10 +27,12 @@ def deployment_items(deployment: dict) -> list[str]:
         f"reported at registration; it does not protect a node that shares the SuperLink's host and user, where a "
         f"submitted ServerApp runs unchecked): "
         f"{deployment.get('app_verification', 'not recorded by this run (an older secagg)')}.",
-        "Node state at rest: during a round each node keeps its protocol session (private keys and its "
-        "masked update) in Flower's node state sealed with XChaCha20-Poly1305 under a key that stays in the "
-        "node's own state directory (STATE_DIR/state.key, 0600). Residual risk: whoever reads that state "
-        "directory holds the key as well as the node's ledger and identity; protect the node host.",
+        "Node state at rest: during a round each node keeps its state of the round (its protocol session with "
+        "its private keys and masked update, the round's setup and DP parameters, what it released and signed) "
+        "in Flower's node state, sealed as one record with XChaCha20-Poly1305 under a key that stays in the "
+        "node's own state directory (STATE_DIR/state.key, 0600), and loads it only once it authenticated. "
+        "Residual risk: whoever reads that state directory holds the key as well as the node's ledger and "
+        "identity; protect the node host.",
     ]
 
 
