@@ -96,6 +96,7 @@ from secagg import wire
 from secagg.messages import MaskedInputRequest, UnmaskRequest
 
 from . import require_flwr
+from ...errors import SimulationInputError
 from ...federation.runstore import private_dir, require_private_dir
 from .sealed_state import seal, unseal
 from .session_journal import claim_session
@@ -660,7 +661,7 @@ def _encoder(setup: RoundSetup) -> secagg.FixedPointEncoder:
     return encoder
 
 
-class NodeStateError(ValueError):
+class NodeStateError(SimulationInputError):
     """The node's per-run state in Flower's ``context.state`` does not open under its state key, or does not
     hold what this node seals there: it was written by someone else, or altered."""
 
