@@ -94,7 +94,7 @@ def test_the_coordinators_ledger_carries_every_sites_signature_and_the_nodes_anc
     path, _ = write_dpia(run_dir, fmt="md", out=run_dir.parent / "dpia.md")
     assert ("Site signatures on the coordinator's ledger: every spend in the coordinator's ledger is signed on "
             "the site's node") in path.read_text()
-    assert "Flower's node state sealed with XChaCha20-Poly1305" in path.read_text()  # tests/test_flower_inmemory.py
+    assert "Flower's node state, sealed as one record with XChaCha20-Poly1305" in path.read_text()  # tests/test_flower_inmemory.py
 
 
 def test_nothing_the_coordinator_publishes_holds_a_wall_clock_time(federated):
