@@ -430,49 +430,37 @@ def test_a_node_commits_its_spend_with_the_report_its_setup_sealed_and_computes_
 
     from simulation.engines.flower.sealed_state import seal
 
-    class _Forgetting(InMemoryGrid):
-        """Reseals site-1's state without its report once, before the first protocol exchange (as the node
-        itself would: with its key, for its site and run)."""
+    class _Resealing(InMemoryGrid):
+        """Once, before the first protocol exchange, opens site-1's sealed state with its key (as the node
+        itself would: for its site and run) and seals ``change(state)`` in its place."""
 
-        done = False
+        def __init__(self, *args, state_dir, change, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.state_dir, self.change, self.done = state_dir, change, False
 
         def push_messages(self, messages):
             messages = list(messages)
             context = self.contexts[100]
             record = context.state.config_records.get("secagg-client")
             if record is not None and messages[0].metadata.message_type == "query.secagg" and not self.done:
-                state_dir = tmp_path / "second" / "node-site-1"
-                state = pickle.loads(unseal(state_dir, "site-1", context.run_id, bytes(record["sealed"])))
-                record["sealed"] = seal(state_dir, "site-1", context.run_id, pickle.dumps(state | {"projection": None}))
+                state = pickle.loads(unseal(self.state_dir, "site-1", context.run_id, bytes(record["sealed"])))
+                record["sealed"] = seal(self.state_dir, "site-1", context.run_id, pickle.dumps(self.change(state)))
                 self.done = True
             return super().push_messages(messages)
 
     reused.clear()
     nodes = _nodes(tmp_path / "second")
-    assert _federate(_Forgetting(client_app.app, nodes, DEFAULTS | RUN), tmp_path / "run2",
-                     rounds=1)["rounds_completed"] == 1
+    forgetting = _Resealing(client_app.app, nodes, DEFAULTS | RUN, state_dir=tmp_path / "second" / "node-site-1",
+                            change=lambda state: state | {"projection": None})  # the state without its report
+    assert _federate(forgetting, tmp_path / "run2", rounds=1)["rounds_completed"] == 1
     assert sorted(reused) == [("site-2", True), ("site-3", True)]  # site-1 had none to offer: it computed its own
     assert verify_ledger(tmp_path / "second" / "node-site-1" / "ledger").ok
     assert _rounds_spent(tmp_path / "second" / "node-site-1" / "ledger", "site-1") == [0]
 
-    class _Swapping(InMemoryGrid):
-        """Puts another object sealed with site-1's key, site and run (its report) where its state was, once."""
-
-        done = False
-
-        def push_messages(self, messages):
-            messages = list(messages)
-            context = self.contexts[100]
-            record = context.state.config_records.get("secagg-client")
-            if record is not None and messages[0].metadata.message_type == "query.secagg" and not self.done:
-                state_dir = tmp_path / "third" / "node-site-1"
-                state = pickle.loads(unseal(state_dir, "site-1", context.run_id, bytes(record["sealed"])))
-                record["sealed"] = seal(state_dir, "site-1", context.run_id, pickle.dumps(state["projection"]))
-                self.done = True
-            return super().push_messages(messages)
-
     nodes = _nodes(tmp_path / "third")
-    _federate(_Swapping(client_app.app, nodes, DEFAULTS | RUN), tmp_path / "run3", rounds=1)
+    swapping = _Resealing(client_app.app, nodes, DEFAULTS | RUN, state_dir=tmp_path / "third" / "node-site-1",
+                          change=lambda state: state["projection"])  # another sealed object in the state's place
+    _federate(swapping, tmp_path / "run3", rounds=1)
     record = _metrics(tmp_path / "run3")[0]
     assert "sealed state does not open" in record["refusals"]["site-1"], record["refusals"]
     assert "site-1" not in record["included"]
