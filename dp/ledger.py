@@ -224,9 +224,10 @@ class ProjectedSpend:
     deterministic function of (events, delta, accountants, the accountants' library versions, the numerical
     stack they compute with: numpy, scipy and this project, :func:`dp.accounting.numerical_stack`), and the
     ledger reuses one only when all five equal what it would compute with now and the report's bound is the
-    minimum of its valid results (:meth:`PrivacyLedger.reusable_report`); otherwise it computes. It does not make a report trustworthy:
-    whoever keeps it between the two must keep it from being altered (a Flower node seals it under its
-    state key, :mod:`simulation.engines.flower.sealed_state`), and :func:`verify_ledger` re-derives each
+    minimum of its valid results (:meth:`PrivacyLedger.reusable_report`); otherwise it computes. It does not
+    make a report trustworthy: whoever keeps it between the two must keep it from being altered (a Flower
+    node seals it with the rest of its state under its state key,
+    :func:`simulation.engines.flower.client_app.load_state`), and :func:`verify_ledger` re-derives each
     accountant's recorded epsilon from the events whatever was reused.
     """
 
@@ -575,8 +576,9 @@ class PrivacyLedger:
         the spends are unsigned and a verifier holding a registry refuses them.
 
         ``projections``: reports :meth:`check_budget` computed earlier (:class:`ProjectedSpend`); a spend
-        whose site's cumulative events, delta, accountants and library versions are exactly a projection's
-        takes its report instead of computing it again (:meth:`reusable_report`), any other is computed.
+        whose site's cumulative events, delta, accountants, library versions and numerical stack are exactly a
+        projection's takes its report instead of computing it again (:meth:`reusable_report`), any other is
+        computed.
         """
         if round_index in self.committed_rounds():
             raise LedgerError(f"round {round_index} is already committed; refusing to count its spend twice")
