@@ -8,8 +8,8 @@ the messages of a run: all of it sealed as one record (XChaCha20-Poly1305,
 :mod:`.sealed_state`, :func:`load_state`) under a key that never leaves the
 node's ``state-dir``, and unpickled only once it authenticated - so whoever
 writes Flower's state store can neither read nor change it, nor make the node
-load a pickle of theirs, and a node without a state-dir takes part in no session. Only the session's answers (wire bytes) are sent back;
-training losses and clip counts are not (they are not covered by the DP
+load a pickle of theirs, and a node without a state-dir takes part in no session.
+Only the session's answers (wire bytes) are sent back; training losses and clip counts are not (they are not covered by the DP
 guarantee). The update is weighted by the site's public FedAvg weight from
 the setup, never by its record count, and trained at the run's privacy unit
 (patient by default).
