@@ -172,3 +172,21 @@ def shared_ledger_run(tmp_path_factory, shared_tiny_run):
     folder = shared_runs.build_once(tmp_path_factory, "ledger",
                                     lambda f: shared_runs.build_ledger(f, shared_tiny_run.cache))
     return shared_runs.load(folder)
+
+
+@pytest.fixture
+def reuse_log(monkeypatch):
+    """(site, reused?) for every budget-check report a ledger commit was offered (dp.ProjectedSpend): the
+    answers of ``PrivacyLedger.reusable_report``, which is otherwise unchanged."""
+    import dp.ledger as ledger_module
+
+    log = []
+    reusable = ledger_module.PrivacyLedger.reusable_report
+
+    def offered(self, projection, site, events):
+        report = reusable(self, projection, site, events)
+        log.append((site, report is not None))
+        return report
+
+    monkeypatch.setattr(ledger_module.PrivacyLedger, "reusable_report", offered)
+    return log

@@ -395,26 +395,17 @@ def test_node_auth_needs_a_registry_and_signed_registration(tmp_path):
 
 
 def test_a_node_commits_its_spend_with_the_report_its_setup_sealed_and_computes_it_when_it_has_none(
-        tmp_path, monkeypatch):
+        tmp_path, reuse_log):
     """The masked-input message's commit reuses the epsilon report of the setup's budget check, which the
     setup sealed in ``context.state`` with the session (:class:`dp.ProjectedSpend`); without one the node
     computes the report itself and commits the same spend; another sealed object in the state's place is
     refused."""
     import pickle
 
-    import dp.ledger as ledger_module
     from dp import ProjectedSpend, verify_ledger
     from simulation.engines.flower.sealed_state import unseal
 
-    reused = []  # (site, whether its projection was reused) for each commit offered one
-    reusable = ledger_module.PrivacyLedger.reusable_report
-
-    def offered(self, projection, site, events):
-        report = reusable(self, projection, site, events)
-        reused.append((site, report is not None))
-        return report
-
-    monkeypatch.setattr(ledger_module.PrivacyLedger, "reusable_report", offered)
+    reused = reuse_log  # (site, whether its projection was reused) for each commit offered one (conftest)
     nodes = _nodes(tmp_path)
     grid = InMemoryGrid(client_app.app, nodes, DEFAULTS | RUN)
     assert _federate(grid, tmp_path / "run", rounds=2)["rounds_completed"] == 2

@@ -16,7 +16,6 @@ import pickle
 import pytest
 
 import dp.accounting as accounting_module
-import dp.ledger as ledger_module
 from dp import BudgetExceededError, PrivacyEvent, SiteSignatureError, PrivacyLedger, ProjectedSpend, compute_epsilon, verify_ledger
 
 DELTA = 1e-5
@@ -30,21 +29,6 @@ def _event(site, round_index, sigma=1.0, q=0.02, steps=50, delta=DELTA):
 def _create(path, budget=5.0, delta=DELTA, accountants=ACCOUNTANTS, run_id="node"):
     return PrivacyLedger.create(path, run_id=run_id, delta=delta, budgets={"a": budget, "b": budget},
                                 accountants=accountants)
-
-
-@pytest.fixture
-def reuse_log(monkeypatch):
-    """(site, reused?) for every projection a commit was offered."""
-    log = []
-    reusable = ledger_module.PrivacyLedger.reusable_report
-
-    def offered(self, projection, site, events):
-        report = reusable(self, projection, site, events)
-        log.append((site, report is not None))
-        return report
-
-    monkeypatch.setattr(ledger_module.PrivacyLedger, "reusable_report", offered)
-    return log
 
 
 def _last_cumulative(directory, site):
