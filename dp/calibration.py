@@ -15,25 +15,49 @@ per epoch, is what keeps the planned budget and the spent budget equal.
 (the minimum over the registered accountants that succeed).
 
 Each bisection step only needs to know whether that minimum is at most the
-target, i.e. whether *some* accountant's epsilon is: the accountants are asked
-one at a time, in the order given (``DEFAULT_ACCOUNTANTS`` puts the cheap RDP
-first and the costly PLD last), and the first one at or under the target
-decides. An accountant whose epsilon was above the target at some sigma' is
-not asked at any sigma <= sigma' either: each accountant's epsilon is
-non-increasing in sigma, so its answer there is known ("above"). Bisection
-only ever asks below its current upper end, so once the tightest accountant
-alone has met the target at that end, the later steps ask that one only (in a
-``--tiny`` run: PLD, once the cheaper RDP and PRV were above the target at a
-larger sigma). Under that monotonicity the decisions, hence the bracket and
-the returned sigma, are those of evaluating the minimum over every accountant
-at every step; only answers a decision did not need are skipped (each
-accountant's answer is cached, so the full report at the returned sigma reuses
-them). Were an accountant's numerics ever not monotone, a skipped answer could
-only have been a lucky "at or under" at a smaller sigma: the returned sigma
-still meets the target, since it is one at which an accountant computed it
-(and the report at it is computed in full). Asking one at a time halved a
-``--tiny`` run's calibration, which was most of the run; skipping the known
-answers takes a further fifth off it.
+target, i.e. whether *some* accountant's epsilon is. Every accountant's epsilon
+is non-increasing in sigma, so answers are also known without computing:
+
+* at any sigma at or above one where some accountant's epsilon was computed at
+  or under the target, the answer is "yes";
+* an accountant whose epsilon was computed above the target at some sigma' is
+  above it at every sigma <= sigma', and is not asked there.
+
+The other accountants are asked one at a time, in the order given
+(``DEFAULT_ACCOUNTANTS`` puts the cheap RDP first and the costly PLD last), and
+the first one at or under the target decides.
+
+Before bisecting, the oracle probes near the crossing (:meth:`_Oracle.probe`):
+every accountant but the costliest at the bracket's upper end, every accountant
+at two successive estimates of where the lowest of them crosses the target (log
+epsilon interpolated linearly in log sigma between each one's closest values on
+either side), then the plain answer a quarter-tolerance either side of the last
+estimate. The bisection then runs exactly as before, at its usual midpoints;
+those on the known side of a probe need no computation. So under the
+monotonicity above, the decisions, hence the bracket and the returned sigma,
+are those of evaluating the minimum over every accountant at every step (a test
+checks this against that bisection); only the number of epsilons computed
+changes. Measured on this machine (one process, Opacus already imported; PLD,
+the costliest, about 0.5-1.1 s a call), before -> after:
+
+=====================================  ==============  ==============
+q, steps, target epsilon               PLD calls       seconds
+=====================================  ==============  ==============
+0.1, 6, 10 (``--tiny``)                3 -> 3          6.9 -> 5.7
+0.25, 4, 8 (the Flower test runs)      9 -> 5          11.2 -> 7.1
+0.25, 40, 8                            8 -> 6          6.6 -> 5.3
+0.01, 5000, 1                          11 -> 7         2.5 -> 1.9
+=====================================  ==============  ==============
+
+("before" is the one-at-a-time bisection with the "above" skip, itself half
+of evaluating every accountant at every step on the ``--tiny`` parameters.)
+
+The returned sigma is always one whose full report (every accountant) is
+computed, and it meets the target. Were an accountant's numerics ever not
+monotone, an inferred "yes" could be wrong; then the full report at the
+bisection's sigma is above the target, and the smallest sigma at which an
+accountant actually computed an epsilon at or under it is returned instead
+(its report is at or under the target by construction).
 """
 
 from __future__ import annotations
@@ -110,23 +134,9 @@ def calibrate_noise(
         )
         return (math.inf if report.bound is None else report.bound), report
 
-    # The largest sigma at which each accountant's epsilon was found above the target: at any sigma up to
-    # it, that accountant's epsilon is above the target too (non-increasing in sigma), so it is not asked.
-    above_target_at = dict.fromkeys(names, 0.0)
-
-    def satisfies(sigma: float) -> bool:
-        """``bound(sigma)[0] <= target_epsilon``, asking one accountant at a time (see the module docstring)."""
-        for name in names:
-            if sigma <= above_target_at[name]:
-                continue
-            report = epsilon_for(
-                noise_multiplier=sigma, sample_rate=sample_rate, steps=steps, delta=delta, accountants=(name,)
-            )
-            if report.bound is not None and report.bound <= target_epsilon:
-                return True
-            if report.bound is not None:  # a failed accountant says nothing about other sigmas
-                above_target_at[name] = max(above_target_at[name], sigma)
-        return False
+    oracle = _Oracle(names, float(target_epsilon), lambda sigma, name: epsilon_for(
+        noise_multiplier=sigma, sample_rate=sample_rate, steps=steps, delta=delta, accountants=(name,)).bound)
+    satisfies = oracle.satisfies
 
     hi = 1.0
     while not satisfies(hi):
@@ -139,6 +149,8 @@ def calibrate_noise(
     lo = hi / 2
     while lo > _MIN_SIGMA and satisfies(lo):
         hi, lo = lo, lo / 2
+    if (hi - lo) / hi > tolerance:
+        oracle.probe(lo, hi, tolerance)
     while (hi - lo) / hi > tolerance:
         mid = math.sqrt(lo * hi)
         if satisfies(mid):
@@ -146,6 +158,9 @@ def calibrate_noise(
         else:
             lo = mid
     eps_hi, report_hi = bound(hi)
+    if eps_hi > target_epsilon:  # only if an accountant is not monotone in sigma (see the module docstring)
+        hi = oracle.met_at
+        eps_hi, report_hi = bound(hi)
     return Calibration(
         noise_multiplier=hi,
         target_epsilon=float(target_epsilon),
@@ -156,3 +171,83 @@ def calibrate_noise(
         epsilon=eps_hi,
         report=report_hi,
     )
+
+
+class _Oracle:
+    """Whether the minimum over ``names`` of epsilon(sigma) is at most ``target``, computing as few
+    accountants' epsilons as the answers already known allow (each epsilon is non-increasing in sigma).
+    ``names`` are in order of cost, the cheapest first (as ``DEFAULT_ACCOUNTANTS``).
+
+    * ``met_at``: the smallest sigma at which some accountant's epsilon was computed at or under the
+      target; the answer at any larger sigma is "yes".
+    * ``above_target_at[name]``: the largest sigma at which that accountant's epsilon was computed above
+      the target; at any smaller sigma it is above too, and it is not asked.
+    """
+
+    def __init__(self, names, target: float, epsilon) -> None:
+        self.names, self.target, self.epsilon = tuple(names), target, epsilon
+        self.above_target_at = dict.fromkeys(self.names, 0.0)
+        self.met_at = math.inf
+        self.computed: dict[str, dict[float, float]] = {name: {} for name in self.names}
+
+    def _answer(self, name: str, sigma: float) -> bool | None:
+        """Whether ``name``'s epsilon at ``sigma`` is at or under the target (None: the accountant failed,
+        which says nothing about other sigmas); computed once, and what it implies recorded."""
+        if sigma <= self.above_target_at[name]:
+            return False
+        if sigma not in self.computed[name]:
+            value = self.epsilon(sigma, name)
+            if value is None:
+                return None
+            self.computed[name][sigma] = value
+        if self.computed[name][sigma] <= self.target:
+            self.met_at = min(self.met_at, sigma)
+            return True
+        self.above_target_at[name] = max(self.above_target_at[name], sigma)
+        return False
+
+    def satisfies(self, sigma: float) -> bool:
+        """The bisection's question, asking the accountants in order until one answers "yes"."""
+        return sigma >= self.met_at or any(self._answer(name, sigma) for name in self.names)
+
+    def _crossing(self) -> float | None:
+        """An estimate of the smallest sigma at which the minimum over accountants meets the target: for
+        each accountant computed both above and at or under the target, where it crosses, interpolating
+        log epsilon linearly in log sigma between its closest such pair; the smallest of those."""
+        estimates = []
+        for values in self.computed.values():
+            above = [s for s, e in values.items() if e > self.target]
+            met = [s for s, e in values.items() if e <= self.target]
+            if not above or not met:
+                continue
+            s_no, s_yes = max(above), min(met)
+            e_no, e_yes = values[s_no], values[s_yes]
+            if not (s_no < s_yes and e_no > e_yes > 0):
+                continue
+            fraction = math.log(e_no / self.target) / math.log(e_no / e_yes)
+            estimates.append(math.exp(math.log(s_no) + fraction * math.log(s_yes / s_no)))
+        return min(estimates, default=None)
+
+    def probe(self, lo: float, hi: float, tolerance: float) -> None:
+        """Learn answers near the crossing before bisecting ``(lo, hi]`` (``lo`` "no", ``hi`` "yes").
+
+        1. Every accountant but the costliest at ``hi``: each then has values on both sides of its
+           crossing (at ``lo`` every accountant was asked, as its answer there was "no").
+        2. Every accountant at two successive estimates of the crossing (:meth:`_crossing`).
+        3. The plain answer a quarter-tolerance either side of the last estimate.
+
+        The bisection that follows asks :meth:`satisfies` at its usual midpoints; those on the known
+        side of a probe are answered without computing, so only the cost of its decisions changes,
+        never the decisions."""
+        for name in self.names[:-1]:
+            self._answer(name, hi)
+        for _ in range(2):
+            estimate = self._crossing()
+            if estimate is None or not lo < estimate < hi:
+                return
+            for name in self.names:
+                self._answer(name, estimate)
+        estimate = self._crossing()
+        for sigma in () if estimate is None else (estimate * (1 - tolerance / 4), estimate * (1 + tolerance / 4)):
+            if lo < sigma < hi:
+                self.satisfies(sigma)
