@@ -29,20 +29,22 @@ from pathlib import Path
 import pytest
 
 
-# Seconds per file on the loaded 2-core build machine with 2 workers (2026-11-30: the time between a worker's
-# results, for the files that had run when that measurement stopped at 42 %; test_experiment.py's is an
-# estimate). The Flower process files were measured again after their processes' polls were shortened
-# (tests/flower_poll.py), each file alone under nice 19 beside other work (load 5-10) on the same machine,
-# 2026-11-30: the pytest time of the file. Files not listed count as short and go by their number of tests.
-# A stale figure only changes the placement, never what runs.
+# Seconds per file: each file's test time (setup + call + teardown, from --junitxml) in a clean-clone `make test`
+# run on the 2-core build machine with 2 workers, 2026-11-30 (1,640 tests, 18 min 39 s of pytest; a session
+# fixture counts in the file that first needs it). Files under 5 s are not listed: they count as short and go
+# by their number of tests. A stale figure only changes the placement, never what runs.
 FILE_SECONDS: dict[str, float] = {
-    "test_flower_crash.py": 663, "test_simulation.py": 650, "test_flower.py": 490, "test_flower_engine_dp.py": 250,
-    "test_detect.py": 242, "test_bids_prepare.py": 215, "test_dpia.py": 142, "test_audit.py": 105,
-    "test_flower_inmemory.py": 76, "test_cli_dp.py": 65, "test_adversary_search.py": 55,
-    "test_dp_accounting.py": 54, "test_cli_corpus.py": 31, "test_dp_calibration.py": 24, "test_dp_ledger.py": 17,
-    "test_dp_discrete.py": 7, "test_encoding.py": 5, "test_dp_distributed.py": 5, "test_flower_deploy.py": 290,
-    "test_experiment.py": 150, "test_flower_app_signing.py": 36, "test_attack21_agentapp.py": 25,
-    "test_attack21_run_series.py": 24, "test_attack21_node_guards.py": 10, "test_flower_fast_poll.py": 7,
+    "test_simulation.py": 447, "test_flower_crash.py": 256, "test_flower_deploy.py": 211, "test_flower.py": 206,
+    "test_flower_engine_dp.py": 194, "test_detect.py": 89, "test_bids_prepare.py": 81, "test_experiment.py": 66,
+    "test_dpia.py": 44, "test_experiment_fairness.py": 40, "test_flower_inmemory.py": 39, "test_flower_ledger.py": 36,
+    "test_models_bids.py": 35, "test_audit.py": 32, "test_cli_dp.py": 30, "test_file_modes.py": 26,
+    "test_ledger_tamper.py": 26, "test_flower_app_signing.py": 26, "test_adversary_search.py": 25,
+    "test_review_projected_spend.py": 24, "test_review15_resume_on_rewritten_ledger.py": 23,
+    "test_patient_privacy.py": 22, "test_attack21_agentapp.py": 21, "test_models_synth.py": 20,
+    "test_attack21_run_series.py": 17, "test_review15_dpia_export_verified_without_signatures.py": 15,
+    "test_models_lesions.py": 14, "test_cli_corpus.py": 13, "test_dp_accounting.py": 11, "test_prepare.py": 11,
+    "test_model_differential.py": 10, "test_dp_ledger.py": 7, "test_experiment_parallel.py": 7,
+    "test_attack21_node_guards.py": 6, "test_dp_calibration.py": 5,
 }
 SHORT_FILE_SECONDS = 2.0  # an unlisted file
 # The files that run real Flower processes (a SuperLink, SuperNodes, a Python process per message). Each
