@@ -161,6 +161,9 @@ def calibrate_noise(
     if eps_hi > target_epsilon:  # only if an accountant is not monotone in sigma (see the module docstring)
         hi = oracle.met_at
         eps_hi, report_hi = bound(hi)
+    if not eps_hi <= target_epsilon:  # never returned: a sigma is only ever returned with its report at or under
+        raise CalibrationError(f"no noise multiplier found whose full report is within target {target_epsilon} "
+                               f"(at {hi:.6g}: {eps_hi:.6g}); the accountants disagree with themselves")
     return Calibration(
         noise_multiplier=hi,
         target_epsilon=float(target_epsilon),

@@ -150,3 +150,28 @@ def test_a_sigma_inferred_from_a_lucky_answer_is_checked_in_full_before_it_is_re
     assert count[2] < 0.8 and len(count) > 3  # the lucky answer came from a probe, and more were computed
     assert cal.noise_multiplier == count[2]  # the lucky sigma, not the one inferred from it
     assert cal.epsilon == cal.report.bound == 0.1 <= 4.0
+
+
+def test_an_accountant_that_contradicts_itself_gets_an_error_not_a_sigma_above_the_target(monkeypatch):
+    """The last line of defence: the returned sigma's full report must be at or under the target. A stand-in
+    whose answers change between calls (it empties the answer cache and answers "met" only the first time
+    it is asked at a sigma) leaves no such sigma: the calibration raises instead of returning one."""
+    from dp import accounting
+    from dp.errors import CalibrationError
+
+    asked = set()
+
+    def contradicts(events, delta):
+        sigma = events[0].noise_multiplier
+        accounting._cached_run.cache_clear()
+        first = sigma not in asked
+        asked.add(sigma)
+        return 1.0 if first and sigma >= 0.7 else 9.0
+
+    monkeypatch.setitem(accounting.ACCOUNTANTS, "pld", accounting._Accountant("pld", contradicts, "numpy", "stand-in"))
+    accounting._cached_run.cache_clear()
+    try:
+        with pytest.raises(CalibrationError, match="disagree with themselves"):
+            calibrate_noise(target_epsilon=4.0, delta=1e-5, sample_rate=0.1, steps=7, accountant="pld")
+    finally:
+        accounting._cached_run.cache_clear()
