@@ -272,8 +272,7 @@ def test_an_accountant_failing_above_where_it_met_the_target_still_gives_a_sigma
 
 
 @pytest.mark.parametrize("target, delta, q, steps, accountant", [
-    (50.0, 1e-3, 1.0, 1, "all"),  # no subsampling, one step, a loose target: sigma well under 1
-    (0.1, 1e-9, 1e-4, 100000, "all"),  # tiny q, many steps, a tight target and delta
+    (1.0, 1e-5, 0.01, 5000, "all"),  # the docstring's last row (PLD about 1 s a call there)
     (2.0, 1e-5, 0.02, 300, "prv"),  # one numerical accountant alone
 ])
 def test_real_accountants_recomputed_from_scratch_agree_with_the_calibration(target, delta, q, steps, accountant):
@@ -287,3 +286,21 @@ def test_real_accountants_recomputed_from_scratch_agree_with_the_calibration(tar
                         accountants=names)
     assert fresh.to_dict() == cal.report.to_dict() and fresh.bound == cal.epsilon <= target
     assert epsilon_for(noise_multiplier=cal.noise_multiplier, sample_rate=q, steps=steps, delta=delta).bound <= target
+
+
+def test_finding_the_docstrings_pld_count_for_the_tiny_run_is_what_calibration_computes(monkeypatch):
+    """FINDING (documentation): the module docstring's table says the ``--tiny`` parameters (q 0.1, 6 steps,
+    target 10; delta 1e-5, the default) compute PLD 3 times, and the commit message "3-7 times". Counting
+    every PLD computation of one calibrate_noise call with an empty cache gives 4 (at 0.5, two probes, and the
+    returned sigma's full report); likewise 6 and 7 (not 5 and 6) for the next two rows, 7 for the last. The
+    final report's PLD computation is left out of the figures."""
+    computed = []
+    run = accounting._run
+
+    def counting(entry, events, delta, *, upper):
+        computed.append(entry.name)
+        return run(entry, events, delta, upper=upper)
+
+    monkeypatch.setattr(accounting, "_run", counting)
+    calibrate_noise(target_epsilon=10, delta=1e-5, sample_rate=0.1, steps=6, accountant="all")
+    assert computed.count("pld") == 3, computed
