@@ -275,6 +275,8 @@ def _run(entry: _Accountant, events: Sequence[PrivacyEvent], delta: float, *, up
         return AccountantResult(entry.name, None, str(exc), library, upper)
     except Exception as exc:  # an accountant failing must never crash the report
         return AccountantResult(entry.name, None, f"{type(exc).__name__}: {exc}", library, upper)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return AccountantResult(entry.name, None, f"returned no number ({type(value).__name__})", library, upper)
     if math.isnan(value):
         return AccountantResult(entry.name, None, "returned NaN", library, upper)
     if math.isinf(value):

@@ -167,3 +167,27 @@ def test_the_same_history_of_another_site_or_round_reuses_the_accounting(monkeyp
     compute_epsilon([PrivacyEvent(site="site-b", round=4, noise_multiplier=1.2345, sample_rate=0.0371,
                                   steps=18, delta=1e-5)], 1e-5, accountants=("rdp",))
     assert calls == ["rdp", "rdp"]  # another history is computed
+
+
+@pytest.mark.parametrize("value, reason", [
+    (None, "returned no number (NoneType)"), ("1.0", "returned no number (str)"), (True, "returned no number (bool)"),
+    (float("nan"), "returned NaN"), (float("inf"), "returned infinity"), (-0.5, "returned a negative epsilon"),
+])
+def test_an_accountant_returning_no_valid_epsilon_is_a_failure_in_the_report_not_a_crash(monkeypatch, value, reason):
+    """Whatever an accountant's computation returns, the report names the failure and the bound is the
+    minimum over the others (here RDP's); nothing raises."""
+    from dp import accounting
+    from dp.events import PrivacyEvent
+
+    monkeypatch.setitem(accounting.ACCOUNTANTS, "pld", accounting._Accountant(
+        "pld", lambda events, delta: value, "numpy", "stand-in"))
+    accounting._cached_run.cache_clear()
+    try:
+        report = accounting.compute_epsilon(
+            [PrivacyEvent(site="a", round=0, noise_multiplier=1.0, sample_rate=0.1, steps=10, delta=1e-5)], 1e-5,
+            accountants=("rdp", "pld"))
+    finally:
+        accounting._cached_run.cache_clear()
+    failed = report.results[1]
+    assert failed.accountant == "pld" and failed.epsilon is None and reason in failed.error
+    assert report.bound == report.results[0].epsilon and report.bound_accountant == "rdp"

@@ -1,5 +1,7 @@
 """Noise calibration for a whole run."""
 
+import math
+
 import pytest
 
 from dp import calibrate_noise, epsilon_for
@@ -56,7 +58,7 @@ def _full_minimum_bisection(bound, target, tolerance=1e-3, evaluated=None):
     while lo > 1e-3 and bound(lo) <= target:
         hi, lo = lo, lo / 2
     while (hi - lo) / hi > tolerance:
-        mid = (lo * hi) ** 0.5
+        mid = math.sqrt(lo * hi)  # the code's own arithmetic: (lo * hi) ** 0.5 differs in the last bit at times
         hi, lo = (mid, lo) if bound(mid) <= target else (hi, mid)
     return hi
 

@@ -303,4 +303,7 @@ def test_finding_the_docstrings_pld_count_for_the_tiny_run_is_what_calibration_c
 
     monkeypatch.setattr(accounting, "_run", counting)
     calibrate_noise(target_epsilon=10, delta=1e-5, sample_rate=0.1, steps=6, accountant="all")
-    assert computed.count("pld") == 3, computed
+    # the docstring's table, row --tiny, column "now" (RDP, PRV, PLD), counts every computation
+    assert [computed.count(name) for name in ALL] == [4, 4, 4], computed
+    row = re.search(r"0\.1, 6, 10 \(``--tiny``\)\s+[\d, ]+?\s{2,}(\d+), (\d+), (\d+)", calibration_module.__doc__)
+    assert row and [int(n) for n in row.groups()] == [4, 4, 4], row
