@@ -192,3 +192,20 @@ def reuse_log(monkeypatch):
 
     monkeypatch.setattr(ledger_module.PrivacyLedger, "reusable_report", offered)
     return log
+
+
+@pytest.fixture
+def accountant_runs(monkeypatch):
+    """The name of every accountant computation (``dp.accounting._run``: a cached answer is not one) made
+    during the test, in order; the computations themselves are unchanged."""
+    import dp.accounting as accounting
+
+    computed = []
+    run = accounting._run
+
+    def counting(entry, events, delta, *, upper):
+        computed.append(entry.name)
+        return run(entry, events, delta, upper=upper)
+
+    monkeypatch.setattr(accounting, "_run", counting)
+    return computed

@@ -146,18 +146,9 @@ def test_registry_names():
         epsilon_for(noise_multiplier=1.0, sample_rate=0.01, steps=10, delta=1e-5, accountants=("gdp",))
 
 
-def test_the_same_history_of_another_site_or_round_reuses_the_accounting(monkeypatch):
+def test_the_same_history_of_another_site_or_round_reuses_the_accounting(accountant_runs):
     """Accountants read only the mechanism parameters: a second site with the same spends costs nothing."""
-    import dp.accounting as accounting
-
-    calls = []
-    real = accounting._run
-
-    def counting(entry, events, delta, *, upper):
-        calls.append(entry.name)
-        return real(entry, events, delta, upper=upper)
-
-    monkeypatch.setattr(accounting, "_run", counting)
+    calls = accountant_runs
     first = compute_epsilon([PrivacyEvent(site="site-a", round=0, noise_multiplier=1.2345, sample_rate=0.0371,
                                           steps=17, delta=1e-5)], 1e-5, accountants=("rdp",))
     assert calls == ["rdp"]

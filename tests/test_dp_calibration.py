@@ -1,11 +1,10 @@
 """Noise calibration for a whole run."""
 
-import math
-
 import pytest
 
 from dp import calibrate_noise, epsilon_for
 from dp.errors import CalibrationError, InvalidPrivacyParameterError
+from tests.calibration_reference import full_minimum_bisection
 
 
 @pytest.mark.parametrize("accountant", ["rdp", "all"])
@@ -45,24 +44,6 @@ def test_unreachable_and_invalid_targets():
         calibrate_noise(target_epsilon=1, delta=1e-5, sample_rate=0.1, steps=10, accountant="gdp")
 
 
-def _full_minimum_bisection(bound, target, tolerance=1e-3, evaluated=None):
-    """The calibration as it was before the accountants were asked one at a time: the minimum over every
-    accountant at every step (the reference the short-circuited bisection must agree with). ``evaluated``
-    (a set) collects the sigmas it computes at."""
-    if evaluated is not None:
-        bound = (lambda plain: lambda s: evaluated.add(s) or plain(s))(bound)
-    hi = 1.0
-    while bound(hi) > target:
-        hi *= 2
-    lo = hi / 2
-    while lo > 1e-3 and bound(lo) <= target:
-        hi, lo = lo, lo / 2
-    while (hi - lo) / hi > tolerance:
-        mid = math.sqrt(lo * hi)  # the code's own arithmetic: (lo * hi) ** 0.5 differs in the last bit at times
-        hi, lo = (mid, lo) if bound(mid) <= target else (hi, mid)
-    return hi
-
-
 @pytest.mark.parametrize("target", [0.7, 2.0, 5.0, 9.5])
 def test_asking_one_accountant_at_a_time_returns_the_full_minimums_sigma(monkeypatch, target):
     """Three stand-in accountants whose order (which is tightest) changes with sigma: the sigma returned is
@@ -94,7 +75,7 @@ def test_asking_one_accountant_at_a_time_returns_the_full_minimums_sigma(monkeyp
     finally:
         accounting._cached_run.cache_clear()
     plain_points = set()
-    expected = _full_minimum_bisection(lambda s: min(f(s) for f in curves.values()), target, evaluated=plain_points)
+    expected = full_minimum_bisection(lambda s: min(f(s) for f in curves.values()), target, evaluated=plain_points)
     assert cal.noise_multiplier == expected
     assert cal.epsilon == min(f(expected) for f in curves.values()) <= target
     assert cal.report.to_dict()["epsilon"] == {name: f(expected) for name, f in curves.items()}

@@ -18,6 +18,7 @@ import pytest
 
 from dp import accounting, calibrate_noise, epsilon_for
 from dp.errors import CalibrationError, InvalidPrivacyParameterError
+from tests.calibration_reference import full_minimum_bisection
 
 calibration_module = importlib.import_module("dp.calibration")
 ALL = ("rdp", "prv", "pld")
@@ -57,21 +58,6 @@ def _minimum(curves, names):
         values = [v for v in (curves[n](sigma) for n in names) if _valid(v)]
         return min(values, default=math.inf)
     return bound
-
-
-def _faithful_bisection(bound, target, tolerance=1e-3):
-    """The calibration before issue 20 (git show 9510a7a^:dp/calibration.py), evaluating ``bound`` at every
-    point, with the same midpoint arithmetic (math.sqrt) as the code under review."""
-    hi = 1.0
-    while bound(hi) > target:
-        hi *= 2
-    lo = hi / 2
-    while lo > 1e-3 and bound(lo) <= target:
-        hi, lo = lo, lo / 2
-    while (hi - lo) / hi > tolerance:
-        mid = math.sqrt(lo * hi)
-        hi, lo = (mid, lo) if bound(mid) <= target else (hi, mid)
-    return hi
 
 
 class _CountingMath:
@@ -120,12 +106,11 @@ def test_finding_a_tolerance_below_float_precision_terminates(monkeypatch):
 
 
 def test_finding_the_full_minimum_reference_bisects_at_the_same_midpoints_as_the_code(monkeypatch):
-    """FINDING (test defect): tests/test_dp_calibration.py's ``_full_minimum_bisection`` computes midpoints
+    """FINDING (test defect, fixed): tests/test_dp_calibration.py's reference bisection computed midpoints
     as ``(lo * hi) ** 0.5`` while calibrate_noise (before and after issue 20) uses ``math.sqrt(lo * hi)``.
     The two differ in the last bit for about 1 argument in 1,200, so the "bit-identical" equivalence test
-    fails for reasons unrelated to the short-circuiting at some targets, e.g. 23.100751879699246 with that
-    test's own curves (the decisions there are identical: the faithful reference agrees)."""
-    existing = importlib.import_module("tests.test_dp_calibration")
+    failed for reasons unrelated to the short-circuiting at some targets, e.g. 23.100751879699246 with that
+    test's own curves. Both files now use ``tests.calibration_reference``, which bisects as the code does."""
     curves = {
         "rdp": lambda s: 3.0 / s ** 1.5,
         "prv": lambda s: 2.6 / s + 0.2,
@@ -135,8 +120,7 @@ def test_finding_the_full_minimum_reference_bisects_at_the_same_midpoints_as_the
     _install(monkeypatch, curves)
     cal = calibrate_noise(target_epsilon=target, accountant="all", **KW)
     minimum = _minimum(curves, ALL)
-    assert cal.noise_multiplier == _faithful_bisection(minimum, target)  # the decisions are the same
-    assert cal.noise_multiplier == existing._full_minimum_bisection(minimum, target)  # the reference is not
+    assert cal.noise_multiplier == full_minimum_bisection(minimum, target)  # the shared reference, math.sqrt
 
 
 def test_finding_the_unreachable_target_error_quotes_the_epsilon_of_the_sigma_it_names(monkeypatch):
@@ -201,7 +185,7 @@ def test_with_monotone_accountants_the_sigma_is_bit_identical_to_the_full_minimu
         if cal is None:
             assert minimum(16384.0) > target, case
             continue
-        assert cal.noise_multiplier == _faithful_bisection(minimum, target), case
+        assert cal.noise_multiplier == full_minimum_bisection(minimum, target), case
         assert cal.epsilon == cal.report.bound == minimum(cal.noise_multiplier) <= target, case
         assert cal.report.to_dict()["epsilon"] == {n: curves[n](cal.noise_multiplier) for n in names}, case
         assert len(calls) == len(set(calls)), case
@@ -288,20 +272,13 @@ def test_real_accountants_recomputed_from_scratch_agree_with_the_calibration(tar
     assert epsilon_for(noise_multiplier=cal.noise_multiplier, sample_rate=q, steps=steps, delta=delta).bound <= target
 
 
-def test_finding_the_docstrings_pld_count_for_the_tiny_run_is_what_calibration_computes(monkeypatch):
+def test_finding_the_docstrings_pld_count_for_the_tiny_run_is_what_calibration_computes(accountant_runs):
     """FINDING (documentation): the module docstring's table says the ``--tiny`` parameters (q 0.1, 6 steps,
     target 10; delta 1e-5, the default) compute PLD 3 times, and the commit message "3-7 times". Counting
     every PLD computation of one calibrate_noise call with an empty cache gives 4 (at 0.5, two probes, and the
     returned sigma's full report); likewise 6 and 7 (not 5 and 6) for the next two rows, 7 for the last. The
     final report's PLD computation is left out of the figures."""
-    computed = []
-    run = accounting._run
-
-    def counting(entry, events, delta, *, upper):
-        computed.append(entry.name)
-        return run(entry, events, delta, upper=upper)
-
-    monkeypatch.setattr(accounting, "_run", counting)
+    computed = accountant_runs
     calibrate_noise(target_epsilon=10, delta=1e-5, sample_rate=0.1, steps=6, accountant="all")
     # the docstring's table, row --tiny, column "now" (RDP, PRV, PLD), counts every computation
     assert [computed.count(name) for name in ALL] == [4, 4, 4], computed
