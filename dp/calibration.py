@@ -254,10 +254,12 @@ class _Oracle:
     def probe(self, lo: float, hi: float, tolerance: float) -> None:
         """Learn answers near the crossing before bisecting ``(lo, hi]`` (``lo`` "no", ``hi`` "yes").
 
-        1. Every accountant but the costliest at ``hi``: each then has values on both sides of its
-           crossing (at ``lo`` every accountant was asked, as its answer there was "no").
-        2. Every accountant at two successive estimates of the crossing (:meth:`_crossing`).
-        3. The plain answer a quarter-tolerance either side of the last estimate.
+        1. Every accountant but the costliest at ``hi``: each then has a value on either side of its
+           crossing (at ``lo`` the answer was "no", so each accountant was computed there, or at a larger
+           sigma where it was above the target).
+        2. Every accountant at up to two successive estimates of the crossing (:meth:`_crossing`), each
+           only if there is one and it lies inside the bracket.
+        3. The plain answer a quarter-tolerance either side of a third estimate.
 
         The bisection that follows asks :meth:`satisfies` at its usual midpoints; those on the known
         side of a probe are answered without computing, so only the cost of its decisions changes,
