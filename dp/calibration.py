@@ -256,7 +256,7 @@ class _Oracle:
 
         1. Every accountant but the costliest at ``hi``: each then has a value on either side of its
            crossing (at ``lo`` the answer was "no", so each accountant was computed there, or at a larger
-           sigma where it was above the target).
+           sigma where it was above the target, or it failed).
         2. Every accountant at up to two successive estimates of the crossing (:meth:`_crossing`), each
            only if there is one and it lies inside the bracket.
         3. The plain answer a quarter-tolerance either side of a third estimate.
