@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import importlib
 import math
+import numbers
 import warnings
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
@@ -275,7 +276,7 @@ def _run(entry: _Accountant, events: Sequence[PrivacyEvent], delta: float, *, up
         return AccountantResult(entry.name, None, str(exc), library, upper)
     except Exception as exc:  # an accountant failing must never crash the report
         return AccountantResult(entry.name, None, f"{type(exc).__name__}: {exc}", library, upper)
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):  # numpy scalars are Real too
         return AccountantResult(entry.name, None, f"returned no number ({type(value).__name__})", library, upper)
     if math.isnan(value):
         return AccountantResult(entry.name, None, "returned NaN", library, upper)

@@ -182,3 +182,21 @@ def test_an_accountant_returning_no_valid_epsilon_is_a_failure_in_the_report_not
     failed = report.results[1]
     assert failed.accountant == "pld" and failed.epsilon is None and reason in failed.error
     assert report.bound == report.results[0].epsilon and report.bound_accountant == "rdp"
+
+
+def test_a_numpy_scalar_epsilon_is_a_number(monkeypatch):
+    """The check for "no number" does not reject a numpy scalar (a float32 is not a Python float)."""
+    import numpy as np
+
+    from dp import accounting
+
+    monkeypatch.setitem(accounting.ACCOUNTANTS, "pld", accounting._Accountant(
+        "pld", lambda events, delta: np.float32(0.25), "numpy", "stand-in"))
+    accounting._cached_run.cache_clear()
+    try:
+        report = accounting.compute_epsilon(
+            [PrivacyEvent(site="a", round=0, noise_multiplier=1.0, sample_rate=0.1, steps=10, delta=1e-5)], 1e-5,
+            accountants=("pld",))
+    finally:
+        accounting._cached_run.cache_clear()
+    assert report.results[0].ok and report.bound == 0.25 and report.bound_accountant == "pld"
